@@ -1,0 +1,9 @@
+"""`vigil` subcommands owned by the cloud package."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this package's subcommands to the `vigil` parser."""

@@ -1,0 +1,79 @@
+"""The one explicit registry of device kinds.
+
+Adding a kind means writing ``firmware_bridge/<kind>.py``, ``edge/<kind>.py`` and ``simulators/<kind>.py``
+and adding one line here (and one in the edge and simulator registries); see
+``docs/adding-a-device-kind.md``. No folder scanning, no class names in strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+
+from firmware_bridge import manhole, smoke_alarm, wristband
+from firmware_bridge.errors import DecodeError
+from firmware_bridge.payload import PayloadCodec
+from firmware_bridge.records import Channel, DeviceKind, Flag
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """Everything the pipeline needs to know about one device kind's wire format."""
+
+    kind: DeviceKind
+    codec: PayloadCodec
+    heartbeat_s: float
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        return self.codec.channels
+
+    @property
+    def flags(self) -> tuple[Flag, ...]:
+        return self.codec.flags
+
+    @property
+    def kind_code(self) -> int:
+        return self.codec.kind_code
+
+    @cached_property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.codec.channels)
+
+    def channel_index(self, name: str) -> int:
+        return self.channel_names.index(name)
+
+    def flag(self, name: str) -> Flag:
+        for f in self.codec.flags:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.kind} has no flag {name!r}")
+
+
+def _spec(module: object) -> KindSpec:
+    return KindSpec(kind=module.KIND, codec=module.CODEC, heartbeat_s=module.HEARTBEAT_S)  # type: ignore[attr-defined]
+
+
+KINDS: MappingProxyType[DeviceKind, KindSpec] = MappingProxyType(
+    {
+        DeviceKind.MANHOLE: _spec(manhole),
+        DeviceKind.SMOKE_ALARM: _spec(smoke_alarm),
+        DeviceKind.WRISTBAND: _spec(wristband),
+    }
+)
+_BY_CODE = {s.kind_code: s for s in KINDS.values()}
+
+
+def spec(kind: DeviceKind | str) -> KindSpec:
+    return KINDS[DeviceKind(kind)]
+
+
+def kind_of_payload(payload: bytes) -> DeviceKind:
+    """Which kind a Vigil payload belongs to, from its header's kind byte."""
+    if len(payload) < 2:
+        raise DecodeError(f"payload of {len(payload)} bytes is too short for a header", reason="length", data=payload)
+    s = _BY_CODE.get(payload[1])
+    if s is None:
+        raise DecodeError(f"unknown kind code 0x{payload[1]:02x}", reason="kind", data=payload)
+    return s.kind
