@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cloud import cli as cloud_cli
+from cloud import demo
 from edge import cli as edge_cli
 from firmware_bridge import cli as bridge_cli
 from simulators import cli as simulators_cli
@@ -22,11 +23,16 @@ COMMAND_MODULES = (bridge_cli, simulators_cli, edge_cli, cloud_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigil", description="Vigil: neighbourhood-safety IoT, edge to cloud.")
-    parser.add_argument("--log-level", default=os.environ.get("VIGIL_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
+    parser = argparse.ArgumentParser(
+        prog="vigil", description="Vigil: neighbourhood-safety IoT, edge to cloud."
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("VIGIL_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    demo.register_demo(sub)
     return parser
 
 

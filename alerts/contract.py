@@ -25,7 +25,7 @@ from alerts.events import AlertPhase, EventType, Severity
 from firmware_bridge.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Literal[1] = 1
 MAX_RECORDS_PER_BATCH = 50_000
 HTTP_PATH = "/api/v1/ingest/batches"
 
@@ -66,7 +66,9 @@ class TelemetryBlock(_Strict):
                 raise ValueError(f"column {name!r} has {len(getattr(self, name))} values, device_id has {n}")
         expected = spec(self.kind).channel_names
         if tuple(self.channels) != expected:
-            raise ValueError(f"channels for {self.kind.value} must be {list(expected)}, got {list(self.channels)}")
+            raise ValueError(
+                f"channels for {self.kind.value} must be {list(expected)}, got {list(self.channels)}"
+            )
         for name, col in self.channels.items():
             if len(col) != n:
                 raise ValueError(f"channel {name!r} has {len(col)} values, device_id has {n}")

@@ -79,23 +79,45 @@ class EventType(StrEnum):
 KIND_EVENTS: dict[DeviceKind, frozenset[EventType]] = {
     DeviceKind.MANHOLE: frozenset(
         {
-            EventType.COVER_DISPLACED, EventType.COVER_OPEN, EventType.OVERFLOW, EventType.GAS_COMBUSTIBLE,
-            EventType.GAS_TOXIC, EventType.OXYGEN_ABNORMAL, EventType.TAMPER, EventType.SENSOR_FAULT,
-            EventType.LOW_BATTERY, EventType.DEVICE_SILENT, EventType.NUISANCE_TRAFFIC,
+            EventType.COVER_DISPLACED,
+            EventType.COVER_OPEN,
+            EventType.OVERFLOW,
+            EventType.GAS_COMBUSTIBLE,
+            EventType.GAS_TOXIC,
+            EventType.OXYGEN_ABNORMAL,
+            EventType.TAMPER,
+            EventType.SENSOR_FAULT,
+            EventType.LOW_BATTERY,
+            EventType.DEVICE_SILENT,
+            EventType.NUISANCE_TRAFFIC,
         }
     ),
     DeviceKind.SMOKE_ALARM: frozenset(
         {
-            EventType.FIRE, EventType.CO, EventType.CONTAMINATION, EventType.TAMPER, EventType.SENSOR_FAULT,
-            EventType.LOW_BATTERY, EventType.DEVICE_SILENT, EventType.NUISANCE_COOKING, EventType.NUISANCE_TEST,
+            EventType.FIRE,
+            EventType.CO,
+            EventType.CONTAMINATION,
+            EventType.TAMPER,
+            EventType.SENSOR_FAULT,
+            EventType.LOW_BATTERY,
+            EventType.DEVICE_SILENT,
+            EventType.NUISANCE_COOKING,
+            EventType.NUISANCE_TEST,
             EventType.NUISANCE_HUSH,
         }
     ),
     DeviceKind.WRISTBAND: frozenset(
         {
-            EventType.FALL, EventType.SOS, EventType.HEART_RATE_HIGH, EventType.HEART_RATE_LOW,
-            EventType.SPO2_LOW, EventType.INACTIVITY, EventType.GEOFENCE_EXIT, EventType.BAND_REMOVED,
-            EventType.LOW_BATTERY, EventType.DEVICE_SILENT,
+            EventType.FALL,
+            EventType.SOS,
+            EventType.HEART_RATE_HIGH,
+            EventType.HEART_RATE_LOW,
+            EventType.SPO2_LOW,
+            EventType.INACTIVITY,
+            EventType.GEOFENCE_EXIT,
+            EventType.BAND_REMOVED,
+            EventType.LOW_BATTERY,
+            EventType.DEVICE_SILENT,
         }
     ),
 }

@@ -1,9 +1,206 @@
-"""`vigil` subcommands owned by the cloud package."""
+"""`vigil cloud` subcommands: run the service, migrate, provision gateways and users, import devices.
+
+Heavy imports (FastAPI, SQLAlchemy, uvicorn) happen inside the handlers so ``vigil --help`` stays fast.
+Tokens are printed once, to stdout, and never logged.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from cloud.settings import CloudSettings
+
+    return CloudSettings.from_env(
+        database_url=getattr(args, "database_url", None),
+        timeseries_url=getattr(args, "timeseries_url", None),
+        secret_key_file=getattr(args, "secret_key_file", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def _common(p: argparse.ArgumentParser, *, sub: bool = True) -> None:
+    # on subcommands the default is SUPPRESS, so `vigil cloud --database-url X migrate` keeps X
+    default = argparse.SUPPRESS if sub else None
+    p.add_argument(
+        "--database-url",
+        default=default,
+        help="SQLAlchemy URL (default sqlite:///./var/vigil.db; env VIGIL_CLOUD_DATABASE_URL)",
+    )
+    p.add_argument(
+        "--secret-key-file",
+        type=Path,
+        default=default,
+        help="Fernet key file (default ./var/vigil-secret.key; created 0600 if missing)",
+    )
+
+
+def _ctx(args: argparse.Namespace) -> Any:
+    """Database handles for one-shot commands (migrates first, like the service)."""
+    from cloud.auth import Credentials
+    from cloud.crypto import SecretBox, load_or_create_key
+    from cloud.db import Database, upgrade_head
+    from cloud.registry import Registry
+
+    s = _settings(args)
+    upgrade_head(s.database_url)
+    db = Database(s.database_url)
+    return (
+        s,
+        db,
+        Credentials(db, rotation_grace_s=s.gateway_rotation_grace_s),
+        Registry(db, SecretBox(load_or_create_key(s.secret_key_file))),
+    )
+
+
+def _guard(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from cloud.errors import CloudError, ImportRowsError
+
+        try:
+            return int(fn(args) or 0)
+        except ImportRowsError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            for line, msg in exc.rows:
+                print(f"  line {line}: {msg}", file=sys.stderr)
+            return 1
+        except CloudError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cloud.logs import configure_json_logging
+
+    s = _settings(args)
+    if s.json_logs:  # before the heavy imports, so their log lines are JSON too
+        configure_json_logging(args.log_level)
+    import uvicorn
+
+    from cloud.app import create_app
+
+    clock = None
+    if args.clock is not None:
+        from cloud.errors import ConfigError
+        from firmware_bridge.clock import AcceleratedClock
+
+        try:
+            clock = AcceleratedClock.load(args.clock)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read clock file {args.clock}: {exc}") from exc
+    app = create_app(s, clock=clock)
+    uvicorn.run(app, host=s.host, port=s.port, log_config=None, access_log=False)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from cloud.db import upgrade_head
+
+    s = _settings(args)
+    upgrade_head(s.database_url)
+    print("database schema is at head")
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    s, db, creds, _ = _ctx(args)
+    try:
+        now = time.time()
+        if args.action == "add":
+            token = creds.add_gateway(args.gateway_id, name=args.name or "", now=now)
+        elif args.action == "rotate":
+            token = creds.rotate_gateway(args.gateway_id, now=now)
+            if s.gateway_rotation_grace_s:
+                print(
+                    f"# the previous token stays valid for {s.gateway_rotation_grace_s:.0f} s",
+                    file=sys.stderr,
+                )
+        else:
+            creds.revoke_gateway(args.gateway_id, now=now)
+            print(f"gateway {args.gateway_id} revoked")
+            return 0
+        print(
+            f"# gateway {args.gateway_id}: token (shown once, store it in the gateway's config)",
+            file=sys.stderr,
+        )
+        print(token)
+        return 0
+    finally:
+        db.close()
+
+
+def _import(args: argparse.Namespace) -> int:
+    _, db, _, registry = _ctx(args)
+    try:
+        text = Path(args.csv).read_text(encoding="utf-8-sig")
+        n = registry.import_csv(text, now=time.time())
+        print(f"imported {n} device(s)")
+        return 0
+    finally:
+        db.close()
+
+
+def _user(args: argparse.Namespace) -> int:
+    import getpass
+
+    _, db, creds, _ = _ctx(args)
+    try:
+        password = None
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif args.password:
+            password = getpass.getpass(f"password for {args.username}: ")
+        token = creds.add_user(args.username, args.role, password=password, now=time.time())
+        print(f"# user {args.username} ({args.role}): API token (shown once)", file=sys.stderr)
+        print(token)
+        return 0
+    finally:
+        db.close()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the `vigil` parser."""
+    p = sub.add_parser("cloud", help="the cloud service: run it, migrate, provision gateways/users/devices")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.add_argument("--timeseries-url", help="sqlite:///path, influx://..., victoria://host:port")
+    p.add_argument(
+        "--clock", type=Path, help="accelerated clock file written by `vigil simulate` (simulations)"
+    )
+    _common(p, sub=False)
+    p.set_defaults(handler=_guard(_serve))
+    csub = p.add_subparsers(dest="cloud_command", metavar="SUBCOMMAND")
+
+    m = csub.add_parser("migrate", help="upgrade the database schema to the newest version (alembic)")
+    _common(m)
+    m.set_defaults(handler=_guard(_migrate))
+
+    g = csub.add_parser("gateway", help="provision, rotate or revoke a gateway credential")
+    g.add_argument("action", choices=("add", "rotate", "revoke"))
+    g.add_argument("gateway_id")
+    g.add_argument("--name", help="display name (add)")
+    _common(g)
+    g.set_defaults(handler=_guard(_gateway))
+
+    i = csub.add_parser("import-devices", help="bulk-import devices from CSV (all rows or none)")
+    i.add_argument("csv", help="CSV with the columns `vigil simulate` writes")
+    _common(i)
+    i.set_defaults(handler=_guard(_import))
+
+    u = csub.add_parser("user", help="add a user and print an API token")
+    usub = u.add_subparsers(dest="user_action", metavar="ACTION", required=True)
+    ua = usub.add_parser("add", help="add a user")
+    ua.add_argument("username")
+    ua.add_argument("--role", choices=("admin", "dispatcher", "operator", "viewer"), default="viewer")
+    ua.add_argument("--password", action="store_true", help="also set a password for login (prompted)")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    _common(ua)
+    ua.set_defaults(handler=_guard(_user))

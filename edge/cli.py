@@ -1,9 +1,112 @@
-"""`vigil` subcommands owned by the edge package."""
+"""``vigil gateway`` subcommands: run the daemon, check a config, explain status, list alerts.
+
+vigil gateway --config gateway.toml [--clock clock.json]   run the daemon (until SIGTERM)
+vigil gateway status [--config gateway.toml] [--url URL]   plain-words health report
+                                                           (exit 0 ok, 1 problems, 2 daemon down)
+vigil gateway check-config FILE                            validate a config (exit 0 ok, 1 invalid)
+vigil gateway alerts --outbox PATH                         every alert step ever produced, as JSONL
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the `vigil` parser."""
+    p = sub.add_parser("gateway", help="the edge gateway daemon and its tools")
+    p.add_argument("--config", type=Path, help="gateway TOML file (runs the daemon)")
+    p.add_argument("--clock", type=Path, help="accelerated clock file written by `vigil simulate`")
+    p.set_defaults(handler=_run)
+    gsub = p.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND")
+    s = gsub.add_parser("status", help="explain what is wrong with this gateway, in plain words")
+    s.add_argument("--config", dest="status_config", type=Path, default=Path("/etc/vigil/gateway.toml"))
+    s.add_argument("--url", help="metrics URL (default: from the config's [metrics] section)")
+    s.set_defaults(handler=_status)
+    c = gsub.add_parser("check-config", help="validate a gateway TOML file")
+    c.add_argument("file", type=Path)
+    c.set_defaults(handler=_check)
+    a = gsub.add_parser("alerts", help="print every alert step in an outbox as JSONL")
+    a.add_argument("--outbox", type=Path, required=True)
+    a.set_defaults(handler=_alerts)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+
+    if args.config is None:
+        print(
+            "vigil gateway: --config FILE is required to run the daemon (see `vigil gateway -h`)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.clock is not None:
+        cfg = cfg.model_copy(update={"clock": cfg.clock.model_copy(update={"file": args.clock})})
+    from edge.daemon import run_gateway
+
+    return run_gateway(cfg)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if cfg.gateway.devices_file is not None:
+        from edge.sources.devices import DeviceListError, load_devices
+
+        try:
+            n_dev = len(load_devices(cfg.gateway.devices_file))
+        except DeviceListError as exc:
+            print(f"{args.file}: gateway.devices_file: {exc}", file=sys.stderr)
+            return 1
+        print(f"{cfg.gateway.devices_file}: {n_dev} devices")
+    names = ", ".join(n for n, _ in cfg.source_names()) or "none"
+    print(
+        f"{args.file}: ok (gateway {cfg.gateway.id}; sources: {names}; uplink: {cfg.uplink.mode}; "
+        f"{len(cfg.actions)} local action(s))"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edge.config import ConfigError, load_config
+    from edge.status import gateway_status
+
+    url, outbox, live_window_s = args.url, None, 300.0
+    try:
+        cfg = load_config(args.status_config)
+        outbox = cfg.outbox_path
+        live_window_s = cfg.uplink.live_window_s
+        if url is None and cfg.metrics.enabled:
+            host = "127.0.0.1" if cfg.metrics.bind in ("0.0.0.0", "::", "") else cfg.metrics.bind
+            url = f"http://{host}:{cfg.metrics.port}/metrics"
+    except ConfigError as exc:
+        if url is None:
+            print(exc, file=sys.stderr)
+            return 1
+    report = gateway_status(url, outbox, live_window_s=live_window_s)
+    print(report.render())
+    return report.exit_code
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from edge.outbox import OutboxError, iter_alert_events
+
+    try:
+        for ev in iter_alert_events(args.outbox):
+            sys.stdout.write(ev.model_dump_json() + "\n")
+    except OutboxError as exc:
+        print(f"vigil gateway alerts: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -7,7 +7,7 @@ only move bytes.
 
 from firmware_bridge.errors import ChecksumError, DecodeError, ReplayError, TransportError, VigilBridgeError
 from firmware_bridge.records import Channel, DeviceKind, Flag, Reading, ReadingBatch
-from firmware_bridge.registry import KINDS, KindSpec, kind_of_payload, spec
+from firmware_bridge.registry import KINDS, KindSpec, decode_payload, kind_of_payload, spec
 
 __all__ = [
     "KINDS",
@@ -22,6 +22,7 @@ __all__ = [
     "ReplayError",
     "TransportError",
     "VigilBridgeError",
+    "decode_payload",
     "kind_of_payload",
     "spec",
 ]

@@ -131,7 +131,9 @@ class ReadingBatch:
         n = len(self.device_id)
         for name in ("seq", "time", "battery_pct", "flags", "fw_version"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"ReadingBatch column {name!r} has {len(getattr(self, name))} rows, expected {n}")
+                raise ValueError(
+                    f"ReadingBatch column {name!r} has {len(getattr(self, name))} rows, expected {n}"
+                )
         if self.values.ndim != 2 or self.values.shape[0] != n:
             raise ValueError(f"ReadingBatch values must be (n, channels); got {self.values.shape} for n={n}")
 
@@ -180,7 +182,9 @@ class ReadingBatch:
         return cls.from_readings(kind, [], n_channels=len(spec(kind).channels))
 
     @classmethod
-    def from_readings(cls, kind: DeviceKind, readings: Sequence[Reading], *, n_channels: int | None = None) -> ReadingBatch:
+    def from_readings(
+        cls, kind: DeviceKind, readings: Sequence[Reading], *, n_channels: int | None = None
+    ) -> ReadingBatch:
         """Pack scalar readings into columns (tests, slow paths)."""
         if n_channels is None:
             from firmware_bridge.registry import spec
@@ -196,7 +200,9 @@ class ReadingBatch:
             time=np.array([r.time for r in readings], dtype=np.float64),
             battery_pct=np.array([r.battery_pct for r in readings], dtype=np.float64),
             flags=np.array([r.flags for r in readings], dtype=np.uint32),
-            values=np.array([r.values for r in readings], dtype=np.float64).reshape(len(readings), n_channels),
+            values=np.array([r.values for r in readings], dtype=np.float64).reshape(
+                len(readings), n_channels
+            ),
             fw_version=np.array([r.fw_version for r in readings], dtype=np.uint16),
         )
 

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from firmware_bridge import manhole, smoke_alarm, wristband
 from firmware_bridge.errors import DecodeError
 from firmware_bridge.payload import PayloadCodec
-from firmware_bridge.records import Channel, DeviceKind, Flag
+from firmware_bridge.records import Channel, DeviceKind, Flag, Reading
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,25 @@ def spec(kind: DeviceKind | str) -> KindSpec:
     return KINDS[DeviceKind(kind)]
 
 
-def kind_of_payload(payload: bytes) -> DeviceKind:
-    """Which kind a Vigil payload belongs to, from its header's kind byte."""
-    if len(payload) < 2:
-        raise DecodeError(f"payload of {len(payload)} bytes is too short for a header", reason="length", data=payload)
-    s = _BY_CODE.get(payload[1])
+def kind_of_payload(payload: bytes | bytearray | memoryview) -> DeviceKind:
+    """Which kind a Vigil payload belongs to, from its header's kind byte (byte 1).
+
+    Only the kind byte is looked at; the chosen codec checks the rest.
+    """
+    data = bytes(payload)
+    if len(data) < 2:
+        raise DecodeError(
+            f"payload of {len(data)} bytes is too short for a header", reason="length", data=data
+        )
+    s = _BY_CODE.get(data[1])
     if s is None:
-        raise DecodeError(f"unknown kind code 0x{payload[1]:02x}", reason="kind", data=payload)
+        raise DecodeError(f"unknown kind code 0x{data[1]:02x}", reason="kind", data=data)
     return s.kind
+
+
+def decode_payload(payload: bytes | bytearray | memoryview, *, device_id: str, time: float) -> Reading:
+    """Decode a Vigil payload of any kind, choosing the codec by the header's kind byte.
+
+    Raises :class:`DecodeError` (never anything else) when the bytes are not a valid payload.
+    """
+    return KINDS[kind_of_payload(payload)].codec.decode(payload, device_id=device_id, time=time)

@@ -38,3 +38,4 @@ CODEC = PayloadCodec(KIND, KIND_CODE, CHANNELS, FLAGS)
 encode = CODEC.encode
 decode = CODEC.decode
 decode_many = CODEC.decode_many
+decode_buffer = CODEC.decode_buffer

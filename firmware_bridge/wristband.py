@@ -15,11 +15,15 @@ KIND_CODE = 0x03
 HEARTBEAT_S = 300.0  # a summary every 5 minutes, immediately on SOS / fall
 
 CHANNELS: tuple[Channel, ...] = (
-    Channel("heart_rate_bpm", "bpm", 0.0, 250.0, "u1", 1.0, "heart rate, mean over the last minute; 0 = none"),
+    Channel(
+        "heart_rate_bpm", "bpm", 0.0, 250.0, "u1", 1.0, "heart rate, mean over the last minute; 0 = none"
+    ),
     Channel("spo2_pct", "%", 0.0, 100.0, "u1", 1.0, "blood oxygen saturation; 0 = none"),
     Channel("accel_peak_g", "g", 0.0, 16.0, ">u2", 0.001, "peak acceleration magnitude since last uplink"),
     Channel("stillness_s", "s", 0.0, 65535.0, ">u2", 1.0, "seconds near 1 g with no motion after the peak"),
-    Channel("orientation_change_deg", "°", 0.0, 180.0, "u1", 1.0, "wrist orientation before vs after the peak"),
+    Channel(
+        "orientation_change_deg", "°", 0.0, 180.0, "u1", 1.0, "wrist orientation before vs after the peak"
+    ),
     Channel("steps", "steps", 0.0, 65535.0, ">u2", 1.0, "steps since the last uplink"),
     Channel("lat", "°", -90.0, 90.0, ">i4", 1e-6, "WGS-84 latitude (valid when gps_valid)"),
     Channel("lon", "°", -180.0, 180.0, ">i4", 1e-6, "WGS-84 longitude (valid when gps_valid)"),
@@ -39,3 +43,4 @@ CODEC = PayloadCodec(KIND, KIND_CODE, CHANNELS, FLAGS)
 encode = CODEC.encode
 decode = CODEC.decode
 decode_many = CODEC.decode_many
+decode_buffer = CODEC.decode_buffer

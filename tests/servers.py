@@ -36,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0, log: Path | None = None) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -101,7 +103,9 @@ class MosquittoServer:
                 pw = pwd.getpwnam("mosquitto")
                 os.chown(self.directory, pw.pw_uid, pw.pw_gid)
             conf.write_text(conf.read_text() + "user root\n")
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_port(self.port, self.proc, log=self.log_path)
 
     def stop(self) -> None:
@@ -114,7 +118,9 @@ class MosquittoServer:
         self.start()
 
 
-def start_mosquitto(directory: Path | None = None, port: int | None = None, extra_config: str = "") -> MosquittoServer:
+def start_mosquitto(
+    directory: Path | None = None, port: int | None = None, extra_config: str = ""
+) -> MosquittoServer:
     d = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="vigil-mosquitto-"))
     d.mkdir(parents=True, exist_ok=True)
     server = MosquittoServer("127.0.0.1", port or free_port(), d, extra_config=extra_config)
@@ -170,16 +176,38 @@ def start_postgres(directory: Path | None = None, port: int | None = None) -> Po
     log = d / "postgres.log"
     res = subprocess.run(
         [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-        capture_output=True, cwd=d, **run_as,  # type: ignore[call-overload]
+        capture_output=True,
+        cwd=d,
+        **run_as,  # type: ignore[call-overload]
     )
     if res.returncode != 0:
         raise ServerError(f"initdb failed: {res.stderr.decode(errors='replace')[-2000:]}")
     port = port or free_port()
     logf = open(log, "wb")  # noqa: SIM115 - owned by the process lifetime
     proc = subprocess.Popen(
-        [postgres, "-D", str(data), "-p", str(port), "-k", str(sock), "-c", "listen_addresses=127.0.0.1",
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
-        stdout=logf, stderr=subprocess.STDOUT, cwd=d, **run_as,  # type: ignore[call-overload]
+        [
+            postgres,
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(sock),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        cwd=d,
+        **run_as,  # type: ignore[call-overload]
     )
     logf.close()
     server = PostgresServer("127.0.0.1", port, d, proc=proc)
@@ -231,9 +259,17 @@ def start_victoria(directory: Path | None = None, port: int | None = None) -> Vi
     log = d / "vm.log"
     logf = open(log, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [binary, f"-storageDataPath={d / 'data'}", f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
-         "-search.latencyOffset=0s", "-search.disableCache", "-loggerLevel=ERROR"],
-        stdout=logf, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"-storageDataPath={d / 'data'}",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-loggerLevel=ERROR",
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
     )
     logf.close()
     server = VictoriaServer("127.0.0.1", port, d, proc=proc)

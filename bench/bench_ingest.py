@@ -1,0 +1,545 @@
+"""Ingest throughput (readings/s) and batch latency of the time-series stores and of the whole ingest path,
+each next to a baseline measured in the same run.
+
+Run: ``.venv/bin/python bench/bench_ingest.py`` (about 40-60 s on a 2-core box; ``--quick`` for a smoke run).
+
+What is measured (every row says which):
+
+* ``store`` rows: ``TimeSeriesStore.write(ReadingBatch)`` directly, 5,000 manhole readings (8 channels) per
+  batch, 500 devices, 1 % missing values; latency = one ``write`` call = batch handed over -> committed.
+  - ``sqlite wide executemany (ours, synchronous=FULL)`` the embedded default; also ``synchronous=NORMAL``.
+  - baseline ``sqlite narrow table`` one row per (reading, channel), rows built with numpy too, so the
+    difference is the layout; baseline ``sqlite per-row INSERT`` one ``execute`` per reading.
+  - ``postgresql COPY + INSERT..SELECT ON CONFLICT (ours)`` vs baseline ``postgresql executemany INSERT ON
+    CONFLICT`` (psycopg 3 pipelines executemany, so it is a strong baseline).
+  - ``x2 threads``: two threads writing through one store object (what the ingest service does; the
+    SQLite store group-commits concurrent batches: one transaction and one fsync for several batches).
+  - ``x2 processes``: two worker processes writing disjoint devices at once into the same store.
+  - ``small batches``: 100 readings per batch (a small gateway flushing often), one thread committing
+    each batch vs 8 threads sharing commits (group commit), both with ``synchronous=FULL``.
+* ``http`` rows: the real cloud app (``cloud.app.create_app``, H6a's IngestService: JSON parsing and
+  validation, device authorisation, time-series write, device bookkeeping, ack after commit) over an
+  in-process ASGI transport, 2,000 readings per batch; latency = POST sent -> ack received. ``x2 posters``
+  = two concurrent posters in one process (the app runs the blocking work in threads).
+
+PostgreSQL runs as our own child process in a temp dir (``tests.servers.start_postgres``) with
+``fsync=off`` (test-server settings): PostgreSQL figures are therefore an upper bound for a production
+server, while the SQLite default pays a real fsync per commit. Results: ``bench/results/bench_ingest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from cloud.timeseries import open_timeseries
+from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.registry import spec
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_ingest.json"
+KIND = DeviceKind.MANHOLE
+T0 = 1_790_000_000.0
+
+
+def make_batches(
+    n_batches: int, batch_size: int, n_devices: int, *, prefix: str = "mh", seed: int = 0
+) -> list[ReadingBatch]:
+    """Batches as a gateway would send them: each device's readings 60 s apart, devices interleaved."""
+    rng = np.random.default_rng(seed)
+    n_ch = len(spec(KIND).channels)
+    devices = np.array([f"{prefix}{i:06d}" for i in range(n_devices)])
+    per_dev = batch_size // n_devices
+    out = []
+    for b in range(n_batches):
+        dev = np.tile(devices, per_dev)
+        k = np.repeat(np.arange(per_dev), n_devices) + b * per_dev
+        vals = rng.normal(10, 3, size=(len(dev), n_ch))
+        vals[rng.random(vals.shape) < 0.01] = np.nan
+        out.append(
+            ReadingBatch(
+                kind=KIND,
+                device_id=dev,
+                seq=(k % 65536).astype(np.uint32),
+                time=T0 + k * 60.0 + rng.random(len(dev)),
+                battery_pct=np.full(len(dev), 87.5),
+                flags=np.zeros(len(dev), np.uint32),
+                values=vals,
+                fw_version=np.full(len(dev), 258, np.uint16),
+            )
+        )
+    return out
+
+
+def summarise(
+    name: str, what: str, n_readings: int, wall_s: float, lat_s: Sequence[float], **extra: Any
+) -> dict[str, Any]:
+    lat = np.asarray(lat_s) * 1000.0
+    return {
+        "name": name,
+        "measured": what,
+        "readings": n_readings,
+        "seconds": round(wall_s, 3),
+        "readings_per_s": round(n_readings / wall_s),
+        "batch_p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "batch_p99_ms": round(float(np.percentile(lat, 99)), 2),
+        **extra,
+    }
+
+
+# --- store level --------------------------------------------------------------------------------
+def run_store(url: str, batches: list[ReadingBatch]) -> tuple[float, list[float], int]:
+    store = open_timeseries(url)
+    try:
+        lat = []
+        t0 = time.perf_counter()
+        for b in batches:
+            s = time.perf_counter()
+            store.write(b)
+            lat.append(time.perf_counter() - s)
+        wall = time.perf_counter() - t0
+    finally:
+        store.close()
+    return wall, lat, sum(len(b) for b in batches)
+
+
+def run_store_threads(url: str, parts: list[list[ReadingBatch]]) -> tuple[float, list[float], int]:
+    """Several threads writing through one store object, as the ingest service does (group commit)."""
+    import threading
+
+    store = open_timeseries(url)
+    lat: list[float] = []
+
+    def work(batches: list[ReadingBatch]) -> None:
+        for b in batches:
+            s = time.perf_counter()
+            store.write(b)
+            lat.append(time.perf_counter() - s)
+
+    try:
+        threads = [threading.Thread(target=work, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        store.close()
+    return wall, lat, sum(len(b) for p in parts for b in p)
+
+
+def _worker(url: str, batches: list[ReadingBatch], start: Any, out: Any) -> None:
+    start.wait()
+    _wall, lat, n = run_store(url, batches)
+    out.put((time.perf_counter(), lat, n))
+
+
+def run_store_parallel(url: str, parts: list[list[ReadingBatch]]) -> tuple[float, list[float], int]:
+    ctx = mp.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    open_timeseries(url).close()  # create the schema once, before the race
+    procs = [ctx.Process(target=_worker, args=(url, p, start, out)) for p in parts]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # let both processes import and open the store before the clock starts
+    t0 = time.perf_counter()
+    start.set()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    wall = max(r[0] for r in results) - t0
+    return wall, [x for r in results for x in r[1]], sum(r[2] for r in results)
+
+
+def _same_pragmas(c: sqlite3.Connection) -> None:
+    """The store's own settings (cloud/timeseries/sqlite.py), so a baseline differs only in what it tests."""
+    for p in ("synchronous=FULL", "wal_autocheckpoint=16384", "cache_size=-65536", "mmap_size=268435456"):
+        c.execute(f"PRAGMA {p}")
+
+
+def sqlite_narrow_baseline(path: str, batches: list[ReadingBatch]) -> tuple[float, list[float], int]:
+    """One row per (reading, channel), built column-wise with numpy (so only the layout differs)."""
+    names = np.array(spec(KIND).channel_names)
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    _same_pragmas(c)
+    c.execute(
+        "CREATE TABLE narrow (device_id TEXT, time_ms INTEGER, seq INTEGER, channel TEXT, value REAL, "
+        "PRIMARY KEY (device_id, time_ms, seq, channel)) WITHOUT ROWID"
+    )
+    lat = []
+    t0 = time.perf_counter()
+    for b in batches:
+        s = time.perf_counter()
+        k = len(names)
+        t_ms = np.rint(b.time * 1000).astype(np.int64)
+        rows = zip(
+            np.repeat(b.device_id, k).tolist(),
+            np.repeat(t_ms, k).tolist(),
+            np.repeat(b.seq, k).tolist(),
+            np.tile(names, len(b)).tolist(),
+            b.values.ravel().tolist(),
+            strict=True,
+        )
+        c.execute("BEGIN")
+        c.executemany("INSERT OR IGNORE INTO narrow VALUES (?, ?, ?, ?, ?)", rows)
+        c.execute("COMMIT")
+        lat.append(time.perf_counter() - s)
+    wall = time.perf_counter() - t0
+    c.close()
+    return wall, lat, sum(len(b) for b in batches)
+
+
+def sqlite_per_row_baseline(path: str, batches: list[ReadingBatch]) -> tuple[float, list[float], int]:
+    """The same wide table, one ``execute`` per reading with per-value conversion (the naive loop)."""
+    store = open_timeseries(f"sqlite:///{path}")  # creates the schema
+    store.close()
+    names = spec(KIND).channel_names
+    c = sqlite3.connect(path, isolation_level=None)
+    _same_pragmas(c)
+    sql = (
+        f"INSERT OR IGNORE INTO ts_manhole (device_id, time_ms, seq, battery_pct, flags, fw_version, "
+        f"{', '.join(names)}) VALUES ({', '.join('?' * (6 + len(names)))})"
+    )
+    lat = []
+    t0 = time.perf_counter()
+    for b in batches:
+        s = time.perf_counter()
+        c.execute("BEGIN")
+        for r in b.readings():
+            c.execute(
+                sql,
+                (
+                    r.device_id,
+                    round(r.time * 1000),
+                    r.seq,
+                    r.battery_pct,
+                    r.flags,
+                    r.fw_version,
+                    *[None if v != v else v for v in r.values],
+                ),
+            )
+        c.execute("COMMIT")
+        lat.append(time.perf_counter() - s)
+    wall = time.perf_counter() - t0
+    c.close()
+    return wall, lat, sum(len(b) for b in batches)
+
+
+def pg_executemany_baseline(dsn: str, batches: list[ReadingBatch]) -> tuple[float, list[float], int]:
+    import psycopg
+
+    open_timeseries(dsn).close()  # creates the schema
+    names = spec(KIND).channel_names
+    sql = (
+        "INSERT INTO ts_manhole (device_id, time_ms, seq, battery_pct, flags, fw_version, "
+        f"{', '.join(names)}) "
+        f"VALUES ({', '.join(['%s'] * (6 + len(names)))}) ON CONFLICT DO NOTHING"
+    )
+    lat = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for b in batches:
+            s = time.perf_counter()
+            vals = np.where(np.isnan(b.values), None, b.values).tolist()  # NULL for missing
+            rows = [
+                (d, t, q, bp, f, fw, *v)
+                for d, t, q, bp, f, fw, v in zip(
+                    b.device_id.tolist(),
+                    np.rint(b.time * 1000).astype(np.int64).tolist(),
+                    b.seq.tolist(),
+                    b.battery_pct.tolist(),
+                    b.flags.tolist(),
+                    b.fw_version.tolist(),
+                    vals,
+                    strict=True,
+                )
+            ]
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows)
+            lat.append(time.perf_counter() - s)
+        wall = time.perf_counter() - t0
+    return wall, lat, sum(len(b) for b in batches)
+
+
+# --- whole ingest path over HTTP ---------------------------------------------------------------------------
+def http_ingest(
+    tmp: Path, database_url: str, ts_url: str, n_batches: int, batch_size: int, n_devices: int, posters: int
+) -> tuple[float, list[float], int]:
+    return asyncio.run(_http_ingest(tmp, database_url, ts_url, n_batches, batch_size, n_devices, posters))
+
+
+async def _http_ingest(
+    tmp: Path, database_url: str, ts_url: str, n_batches: int, batch_size: int, n_devices: int, posters: int
+) -> tuple[float, list[float], int]:
+    import httpx
+
+    from alerts.contract import HTTP_PATH, TelemetryBlock, UplinkBatch
+    from cloud.app import create_app
+    from cloud.settings import CloudSettings
+
+    settings = CloudSettings.model_validate(
+        dict(
+            database_url=database_url,
+            timeseries_url=ts_url,
+            secret_key_file=tmp / "keys" / "secret.key",
+            migrate_on_start=True,
+            connectivity_check_s=0,
+            json_logs=False,
+        )
+    )
+    app = await asyncio.to_thread(create_app, settings)
+    header = (
+        "device_id,kind,name,lat,lon,address,grid,community,street,on_road,gateway_id,profile,dev_addr,"
+        "nwk_skey,app_skey,wearer_name,wearer_phone,emergency_contact_phone"
+    )
+    bodies: list[list[bytes]] = []
+    async with app.router.lifespan_context(app):
+        st = app.state.vigil
+        tokens = []
+        for p in range(posters):
+            gw = f"gw-bench-{p}"
+            tokens.append(await asyncio.to_thread(st.credentials.add_gateway, gw, now=time.time()))
+            prefix = f"70B3D57E{p:02X}"  # + 6 digits = a 16-hex-digit DevEUI, as the registry requires
+            rows = [f"{prefix}{i:06d},manhole,,39.9,116.3,,,,,false,{gw},,,,,,," for i in range(n_devices)]
+            await asyncio.to_thread(
+                st.registry.import_csv, "\n".join([header, *rows]) + "\n", now=time.time()
+            )
+            per = n_batches // posters
+            bodies.append(
+                [
+                    UplinkBatch(
+                        batch_id=f"bench-{p}-{i:06d}",
+                        gateway_id=gw,
+                        sent_at=T0,
+                        telemetry=[TelemetryBlock.from_batch(b)],
+                    )
+                    .model_dump_json()
+                    .encode()
+                    for i, b in enumerate(make_batches(per, batch_size, n_devices, prefix=prefix, seed=p))
+                ]
+            )
+        lat: list[float] = []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as client:
+
+            async def post_all(token: str, items: list[bytes]) -> None:
+                headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
+                for body in items:
+                    s = time.perf_counter()
+                    r = await client.post(HTTP_PATH, content=body, headers=headers)
+                    lat.append(time.perf_counter() - s)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"ingest failed: {r.status_code} {r.text[:300]}")
+
+            for p in range(posters):  # warm-up (first-request costs), not timed
+                await post_all(tokens[p], bodies[p][:1])
+            lat.clear()
+            t0 = time.perf_counter()
+            async with asyncio.TaskGroup() as tg:
+                for p in range(posters):
+                    tg.create_task(post_all(tokens[p], bodies[p][1:]), name=f"poster-{p}")
+            wall = time.perf_counter() - t0
+    return wall, lat, sum(len(x) - 1 for x in bodies) * batch_size
+
+
+# --- main --------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds, for CI smoke runs")
+    ap.add_argument("--repeat", type=int, default=1, help="best of N runs per row (fresh database each run)")
+    ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-http", action="store_true")
+    args = ap.parse_args(argv)
+    scale = 0.1 if args.quick else 1.0
+    bs, ndev = 5000, 500
+    nb = max(4, int(40 * scale))
+    rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    run_id = iter(range(10**6))
+
+    def add(name: str, what: str, fn: Callable[[int], tuple[float, list[float], int]], **extra: Any) -> None:
+        best: dict[str, Any] | None = None
+        for _ in range(max(1, args.repeat)):
+            res = fn(next(run_id))
+            row = summarise(name, what, res[2], res[0], res[1], **extra)
+            if best is None or row["readings_per_s"] > best["readings_per_s"]:
+                best = row
+        assert best is not None
+        rows.append(best)
+        print(
+            f"  {name:<66} {best['readings_per_s']:>9,} readings/s   p50 {best['batch_p50_ms']:>7.1f} ms   "
+            f"p99 {best['batch_p99_ms']:>7.1f} ms",
+            flush=True,
+        )
+
+    batches = make_batches(nb, bs, ndev)
+    half = [make_batches(nb // 2, bs, ndev, prefix=f"w{k}mh", seed=10 + k) for k in range(2)]
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-ingest-") as tmpd:
+        tmp = Path(tmpd)
+        print(f"store level: {bs:,} manhole readings per batch, {ndev} devices, best of {args.repeat}")
+        add(
+            "sqlite wide executemany (ours, synchronous=FULL)",
+            "store",
+            lambda i: run_store(f"sqlite:///{tmp}/full{i}.db", batches),
+        )
+        add(
+            "sqlite wide executemany (synchronous=NORMAL)",
+            "store",
+            lambda i: run_store(f"sqlite:///{tmp}/normal{i}.db?synchronous=normal", batches),
+        )
+        add(
+            "sqlite wide executemany x2 threads, one store (group commit)",
+            "store",
+            lambda i: run_store_threads(f"sqlite:///{tmp}/thr{i}.db", half),
+        )
+        add(
+            "sqlite wide executemany x2 processes (one file)",
+            "store",
+            lambda i: run_store_parallel(f"sqlite:///{tmp}/par{i}.db", half),
+        )
+        small = make_batches(max(40, int(400 * scale)), 100, 50, prefix="sm")
+        add(
+            "small batches (100 readings), 1 thread: one commit each",
+            "store",
+            lambda i: run_store(f"sqlite:///{tmp}/small1-{i}.db", small),
+        )
+        add(
+            "small batches (100 readings), 8 threads, one store (group commit)",
+            "store",
+            lambda i: run_store_threads(f"sqlite:///{tmp}/small8-{i}.db", [small[k::8] for k in range(8)]),
+        )
+        add(
+            "baseline: sqlite narrow table (row per channel)",
+            "store",
+            lambda i: sqlite_narrow_baseline(str(tmp / f"narrow{i}.db"), batches[: max(2, nb // 4)]),
+            note="a quarter of the batches (a smaller database, which favours it)",
+        )
+        add(
+            "baseline: sqlite per-row INSERT",
+            "store",
+            lambda i: sqlite_per_row_baseline(str(tmp / f"perrow{i}.db"), batches),
+        )
+        pg = None
+        if not args.no_postgres:
+            from tests.servers import start_postgres
+
+            pg = start_postgres()  # its own temp dir: the server runs as another user when we are root
+        try:
+            if pg is not None:
+                srv = pg
+                add(
+                    "postgresql COPY + INSERT..SELECT ON CONFLICT (ours)",
+                    "store",
+                    lambda i: run_store(srv.create_database(f"bench_a{i}"), batches[: max(4, nb // 2)]),
+                )
+                add(
+                    "postgresql COPY x2 processes",
+                    "store",
+                    lambda i: run_store_parallel(
+                        srv.create_database(f"bench_b{i}"), [h[: max(2, len(h) // 2)] for h in half]
+                    ),
+                )
+                add(
+                    "baseline: postgresql executemany INSERT ON CONFLICT",
+                    "store",
+                    lambda i: pg_executemany_baseline(
+                        srv.create_database(f"bench_c{i}").replace("+psycopg", ""), batches[: max(4, nb // 2)]
+                    ),
+                )
+            if not args.no_http:
+                hb, hn = 2000, 200
+                n_http = max(4, int(40 * scale))
+                print(f"whole ingest path: cloud app over ASGI, {hb:,} readings per batch")
+                add(
+                    "http ingest, sqlite db + sqlite ts, 1 poster",
+                    "http",
+                    lambda i: http_ingest(
+                        tmp / f"h1-{i}",
+                        f"sqlite:///{tmp}/h1-{i}.db",
+                        f"sqlite:///{tmp}/h1-{i}-ts.db",
+                        n_http,
+                        hb,
+                        hn,
+                        1,
+                    ),
+                )
+                add(
+                    "http ingest, sqlite db + sqlite ts, x2 posters",
+                    "http",
+                    lambda i: http_ingest(
+                        tmp / f"h2-{i}",
+                        f"sqlite:///{tmp}/h2-{i}.db",
+                        f"sqlite:///{tmp}/h2-{i}-ts.db",
+                        n_http,
+                        hb,
+                        hn,
+                        2,
+                    ),
+                )
+                if pg is not None:
+                    srv = pg
+                    add(
+                        "http ingest, postgresql db + postgresql ts, x2 posters",
+                        "http",
+                        lambda i: http_ingest(
+                            tmp / f"h3-{i}",
+                            srv.create_database(f"bench_http{i}"),
+                            srv.create_database(f"bench_http_ts{i}"),
+                            n_http,
+                            hb,
+                            hn,
+                            2,
+                        ),
+                    )
+        finally:
+            if pg is not None:
+                pg.stop()
+                shutil.rmtree(pg.directory, ignore_errors=True)
+    ours = next(r for r in rows if r["name"].startswith("sqlite wide executemany (ours"))
+    base = next(r for r in rows if r["name"] == "baseline: sqlite per-row INSERT")
+    load_after = os.getloadavg()
+    print(
+        f"\nembedded store: {ours['readings_per_s']:,} readings/s vs per-row baseline "
+        f"{base['readings_per_s']:,} ({ours['readings_per_s'] / base['readings_per_s']:.1f}x); aim >= 100,000"
+    )
+    print(f"load avg (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f}, {os.cpu_count()} CPUs")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": "bench_ingest",
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
+        "kind": KIND.value,
+        "channels": len(spec(KIND).channels),
+        "batch_readings": bs,
+        "devices": ndev,
+        "results": rows,
+    }
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

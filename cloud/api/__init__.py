@@ -1,0 +1,1 @@
+"""HTTP routers of the cloud service, one module per resource."""

@@ -1,0 +1,80 @@
+"""Everything a request handler needs, built once per app (``app.state.vigil``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cloud.auth import Credentials
+from cloud.connectivity import ConnectivityMonitor
+from cloud.crypto import SecretBox, load_or_create_key
+from cloud.db import Database, upgrade_head
+from cloud.ingest import AlertSink, IngestService, NullAlertSink
+from cloud.metrics import CloudMetrics
+from cloud.registry import Registry
+from cloud.settings import CloudSettings
+from cloud.timeseries import TimeSeriesStore, open_timeseries
+from firmware_bridge.clock import Clock, SystemClock
+
+
+@dataclass
+class CloudState:
+    settings: CloudSettings
+    db: Database
+    store: TimeSeriesStore
+    credentials: Credentials
+    registry: Registry
+    ingest: IngestService
+    monitor: ConnectivityMonitor
+    metrics: CloudMetrics
+    clock: Clock
+    closed: bool = field(default=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: CloudSettings,
+        *,
+        sink: AlertSink | None = None,
+        clock: Clock | None = None,
+        metrics: CloudMetrics | None = None,
+    ) -> CloudState:
+        clock = clock or SystemClock()
+        metrics = metrics or CloudMetrics()
+        sink = sink or NullAlertSink()
+        box = SecretBox(load_or_create_key(settings.secret_key_file))
+        db = Database(settings.database_url)  # creates the SQLite file's directory
+        try:
+            if settings.should_migrate:
+                upgrade_head(settings.database_url)
+            store = open_timeseries(settings.timeseries_url)
+        except Exception:
+            db.close()
+            raise
+        return cls(
+            settings=settings,
+            db=db,
+            store=store,
+            credentials=Credentials(db, rotation_grace_s=settings.gateway_rotation_grace_s),
+            registry=Registry(db, box),
+            ingest=IngestService(db, store, metrics=metrics, sink=sink, clock=clock),
+            monitor=ConnectivityMonitor(
+                db,
+                silent_factor=settings.silent_factor,
+                gateway_offline_s=settings.gateway_offline_s,
+                reminder_interval_s=settings.reminder_interval_s,
+                metrics=metrics,
+                sink=sink,
+                clock=clock,
+            ),
+            metrics=metrics,
+            clock=clock,
+        )
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.store.close()
+        finally:
+            self.db.close()

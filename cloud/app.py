@@ -1,0 +1,223 @@
+"""The FastAPI application factory of the Vigil cloud service.
+
+``create_app(settings)`` builds everything eagerly (migrations on the embedded default, the key file,
+the database and time-series handles) so a bad configuration fails at start with a clear message, not
+on the first request. The lifespan runs the background tasks (the connectivity monitor) in one
+``asyncio.TaskGroup`` with named tasks and closes every resource at shutdown.
+
+Cross-cutting concerns live here, once: the request body limit (413 before the body is read), the
+translation of :mod:`cloud.errors` and validation errors into JSON 4xx bodies with a reason, and the
+request metrics (``vigil_cloud_http_requests_total`` by route template, never by raw path, so ids do not
+explode the label set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud import operator_push
+from cloud.api import alerts, auth, devices, gateways, ingest
+from cloud.api.state import CloudState
+from cloud.errors import CloudError
+from cloud.ingest import AlertSink
+from cloud.metrics import CloudMetrics
+from cloud.settings import CloudSettings
+from firmware_bridge.clock import Clock
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over ``max_bytes`` with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: CloudMetrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    await self._reject(send, declared)
+                    return
+        seen = 0
+        response_started = rejected = False
+
+        async def limited_receive() -> Message:
+            # Over the limit: answer 413 ourselves and tell the app the client went away. (Raising here
+            # would not work: FastAPI turns any error while reading the body into a 400.)
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    rejected = True
+                    if not response_started:
+                        await self._reject(send, seen)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if rejected:
+                return  # the 413 is already sent; drop whatever the app answers to the "disconnect"
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, tracking_send)
+
+    async def _reject(self, send: Send, size: int) -> None:
+        self.metrics.rejects.labels("too_large").inc()
+        body = json.dumps(
+            {"error": "payload_too_large", "detail": f"request body over the {self.max_bytes}-byte limit"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    settings: CloudSettings | None = None,
+    *,
+    sink: AlertSink | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """Build the app; ``sink`` gets committed alert steps (dispatch hook), ``clock`` may be accelerated."""
+    settings = settings or CloudSettings.from_env()
+    state = CloudState.build(settings, sink=sink, clock=clock)
+    metrics = state.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = []
+                if settings.connectivity_check_s > 0:
+                    tasks.append(
+                        tg.create_task(
+                            state.monitor.run(settings.connectivity_check_s), name="connectivity-monitor"
+                        )
+                    )
+                log.info(
+                    "vigil cloud started",
+                    extra={
+                        "database": state.db.engine.url.get_backend_name(),
+                        "background_tasks": [t.get_name() for t in tasks],
+                    },
+                )
+                yield
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await asyncio.to_thread(state.close)
+
+    app = FastAPI(
+        title="Vigil cloud",
+        version="1",
+        summary="Ingest, registry and alerts of the Vigil neighbourhood-safety system",
+        description="Gateway-to-cloud contract: see docs/contract.md. Auth: `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.vigil = state
+
+    @app.exception_handler(CloudError)
+    async def _cloud_error(request: Request, exc: CloudError) -> JSONResponse:
+        if exc.status_code < 500:
+            metrics.rejects.labels(exc.code).inc()
+        else:
+            log.error(
+                "request failed", extra={"path": request.url.path, "error": exc.code, "detail": exc.detail}
+            )
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.rejects.labels("validation").inc()
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()[:50]]
+        return JSONResponse(
+            {"error": "validation", "detail": "request does not match the schema", "errors": errors},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        metrics.rejects.labels(f"http_{exc.status_code}").inc()
+        return JSONResponse(
+            {"error": f"http_{exc.status_code}", "detail": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.http_requests.labels(route, str(response.status_code)).inc()
+        metrics.http_seconds.labels(route).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness and database reachability")
+    async def healthz() -> dict[str, object]:
+        ok = await asyncio.to_thread(_db_ok, state)
+        if not ok:
+            return JSONResponse({"status": "unhealthy", "database": False}, status_code=503)  # type: ignore[return-value]
+        return {"status": "ok", "database": True}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for module in (ingest, devices, gateways, alerts, auth, operator_push):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    return app
+
+
+def _db_ok(state: CloudState) -> bool:
+    from sqlalchemy import text
+
+    try:
+        with state.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:  # health probe: any failure means unhealthy, reported not raised
+        return False
+    return True

@@ -1,0 +1,237 @@
+"""Credentials: gateway tokens, user API tokens, passwords, roles.
+
+Tokens are 32 random bytes (``secrets.token_urlsafe(32)``) with a readable prefix (``vgw_`` gateway,
+``vus_`` user). Only their SHA-256 is stored. A slow hash (scrypt) protects *low*-entropy secrets such as
+passwords against offline guessing; a 256-bit random token cannot be guessed, so a fast hash is enough and
+lets every request find its credential by an indexed equality lookup. Passwords use scrypt from
+``hashlib`` (n=2**14, r=8, p=1, 16-byte salt), compared in constant time.
+
+Roles, from most to least privileged: ``admin`` (manage everything, see personal data), ``dispatcher``
+(see personal data to call people), ``operator`` and ``viewer`` (see masked personal data), and
+``gateway`` (may only ingest for its own devices).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import select
+
+from cloud.db import ApiToken, Database, Gateway, User
+from cloud.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+GATEWAY_TOKEN_PREFIX = "vgw_"
+USER_TOKEN_PREFIX = "vus_"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    DISPATCHER = "dispatcher"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    GATEWAY = "gateway"
+
+
+USER_ROLES = (Role.ADMIN, Role.DISPATCHER, Role.OPERATOR, Role.VIEWER)
+#: roles that may read personal data (wearer name and phone, emergency contact) unmasked
+PERSONAL_DATA_ROLES = frozenset({Role.ADMIN, Role.DISPATCHER})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user (``name`` = username) or a gateway (``name`` = gateway id)."""
+
+    role: Role
+    name: str
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.role is Role.GATEWAY
+
+
+def new_token(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    if len(password) < 8:
+        raise BadRequestError("a password needs at least 8 characters")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    if not stored:
+        return False
+    try:
+        algo, n, r, p, salt, digest = stored.split("$")
+        if algo != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+class Credentials:
+    """Issue, rotate, revoke and check credentials. Blocking (call from a worker thread)."""
+
+    def __init__(self, db: Database, *, rotation_grace_s: float) -> None:
+        self.db = db
+        self.rotation_grace_s = rotation_grace_s
+
+    # -- gateways -------------------------------------------------------------------------------------
+    def add_gateway(self, gateway_id: str, *, name: str = "", now: float) -> str:
+        """Provision a gateway; returns its token (shown once, never stored in clear)."""
+        token = new_token(GATEWAY_TOKEN_PREFIX)
+        with self.db.write() as s:
+            if s.get(Gateway, gateway_id) is not None:
+                raise ConflictError(f"gateway {gateway_id!r} already exists")
+            s.add(
+                Gateway(
+                    gateway_id=gateway_id,
+                    name=name,
+                    token_hash=token_hash(token),
+                    created_at=now,
+                    batches_total=0,
+                )
+            )
+        return token
+
+    def rotate_gateway(self, gateway_id: str, *, now: float) -> str:
+        """New token; the previous one keeps working for ``rotation_grace_s`` (0 = invalid at once)."""
+        token = new_token(GATEWAY_TOKEN_PREFIX)
+        with self.db.write() as s:
+            gw = s.get(Gateway, gateway_id)
+            if gw is None:
+                raise NotFoundError(f"no gateway {gateway_id!r}")
+            if gw.revoked_at is not None:
+                raise ConflictError(f"gateway {gateway_id!r} is revoked; add it again under a new id")
+            if self.rotation_grace_s > 0:
+                gw.prev_token_hash, gw.prev_token_expires_at = gw.token_hash, now + self.rotation_grace_s
+            else:
+                gw.prev_token_hash, gw.prev_token_expires_at = None, None
+            gw.token_hash = token_hash(token)
+        return token
+
+    def revoke_gateway(self, gateway_id: str, *, now: float) -> None:
+        """Immediately invalidate every token of the gateway (a stolen Pi)."""
+        with self.db.write() as s:
+            gw = s.get(Gateway, gateway_id)
+            if gw is None:
+                raise NotFoundError(f"no gateway {gateway_id!r}")
+            gw.revoked_at = now
+            gw.prev_token_hash, gw.prev_token_expires_at = None, None
+
+    def gateway_for_token(self, token: str, *, now: float) -> str:
+        h = token_hash(token)
+        with self.db.read() as s:
+            gw = s.scalars(select(Gateway).where(Gateway.token_hash == h)).first()
+            if gw is None:
+                gw = s.scalars(select(Gateway).where(Gateway.prev_token_hash == h)).first()
+                if gw is not None and (gw.prev_token_expires_at or 0) <= now:
+                    raise AuthenticationError("this gateway token was rotated and its grace period is over")
+            if gw is None:
+                raise AuthenticationError("unknown token")
+            if gw.revoked_at is not None:
+                raise AuthenticationError(f"gateway {gw.gateway_id!r} is revoked")
+            return gw.gateway_id
+
+    # -- users ----------------------------------------------------------------------------------------
+    def add_user(self, username: str, role: Role | str, *, password: str | None = None, now: float) -> str:
+        """Create a user and an API token for it (returned once)."""
+        role = Role(role)
+        if role not in USER_ROLES:
+            raise BadRequestError(f"a user role is one of {[r.value for r in USER_ROLES]}")
+        pw = hash_password(password) if password else None
+        token = new_token(USER_TOKEN_PREFIX)
+        with self.db.write() as s:
+            if s.scalars(select(User).where(User.username == username)).first() is not None:
+                raise ConflictError(f"user {username!r} already exists")
+            user = User(username=username, role=role.value, password_hash=pw, created_at=now, disabled=False)
+            s.add(user)
+            s.flush()
+            s.add(ApiToken(token_hash=token_hash(token), user_id=user.id, created_at=now))
+        return token
+
+    def login(self, username: str, password: str, *, now: float, ttl_s: float = 12 * 3600) -> str:
+        """Password login: returns a new bearer token valid for ``ttl_s``."""
+        with self.db.read() as s:
+            user = s.scalars(select(User).where(User.username == username)).first()
+        # constant work whether or not the user exists, so response time does not reveal usernames
+        ok = verify_password(password, user.password_hash if user else _dummy_hash())
+        if user is None or not ok or user.disabled:
+            raise AuthenticationError("wrong username or password")
+        token = new_token(USER_TOKEN_PREFIX)
+        with self.db.write() as s:
+            s.add(
+                ApiToken(
+                    token_hash=token_hash(token), user_id=user.id, created_at=now, expires_at=now + ttl_s
+                )
+            )
+        return token
+
+    def revoke_user_token(self, token: str) -> None:
+        """Log out: the token stops working at once (the user's other tokens are untouched)."""
+        with self.db.write() as s:
+            row = s.get(ApiToken, token_hash(token))
+            if row is None:
+                raise AuthenticationError("unknown token")
+            s.delete(row)
+
+    def user_for_token(self, token: str, *, now: float) -> Principal:
+        with self.db.read() as s:
+            row = s.execute(
+                select(User, ApiToken)
+                .join(ApiToken, ApiToken.user_id == User.id)
+                .where(ApiToken.token_hash == token_hash(token))
+            ).first()
+            if row is None:
+                raise AuthenticationError("unknown token")
+            user, tok = row
+            if tok.expires_at is not None and tok.expires_at <= now:
+                raise AuthenticationError("token expired; log in again")
+            if user.disabled:
+                raise AuthenticationError(f"user {user.username!r} is disabled")
+            return Principal(Role(user.role), user.username)
+
+    def principal_for_token(self, token: str, *, now: float) -> Principal:
+        if token.startswith(GATEWAY_TOKEN_PREFIX):
+            return Principal(Role.GATEWAY, self.gateway_for_token(token, now=now))
+        if token.startswith(USER_TOKEN_PREFIX):
+            return self.user_for_token(token, now=now)
+        raise AuthenticationError("malformed token")
+
+
+def require(principal: Principal, *roles: Role) -> None:
+    if principal.role not in roles:
+        raise PermissionDeniedError(
+            f"role {principal.role.value!r} may not do this (needs one of {[r.value for r in roles]})"
+        )
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password("not-a-real-password")

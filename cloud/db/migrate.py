@@ -1,0 +1,44 @@
+"""Run the alembic migrations shipped inside the package (``cloud/migrations``, ``alembic.ini``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+# alembic logs one INFO line per built-in plugin while it is imported: noise in every start-up log
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from cloud.db.session import normalise_url  # noqa: E402
+from cloud.errors import StorageError  # noqa: E402
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a password holding '%' must be escaped
+    cfg.set_main_option("sqlalchemy.url", normalise_url(database_url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade_head(database_url: str) -> None:
+    """``alembic upgrade head`` against ``database_url`` (idempotent).
+
+    Raises :class:`StorageError` naming the database (without its password) if it cannot be reached.
+    """
+    url = make_url(normalise_url(database_url))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        command.upgrade(alembic_config(database_url), "head")
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise StorageError(
+            f"cannot migrate {url.render_as_string(hide_password=True)}: {str(orig).splitlines()[0]}"
+        ) from exc

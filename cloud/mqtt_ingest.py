@@ -1,0 +1,610 @@
+"""MQTT ingest workers: gateways publish :class:`~alerts.contract.UplinkBatch` documents, workers store them.
+
+Why it is built this way:
+
+- **Shared subscription** ``$share/vigil-ingest/vigil/v1/gw/+/up`` (MQTT 5, Mosquitto 2): the broker hands
+  each message to one member of the group, so adding a worker process adds throughput with no
+  coordination between workers.
+- **Persistent session, manual acknowledgement.** Each worker has a *stable* client id, connects with
+  ``clean_start=False`` and a session expiry, and sends the PUBACK of a message only after
+  :meth:`IngestService.ingest <cloud.ingest.IngestService.ingest>` returned, i.e. after the commit. A
+  worker that dies mid-batch leaves the message un-acknowledged in its session and the broker redelivers
+  it when the worker (same client id) comes back; storage is idempotent (``batch_id``, and
+  ``(device_id, time, seq)``), so the redelivery is stored once and answered ``duplicate=true``.
+  aiomqtt 2 acknowledges on receipt (no manual ack), so this module drives paho-mqtt 2 directly
+  (``manual_ack=True`` + ``client.ack(mid, qos)``), with its socket driven by the asyncio loop.
+- **Bounded in-flight work.** ``receive_maximum`` (MQTT 5 flow control) asks the broker to keep at most
+  that many un-acked messages in flight, and the worker stops reading the socket while that many wait in
+  its hand-off queue (Mosquitto 2.0 does not always honour ReceiveMaximum, so the pause is what really
+  bounds memory). If the queue's hard bound is reached anyway, the message is dropped *without* an ack
+  (``vigil_cloud_mqtt_dropped_total``) and the worker reconnects, so the broker redelivers it.
+- **Acknowledge to the gateway only after commit**: the :class:`~alerts.contract.UplinkAck` goes to
+  ``vigil/v1/gw/{gateway_id}/ack`` before the PUBACK of the batch, at QoS 0 (see
+  ``_Connection.publish``; a lost ack only makes the gateway re-send, and a re-sent batch is
+  answered ``duplicate=true``).
+- **Poison messages do not loop.** A payload that is not a valid ``UplinkBatch``, a topic without a valid
+  gateway id, a batch whose ``gateway_id`` differs from the topic's, or a batch the service refuses (4xx
+  class :class:`~cloud.errors.CloudError`) is counted, logged with the first bytes of the payload,
+  acknowledged, and answered with an error document on the ack topic::
+
+      {"batch_id": "<id or null>", "error": "<code>", "detail": "<why>"}
+
+  A :class:`~cloud.errors.StorageError` (the database is down) is *not* a poison message: the worker keeps
+  the message and retries with jittered backoff until it is stored or the connection is lost.
+- **Reconnect with jittered exponential backoff** and resubscribe on every connect.
+
+Security: on MQTT the broker authenticates gateways; configure an ACL such as
+``pattern write vigil/v1/gw/%u/up`` so a gateway can only publish under its own id, which is why the
+topic's gateway id is the authority here (``docs/timeseries.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import ValidationError
+
+from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic
+from cloud.errors import CloudError, StorageError
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "vigil-ingest"
+UP_FILTER = "vigil/v1/gw/+/up"
+_TOPIC = re.compile(r"^vigil/v1/gw/([A-Za-z0-9_.:\-]{1,64})/up$")
+_LOG_BYTES = 200
+
+
+class Ingestor(Protocol):
+    """What the worker needs from :class:`cloud.ingest.IngestService`."""
+
+    async def ingest(self, batch: UplinkBatch, *, gateway_id: str) -> UplinkAck: ...
+
+
+class MqttIngestError(Exception):
+    """Base of this module's errors."""
+
+
+class BrokerConnectError(MqttIngestError):
+    """The broker refused the connection or the subscription (bad credentials, not authorised)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttIngestConfig:
+    """One worker's settings. ``client_id`` must be stable across restarts of *this* worker (e.g.
+    ``ingest-<host>-<n>``) and unique among workers: the broker keeps un-acked messages in that session."""
+
+    host: str
+    port: int = 1883
+    client_id: str = "vigil-ingest-0"
+    group: str = SHARE_GROUP
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 24 * 3600
+    receive_maximum: int = 8
+    connect_timeout_s: float = 10.0
+    ingest_timeout_s: float = 60.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    unexpected_error_attempts: int = 3
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.group}/{UP_FILTER}"
+
+
+class MqttIngestMetrics:
+    """``vigil_cloud_mqtt_*`` counters; pass the app's registry to expose them on ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.messages = Counter(
+            "vigil_cloud_mqtt_messages_total",
+            "Uplink messages handled, by result (stored, duplicate, malformed, rejected, abandoned)",
+            ["result"],
+            registry=r,
+        )
+        self.storage_retries = Counter(
+            "vigil_cloud_mqtt_storage_retries_total",
+            "Ingest attempts that failed with a storage error",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "vigil_cloud_mqtt_dropped_total",
+            "Messages dropped un-acked because the hand-off queue was full",
+            registry=r,
+        )
+        self.connects = Counter(
+            "vigil_cloud_mqtt_connects_total", "Successful broker connections", registry=r
+        )
+        self.connect_failures = Counter(
+            "vigil_cloud_mqtt_connect_failures_total", "Failed connection attempts", registry=r
+        )
+
+
+def gateway_of_topic(topic: str) -> str | None:
+    """``vigil/v1/gw/{gateway_id}/up`` -> ``gateway_id``; ``None`` for any other topic."""
+    m = _TOPIC.match(topic)
+    return m.group(1) if m else None
+
+
+def backoff_delays(initial: float, maximum: float, rng: random.Random | None = None) -> Any:
+    """Jittered exponential backoff: attempt n waits uniform(initial/2, min(maximum, initial * 2**n)) seconds
+    (the "equal jitter" family from the AWS Architecture Blog, "Exponential Backoff And Jitter")."""
+    r = rng or random.Random()
+    n = 0
+    while True:
+        yield r.uniform(initial / 2, min(maximum, initial * (2**n)))
+        n = min(n + 1, 30)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    generation: int
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+class _Connection:
+    """One paho client for one broker connection, driven by the asyncio loop (no network thread).
+
+    paho's external-loop hooks (``on_socket_open`` / ``on_socket_register_write`` ...) register the socket
+    with the event loop, as aiomqtt does; unlike aiomqtt we can *stop reading* (:meth:`pause_reading`)
+    when the hand-off queue is full, which pushes back on the broker through TCP. Only the blocking TCP
+    connect runs in a thread; the hooks it triggers hop back to the loop.
+    """
+
+    def __init__(
+        self,
+        cfg: MqttIngestConfig,
+        loop: asyncio.AbstractEventLoop,
+        generation: int,
+        deliver: Callable[[_Delivery], None],
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.loop = loop
+        self.generation = generation
+        self._deliver = deliver
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.subscribed: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[str] = loop.create_future()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        if cfg.username is not None:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        c = self.client
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        c.on_disconnect = self._on_disconnect
+        c.on_socket_open = lambda _c, _u, sock: self._on_loop(self._sock_open, sock)
+        c.on_socket_close = lambda _c, _u, sock: self._on_loop(self._sock_close, sock)
+        c.on_socket_register_write = lambda _c, _u, sock: self._on_loop(self._want_write, sock, True)
+        c.on_socket_unregister_write = lambda _c, _u, sock: self._on_loop(self._want_write, sock, False)
+        self._cfg = cfg
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = cfg.session_expiry_s
+        props.ReceiveMaximum = cfg.receive_maximum
+        self._props = props
+        self._closed = False
+        self._fd: int | None = None
+        self._reading = False
+        self._paused = False
+        self._writing = False
+        self._misc: asyncio.Task[None] | None = None
+
+    # --- socket plumbing (always on the loop thread) -----------------------------------------------------
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _sock_open(self, sock: Any) -> None:
+        if self._closed:
+            return
+        self._fd = sock.fileno()
+        self._update_reader()
+        if self.client.want_write():
+            self._want_write(sock, True)
+
+    def _sock_close(self, sock: Any) -> None:
+        if self._fd is not None:
+            if self._reading:
+                self.loop.remove_reader(self._fd)
+            if self._writing:
+                self.loop.remove_writer(self._fd)
+        self._fd, self._reading, self._writing = None, False, False
+
+    def _want_write(self, sock: Any, on: bool) -> None:
+        if self._fd is None or self._closed:
+            return
+        if on and not self._writing:
+            self.loop.add_writer(self._fd, self.client.loop_write)
+            self._writing = True
+        elif not on and self._writing:
+            self.loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _update_reader(self) -> None:
+        want = self._fd is not None and not self._paused and not self._closed
+        if want and not self._reading:
+            assert self._fd is not None
+            self.loop.add_reader(self._fd, self.client.loop_read)
+            self._reading = True
+        elif not want and self._reading and self._fd is not None:
+            self.loop.remove_reader(self._fd)
+            self._reading = False
+
+    def pause_reading(self) -> None:
+        self._paused = True
+        self._update_reader()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self._update_reader()
+
+    async def _misc_loop(self) -> None:
+        while True:  # keepalive pings and ping-timeout detection
+            self.client.loop_misc()
+            await asyncio.sleep(1.0)
+
+    @staticmethod
+    def _set(fut: asyncio.Future[Any], value: Any = None, exc: BaseException | None = None) -> None:
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+    # --- paho callbacks (loop thread) --------------------------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._set(self.connected, exc=BrokerConnectError(f"broker refused the connection: {reason}"))
+            return
+        self._set(self.connected)
+        result, _mid = client.subscribe(self._cfg.subscription, qos=1)
+        if result != 0:
+            self._set(self.subscribed, exc=BrokerConnectError(f"subscribe failed: {result}"))
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        bad = [r for r in reasons if r.is_failure]
+        if bad:
+            self._set(self.subscribed, exc=BrokerConnectError(f"subscription refused: {bad[0]}"))
+        else:
+            self._set(self.subscribed)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._deliver(_Delivery(self.generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._set(self.lost, str(reason))
+        self._set(self.connected, exc=BrokerConnectError(f"disconnected before CONNACK: {reason}"))
+        self._set(self.subscribed, exc=BrokerConnectError(f"disconnected before SUBACK: {reason}"))
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        cfg = self._cfg
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(
+                    self.client.connect,
+                    cfg.host,
+                    cfg.port,
+                    cfg.keepalive_s,
+                    clean_start=False,
+                    properties=self._props,
+                ),
+                cfg.connect_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise BrokerConnectError(f"cannot reach broker {cfg.host}:{cfg.port}: {exc!r}") from exc
+        self._misc = self.loop.create_task(self._misc_loop(), name=f"mqtt-misc[{cfg.client_id}]")
+        await asyncio.wait_for(asyncio.shield(self.connected), cfg.connect_timeout_s)
+        await asyncio.wait_for(asyncio.shield(self.subscribed), cfg.connect_timeout_s)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        # QoS 0 on purpose. paho's loop_read handles one packet per un-acked outgoing QoS>0 message per
+        # call, and the broker's PUBACKs for QoS 1 acks cannot be read while we pause reading: under load
+        # the two fed each other and broke the queue bound (measured). A lost ack costs nothing: the
+        # gateway re-sends the batch and gets ``duplicate=true`` (alerts/contract.py).
+        self.client.publish(topic, payload, qos=0)
+
+    def ack(self, d: _Delivery) -> None:
+        if d.qos > 0:
+            self.client.ack(d.mid, d.qos)
+
+    def drop(self) -> None:
+        """Close the connection from our side (the session stays on the broker)."""
+        self.client.disconnect()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            if self.client.want_write():
+                self.client.loop_write()  # flush DISCONNECT; paho closes the socket after sending it
+        self._closed = True
+        if self._misc is not None:
+            self._misc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._misc
+        sock = self.client.socket()
+        self._sock_close(sock)
+        if sock is not None:  # DISCONNECT could not be flushed: close it ourselves
+            with contextlib.suppress(OSError):
+                sock.close()
+        for fut in (self.connected, self.subscribed, self.lost):
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # mark retrieved
+            else:
+                fut.cancel()
+
+
+class IngestWorker:
+    """One MQTT ingest worker. ``await worker.run()`` until cancelled; ``worker.ready`` is set once the
+    shared subscription is active (for tests and health checks)."""
+
+    def __init__(
+        self,
+        config: MqttIngestConfig,
+        service: Ingestor,
+        *,
+        metrics: MqttIngestMetrics | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.metrics = metrics or MqttIngestMetrics()
+        self.ready = asyncio.Event()
+        self._sleep = sleep
+        # Reading pauses at ``receive_maximum`` queued messages; the hard bound leaves room for what one
+        # socket read can still carry (Mosquitto 2.0 was measured to exceed ReceiveMaximum under load).
+        self._high_water = config.receive_maximum
+        self._queue: asyncio.Queue[_Delivery] = asyncio.Queue(maxsize=4 * config.receive_maximum + 32)
+        self._conn: _Connection | None = None
+        self._generation = 0
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._connection_loop(), name=f"mqtt-ingest-connect[{self.config.client_id}]")
+            tg.create_task(self._consume_loop(), name=f"mqtt-ingest-consume[{self.config.client_id}]")
+
+    # --- connection management --------------------------------------------------------------------------
+    def _deliver(self, d: _Delivery) -> None:
+        conn = self._conn
+        if (
+            conn is not None
+            and conn.generation == d.generation
+            and self._queue.qsize() + 1 >= self._high_water
+        ):
+            conn.pause_reading()  # TCP back-pressure on the broker until the consumer catches up
+        try:
+            self._queue.put_nowait(d)
+        except asyncio.QueueFull:
+            # Not acked. The broker only redelivers on a session resume, so drop the connection: the
+            # reconnect resumes the session and everything un-acked (this message included) comes again.
+            self.metrics.dropped.inc()
+            log.warning("ingest queue full; reconnecting so the broker redelivers", extra={"topic": d.topic})
+            if conn is not None and conn.generation == d.generation:
+                conn.drop()
+
+    async def _connection_loop(self) -> None:
+        delays = backoff_delays(self.config.backoff_initial_s, self.config.backoff_max_s)
+        loop = asyncio.get_running_loop()
+        while True:
+            self._generation += 1
+            conn = _Connection(self.config, loop, self._generation, self._deliver)
+            # Current before CONNACK: a resumed session's redeliveries arrive before our SUBACK.
+            self._conn = conn
+            try:
+                await conn.open()
+            except (BrokerConnectError, TimeoutError) as exc:
+                self.metrics.connect_failures.inc()
+                self._conn = None
+                await conn.close()
+                delay = next(delays)
+                log.warning(
+                    "MQTT connect failed; retrying", extra={"error": str(exc), "retry_in_s": round(delay, 2)}
+                )
+                await self._sleep(delay)
+                continue
+            except BaseException:
+                self._conn = None
+                await conn.close()
+                raise
+            self.metrics.connects.inc()
+            delays = backoff_delays(self.config.backoff_initial_s, self.config.backoff_max_s)
+            self.ready.set()
+            log.info(
+                "MQTT ingest worker subscribed",
+                extra={"client_id": self.config.client_id, "subscription": self.config.subscription},
+            )
+            try:
+                reason = await asyncio.shield(conn.lost)
+            finally:
+                self.ready.clear()
+                self._conn = None
+                await conn.close()
+            log.warning("MQTT connection lost; reconnecting", extra={"reason": reason})
+            await self._sleep(next(delays))
+
+    # --- message handling -------------------------------------------------------------------------------
+    async def _consume_loop(self) -> None:
+        while True:
+            d = await self._queue.get()
+            conn = self._conn
+            if conn is not None and self._queue.qsize() < self._high_water:
+                conn.resume_reading()
+            try:
+                await self._handle(d)
+            finally:
+                self._queue.task_done()
+
+    def _current(self, d: _Delivery) -> _Connection | None:
+        """The connection a delivery can still be answered on (its own); ``None`` if that one is gone:
+        the broker will redeliver the message on the resumed session, so we must not touch it."""
+        conn = self._conn
+        return conn if conn is not None and conn.generation == d.generation else None
+
+    async def _handle(self, d: _Delivery) -> None:
+        if self._current(d) is None:
+            self.metrics.messages.labels("abandoned").inc()
+            return
+        gateway_id = gateway_of_topic(d.topic)
+        if gateway_id is None:
+            self._poison(d, None, None, "bad_topic", f"topic {d.topic!r} is not vigil/v1/gw/<gateway_id>/up")
+            return
+        try:
+            batch = UplinkBatch.model_validate_json(d.payload)
+        except ValidationError as exc:
+            self._poison(
+                d,
+                gateway_id,
+                _batch_id_of(d.payload),
+                "validation",
+                f"not a valid UplinkBatch: {exc.error_count()} error(s): {_first_error(exc)}",
+            )
+            return
+        if batch.gateway_id != gateway_id:
+            self._poison(
+                d,
+                gateway_id,
+                batch.batch_id,
+                "forbidden",
+                f"batch names gateway {batch.gateway_id!r} but arrived on {gateway_id!r}'s topic",
+            )
+            return
+        ack = await self._ingest_until_stored(d, batch, gateway_id)
+        if ack is None:
+            return
+        conn = self._current(d)
+        if conn is None:  # stored, but the connection went: the redelivery will be answered duplicate=true
+            self.metrics.messages.labels("abandoned").inc()
+            return
+        conn.publish(mqtt_ack_topic(gateway_id), ack.model_dump_json().encode())
+        conn.ack(d)
+        self.metrics.messages.labels("duplicate" if ack.duplicate else "stored").inc()
+
+    async def _ingest_until_stored(
+        self, d: _Delivery, batch: UplinkBatch, gateway_id: str
+    ) -> UplinkAck | None:
+        delays = backoff_delays(self.config.backoff_initial_s, self.config.backoff_max_s)
+        unexpected = 0
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    self.service.ingest(batch, gateway_id=gateway_id), self.config.ingest_timeout_s
+                )
+            except (StorageError, TimeoutError) as exc:
+                self.metrics.storage_retries.inc()
+                log.warning(
+                    "ingest failed with a storage error; retrying",
+                    extra={"batch_id": batch.batch_id, "gateway_id": gateway_id, "error": str(exc)},
+                )
+            except CloudError as exc:  # refused (4xx class): retrying cannot help
+                self._poison(d, gateway_id, batch.batch_id, exc.code, exc.detail)
+                return None
+            except Exception as exc:  # supervisor boundary: a bug must not loop forever on one message
+                unexpected += 1
+                log.exception(
+                    "unexpected ingest failure", extra={"batch_id": batch.batch_id, "attempt": unexpected}
+                )
+                if unexpected >= self.config.unexpected_error_attempts:
+                    self._poison(d, gateway_id, batch.batch_id, "internal", f"{type(exc).__name__}: {exc}")
+                    return None
+            if self._current(d) is None:
+                self.metrics.messages.labels("abandoned").inc()
+                return None
+            await self._sleep(next(delays))
+
+    def _poison(
+        self, d: _Delivery, gateway_id: str | None, batch_id: str | None, code: str, detail: str
+    ) -> None:
+        result = "malformed" if code in ("bad_topic", "validation") else "rejected"
+        self.metrics.messages.labels(result).inc()
+        log.warning(
+            "uplink message %s: %s",
+            result,
+            detail,
+            extra={
+                "topic": d.topic,
+                "code": code,
+                "batch_id": batch_id,
+                "payload_head": d.payload[:_LOG_BYTES].hex(),
+                "payload_len": len(d.payload),
+            },
+        )
+        conn = self._current(d)
+        if conn is None:
+            return
+        if gateway_id is not None:
+            body = {"batch_id": batch_id, "error": code, "detail": detail}
+            conn.publish(mqtt_ack_topic(gateway_id), json.dumps(body).encode())
+        conn.ack(d)
+
+
+def _batch_id_of(payload: bytes) -> str | None:
+    """Best effort: the batch id of an invalid document, so the gateway can match the error to a batch."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    bid = doc.get("batch_id") if isinstance(doc, dict) else None
+    return bid if isinstance(bid, str) and len(bid) <= 64 else None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors(include_url=False, include_input=False)
+    if not errs:
+        return ""
+    e = errs[0]
+    return f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"[:300]
+
+
+async def serve(settings: Any, config: MqttIngestConfig, *, workers: int = 1, registry: Any = None) -> None:
+    """Run ``workers`` ingest workers in this process in front of the cloud's own IngestService.
+
+    ``settings`` is a :class:`cloud.settings.CloudSettings` (same database and time-series URLs as the HTTP
+    service). Worker ``k`` uses client id ``<config.client_id>-<k>``, so restarting the process resumes the
+    same sessions. Runs until cancelled; the database and store are closed on the way out. For a
+    ``vigil cloud mqtt-ingest`` command, call ``asyncio.run(serve(settings, config, workers=n))``.
+    """
+    from dataclasses import replace
+
+    from cloud.api.state import CloudState
+
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    state = await asyncio.to_thread(CloudState.build, settings)
+    metrics = MqttIngestMetrics(registry if registry is not None else state.metrics.registry)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for k in range(workers):
+                cfg = replace(config, client_id=f"{config.client_id}-{k}")
+                worker = IngestWorker(cfg, state.ingest, metrics=metrics)
+                tg.create_task(worker.run(), name=f"mqtt-ingest-worker[{cfg.client_id}]")
+    finally:
+        await asyncio.to_thread(state.close)

@@ -1,0 +1,79 @@
+"""Typed, validated settings of the cloud service.
+
+Embedded defaults let one box run a community with nothing else installed: SQLite for operational data
+(``./var/vigil.db``) and SQLite for telemetry (``./var/vigil-ts.db``). Production points
+``database_url`` at PostgreSQL and ``timeseries_url`` at InfluxDB or VictoriaMetrics.
+
+Every field can come from the environment as ``VIGIL_CLOUD_<FIELD>`` (e.g. ``VIGIL_CLOUD_DATABASE_URL``);
+command-line flags override the environment (see :func:`CloudSettings.from_env`). ``pydantic-settings``
+is not a dependency: the mapping is a dozen lines here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cloud.errors import ConfigError
+
+ENV_PREFIX = "VIGIL_CLOUD_"
+
+
+class CloudSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = "sqlite:///./var/vigil.db"
+    timeseries_url: str = "sqlite:///./var/vigil-ts.db"
+    secret_key_file: Path = Path("./var/vigil-secret.key")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: run ``alembic upgrade head`` at startup; ``None`` = only on the embedded SQLite default
+    migrate_on_start: bool | None = None
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: after ``vigil cloud gateway rotate`` the previous token stays valid this long (0 = immediately invalid)
+    gateway_rotation_grace_s: float = Field(default=3600.0, ge=0)
+    #: a device is silent after ``silent_factor`` x its profile interval without a reading
+    silent_factor: float = Field(default=2.5, gt=1)
+    #: a gateway is offline after this long without a batch
+    gateway_offline_s: float = Field(default=300.0, gt=0)
+    #: open connectivity alerts are repeated (an ``updated`` step) at this interval
+    reminder_interval_s: float = Field(default=3600.0, gt=0)
+    #: how often the connectivity monitor runs; 0 disables the background task (tests drive it by hand)
+    connectivity_check_s: float = Field(default=30.0, ge=0)
+    #: token configured on the CTWing platform's push subscription (sent as ``?token=``)
+    ctwing_token: str = ""
+    #: token configured on the OneNET platform's HTTP push (signature = Base64(MD5(token + nonce + msg)))
+    onenet_token: str = ""
+    #: JSON lines on stderr (production) instead of the plain text format
+    json_logs: bool = True
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_migrate(self) -> bool:
+        return self.is_embedded if self.migrate_on_start is None else self.migrate_on_start
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> CloudSettings:
+        """Settings from ``VIGIL_CLOUD_*`` variables, then ``overrides`` (``None`` values are ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(
+                f"invalid cloud setting {field!r} ({ENV_PREFIX}{field.upper()}): {first['msg']}"
+            ) from exc

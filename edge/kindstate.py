@@ -1,0 +1,96 @@
+"""Everything the engine keeps for one device kind: the device table and its per-device arrays.
+
+Why a table and not objects: a dict ``device_id -> row`` and numpy arrays indexed by row (grown by
+doubling) let every rule, detector and episode machine work on whole columns. A new device costs one
+dict entry and, when some device of the kind has per-device thresholds, one row of parameter arrays.
+Device ids must be valid contract identifiers (``[A-Za-z0-9_.:-]{1,64}``); a reading of an invalid id
+gets row -1 and is counted as rejected by the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from alerts.events import EventType
+from edge.detectors.base import grow
+from edge.episodes import EpisodeRule, EpisodeTable
+from edge.profiles import ParamTable, ProfileSet
+from edge.registry import RULES
+from firmware_bridge.records import DeviceKind
+from firmware_bridge.registry import spec
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_COMMON: dict[str, tuple[str, float]] = {
+    "last_time": ("f8", np.nan),
+    "last_seq": ("i8", -1),
+    "first_time": ("f8", np.nan),
+    "frames": ("i8", 0),
+}
+
+
+@dataclass
+class KindState:
+    """Everything the engine keeps for one device kind."""
+
+    kind: DeviceKind
+    profiles: ProfileSet
+    grace_period: int
+    index: dict[str, int] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+    capacity: int = 0
+
+    def __post_init__(self) -> None:
+        self.module = RULES[self.kind]
+        self.spec = spec(self.kind)
+        default = self.profiles.defaults[self.kind]
+        self.common = {k: np.full(0, f, dtype=d) for k, (d, f) in _COMMON.items()}
+        self.state = {k: np.full(0, f, dtype=d) for k, (d, f) in self.module.STATE.items()}
+        self.det = self.module.make_detectors(default, self.grace_period)
+        rules: dict[EventType, EpisodeRule] = dict(self.module.rules(default))
+        rules[EventType.DEVICE_SILENT] = EpisodeRule(remind_every_s=float(default.silent_remind_s))
+        self.episodes = {et: EpisodeTable(rule) for et, rule in rules.items()}
+        self.params = ParamTable(self.profiles, self.kind)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def _resize(self, capacity: int) -> None:
+        for k, (_d, f) in _COMMON.items():
+            self.common[k] = grow(self.common[k], capacity, f)
+        for k, (_d, f) in self.module.STATE.items():
+            self.state[k] = grow(self.state[k], capacity, f)
+        for d in self.det.values():
+            d.resize(capacity)
+        for e in self.episodes.values():
+            e.resize(capacity)
+        self.capacity = capacity
+
+    def add(self, device_ids: list[str]) -> npt.NDArray[np.int64]:
+        start = self.n
+        self.ids.extend(device_ids)
+        for i, d in enumerate(device_ids):
+            self.index[d] = start + i
+        if self.n > self.capacity:
+            self._resize(max(64, self.capacity * 2, self.n))
+        rows = np.arange(start, self.n, dtype=np.int64)
+        self.params.add(rows, device_ids, self.capacity)
+        return rows
+
+    def rows_for(self, device_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
+        """Row per reading; -1 for an invalid device id. New valid ids get rows."""
+        get = self.index.get
+        rows = np.fromiter((get(d, -1) for d in device_ids.tolist()), dtype=np.int64, count=len(device_ids))
+        missing = rows < 0
+        if missing.any():
+            new = [d for d in dict.fromkeys(device_ids[missing].tolist()) if _ID_RE.match(d)]
+            if new:
+                self.add(new)
+                rows[missing] = np.fromiter(
+                    (get(d, -1) for d in device_ids[missing].tolist()), dtype=np.int64
+                )
+        return rows

@@ -1,0 +1,91 @@
+"""What a kind's rule module sees and returns: :class:`RuleContext` in, :class:`Verdict` per event out.
+
+Why: the three kinds (and the fourth someone adds later) write their rules against the same small
+vocabulary, so a rule reads like the standard it implements (``band(ch4, 25, 50, clear=20)``) and the
+engine can run every kind the same vectorised way. All inputs are arrays over the readings of *unique*
+devices (the engine hands the k-th reading of every device at once, in time order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from alerts.events import Severity
+from edge.detectors.base import Detector
+from edge.episodes import CLEAR, HOLD, UNKNOWN
+from edge.profiles import ParamView
+from firmware_bridge.registry import KindSpec
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+LevelArray = npt.NDArray[np.int8]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Per reading: condition level (CLEAR/HOLD/UNKNOWN/severity), a value to report, proof-on-its-own,
+    and optionally when the condition really began (a fall began at the impact, before the stillness)."""
+
+    level: LevelArray
+    value: FloatArray
+    immediate: BoolArray | None = None
+    since: FloatArray | None = None  # when the condition began, if earlier than its first active reading
+
+
+@dataclass
+class RuleContext:
+    spec: KindSpec
+    rows: npt.NDArray[np.int64]  # device rows (unique)
+    t: FloatArray  # reading times
+    dt: FloatArray  # seconds since the device's previous accepted reading (NaN for its first)
+    values: FloatArray  # (n, channels)
+    flags: npt.NDArray[np.uint32]
+    battery: FloatArray
+    p: ParamView
+    state: dict[str, npt.NDArray[Any]]  # the kind's extra per-device arrays (index with rows)
+    det: dict[str, Detector]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def col(self, name: str) -> FloatArray:
+        return self.values[:, self.spec.channel_index(name)]
+
+    def flag(self, name: str) -> BoolArray:
+        on: BoolArray = (self.flags & np.uint32(self.spec.flag(name).mask)) != 0
+        return on
+
+    def levels(self, fill: int = CLEAR) -> LevelArray:
+        return np.full(len(self.rows), fill, dtype=np.int8)
+
+
+def band(x: FloatArray, medium: Any, high: Any, clear: Any) -> LevelArray:
+    """Higher-is-worse banding: HIGH >= high, MEDIUM >= medium, HOLD above clear, else CLEAR; NaN unknown."""
+    lvl = np.select(
+        [x >= high, x >= medium, x > clear], [int(Severity.HIGH), int(Severity.MEDIUM), HOLD], CLEAR
+    )
+    return np.where(np.isfinite(x), lvl, UNKNOWN).astype(np.int8)
+
+
+def band_low(x: FloatArray, medium: Any, high: Any, clear: Any) -> LevelArray:
+    """Lower-is-worse banding (water distance, oxygen, SpO2)."""
+    lvl = np.select(
+        [x <= high, x <= medium, x < clear], [int(Severity.HIGH), int(Severity.MEDIUM), HOLD], CLEAR
+    )
+    return np.where(np.isfinite(x), lvl, UNKNOWN).astype(np.int8)
+
+
+def flag_level(on: BoolArray, severity: Severity) -> LevelArray:
+    return np.where(on, int(severity), CLEAR).astype(np.int8)
+
+
+def battery_verdict(ctx: RuleContext) -> Verdict:
+    """LOW_BATTERY, the same for every kind: the device's flag or the percentage, with hysteresis."""
+    b = ctx.battery
+    low = ctx.flag("low_battery") | (b <= ctx.p.low_battery_pct)
+    lvl = np.where(low, int(Severity.LOW), np.where(b < ctx.p.low_battery_clear_pct, HOLD, CLEAR))
+    return Verdict(lvl.astype(np.int8), b)

@@ -1,0 +1,242 @@
+"""``vigil gateway status``: tell an installer, in plain words, what is wrong with this gateway.
+
+It reads the running daemon's Prometheus endpoint; when the daemon is down it reads the outbox file
+instead (queue depth, oldest record, drops, when the cloud was last reachable). Every finding is one
+sentence with the number that proves it and what to check: "CRC errors on serial:/dev/ttyUSB0 (3.1 % of
+frames): check the baud rate, the cable and its ground" rather than a counter name.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+#: reject reason -> what an installer should check
+ADVICE: dict[str, str] = {
+    "crc": "CRC errors: check the baud rate, the cable and its ground, and interference near the radio",
+    "escape": "broken SLIP escapes: line noise or a wrong baud rate",
+    "short": "truncated frames: line noise, a wrong baud rate or a radio resetting mid-frame",
+    "oversize": "overlong frames: a wrong baud rate or a device not speaking Vigil framing",
+    "length": "payloads of the wrong length: device firmware does not match this gateway version",
+    "version": "unknown payload version: device firmware is newer than this gateway",
+    "kind": "unknown device kind code: a foreign device or newer firmware",
+    "range": "out-of-range header values: a faulty device",
+    "mic": "LoRaWAN MIC failures: the session keys in devices.csv do not match the devices",
+    "unknown_dev_addr": "LoRaWAN frames from DevAddrs not in devices.csv",
+    "replay": "replayed LoRaWAN frame counters: a duplicate path, or a device that rebooted (ABP reset)",
+    "duplicate": "duplicate frames (heard twice): harmless, they are stored once",
+    "unknown_device": "frames from devices not in devices.csv were refused (accept_unknown_devices = false)",
+    "queue_full": "the frame queue overflowed: the gateway cannot keep up with this source",
+    "topic": "MQTT messages on topics that do not match the source's format",
+}
+_INFO_ONLY = {"duplicate"}
+
+
+@dataclass
+class Report:
+    running: bool
+    lines: list[str] = field(default_factory=list)
+    problems: int = 0
+
+    def ok(self, text: str) -> None:
+        self.lines.append(f"  ok    {text}")
+
+    def bad(self, text: str) -> None:
+        self.lines.append(f"  PROBLEM  {text}")
+        self.problems += 1
+
+    def info(self, text: str) -> None:
+        self.lines.append(f"  info  {text}")
+
+    def render(self) -> str:
+        head = (
+            "Vigil gateway: running" if self.running else "Vigil gateway: NOT RUNNING (read the outbox file)"
+        )
+        tail = "No problems found." if not self.problems else f"{self.problems} problem(s) found."
+        return "\n".join([head, *self.lines, tail])
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if not self.running else (1 if self.problems else 0)
+
+
+def _ago(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name].append((dict(s.labels), float(s.value)))
+    return out
+
+
+def diagnose_metrics(text: str, now: float | None = None) -> Report:
+    now = time.time() if now is None else now
+    m = parse_metrics(text)
+    r = Report(running=True)
+
+    def total(name: str) -> float:
+        return sum(v for _, v in m.get(name, []))
+
+    started = total("vigil_gateway_start_time_seconds")
+    if started:
+        r.info(f"up for {_ago(now - started)}")
+    frames: dict[str, float] = {lab["source"]: v for lab, v in m.get("vigil_gateway_frames_total", [])}
+    up = {lab["source"]: v for lab, v in m.get("vigil_gateway_source_up", [])}
+    rejects: dict[str, dict[str, float]] = defaultdict(dict)
+    for lab, v in m.get("vigil_gateway_rejects_total", []):
+        rejects[lab["source"]][lab["reason"]] = v
+    for src in sorted(set(frames) | set(up) | set(rejects)):
+        good = frames.get(src, 0.0)
+        if up.get(src, 1.0) == 0:
+            r.bad(f"source {src} is not connected (port missing, broker down or address in use)")
+        bad_total = sum(v for k, v in rejects[src].items() if k not in _INFO_ONLY)
+        if good and not bad_total:
+            r.ok(f"source {src}: {int(good)} frames accepted")
+        if not good and not bad_total and up.get(src, 1.0) != 0:
+            r.info(f"source {src}: no frames yet")
+        for reason, n in sorted(rejects[src].items(), key=lambda kv: -kv[1]):
+            if not n:
+                continue
+            share = 100.0 * n / max(good + n, 1.0)
+            msg = f"source {src}: {int(n)} {ADVICE.get(reason, reason)} ({share:.1f} % of frames)"
+            (r.info if reason in _INFO_ONLY or share < 0.1 else r.bad)(msg)
+    unknown = total("vigil_gateway_unknown_devices_total")
+    if unknown:
+        r.bad(f"{int(unknown)} frames came from devices not listed in devices_file: add them to devices.csv")
+    qd = total("vigil_gateway_queue_depth")
+    if qd > 1000:
+        r.bad(f"{int(qd)} frames are waiting to be decoded: the gateway is falling behind (CPU?)")
+    depth = {lab["lane"]: v for lab, v in m.get("vigil_gateway_outbox_depth", [])}
+    oldest = total("vigil_gateway_outbox_oldest_age_seconds")
+    _outbox_lines(r, depth, oldest)
+    if total("vigil_gateway_uplink_up") >= 1:
+        r.ok("cloud reachable; the last batch was acknowledged")
+    else:
+        since = total("vigil_gateway_uplink_down_since_seconds")
+        errors = {lab["reason"]: v for lab, v in m.get("vigil_gateway_uplink_errors_total", []) if v}
+        why = f" (errors: {', '.join(f'{k} x{int(v)}' for k, v in errors.items())})" if errors else ""
+        auth = {
+            k: v for k, v in errors.items() if k in ("http_401", "http_403", "unauthenticated", "forbidden")
+        }
+        if auth:
+            r.bad(
+                f"the cloud refuses this gateway ({', '.join(auth)}): check gateway.id and the credential "
+                "(vigil cloud gateway rotate ID), or the device assignment in the cloud"
+            )
+        if since:
+            r.bad(
+                f"cloud unreachable since {_utc(since)} ({_ago(now - since)}){why}; "
+                "data is kept in the outbox"
+            )
+        elif errors:
+            r.bad(f"cloud not reached yet{why}")
+        else:
+            r.info("no batch sent to the cloud yet")
+    for lab, v in m.get("vigil_gateway_dropped_total", []):
+        if v:
+            r.bad(
+                f"{int(v)} records dropped ({lab['what'].replace('_', ' ')}): "
+                "raise outbox.max_bytes / max_age_s "
+                "or restore the uplink"
+            )
+    fails = sum(v for lab, v in m.get("vigil_gateway_actions_total", []) if lab.get("result") == "failed")
+    if fails:
+        r.bad(
+            f"{int(fails)} local life-safety action(s) failed: "
+            "check the [[actions]] command, buzzer path or modem"
+        )
+    restarts = {lab["source"]: v for lab, v in m.get("vigil_gateway_source_restarts_total", []) if v}
+    for src, n in restarts.items():
+        r.bad(
+            f"source {src} crashed and was restarted {int(n)} time(s): "
+            "see the journal (journalctl -u vigil-gateway)"
+        )
+    return r
+
+
+def _outbox_lines(r: Report, depth: dict[str, float], oldest: float) -> None:
+    a, live, back = depth.get("alert", 0), depth.get("live", 0), depth.get("backlog", 0)
+    text = f"outbox: {int(a)} alert steps, {int(live)} live and {int(back)} backlog readings waiting"
+    if oldest:
+        text += f"; oldest record {_ago(oldest)} old"
+    (r.bad if a and oldest > 60 else r.ok if not (live or back) else r.info)(text)
+
+
+def diagnose_outbox(path: Path, now: float | None = None, live_window_s: float = 300.0) -> Report:
+    """The daemon is not answering: report what its outbox file says."""
+    now = time.time() if now is None else now
+    r = Report(running=False)
+    r.bad("the daemon does not answer on its metrics port: systemctl status vigil-gateway")
+    if not path.exists():
+        r.bad(f"no outbox at {path}: the gateway has never run with this data_dir")
+        return r
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        alerts, live, backlog = db.execute(
+            "SELECT COALESCE(SUM(CASE WHEN lane=0 THEN n END),0),"
+            " COALESCE(SUM(CASE WHEN lane=1 AND created>=? THEN n END),0),"
+            " COALESCE(SUM(CASE WHEN lane=1 AND created<? THEN n END),0) FROM records",
+            (now - live_window_s, now - live_window_s),
+        ).fetchone()
+        oldest = db.execute("SELECT MIN(created) FROM records").fetchone()[0]
+        kv = {
+            k: bytes(v)
+            for k, v in db.execute("SELECT key, value FROM kv WHERE key IN ('dropped','uplink_state')")
+        }
+    finally:
+        db.close()
+    _outbox_lines(
+        r,
+        {"alert": alerts, "live": live, "backlog": backlog},
+        0.0 if oldest is None else now - float(oldest),
+    )
+    state = json.loads(kv.get("uplink_state", b"{}"))
+    if state.get("up") is False and state.get("down_since"):
+        r.bad(
+            f"cloud was unreachable since {_utc(state['down_since'])} ({state.get('last_error', '')[:120]})"
+        )
+    elif state.get("up"):
+        r.info(f"cloud was reachable at {_utc(state.get('time', now))}")
+    for what, n in json.loads(kv.get("dropped", b"{}")).items():
+        if n:
+            r.bad(f"{n} records dropped ({what.replace('_', ' ')})")
+    return r
+
+
+def gateway_status(
+    metrics_url: str | None, outbox: Path | None, timeout_s: float = 3.0, live_window_s: float = 300.0
+) -> Report:
+    import httpx
+
+    if metrics_url:
+        try:
+            resp = httpx.get(metrics_url, timeout=timeout_s)
+            resp.raise_for_status()
+            return diagnose_metrics(resp.text)
+        except httpx.HTTPError:
+            pass
+    if outbox is None:
+        r = Report(running=False)
+        r.bad("the daemon does not answer and no outbox path is known (pass --config)")
+        return r
+    return diagnose_outbox(outbox, live_window_s=live_window_s)

@@ -1,0 +1,23 @@
+"""Gateway -> cloud uplinks (HTTPS batches or MQTT) and the sender loop that drains the outbox."""
+
+from edge.uplink.base import (
+    Uplink,
+    UplinkAuthError,
+    UplinkError,
+    UplinkProtocolError,
+    UplinkRejected,
+    UplinkTooLarge,
+    UplinkUnavailable,
+)
+from edge.uplink.sender import UplinkSender
+
+__all__ = [
+    "Uplink",
+    "UplinkAuthError",
+    "UplinkError",
+    "UplinkProtocolError",
+    "UplinkRejected",
+    "UplinkSender",
+    "UplinkTooLarge",
+    "UplinkUnavailable",
+]

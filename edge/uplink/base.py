@@ -1,0 +1,75 @@
+"""What the uplinks share: the error tree, and parsing the cloud's acknowledgement.
+
+    UplinkError                 the batch was not acknowledged; it stays in the outbox and is retried
+    ├── UplinkUnavailable       cloud unreachable: connection refused, timeout, 5xx, broker down
+    ├── UplinkAuthError         401/403: the credential is wrong (retried: an operator may fix it)
+    ├── UplinkRejected          another 4xx: the cloud refused the batch (retried at the maximum backoff)
+    │   └── UplinkTooLarge      413: refused unread; the batch is split into smaller ones
+    └── UplinkProtocolError     2xx but the body is not an UplinkAck for this batch
+
+Every uplink translates its library's exceptions into these in one place (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from alerts.contract import UplinkAck
+from edge.outbox import PendingBatch
+
+
+class UplinkError(Exception):
+    """A batch was not acknowledged. ``reason`` labels ``vigil_gateway_uplink_errors_total``."""
+
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class UplinkUnavailable(UplinkError):
+    reason = "unavailable"
+
+
+class UplinkAuthError(UplinkError):
+    reason = "auth"
+
+
+class UplinkRejected(UplinkError):
+    reason = "rejected"
+
+
+class UplinkTooLarge(UplinkRejected):
+    reason = "too_large"
+
+
+class UplinkProtocolError(UplinkError):
+    reason = "protocol"
+
+
+class Uplink(Protocol):
+    async def run(self) -> None:
+        """Background session upkeep (MQTT connection); returns at once if none is needed."""
+        ...
+
+    async def send(self, batch: PendingBatch) -> UplinkAck:
+        """Send one batch and return the cloud's acknowledgement, or raise :class:`UplinkError`."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def parse_ack(body: bytes, batch_id: str) -> UplinkAck:
+    try:
+        ack = UplinkAck.model_validate_json(body)
+    except ValidationError as exc:
+        raise UplinkProtocolError(
+            f"the cloud's answer is not an UplinkAck: {body[:200]!r}", reason="bad_ack"
+        ) from exc
+    if ack.batch_id != batch_id:
+        raise UplinkProtocolError(f"ack for batch {ack.batch_id!r}, expected {batch_id!r}", reason="bad_ack")
+    return ack

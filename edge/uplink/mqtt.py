@@ -1,0 +1,142 @@
+"""MQTT uplink: publish batches on ``vigil/v1/gw/{id}/up`` (QoS 1), delete only on the cloud's ack message.
+
+A broker PUBACK only means the broker has the message; the record leaves the outbox when the cloud's
+:class:`~alerts.contract.UplinkAck` arrives on ``vigil/v1/gw/{id}/ack`` (after its database commit). The
+session is persistent (``clean_session=False``, fixed client id) and the ack topic is re-subscribed on every
+reconnect; reconnects back off with jitter. aiomqtt errors are translated into uplink errors here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+from urllib.parse import urlparse
+
+import aiomqtt
+
+from alerts.contract import UplinkAck, mqtt_ack_topic, mqtt_up_topic
+from edge.outbox import PendingBatch
+from edge.uplink.base import (
+    UplinkAuthError,
+    UplinkProtocolError,
+    UplinkRejected,
+    UplinkTooLarge,
+    UplinkUnavailable,
+    parse_ack,
+)
+
+log = logging.getLogger(__name__)
+
+
+class MqttUplink:
+    def __init__(
+        self,
+        url: str,
+        gateway_id: str,
+        credential: str,
+        *,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        u = urlparse(url)
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        self.tls = ssl.create_default_context() if u.scheme == "mqtts" else None
+        self.gateway_id = gateway_id
+        self.credential = credential
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.up_topic = mqtt_up_topic(gateway_id)
+        self.ack_topic = mqtt_ack_topic(gateway_id)
+        self._client: aiomqtt.Client | None = None
+        self._waiting: dict[str, asyncio.Future[UplinkAck]] = {}
+        self.connected = asyncio.Event()
+        self.reconnects_total = 0
+
+    async def run(self) -> None:
+        """Keep the session up forever: connect, subscribe to acks, dispatch them; back off on failure."""
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host,
+                    self.port,
+                    identifier=f"vigil-gw-{self.gateway_id}"[:64],
+                    clean_session=False,
+                    username=self.gateway_id,
+                    password=self.credential or None,
+                    tls_context=self.tls,
+                    timeout=self.timeout_s,
+                ) as client:
+                    await client.subscribe(self.ack_topic, qos=1)
+                    self._client = client
+                    self.connected.set()
+                    backoff = 0.5
+                    log.info("uplink MQTT connected to %s:%d", self.host, self.port)
+                    async for msg in client.messages:
+                        self._dispatch(
+                            bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""
+                        )
+            except aiomqtt.MqttError as exc:
+                log.warning("uplink MQTT session lost (%s); retrying in %.1f s", exc, backoff)
+            finally:
+                self._client = None
+                self.connected.clear()
+                for fut in self._waiting.values():
+                    if not fut.done():
+                        fut.set_exception(UplinkUnavailable("MQTT session lost while waiting for an ack"))
+            self.reconnects_total += 1
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _dispatch(self, body: bytes) -> None:
+        """An ack, or an error document ``{"batch_id", "error", "detail"}`` (docs/contract.md)."""
+        try:
+            doc = json.loads(body)
+            if isinstance(doc, dict) and "error" in doc:
+                fut = self._waiting.get(str(doc.get("batch_id")))
+                if fut is not None and not fut.done():
+                    code = str(doc["error"])[:40]
+                    cls = {"unauthenticated": UplinkAuthError, "payload_too_large": UplinkTooLarge}.get(
+                        code, UplinkRejected
+                    )
+                    fut.set_exception(
+                        cls(f"cloud refused the batch: {code}: {doc.get('detail', '')}"[:300], reason=code)
+                    )
+                return
+            ack = UplinkAck.model_validate(doc)
+        except ValueError:
+            log.warning("ignoring a malformed ack message: %r", body[:200])
+            return
+        fut = self._waiting.get(ack.batch_id)
+        if fut is not None and not fut.done():
+            fut.set_result(ack)
+
+    async def send(self, batch: PendingBatch) -> UplinkAck:
+        client = self._client
+        if client is None:
+            raise UplinkUnavailable(
+                f"MQTT broker {self.host}:{self.port} not connected", reason="disconnected"
+            )
+        fut: asyncio.Future[UplinkAck] = asyncio.get_running_loop().create_future()
+        self._waiting[batch.batch_id] = fut
+        try:
+            await client.publish(self.up_topic, batch.body, qos=1, timeout=self.timeout_s)
+            ack = await asyncio.wait_for(fut, self.timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise UplinkUnavailable(f"publish failed: {exc}", reason="publish") from exc
+        except TimeoutError as exc:
+            raise UplinkUnavailable(
+                f"no ack for batch {batch.batch_id} within {self.timeout_s} s", reason="ack_timeout"
+            ) from exc
+        finally:
+            self._waiting.pop(batch.batch_id, None)
+        if ack.batch_id != batch.batch_id:
+            raise UplinkProtocolError("ack for the wrong batch")
+        return parse_ack(ack.model_dump_json().encode(), batch.batch_id)
+
+    async def aclose(self) -> None:
+        return None

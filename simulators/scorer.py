@@ -1,0 +1,282 @@
+"""Score detected alerts against ground truth: recall, precision, false alarms, detection delay.
+
+Semantics (also in ``docs/simulators.md``; every rule is pinned by a hand-made case in
+``tests/simulators/test_scorer.py``):
+
+- Alerts count once per episode (``alert_id``), at the time of its ``raised`` step; ``updated`` /
+  ``cleared`` steps of the same episode are ignored. An episode whose raised step is missing from the input
+  (a pruned outbox, a current-state API view) counts once, at its earliest step.
+- Truth records whose expected severity is ``NONE`` (every ``nuisance_*`` label, a fall the person got up
+  from) are *must-not-alert* episodes: they are not counted in recall.
+- A raised alert **matches** a (positive) truth event of the same device and event type when its ``time``
+  falls in ``[start - tolerance, end + grace]``. Each truth event is detected at most once, by the first
+  alert (in time order) that matches it; when several undetected events qualify, the earliest-starting wins.
+- **Detection delay** = alert time - truth start (negative when the alert came within the tolerance before
+  the labelled start).
+- A raised alert that matches nothing is
+  - a **duplicate** if it falls in the window of an event of the same device and type that an earlier
+    alert already detected (a second page for one episode), otherwise
+  - a **false alarm**. A false alarm is *attributed* to a must-not-alert truth record of the same device
+    whose window contains the alert time (the nuisance that caused it), when there is one.
+- Per event type (the truth's type for recall, the alert's type for precision):
+  ``recall = detected / events``; ``precision = matched alerts / raised alerts`` (duplicates and false
+  alarms both lower it); ``false alarms per 1,000 device-days = false alarms / (devices of that kind x
+  days) x 1000`` (devices of all kinds when only a total is known); delay p50 / p95 over detected events.
+- The overall row sums events, alerts, detections, duplicates and false alarms over all types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from alerts.contract import AlertEvent
+from alerts.events import KIND_EVENTS, AlertPhase, EventType
+from firmware_bridge.records import DeviceKind
+from simulators.truth import TruthRecord
+
+DEFAULT_TOLERANCE_S = 60.0
+DEFAULT_GRACE_S = 600.0
+
+
+@dataclass
+class ScoreRow:
+    event_type: str
+    events: int = 0
+    detected: int = 0
+    alerts: int = 0
+    matched_alerts: int = 0
+    duplicates: int = 0
+    false_alarms: int = 0
+    severity_mismatches: int = 0
+    recall: float | None = None
+    precision: float | None = None
+    false_alarms_per_1000_device_days: float | None = None
+    delay_p50_s: float | None = None
+    delay_p95_s: float | None = None
+    delays: list[float] = field(default_factory=list, repr=False)
+
+    def finish(self, device_days: float) -> None:
+        self.recall = self.detected / self.events if self.events else None
+        self.precision = self.matched_alerts / self.alerts if self.alerts else None
+        self.false_alarms_per_1000_device_days = (
+            self.false_alarms / device_days * 1000.0 if device_days > 0 else None
+        )
+        if self.delays:
+            d = np.asarray(self.delays, dtype=np.float64)
+            self.delay_p50_s = float(np.percentile(d, 50))
+            self.delay_p95_s = float(np.percentile(d, 95))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("delays")
+        return d
+
+
+@dataclass
+class ScoreReport:
+    rows: list[ScoreRow]
+    overall: ScoreRow
+    false_alarms_by_cause: dict[str, int]
+    tolerance_s: float
+    grace_s: float
+    devices: int
+    duration_s: float
+    missed: list[dict[str, Any]] = field(default_factory=list)
+
+    def row(self, event_type: str | EventType) -> ScoreRow:
+        name = EventType(event_type).value
+        for r in self.rows:
+            if r.event_type == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tolerance_s": self.tolerance_s,
+            "grace_s": self.grace_s,
+            "devices": self.devices,
+            "duration_s": self.duration_s,
+            "per_event_type": [r.to_dict() for r in self.rows],
+            "overall": self.overall.to_dict(),
+            "false_alarms_by_cause": self.false_alarms_by_cause,
+            "missed": self.missed,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def format_table(self) -> str:
+        def f(v: float | None, pct: bool = False) -> str:
+            if v is None:
+                return "-"
+            return f"{v * 100:.1f}%" if pct else f"{v:.1f}"
+
+        head = (
+            f"{'event type':<20} {'events':>6} {'found':>6} {'recall':>7} {'alerts':>6} {'dup':>4} "
+            f"{'false':>5} "
+            f"{'precision':>9} {'FA/1000dd':>9} {'delay p50':>9} {'p95':>8}"
+        )
+        lines = [head, "-" * len(head)]
+        for r in [*self.rows, self.overall]:
+            if r is self.overall:
+                lines.append("-" * len(head))
+            lines.append(
+                f"{r.event_type:<20} {r.events:>6} {r.detected:>6} {f(r.recall, True):>7} {r.alerts:>6} "
+                f"{r.duplicates:>4} {r.false_alarms:>5} {f(r.precision, True):>9} "
+                f"{f(r.false_alarms_per_1000_device_days):>9} {f(r.delay_p50_s):>9} {f(r.delay_p95_s):>8}"
+            )
+        if self.false_alarms_by_cause:
+            lines.append(
+                "false alarms by cause: "
+                + ", ".join(
+                    f"{k} {v}" for k, v in sorted(self.false_alarms_by_cause.items(), key=lambda kv: -kv[1])
+                )
+            )
+        lines.append(
+            f"(tolerance {self.tolerance_s:g} s before start, grace {self.grace_s:g} s after end; "
+            f"{self.devices} devices over {self.duration_s / 86400:.3f} days; delays in seconds)"
+        )
+        return "\n".join(lines)
+
+
+def raises(alerts: Iterable[AlertEvent | Mapping[str, Any]]) -> list[AlertEvent]:
+    """One raise per alert episode (``alert_id``), in time order.
+
+    The episode's ``raised`` step when the input has one (the earliest, if a journal holds it twice);
+    otherwise its earliest step of any phase, so a source that lost or never listed the raised step (a
+    pruned outbox, a "current state" API view) still counts each episode exactly once.
+    """
+    best: dict[str, AlertEvent] = {}
+    for a in alerts:
+        ev = a if isinstance(a, AlertEvent) else AlertEvent.model_validate(a)
+        cur = best.get(ev.alert_id)
+        if cur is None:
+            best[ev.alert_id] = ev
+            continue
+        ev_key = (ev.phase is not AlertPhase.RAISED, ev.time)
+        cur_key = (cur.phase is not AlertPhase.RAISED, cur.time)
+        if ev_key < cur_key:
+            best[ev.alert_id] = ev
+    return sorted(best.values(), key=lambda e: (e.time, e.device_id, e.event_type.value, e.alert_id))
+
+
+def _kind_of(event_type: EventType) -> DeviceKind | None:
+    kinds = [k for k, evs in KIND_EVENTS.items() if event_type in evs]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _cause(t: TruthRecord) -> str:
+    return t.event_type.value if t.event_type.is_nuisance else f"{t.event_type.value} (no alarm expected)"
+
+
+def score(
+    truth: Iterable[TruthRecord],
+    alerts: Iterable[AlertEvent | Mapping[str, Any]],
+    devices: int | Mapping[DeviceKind, int],
+    duration_s: float,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> ScoreReport:
+    """Compare raised alerts with ground truth (see the module docstring for the exact rules)."""
+    if duration_s <= 0:
+        raise ValueError(f"duration_s must be > 0, got {duration_s}")
+    per_kind = dict(devices) if isinstance(devices, Mapping) else {}
+    total_devices = sum(per_kind.values()) if per_kind else int(devices)  # type: ignore[arg-type]
+    days = duration_s / 86400.0
+    truth = list(truth)
+    positive: dict[tuple[str, EventType], list[TruthRecord]] = defaultdict(list)
+    nuisance: dict[str, list[TruthRecord]] = defaultdict(list)
+    for t in truth:
+        if t.must_not_alert:
+            nuisance[t.device_id].append(t)
+        else:
+            positive[(t.device_id, t.event_type)].append(t)
+    for lst in positive.values():
+        lst.sort(key=lambda r: r.start)
+
+    raised = raises(alerts)
+
+    rows: dict[str, ScoreRow] = {}
+
+    def row(et: EventType) -> ScoreRow:
+        return rows.setdefault(et.value, ScoreRow(et.value))
+
+    for t in truth:
+        if not t.must_not_alert:
+            row(t.event_type).events += 1
+    detected: set[int] = set()
+    causes: dict[str, int] = defaultdict(int)
+    for a in raised:
+        r = row(a.event_type)
+        r.alerts += 1
+        window = [
+            t
+            for t in positive.get((a.device_id, a.event_type), ())
+            if t.start - tolerance_s <= a.time <= t.end + grace_s
+        ]
+        fresh = [t for t in window if id(t) not in detected]
+        if fresh:
+            t = fresh[0]
+            detected.add(id(t))
+            r.matched_alerts += 1
+            r.detected += 1
+            r.delays.append(a.time - t.start)
+            if a.severity != t.severity:
+                r.severity_mismatches += 1
+            continue
+        if window:
+            r.duplicates += 1
+            continue
+        r.false_alarms += 1
+        cause = next(
+            (n for n in nuisance.get(a.device_id, ()) if n.start - tolerance_s <= a.time <= n.end + grace_s),
+            None,
+        )
+        causes[_cause(cause) if cause is not None else "unexplained"] += 1
+
+    missed = [t.to_dict() for t in truth if not t.must_not_alert and id(t) not in detected]
+    ordered = sorted(rows.values(), key=lambda r: r.event_type)
+    for r in ordered:
+        k = _kind_of(EventType(r.event_type))
+        n = per_kind.get(k, total_devices) if (per_kind and k is not None) else total_devices
+        r.finish(n * days)
+    overall = ScoreRow("overall")
+    for r in ordered:
+        for name in (
+            "events",
+            "detected",
+            "alerts",
+            "matched_alerts",
+            "duplicates",
+            "false_alarms",
+            "severity_mismatches",
+        ):
+            setattr(overall, name, getattr(overall, name) + getattr(r, name))
+        overall.delays.extend(r.delays)
+    overall.finish(total_devices * days)
+    return ScoreReport(
+        ordered, overall, dict(causes), tolerance_s, grace_s, total_devices, duration_s, missed
+    )
+
+
+def load_alerts_jsonl(path: str) -> list[AlertEvent]:
+    """Alerts as JSONL of :class:`AlertEvent` JSON; a bad line names the file and line."""
+    from simulators.errors import TruthFormatError
+
+    out: list[AlertEvent] = []
+    with open(path, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(AlertEvent.model_validate_json(line))
+            except ValueError as exc:
+                raise TruthFormatError(f"{path}:{no}: not an AlertEvent: {str(exc).splitlines()[0]}") from exc
+    return out

@@ -1,0 +1,67 @@
+"""`vigil cloud ...` one-shot commands, run in-process against a temporary SQLite database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import vigil_cli
+from cloud.auth import Credentials
+from cloud.db import Database
+from tests.cloud.cloudkit import CSV_HEADER, CSV_ROWS, GW1, MANHOLE_1, T0
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = vigil_cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_provisioning_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path}/v.db"
+    common = ["--database-url", db, "--secret-key-file", str(tmp_path / "k.key")]
+    assert _run(capsys, "cloud", "migrate", "--database-url", db)[0] == 0
+    code, out, _ = _run(capsys, "cloud", "gateway", "add", GW1, *common)
+    token = out.strip()
+    assert code == 0 and token.startswith("vgw_")
+    code, out, err = _run(capsys, "cloud", "gateway", "rotate", GW1, *common)
+    new_token = out.strip()
+    assert code == 0 and new_token != token and "valid for" in err
+    csv = tmp_path / "devices.csv"
+    csv.write_text("\n".join([CSV_HEADER, *CSV_ROWS]) + "\n", encoding="utf-8")
+    code, out, _ = _run(capsys, "cloud", "import-devices", str(csv), *common)
+    assert code == 0 and "imported 4" in out
+    code, out, _ = _run(capsys, "cloud", "user", "add", "alice", "--role", "dispatcher", *common)
+    assert code == 0 and out.strip().startswith("vus_")
+    database = Database(db)
+    try:
+        creds = Credentials(database, rotation_grace_s=3600)
+        assert creds.gateway_for_token(new_token, now=T0 * 2) == GW1
+        assert creds.user_for_token(out.strip(), now=T0 * 2).role.value == "dispatcher"
+    finally:
+        database.close()
+    code, out, _ = _run(capsys, "cloud", "gateway", "revoke", GW1, *common)
+    assert code == 0 and "revoked" in out
+
+
+def test_cli_bad_csv_reports_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text(CSV_HEADER + "\n" + f"{MANHOLE_1},manhole\nzz,manhole\n", encoding="utf-8")
+    code, _, err = _run(
+        capsys,
+        "cloud",
+        "import-devices",
+        str(csv),
+        "--database-url",
+        f"sqlite:///{tmp_path}/v.db",
+        "--secret-key-file",
+        str(tmp_path / "k.key"),
+    )
+    assert code == 1 and "line 3" in err and "line 2" not in err
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--database-url", f"sqlite:///{tmp_path}/v.db", "--secret-key-file", str(tmp_path / "k.key")]
+    code, _, err = _run(capsys, "cloud", "gateway", "rotate", "nope", *common)
+    assert code == 1 and err.strip() == "error: no gateway 'nope'"

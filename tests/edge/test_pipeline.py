@@ -1,0 +1,158 @@
+"""Frames -> batched decode -> real detection engine -> outbox (edge/pipeline.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from alerts.events import AlertPhase, EventType, Severity
+from edge.engine import DetectionEngine
+from edge.metrics import GatewayMetrics
+from edge.outbox import Outbox, iter_alert_events, iter_telemetry
+from edge.pipeline import Pipeline
+from edge.sources.base import FrameSink
+from edge.sources.devices import DeviceEntry, DeviceList
+from firmware_bridge.clock import SystemClock
+from firmware_bridge.records import DeviceKind
+from tests.edge.helpers import device_id, manhole_payload, smoke_payload
+
+T0 = 1_700_000_000.0
+
+
+class FixedClock(SystemClock):
+    def now(self) -> float:
+        return T0 + 10
+
+
+def sample(m: GatewayMetrics, name: str, **labels: str) -> float:
+    v = m.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+@pytest.fixture
+def outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
+    ob = Outbox(tmp_path / "o.db")
+    yield ob
+    ob.close()
+
+
+def test_mixed_batch_good_bad_duplicate_and_fire(outbox: Outbox, tmp_path: Path) -> None:
+    m = GatewayMetrics()
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock())
+    good = [(device_id(i), manhole_payload(i, 1), T0, "radio0") for i in range(20)]
+    fire = (device_id(100), smoke_payload(100, 7, fire=True), T0 + 1, "radio0")
+    corrupt_len = (device_id(200), manhole_payload(200, 1)[:-3], T0, "radio0")
+    bad_version = (device_id(201), b"\x09" + manhole_payload(201, 1)[1:], T0, "mqtt")
+    bad_kind = (device_id(202), b"\x01\x7f" + b"\x00" * 20, T0, "mqtt")
+    res = p.handle([*good, fire, corrupt_len, good[3], bad_version, bad_kind])
+    assert res.accepted == 21
+    assert res.rejects == {
+        ("radio0", "length"): 1,
+        ("radio0", "duplicate"): 1,
+        ("mqtt", "version"): 1,
+        ("mqtt", "kind"): 1,
+    }
+    assert res.samples[("radio0", "length")][0] == corrupt_len[1]  # the bad frame's bytes, for the log
+    [step] = [a for a in res.alerts if a.event_type is EventType.FIRE]
+    assert (
+        step.device_id == device_id(100)
+        and step.phase is AlertPhase.RAISED
+        and step.severity is Severity.HIGH
+    )
+    # committed: telemetry of both kinds and the alert (journal) are in the outbox
+    kinds = {b.kind: len(b) for b in iter_telemetry(outbox.path)}
+    assert kinds == {DeviceKind.MANHOLE: 20, DeviceKind.SMOKE_ALARM: 1}
+    assert [a.alert_id for a in iter_alert_events(outbox.path)] == [a.alert_id for a in res.alerts]
+    assert sample(m, "vigil_gateway_frames_total", source="radio0") == 21
+    # the same frames again (a replay, or a second gateway path): nothing new is stored, no second alert
+    res2 = p.handle([*good, fire])
+    assert res2.accepted == 0 and not res2.alerts and res2.rejects == {("radio0", "duplicate"): 21}
+
+
+def test_unknown_devices_counted_and_optionally_refused(outbox: Outbox) -> None:
+    devices = DeviceList({device_id(1): DeviceEntry(device_id(1), DeviceKind.MANHOLE)})
+    m = GatewayMetrics()
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), devices=devices, accept_unknown=False)
+    res = p.handle(
+        [(device_id(1), manhole_payload(1, 1), T0, "s"), (device_id(2), manhole_payload(2, 1), T0, "s")]
+    )
+    assert res.accepted == 1 and res.rejects == {("s", "unknown_device"): 1}
+    assert sample(m, "vigil_gateway_unknown_devices_total") == 1
+    assert device_id(2) in p.unknown_seen
+
+
+async def test_collect_batches_by_window_and_size(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    sink = FrameSink(m, maxsize=10)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=0.05, max_frames=4)
+    for i in range(6):
+        sink.offer((device_id(i), manhole_payload(i, 1), T0, "s"))
+    assert len(await p.collect(sink.queue)) == 4  # size bound
+    assert len(await p.collect(sink.queue)) == 2  # window closes with what there is
+    for i in range(10, 20):
+        sink.offer((device_id(i), b"", T0, "s"))
+    assert not sink.offer((device_id(99), b"", T0, "s"))  # full: dropped newest, counted
+    assert sample(m, "vigil_gateway_dropped_total", what="queue_full") == 1
+    assert sample(m, "vigil_gateway_rejects_total", source="s", reason="queue_full") == 1
+
+
+async def test_run_publishes_alerts_and_counts_rejects(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    sink = FrameSink(m)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=0.01)
+    got: asyncio.Queue[list[object]] = asyncio.Queue()
+    task = asyncio.create_task(p.run(sink, got.put_nowait))
+    await sink.put((device_id(5), smoke_payload(5, 1, fire=True), T0, "radio0"))
+    await sink.put((device_id(6), b"\x01", T0, "radio0"))
+    alerts = await asyncio.wait_for(got.get(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [a.event_type for a in alerts] == [EventType.FIRE]  # type: ignore[attr-defined]
+    assert sample(m, "vigil_gateway_rejects_total", source="radio0", reason="length") == 1
+
+
+class BrokenEngine:
+    def process(self, batch: object, now: float) -> list[object]:
+        raise ZeroDivisionError("a detector bug")
+
+    def tick(self, now: float) -> list[object]:
+        return []
+
+    def snapshot(self) -> bytes:
+        return b""
+
+
+def test_a_detector_bug_does_not_lose_telemetry(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    p = Pipeline(BrokenEngine(), outbox, m, FixedClock())  # type: ignore[arg-type]
+    res = p.handle([(device_id(i), manhole_payload(i, 1), T0, "s") for i in range(5)])
+    assert res.accepted == 5 and not res.alerts
+    assert sum(len(b) for b in iter_telemetry(outbox.path)) == 5
+    assert sample(m, "vigil_gateway_dropped_total", what="detection_skipped") == 5
+
+
+def test_rejects_are_logged_with_their_bytes_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    sink = FrameSink(GatewayMetrics(), log_interval_s=60)
+    with caplog.at_level("WARNING", logger="edge.sources"):
+        sink.reject("radio0", "crc", b"\xc0\x01\x02\xff", "bad CRC")
+        for _ in range(5):
+            sink.reject("radio0", "crc", b"\x00")  # within the interval: counted, not logged
+        sink.reject("radio0", "short", b"\x07")  # another reason: logged
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "radio0: rejected frame (crc): bad CRC bytes=c0 01 02 ff",
+        "radio0: rejected frame (short) bytes=07",
+    ]
+    assert (
+        sink.metrics.registry.get_sample_value(
+            "vigil_gateway_rejects_total", {"source": "radio0", "reason": "crc"}
+        )
+        == 6
+    )
+    sink._last_log.clear()  # the interval has passed: the next log line reports what was suppressed
+    with caplog.at_level("WARNING", logger="edge.sources"):
+        sink.reject("radio0", "crc", b"\x01")
+    assert caplog.records[-1].getMessage().endswith("[5 similar suppressed]")

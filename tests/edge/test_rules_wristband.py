@@ -1,0 +1,158 @@
+"""Wristband rules on hand-made sequences (fall: ADI Analog Dialogue 43-07; HR/SpO2 bounds via
+REFERENCES.md; the band's uplink pattern as modelled in simulators/wristband.py)."""
+
+from __future__ import annotations
+
+from alerts.events import AlertPhase, EventType, Severity
+from edge.engine import DetectionEngine
+from edge.profiles import ProfileSet
+from firmware_bridge.records import DeviceKind
+from tests.edge.detect_helpers import T0, feed, of, reading, types
+
+W = DeviceKind.WRISTBAND
+
+
+def test_fall_impact_then_stillness_pages_with_the_impact_as_episode_start() -> None:
+    eng = DetectionEngine()
+    ev = feed(
+        eng,
+        [
+            reading(W, "W1", 1, T0),
+            reading(
+                W,
+                "W1",
+                2,
+                T0 + 1,
+                "fall",
+                accel_peak_g=4.2,
+                stillness_s=1,
+                orientation_change_deg=80,
+                steps=0,
+            ),
+            reading(W, "W1", 3, T0 + 30, "fall", stillness_s=30, orientation_change_deg=80, steps=0),
+        ],
+    )
+    assert [(e.event_type, e.severity, e.phase) for e in ev] == [
+        (EventType.FALL, Severity.HIGH, AlertPhase.RAISED)
+    ]
+    assert ev[0].episode_ms == int((T0 + 1) * 1000)
+    assert ev[0].frame_time == T0 + 30
+
+
+def test_person_who_got_up_is_not_paged() -> None:
+    eng = DetectionEngine()
+    ev = feed(
+        eng,
+        [
+            reading(
+                W,
+                "W1",
+                1,
+                T0 + 1,
+                "fall",
+                accel_peak_g=3.5,
+                stillness_s=1,
+                orientation_change_deg=60,
+                steps=0,
+            ),
+            reading(W, "W1", 2, T0 + 120, stillness_s=12, steps=5),  # got up after ~12 s
+            reading(W, "W1", 3, T0 + 170, stillness_s=40, steps=0),  # then sat down: not a fall
+        ],
+    )
+    assert ev == []
+
+
+def test_knock_on_a_table_is_not_a_fall() -> None:
+    eng = DetectionEngine()
+    ev = feed(
+        eng, [reading(W, "W1", 1, T0, accel_peak_g=3.0, stillness_s=40, orientation_change_deg=10, steps=0)]
+    )
+    assert ev == []
+
+
+def test_removed_band_cannot_fall() -> None:
+    eng = DetectionEngine()
+    dropped = reading(
+        W,
+        "W1",
+        1,
+        T0,
+        "gps_valid",
+        base_flags=False,
+        accel_peak_g=6.0,
+        stillness_s=60,
+        orientation_change_deg=120,
+        steps=0,
+        heart_rate_bpm=0,
+        spo2_pct=0,
+    )
+    assert of(feed(eng, [dropped]), EventType.FALL) == []
+
+
+def test_sos_repeats_stay_one_episode() -> None:
+    eng = DetectionEngine()
+    ev = feed(eng, [reading(W, "W1", i, T0 + 60.0 * i, *(("sos",) if i < 4 else ())) for i in range(8)])
+    assert [(e.event_type, e.phase) for e in ev] == [
+        (EventType.SOS, AlertPhase.RAISED),
+        (EventType.SOS, AlertPhase.CLEARED),
+    ]
+    assert ev[1].frame_time >= T0 + 300  # kept open at least 5 min
+
+
+def test_heart_rate_high_at_rest_for_ten_minutes_not_while_walking() -> None:
+    eng = DetectionEngine()
+    walk = [reading(W, "W1", i, T0 + 300.0 * i, heart_rate_bpm=135, steps=400) for i in range(6)]
+    assert feed(eng, walk) == []
+    rest = [reading(W, "W2", i, T0 + 300.0 * i, heart_rate_bpm=135, steps=0) for i in range(4)]
+    ev = feed(eng, rest)
+    assert [(e.event_type, e.severity) for e in ev] == [(EventType.HEART_RATE_HIGH, Severity.MEDIUM)]
+    assert ev[0].frame_time == T0 + 600  # the reading that completed 10 minutes
+    assert ev[0].episode_ms == int(T0 * 1000)
+
+
+def test_heart_rate_zero_means_not_measured() -> None:
+    eng = DetectionEngine()
+    rs = [reading(W, "W1", i, T0 + 300.0 * i, heart_rate_bpm=0, spo2_pct=0, steps=0) for i in range(6)]
+    assert of(feed(eng, rs), EventType.HEART_RATE_LOW) == []
+
+
+def test_low_heart_rate_and_spo2() -> None:
+    eng = DetectionEngine()
+    ev = feed(
+        eng, [reading(W, "W1", i, T0 + 300.0 * i, heart_rate_bpm=38, spo2_pct=84, steps=0) for i in range(4)]
+    )
+    got = {(e.event_type, e.severity) for e in ev if e.phase is AlertPhase.RAISED}
+    assert got == {(EventType.HEART_RATE_LOW, Severity.MEDIUM), (EventType.SPO2_LOW, Severity.HIGH)}
+
+
+def test_band_removed_for_fifteen_minutes() -> None:
+    eng = DetectionEngine()
+    off = dict(base_flags=False, heart_rate_bpm=0.0, spo2_pct=0.0, steps=0.0)
+    ev = feed(eng, [reading(W, "W1", i, T0 + 300.0 * i, **off) for i in range(5)])
+    assert [(e.event_type, e.frame_time) for e in ev] == [(EventType.BAND_REMOVED, T0 + 900)]
+    charging = [reading(W, "W2", i, T0 + 300.0 * i, "charging", **off) for i in range(5)]
+    assert feed(eng, charging) == []
+
+
+def test_daytime_inactivity_but_not_sleep() -> None:
+    eng = DetectionEngine()
+    # T0 is 08:00 in China (UTC+8): two hours still in the morning pages
+    day = [reading(W, "W1", i, T0 + 300.0 * i, stillness_s=300.0 * i, steps=0) for i in range(26)]
+    assert types(feed(eng, day)) == {EventType.INACTIVITY}
+    # 23:00-07:00 local: sleeping is not inactivity
+    night0 = T0 + 15 * 3600.0
+    night = [reading(W, "W2", i, night0 + 300.0 * i, stillness_s=300.0 * i, steps=0) for i in range(80)]
+    assert feed(eng, night) == []
+
+
+def test_geofence_with_configured_home_and_learned_home() -> None:
+    eng = DetectionEngine(
+        ProfileSet(overrides={"W1": {"home_lat": 22.54, "home_lon": 114.05}}), grace_period=5
+    )
+    far = dict(lat=22.55, lon=114.05)  # ~1.1 km north
+    ev = feed(eng, [reading(W, "W1", i, T0 + 300.0 * i, **far) for i in range(2)])
+    assert [(e.event_type, e.frame_time) for e in ev] == [(EventType.GEOFENCE_EXIT, T0 + 300)]
+    home = [reading(W, "W2", i, T0 + 300.0 * i) for i in range(8)]
+    away = [reading(W, "W2", 8 + i, T0 + 300.0 * (8 + i), **far) for i in range(2)]
+    assert feed(eng, home) == []
+    assert of(feed(eng, away), EventType.GEOFENCE_EXIT, AlertPhase.RAISED)
