@@ -6,8 +6,8 @@ payloads (``APPdata`` base64 on CTWing, a hex string ``value`` on OneNET) decode
 
 Each platform is treated as a *virtual gateway* named ``ctwing`` / ``onenet``: the readings go through
 the same :class:`~cloud.ingest.IngestService` as a real gateway's batch, so de-duplication, gap
-detection and last-seen work identically. A device is accepted when it is registered (by IMEI = its
-``device_id``) and assigned to that platform name or to no gateway. The batch id is a hash of the body,
+detection and last-seen work identically. A device is accepted when it is registered (by IMEI, mapped to its
+canonical 16-hex ``device_id``) and assigned to that platform name or to no gateway. The batch id is a hash of the body,
 so a platform re-sending the same push (it retries until it gets a 200) is stored once.
 
 Authentication: CTWing carries a shared token in the subscription URL (``?token=``, compared in
@@ -150,7 +150,7 @@ async def ctwing_push(
             body,
             "only transparent (透传) products with payload.APPdata are supported",
         )
-    device_id = msg.imei or msg.device_id
+    device_id = msg.vigil_device_id or msg.device_id  # one id per device: docs/formats.md
     kinds = _kinds(state, [device_id])
     if device_id not in kinds:
         state.metrics.push_messages.labels(CTWING, "unknown_device").inc()
@@ -203,12 +203,12 @@ async def onenet_push(request: Request, state: State) -> PushResult:
         raise _reject(state, ONENET, exc.reason, body, str(exc)) from exc
     data = [m for m in messages if m.type == ONENET_DATAPOINT]
     ignored = len(messages) - len(data)
-    ids = sorted({m.imei or m.dev_id for m in data})
+    ids = sorted({m.vigil_device_id or m.dev_id for m in data})
     kinds = _kinds(state, ids) if ids else {}
     readings: list[Reading] = []
     unknown = 0
     for m in data:
-        device_id = m.imei or m.dev_id
+        device_id = m.vigil_device_id or m.dev_id
         payload = m.payload_bytes()
         if payload is None:
             rejects.append(DecodeError(f"{device_id}: value is not a hex Vigil payload", reason="value"))

@@ -29,6 +29,7 @@ from cloud.auth import PERSONAL_DATA_ROLES, Role
 from cloud.crypto import SecretBox, mask_name, mask_phone
 from cloud.db import Database, Device
 from cloud.errors import ImportRowsError, NotFoundError
+from firmware_bridge.operator_push import vigil_device_id
 from firmware_bridge.records import DeviceKind
 from firmware_bridge.registry import spec
 
@@ -96,7 +97,9 @@ class DeviceIn(BaseModel):
             raise ValueError(
                 "must be a DevEUI (16 hex digits), an IMEI (15 digits) or a numeric serial (6-20 digits)"
             )
-        return v
+        # An IMEI becomes Vigil's canonical id (16 hex digits, as on the serial link and from CTWing /
+        # OneNET), so a device has one id whichever way its frames arrive (docs/formats.md).
+        return vigil_device_id(v) or v
 
     @field_validator("lat", "lon", mode="before")
     @classmethod
@@ -212,6 +215,7 @@ class Registry:
 
         Its gateway can no longer write for it (403), and it is no longer judged silent.
         """
+        device_id = vigil_device_id(device_id) or device_id  # an IMEI finds its device too
         with self.db.write() as s:
             row = s.get(Device, device_id)
             if row is None:
@@ -219,6 +223,7 @@ class Registry:
             s.delete(row)
 
     def get(self, device_id: str, role: Role) -> DeviceOut:
+        device_id = vigil_device_id(device_id) or device_id  # an IMEI finds its device too
         with self.db.read() as s:
             row = s.get(Device, device_id)
             if row is None:
@@ -278,6 +283,7 @@ class Registry:
 
     def session_keys(self, device_id: str) -> dict[str, str]:
         """LoRa ``dev_addr``/``nwk_skey``/``app_skey`` for internal use (never exposed by the API)."""
+        device_id = vigil_device_id(device_id) or device_id  # an IMEI finds its device too
         with self.db.read() as s:
             row = s.get(Device, device_id)
             if row is None:

@@ -95,6 +95,7 @@ class Gateway:
             synchronous=o.synchronous,
             dedupe_window_s=o.dedupe_window_s,
             live_window_s=cfg.uplink.live_window_s,
+            wallclock=self.clock.now,  # ages in the gateway's time (simulated when a clock file is set)
         )
         try:
             self.engine = make_engine(self.outbox, cfg)

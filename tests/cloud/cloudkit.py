@@ -23,6 +23,7 @@ from alerts.events import AlertPhase, EventType, Severity, alert_id
 from cloud.app import create_app
 from cloud.db import upgrade_head
 from cloud.settings import CloudSettings
+from firmware_bridge.operator_push import vigil_device_id
 from firmware_bridge.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
 
@@ -31,7 +32,8 @@ GW1, GW2 = "gw-community-1", "gw-community-2"
 MANHOLE_1 = "70B3D57ED0000001"  # DevEUI-style ids (16 hex digits)
 MANHOLE_2 = "70B3D57ED0000002"
 SMOKE_1 = "70B3D57ED0000101"
-BAND_1 = "861234567890123"  # IMEI-style (15 digits)
+BAND_1_IMEI = "861234567890123"
+BAND_1 = vigil_device_id(BAND_1_IMEI)  # an IMEI becomes the canonical 16-hex id (docs/formats.md)
 
 CSV_HEADER = (
     "device_id,kind,name,lat,lon,address,grid,community,street,on_road,gateway_id,profile,dev_addr,"

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import json
 
-from firmware_bridge.operator_push import build_ctwing_data_report, build_ctwing_online
+from firmware_bridge.operator_push import build_ctwing_data_report, build_ctwing_online, vigil_device_id
 from firmware_bridge.records import DeviceKind, Reading
 from firmware_bridge.registry import spec
 from tests.cloud.cloudkit import *  # noqa: F403
@@ -64,7 +64,8 @@ async def test_ctwing_data_report_stored_once(cloud_sqlite: Cloud) -> None:
     assert again.json()["duplicate_push"] is True  # the platform's retry is stored once
     dev = (await c.client.get(f"/api/v1/devices/{IMEI_CT}", headers=c.viewer)).json()
     assert dev["last_seq"] == 7 and dev["last_seen"] == T0 + 5
-    assert len(c.state.store.query(IMEI_CT, SMOKE, T0, T0 + 10)) == 1
+    # stored under the canonical id, the same one the serial link would give this IMEI
+    assert len(c.state.store.query(vigil_device_id(IMEI_CT), SMOKE, T0, T0 + 10)) == 1
 
 
 async def test_ctwing_auth_errors_and_bad_bodies(cloud_sqlite: Cloud) -> None:
