@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 
+from alerts.contract import DEVICE_CSV_COLUMNS
 from cloud.auth import PERSONAL_DATA_ROLES, Role
 from cloud.crypto import SecretBox, mask_name, mask_phone
 from cloud.db import Database, Device
@@ -34,26 +35,7 @@ from firmware_bridge.records import DeviceKind
 from firmware_bridge.registry import spec
 
 DEVICE_ID_RE = re.compile(r"^(?:[0-9A-Fa-f]{16}|[0-9]{6,20})$")
-CSV_COLUMNS = (
-    "device_id",
-    "kind",
-    "name",
-    "lat",
-    "lon",
-    "address",
-    "grid",
-    "community",
-    "street",
-    "on_road",
-    "gateway_id",
-    "profile",
-    "dev_addr",
-    "nwk_skey",
-    "app_skey",
-    "wearer_name",
-    "wearer_phone",
-    "emergency_contact_phone",
-)
+CSV_COLUMNS = DEVICE_CSV_COLUMNS
 PRIVATE_FIELDS = ("wearer_name", "wearer_phone", "emergency_contact_phone", "nwk_skey", "app_skey")
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}

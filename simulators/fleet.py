@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from alerts.contract import DEVICE_CSV_COLUMNS
 from firmware_bridge.records import DeviceKind
 from simulators.base import KindModel
 from simulators.faults import FaultInjector, LinkFaultRates, SimFrame
@@ -38,26 +39,7 @@ from simulators.truth import TruthRecord, sort_key
 if TYPE_CHECKING:
     from simulators.config import FleetConfig
 
-MANIFEST_COLUMNS = (
-    "device_id",
-    "kind",
-    "name",
-    "lat",
-    "lon",
-    "address",
-    "grid",
-    "community",
-    "street",
-    "on_road",
-    "gateway_id",
-    "profile",
-    "dev_addr",
-    "nwk_skey",
-    "app_skey",
-    "wearer_name",
-    "wearer_phone",
-    "emergency_contact_phone",
-)
+MANIFEST_COLUMNS = DEVICE_CSV_COLUMNS  # the installers' device list, alerts/contract.py
 RESPONDER_COLUMNS = ("responder_id", "name", "role", "phone", "lat", "lon", "base")
 
 
