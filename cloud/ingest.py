@@ -308,9 +308,7 @@ class IngestService:
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         for keys in {tuple(sorted(r)) for r in rows}:
             cols = [k for k in keys if k != "device_id"]
-            sql = (
-                f"UPDATE devices SET {', '.join(f'{c} = {mark}' for c in cols)} WHERE device_id = {mark}"
-            )
+            sql = f"UPDATE devices SET {', '.join(f'{c} = {mark}' for c in cols)} WHERE device_id = {mark}"
             params = [(*(r[c] for c in cols), r["device_id"]) for r in rows if tuple(sorted(r)) == keys]
             conn.exec_driver_sql(sql, params)
         return int(summ.gaps.sum())

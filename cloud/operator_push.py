@@ -6,9 +6,9 @@ payloads (``APPdata`` base64 on CTWing, a hex string ``value`` on OneNET) decode
 
 Each platform is treated as a *virtual gateway* named ``ctwing`` / ``onenet``: the readings go through
 the same :class:`~cloud.ingest.IngestService` as a real gateway's batch, so de-duplication, gap
-detection and last-seen work identically. A device is accepted when it is registered (by IMEI, mapped to its
-canonical 16-hex ``device_id``) and assigned to that platform name or to no gateway. The batch id is a hash of the body,
-so a platform re-sending the same push (it retries until it gets a 200) is stored once.
+detection and last-seen work identically. A device is accepted when it is registered (by IMEI, mapped to
+its canonical 16-hex ``device_id``) and assigned to that platform name or to no gateway. The batch id is a
+hash of the body, so a platform re-sending the same push (it retries until it gets a 200) is stored once.
 
 Authentication: CTWing carries a shared token in the subscription URL (``?token=``, compared in
 constant time); OneNET signs with ``Base64(MD5(token + nonce + msg))``. An endpoint whose token is not
