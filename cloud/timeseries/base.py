@@ -138,6 +138,16 @@ def to_ms(t: float) -> int:
     return round(t * 1000.0)
 
 
+def plan_query(
+    kind: DeviceKind | str, channels: Sequence[str] | None, start: float, end: float, max_points: int
+) -> tuple[DeviceKind, tuple[str, ...], int, int]:
+    """What every backend's ``query`` checks first: the kind, its validated channels, the range in ms."""
+    k = DeviceKind(kind)
+    names = resolve_channels(k, channels)
+    check_range(start, end, max_points)
+    return k, names, to_ms(start), to_ms(end)
+
+
 def time_ms_column(batch: ReadingBatch) -> npt.NDArray[np.int64]:
     """The batch's times as integer milliseconds, vectorised (same rounding as :func:`to_ms`)."""
     return np.rint(batch.time * 1000.0).astype(np.int64)

@@ -22,10 +22,8 @@ from cloud.timeseries.base import (
     BackendError,
     Series,
     bucket_ms_for,
-    check_range,
     empty_series,
-    resolve_channels,
-    to_ms,
+    plan_query,
 )
 from cloud.timeseries.lineproto import _LineProtocolStore, measurement
 from firmware_bridge.records import DeviceKind
@@ -75,10 +73,7 @@ class InfluxStore(_LineProtocolStore):
         channels: Sequence[str] | None = None,
         max_points: int = 1000,
     ) -> Series:
-        kind = DeviceKind(kind)
-        names = resolve_channels(kind, channels)
-        check_range(start, end, max_points)
-        s_ms, e_ms = to_ms(start), to_ms(end)
+        kind, names, s_ms, e_ms = plan_query(kind, channels, start, end, max_points)
         frm = _ident(measurement(kind))
         where = f"{_ident('device_id')} = {_literal(device_id)} AND time >= {s_ms}ms AND time < {e_ms}ms"
         series = self._influxql(f'SELECT COUNT("seq") FROM {frm} WHERE {where}')

@@ -43,11 +43,9 @@ from cloud.timeseries.base import (
     UnsupportedURLError,
     WriteResult,
     bucket_ms_for,
-    check_range,
     empty_series,
-    resolve_channels,
+    plan_query,
     time_ms_column,
-    to_ms,
 )
 from firmware_bridge.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS, spec
@@ -217,10 +215,7 @@ class VictoriaStore(_LineProtocolStore):
         channels: Sequence[str] | None = None,
         max_points: int = 1000,
     ) -> Series:
-        kind = DeviceKind(kind)
-        names = resolve_channels(kind, channels)
-        check_range(start, end, max_points)
-        s_ms, e_ms = to_ms(start), to_ms(end)
+        kind, names, s_ms, e_ms = plan_query(kind, channels, start, end, max_points)
         prefix = measurement(kind) + "_"
         # Count readings via the seq field, which every point carries.
         seq = self._export(self._selector(kind, ["seq"], device_id), s_ms, e_ms)

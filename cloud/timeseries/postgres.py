@@ -25,12 +25,10 @@ from cloud.timeseries.base import (
     Series,
     WriteResult,
     bucket_ms_for,
-    check_range,
     empty_series,
-    resolve_channels,
+    plan_query,
     table_name,
     time_ms_column,
-    to_ms,
 )
 from firmware_bridge.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS, spec
@@ -141,10 +139,7 @@ class PostgresStore:
         channels: Sequence[str] | None = None,
         max_points: int = 1000,
     ) -> Series:
-        kind = DeviceKind(kind)
-        names = resolve_channels(kind, channels)
-        check_range(start, end, max_points)
-        s_ms, e_ms = to_ms(start), to_ms(end)
+        kind, names, s_ms, e_ms = plan_query(kind, channels, start, end, max_points)
         t = _q(table_name(kind))
         where = "device_id = %s AND time_ms >= %s AND time_ms < %s"
         args = (device_id, s_ms, e_ms)

@@ -50,13 +50,11 @@ from cloud.timeseries.base import (
     Series,
     WriteResult,
     bucket_ms_for,
-    check_range,
     column_value_rows,
     empty_series,
-    resolve_channels,
+    plan_query,
     table_name,
     time_ms_column,
-    to_ms,
 )
 from firmware_bridge.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS, spec
@@ -228,10 +226,7 @@ class SQLiteStore:
         channels: Sequence[str] | None = None,
         max_points: int = 1000,
     ) -> Series:
-        kind = DeviceKind(kind)
-        names = resolve_channels(kind, channels)
-        check_range(start, end, max_points)
-        s_ms, e_ms = to_ms(start), to_ms(end)
+        kind, names, s_ms, e_ms = plan_query(kind, channels, start, end, max_points)
         t = _q(table_name(kind))
         where = "device_id = ? AND time_ms >= ? AND time_ms < ?"
         args: tuple[object, ...] = (device_id, s_ms, e_ms)
