@@ -56,7 +56,7 @@ class AlertDetail(BaseModel):
     steps: list[AlertOut]
 
 
-def _current(a: Alert) -> AlertOut:
+def _out(a: Alert | AlertStep, time: float, frame_time: float) -> AlertOut:
     return AlertOut(
         alert_id=a.alert_id,
         device_id=a.device_id,
@@ -65,27 +65,20 @@ def _current(a: Alert) -> AlertOut:
         severity=a.severity,
         phase=AlertPhase(a.phase),
         episode_ms=a.episode_ms,
-        time=a.raised_time,
-        frame_time=a.raised_frame_time,
+        time=time,
+        frame_time=frame_time,
         value=a.value,
         message=a.message,
     )
+
+
+def _current(a: Alert) -> AlertOut:
+    """The alert's current phase, stamped with its *raising* step's times (so latency can be measured)."""
+    return _out(a, a.raised_time, a.raised_frame_time)
 
 
 def _step(a: AlertStep) -> AlertOut:
-    return AlertOut(
-        alert_id=a.alert_id,
-        device_id=a.device_id,
-        kind=cast(Any, a.kind),  # a DeviceKind value or "gateway"
-        event_type=EventType(a.event_type),
-        severity=a.severity,
-        phase=AlertPhase(a.phase),
-        episode_ms=a.episode_ms,
-        time=a.time,
-        frame_time=a.frame_time,
-        value=a.value,
-        message=a.message,
-    )
+    return _out(a, a.time, a.frame_time)
 
 
 def _list(

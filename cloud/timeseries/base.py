@@ -188,3 +188,40 @@ def column_value_rows(batch: ReadingBatch, t_ms: npt.NDArray[np.int64]) -> Itera
     ]
     cols.extend(batch.values.T.tolist())
     return zip(*cols, strict=True)
+
+
+def full_series(
+    device_id: str, kind: DeviceKind, names: Sequence[str], rows: Sequence[Sequence[object]]
+) -> Series:
+    """A full-resolution :class:`Series` from SQL rows ``(time_ms, channel...)``; NULL -> NaN."""
+    a = np.array(rows, dtype=np.float64).reshape(len(rows), len(names) + 1)
+    return Series(
+        device_id=device_id,
+        kind=kind,
+        time=a[:, 0] / 1000.0,
+        values={n: a[:, j + 1].copy() for j, n in enumerate(names)},
+        downsampled=False,
+        bucket_s=None,
+    )
+
+
+def bucketed_series(
+    device_id: str,
+    kind: DeviceKind,
+    names: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    s_ms: int,
+    bucket: int,
+) -> Series:
+    """A downsampled :class:`Series` from SQL rows ``(bucket_no, avg, min, max per channel...)``."""
+    a = np.array(rows, dtype=np.float64).reshape(len(rows), 3 * len(names) + 1)
+    return Series(
+        device_id=device_id,
+        kind=kind,
+        time=(s_ms + a[:, 0] * bucket) / 1000.0,
+        values={n: a[:, 1 + 3 * j].copy() for j, n in enumerate(names)},
+        values_min={n: a[:, 2 + 3 * j].copy() for j, n in enumerate(names)},
+        values_max={n: a[:, 3 + 3 * j].copy() for j, n in enumerate(names)},
+        downsampled=True,
+        bucket_s=bucket / 1000.0,
+    )

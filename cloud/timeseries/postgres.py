@@ -25,7 +25,9 @@ from cloud.timeseries.base import (
     Series,
     WriteResult,
     bucket_ms_for,
+    bucketed_series,
     empty_series,
+    full_series,
     plan_query,
     table_name,
     time_ms_column,
@@ -157,15 +159,7 @@ class PostgresStore:
                         cur.execute(
                             f"SELECT time_ms, {cols} FROM {t} WHERE {where} ORDER BY time_ms, seq", args
                         )
-                        a = np.array(cur.fetchall(), dtype=np.float64).reshape(count, len(names) + 1)
-                        return Series(
-                            device_id,
-                            kind,
-                            a[:, 0] / 1000.0,
-                            {n: a[:, j + 1].copy() for j, n in enumerate(names)},
-                            False,
-                            None,
-                        )
+                        return full_series(device_id, kind, names, cur.fetchall())
                     bucket = bucket_ms_for(s_ms, e_ms, max_points)
                     aggs = ", ".join(f"AVG({_q(n)}), MIN({_q(n)}), MAX({_q(n)})" for n in names)
                     cur.execute(
@@ -176,17 +170,7 @@ class PostgresStore:
                     rows = cur.fetchall()
             except self._psycopg.Error as exc:
                 raise BackendError(f"PostgreSQL query for {device_id!r} failed: {exc}") from exc
-        a = np.array(rows, dtype=np.float64).reshape(len(rows), 3 * len(names) + 1)
-        return Series(
-            device_id=device_id,
-            kind=kind,
-            time=(s_ms + a[:, 0] * bucket) / 1000.0,
-            values={n: a[:, 1 + 3 * j].copy() for j, n in enumerate(names)},
-            values_min={n: a[:, 2 + 3 * j].copy() for j, n in enumerate(names)},
-            values_max={n: a[:, 3 + 3 * j].copy() for j, n in enumerate(names)},
-            downsampled=True,
-            bucket_s=bucket / 1000.0,
-        )
+        return bucketed_series(device_id, kind, names, rows, s_ms, bucket)
 
     def latest(self, device_ids: Sequence[str]) -> dict[str, float]:
         ids = list(dict.fromkeys(device_ids))

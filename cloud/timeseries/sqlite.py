@@ -50,8 +50,10 @@ from cloud.timeseries.base import (
     Series,
     WriteResult,
     bucket_ms_for,
+    bucketed_series,
     column_value_rows,
     empty_series,
+    full_series,
     plan_query,
     table_name,
     time_ms_column,
@@ -242,51 +244,16 @@ class SQLiteStore:
                     rows = r.execute(
                         f"SELECT time_ms, {cols} FROM {t} WHERE {where} ORDER BY time_ms, seq", args
                     )
-                    return self._full(device_id, kind, names, rows.fetchall())
+                    return full_series(device_id, kind, names, rows.fetchall())
                 bucket = bucket_ms_for(s_ms, e_ms, max_points)
                 aggs = ", ".join(f"AVG({_q(n)}), MIN({_q(n)}), MAX({_q(n)})" for n in names)
                 rows = r.execute(
                     f"SELECT (time_ms - ?) / ? AS b, {aggs} FROM {t} WHERE {where} GROUP BY b ORDER BY b",
                     (s_ms, bucket, *args),
                 )
-                return self._buckets(device_id, kind, names, rows.fetchall(), s_ms, bucket)
+                return bucketed_series(device_id, kind, names, rows.fetchall(), s_ms, bucket)
             except sqlite3.Error as exc:
                 raise BackendError(f"SQLite query for {device_id!r} failed: {exc}") from exc
-
-    @staticmethod
-    def _full(
-        device_id: str, kind: DeviceKind, names: Sequence[str], rows: list[tuple[object, ...]]
-    ) -> Series:
-        a = np.array(rows, dtype=np.float64).reshape(len(rows), len(names) + 1)  # None -> nan
-        return Series(
-            device_id=device_id,
-            kind=kind,
-            time=a[:, 0] / 1000.0,
-            values={n: a[:, j + 1].copy() for j, n in enumerate(names)},
-            downsampled=False,
-            bucket_s=None,
-        )
-
-    @staticmethod
-    def _buckets(
-        device_id: str,
-        kind: DeviceKind,
-        names: Sequence[str],
-        rows: list[tuple[object, ...]],
-        s_ms: int,
-        bucket: int,
-    ) -> Series:
-        a = np.array(rows, dtype=np.float64).reshape(len(rows), 3 * len(names) + 1)
-        return Series(
-            device_id=device_id,
-            kind=kind,
-            time=(s_ms + a[:, 0] * bucket) / 1000.0,
-            values={n: a[:, 1 + 3 * j].copy() for j, n in enumerate(names)},
-            values_min={n: a[:, 2 + 3 * j].copy() for j, n in enumerate(names)},
-            values_max={n: a[:, 3 + 3 * j].copy() for j, n in enumerate(names)},
-            downsampled=True,
-            bucket_s=bucket / 1000.0,
-        )
 
     def latest(self, device_ids: Sequence[str]) -> dict[str, float]:
         ids = list(dict.fromkeys(device_ids))
