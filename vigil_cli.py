@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from cloud import cli as cloud_cli
-from cloud import demo
 from edge import cli as edge_cli
 from firmware_bridge import cli as bridge_cli
 from simulators import cli as simulators_cli
+from simulators import demo
 
 COMMAND_MODULES = (bridge_cli, simulators_cli, edge_cli, cloud_cli)
 

@@ -21,35 +21,12 @@ from typing import Annotated, Literal, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from alerts.events import AlertPhase, EventType, Severity
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
 
 CONTRACT_VERSION: Literal[1] = 1
 
-#: The device list installers deliver (``devices.csv``): written by ``vigil simulate``, read by the
-#: cloud's bulk import and by the gateway (kinds, LoRaWAN session keys). ``nwk_skey``/``app_skey`` and the
-#: wearer's fields are secrets / personal data: the cloud stores them encrypted.
-DEVICE_CSV_COLUMNS: tuple[str, ...] = (
-    "device_id",
-    "kind",
-    "name",
-    "lat",
-    "lon",
-    "address",
-    "grid",
-    "community",
-    "street",
-    "on_road",
-    "gateway_id",
-    "profile",
-    "dev_addr",
-    "nwk_skey",
-    "app_skey",
-    "wearer_name",
-    "wearer_phone",
-    "emergency_contact_phone",
-)
 MAX_RECORDS_PER_BATCH = 50_000
 HTTP_PATH = "/api/v1/ingest/batches"
 

@@ -7,7 +7,8 @@ smoke alarms, 3,300 wristbands, event rates raised so a short run holds real eve
 simulated time, encoded to Vigil payloads with ground truth. All three contenders see the same frames in
 the same order, cut into batches of ``--batch`` frames (what a gateway's pipeline hands over):
 
-* ``vigil``   : ``codec.decode_many`` per kind + :meth:`edge.engine.DetectionEngine.process` - every rule
+* ``vigil``   : ``codec.decode_many`` per kind + :meth:`alerts.detection.engine.DetectionEngine.process` -
+every rule
   of every kind, learned baselines, episode lifecycle, idempotency;
 * ``loop``    : the baseline a typical gateway plugin would be - ``codec.decode`` per frame and a Python
   loop implementing the main threshold / EWMA / rate-of-rise / episode logic with dicts per device
@@ -44,9 +45,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alerts.contract import AlertEvent
-from alerts.events import LIFE_SAFETY, AlertPhase, EventType, Severity, alert_id
-from edge.engine import DetectionEngine
-from firmware_bridge.records import DeviceKind
+from alerts.detection.engine import DetectionEngine
+from firmware_bridge.kernel.events import LIFE_SAFETY, AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 from simulators.fleet import Fleet
 from simulators.scorer import score

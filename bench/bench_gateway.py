@@ -36,10 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alerts.events import EventType  # noqa: E402
 from firmware_bridge import smoke_alarm  # noqa: E402
 from firmware_bridge.framing import FrameDecoder, encode_frame  # noqa: E402
-from firmware_bridge.records import DeviceKind, Reading  # noqa: E402
+from firmware_bridge.kernel.events import EventType  # noqa: E402
+from firmware_bridge.kernel.records import DeviceKind, Reading  # noqa: E402
 from firmware_bridge.registry import kind_of_payload, spec  # noqa: E402
 from simulators.faults import LinkFaultRates  # noqa: E402
 from simulators.fleet import Fleet  # noqa: E402

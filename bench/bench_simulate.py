@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from firmware_bridge.records import DeviceKind, Reading
+from firmware_bridge.kernel.records import DeviceKind, Reading
 from firmware_bridge.registry import spec
 from simulators.config import parse_config
 from simulators.fleet import Fleet

@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python bench/score_detect.py`` (about 30-60 s on a shared 2-core box with the defaults).
 
 A fleet (``simulators.fleet.Fleet``) of ``--per-kind`` devices of each kind runs for ``--days`` simulated
-days through :class:`edge.engine.DetectionEngine` (``edge.offline.run_fleet``); ``simulators.scorer.score``
+days through :class:`alerts.detection.engine.DetectionEngine` (``edge.offline.run_fleet``);
+``simulators.scorer.score``
 matches raised alerts with the ground truth. Rare events are made more frequent (``RATES``) so a few days
 hold enough episodes to score, and nuisances (trucks, cooking, test buttons, recovered falls) too, so the
 false-alarm figures are a stress test, not a typical week. The table is printed; JSON goes to
@@ -20,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.engine import DetectionEngine
+from alerts.detection.engine import DetectionEngine
 from edge.offline import run_fleet
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.fleet import Fleet
 from simulators.scorer import score
 

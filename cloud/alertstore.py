@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase
 from cloud.db import Alert, AlertStep
+from firmware_bridge.kernel.events import AlertPhase
 
 _CHUNK = 2000  # ids per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits
 

@@ -34,7 +34,7 @@ from cloud.errors import CloudError
 from cloud.ingest import AlertSink
 from cloud.metrics import CloudMetrics
 from cloud.settings import CloudSettings
-from firmware_bridge.clock import Clock
+from firmware_bridge.kernel.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     clock = None
     if args.clock is not None:
         from cloud.errors import ConfigError
-        from firmware_bridge.clock import AcceleratedClock
+        from firmware_bridge.kernel.clock import AcceleratedClock
 
         try:
             clock = AcceleratedClock.load(args.clock)

@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType, Severity, alert_id
 from cloud.alertstore import store_alert_steps
 from cloud.db import Alert, Database, Device, Gateway
 from cloud.errors import CloudError
 from cloud.ingest import AlertSink, NullAlertSink
 from cloud.metrics import CloudMetrics
-from firmware_bridge.clock import Clock, SystemClock
+from firmware_bridge.kernel.clock import Clock, SystemClock
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
 
 log = logging.getLogger(__name__)
 SOURCE = "cloud"

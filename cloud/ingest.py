@@ -41,7 +41,7 @@ from cloud.errors import BadRequestError, CloudError, ConflictError, PermissionD
 from cloud.metrics import CloudMetrics
 from cloud.sequence import SEQ_MODULUS, SeqSummary, sequence_summary
 from cloud.timeseries import TimeSeriesError, TimeSeriesStore
-from firmware_bridge.clock import Clock, SystemClock
+from firmware_bridge.kernel.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from cloud.api.state import CloudState
 from cloud.db import Device
 from cloud.errors import BadRequestError, NotFoundError, PermissionDeniedError
 from firmware_bridge.errors import DecodeError
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.operator_push import (
     DATA_REPORT,
     ONENET_DATAPOINT,
@@ -44,7 +45,6 @@ from firmware_bridge.operator_push import (
     verify_onenet,
     verify_onenet_body,
 )
-from firmware_bridge.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import kind_of_payload, spec
 
 log = logging.getLogger(__name__)

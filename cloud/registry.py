@@ -25,13 +25,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 
-from alerts.contract import DEVICE_CSV_COLUMNS
 from cloud.auth import PERSONAL_DATA_ROLES, Role
 from cloud.crypto import SecretBox, mask_name, mask_phone
 from cloud.db import Database, Device
 from cloud.errors import ImportRowsError, NotFoundError
+from firmware_bridge.devicelist import DEVICE_CSV_COLUMNS
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.operator_push import vigil_device_id
-from firmware_bridge.records import DeviceKind
 from firmware_bridge.registry import spec
 
 DEVICE_ID_RE = re.compile(r"^(?:[0-9A-Fa-f]{16}|[0-9]{6,20})$")

@@ -1,6 +1,7 @@
 """Local life-safety actions: when the cloud cannot page anyone, the gateway itself must.
 
-Why: a fire, CO, a fall, an SOS or an open manhole on a road (``alerts.events.LIFE_SAFETY``) cannot wait for
+Why: a fire, CO, a fall, an SOS or an open manhole on a road
+(``firmware_bridge.kernel.events.LIFE_SAFETY``) cannot wait for
 the uplink to come back. Each ``[[actions]]`` entry fires on the RAISED and UPDATED steps (never CLEARED)
 of its ``events``:
 
@@ -24,9 +25,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase
 from edge.config import ActionSection
 from edge.metrics import GatewayMetrics
+from firmware_bridge.kernel.events import AlertPhase
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alerts.events import LIFE_SAFETY, EventType
+from firmware_bridge.kernel.events import LIFE_SAFETY, EventType
 
 
 class ConfigError(ValueError):

@@ -34,7 +34,7 @@ from edge.sources.devices import DeviceList, load_devices
 from edge.sources.lora import LoRaWANSessions
 from edge.uplink.base import Uplink
 from edge.uplink.sender import UplinkSender
-from firmware_bridge.clock import AcceleratedClock, Clock, SystemClock
+from firmware_bridge.kernel.clock import AcceleratedClock, Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ def make_clock(cfg: GatewayConfig) -> Clock:
 
 
 def make_engine(outbox: Outbox, cfg: GatewayConfig) -> Any:
-    from edge.engine import DetectionEngine
+    from alerts.detection.engine import DetectionEngine
 
     profiles = None
     if cfg.detection.profiles_file is not None:
         import tomllib
 
-        from edge.profiles import ProfileSet
+        from alerts.detection.profiles import ProfileSet
 
         profiles = ProfileSet.from_mapping(
             tomllib.loads(cfg.detection.profiles_file.read_text(encoding="utf-8"))
@@ -308,8 +308,8 @@ class Gateway:
 
 def run_gateway(cfg: GatewayConfig) -> int:
     """Entry point of ``vigil gateway``: run until SIGTERM. Start-up errors print one line and exit 1."""
+    from alerts.detection.profiles import ProfileError
     from edge.outbox import OutboxError
-    from edge.profiles import ProfileError
     from edge.sources.devices import DeviceListError
 
     try:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from alerts.contract import AlertEvent
-from edge.engine import DetectionEngine
-from firmware_bridge.records import DeviceKind
+from alerts.detection.engine import DetectionEngine
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alerts.contract import AlertEvent, TelemetryBlock, UplinkAck
-from firmware_bridge.records import ReadingBatch
+from firmware_bridge.kernel.records import ReadingBatch
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox, OutboxError, frame_key
 from edge.sources.base import FrameSink, SourceFrame
 from edge.sources.devices import DeviceList
-from firmware_bridge.clock import Clock
-from firmware_bridge.records import ReadingBatch
+from firmware_bridge.kernel.clock import Clock
+from firmware_bridge.kernel.records import ReadingBatch
 from firmware_bridge.registry import KINDS
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _BY_CODE = {s.kind_code: s for s in KINDS.values()}
 
 
 class Engine(Protocol):
-    """What the pipeline needs from :class:`edge.engine.DetectionEngine`."""
+    """What the pipeline needs from :class:`alerts.detection.engine.DetectionEngine`."""
 
     def process(self, batch: ReadingBatch, now: float) -> list[AlertEvent]: ...
 

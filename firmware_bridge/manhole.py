@@ -6,8 +6,8 @@ Byte table and a worked example: ``docs/payloads.md#manhole``.
 
 from __future__ import annotations
 
+from firmware_bridge.kernel.records import Channel, DeviceKind, Flag
 from firmware_bridge.payload import PayloadCodec
-from firmware_bridge.records import Channel, DeviceKind, Flag
 
 KIND = DeviceKind.MANHOLE
 KIND_CODE = 0x01

@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware_bridge.errors import DecodeError
-from firmware_bridge.records import Channel, DeviceKind, Flag, Reading, ReadingBatch
+from firmware_bridge.kernel.records import Channel, DeviceKind, Flag, KindSchema, Reading, ReadingBatch
 
 PAYLOAD_VERSION = 1
 HEADER_DTYPE: list[tuple[str, str]] = [
@@ -171,6 +171,11 @@ class PayloadCodec:
     def channel_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.channels)
 
+    @cached_property
+    def schema(self) -> KindSchema:
+        """The channel and flag declaration the decoded readings carry."""
+        return KindSchema(kind=self.kind, channels=self.channels, flags=self.flags)
+
     # -- encoding -------------------------------------------------------------------------------------
     def encode(self, reading: Reading) -> bytes:
         """Encode one reading.
@@ -257,6 +262,7 @@ class PayloadCodec:
             flags=flags,
             values=tuple(values),
             fw_version=fw,
+            schema=self.schema,
         )
 
     def decode_many(

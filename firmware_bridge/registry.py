@@ -13,8 +13,8 @@ from types import MappingProxyType
 
 from firmware_bridge import manhole, smoke_alarm, wristband
 from firmware_bridge.errors import DecodeError
+from firmware_bridge.kernel.records import Channel, DeviceKind, Flag, KindSchema, Reading
 from firmware_bridge.payload import PayloadCodec
-from firmware_bridge.records import Channel, DeviceKind, Flag, Reading
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class KindSpec:
     kind: DeviceKind
     codec: PayloadCodec
     heartbeat_s: float
+
+    @property
+    def schema(self) -> KindSchema:
+        return self.codec.schema
 
     @property
     def channels(self) -> tuple[Channel, ...]:

@@ -7,8 +7,8 @@ as the ``smoke_alarm`` bit; density and temperature let the cloud see the trend.
 
 from __future__ import annotations
 
+from firmware_bridge.kernel.records import Channel, DeviceKind, Flag
 from firmware_bridge.payload import PayloadCodec
-from firmware_bridge.records import Channel, DeviceKind, Flag
 
 KIND = DeviceKind.SMOKE_ALARM
 KIND_CODE = 0x02

@@ -7,8 +7,8 @@ wrist or no optical contact).
 
 from __future__ import annotations
 
+from firmware_bridge.kernel.records import Channel, DeviceKind, Flag
 from firmware_bridge.payload import PayloadCodec
-from firmware_bridge.records import Channel, DeviceKind, Flag
 
 KIND = DeviceKind.WRISTBAND
 KIND_CODE = 0x03

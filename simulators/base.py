@@ -20,8 +20,8 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from alerts.events import EventType, Severity
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 from simulators.encode import encode_many
 from simulators.neighbourhood import Sites

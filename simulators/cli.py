@@ -80,7 +80,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _device_counts(args: argparse.Namespace) -> Any:
     import csv
 
-    from firmware_bridge.records import DeviceKind
+    from firmware_bridge.kernel.records import DeviceKind
 
     spec = args.devices
     path = Path(spec) if spec and not str(spec).isdigit() else args.truth.parent / "devices.csv"

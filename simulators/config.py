@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.errors import ConfigError
 from simulators.registry import effect_names
 from simulators.timeutil import parse_duration, parse_instant

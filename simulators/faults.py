@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 
 
 class SimFrame(NamedTuple):

@@ -9,7 +9,7 @@ or adding a kind does not shift the others' random streams.
 
 Example (seeded, runnable)::
 
-    >>> from firmware_bridge.records import DeviceKind
+    >>> from firmware_bridge.kernel.records import DeviceKind
     >>> fleet = Fleet.build({DeviceKind.WRISTBAND: 20}, seed=7)
     >>> frames = list(fleet.run(start=1_780_272_000.0, duration_s=3600))
     >>> all(a.time <= b.time for a, b in zip(frames, frames[1:]))
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from alerts.contract import DEVICE_CSV_COLUMNS
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.devicelist import DEVICE_CSV_COLUMNS
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.base import KindModel
 from simulators.faults import FaultInjector, LinkFaultRates, SimFrame
 from simulators.neighbourhood import Neighbourhood, build_neighbourhood
@@ -39,7 +39,7 @@ from simulators.truth import TruthRecord, sort_key
 if TYPE_CHECKING:
     from simulators.config import FleetConfig
 
-MANIFEST_COLUMNS = DEVICE_CSV_COLUMNS  # the installers' device list, alerts/contract.py
+MANIFEST_COLUMNS = DEVICE_CSV_COLUMNS  # the installers' device list, firmware_bridge/devicelist.py
 RESPONDER_COLUMNS = ("responder_id", "name", "role", "phone", "lat", "lon", "base")
 
 

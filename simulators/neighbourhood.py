@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 
 M_PER_DEG_LAT = 111_320.0
 STREET_NAMES = (

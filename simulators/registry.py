@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.base import KindModel
 from simulators.manhole import ManholeModel
 from simulators.smoke_alarm import SmokeAlarmModel

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from firmware_bridge.clock import AcceleratedClock
+from firmware_bridge.kernel.clock import AcceleratedClock
 from simulators.config import FleetConfig
 from simulators.fleet import Fleet
 from simulators.outputs import Sink, build_outputs

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from alerts.contract import AlertEvent
-from alerts.events import KIND_EVENTS, AlertPhase, EventType
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import KIND_EVENTS, AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.truth import TruthRecord
 
 DEFAULT_TOLERANCE_S = 60.0

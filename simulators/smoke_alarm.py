@@ -24,9 +24,9 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from alerts.events import EventType as E
-from alerts.events import Severity as S
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import EventType as E
+from firmware_bridge.kernel.events import Severity as S
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.base import F64, I64, N_PARAMS, Effect, KindModel, Schedule
 
 H = 3600.0

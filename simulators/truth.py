@@ -1,7 +1,8 @@
 """Ground truth: what really happened in a simulated fleet, as JSONL the scorer reads.
 
 One record per episode: ``{"device_id","kind","event_type","start","end","severity"}`` with UTC epoch
-seconds in simulated time and the severity *name* from :class:`alerts.events.Severity`. A severity of
+seconds in simulated time and the severity *name* from :class:`firmware_bridge.kernel.events.Severity`. A
+severity of
 ``NONE`` marks an episode that must not page anyone: every ``nuisance_*`` label, and a fall after which
 the person got up again within seconds (``fall`` + ``NONE``; see ``docs/simulators.md``).
 
@@ -15,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from alerts.events import EventType, Severity
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.errors import TruthFormatError
 
 

@@ -25,9 +25,9 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from alerts.events import EventType as E
-from alerts.events import Severity as S
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import EventType as E
+from firmware_bridge.kernel.events import Severity as S
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.base import F64, I64, Effect, KindModel, Schedule
 from simulators.neighbourhood import M_PER_DEG_LAT
 from simulators.truth import TruthRecord

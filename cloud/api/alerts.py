@@ -19,11 +19,11 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from alerts.events import AlertPhase, EventType
 from cloud.api.deps import State, User
 from cloud.db import Alert, AlertStep
 from cloud.errors import NotFoundError
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 

@@ -14,7 +14,7 @@ from cloud.api.deps import Admin, State, User
 from cloud.errors import BadRequestError, StorageError
 from cloud.registry import DEVICE_ID_RE, DeviceIn, DeviceOut
 from cloud.timeseries import BackendError, TimeSeriesError
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_RE.pattern, description="DevEUI, IMEI or serial")]

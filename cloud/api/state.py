@@ -13,7 +13,7 @@ from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.settings import CloudSettings
 from cloud.timeseries import TimeSeriesStore, open_timeseries
-from firmware_bridge.clock import Clock, SystemClock
+from firmware_bridge.kernel.clock import Clock, SystemClock
 
 
 @dataclass

@@ -77,7 +77,7 @@ def open_timeseries(url: str) -> TimeSeriesStore:
 
         return PostgresStore(url)
     if scheme in ("influx", "victoria"):
-        from cloud.timeseries.lineproto import open_http_store
+        from cloud.timeseries.http import open_http_store
 
         return open_http_store(scheme, parts, params)
     raise UnsupportedURLError(

@@ -12,7 +12,7 @@ once:
   ``max_points`` readings it returns them at full resolution; otherwise it averages them into equal
   buckets of ``bucket_s`` seconds (a bucket is stamped with its start time; empty buckets are omitted) and
   also returns each bucket's minimum and maximum so spikes survive the averaging.
-- Missing values (NaN in a :class:`~firmware_bridge.records.ReadingBatch`, ``null`` on the wire) are
+- Missing values (NaN in a :class:`~firmware_bridge.kernel.records.ReadingBatch`, ``null`` on the wire) are
   stored as missing (SQL ``NULL`` / an absent field), never as a number, and come back as NaN.
 """
 
@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
 
 FloatArray = npt.NDArray[np.float64]

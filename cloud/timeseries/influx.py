@@ -26,7 +26,7 @@ from cloud.timeseries.base import (
     plan_query,
 )
 from cloud.timeseries.lineproto import _LineProtocolStore, measurement
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import KINDS
 
 _IN_CHUNK = 200

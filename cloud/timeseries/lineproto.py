@@ -32,22 +32,19 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
-from urllib.parse import SplitResult
 
 import numpy as np
 
 from cloud.timeseries.base import (
     BackendError,
     Series,
-    TimeSeriesStore,
-    UnsupportedURLError,
     WriteResult,
     bucket_ms_for,
     empty_series,
     plan_query,
     time_ms_column,
 )
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS, spec
 
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9_.:\-]*$")
@@ -323,33 +320,3 @@ def _reindex(t: np.ndarray, ts: np.ndarray, vs: np.ndarray) -> np.ndarray:
         ok = (idx < len(t)) & (t[np.minimum(idx, len(t) - 1)] == ts)
         col[idx[ok]] = vs[ok]
     return col
-
-
-def open_http_store(scheme: str, parts: SplitResult, params: dict[str, str]) -> TimeSeriesStore:
-    if not parts.hostname:
-        raise UnsupportedURLError(f"{scheme}:// URL needs host:port")
-    http = "https" if params.get("tls", "0") in ("1", "true", "yes") else "http"
-    base = f"{http}://{parts.hostname}:{parts.port or (8428 if scheme == 'victoria' else 8086)}"
-    try:
-        timeout = float(params.get("timeout", "10"))
-    except ValueError as exc:
-        raise UnsupportedURLError(f"timeout must be seconds, got {params['timeout']!r}") from exc
-    if scheme == "victoria":
-        unknown = set(params) - {"tls", "timeout"}
-        if unknown:
-            raise UnsupportedURLError(f"unknown victoria URL parameter(s) {sorted(unknown)}")
-        return VictoriaStore(base, org="vigil", bucket="vigil", token="", timeout_s=timeout)
-    unknown = set(params) - {"tls", "timeout", "org", "bucket", "token"}
-    if unknown:
-        raise UnsupportedURLError(f"unknown influx URL parameter(s) {sorted(unknown)}")
-    if not params.get("bucket"):
-        raise UnsupportedURLError("influx:// URL needs ?bucket=")
-    from cloud.timeseries.influx import InfluxStore
-
-    return InfluxStore(
-        base,
-        org=params.get("org", ""),
-        bucket=params["bucket"],
-        token=params.get("token", ""),
-        timeout_s=timeout,
-    )

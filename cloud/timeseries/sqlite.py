@@ -58,7 +58,7 @@ from cloud.timeseries.base import (
     table_name,
     time_ms_column,
 )
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS, spec
 
 _BASE_COLUMNS = ("device_id", "time_ms", "seq", "battery_pct", "flags", "fw_version")

@@ -21,8 +21,8 @@ import contextlib
 from edge.config import MqttSource
 from edge.sources.base import FrameSink
 from edge.sources.lora import LoRaWANSessions
-from firmware_bridge.clock import Clock
 from firmware_bridge.errors import DecodeError
+from firmware_bridge.kernel.clock import Clock
 
 
 def frame_from_message(

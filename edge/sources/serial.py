@@ -15,8 +15,8 @@ import binascii
 
 from edge.config import SerialSource
 from edge.sources.base import FrameSink
-from firmware_bridge.clock import Clock
 from firmware_bridge.errors import DecodeError
+from firmware_bridge.kernel.clock import Clock
 
 
 def split_link_body(body: bytes) -> tuple[str, bytes]:

@@ -13,8 +13,8 @@ from typing import Any, cast
 from edge.config import UdpSource
 from edge.sources.base import FrameSink
 from edge.sources.lora import LoRaWANSessions
-from firmware_bridge.clock import Clock
 from firmware_bridge.errors import DecodeError
+from firmware_bridge.kernel.clock import Clock
 
 
 class _Protocol(asyncio.DatagramProtocol):

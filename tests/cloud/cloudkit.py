@@ -19,12 +19,12 @@ import pytest
 from fastapi import FastAPI
 
 from alerts.contract import AlertEvent, TelemetryBlock, UplinkBatch
-from alerts.events import AlertPhase, EventType, Severity, alert_id
 from cloud.app import create_app
 from cloud.db import upgrade_head
 from cloud.settings import CloudSettings
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.operator_push import vigil_device_id
-from firmware_bridge.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
 
 T0 = 1_790_000_000.0  # 2026-09-21 UTC: a fixed, realistic epoch

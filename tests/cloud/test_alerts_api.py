@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import BAND_1, GW1, MANHOLE_1, SMOKE_1, T0, Cloud, alert_step, batch
 

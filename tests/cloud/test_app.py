@@ -12,7 +12,7 @@ import uvicorn
 
 from alerts.contract import HTTP_PATH, UplinkAck
 from cloud.app import create_app
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import GW1, MANHOLE_1, T0, Cloud, batch, body, make_settings, readings
 from tests.servers import free_port

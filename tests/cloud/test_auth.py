@@ -12,7 +12,7 @@ from alerts.contract import HTTP_PATH
 from cloud.auth import hash_password, token_hash, verify_password
 from cloud.crypto import load_or_create_key, mask_name, mask_phone
 from cloud.errors import ConfigError
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import GW1, MANHOLE_1, Cloud, batch, body, readings
 

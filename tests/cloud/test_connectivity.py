@@ -5,8 +5,8 @@ Time is a :class:`ManualClock` moved by the test; the monitor is driven with ``c
 
 from __future__ import annotations
 
-from alerts.events import AlertPhase, EventType
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import BAND_1, GW1, GW2, MANHOLE_1, MANHOLE_2, SMOKE_1, Cloud, batch, readings
 

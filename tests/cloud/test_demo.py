@@ -8,8 +8,8 @@ import io
 import sqlite3
 from pathlib import Path
 
-from alerts.events import AlertPhase
-from cloud.demo import run_demo
+from firmware_bridge.kernel.events import AlertPhase
+from simulators.demo import run_demo
 from tests.servers import free_port
 
 

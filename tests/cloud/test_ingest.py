@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from alerts.contract import HTTP_PATH, UplinkAck
-from alerts.events import AlertPhase, EventType
 from cloud.errors import PermissionDeniedError, StorageError
 from cloud.ingest import sequence_summary
 from cloud.timeseries import BackendError
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import (
     BAND_1,

@@ -26,7 +26,7 @@ from cloud.mqtt_ingest import (
     backoff_delays,
     gateway_of_topic,
 )
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from tests.servers import MosquittoServer
 
 T0 = 1_700_000_000.0

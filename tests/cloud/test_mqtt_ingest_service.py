@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alerts.contract import UplinkAck, mqtt_up_topic
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import (
     CSV_HEADER,

@@ -12,8 +12,8 @@ import base64
 import hashlib
 import json
 
+from firmware_bridge.kernel.records import DeviceKind, Reading
 from firmware_bridge.operator_push import build_ctwing_data_report, build_ctwing_online, vigil_device_id
-from firmware_bridge.records import DeviceKind, Reading
 from firmware_bridge.registry import spec
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import T0, Cloud

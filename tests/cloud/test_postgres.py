@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from cloud.db import Base, upgrade_head
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import GW1, MANHOLE_1, Cloud, batch, readings
 
@@ -62,7 +62,7 @@ async def test_unstorable_text_is_a_400_not_a_500(cloud: Cloud) -> None:
 
 async def test_same_alert_from_two_concurrent_batches_is_one_step(cloud: Cloud) -> None:
     # e.g. a gateway re-sending its outbox after a lost ack while the first delivery is still in flight
-    from alerts.events import AlertPhase, EventType
+    from firmware_bridge.kernel.events import AlertPhase, EventType
     from tests.cloud.cloudkit import SMOKE_1, T0, alert_step
 
     step = alert_step(SMOKE_1, DeviceKind.SMOKE_ALARM, EventType.FIRE, AlertPhase.RAISED, T0)

@@ -145,7 +145,7 @@ async def test_row_errors_do_not_echo_personal_data(cloud_sqlite: Cloud) -> None
 
 async def test_decommissioned_device_is_gone_but_its_gateway_cannot_write_for_it(cloud: Cloud) -> None:
     from alerts.contract import HTTP_PATH
-    from firmware_bridge.records import DeviceKind
+    from firmware_bridge.kernel.records import DeviceKind
     from tests.cloud.cloudkit import batch, body, readings
 
     assert (await cloud.client.delete(f"/api/v1/devices/{BAND_1}", headers=cloud.viewer)).status_code == 403

@@ -22,7 +22,7 @@ from cloud.timeseries import (
     UnknownChannelError,
     open_timeseries,
 )
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z

@@ -20,7 +20,7 @@ import pytest
 from cloud.timeseries import BackendError, UnsupportedURLError, open_timeseries
 from cloud.timeseries.influx import InfluxStore
 from cloud.timeseries.lineproto import VictoriaStore, batch_to_lines
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 
 T0_MS = 1_700_000_000_000
 

@@ -9,7 +9,7 @@ import pytest
 
 from cloud.timeseries import BackendError, open_timeseries
 from cloud.timeseries.postgres import PostgresStore
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from tests.cloud.test_timeseries import T0, make_batch
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cloud.timeseries import BackendError, UnsupportedURLError, open_timeseries
 from cloud.timeseries.sqlite import SQLiteStore
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from tests.cloud.test_timeseries import T0, assert_same, make_batch, reference
 
 

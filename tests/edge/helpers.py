@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType, Severity, alert_id
 from firmware_bridge import manhole, smoke_alarm
-from firmware_bridge.records import DeviceKind, Reading, ReadingBatch
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 
 
 def device_id(i: int) -> str:

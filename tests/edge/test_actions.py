@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from alerts.events import AlertPhase, EventType
 from edge.actions import ActionRunner, AtModem, sms_text
 from edge.config import ActionSection
 from edge.metrics import GatewayMetrics
+from firmware_bridge.kernel.events import AlertPhase, EventType
 from tests.edge.helpers import alert
 
 

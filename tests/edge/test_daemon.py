@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts.events import EventType
 from edge.config import GatewayConfig, parse_config
 from edge.daemon import Gateway
 from edge.outbox import iter_alert_events, iter_telemetry
 from edge.status import diagnose_metrics
 from firmware_bridge.framing import encode_frame
+from firmware_bridge.kernel.events import EventType
 from tests.edge.helpers import device_id, manhole_payload, smoke_payload
 
 
@@ -134,7 +134,7 @@ async def test_supervisor_restarts_a_failing_source(tmp_path: Path, pty_pair: tu
 
 def test_accelerated_clock_and_startup_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edge.daemon import run_gateway
-    from firmware_bridge.clock import AcceleratedClock
+    from firmware_bridge.kernel.clock import AcceleratedClock
 
     clock_file = tmp_path / "clock.json"
     AcceleratedClock(sim_epoch=1_700_000_000.0, real_epoch=0.0, speedup=60.0).save(clock_file)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from alerts.events import AlertPhase, EventType, Severity
-from edge.engine import DetectionEngine
+from alerts.detection.engine import DetectionEngine
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox, iter_alert_events, iter_telemetry
 from edge.pipeline import Pipeline
 from edge.sources.base import FrameSink
 from edge.sources.devices import DeviceEntry, DeviceList
-from firmware_bridge.clock import SystemClock
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.clock import SystemClock
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
 from tests.edge.helpers import device_id, manhole_payload, smoke_payload
 
 T0 = 1_700_000_000.0

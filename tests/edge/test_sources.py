@@ -18,10 +18,10 @@ from pathlib import Path
 
 import aiomqtt
 
-from alerts.events import EventType
 from edge.config import parse_config
 from edge.outbox import iter_alert_events, iter_telemetry
 from firmware_bridge import chirpstack, nbiot, semtech_udp
+from firmware_bridge.kernel.events import EventType
 from firmware_bridge.lorawan import LoRaWANKeys, build_uplink
 from tests.edge.helpers import manhole_payload, smoke_payload
 from tests.edge.test_daemon import running

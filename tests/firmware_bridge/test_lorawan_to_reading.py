@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from firmware_bridge import chirpstack, framing, lorawan, nbiot, operator_push, semtech_udp
-from firmware_bridge.records import DeviceKind, Reading
+from firmware_bridge.kernel.records import DeviceKind, Reading
 from firmware_bridge.registry import KINDS, decode_payload, spec
 
 DEV_EUI = "70b3d57ed0001234"

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge.errors import DecodeError
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.payload import PAYLOAD_VERSION, PayloadCodec
-from firmware_bridge.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import KINDS, decode_payload, kind_of_payload
 
 CODECS = [s.codec for s in KINDS.values()]
@@ -115,7 +115,7 @@ def _scalar(
 
 
 def _assert_batch_equals(batch: ReadingBatch, readings: list[Reading]) -> None:
-    expected = ReadingBatch.from_readings(batch.kind, readings)
+    expected = ReadingBatch.from_readings(batch.kind, readings, n_channels=batch.values.shape[1])
     assert list(batch.device_id) == list(expected.device_id)
     for col in ("seq", "time", "battery_pct", "flags", "fw_version"):
         np.testing.assert_array_equal(getattr(batch, col), getattr(expected, col), err_msg=col)
@@ -370,7 +370,7 @@ def test_mismatched_columns_are_a_programming_error_not_a_decode_error() -> None
 
 
 def test_bad_declarations_are_refused_at_import_time() -> None:
-    from firmware_bridge.records import Channel, Flag
+    from firmware_bridge.kernel.records import Channel, Flag
 
     ok = Channel("a", "u", 0.0, 1.0, ">u2", 0.1)
     with pytest.raises(ValueError, match="big-endian"):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, alert_id
+from firmware_bridge.kernel.events import AlertPhase, alert_id
 from simulators.cli import fetch_cloud_alerts
 from simulators.errors import SimulatorError
 from simulators.fleet import MANIFEST_COLUMNS

@@ -1,7 +1,8 @@
 """Every effect of every signal model passes the same checks (the per-kind quality checklist).
 
 Run one effect at a time at a high rate on a small fleet and check: its episodes reach the ground truth
-with a label and severity from the shared vocabulary (alerts.events.KIND_EVENTS), every frame decodes with
+with a label and severity from the shared vocabulary (firmware_bridge.kernel.events.KIND_EVENTS), every
+frame decodes with
 the kind's codec and every value stays inside its declared valid range (firmware_bridge channel
 declarations, docs/payloads.md), triggered uplinks arrive, silent devices stay silent.
 """
@@ -14,8 +15,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from alerts.events import KIND_EVENTS, Severity
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import KIND_EVENTS, Severity
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 from simulators.base import N_PARAMS
 from simulators.fleet import Fleet

@@ -11,7 +11,7 @@ import pytest
 
 from firmware_bridge.errors import DecodeError
 from firmware_bridge.framing import FrameDecoder, encode_frame
-from firmware_bridge.records import DeviceKind as K
+from firmware_bridge.kernel.records import DeviceKind as K
 from firmware_bridge.registry import spec
 from simulators.faults import LinkFaultRates
 from simulators.fleet import Fleet

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firmware_bridge.records import DeviceKind as K
+from firmware_bridge.kernel.records import DeviceKind as K
 from simulators.fleet import Fleet
 
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.events import KIND_EVENTS, EventType, Severity
-from firmware_bridge.records import DeviceKind as K
-from firmware_bridge.records import Reading
+from firmware_bridge.kernel.events import KIND_EVENTS, EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind as K
+from firmware_bridge.kernel.records import Reading
 from firmware_bridge.registry import spec
 from simulators.encode import encode_many
 from simulators.fleet import MANIFEST_COLUMNS, Fleet

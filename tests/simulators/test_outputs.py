@@ -20,11 +20,11 @@ import aiomqtt
 import pytest
 
 from firmware_bridge import chirpstack, lorawan, operator_push
-from firmware_bridge.clock import AcceleratedClock
 from firmware_bridge.errors import DecodeError
 from firmware_bridge.framing import FrameDecoder
+from firmware_bridge.kernel.clock import AcceleratedClock
+from firmware_bridge.kernel.records import DeviceKind as K
 from firmware_bridge.nbiot import UrcDecoder
-from firmware_bridge.records import DeviceKind as K
 from simulators.config import parse_config
 from simulators.fleet import Fleet
 from simulators.outputs import SerialSink, link_body

@@ -12,9 +12,9 @@ from collections import defaultdict
 import pytest
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType, Severity, alert_id
-from firmware_bridge.records import DeviceKind as K
-from firmware_bridge.records import Reading
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind as K
+from firmware_bridge.kernel.records import Reading
 from firmware_bridge.registry import spec
 from simulators.fleet import Fleet
 from simulators.scorer import score

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType, Severity, alert_id
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.scorer import score
 from simulators.truth import TruthRecord, load_truth, write_truth
 

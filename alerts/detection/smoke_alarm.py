@@ -1,6 +1,6 @@
 """Detection rules for the smoke / heat / CO alarm (烟雾报警器).
 
-Why these rules (thresholds in :class:`edge.profiles.SmokeAlarmProfile`; decisions measured in
+Why these rules (thresholds in :class:`alerts.detection.profiles.SmokeAlarmProfile`; decisions measured in
 ``docs/detection.md``):
 
 * **FIRE** (HIGH). *Evidence* raises at once: the device's heat bit, a fixed 57 °C or a rate of rise of
@@ -17,7 +17,7 @@ Why these rules (thresholds in :class:`edge.profiles.SmokeAlarmProfile`; decisio
   most ``hush_max_s`` (~10 min) from the press (the flag's rising edge, however long frames carry it);
   it never hides evidence.
 * **CO** (HIGH): the device's CO bit, or our own EN 50291 fractional dose reaching 1
-  (:mod:`edge.detectors.dose`), so a detector whose bit logic failed is still covered.
+  (:mod:`alerts.detection.detectors.dose`), so a detector whose bit logic failed is still covered.
 * **CONTAMINATION** / **TAMPER** / **SENSOR_FAULT** from flags, **LOW_BATTERY** (GB 20517 checks it
   every 24 h; reminders daily).
 
@@ -32,13 +32,13 @@ import math
 
 import numpy as np
 
-from alerts.events import EventType, Severity
-from edge.detectors import EWMAZScore, FractionalDose, RateOfRise
-from edge.detectors.base import Detector
-from edge.episodes import CLEAR, HOLD, EpisodeRule
-from edge.profiles import SmokeAlarmProfile
-from edge.rulekit import RuleContext, Verdict, battery_verdict, flag_level
-from firmware_bridge.records import DeviceKind
+from alerts.detection.detectors import EWMAZScore, FractionalDose, RateOfRise
+from alerts.detection.detectors.base import Detector
+from alerts.detection.episodes import CLEAR, HOLD, EpisodeRule
+from alerts.detection.profiles import SmokeAlarmProfile
+from alerts.detection.rulekit import RuleContext, Verdict, battery_verdict, flag_level
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
 
 KIND = DeviceKind.SMOKE_ALARM
 PROFILE = SmokeAlarmProfile

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from alerts.events import Severity
-from edge.detectors.base import Detector
-from edge.episodes import CLEAR, HOLD, UNKNOWN
-from edge.profiles import ParamView
+from alerts.detection.detectors.base import Detector
+from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN
+from alerts.detection.profiles import ParamView
+from firmware_bridge.kernel.events import Severity
 from firmware_bridge.registry import KindSpec
 
 FloatArray = npt.NDArray[np.float64]

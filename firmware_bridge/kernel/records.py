@@ -2,8 +2,11 @@
 
 Every codec, whatever the radio or platform, ends in :class:`Reading` (one frame of one device) or in
 :class:`ReadingBatch` (many frames of one device kind as numpy columns). Channel values are ordered as the
-kind's :data:`CHANNELS` declaration (see :mod:`firmware_bridge.registry`), so the detector can index them
-by position with no dict lookups on the hot path.
+kind's channel declaration (a :class:`KindSchema`, built by each kind's codec in
+``firmware_bridge/<kind>.py``),
+so the detector can index them by position with no dict lookups on the hot path.
+
+This module is part of the shared kernel: it imports nothing of Vigil's.
 
 Times are UTC seconds since the epoch (``float``), everywhere.
 """
@@ -61,6 +64,28 @@ class Flag:
         return 1 << self.bit
 
 
+@dataclass(frozen=True)
+class KindSchema:
+    """What a kind's readings carry: its channels (in order) and status flags, as data."""
+
+    kind: DeviceKind
+    channels: tuple[Channel, ...]
+    flags: tuple[Flag, ...]
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.channels)
+
+    def channel_index(self, name: str) -> int:
+        return self.channel_names.index(name)
+
+    def flag(self, name: str) -> Flag:
+        for f in self.flags:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.kind} has no flag {name!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One decoded uplink of one device.
@@ -76,24 +101,22 @@ class Reading:
     flags: int
     values: tuple[float, ...]
     fw_version: int = 0
-    channels: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    schema: KindSchema | None = field(default=None, compare=False, repr=False)
+
+    def _schema(self) -> KindSchema:
+        if self.schema is None:
+            raise ValueError(f"this {self.kind} reading carries no schema; decode it with the kind's codec")
+        return self.schema
 
     def value(self, name: str) -> float:
-        from firmware_bridge.registry import spec
-
-        names = self.channels or spec(self.kind).channel_names
-        return self.values[names.index(name)]
+        return self.values[self._schema().channel_index(name)]
 
     def has_flag(self, name: str) -> bool:
-        from firmware_bridge.registry import spec
-
-        return bool(self.flags & spec(self.kind).flag(name).mask)
+        return bool(self.flags & self._schema().flag(name).mask)
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-friendly view (CLI output, logs); not used on the hot path."""
-        from firmware_bridge.registry import spec
-
-        s = spec(self.kind)
+        s = self._schema()
         return {
             "kind": self.kind.value,
             "device_id": self.device_id,
@@ -140,12 +163,6 @@ class ReadingBatch:
     def __len__(self) -> int:
         return len(self.device_id)
 
-    def column(self, name: str) -> FloatArray:
-        """The values of one channel by name."""
-        from firmware_bridge.registry import spec
-
-        return self.values[:, spec(self.kind).channel_names.index(name)]
-
     def reading(self, i: int) -> Reading:
         return Reading(
             kind=self.kind,
@@ -176,10 +193,8 @@ class ReadingBatch:
         )
 
     @classmethod
-    def empty(cls, kind: DeviceKind) -> ReadingBatch:
-        from firmware_bridge.registry import spec
-
-        return cls.from_readings(kind, [], n_channels=len(spec(kind).channels))
+    def empty(cls, kind: DeviceKind, n_channels: int) -> ReadingBatch:
+        return cls.from_readings(kind, [], n_channels=n_channels)
 
     @classmethod
     def from_readings(
@@ -187,9 +202,9 @@ class ReadingBatch:
     ) -> ReadingBatch:
         """Pack scalar readings into columns (tests, slow paths)."""
         if n_channels is None:
-            from firmware_bridge.registry import spec
-
-            n_channels = len(spec(kind).channels)
+            if not readings:
+                raise ValueError("from_readings needs n_channels for an empty batch")
+            n_channels = len(readings[0].values)
         for r in readings:
             if r.kind is not kind:
                 raise ValueError(f"a {r.kind} reading cannot join a {kind} batch")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind
 
 
 class Severity(IntEnum):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detectors import EWMAZScore, Flatline, FractionalDose, RateOfRise, Threshold
-from edge.detectors.base import Detector
+from alerts.detection.detectors import EWMAZScore, Flatline, FractionalDose, RateOfRise, Threshold
+from alerts.detection.detectors.base import Detector
 
 FACTORIES = {
     "ewma": lambda g: EWMAZScore(alpha=0.1, min_std=0.5, grace_period=g),
@@ -176,6 +176,6 @@ def test_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib
 
-    mod = importlib.import_module(f"edge.detectors.{module}")
+    mod = importlib.import_module(f"alerts.detection.detectors.{module}")
     result = doctest.testmod(mod, verbose=False)
     assert result.attempted > 0 and result.failed == 0

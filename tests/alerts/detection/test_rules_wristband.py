@@ -3,11 +3,11 @@ REFERENCES.md; the band's uplink pattern as modelled in simulators/wristband.py)
 
 from __future__ import annotations
 
-from alerts.events import AlertPhase, EventType, Severity
-from edge.engine import DetectionEngine
-from edge.profiles import ProfileSet
-from firmware_bridge.records import DeviceKind
-from tests.edge.detect_helpers import T0, feed, of, reading, types
+from alerts.detection.engine import DetectionEngine
+from alerts.detection.profiles import ProfileSet
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
+from tests.alerts.detection.detect_helpers import T0, feed, of, reading, types
 
 W = DeviceKind.WRISTBAND
 

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.events import KIND_EVENTS, LIFE_SAFETY, AlertPhase, EventType, Severity, alert_id
-from edge.engine import DetectionEngine, SnapshotError
-from edge.profiles import ProfileError, ProfileSet
-from edge.registry import RULES
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from alerts.detection.engine import DetectionEngine, SnapshotError
+from alerts.detection.profiles import ProfileError, ProfileSet
+from alerts.detection.registry import RULES
+from firmware_bridge.kernel.events import KIND_EVENTS, LIFE_SAFETY, AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
-from tests.edge.detect_helpers import T0, batch, feed, of, reading
+from tests.alerts.detection.detect_helpers import T0, batch, feed, of, reading
 
 K = DeviceKind
 
@@ -33,7 +33,7 @@ def test_every_kind_has_the_same_shape(kind: DeviceKind) -> None:
 @pytest.mark.parametrize("kind", list(DeviceKind))
 def test_empty_batch_and_normal_readings_page_no_one(kind: DeviceKind) -> None:
     eng = DetectionEngine()
-    assert eng.process(ReadingBatch.empty(kind), now=T0) == []
+    assert eng.process(ReadingBatch.empty(kind, len(spec(kind).channels)), now=T0) == []
     rs = [reading(kind, f"d{i % 7}", i // 7, T0 + 60.0 * i) for i in range(70)]
     assert feed(eng, rs) == []
     assert eng.devices == 7

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from alerts.events import EventType
-from edge.detectors.base import grow
-from edge.episodes import EpisodeRule, EpisodeTable
-from edge.profiles import ParamTable, ProfileSet
-from edge.registry import RULES
-from firmware_bridge.records import DeviceKind
+from alerts.detection.detectors.base import grow
+from alerts.detection.episodes import EpisodeRule, EpisodeTable
+from alerts.detection.profiles import ParamTable, ProfileSet
+from alerts.detection.registry import RULES
+from firmware_bridge.kernel.events import EventType
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from alerts.events import AlertPhase, Severity
-from edge.detectors.base import grow
+from alerts.detection.detectors.base import grow
+from firmware_bridge.kernel.events import AlertPhase, Severity
 
 UNKNOWN = -2
 HOLD = -1

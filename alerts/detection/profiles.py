@@ -1,7 +1,9 @@
 """Detection thresholds: per-kind defaults, per-device overrides, validated and typed.
 
-Why here and why pydantic: every threshold in :mod:`edge.manhole` / :mod:`edge.smoke_alarm` /
-:mod:`edge.wristband` must be configurable per device (a cover on a steep road, a kitchen detector, a
+Why here and why pydantic: every threshold in :mod:`alerts.detection.manhole` /
+:mod:`alerts.detection.smoke_alarm` /
+:mod:`alerts.detection.wristband` must be configurable per device (a cover on a steep road, a kitchen
+detector, a
 patient whose resting heart rate is 45), and a typo in the gateway TOML must fail loudly with the key's
 name instead of silently using a default. Defaults come from ``/work/shared/REFERENCES.md`` (standards
 named next to each field).
@@ -21,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from alerts.events import Severity
-from edge.detectors.base import grow
-from firmware_bridge.records import DeviceKind
+from alerts.detection.detectors.base import grow
+from firmware_bridge.kernel.events import Severity
+from firmware_bridge.kernel.records import DeviceKind
 
 _log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class SmokeAlarmProfile(KindProfile):
     )
     nuisance_confirm_s: float = Field(20.0, ge=0, description="nuisance-looking smoke must be seen again")
     hush_max_s: float = Field(600.0, ge=0, description="hush suppresses re-raise at most this long")
-    # EN 50291 curve in edge.detectors.dose; clear below this concentration
+    # EN 50291 curve in alerts.detection.detectors.dose; clear below this concentration
     co_clear_ppm: float = Field(25.0, ge=0)
     co_bit_confirm: bool = Field(True, description="the device's own CO alarm bit raises at once")
     baseline_alpha: float = Field(0.05, gt=0, le=1)

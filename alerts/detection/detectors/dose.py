@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge.detectors.base import Detector, FloatArray, IntArray
+from alerts.detection.detectors.base import Detector, FloatArray, IntArray
 
 #: (ppm, minutes to alarm); inside the EN 50291 windows quoted above (see /work/shared/REFERENCES.md)
 EN50291_CURVE: tuple[tuple[float, float], ...] = (

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.events import AlertPhase, EventType, Severity
-from edge.engine import DetectionEngine
-from edge.profiles import ProfileSet
-from firmware_bridge.records import DeviceKind
-from tests.edge.detect_helpers import T0, feed, of, reading
+from alerts.detection.engine import DetectionEngine
+from alerts.detection.profiles import ProfileSet
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
+from tests.alerts.detection.detect_helpers import T0, feed, of, reading
 
 S = DeviceKind.SMOKE_ALARM
 H = 3600.0

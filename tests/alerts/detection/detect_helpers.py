@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType
-from edge.engine import DetectionEngine
-from firmware_bridge.records import DeviceKind, Reading, ReadingBatch
+from alerts.detection.engine import DetectionEngine
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
 
 NORMAL: dict[DeviceKind, dict[str, float]] = {

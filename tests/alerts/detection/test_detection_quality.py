@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.events import LIFE_SAFETY, EventType
-from edge.engine import DetectionEngine
+from alerts.detection.engine import DetectionEngine
 from edge.offline import run_fleet
-from firmware_bridge.records import DeviceKind
+from firmware_bridge.kernel.events import LIFE_SAFETY, EventType
+from firmware_bridge.kernel.records import DeviceKind
 
 fleet_mod = pytest.importorskip("simulators.fleet")
 scorer = pytest.importorskip("simulators.scorer")

@@ -1,8 +1,9 @@
 """The one explicit registry of per-kind detection rules (one line per kind, no folder scanning).
 
-Adding a kind: write ``edge/<kind>.py`` with the same names as :mod:`edge.manhole` (``KIND``, ``PROFILE``,
-``STATE``, ``rules``, ``make_detectors``, ``evaluate``), add its profile to :mod:`edge.profiles`, and add
-one line below. ``tests/edge/test_engine.py`` checks every registered kind keeps that shape.
+Adding a kind: write ``alerts/detection/<kind>.py`` with the same names as
+:mod:`alerts.detection.manhole` (``KIND``, ``PROFILE``, ``STATE``, ``rules``, ``make_detectors``,
+``evaluate``), add its profile to :mod:`alerts.detection.profiles`, and add one line below.
+``tests/alerts/detection/test_engine.py`` checks every registered kind keeps that shape.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from alerts.events import EventType
-from edge import manhole, smoke_alarm, wristband
-from edge.detectors.base import Detector
-from edge.episodes import EpisodeRule
-from edge.rulekit import RuleContext, Verdict
-from firmware_bridge.records import DeviceKind
+from alerts.detection import manhole, smoke_alarm, wristband
+from alerts.detection.detectors.base import Detector
+from alerts.detection.episodes import EpisodeRule
+from alerts.detection.rulekit import RuleContext, Verdict
+from firmware_bridge.kernel.events import EventType
+from firmware_bridge.kernel.records import DeviceKind
 
 
 class KindRules(Protocol):

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edge.detectors.base import Detector, FloatArray, IntArray
+from alerts.detection.detectors.base import Detector, FloatArray, IntArray
 
 
 class RateOfRise(Detector):

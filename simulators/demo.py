@@ -199,7 +199,7 @@ async def run_demo(
     from cloud.settings import CloudSettings
     from edge.config import parse_config as parse_gateway_config
     from edge.daemon import Gateway
-    from firmware_bridge.clock import AcceleratedClock
+    from firmware_bridge.kernel.clock import AcceleratedClock
     from simulators.config import parse_config as parse_fleet_config
     from simulators.fleet import Fleet
     from simulators.outputs import SerialSink

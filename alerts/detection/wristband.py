@@ -1,6 +1,6 @@
 """Detection rules for the wristband of an elderly person living alone (智能手环).
 
-Why these rules (thresholds in :class:`edge.profiles.WristbandProfile`):
+Why these rules (thresholds in :class:`alerts.detection.profiles.WristbandProfile`):
 
 * **SOS** (HIGH, at once). Repeated presses within 5 minutes stay one episode.
 * **FALL** (HIGH): an impact above ~2.5 g (or the band's own fall flag) followed by >= 30 s of stillness,
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from alerts.events import EventType, Severity
-from edge.detectors import EWMAZScore
-from edge.detectors.base import Detector
-from edge.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
-from edge.profiles import WristbandProfile
-from edge.rulekit import RuleContext, Verdict, band, band_low, battery_verdict
-from firmware_bridge.records import DeviceKind
+from alerts.detection.detectors import EWMAZScore
+from alerts.detection.detectors.base import Detector
+from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
+from alerts.detection.profiles import WristbandProfile
+from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
 
 KIND = DeviceKind.WRISTBAND
 PROFILE = WristbandProfile

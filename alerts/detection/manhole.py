@@ -1,6 +1,6 @@
 """Detection rules for the smart manhole cover (智能井盖).
 
-Why these rules (thresholds in :class:`edge.profiles.ManholeProfile`, sources there):
+Why these rules (thresholds in :class:`alerts.detection.profiles.ManholeProfile`, sources there):
 
 * **COVER_OPEN** (HIGH, at once): the cover's reed switch says it is off its frame, or it tilts past 90°
   - a hole in a road. GB/T 41401-2022 asks for alarm-to-system <= 30 s, so one frame is enough.
@@ -24,13 +24,13 @@ import math
 
 import numpy as np
 
-from alerts.events import EventType, Severity
-from edge.detectors import Flatline
-from edge.detectors.base import Detector
-from edge.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
-from edge.profiles import ManholeProfile
-from edge.rulekit import RuleContext, Verdict, band, band_low, battery_verdict, flag_level
-from firmware_bridge.records import DeviceKind
+from alerts.detection.detectors import Flatline
+from alerts.detection.detectors.base import Detector
+from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
+from alerts.detection.profiles import ManholeProfile
+from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict, flag_level
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
 
 KIND = DeviceKind.MANHOLE
 PROFILE = ManholeProfile

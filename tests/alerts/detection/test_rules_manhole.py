@@ -3,10 +3,10 @@ GB/T 50493-2019; truck behaviour as modelled in simulators/manhole.py)."""
 
 from __future__ import annotations
 
-from alerts.events import AlertPhase, EventType, Severity
-from edge.engine import DetectionEngine
-from firmware_bridge.records import DeviceKind
-from tests.edge.detect_helpers import T0, feed, of, reading, types
+from alerts.detection.engine import DetectionEngine
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
+from tests.alerts.detection.detect_helpers import T0, feed, of, reading, types
 
 M = DeviceKind.MANHOLE
 

@@ -32,13 +32,13 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts.contract import AlertEvent
-from alerts.events import AlertPhase, EventType, Severity, alert_id
-from edge.episodes import Transitions
-from edge.kindstate import KindState
-from edge.profiles import ProfileSet
-from edge.registry import RULES
-from edge.rulekit import RuleContext
-from firmware_bridge.records import DeviceKind, ReadingBatch
+from alerts.detection.episodes import Transitions
+from alerts.detection.kindstate import KindState
+from alerts.detection.profiles import ProfileSet
+from alerts.detection.registry import RULES
+from alerts.detection.rulekit import RuleContext
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 
 _log = logging.getLogger(__name__)
 

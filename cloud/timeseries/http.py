@@ -1,0 +1,41 @@
+"""Open a store that speaks the InfluxDB line-protocol write API over HTTP (InfluxDB, VictoriaMetrics).
+
+Kept apart from :mod:`cloud.timeseries.lineproto` (the shared writer) and :mod:`cloud.timeseries.influx`
+(the InfluxDB reader), which build on each other in one direction only.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult
+
+from cloud.timeseries.base import TimeSeriesStore, UnsupportedURLError
+from cloud.timeseries.influx import InfluxStore
+from cloud.timeseries.lineproto import VictoriaStore
+
+
+def open_http_store(scheme: str, parts: SplitResult, params: dict[str, str]) -> TimeSeriesStore:
+    if not parts.hostname:
+        raise UnsupportedURLError(f"{scheme}:// URL needs host:port")
+    http = "https" if params.get("tls", "0") in ("1", "true", "yes") else "http"
+    base = f"{http}://{parts.hostname}:{parts.port or (8428 if scheme == 'victoria' else 8086)}"
+    try:
+        timeout = float(params.get("timeout", "10"))
+    except ValueError as exc:
+        raise UnsupportedURLError(f"timeout must be seconds, got {params['timeout']!r}") from exc
+    if scheme == "victoria":
+        unknown = set(params) - {"tls", "timeout"}
+        if unknown:
+            raise UnsupportedURLError(f"unknown victoria URL parameter(s) {sorted(unknown)}")
+        return VictoriaStore(base, org="vigil", bucket="vigil", token="", timeout_s=timeout)
+    unknown = set(params) - {"tls", "timeout", "org", "bucket", "token"}
+    if unknown:
+        raise UnsupportedURLError(f"unknown influx URL parameter(s) {sorted(unknown)}")
+    if not params.get("bucket"):
+        raise UnsupportedURLError("influx:// URL needs ?bucket=")
+    return InfluxStore(
+        base,
+        org=params.get("org", ""),
+        bucket=params["bucket"],
+        token=params.get("token", ""),
+        timeout_s=timeout,
+    )
