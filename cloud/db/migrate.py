@@ -36,7 +36,7 @@ def upgrade_head(database_url: str) -> None:
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        command.upgrade(alembic_config(database_url), "head")
+        command.upgrade(alembic_config(database_url), "heads")
     except SQLAlchemyError as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StorageError(
