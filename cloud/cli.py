@@ -140,8 +140,7 @@ def _gateway(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     _, db, _, registry = _ctx(args)
     try:
-        text = Path(args.csv).read_text(encoding="utf-8-sig")
-        n = registry.import_csv(text, now=time.time())
+        n = registry.import_csv(Path(args.csv).read_bytes(), now=time.time())
         print(f"imported {n} device(s)")
         return 0
     finally:

@@ -28,8 +28,8 @@ from sqlalchemy import select
 from cloud.auth import PERSONAL_DATA_ROLES, Role
 from cloud.crypto import SecretBox, mask_name, mask_phone
 from cloud.db import Database, Device
-from cloud.errors import ImportRowsError, NotFoundError
-from firmware_bridge.devicelist import DEVICE_CSV_COLUMNS
+from cloud.errors import BadRequestError, ImportRowsError, NotFoundError
+from firmware_bridge.devicelist import DEVICE_CSV_COLUMNS, DeviceListError, decode_text
 from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.operator_push import vigil_device_id
 from firmware_bridge.registry import spec
@@ -187,9 +187,12 @@ class Registry:
                 self._apply(row, d)
         return len(items)
 
-    def import_csv(self, text: str, *, now: float) -> int:
-        """Validate every row, then upsert all of them in one transaction; raises :class:`ImportRowsError`."""
-        devices = parse_csv(text)
+    def import_csv(self, text: str | bytes, *, now: float) -> int:
+        """Validate every row, then upsert all of them in one transaction; raises :class:`ImportRowsError`.
+
+        Bytes are decoded as UTF-8 (with or without BOM) or GBK/GB18030, as Excel on Chinese Windows saves.
+        """
+        devices = parse_csv(csv_text(text) if isinstance(text, bytes) else text)
         return self.upsert(devices, now=now)
 
     def delete(self, device_id: str) -> None:
@@ -276,6 +279,14 @@ class Registry:
                 "nwk_skey": str(private.get("nwk_skey", "")),
                 "app_skey": str(private.get("app_skey", "")),
             }
+
+
+def csv_text(data: bytes) -> str:
+    """The text of a device CSV file (UTF-8, UTF-8 with BOM, GBK / GB18030); :class:`BadRequestError` else."""
+    try:
+        return decode_text(data)[0]
+    except DeviceListError as exc:
+        raise BadRequestError(str(exc)) from exc
 
 
 def parse_csv(text: str) -> list[DeviceIn]:

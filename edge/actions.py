@@ -26,14 +26,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from alerts.contract import AlertEvent
 from edge.config import ActionSection
+from edge.errors import ActionError as ActionError
 from edge.metrics import GatewayMetrics
 from firmware_bridge.kernel.events import AlertPhase
 
 log = logging.getLogger(__name__)
-
-
-class ActionError(RuntimeError):
-    """A local action failed (command exit status, timeout, modem error)."""
 
 
 def alert_env(a: AlertEvent) -> dict[str, str]:

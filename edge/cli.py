@@ -55,6 +55,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Validate the file and open every file the daemon opens: a missing one fails here, not at start."""
+    import os
+
     from edge.config import ConfigError, load_config
 
     try:
@@ -62,15 +65,46 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    problems: list[str] = []
+    for key, path in cfg.files_to_open():
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            problems.append(f"{args.file}: {key}: cannot open {path}: {why} (create it, or fix the path)")
+    if cfg.gateway.credential is None and cfg.gateway.credential_file is None and cfg.uplink.mode != "none":
+        problems.append(
+            f"{args.file}: gateway: no credential or credential_file, but uplink.mode = "
+            f'"{cfg.uplink.mode}" needs one (`vigil cloud gateway add {cfg.gateway.id}` prints it)'
+        )
+    data_dir = cfg.outbox_path.parent
+    existing = next((p for p in (data_dir, *data_dir.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        problems.append(
+            f"{args.file}: gateway.data_dir: {data_dir} is not writable by this user "
+            "(systemd's StateDirectory= creates /var/lib/vigil-gateway for the service user)"
+        )
     if cfg.gateway.devices_file is not None:
         from edge.sources.devices import DeviceListError, load_devices
 
-        try:
-            n_dev = len(load_devices(cfg.gateway.devices_file))
-        except DeviceListError as exc:
-            print(f"{args.file}: gateway.devices_file: {exc}", file=sys.stderr)
-            return 1
-        print(f"{cfg.gateway.devices_file}: {n_dev} devices")
+        if cfg.gateway.devices_file.exists():
+            try:
+                n_dev = len(load_devices(cfg.gateway.devices_file))
+                print(f"{cfg.gateway.devices_file}: {n_dev} devices")
+            except DeviceListError as exc:
+                problems.append(f"{args.file}: gateway.devices_file: {exc}")
+    for src in cfg.sources.serial:
+        if not Path(src.port).exists():
+            print(
+                f"note: serial port {src.port} does not exist (yet); the daemon waits for it and opens it "
+                "when it appears",
+                file=sys.stderr,
+            )
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1
     names = ", ".join(n for n, _ in cfg.source_names()) or "none"
     print(
         f"{args.file}: ok (gateway {cfg.gateway.id}; sources: {names}; uplink: {cfg.uplink.mode}; "

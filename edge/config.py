@@ -28,23 +28,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.errors import ConfigError as ConfigError
 from firmware_bridge.kernel.events import LIFE_SAFETY, EventType
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, not TOML, or does not validate.
-
-    ``problems`` is a list of ``(key_path, line, message)``; ``line`` is 1-based or ``None``.
-    """
-
-    def __init__(self, path: Path | str, problems: list[tuple[str, int | None, str]]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        lines = [f"{self.path}: invalid gateway configuration"]
-        for key, line, msg in problems:
-            where = f"line {line}: " if line else ""
-            lines.append(f"  {where}{key}: {msg}")
-        super().__init__("\n".join(lines))
 
 
 class _Section(BaseModel):
@@ -218,6 +203,25 @@ class GatewayConfig(_Section):
             out.append((u.name or f"udp:{u.port}", u))
         return out
 
+    def files_to_open(self) -> list[tuple[str, Path]]:
+        """Every file the daemon reads at start, with its key: ``vigil gateway check-config`` opens each."""
+        out: list[tuple[str, Path]] = []
+        g = self.gateway
+        if g.credential_file is not None and self.uplink.mode != "none":
+            out.append(("gateway.credential_file", g.credential_file))
+        if g.devices_file is not None:
+            out.append(("gateway.devices_file", g.devices_file))
+        if self.detection.profiles_file is not None:
+            out.append(("detection.profiles_file", self.detection.profiles_file))
+        if self.uplink.ca_file is not None and self.uplink.mode != "none":
+            out.append(("uplink.ca_file", self.uplink.ca_file))
+        if self.clock.file is not None:
+            out.append(("clock.file", self.clock.file))
+        for i, m in enumerate(self.sources.mqtt):
+            if m.password_file is not None:
+                out.append((f"sources.mqtt[{i}].password_file", m.password_file))
+        return out
+
     def read_credential(self) -> str:
         """The uplink credential (never logged)."""
         if self.gateway.credential is not None:
@@ -314,6 +318,12 @@ def _resolve(cfg: GatewayConfig, base: Path) -> GatewayConfig:
     pf = cfg.detection.profiles_file
     if pf is not None and not pf.is_absolute():
         upd["detection"] = cfg.detection.model_copy(update={"profiles_file": base / pf})
+    ca = cfg.uplink.ca_file
+    if ca is not None and not ca.is_absolute():
+        upd["uplink"] = cfg.uplink.model_copy(update={"ca_file": base / ca})
+    if any(m.password_file is not None and not m.password_file.is_absolute() for m in cfg.sources.mqtt):
+        mqtt = [m.model_copy(update={"password_file": fix(m.password_file)}) for m in cfg.sources.mqtt]
+        upd["sources"] = cfg.sources.model_copy(update={"mqtt": mqtt})
     return cfg.model_copy(update=upd) if upd else cfg
 
 

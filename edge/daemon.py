@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from edge.sources.devices import DeviceList, load_devices
 from edge.sources.lora import LoRaWANSessions
 from edge.uplink.base import Uplink
 from edge.uplink.sender import UplinkSender
+from firmware_bridge.backoff import Backoff
 from firmware_bridge.kernel.clock import AcceleratedClock, Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class Gateway:
     # -- tasks --------------------------------------------------------------------------------------------
     async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """The supervisor boundary: a source that fails is logged, counted and restarted with backoff."""
-        backoff = 0.5
+        backoff = Backoff(initial=0.5, maximum=30.0)
         while True:
             started = time.monotonic()
             try:
@@ -196,9 +196,8 @@ class Gateway:
                 log.exception("source %s failed; restarting", name)
             self.metrics.source_restarts.labels(name).inc()
             if time.monotonic() - started > 60:
-                backoff = 0.5
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, 30.0)
+                backoff.reset()
+            await backoff.sleep()
 
     def _source_factory(self, name: str, src: object) -> Callable[[], Awaitable[None]]:
         gw = self.cfg.gateway.id

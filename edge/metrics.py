@@ -1,8 +1,8 @@
-"""Prometheus metrics of the gateway, and a tiny asyncio HTTP endpoint that serves them.
+"""Prometheus metrics of the gateway, served by prometheus-client's own HTTP server.
 
-Why our own registry and server: several gateways (or tests) in one process must not share counters, and
-``prometheus_client.start_http_server`` runs a thread we could not close cleanly. The asyncio server lives
-in the daemon's TaskGroup, so shutting down the daemon closes it.
+Why our own registry: several gateways (or tests) in one process must not share counters. The endpoint is
+``prometheus_client.start_http_server`` on that registry (``/metrics``; any other path serves the same
+text, so ``/healthz`` answers 200 while the daemon runs); the daemon shuts it down on exit.
 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` durations); ``vigil gateway status``
 reads them back and explains them in plain words (:mod:`edge.status`).
@@ -11,11 +11,14 @@ reads them back and explains them in plain words (:mod:`edge.status`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
+import threading
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+from edge.errors import MetricsPortInUse
 
 log = logging.getLogger(__name__)
 
@@ -101,48 +104,39 @@ class GatewayMetrics:
 
 
 class MetricsServer:
-    """Serve ``GET /metrics`` (and ``/healthz``) over HTTP/1.0 on an asyncio server."""
+    """``GET /metrics`` over HTTP: prometheus-client's own server (a daemon thread), bound to our registry.
+
+    A port that is taken is a :class:`~edge.errors.MetricsPortInUse` that says how to fix it.
+    """
 
     def __init__(self, metrics: GatewayMetrics, bind: str, port: int) -> None:
         self.metrics = metrics
         self.bind = bind
         self.port = port
-        self._server: asyncio.Server | None = None
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.bind, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info("metrics on http://%s:%d/metrics", self.bind, self.port)
+        try:
+            self._server, self._thread = start_http_server(
+                self.port, addr=self.bind, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsPortInUse(
+                    f"metrics port {self.bind}:{self.port} is in use (another gateway or exporter?): "
+                    "set [metrics] port to a free one, or enabled = false"
+                ) from exc
+            raise
+        self.port = int(self._server.server_port)
+        log.debug("metrics on http://%s:%d/metrics", self.bind, self.port)
         return self.port
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
-            while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = line.decode("latin-1").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            if path.startswith("/metrics"):
-                body, status, ctype = self.metrics.render(), "200 OK", CONTENT_TYPE_LATEST
-            elif path.startswith("/healthz"):
-                body, status, ctype = b"ok\n", "200 OK", "text/plain"
-            else:
-                body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
-            writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 5.0)

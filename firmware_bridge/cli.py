@@ -36,7 +36,7 @@ examples:
   vigil frame decode --format lorawan --nwk-skey 44024241ed4ce9a68c6a8bc055233fd3 \\
         --app-skey ec925802ae430ca77fd3dd73cb2cc588 40F17DBE4900020001954378762B11FF0D
   export VIGIL_NWK_SKEY=... VIGIL_APP_SKEY=...     # keys out of argv and shell history
-  echo '+NNMI:2,A101' | vigil frame decode --format nbiot -
+  echo '+NNMI:26,00031530BE923B810102002B00405B0201000C00D7FFFF786EB2' | vigil frame decode --format nbiot -
   vigil frame decode --lines - < rejects.log       # one frame per line
 """
 

@@ -301,10 +301,12 @@ def _chirpstack(text: str, opts: DescribeOptions) -> dict[str, Any]:
 
 
 def _nbiot(text: str, opts: DescribeOptions) -> dict[str, Any]:
+    """What a gateway's ``framing = "nbiot"`` source reads: the same :class:`LinkUrcDecoder`."""
     from firmware_bridge import nbiot
     from firmware_bridge.errors import DecodeError
 
-    dec = nbiot.UrcDecoder()
+    reasons: list[str] = []
+    dec = nbiot.LinkUrcDecoder(on_reject=lambda reason, raw: reasons.append(reason))
     events = dec.feed(text.strip().encode("utf-8", "replace") + b"\r\n")
     payloads, reads = [], []
     for ev in events:
@@ -319,13 +321,19 @@ def _nbiot(text: str, opts: DescribeOptions) -> dict[str, Any]:
                     "socket": ev.socket,
                     "remote_ip": ev.remote_ip,
                     "remote_port": ev.remote_port,
-                    **_payload(ev.data, opts, None),
+                    "device_id": ev.device_id,
+                    **_payload(ev.payload, opts, ev.device_id),
                 }
             )
     if not events:
-        if dec.rejects:
-            reason = next(iter(dec.rejects))
-            raise DecodeError(f"not a valid NB-IoT URC ({reason}): {text.strip()[:60]!r}", reason=reason)
+        if reasons:
+            why = {
+                "short": "its data is too short for a link body device_id(8) | payload | CRC-16(2)",
+                "crc": "the link body's CRC-16 does not match",
+            }.get(reasons[0], reasons[0])
+            raise DecodeError(
+                f"not a URC a gateway accepts ({why}): {text.strip()[:60]!r}", reason=reasons[0]
+            )
         raise DecodeError(f"no NB-IoT data URC in {text.strip()[:60]!r}", reason="urc")
     return {"format": "nbiot", "payloads": payloads, "read_requests": reads}
 

@@ -15,6 +15,9 @@ Lines handled (Quectel BC95/BC28 and BC26 AT command manuals; RT-Thread-packages
                                                                                   (+ ReadRequest if remaining)
     +QLWDATARECV: <obj>,<inst>,<res>,<len>,<hex>   LwM2M (BC26/BC66; 19,1,0)    -> NbiotPayload(path="lwm2m")
 
+What the data means is not this module's business at the URC level; a gateway reads our link body in it:
+:class:`LinkUrcDecoder` (used by ``edge/sources/serial.py`` and ``vigil frame decode --format nbiot``).
+
 ``OK``, ``ERROR``, ``+CME ERROR``, command echoes and other URCs (``+CEREG``, ``+CSCON`` ...) are counted
 in :attr:`UrcDecoder.ignored` and skipped. A length/hex mismatch, a non-ASCII line or a line longer than
 ``max_line`` is a counted reject (:attr:`UrcDecoder.rejects`, the last one kept in ``last_reject``); the
@@ -207,6 +210,79 @@ class UrcDecoder:
             out.append(ReadRequest(socket, min(length, self.max_read)))
 
 
+# -- what a gateway reads: URCs that carry our link body ---------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NbiotLinkFrame:
+    """One verified link frame out of a URC: the device that sent it, its payload, and where it came from."""
+
+    device_id: str
+    payload: bytes
+    path: str
+    socket: int | None = None
+    remote_ip: str | None = None
+    remote_port: int | None = None
+
+
+LinkUrcEvent = NbiotLinkFrame | ReadRequest
+
+
+class LinkUrcDecoder:
+    """URC lines -> verified link frames: the one NB-IoT parser of the gateway and of ``vigil frame decode``.
+
+    An NB-IoT datagram says nothing about which device sent it, so every URC's data is our unstuffed
+    link body ``device_id(8) | payload | CRC-16/CCITT-FALSE(2)``
+    (:func:`firmware_bridge.framing.decode_link_body`).
+    A bad URC line and a bad link body are both counted rejects (``rejects``, ``on_reject(reason, bytes)``);
+    ``ReadRequest`` items must be answered with :func:`read_command`.
+
+    >>> from firmware_bridge.framing import encode_link_body
+    >>> line = format_nnmi(encode_link_body("00031530be923b81", bytes.fromhex("a101")))
+    >>> [(f.device_id, f.payload.hex(), f.path) for f in LinkUrcDecoder().feed(line)]
+    [('00031530be923b81', 'a101', 'cdp')]
+    """
+
+    def __init__(
+        self,
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_read: int = DEFAULT_MAX_READ,
+        on_reject: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self._on_reject = on_reject
+        self.rejects: Counter[str] = Counter()
+        self.last_reject: bytes | None = None
+        self.urc = UrcDecoder(max_line=max_line, max_read=max_read, on_reject=self._reject)
+        self.frames_total = 0
+
+    def _reject(self, reason: str, data: bytes) -> None:
+        self.rejects[reason] += 1
+        self.last_reject = data[:_MAX_REJECT_KEPT]
+        if self._on_reject is not None:
+            self._on_reject(reason, self.last_reject)
+
+    def feed(self, chunk: bytes) -> list[LinkUrcEvent]:
+        from firmware_bridge.errors import DecodeError
+        from firmware_bridge.framing import decode_link_body
+
+        out: list[LinkUrcEvent] = []
+        for item in self.urc.feed(chunk):
+            if isinstance(item, ReadRequest):
+                out.append(item)
+                continue
+            try:
+                frame = decode_link_body(item.data)
+            except DecodeError as exc:
+                self._reject(exc.reason, item.data)
+                continue
+            self.frames_total += 1
+            out.append(
+                NbiotLinkFrame(
+                    frame.device_id, frame.payload, item.path, item.socket, item.remote_ip, item.remote_port
+                )
+            )
+        return out
+
+
 # -- builders (simulated modules, tests) --------------------------------------------------------------
 def _hexs(data: bytes) -> bytes:
     return bytes(data).hex().upper().encode("ascii")
@@ -214,6 +290,13 @@ def _hexs(data: bytes) -> bytes:
 
 def format_nnmi(data: bytes) -> bytes:
     return b"\r\n+NNMI:%d,%s\r\n" % (len(data), _hexs(data))
+
+
+def format_link_nnmi(device_id: str, payload: bytes) -> bytes:
+    """A ``+NNMI`` URC carrying our link body: what a gateway's ``framing = "nbiot"`` source accepts."""
+    from firmware_bridge.framing import encode_link_body
+
+    return format_nnmi(encode_link_body(device_id, payload))
 
 
 def format_nsonmi(socket: int, length: int) -> bytes:

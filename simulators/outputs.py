@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 def link_body(frame: SimFrame) -> bytes:
     """``device_id(8) | payload | CRC-16/CCITT-FALSE``: what an NB-IoT URC carries (edge/sources/serial)."""
-    body = bytes.fromhex(frame.device_id) + frame.payload
-    return body + binascii.crc_hqx(body, 0xFFFF).to_bytes(2, "big")
+    from firmware_bridge.framing import encode_link_body
+
+    return encode_link_body(frame.device_id, frame.payload)
 
 
 @dataclass

@@ -15,15 +15,12 @@ import asyncio
 import logging
 import time
 
+from edge.errors import SourceError as SourceError
 from edge.metrics import GatewayMetrics
 
 log = logging.getLogger("edge.sources")
 
 SourceFrame = tuple[str, bytes, float, str]  # device_id, payload, receive_time (UTC s), source name
-
-
-class SourceError(RuntimeError):
-    """A source is misconfigured or its transport failed in a way it cannot recover from by itself."""
 
 
 class FrameSink:

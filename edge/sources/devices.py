@@ -6,15 +6,13 @@ cloud imports the same file for names, addresses and contacts). Device ids are 1
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.errors import DeviceListError as DeviceListError
+from firmware_bridge.devicelist import DeviceListError as DeviceFormatError
+from firmware_bridge.devicelist import decode_device_csv
 from firmware_bridge.kernel.records import DeviceKind
-
-
-class DeviceListError(ValueError):
-    """devices.csv is missing a column or holds an invalid row (the message names the line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,32 +44,34 @@ class DeviceList:
 
 
 def load_devices(path: Path) -> DeviceList:
+    """Read ``devices.csv`` (UTF-8, UTF-8 with BOM, or GBK/GB18030 as Excel on Chinese Windows saves it)."""
     out: dict[str, DeviceEntry] = {}
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise DeviceListError(f"{path}: cannot read device list: {exc.strerror or exc}") from exc
-    with fh:
-        reader = csv.DictReader(fh)
-        missing = {"device_id", "kind"} - set(reader.fieldnames or ())
-        if missing:
-            raise DeviceListError(f"{path}: missing column(s) {sorted(missing)}")
-        for row in reader:
-            line = reader.line_num
-            try:
-                dev_id = row["device_id"].strip().lower()
-                kind = DeviceKind(row["kind"].strip())
-                addr = (row.get("dev_addr") or "").strip()
-                nwk = (row.get("nwk_skey") or "").strip()
-                app = (row.get("app_skey") or "").strip()
-                out[dev_id] = DeviceEntry(
-                    device_id=dev_id,
-                    kind=kind,
-                    profile=(row.get("profile") or "").strip(),
-                    dev_addr=int(addr, 16) if addr else None,
-                    nwk_skey=bytes.fromhex(nwk) if nwk else None,
-                    app_skey=bytes.fromhex(app) if app else None,
-                )
-            except (ValueError, KeyError, AttributeError) as exc:
-                raise DeviceListError(f"{path}:{line}: invalid row: {exc}") from exc
+        raise DeviceListError(
+            f"{path}: cannot read device list: {exc.strerror or exc} "
+            "(copy the fleet's devices.csv there, or fix gateway.devices_file)"
+        ) from exc
+    try:
+        rows = decode_device_csv(data)
+    except DeviceFormatError as exc:
+        raise DeviceListError(f"{path}: {exc}") from exc
+    for line, row in enumerate(rows, start=2):
+        try:
+            dev_id = row["device_id"].lower()
+            kind = DeviceKind(row["kind"])
+            addr = row.get("dev_addr") or ""
+            nwk = row.get("nwk_skey") or ""
+            app = row.get("app_skey") or ""
+            out[dev_id] = DeviceEntry(
+                device_id=dev_id,
+                kind=kind,
+                profile=row.get("profile") or "",
+                dev_addr=int(addr, 16) if addr else None,
+                nwk_skey=bytes.fromhex(nwk) if nwk else None,
+                app_skey=bytes.fromhex(app) if app else None,
+            )
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise DeviceListError(f"{path}:{line}: invalid row: {exc}") from exc
     return DeviceList(out)

@@ -7,7 +7,7 @@
 Design notes and policies: ``docs/framing.md``.
 """
 
-from firmware_bridge.transports.backoff import Backoff
+from firmware_bridge.backoff import Backoff
 from firmware_bridge.transports.mqtt import MqttMessage, MqttTransport, OverflowPolicy
 from firmware_bridge.transports.serial import SerialTransport
 

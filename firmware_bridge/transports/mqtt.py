@@ -35,8 +35,8 @@ from typing import Self
 
 import aiomqtt
 
+from firmware_bridge.backoff import Backoff
 from firmware_bridge.errors import TransportError
-from firmware_bridge.transports.backoff import Backoff
 
 __all__ = ["MqttMessage", "MqttTransport", "OverflowPolicy"]
 

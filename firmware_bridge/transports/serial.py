@@ -8,7 +8,7 @@ runs on a UART, a recorded capture or a fuzzer. Why this shape:
   what made thingsboard-gateway spin at 100 % CPU on a Pi).
 * USB radios disappear (brown-out, loose cable, firmware update) and come back, usually at the same udev
   symlink (``/dev/serial/by-id/...``). On any port error :meth:`SerialTransport.chunks` logs it, counts it
-  in ``reconnects_total``, backs off with jitter (:class:`~firmware_bridge.transports.backoff.Backoff`, capped
+  in ``reconnects_total``, backs off with jitter (:class:`~firmware_bridge.backoff.Backoff`, capped
   at ``max_backoff``) and reopens the same path, forever, unless ``reconnect=False``.
 * Writes (downlinks, acks, config) go through one :class:`asyncio.Lock`, so several writers never
   interleave their frames on the wire: the classic "serial line shared by several threads without a lock".
@@ -31,8 +31,8 @@ from typing import Any, Self
 import serial
 import serial_asyncio_fast
 
+from firmware_bridge.backoff import Backoff
 from firmware_bridge.errors import TransportError
-from firmware_bridge.transports.backoff import Backoff
 
 __all__ = ["SerialTransport"]
 

@@ -127,6 +127,45 @@ def test_check_config_reads_the_device_list(tmp_path: Path, capsys: pytest.Captu
     assert "devices.csv:3: invalid row" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        ("gateway.credential_file", 'credential_file = "gateway.credential"'),
+        ("gateway.devices_file", 'devices_file = "devices.csv"'),
+        ("detection.profiles_file", None),
+        ("clock.file", None),
+    ],
+)
+def test_check_config_fails_when_a_file_the_daemon_opens_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, line: str | None
+) -> None:
+    text = MINIMAL
+    if key == "gateway.credential_file":
+        text = text.replace('credential = "s3cret"', line or "")
+    elif line is not None:
+        text = text.replace('data_dir = "data"', f'data_dir = "data"\n{line}')
+    elif key == "detection.profiles_file":
+        text += '\n[detection]\nprofiles_file = "profiles.toml"\n'
+    else:
+        text += '\n[clock]\nfile = "sim/clock.json"\n'
+    f = tmp_path / "gw.toml"
+    f.write_text(text)
+    assert main(["gateway", "check-config", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert f"{key}: cannot open" in err and "fix the path" in err
+
+
+def test_check_config_gbk_device_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Excel on Chinese Windows saves "CSV (comma delimited)" as GBK
+    (tmp_path / "devices.csv").write_bytes(
+        "device_id,kind,name,address\n70b3d57ed0000001,manhole,井盖1,海淀区中关村大街1号\n".encode("gbk")
+    )
+    f = tmp_path / "gw.toml"
+    f.write_text(MINIMAL.replace('data_dir = "data"', 'data_dir = "data"\ndevices_file = "devices.csv"'))
+    assert main(["gateway", "check-config", str(f)]) == 0
+    assert "1 devices" in capsys.readouterr().out
+
+
 def test_gateway_without_config_explains(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["gateway"]) == 2
     assert "--config FILE is required" in capsys.readouterr().err

@@ -17,15 +17,19 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import vigil_cli
+from firmware_bridge import nbiot
 
 MANHOLE_HEX = "01 01 04 d2 00 05 57 01 02 09 29 00 96 03 52 05 dc 00 19 00 08 08 2a 00 ba"  # docs/payloads.md
 MANHOLE = bytes.fromhex(MANHOLE_HEX)
 SMOKE_FAULT = bytes.fromhex("01 02 00 2b 00 40 5b 02 01 00 0c 00 d7 ff ff 78")  # docs/payloads.md
+#: docs/payloads.md: SMOKE_FAULT from device 00031530be923b81 (IMEI 867724030000001) in a +NNMI URC
+DOC_NBIOT_EXAMPLE = "+NNMI:26,00031530BE923B810102002B00405B0201000C00D7FFFF786EB2"
 LORA_FRAME = "40F17DBE4900020001954378762B11FF0D"  # anthonykirby/lora-packet
 NWK_SKEY = "44024241ed4ce9a68c6a8bc055233fd3"
 APP_SKEY = "ec925802ae430ca77fd3dd73cb2cc588"
@@ -272,26 +276,34 @@ def test_cayenne_public_vectors(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_nbiot_urc_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--format", "nbiot", "+NNMI:2,A101")  # Quectel BC95 manual
+    # A URC's data is our link body device_id(8) | payload | CRC-16, as the gateway's nbiot source reads it
+    # (one parser: firmware_bridge.nbiot.LinkUrcDecoder). The first line is the example in docs/payloads.md.
+    code, out, _ = run(capsys, "--format", "nbiot", DOC_NBIOT_EXAMPLE, "--time", "0")
     assert code == 0
-    assert out["payloads"][0]["path"] == "cdp" and out["payloads"][0]["payload_hex"] == "a101"
-    code, out, _ = run(
-        capsys,
-        "--format",
-        "nbiot",
-        f"+NNMI:{len(MANHOLE)},{MANHOLE.hex().upper()}",
-        "--time",
-        "0",
-        "--device-id",
-        "867724030000001",
-    )
+    assert out["payloads"][0]["path"] == "cdp" and out["payloads"][0]["device_id"] == "00031530be923b81"
+    assert out["payloads"][0]["reading"]["kind"] == "smoke_alarm"
+    line = nbiot.format_link_nnmi("00031530be923b81", MANHOLE).decode().strip()
+    code, out, _ = run(capsys, "--format", "nbiot", line, "--time", "0", "--device-id", "ignored")
     assert code == 0
     reading = out["payloads"][0]["reading"]
-    assert reading["kind"] == "manhole" and reading["device_id"] == "867724030000001"
+    assert reading["kind"] == "manhole" and reading["device_id"] == "00031530be923b81"
     code, out, _ = run(capsys, "--format", "nbiot", "+NSONMI:1,25")
     assert code == 0 and out["read_requests"] == [{"socket": 1, "length": 25, "command": "AT+NSORF=1,25"}]
+    # the Quectel manual's +NNMI:2,A101 is a valid URC but no link body: the gateway rejects it, so do we
+    assert_one_line_error(*run(capsys, "--format", "nbiot", "+NNMI:2,A101"), contains="too short")
+    bad_crc = line[:-1] + ("0" if line[-1] != "0" else "1")
+    assert_one_line_error(*run(capsys, "--format", "nbiot", bad_crc), contains="CRC")
     assert_one_line_error(*run(capsys, "--format", "nbiot", "+NNMI:3,A101"), contains="length")
     assert_one_line_error(*run(capsys, "--format", "nbiot", "hello"), contains="no NB-IoT data URC")
+
+
+def test_nbiot_doc_example_is_what_the_gateway_accepts() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "payloads.md").read_text(encoding="utf-8")
+    assert DOC_NBIOT_EXAMPLE in docs
+    frames = nbiot.LinkUrcDecoder().feed(DOC_NBIOT_EXAMPLE.encode() + b"\r\n")
+    assert [(f.device_id, f.payload) for f in frames if isinstance(f, nbiot.NbiotLinkFrame)] == [
+        ("00031530be923b81", SMOKE_FAULT)
+    ]
 
 
 def _push_data(rxpk: list[dict[str, Any]]) -> bytes:

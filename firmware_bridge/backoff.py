@@ -1,4 +1,7 @@
-"""Jittered exponential backoff shared by the transports.
+"""Jittered exponential backoff: the one retry helper of every reconnect and retry loop.
+
+Used by the transports (serial, MQTT), the gateway's source supervisor and uplink, and the cloud's MQTT
+ingest workers, so a change of policy (cap, jitter) is made once.
 
 Why jitter: after a broker restart or a power cut every gateway of a district reconnects at the same moment;
 without jitter they retry in lock-step and hammer the broker in waves. We use "equal jitter" (half the delay
@@ -8,7 +11,9 @@ retries spread out. The delay doubles per failed attempt up to ``maximum`` and r
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["Backoff"]
@@ -46,3 +51,14 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+    def __iter__(self) -> Iterator[float]:
+        """Delays forever (``next(delays)`` in a retry loop); ``reset()`` still starts over."""
+        while True:
+            yield self.next()
+
+    async def sleep(self) -> float:
+        """Wait for the next delay; returns it (for a log line)."""
+        delay = self.next()
+        await asyncio.sleep(delay)
+        return delay

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import firmware_bridge.transports.backoff as backoff_module
+import firmware_bridge.backoff as backoff_module
 from firmware_bridge.transports import Backoff
 
 
