@@ -129,12 +129,8 @@ def create_app(
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = []
-                if settings.connectivity_check_s > 0:
-                    tasks.append(
-                        tg.create_task(
-                            state.monitor.run(settings.connectivity_check_s), name="connectivity-monitor"
-                        )
-                    )
+                if settings.run_jobs and state.jobs.jobs:  # connectivity + registered jobs, under leases
+                    tasks.append(tg.create_task(state.jobs.run(), name="periodic-jobs"))
                 log.info(
                     "vigil cloud started",
                     extra={

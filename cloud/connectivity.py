@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from alerts.contract import AlertEvent
 from cloud.alertstore import store_alert_steps
 from cloud.db import Alert, Database, Device, Gateway
 from cloud.errors import CloudError
 from cloud.ingest import AlertSink, NullAlertSink
+from cloud.jobs import JobContext
 from cloud.metrics import CloudMetrics
 from firmware_bridge.kernel.clock import Clock, SystemClock
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
@@ -70,9 +72,17 @@ class ConnectivityMonitor:
                 log.exception("connectivity check failed")
             await self.clock.sleep(interval_s)
 
-    async def check_once(self) -> list[AlertEvent]:
-        """One pass; returns the steps it stored (raised / reminders / cleared)."""
-        steps = await asyncio.to_thread(self._check, self.clock.now())
+    async def job(self, ctx: JobContext) -> None:
+        """The periodic job (``JobRunner.register("connectivity", s, monitor.job)``): one fenced pass."""
+        await self.check_once(fence=ctx.fence)
+
+    async def check_once(self, fence: Callable[[Session], None] | None = None) -> list[AlertEvent]:
+        """One pass; returns the steps it stored (raised / reminders / cleared).
+
+        ``fence`` (a :class:`cloud.jobs.JobContext`'s ``fence``) is called first inside the pass's
+        transaction: when this process no longer holds the job's lease it raises and nothing is stored.
+        """
+        steps = await asyncio.to_thread(self._check, self.clock.now(), fence)
         if steps:
             try:
                 await self.sink.alerts_committed(steps, source=SOURCE)
@@ -81,8 +91,10 @@ class ConnectivityMonitor:
                 log.exception("alert sink failed on connectivity alerts")
         return steps
 
-    def _check(self, now: float) -> list[AlertEvent]:
+    def _check(self, now: float, fence: Callable[[Session], None] | None = None) -> list[AlertEvent]:
         with self.db.write() as s:
+            if fence is not None:
+                fence(s)
             open_alerts = {
                 (a.event_type, a.device_id): a
                 for a in s.scalars(

@@ -50,6 +50,18 @@ class CloudSettings(BaseModel):
     onenet_token: str = ""
     #: JSON lines on stderr (production) instead of the plain text format
     json_logs: bool = True
+    #: take part in the periodic jobs (connectivity, escalation, notification retries) in this process;
+    #: each job runs in exactly one process at a time under a lease (``cloud/jobs.py``)
+    run_jobs: bool = True
+    #: lease time-to-live of a periodic job: a dead holder is replaced within about this long
+    job_lease_ttl_s: float = Field(default=15.0, gt=0)
+    #: MQTT ingest workers (``vigil cloud mqtt-ingest``): the broker, and this worker's stable client id
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_client_id: str = "vigil-ingest"
+    mqtt_group: str = "vigil-ingest"
+    mqtt_username: str = ""
+    mqtt_password: str = ""
 
     @property
     def is_embedded(self) -> bool:

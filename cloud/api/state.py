@@ -9,6 +9,8 @@ from cloud.connectivity import ConnectivityMonitor
 from cloud.crypto import SecretBox, load_or_create_key
 from cloud.db import Database, upgrade_head
 from cloud.ingest import AlertSink, IngestService, NullAlertSink
+from cloud.jobs import JobMetrics, JobRunner
+from cloud.lease import open_lease
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.settings import CloudSettings
@@ -27,6 +29,8 @@ class CloudState:
     monitor: ConnectivityMonitor
     metrics: CloudMetrics
     clock: Clock
+    #: periodic jobs, each run by one process at a time; register yours before the app starts
+    jobs: JobRunner
     closed: bool = field(default=False)
 
     @classmethod
@@ -50,6 +54,23 @@ class CloudState:
         except Exception:
             db.close()
             raise
+        monitor = ConnectivityMonitor(
+            db,
+            silent_factor=settings.silent_factor,
+            gateway_offline_s=settings.gateway_offline_s,
+            reminder_interval_s=settings.reminder_interval_s,
+            metrics=metrics,
+            sink=sink,
+            clock=clock,
+        )
+        jobs = JobRunner(
+            open_lease(db),
+            clock=clock,
+            ttl_s=settings.job_lease_ttl_s,
+            metrics=JobMetrics(metrics.registry),
+        )
+        if settings.connectivity_check_s > 0:
+            jobs.register("connectivity", settings.connectivity_check_s, monitor.job)
         return cls(
             settings=settings,
             db=db,
@@ -57,17 +78,10 @@ class CloudState:
             credentials=Credentials(db, rotation_grace_s=settings.gateway_rotation_grace_s),
             registry=Registry(db, box),
             ingest=IngestService(db, store, metrics=metrics, sink=sink, clock=clock),
-            monitor=ConnectivityMonitor(
-                db,
-                silent_factor=settings.silent_factor,
-                gateway_offline_s=settings.gateway_offline_s,
-                reminder_interval_s=settings.reminder_interval_s,
-                metrics=metrics,
-                sink=sink,
-                clock=clock,
-            ),
+            monitor=monitor,
             metrics=metrics,
             clock=clock,
+            jobs=jobs,
         )
 
     def close(self) -> None:

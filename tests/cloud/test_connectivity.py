@@ -152,8 +152,8 @@ async def test_background_task_runs_in_lifespan(tmp_path, sqlite_url) -> None:  
     settings = make_settings(tmp_path, sqlite_url, connectivity_check_s=1.0)
     async with start_cloud(settings) as c:
         names = {t.get_name() for t in asyncio.all_tasks()}
-        assert "connectivity-monitor" in names
+        assert "job[connectivity]" in names  # a JobRunner task (cloud/jobs.py)
         c.clock.advance(30 * 86400)  # everything is long silent; wait for the task's own check
         await asyncio.wait_for(c.sink.called.wait(), timeout=20)
         assert c.sink.calls and c.sink.calls[0][0] == "cloud"
-    assert "connectivity-monitor" not in {t.get_name() for t in asyncio.all_tasks()}
+    assert "job[connectivity]" not in {t.get_name() for t in asyncio.all_tasks()}
