@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud import operator_push
 from cloud.api import alerts, auth, devices, gateways, ingest
+from cloud.api import console as console_api
 from cloud.api.state import CloudState
 from cloud.errors import CloudError
 from cloud.ingest import AlertSink
@@ -204,6 +205,7 @@ def create_app(
 
     for module in (ingest, devices, gateways, alerts, auth, operator_push):
         app.include_router(module.router)
+    console_api.install(app)  # live stream + the console at /console (docs/console.md)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 

@@ -38,6 +38,8 @@ if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3
 if [ $WANT_TEST = 1 ]; then
   # Servers the tests start on free ports in temporary directories (never a running system service).
   apt_install mosquitto postgresql victoria-metrics
+  # the console's browser tests: Debian's Chromium (Playwright drives it; its own download is never used)
+  apt_install chromium fonts-noto-cjk
 fi
 
 STAMP=.venv/.vigil-installed

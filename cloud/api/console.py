@@ -1,0 +1,183 @@
+"""The console's needs from the cloud: a live change stream (server-sent events) and the console itself.
+
+``install(app)`` does three things, so ``cloud/app.py`` needs one line:
+
+1. an :class:`EventHub` tees the alert sink of ingest and of the connectivity monitor, so every committed
+   alert step is announced to open streams right after its commit (the sink the incident loop plugs in
+   keeps being called first, unchanged);
+2. ``GET /api/v1/events/stream``: ``text/event-stream`` of ``changed`` events, authenticated by the
+   bearer header *or* the console's HttpOnly session cookie (``EventSource`` cannot send headers);
+3. mounts the console (``dashboards.create_console``) at ``/console`` with an ``httpx`` client bound to
+   this app in-process (``httpx.ASGITransport``), so the console only ever uses the public HTTP API.
+
+The stream is a "something changed" signal, not a log: each subscriber has a bounded queue; when it
+is full the event is dropped and counted (``vigil_cloud_console_events_dropped_total``) because the one
+already queued makes the page re-read the current state anyway. A stream ends after ``STREAM_MAX_S``
+(the browser reconnects within ``retry`` ms and re-reads), so a server shutdown never waits on it long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, StreamingResponse
+from prometheus_client import Counter, Gauge
+
+from alerts.contract import AlertEvent
+from cloud.api.deps import State
+from cloud.auth import USER_ROLES, require
+from cloud.errors import AuthenticationError
+from cloud.ingest import AlertSink
+from dashboards import SESSION_COOKIE, create_console
+
+router = APIRouter(prefix="/api/v1/events", tags=["console"])
+QUEUE_SIZE = 64
+HEARTBEAT_S = 10.0
+STREAM_MAX_S = 30.0
+RETRY_MS = 500
+
+
+class EventHub:
+    """Fan-out of change notifications to the open streams; bounded, never blocks the publisher."""
+
+    def __init__(self, *, dropped: Counter | None = None, streams: Gauge | None = None) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._dropped = dropped
+        self._streams = streams
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                if self._dropped is not None:
+                    self._dropped.inc()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._subscribers.add(q)
+        if self._streams is not None:
+            self._streams.set(len(self._subscribers))
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(q)
+        if self._streams is not None:
+            self._streams.set(len(self._subscribers))
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+
+class HubSink:
+    """An :class:`AlertSink` that calls the wrapped sink, then announces the steps on the hub."""
+
+    def __init__(self, inner: AlertSink, hub: EventHub) -> None:
+        self.inner = inner
+        self.hub = hub
+
+    async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
+        try:
+            await self.inner.alerts_committed(steps, source=source)
+        finally:
+            self.hub.publish(
+                {
+                    "type": "alerts",
+                    "source": source,
+                    "alerts": [
+                        {
+                            "alert_id": s.alert_id,
+                            "severity": int(s.severity),
+                            "phase": s.phase.value,
+                            "event_type": s.event_type.value,
+                        }
+                        for s in steps
+                    ],
+                }
+            )
+
+
+def _hub(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.console_events
+    return hub
+
+
+def _token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return auth[7:].strip()
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return cookie
+    raise AuthenticationError("missing bearer token or console session")
+
+
+async def _events(hub: EventHub, request: Request) -> AsyncIterator[str]:
+    q = hub.subscribe()
+    try:
+        yield f"retry: {RETRY_MS}\nevent: hello\ndata: {{}}\n\n"
+        deadline = time.monotonic() + STREAM_MAX_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = await asyncio.wait_for(q.get(), timeout=min(HEARTBEAT_S, left))
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                yield ": heartbeat\n\n"
+                continue
+            yield f"event: changed\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+    finally:
+        hub.unsubscribe(q)
+
+
+@router.get(
+    "/stream",
+    summary="Server-sent events: `changed` whenever alerts (or incidents) change; bearer or console cookie",
+    response_class=StreamingResponse,
+    include_in_schema=False,  # a stream that stays open: no use to generated clients and fuzzers
+)
+async def stream(request: Request, state: State) -> StreamingResponse:
+    principal = await asyncio.to_thread(
+        state.credentials.principal_for_token, _token(request), now=state.clock.now()
+    )
+    require(principal, *USER_ROLES)
+    return StreamingResponse(
+        _events(_hub(request), request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def install(app: FastAPI) -> EventHub:
+    """Tee the alert sinks into a hub, add the stream route and mount the console at ``/console``."""
+    state = app.state.vigil
+    reg = state.metrics.registry
+    hub = EventHub(
+        dropped=Counter(
+            "vigil_cloud_console_events_dropped_total",
+            "change events dropped because a console stream's queue was full",
+            registry=reg,
+        ),
+        streams=Gauge("vigil_cloud_console_streams", "open console event streams", registry=reg),
+    )
+    state.ingest.sink = HubSink(state.ingest.sink, hub)
+    state.monitor.sink = HubSink(state.monitor.sink, hub)
+    app.state.console_events = hub
+    app.include_router(router)
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://vigil.internal", timeout=30
+    )
+    app.mount("/console", create_console(http, base="/console", events_url="/api/v1/events/stream"))
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=307)
+
+    return hub

@@ -1,0 +1,103 @@
+"""The console's only way to the cloud: its public HTTP API, with the signed-in user's bearer token.
+
+The cloud hands the console an ``httpx.AsyncClient`` (in-process through ``httpx.ASGITransport`` when
+the cloud serves the console itself, or a real client to a remote cloud); this module translates
+httpx's errors and the API's JSON error bodies into :class:`ApiError`, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ConsoleError(Exception):
+    """Base of the console's exceptions."""
+
+
+class ApiError(ConsoleError):
+    """The cloud answered with an error (``status`` 4xx/5xx) or could not be reached (``status`` 503)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+class CloudAPI:
+    """Typed-enough calls to ``/api/v1`` for one user token."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str | None) -> None:
+        self.http = http
+        self.token = token
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = await self.http.request(method, path, headers=self._headers(), **kw)
+        except httpx.HTTPError as exc:
+            raise ApiError(503, "cloud_unreachable", str(exc) or type(exc).__name__) from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                code, detail = str(body.get("error", resp.status_code)), str(body.get("detail", ""))
+            except ValueError:
+                code, detail = f"http_{resp.status_code}", resp.text[:200]
+            raise ApiError(resp.status_code, code, detail)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    async def get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return await self.request("GET", path, params=clean)
+
+    async def post(self, path: str, json: Any = None) -> Any:
+        return await self.request("POST", path, json=json)
+
+    # -- the calls the console makes ------------------------------------------------------------------
+    async def login(self, username: str, password: str) -> str:
+        body = await self.post("/api/v1/auth/login", {"username": username, "password": password})
+        return str(body["token"])
+
+    async def whoami(self) -> dict[str, str]:
+        body: dict[str, str] = await self.get("/api/v1/auth/whoami")
+        return body
+
+    async def logout(self) -> None:
+        await self.post("/api/v1/auth/logout")
+
+    async def open_alerts(self, limit: int = 2000) -> list[dict[str, Any]]:
+        body = await self.get("/api/v1/alerts", state="open", limit=limit)
+        alerts: list[dict[str, Any]] = body["alerts"]
+        gw = await self.get("/api/v1/alerts", state="open", kind="gateway", limit=limit)
+        return alerts + list(gw["alerts"])
+
+    async def alert(self, alert_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self.get(f"/api/v1/alerts/{alert_id}")
+        return body
+
+    async def devices(self, page: int = 10_000) -> list[dict[str, Any]]:
+        """Every device (paged by the API's maximum page size)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            rows: list[dict[str, Any]] = await self.get("/api/v1/devices", limit=page, offset=len(out))
+            out.extend(rows)
+            if len(rows) < page:
+                return out
+
+    async def device(self, device_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self.get(f"/api/v1/devices/{device_id}")
+        return body
+
+    async def readings(self, device_id: str, max_points: int = 300) -> dict[str, Any]:
+        body: dict[str, Any] = await self.get(f"/api/v1/devices/{device_id}/readings", max_points=max_points)
+        return body
+
+    async def gateways(self) -> list[dict[str, Any]]:
+        body: list[dict[str, Any]] = await self.get("/api/v1/gateways")
+        return body

@@ -1,0 +1,78 @@
+"""The console's words, Chinese first: JSON catalogs per language plus the kernel's event/kind labels.
+
+Catalogs live in ``dashboards/locales/<lang>.json`` (``zh-CN`` and ``en``), one flat key space; the event,
+severity and kind names come from :mod:`firmware_bridge.kernel.locale` so the console, the CLI and the
+notifications say the same thing. A missing key shows as the key itself (visible, never a crash); a
+test keeps the catalogs' key sets equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from zoneinfo import ZoneInfo
+
+from firmware_bridge.kernel import locale
+from firmware_bridge.kernel.locale import Lang
+
+CATALOG_FILES: dict[Lang, str] = {"zh": "zh-CN.json", "en": "en.json"}
+HTML_LANG: dict[Lang, str] = {"zh": "zh-CN", "en": "en"}
+
+
+@functools.cache
+def catalog(language: Lang) -> dict[str, str]:
+    text = resources.files("dashboards").joinpath("locales", CATALOG_FILES[language]).read_text("utf-8")
+    data: dict[str, str] = json.loads(text)
+    return data
+
+
+def parse_lang(value: str | None) -> Lang:
+    """The console's language from a cookie or ``Accept-Language``: Chinese unless English is asked for."""
+    if not value:
+        return "zh"
+    return "en" if value.strip().lower().startswith("en") else "zh"
+
+
+@dataclass(frozen=True, slots=True)
+class Translator:
+    """Everything a template needs to speak one language in one display zone."""
+
+    lang: Lang
+    zone: ZoneInfo
+
+    @property
+    def html_lang(self) -> str:
+        return HTML_LANG[self.lang]
+
+    def __call__(self, key: str, **kw: object) -> str:
+        text = catalog(self.lang).get(key, key)
+        return text.format(**kw) if kw else text
+
+    def event(self, event_type: str) -> str:
+        try:
+            return locale.event_label(event_type, self.lang)
+        except ValueError:
+            return event_type
+
+    def severity(self, severity: int | str) -> str:
+        try:
+            return locale.severity_label(severity, self.lang)
+        except (ValueError, KeyError):
+            return str(severity)
+
+    def kind(self, kind: str) -> str:
+        if kind == "gateway":
+            return self("col.gateway")
+        try:
+            return locale.kind_label(kind, self.lang)
+        except ValueError:
+            return kind
+
+    def time(self, ts: float | None) -> str:
+        """``2026-11-26 19:09:00`` in the display zone; an em dash for "never"."""
+        return "—" if ts is None else locale.show(ts, self.zone)
+
+    def iso(self, ts: float | None) -> str:
+        return "" if ts is None else locale.iso(ts, self.zone)

@@ -1,0 +1,156 @@
+/* Vigil console: live queue over server-sent events, community map from local GeoJSON, alarm cues.
+   Served by the cloud itself; talks only to its own origin. */
+(function () {
+  "use strict";
+  var body = document.body;
+  var queue = document.getElementById("queue");
+  var live = document.getElementById("live");
+  var baseTitle = document.title;
+  var knownHigh = null;
+  var flashTimer = null;
+
+  function highIds() {
+    var table = document.getElementById("queue-table");
+    var raw = table ? table.getAttribute("data-high") : "";
+    return raw ? raw.split(" ").filter(Boolean) : [];
+  }
+
+  function beep() {
+    try {
+      var Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!Ctx) return;
+      var ctx = new Ctx(), osc = ctx.createOscillator(), gain = ctx.createGain();
+      osc.type = "square"; osc.frequency.value = 880; gain.gain.value = 0.08;
+      osc.connect(gain); gain.connect(ctx.destination);
+      osc.start(); osc.stop(ctx.currentTime + 0.35);
+    } catch (e) { /* no audio device: the title still flashes */ }
+  }
+
+  function flashTitle(text) {
+    var n = 0;
+    if (flashTimer) clearInterval(flashTimer);
+    flashTimer = setInterval(function () {
+      document.title = (n % 2 === 0) ? "【" + text + "】" : baseTitle;
+      n += 1;
+      if (n > 20) { clearInterval(flashTimer); flashTimer = null; document.title = baseTitle; }
+    }, 700);
+  }
+
+  function checkNewHigh() {
+    var ids = highIds();
+    if (knownHigh !== null) {
+      var fresh = ids.filter(function (id) { return knownHigh.indexOf(id) < 0; });
+      if (fresh.length) {
+        body.setAttribute("data-alarm", fresh[0]);
+        beep();
+        flashTitle(queue.getAttribute("data-new-high") || "!");
+      }
+    }
+    knownHigh = ids;
+  }
+
+  function debounce(fn, ms) {
+    var timer = null;
+    return function () { if (timer) clearTimeout(timer); timer = setTimeout(function () { timer = null; fn(); }, ms); };
+  }
+
+  var refreshQueue = debounce(function () {
+    if (queue && window.htmx) window.htmx.trigger(queue, "vigil:refresh");
+  }, 50);
+
+  // ---- map ------------------------------------------------------------------------------------------
+  var mapEl = document.getElementById("map");
+  var map = null, cluster = null;
+  var COLORS = ["#2b8a3e", "#f08c00", "#e8590c", "#c92a2a"];
+
+  function loadDevices() {
+    if (!map) return;
+    fetch(mapEl.getAttribute("data-devices"), { credentials: "same-origin" })
+      .then(function (r) { return r.json(); })
+      .then(function (data) {
+        var markers = [];
+        for (var i = 0; i < data.rows.length; i++) {
+          var row = data.rows[i];
+          var sev = row[4];
+          var m = L.circleMarker([row[0], row[1]], {
+            radius: sev > 0 ? 8 : 5, weight: 1, color: "#222",
+            fillColor: row[6] ? "#868e96" : COLORS[Math.min(sev, 3)], fillOpacity: 0.9
+          });
+          m.options.vigilSeverity = sev;
+          var a = document.createElement("a");
+          a.href = body.getAttribute("data-base") + "/devices/" + encodeURIComponent(row[2]);
+          a.textContent = (row[5] || row[2]);
+          m.bindPopup(a);
+          markers.push(m);
+        }
+        cluster.clearLayers();
+        cluster.addLayers(markers);
+        mapEl.setAttribute("data-markers", String(markers.length));
+      });
+  }
+  var refreshMap = debounce(loadDevices, 1500);
+
+  if (mapEl && window.L) {
+    var labels = JSON.parse(mapEl.getAttribute("data-labels") || "{}");
+    map = L.map(mapEl, { preferCanvas: true, attributionControl: false, maxZoom: 20, zoomSnap: 0.5 });
+    map.setView([39.96, 116.30], 15);
+    cluster = L.markerClusterGroup({
+      chunkedLoading: true, disableClusteringAtZoom: 19, showCoverageOnHover: false,
+      iconCreateFunction: function (c) {
+        var worst = 0;
+        c.getAllChildMarkers().forEach(function (m) { worst = Math.max(worst, m.options.vigilSeverity || 0); });
+        var size = c.getChildCount() < 100 ? "small" : (c.getChildCount() < 1000 ? "medium" : "large");
+        return L.divIcon({ html: "<div><span>" + c.getChildCount() + "</span></div>",
+          className: "marker-cluster marker-cluster-" + size + (worst >= 3 ? " cluster-alarm" : ""),
+          iconSize: L.point(40, 40) });
+      }
+    });
+    var streets = L.layerGroup(), grid = L.layerGroup(), buildings = L.layerGroup();
+    fetch(mapEl.getAttribute("data-community"), { credentials: "same-origin" })
+      .then(function (r) { return r.json(); })
+      .then(function (fc) {
+        var all = L.geoJSON(fc, {
+          style: function (f) {
+            var layer = f.properties.layer;
+            if (layer === "street") return { color: "#adb5bd", weight: 6, opacity: 0.9 };
+            if (layer === "grid") return { color: "#1971c2", weight: 1, dashArray: "4 4", fill: false };
+            return { color: "#868e96", weight: 1, fillColor: "#dee2e6", fillOpacity: 0.8 };
+          },
+          onEachFeature: function (f, layer) {
+            var which = f.properties.layer;
+            if (f.properties.name) layer.bindTooltip(f.properties.name);
+            (which === "street" ? streets : which === "grid" ? grid : buildings).addLayer(layer);
+          }
+        });
+        if (all.getBounds().isValid()) map.fitBounds(all.getBounds(), { padding: [10, 10] });
+        mapEl.setAttribute("data-features", String(fc.features.length));
+      });
+    grid.addTo(map); streets.addTo(map); buildings.addTo(map); cluster.addTo(map);
+    var overlays = {};
+    overlays[labels.grid || "grid"] = grid;
+    overlays[labels.streets || "streets"] = streets;
+    overlays[labels.buildings || "buildings"] = buildings;
+    overlays[labels.devices || "devices"] = cluster;
+    L.control.layers(null, overlays, { collapsed: true }).addTo(map);
+    loadDevices();
+    window.vigilMap = { map: map, cluster: cluster };
+  }
+
+  // ---- live stream ----------------------------------------------------------------------------------
+  function setLive(on) {
+    if (!live) return;
+    live.className = "live " + (on ? "on" : "off");
+    live.textContent = live.getAttribute(on ? "data-on" : "data-off");
+  }
+
+  if (queue && window.EventSource) {
+    checkNewHigh();
+    document.body.addEventListener("htmx:afterSwap", function (ev) {
+      if (ev.detail && ev.detail.target === queue) checkNewHigh();
+    });
+    var es = new EventSource(body.getAttribute("data-events"));
+    es.onopen = function () { setLive(true); refreshQueue(); };
+    es.onerror = function () { setLive(false); };
+    es.addEventListener("changed", function () { refreshQueue(); refreshMap(); });
+  }
+})();
