@@ -1,0 +1,124 @@
+"""Words of a notification: Chinese first, English when the recipient prefers it, times in Asia/Shanghai.
+
+A message carries what the recipient's role needs to act and no more: what happened, where (address or
+grid, never a wearer's name or health values), when, how urgent, and the action links. SMS and voice get
+the same facts as template parameters (``event``, ``place``, ``time``, ``level``, ``ref``), because their
+text is fixed by a template the provider approved in advance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cloud.notify.channel import LinkButton, Notice
+from cloud.notify.links import Purpose
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.locale import Lang, event_label, severity_label, show
+
+PURPOSE_LABELS: dict[Purpose, tuple[str, str]] = {
+    Purpose.ACCEPT: ("接单", "Accept"),
+    Purpose.DECLINE: ("拒绝", "Decline"),
+    Purpose.ON_THE_WAY: ("出发", "On my way"),
+    Purpose.ARRIVED: ("已到场", "Arrived"),
+    Purpose.RESOLVED: ("处置完成", "Resolved"),
+    Purpose.CASE: ("查看与评价", "Follow and rate"),
+}
+
+#: SMS reply digits (GoAlert-style acknowledgement by reply): "1" or "1 37" (37 = the message's ref)
+REPLY_CODES: dict[str, Purpose] = {
+    "1": Purpose.ACCEPT,
+    "2": Purpose.DECLINE,
+    "3": Purpose.ON_THE_WAY,
+    "4": Purpose.ARRIVED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentFacts:
+    """What a message says about an incident; ``summary`` is the loop's one line (what and where)."""
+
+    incident_id: str
+    opened_at: float
+    severity: int = int(Severity.HIGH)
+    event_type: str = ""
+    place: str = ""
+    summary: str = ""
+    department: str = ""
+
+
+def _pick(pair: tuple[str, str], lang: Lang) -> str:
+    return pair[1] if lang == "en" else pair[0]
+
+
+def purpose_label(purpose: Purpose, lang: Lang) -> str:
+    return _pick(PURPOSE_LABELS[purpose], lang)
+
+
+def event_text(facts: IncidentFacts, lang: Lang) -> str:
+    if facts.event_type:
+        try:
+            return event_label(EventType(facts.event_type), lang)
+        except ValueError:
+            return facts.event_type
+    return facts.summary or ("事件" if lang == "zh" else "incident")
+
+
+def render(
+    facts: IncidentFacts,
+    *,
+    lang: Lang,
+    links: Sequence[tuple[Purpose, str]] = (),
+    reply_ref: str = "",
+) -> Notice:
+    sev = Severity.parse(facts.severity) if not isinstance(facts.severity, Severity) else facts.severity
+    level = severity_label(sev, lang)
+    what = event_text(facts, lang)
+    when = show(facts.opened_at)
+    urgent = sev >= Severity.HIGH
+    if lang == "en":
+        title = f"{'[URGENT] ' if urgent else ''}{what}" + (f" · {facts.place}" if facts.place else "")
+        lines = [f"Level: {level}", f"Time: {when} (Beijing)", f"Case: {facts.incident_id}"]
+    else:
+        title = f"{'【紧急】' if urgent else ''}{what}" + (f" · {facts.place}" if facts.place else "")
+        lines = [f"级别：{level}", f"时间：{when}", f"编号：{facts.incident_id}"]
+    if facts.summary and facts.summary != what:
+        lines.insert(0, facts.summary)
+    hint = ""
+    if reply_ref:
+        if lang == "en":
+            hint = f"Reply 1 {reply_ref} to accept, 2 {reply_ref} to decline, 4 {reply_ref} when on site."
+        else:
+            hint = f"回复“1 {reply_ref}”接单，“2 {reply_ref}”拒绝，“4 {reply_ref}”已到场。"
+    return Notice(
+        title=title,
+        lines=tuple(lines),
+        actions=tuple(LinkButton(purpose_label(p, lang), url) for p, url in links),
+        reply_hint=hint,
+        severity=int(sev),
+        lang=lang,
+        params={
+            "event": what[:20],
+            "place": (facts.place or facts.incident_id)[:20],
+            "time": when[5:16],
+            "level": level,
+            "ref": reply_ref,
+        },
+    )
+
+
+def digest(notices: Sequence[Notice], *, lang: Lang) -> Notice:
+    """Several notices to one group robot as one message (a robot takes ~20 messages a minute)."""
+    if len(notices) == 1:
+        return notices[0]
+    head = f"{len(notices)} new alerts" if lang == "en" else f"{len(notices)} 条新告警"
+    lines = tuple(f"{i + 1}. {n.title}" for i, n in enumerate(notices))
+    actions = tuple(a for n in notices for a in n.actions[:1])[:5]
+    return Notice(
+        title=head,
+        lines=lines,
+        actions=actions,
+        severity=max(n.severity for n in notices),
+        lang=lang,
+        params=notices[0].params,
+    )
