@@ -2,7 +2,7 @@
 # Prepare everything Vigil needs on a Debian 12 machine, idempotently:
 #   bash scripts/bootstrap.sh            -> .venv with Vigil and its Python dependencies (for `vigil demo`)
 #   bash scripts/bootstrap.sh --test     -> also the system servers the tests start themselves
-#                                           (mosquitto, postgresql, victoria-metrics; chromium joins
+#                                           (mosquitto, postgresql, victoria-metrics, influxdb 1.6; chromium joins
 #                                           when the web console's browser tests land)
 # Nothing is downloaded at run time; this script is the only installer.
 set -euo pipefail
@@ -37,7 +37,7 @@ if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3
 
 if [ $WANT_TEST = 1 ]; then
   # Servers the tests start on free ports in temporary directories (never a running system service).
-  apt_install mosquitto postgresql victoria-metrics
+  apt_install mosquitto postgresql victoria-metrics influxdb
   # the console's browser tests: Debian's Chromium (Playwright drives it; its own download is never used)
   apt_install chromium fonts-noto-cjk
 fi

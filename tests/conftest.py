@@ -10,9 +10,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.servers import (
+    InfluxServer,
     MosquittoServer,
     PostgresServer,
     VictoriaServer,
+    start_influxdb,
     start_mosquitto,
     start_postgres,
     start_victoria,
@@ -51,5 +53,12 @@ def pg_url(pg_server: PostgresServer) -> str:
 @pytest.fixture(scope="session")
 def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaServer]:
     server = start_victoria(tmp_path_factory.mktemp("victoria"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    server = start_influxdb(tmp_path_factory.mktemp("influxdb"))
     yield server
     server.stop()

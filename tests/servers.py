@@ -6,6 +6,7 @@ process, stopped when the test session ends. Used by ``tests/conftest.py`` and b
 - :func:`start_mosquitto`  Mosquitto 2 (MQTT 3.1.1 / 5)
 - :func:`start_postgres`   PostgreSQL (``initdb`` refuses root, so as root it runs as the ``postgres`` user)
 - :func:`start_victoria`   VictoriaMetrics, which accepts InfluxDB line protocol on ``/api/v2/write``
+- :func:`start_influxdb`   InfluxDB 1.6 (Debian 12's ``influxdb``): InfluxQL ``/query`` and the v1 ``/write``
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -290,6 +292,69 @@ def start_victoria(directory: Path | None = None, port: int | None = None) -> Vi
     return server
 
 
+# --- InfluxDB 1.x ---------------------------------------------------------------------------------------
+@dataclass
+class InfluxServer:
+    host: str
+    port: int
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def version(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/ping", timeout=5) as r:
+            return str(r.headers.get("X-Influxdb-Version", ""))
+
+    def create_database(self, name: str) -> None:
+        q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}).encode()
+        urllib.request.urlopen(f"{self.url}/query", data=q, timeout=10).read()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+def start_influxdb(directory: Path | None = None, port: int | None = None) -> InfluxServer:
+    binary = _find_binary("influxd", "/usr/bin/influxd")
+    d = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="vigil-influx-"))
+    d.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    conf = d / "influxdb.conf"
+    conf.write_text(
+        "reporting-disabled = true\n"
+        f'bind-address = "127.0.0.1:{free_port()}"\n'
+        f'[meta]\n  dir = "{d}/meta"\n'
+        f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+        "[monitor]\n  store-enabled = false\n"
+        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+        "[continuous_queries]\n  enabled = false\n"
+    )
+    log = d / "influxd.log"
+    logf = open(log, "wb")  # noqa: SIM115
+    proc = subprocess.Popen([binary, "-config", str(conf)], stdout=logf, stderr=subprocess.STDOUT)
+    logf.close()
+    server = InfluxServer("127.0.0.1", port, d, proc=proc)
+    try:
+        wait_for_port(port, proc, log=log)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if urllib.request.urlopen(f"{server.url}/ping", timeout=2).status == 204:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @contextlib.contextmanager
 def running(server_factory: object, *args: object, **kwargs: object) -> Iterator[object]:
     """``with running(start_postgres) as pg: ...`` for scripts and benchmarks."""
@@ -297,4 +362,4 @@ def running(server_factory: object, *args: object, **kwargs: object) -> Iterator
     try:
         yield server
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()

@@ -27,15 +27,19 @@ def open_http_store(scheme: str, parts: SplitResult, params: dict[str, str]) -> 
         if unknown:
             raise UnsupportedURLError(f"unknown victoria URL parameter(s) {sorted(unknown)}")
         return VictoriaStore(base, org="vigil", bucket="vigil", token="", timeout_s=timeout)
-    unknown = set(params) - {"tls", "timeout", "org", "bucket", "token"}
+    unknown = set(params) - {"tls", "timeout", "org", "bucket", "token", "api"}
     if unknown:
         raise UnsupportedURLError(f"unknown influx URL parameter(s) {sorted(unknown)}")
     if not params.get("bucket"):
         raise UnsupportedURLError("influx:// URL needs ?bucket=")
+    api = params.get("api", "v2")
+    if api not in ("v1", "v2"):
+        raise UnsupportedURLError(f"influx api must be v1 or v2, got {api!r}")
     return InfluxStore(
         base,
         org=params.get("org", ""),
         bucket=params["bucket"],
         token=params.get("token", ""),
         timeout_s=timeout,
+        v1_api=api == "v1",
     )

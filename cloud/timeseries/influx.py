@@ -6,6 +6,11 @@ the database/bucket name). On 1.8 the URL's bucket is ``database/retention-polic
 ``username:password`` (influxdb-client's 1.8 compatibility); the reads split the bucket into ``db`` and
 ``rp``. ``epoch=ms`` makes the server return integer millisecond timestamps.
 
+``api=v1`` is for servers without the v2 write endpoint (InfluxDB 1.x before 1.8, e.g. Debian 12's 1.6):
+the same line protocol goes to ``POST /write?db=..&rp=..&precision=ms``, and a ``username:password``
+token is sent as the v1 ``u``/``p`` parameters on writes and reads (1.x before 1.8 does not know the
+``Token`` scheme). The tests run this path against a real InfluxDB 1.6 (``tests/servers.py``).
+
 Downsampling uses ``GROUP BY time(<B>ms, <offset>ms) fill(none)`` with the offset set to
 ``start mod B`` so buckets start exactly at ``start`` like the SQL backends' (InfluxQL aligns buckets to
 the epoch plus the offset); empty buckets are omitted.
@@ -21,12 +26,13 @@ import numpy as np
 from cloud.timeseries.base import (
     BackendError,
     Series,
+    WriteResult,
     bucket_ms_for,
     empty_series,
     plan_query,
 )
-from cloud.timeseries.lineproto import _LineProtocolStore, measurement
-from firmware_bridge.kernel.records import DeviceKind
+from cloud.timeseries.lineproto import _LineProtocolStore, batch_to_lines, measurement
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS
 
 _IN_CHUNK = 200
@@ -47,14 +53,55 @@ def _regex_alt(values: Sequence[str]) -> str:
 
 
 class InfluxStore(_LineProtocolStore):
-    """InfluxDB 1.8 / 2.x / 3: line protocol in, InfluxQL out."""
+    """InfluxDB 1.x / 2.x / 3: line protocol in, InfluxQL out (``v1_api``: v1 ``/write`` and auth)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        org: str,
+        bucket: str,
+        token: str,
+        timeout_s: float,
+        transport: Any = None,
+        v1_api: bool = False,
+    ) -> None:
+        self.v1_api = v1_api
+        # v1 auth is u/p parameters, not the Token header (which 1.x before 1.8 rejects)
+        user, sep, password = token.partition(":")
+        self._v1_auth = {"u": user, "p": password} if v1_api and sep else {}
+        super().__init__(
+            base_url,
+            org=org,
+            bucket=bucket,
+            token="" if v1_api else token,
+            timeout_s=timeout_s,
+            transport=transport,
+        )
+
+    def _db_rp(self) -> dict[str, str]:
+        # InfluxDB 1.8 takes "database/retention-policy" as the v2 bucket name; v1 endpoints want them apart.
+        db, _, rp = self.bucket.partition("/")
+        return {"db": db, "rp": rp} if rp else {"db": db}
+
+    def write(self, batch: ReadingBatch) -> WriteResult:
+        if not self.v1_api:
+            return super().write(batch)
+        n = len(batch)
+        if n == 0:
+            return WriteResult(0, 0)
+        body = "\n".join(batch_to_lines(batch)).encode()
+        self._check_open()
+        params = {**self._db_rp(), "precision": "ms", **self._v1_auth}
+        try:
+            r = self._http.post("/write", params=params, content=body)
+            r.raise_for_status()
+        except self._httpx.HTTPError as exc:
+            raise BackendError(f"v1 write of {n} readings to {self.base_url} failed: {exc}") from exc
+        return WriteResult(stored=n, duplicates=0)
 
     def _influxql(self, q: str) -> list[dict[str, Any]]:
-        # InfluxDB 1.8 takes "database/retention-policy" as the v2 bucket name; /query wants them apart.
-        db, _, rp = self.bucket.partition("/")
-        params = {"db": db, "q": q, "epoch": "ms"}
-        if rp:
-            params["rp"] = rp
+        params = {**self._db_rp(), "q": q, "epoch": "ms", **self._v1_auth}
         doc = self._get("/query", params).json()
         results = doc.get("results", [])
         if not results:

@@ -1,5 +1,6 @@
 """The time-series store contract (``cloud/timeseries/base.py``), checked on every backend we can run here:
-embedded SQLite (memory and file), PostgreSQL (``pg_url``) and a real VictoriaMetrics (``victoria``).
+embedded SQLite (memory and file), PostgreSQL (``pg_url``), a real VictoriaMetrics (``victoria``) and a
+real InfluxDB 1.6 (``influxdb``, Debian 12's package: ``influx://..?api=v1``, InfluxQL reads).
 
 Reference results are computed with numpy from the same arrays that were written, so every assertion
 compares the store with an independent implementation of the documented semantics (half-open ranges,
@@ -100,7 +101,7 @@ class Backend:
     counts_duplicates: bool
 
 
-@pytest.fixture(params=["sqlite-memory", "sqlite-file", "postgresql", "victoria"])
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", "postgresql", "victoria", "influxdb-1.6"])
 def backend(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Backend]:
     name = request.param
     if name == "sqlite-memory":
@@ -110,9 +111,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Backen
     elif name == "postgresql":
         url = request.getfixturevalue("pg_url")
         b = Backend(name, open_timeseries(url), lambda: None, True)
-    else:
+    elif name == "victoria":
         vm = request.getfixturevalue("victoria")
         b = Backend(name, open_timeseries(f"victoria://{vm.host}:{vm.port}"), vm.force_flush, False)
+    else:  # one fresh database per test on the session's server
+        influx = request.getfixturevalue("influxdb")
+        db = uniq("vigil").replace("-", "_")
+        influx.create_database(db)
+        url = f"influx://{influx.host}:{influx.port}?bucket={db}&api=v1"
+        b = Backend(name, open_timeseries(url), lambda: None, False)
     try:
         yield b
     finally:
@@ -173,7 +180,7 @@ def test_downsampling_matches_numpy_reference(backend: Backend) -> None:
     assert ref["downsampled"] and s.downsampled
     assert s.bucket_s == pytest.approx(ref["bucket_s"])
     assert len(s) <= 37
-    np.testing.assert_allclose(s.time, ref["time"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s.time, ref["time"], rtol=0, atol=1e-6)  # type: ignore[call-overload]
     idx = [spec(DeviceKind.WRISTBAND).channel_index(c) for c in chans]
     for j, c in zip(idx, chans, strict=True):
         assert_same(s.values[c], ref["values"][:, j])  # type: ignore[index]

@@ -1,5 +1,7 @@
-"""InfluxDB backend without an InfluxDB server (none runs here): the line protocol we write and the
-InfluxQL we send, checked against the documented formats; the HTTP layer is an ``httpx.MockTransport``.
+"""InfluxDB backend without a server: the line protocol we write and the InfluxQL we send, checked against
+the documented formats; the HTTP layer is an ``httpx.MockTransport``. This covers what only InfluxDB
+2.x / 3 do (the ``Token`` header, the 1.8 ``db/rp`` bucket); a real InfluxDB 1.6 runs the whole store
+contract in ``test_timeseries.py`` and ``test_timeseries_influx_server.py``.
 
 Formats: InfluxDB line protocol reference (docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/:
 ``measurement,tag=v field=1.5,n=3i 1700000000000``, escape ``,``/``=``/space in tag values, integers end
