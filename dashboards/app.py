@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ STATIC_DIRS: dict[str, Path] = {
 }
 HEALTH_KINDS = frozenset({"wristband"})
 MAX_FORM_BYTES = 64 * 1024
+COMMUNITY_TTL_S = 300.0  # streets / grid cells / buildings change when the registry does: rarely
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -217,15 +219,21 @@ def create_console(
         return render(request, "_queue.html", session=s, queue=_queue(alerts))
 
     async def map_devices(request: Request, s: Session) -> Response:
-        devices = await s.api.devices()
+        devices = await s.api.map_devices()
         alerts = await s.api.open_alerts()
         return JSONResponse(geo.device_points(devices, alerts), headers={"Cache-Control": "no-store"})
+
+    community: dict[str, Any] = {}  # the derived layers, shared by every user (no personal data in them)
 
     async def map_community(request: Request, s: Session) -> Response:
         if cfg.map_file is not None:
             return Response(cfg.map_file.read_bytes(), media_type="application/geo+json")
-        devices = await s.api.devices()
-        return JSONResponse(geo.community_layers(devices), media_type="application/geo+json")
+        now = time.monotonic()
+        if community.get("until", 0.0) < now:
+            devices = await s.api.map_devices()
+            community["body"] = json.dumps(geo.community_layers(devices), separators=(",", ":")).encode()
+            community["until"] = now + COMMUNITY_TTL_S
+        return Response(community["body"], media_type="application/geo+json")
 
     async def device_page(request: Request, s: Session) -> Response:
         device_id = request.path_params["device_id"]

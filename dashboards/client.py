@@ -90,6 +90,12 @@ class CloudAPI:
             if len(rows) < page:
                 return out
 
+    async def map_devices(self) -> list[dict[str, Any]]:
+        """Every device's map fields (id, kind, name, position, street, grid, last seen): no personal data."""
+        body = await self.get("/api/v1/console/devices")
+        fields = body["fields"]
+        return [dict(zip(fields, row, strict=True)) for row in body["rows"]]
+
     async def device(self, device_id: str) -> dict[str, Any]:
         body: dict[str, Any] = await self.get(f"/api/v1/devices/{device_id}")
         return body
