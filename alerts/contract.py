@@ -16,6 +16,7 @@ arrays: about 30x less JSON work than a list of objects at 100,000 readings/s.
 from __future__ import annotations
 
 import math
+import typing
 from typing import Annotated, Literal, Self
 
 import numpy as np
@@ -25,7 +26,10 @@ from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
 
-CONTRACT_VERSION: Literal[1] = 1
+CONTRACT_VERSION: Literal[2] = 2
+#: versions the cloud accepts. 2 adds per-record acceptance (``UplinkAck.refused``); a version-1 gateway
+#: gets a version-1 ack (no refusal fields) and its refused records are reported on the cloud only.
+SUPPORTED_VERSIONS = (1, 2)
 
 MAX_RECORDS_PER_BATCH = 50_000
 HTTP_PATH = "/api/v1/ingest/batches"
@@ -40,11 +44,15 @@ def mqtt_ack_topic(gateway_id: str) -> str:
 
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-UTCSeconds = Annotated[float, Field(ge=0, le=4_102_444_800, description="UTC seconds since the epoch")]
+MAX_UTC_SECONDS = 4_102_444_800  # 2100-01-01: a hard schema bound; the cloud bounds times by its clock
+UTCSeconds = Annotated[float, Field(ge=0, le=MAX_UTC_SECONDS, description="UTC seconds since the epoch")]
+#: at most this many :class:`Refusal` entries in one ack; the ``*_refused`` counts are always complete
+MAX_REFUSALS_PER_ACK = 1000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN / Infinity are refused everywhere (a JSON ``NaN`` literal is a 422 naming the field)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TelemetryBlock(_Strict):
@@ -131,26 +139,37 @@ class AlertEvent(_Strict):
     event_type: EventType
     severity: Severity
     phase: AlertPhase
-    episode_ms: Annotated[int, Field(ge=0)]
+    episode_ms: Annotated[int, Field(ge=0, le=MAX_UTC_SECONDS * 1000)]
     time: UTCSeconds = Field(description="when the detector decided this step")
     frame_time: UTCSeconds = Field(description="receive time of the frame that caused it")
     value: float | None = None
     message: Annotated[str, StringConstraints(max_length=500)] = ""
 
 
-class GatewayStatus(_Strict):
-    """A health snapshot piggy-backed on batches so the cloud can show gateway state."""
+_Count = Annotated[int, Field(ge=0, le=2**53)]
+_Seconds = Annotated[float, Field(ge=0, le=1e10)]
+
+
+class GatewayStatus(BaseModel):
+    """A health snapshot piggy-backed on batches so the cloud can show gateway state.
+
+    Unknown keys are ignored (a newer gateway may report more); every number is bounded and finite.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     version: Annotated[str, StringConstraints(max_length=40)] = ""
-    uptime_s: float = 0.0
-    outbox_depth: int = 0
-    outbox_oldest_age_s: float = 0.0
-    frames_total: int = 0
-    rejects_total: int = 0
+    uptime_s: _Seconds = 0.0
+    outbox_depth: _Count = 0
+    outbox_oldest_age_s: _Seconds = 0.0
+    frames_total: _Count = 0
+    rejects_total: _Count = 0
+    quarantined_total: _Count = 0
+    dead_letter_total: _Count = 0
 
 
 class UplinkBatch(_Strict):
-    contract_version: Literal[1] = CONTRACT_VERSION
+    contract_version: Literal[1, 2] = CONTRACT_VERSION
     batch_id: Annotated[str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
     gateway_id: Identifier
     sent_at: UTCSeconds
@@ -170,8 +189,47 @@ class UplinkBatch(_Strict):
         return sum(len(b) for b in self.telemetry) + len(self.alerts)
 
 
-class UplinkAck(_Strict):
-    """Sent only after the batch is durably committed."""
+RefusalReason = Literal[
+    "unknown_device",  # not in the cloud's registry: an installer must register it (or it is forged)
+    "not_assigned",  # registered, but assigned to another gateway (a neighbour's device heard over the air)
+    "wrong_kind",  # registered as another device kind than the record says
+    "time_out_of_range",  # time in the cloud's future (beyond the allowed skew) or too far in its past
+    "alert_id_mismatch",  # alert_id is not device_id/event_type/episode_ms
+    "alert_not_owned",  # the alert exists and belongs to another device, kind or source (e.g. the cloud)
+]
+REFUSAL_REASONS: tuple[str, ...] = typing.get_args(RefusalReason)
+
+
+class Refusal(BaseModel):
+    """Records of a batch the cloud did not store, and why (contract version 2).
+
+    Telemetry refusals are aggregated per ``(device_id, reason)`` with ``count`` readings; an alert refusal
+    names one step (``alert_id``, ``phase``, ``time``). A refused record is final: re-sending it cannot
+    succeed, so the gateway quarantines it and moves on.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    record: Literal["telemetry", "alert"]
+    device_id: Annotated[str, StringConstraints(max_length=64)]
+    reason: RefusalReason
+    count: int = 1
+    alert_id: str | None = None
+    phase: AlertPhase | None = None
+    time: float | None = None
+    detail: Annotated[str, StringConstraints(max_length=300)] = ""
+
+
+class UplinkAck(BaseModel):
+    """Sent only after the batch is durably committed.
+
+    Version 2: what was *not* stored is listed in ``refused`` (at most :data:`MAX_REFUSALS_PER_ACK`
+    entries; ``telemetry_refused`` / ``alerts_refused`` always count all). Unknown keys are ignored so
+    later additions stay compatible; :meth:`for_version` renders the document a gateway of an older
+    contract version can parse.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     batch_id: str
     duplicate: bool = False
@@ -179,3 +237,12 @@ class UplinkAck(_Strict):
     telemetry_duplicates: int = 0
     alerts_stored: int = 0
     committed_at: UTCSeconds
+    telemetry_refused: int = 0
+    alerts_refused: int = 0
+    refused: list[Refusal] = Field(default_factory=list)
+
+    def for_version(self, contract_version: int) -> dict[str, object]:
+        """The ack as a JSON-ready dict for a gateway speaking ``contract_version``."""
+        if contract_version >= 2:
+            return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"telemetry_refused", "alerts_refused", "refused"})

@@ -163,6 +163,9 @@ def create_app(
                 "request failed", extra={"path": request.url.path, "error": exc.code, "detail": exc.detail}
             )
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        retry_after = getattr(exc, "retry_after_s", None)  # 429 (cloud.limits.RateLimitedError)
+        if retry_after is not None:
+            headers = {"Retry-After": str(max(1, round(retry_after)))}
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

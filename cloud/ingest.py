@@ -5,9 +5,13 @@ Called by the HTTP endpoint (``POST /api/v1/ingest/batches``) and by the MQTT wo
 
 1. **Duplicate batch?** ``(gateway_id, batch_id)`` already in ``ingested_batches`` -> ``duplicate=true``,
    nothing written. A gateway retries until it holds an ack, so every batch may arrive more than once.
-2. **Authorise** every device id in the batch (telemetry and alerts): each must be registered and
-   assigned to this gateway, else the whole batch is refused (403 with the offending ids) and nothing is
-   stored: a half-stored batch could never be acknowledged honestly.
+2. **Quota and screening.** A gateway over its quota gets 429 and nothing is stored
+   (:class:`cloud.limits.GatewayQuota`). Then every record is judged on its own
+   (:func:`cloud.screening.screen`): devices registered, assigned to this gateway and of the block's
+   kind; times within the cloud's window; alert steps that name their own device's episode and no alert
+   the cloud raised. What passes is stored; the rest is listed in the ack's ``refused`` with a reason
+   (contract version 2), counted (``vigil_cloud_refused_records_total``) and logged at a bounded rate.
+   A refused record never blocks its neighbours: one forged radio frame must not silence a gateway.
 3. **Telemetry** goes to the time-series store first. Its writes are idempotent on
    ``(device_id, time, seq)``, so if anything later fails and the gateway retries, nothing doubles.
 4. **One database transaction** records the batch id, stores the alert lifecycle steps (de-duplicated on
@@ -37,8 +41,10 @@ from sqlalchemy.orm import Session
 from alerts.contract import AlertEvent, UplinkAck, UplinkBatch
 from cloud.alertstore import store_alert_steps
 from cloud.db import Database, Device, Gateway, IngestedBatch
-from cloud.errors import BadRequestError, CloudError, ConflictError, PermissionDeniedError, StorageError
+from cloud.errors import CloudError, ConflictError, PermissionDeniedError, StorageError
+from cloud.limits import GatewayQuota, GuardMetrics, IngestLimits, RateLimitedError
 from cloud.metrics import CloudMetrics
+from cloud.screening import Screened, screen
 from cloud.sequence import SEQ_MODULUS, SeqSummary, sequence_summary
 from cloud.timeseries import TimeSeriesError, TimeSeriesStore
 from firmware_bridge.kernel.clock import Clock, SystemClock
@@ -72,12 +78,17 @@ class IngestService:
         metrics: CloudMetrics | None = None,
         sink: AlertSink | None = None,
         clock: Clock | None = None,
+        limits: IngestLimits | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.metrics = metrics or CloudMetrics()
         self.sink: AlertSink = sink or NullAlertSink()
         self.clock: Clock = clock or SystemClock()
+        self.limits = limits or IngestLimits.from_env()
+        self.quota = GatewayQuota(self.limits)
+        self.guard = GuardMetrics.for_registry(self.metrics.registry)
+        self._last_refusal_log: dict[str, float] = {}
 
     async def ingest(
         self, batch: UplinkBatch, *, gateway_id: str, allow_unassigned: bool = False
@@ -87,8 +98,10 @@ class IngestService:
         ``allow_unassigned`` also accepts devices assigned to no gateway (operator-platform pushes, where
         the "gateway" is CTWing or OneNET).
 
-        Raises :class:`PermissionDeniedError` (wrong gateway id in the batch, or devices not assigned to
-        the gateway), :class:`BadRequestError` (a device reported under the wrong kind) and
+        Records this gateway may not write are not stored and are listed in ``UplinkAck.refused``.
+
+        Raises :class:`PermissionDeniedError` (the batch names another gateway),
+        :class:`~cloud.limits.RateLimitedError` (over quota; nothing stored, retry later) and
         :class:`StorageError` (database or time-series store failure; the gateway should retry).
         """
         if batch.gateway_id != gateway_id:
@@ -96,6 +109,13 @@ class IngestService:
             raise PermissionDeniedError(
                 f"batch names gateway {batch.gateway_id!r} but was sent by gateway {gateway_id!r}"
             )
+        n_readings = sum(len(b) for b in batch.telemetry)
+        try:
+            self.quota.admit(gateway_id, readings=n_readings, alert_steps=len(batch.alerts))
+        except RateLimitedError:
+            self.metrics.batches.labels("rate_limited").inc()
+            self.guard.quota.labels("telemetry" if n_readings else "alert").inc()
+            raise
         t0 = _time.perf_counter()
         try:
             ack, new_steps = await asyncio.to_thread(
@@ -127,11 +147,12 @@ class IngestService:
             dup = self._find_batch(gateway_id, batch.batch_id)
             if dup is not None:
                 return dup, []
-            self._authorise(batch, gateway_id, allow_unassigned)
-            stored, duplicates = self._write_telemetry(batch)
+            screened = self._screen(batch, gateway_id, allow_unassigned)
+            allowed = batch.model_copy(update={"telemetry": screened.telemetry, "alerts": screened.alerts})
+            stored, duplicates = self._write_telemetry(allowed)
             for attempt in range(3):
                 try:
-                    return self._commit(batch, gateway_id, stored, duplicates)
+                    return self._commit(allowed, gateway_id, stored, duplicates, screened)
                 except ConflictError:
                     # a concurrent delivery of the same batch, or a concurrent first step of the same alert
                     dup = self._find_batch(gateway_id, batch.batch_id)
@@ -156,48 +177,42 @@ class IngestService:
                 return None
             return UplinkAck(batch_id=batch_id, duplicate=True, committed_at=row.received_at)
 
-    def _authorise(self, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool) -> None:
-        kinds: dict[str, str] = {}
-        for block in batch.telemetry:
-            for d in set(block.device_id):
-                kinds[d] = block.kind.value
-        for a in batch.alerts:
-            kinds.setdefault(a.device_id, a.kind.value)
-        ids = sorted(kinds)
-        found: dict[str, tuple[str | None, str]] = {}
+    def _screen(self, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool) -> Screened:
         with self.db.read() as s:
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i : i + _CHUNK]
-                for dev_id, gw, kind in s.execute(
-                    select(Device.device_id, Device.gateway_id, Device.kind).where(
-                        Device.device_id.in_(chunk)
-                    )
-                ):
-                    found[dev_id] = (gw, kind)
-        allowed = {gateway_id, None} if allow_unassigned else {gateway_id}
-        offending = [d for d in ids if d not in found or found[d][0] not in allowed]
-        if offending:
-            self.metrics.forbidden_devices.inc(len(offending))
-            log.warning(
-                "gateway wrote for devices not assigned to it",
-                extra={
-                    "gateway_id": gateway_id,
-                    "batch_id": batch.batch_id,
-                    "device_ids": offending[:50],
-                    "count": len(offending),
-                },
+            out = screen(
+                s,
+                batch,
+                gateway_id,
+                window=self.limits.time_window(self.clock.now()),
+                allow_unassigned=allow_unassigned,
             )
-            raise PermissionDeniedError(
-                f"gateway {gateway_id!r} is not assigned {len(offending)} device(s) in this batch; "
-                "nothing was stored",
-                device_ids=offending,
-            )
-        wrong_kind = [d for d in ids if found[d][1] != kinds[d]]
-        if wrong_kind:
-            raise BadRequestError(
-                f"device(s) {wrong_kind[:20]} are registered as another kind than the batch says; "
-                "nothing was stored"
-            )
+        if out.refused:
+            for (record, reason), n in out.by_reason.items():
+                self.guard.refused.labels(record, reason).inc(n)
+            foreign = {r.device_id for r in out.refused if r.reason in ("unknown_device", "not_assigned")}
+            self.metrics.forbidden_devices.inc(len(foreign))
+            self._log_refusals(gateway_id, batch.batch_id, out)
+        return out
+
+    def _log_refusals(self, gateway_id: str, batch_id: str, out: Screened) -> None:
+        """At most one line per gateway per 10 s (a hostile gateway must not flood the journal)."""
+        now = _time.monotonic()
+        if now - self._last_refusal_log.get(gateway_id, -1e9) < 10.0:
+            return
+        if len(self._last_refusal_log) > 10_000:
+            self._last_refusal_log.clear()
+        self._last_refusal_log[gateway_id] = now
+        log.warning(
+            "gateway sent records the cloud refused; stored the rest",
+            extra={
+                "gateway_id": gateway_id,
+                "batch_id": batch_id,
+                "telemetry_refused": out.telemetry_refused,
+                "alerts_refused": out.alerts_refused,
+                "reasons": {f"{k[0]}:{k[1]}": v for k, v in out.by_reason.items()},
+                "device_ids": sorted({r.device_id for r in out.refused})[:20],
+            },
+        )
 
     def _write_telemetry(self, batch: UplinkBatch) -> tuple[int, int]:
         stored = duplicates = 0
@@ -215,7 +230,7 @@ class IngestService:
         return stored, duplicates
 
     def _commit(
-        self, batch: UplinkBatch, gateway_id: str, stored: int, duplicates: int
+        self, batch: UplinkBatch, gateway_id: str, stored: int, duplicates: int, screened: Screened
     ) -> tuple[UplinkAck, list[AlertEvent]]:
         now = self.clock.now()
         with self.db.write() as s:
@@ -255,6 +270,9 @@ class IngestService:
             telemetry_duplicates=duplicates,
             alerts_stored=len(new_steps),
             committed_at=committed_at,
+            telemetry_refused=screened.telemetry_refused,
+            alerts_refused=screened.alerts_refused,
+            refused=screened.refused,
         )
         return ack, new_steps
 

@@ -55,6 +55,7 @@ from pydantic import ValidationError
 
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic
 from cloud.errors import CloudError, StorageError
+from cloud.limits import RateLimitedError, install_log_throttle
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ class MqttIngestMetrics:
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
         self.messages = Counter(
             "vigil_cloud_mqtt_messages_total",
-            "Uplink messages handled, by result (stored, duplicate, malformed, rejected, abandoned)",
+            "Uplink messages handled, by result (stored, duplicate, malformed, rejected, rate_limited, "
+            "abandoned)",
             ["result"],
             registry=r,
         )
@@ -504,7 +506,8 @@ class IngestWorker:
         if conn is None:  # stored, but the connection went: the redelivery will be answered duplicate=true
             self.metrics.messages.labels("abandoned").inc()
             return
-        conn.publish(mqtt_ack_topic(gateway_id), ack.model_dump_json().encode())
+        # a version-1 gateway gets a version-1 ack (no refusal fields), as on HTTP
+        conn.publish(mqtt_ack_topic(gateway_id), json.dumps(ack.for_version(batch.contract_version)).encode())
         conn.ack(d)
         self.metrics.messages.labels("duplicate" if ack.duplicate else "stored").inc()
 
@@ -524,6 +527,11 @@ class IngestWorker:
                     "ingest failed with a storage error; retrying",
                     extra={"batch_id": batch.batch_id, "gateway_id": gateway_id, "error": str(exc)},
                 )
+            except RateLimitedError as exc:  # over quota: answered like HTTP's 429; the gateway retries
+                self._poison(
+                    d, gateway_id, batch.batch_id, exc.code, exc.detail, retry_after_s=exc.retry_after_s
+                )
+                return None
             except CloudError as exc:  # refused (4xx class): retrying cannot help
                 self._poison(d, gateway_id, batch.batch_id, exc.code, exc.detail)
                 return None
@@ -541,9 +549,22 @@ class IngestWorker:
             await self._sleep(next(delays))
 
     def _poison(
-        self, d: _Delivery, gateway_id: str | None, batch_id: str | None, code: str, detail: str
+        self,
+        d: _Delivery,
+        gateway_id: str | None,
+        batch_id: str | None,
+        code: str,
+        detail: str,
+        *,
+        retry_after_s: float | None = None,
     ) -> None:
-        result = "malformed" if code in ("bad_topic", "validation") else "rejected"
+        result = (
+            "malformed"
+            if code in ("bad_topic", "validation")
+            else "rate_limited"
+            if code == "rate_limited"
+            else "rejected"
+        )
         self.metrics.messages.labels(result).inc()
         log.warning(
             "uplink message %s: %s",
@@ -561,7 +582,9 @@ class IngestWorker:
         if conn is None:
             return
         if gateway_id is not None:
-            body = {"batch_id": batch_id, "error": code, "detail": detail}
+            body: dict[str, object] = {"batch_id": batch_id, "error": code, "detail": detail}
+            if retry_after_s is not None:
+                body["retry_after_s"] = round(retry_after_s, 1)
             conn.publish(mqtt_ack_topic(gateway_id), json.dumps(body).encode())
         conn.ack(d)
 
@@ -598,6 +621,7 @@ async def serve(settings: Any, config: MqttIngestConfig, *, workers: int = 1, re
 
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    install_log_throttle()  # a hostile gateway's poison messages must not flood the journal
     state = await asyncio.to_thread(CloudState.build, settings)
     metrics = MqttIngestMetrics(registry if registry is not None else state.metrics.registry)
     try:

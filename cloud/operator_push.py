@@ -102,15 +102,30 @@ async def _store(state: CloudState, platform: str, body: bytes, readings: list[R
         sent_at=state.clock.now(),
         telemetry=blocks,
     )
-    try:
-        ack = await state.ingest.ingest(batch, gateway_id=platform, allow_unassigned=True)
-    except PermissionDeniedError as exc:
-        state.metrics.push_messages.labels(platform, "unknown_device").inc()
-        raise NotFoundError(f"device(s) {exc.device_ids} are not registered for {platform}") from exc
+    ack = await state.ingest.ingest(batch, gateway_id=platform, allow_unassigned=True)
+    for ref in ack.refused:  # assigned to a real gateway, or out of the time window: counted, not stored
+        state.metrics.push_messages.labels(platform, ref.reason).inc(ref.count)
+    if ack.telemetry_refused and not (ack.telemetry_stored or ack.telemetry_duplicates or ack.duplicate):
+        ids = sorted({r.device_id for r in ack.refused})
+        raise NotFoundError(f"device(s) {ids} are not registered for {platform}")
     state.metrics.push_messages.labels(platform, "stored").inc()
     return PushResult(
-        stored=ack.telemetry_stored, duplicates=ack.telemetry_duplicates, duplicate_push=ack.duplicate
+        stored=ack.telemetry_stored,
+        duplicates=ack.telemetry_duplicates,
+        duplicate_push=ack.duplicate,
+        rejected=ack.telemetry_refused,
     )
+
+
+def _check_time(state: CloudState, t: float) -> str | None:
+    """Why a platform's timestamp is unusable (outside the cloud's window), or ``None``.
+
+    A push stamped far in the future would move the device's ``last_seen`` beyond any silence check
+    (a CTWing push with timestamp 1e30 made a device impossible to flag as silent)."""
+    lo, hi = state.ingest.limits.time_window(state.clock.now())
+    if lo <= t <= hi:
+        return None
+    return f"timestamp {t:.3f} is outside the cloud's window [{lo:.0f}, {hi:.0f}]"
 
 
 def _check_ctwing_token(state: CloudState, token: str) -> None:
@@ -155,11 +170,15 @@ async def ctwing_push(
     if device_id not in kinds:
         state.metrics.push_messages.labels(CTWING, "unknown_device").inc()
         raise NotFoundError(f"device {device_id} is not registered")
+    bad_time = _check_time(state, msg.timestamp)
+    if bad_time is not None:
+        raise _reject(state, CTWING, "time_out_of_range", body, bad_time)
     try:
         reading = _decode(msg.payload, device_id, msg.timestamp, kinds[device_id])
     except DecodeError as exc:
         raise _reject(state, CTWING, exc.reason, msg.payload, str(exc)) from exc
-    return await _store(state, CTWING, body, [reading])
+    res = await _store(state, CTWING, body, [reading])
+    return res.model_copy(update={"rejected": 0})
 
 
 @router.get(
@@ -216,6 +235,10 @@ async def onenet_push(request: Request, state: State) -> PushResult:
         if device_id not in kinds:
             unknown += 1
             continue
+        bad_time = _check_time(state, m.at)
+        if bad_time is not None:
+            rejects.append(DecodeError(f"{device_id}: {bad_time}", reason="time_out_of_range"))
+            continue
         try:
             readings.append(_decode(payload, device_id, m.at, kinds[device_id]))
         except DecodeError as exc:
@@ -241,4 +264,4 @@ async def onenet_push(request: Request, state: State) -> PushResult:
             )
         return PushResult(stored=0, ignored=ignored)
     res = await _store(state, ONENET, body, readings)
-    return res.model_copy(update={"rejected": len(rejects) + unknown, "ignored": ignored})
+    return res.model_copy(update={"rejected": res.rejected + len(rejects) + unknown, "ignored": ignored})

@@ -82,7 +82,8 @@ async def test_same_frames_in_a_new_batch_are_deduplicated(cloud: Cloud) -> None
     assert cloud.state.registry.get(MANHOLE_1, "admin").seq_gaps_total == 0
 
 
-async def test_gateway_may_not_write_for_other_devices(cloud: Cloud) -> None:
+async def test_gateway_may_not_write_for_other_devices_but_its_own_are_stored(cloud: Cloud) -> None:
+    """Issue 11: one foreign or forged record must not block the batch it travels in."""
     unknown = "70B3D57ED0009999"
     b = batch(
         "batch-forbid", readings(M, MANHOLE_1, [1]), readings(M, MANHOLE_2, [1]), readings(M, unknown, [1])
@@ -90,14 +91,27 @@ async def test_gateway_may_not_write_for_other_devices(cloud: Cloud) -> None:
     r = await cloud.client.post(
         HTTP_PATH, content=body(b), headers={**cloud.gw1, "content-type": "application/json"}
     )
-    assert r.status_code == 403
-    assert r.json()["device_ids"] == sorted([MANHOLE_2, unknown])
-    # nothing was stored, not even the allowed device's readings
-    assert len(cloud.state.store.query(MANHOLE_1, M, T0 - 1, T0 + 60)) == 0
-    assert cloud.state.registry.get(MANHOLE_1, "admin").readings_total == 0
+    assert r.status_code == 200, r.text
+    ack = UplinkAck.model_validate(r.json())
+    assert ack.telemetry_stored == 1 and ack.telemetry_refused == 2
+    assert {(x.device_id, x.reason, x.count) for x in ack.refused} == {
+        (MANHOLE_2, "not_assigned", 1),
+        (unknown, "unknown_device", 1),
+    }
+    # the gateway's own device was stored; the others were not
+    assert len(cloud.state.store.query(MANHOLE_1, M, T0 - 1, T0 + 60)) == 1
+    assert len(cloud.state.store.query(MANHOLE_2, M, T0 - 1, T0 + 60)) == 0
+    assert cloud.state.registry.get(MANHOLE_1, "admin").readings_total == 1
+    assert cloud.state.registry.get(MANHOLE_2, "admin").readings_total == 0
     metrics = (await cloud.client.get("/metrics")).text
     assert "vigil_cloud_forbidden_devices_total 2.0" in metrics
-    assert 'vigil_cloud_rejects_total{reason="forbidden"} 1.0' in metrics
+    assert 'vigil_cloud_refused_records_total{reason="not_assigned",record="telemetry"} 1.0' in metrics
+    assert 'vigil_cloud_refused_records_total{reason="unknown_device",record="telemetry"} 1.0' in metrics
+    # a retry is a duplicate (the batch was committed), never a blockage
+    again = await cloud.client.post(
+        HTTP_PATH, content=body(b), headers={**cloud.gw1, "content-type": "application/json"}
+    )
+    assert again.status_code == 200 and again.json()["duplicate"] is True
 
 
 async def test_batch_naming_another_gateway_is_refused(cloud: Cloud) -> None:
@@ -215,12 +229,15 @@ async def test_a_failing_sink_never_unacknowledges(cloud: Cloud) -> None:
     assert "vigil_cloud_alert_sink_errors_total 1.0" in (await cloud.client.get("/metrics")).text
 
 
-async def test_wrong_kind_for_registered_device_is_400(cloud: Cloud) -> None:
-    b = batch("batch-kind-1", readings(S, MANHOLE_1, [1]))
+async def test_wrong_kind_for_registered_device_is_refused_per_record(cloud: Cloud) -> None:
+    b = batch("batch-kind-1", readings(S, MANHOLE_1, [1]), readings(S, SMOKE_1, [1]))
     r = await cloud.client.post(
         HTTP_PATH, content=body(b), headers={**cloud.gw1, "content-type": "application/json"}
     )
-    assert r.status_code == 400 and MANHOLE_1 in r.json()["detail"]
+    assert r.status_code == 200
+    ack = UplinkAck.model_validate(r.json())
+    assert ack.telemetry_stored == 1
+    assert [(x.device_id, x.reason) for x in ack.refused] == [(MANHOLE_1, "wrong_kind")]
 
 
 async def test_gateway_status_is_kept(cloud: Cloud) -> None:

@@ -80,18 +80,26 @@ async def test_two_workers_store_a_stream_once_with_the_real_service(
     # (reported to the ingest owner; see docs/timeseries.md "Ordering").
 
 
-async def test_foreign_devices_are_refused_with_an_error_ack(
+async def test_foreign_devices_are_refused_per_record_and_named_in_the_ack(
     cloud_sqlite: Cloud, mosquitto: MosquittoServer
 ) -> None:
+    """Issue 11: on MQTT as on HTTP, a foreign device's records are refused by name, its neighbours stored."""
     cloud = cloud_sqlite
     group = f"g{uuid.uuid4().hex[:8]}"
     worker = IngestWorker(cfg(mosquitto, group, f"w-{uuid.uuid4().hex[:6]}"), cloud.state.ingest)
-    foreign = batch("mqtt-foreign-01", readings(DeviceKind.SMOKE_ALARM, SMOKE_1, [1]), gateway_id=GW2)
+    foreign = batch(
+        "mqtt-foreign-01",
+        readings(DeviceKind.SMOKE_ALARM, SMOKE_1, [1]),  # GW1's device, sent by GW2
+        readings(DeviceKind.MANHOLE, "70B3D57ED0000002", [1]),  # GW2's own
+        gateway_id=GW2,
+    )
     async with running(worker), gateway_client(mosquitto, GW2) as (pub, acks):
         await pub.publish(mqtt_up_topic(GW2), foreign.model_dump_json(), qos=1)
         await wait_until(lambda: len(acks) >= 1)
-    assert acks[0]["batch_id"] == "mqtt-foreign-01" and acks[0]["error"] == "forbidden"
-    assert worker.metrics.messages.labels("rejected")._value.get() == 1
+    ack = UplinkAck.model_validate(acks[0])
+    assert ack.batch_id == "mqtt-foreign-01" and ack.telemetry_stored == 1 and ack.telemetry_refused == 1
+    assert [(r.device_id, r.reason) for r in ack.refused] == [(SMOKE_1, "not_assigned")]
+    assert worker.metrics.messages.labels("stored")._value.get() == 1
     series = await asyncio.to_thread(
         cloud.state.store.query, SMOKE_1, DeviceKind.SMOKE_ALARM, T0 - 1, T0 + 60
     )

@@ -156,4 +156,6 @@ async def test_decommissioned_device_is_gone_but_its_gateway_cannot_write_for_it
     r = await cloud.client.post(
         HTTP_PATH, content=body(b), headers={**cloud.gw1, "content-type": "application/json"}
     )
-    assert r.status_code == 403 and r.json()["device_ids"] == [BAND_1]
+    # refused per record (issue 11): stored nothing for it, named it, and did not block the batch
+    assert r.status_code == 200 and r.json()["telemetry_stored"] == 0
+    assert [(x["device_id"], x["reason"]) for x in r.json()["refused"]] == [(BAND_1, "unknown_device")]

@@ -1,0 +1,190 @@
+"""Per-record screening of an uplink batch: what this gateway may write, and why the rest is refused.
+
+A gateway is trusted with its own devices only. One forged radio frame, or a neighbour's device heard over
+the air, must never block the batch it travels in (that silenced every later alarm of the gateway), so
+every record is judged on its own (``docs/contract.md``, *Per-record acceptance*):
+
+- telemetry: the device must be registered, assigned to this gateway (or to none, for operator-platform
+  pushes), registered as the block's kind, and the reading's time must lie within the cloud's window
+  (:meth:`cloud.limits.IngestLimits.time_window`);
+- alert steps: the same device rules; ``alert_id`` must be ``device_id/event_type/episode_ms`` (a step
+  cannot name another device's alert); ``time``, ``frame_time`` and the episode start must lie within the
+  window; and an existing alert with that id must be the same device, kind and event and must not have been
+  raised by the cloud itself (connectivity alerts are the cloud's to clear).
+
+Everything is vectorised per telemetry block (``np.isin`` + one time mask); only refused rows cost Python.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alerts.contract import (
+    MAX_REFUSALS_PER_ACK,
+    AlertEvent,
+    Refusal,
+    RefusalReason,
+    TelemetryBlock,
+    UplinkBatch,
+)
+from cloud.db import Alert, Device
+from firmware_bridge.kernel.events import alert_id as make_alert_id
+
+_CHUNK = 2000  # ids per IN (...) list
+CLOUD_SOURCE = "cloud"  # cloud.connectivity.SOURCE: alerts the cloud raised itself
+
+
+@dataclass
+class Screened:
+    """The part of a batch that may be stored, and the refusals."""
+
+    telemetry: list[TelemetryBlock]
+    alerts: list[AlertEvent]
+    refused: list[Refusal] = field(default_factory=list)
+    telemetry_refused: int = 0
+    alerts_refused: int = 0
+    by_reason: dict[tuple[str, str], int] = field(default_factory=dict)  # (record, reason) -> count
+
+    @property
+    def unknown_devices(self) -> list[str]:
+        return sorted({r.device_id for r in self.refused if r.reason == "unknown_device"})
+
+
+def _device_table(s: Session, ids: list[str]) -> dict[str, tuple[str | None, str]]:
+    found: dict[str, tuple[str | None, str]] = {}
+    for i in range(0, len(ids), _CHUNK):
+        for dev_id, gw, kind in s.execute(
+            select(Device.device_id, Device.gateway_id, Device.kind).where(
+                Device.device_id.in_(ids[i : i + _CHUNK])
+            )
+        ):
+            found[dev_id] = (gw, kind)
+    return found
+
+
+def _alert_table(s: Session, ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
+    found: dict[str, tuple[str, str, str, str]] = {}
+    for i in range(0, len(ids), _CHUNK):
+        for aid, dev, kind, et, src in s.execute(
+            select(Alert.alert_id, Alert.device_id, Alert.kind, Alert.event_type, Alert.source).where(
+                Alert.alert_id.in_(ids[i : i + _CHUNK])
+            )
+        ):
+            found[aid] = (dev, kind, et, src)
+    return found
+
+
+def screen(
+    s: Session,
+    batch: UplinkBatch,
+    gateway_id: str,
+    *,
+    window: tuple[float, float],
+    allow_unassigned: bool = False,
+) -> Screened:
+    """Split ``batch`` into what ``gateway_id`` may store and what is refused (``s``: a read session)."""
+    lo, hi = window
+    ids = sorted({d for b in batch.telemetry for d in b.device_id} | {a.device_id for a in batch.alerts})
+    devices = _device_table(s, ids)
+    allowed_gw = {gateway_id, None} if allow_unassigned else {gateway_id}
+
+    def device_reason(dev: str, kind: str) -> RefusalReason | None:
+        found = devices.get(dev)
+        if found is None:
+            return "unknown_device"
+        if found[0] not in allowed_gw:
+            return "not_assigned"
+        if found[1] != kind:
+            return "wrong_kind"
+        return None
+
+    out = Screened(telemetry=[], alerts=[])
+    tele_tally: Tally[tuple[str, RefusalReason]] = Tally()
+    for block in batch.telemetry:
+        n = len(block)
+        if not n:
+            continue
+        dev = np.asarray(block.device_id, dtype=np.str_)
+        tm = np.asarray(block.time, dtype=np.float64)
+        uniq = np.unique(dev)
+        reasons = {str(d): device_reason(str(d), block.kind.value) for d in uniq}
+        bad_dev = np.array([d for d, r in reasons.items() if r is not None], dtype=np.str_)
+        dev_ok = ~np.isin(dev, bad_dev) if len(bad_dev) else np.ones(n, dtype=bool)
+        time_ok = (tm >= lo) & (tm <= hi)
+        keep = dev_ok & time_ok
+        if keep.all():
+            out.telemetry.append(block)
+            continue
+        for i in np.flatnonzero(~keep).tolist():
+            d = str(dev[i])
+            tele_tally[(d, reasons[d] or "time_out_of_range")] += 1
+        if keep.any():
+            out.telemetry.append(TelemetryBlock.from_batch(block.to_batch().take(keep)))
+    for (d, reason), count in sorted(tele_tally.items()):
+        out.telemetry_refused += count
+        out.by_reason[("telemetry", reason)] = out.by_reason.get(("telemetry", reason), 0) + count
+        detail = (
+            f"{count} reading(s) outside the cloud's time window" if reason == "time_out_of_range" else ""
+        )
+        out.refused.append(
+            Refusal(record="telemetry", device_id=d, reason=reason, count=count, detail=detail)
+        )
+
+    existing = _alert_table(s, sorted({a.alert_id for a in batch.alerts}))
+    for a in batch.alerts:
+        why, detail = _alert_reason(a, device_reason(a.device_id, _v(a.kind)), existing, lo, hi)
+        if why is None:
+            out.alerts.append(a)
+            continue
+        reason = why
+        out.alerts_refused += 1
+        out.by_reason[("alert", reason)] = out.by_reason.get(("alert", reason), 0) + 1
+        out.refused.append(
+            Refusal(
+                record="alert",
+                device_id=a.device_id,
+                reason=reason,
+                alert_id=a.alert_id[:160],
+                phase=a.phase,
+                time=a.time,
+                detail=detail,
+            )
+        )
+    del out.refused[MAX_REFUSALS_PER_ACK:]
+    return out
+
+
+def _v(x: object) -> str:
+    return str(getattr(x, "value", x))
+
+
+def _alert_reason(
+    a: AlertEvent,
+    device_reason: RefusalReason | None,
+    existing: dict[str, tuple[str, str, str, str]],
+    lo: float,
+    hi: float,
+) -> tuple[RefusalReason | None, str]:
+    if device_reason is not None:
+        return device_reason, ""
+    if a.alert_id != make_alert_id(a.device_id, a.event_type, a.episode_ms):
+        return "alert_id_mismatch", "alert_id must be device_id/event_type/episode_ms"
+    for name, t in (("time", a.time), ("frame_time", a.frame_time), ("episode", a.episode_ms / 1000.0)):
+        if not lo <= t <= hi:
+            return "time_out_of_range", f"{name} {t:.3f} is outside the cloud's window [{lo:.0f}, {hi:.0f}]"
+    found = existing.get(a.alert_id)
+    if found is not None:
+        dev, kind, et, src = found
+        if src == CLOUD_SOURCE:
+            return "alert_not_owned", "the cloud raised this alert; only the cloud clears it"
+        if (dev, kind, et) != (a.device_id, _v(a.kind), _v(a.event_type)):
+            return "alert_not_owned", "an alert with this id belongs to another device, kind or event"
+    return None, ""
+
+
+__all__ = ["CLOUD_SOURCE", "Screened", "screen"]
