@@ -101,6 +101,36 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _role(args: argparse.Namespace) -> int:
+    """`vigil cloud jobs | mqtt-ingest | detect`: the app's lifespan without HTTP (cloud/roles.py)."""
+    import asyncio
+
+    from cloud.logs import configure_json_logging
+    from cloud.roles import run_role
+
+    overrides: dict[str, object] = {}
+    if args.cloud_command == "jobs":
+        overrides = {"run_jobs": True}
+    elif args.cloud_command == "detect":
+        overrides = {"run_jobs": True, "jobs_only": "detect", "detect_batch_max": args.batch_max}
+    if getattr(args, "client_id", None):
+        overrides["mqtt_client_id"] = args.client_id
+    s = _settings(args).model_copy(update=overrides)
+    if s.json_logs:
+        configure_json_logging(args.log_level)
+    if args.cloud_command == "detect" and not s.detect_gateway_ids:
+        from cloud.errors import ConfigError
+
+        raise ConfigError("cloud-side detection is off: set VIGIL_CLOUD_DETECT_GATEWAYS (e.g. ctwing,onenet)")
+    body = None
+    if args.cloud_command == "mqtt-ingest":
+        from cloud.roles import mqtt_body
+
+        body = mqtt_body(s, args.workers)
+    asyncio.run(run_role(s, body, metrics_port=args.metrics_port))
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from cloud.db import upgrade_head
 
@@ -181,6 +211,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m = csub.add_parser("migrate", help="upgrade the database schema to the newest version (alembic)")
     _common(m)
     m.set_defaults(handler=_guard(_migrate))
+
+    roles = {
+        "jobs": "run the periodic jobs (connectivity, escalation, retries): each in one process at a time",
+        "mqtt-ingest": "MQTT ingest workers on the broker's shared subscription (VIGIL_CLOUD_MQTT_*)",
+        "detect": "cloud-side detection over readings that arrive without a Vigil gateway",
+    }
+    for name, text in roles.items():
+        r = csub.add_parser(name, help=text, description=text + ". See docs/deploy-district.md.")
+        r.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+        if name == "mqtt-ingest":
+            r.add_argument("--workers", type=int, default=1, help="workers in this process (default 1)")
+            r.add_argument("--client-id", help="stable client id prefix (default VIGIL_CLOUD_MQTT_CLIENT_ID)")
+        if name == "detect":
+            r.add_argument("--batch-max", type=int, default=50_000, help="readings per detection pass")
+        _common(r)
+        r.set_defaults(handler=_guard(_role))
 
     g = csub.add_parser("gateway", help="provision, rotate or revoke a gateway credential")
     g.add_argument("action", choices=("add", "rotate", "revoke"))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -115,7 +115,9 @@ class JobRunner:
         ttl_s: float = 15.0,
         poll_s: float | None = None,
         metrics: JobMetrics | None = None,
+        only: Iterable[str] | None = None,
     ) -> None:
+        """``only``: run just these of the registered jobs in this process (``None`` = all)."""
         if ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
         self.lease = lease
@@ -124,6 +126,7 @@ class JobRunner:
         self.poll_s = poll_s if poll_s is not None else ttl_s / 3
         self.metrics = metrics or JobMetrics()
         self._jobs: dict[str, _Job] = {}
+        self._only = None if only is None else frozenset(only)
         self._held: dict[str, _Held] = {}
         self._running = False
 
@@ -141,7 +144,8 @@ class JobRunner:
 
     @property
     def jobs(self) -> list[str]:
-        return list(self._jobs)
+        """The jobs this process takes part in (registered, and selected by ``only``)."""
+        return [n for n in self._jobs if self._only is None or n in self._only]
 
     def holds(self, name: str) -> bool:
         """Whether this process currently holds ``name``'s lease."""
@@ -153,7 +157,7 @@ class JobRunner:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._heartbeat(), name="jobs-heartbeat")
-                for job in self._jobs.values():
+                for job in (self._jobs[n] for n in self.jobs):
                     tg.create_task(self._loop(job), name=f"job[{job.name}]")
         finally:
             held, self._held = dict(self._held), {}

@@ -50,11 +50,22 @@ class CloudSettings(BaseModel):
     onenet_token: str = ""
     #: JSON lines on stderr (production) instead of the plain text format
     json_logs: bool = True
+    #: TOML file configuring notification channels (docs/notifications.md); unset = in-app only
+    notify_config_file: Path | None = None
     #: take part in the periodic jobs (connectivity, escalation, notification retries) in this process;
     #: each job runs in exactly one process at a time under a lease (``cloud/jobs.py``)
     run_jobs: bool = True
     #: lease time-to-live of a periodic job: a dead holder is replaced within about this long
     job_lease_ttl_s: float = Field(default=15.0, gt=0)
+    #: run only these periodic jobs in this process (comma-separated names; empty = all registered)
+    jobs_only: str = ""
+    #: cloud-side detection for devices assigned to these gateway ids (comma-separated, e.g. the operator
+    #: platforms ``ctwing,onenet``); empty = off. Their readings are queued for the ``detect`` job.
+    detect_gateways: str = ""
+    #: readings per detection pass (one fenced transaction)
+    detect_batch_max: int = Field(default=50_000, ge=1)
+    #: how often the ``detect`` job drains the queue (clock seconds)
+    detect_interval_s: float = Field(default=1.0, gt=0)
     #: MQTT ingest workers (``vigil cloud mqtt-ingest``): the broker, and this worker's stable client id
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=1, le=65535)
@@ -66,6 +77,15 @@ class CloudSettings(BaseModel):
     @property
     def is_embedded(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def jobs_selected(self) -> list[str] | None:
+        names = [n.strip() for n in self.jobs_only.split(",") if n.strip()]
+        return names or None
+
+    @property
+    def detect_gateway_ids(self) -> list[str]:
+        return [g.strip() for g in self.detect_gateways.split(",") if g.strip()]
 
     @property
     def should_migrate(self) -> bool:

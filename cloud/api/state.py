@@ -8,6 +8,8 @@ from cloud.auth import Credentials
 from cloud.connectivity import ConnectivityMonitor
 from cloud.crypto import SecretBox, load_or_create_key
 from cloud.db import Database, upgrade_head
+from cloud.detect_worker import JOB_NAME as DETECT_JOB
+from cloud.detect_worker import CloudDetector, InboxTap
 from cloud.ingest import AlertSink, IngestService, NullAlertSink
 from cloud.jobs import JobMetrics, JobRunner
 from cloud.lease import open_lease
@@ -51,6 +53,8 @@ class CloudState:
             if settings.should_migrate:
                 upgrade_head(settings.database_url)
             store = open_timeseries(settings.timeseries_url)
+            if settings.detect_gateway_ids:  # cloud-side detection: queue those devices' readings
+                store = InboxTap(store, db, gateways=settings.detect_gateway_ids)
         except Exception:
             db.close()
             raise
@@ -68,9 +72,13 @@ class CloudState:
             clock=clock,
             ttl_s=settings.job_lease_ttl_s,
             metrics=JobMetrics(metrics.registry),
+            only=settings.jobs_selected,
         )
         if settings.connectivity_check_s > 0:
             jobs.register("connectivity", settings.connectivity_check_s, monitor.job)
+        if settings.detect_gateway_ids:
+            detector = CloudDetector(db, sink=sink, clock=clock, batch_max=settings.detect_batch_max)
+            jobs.register(DETECT_JOB, settings.detect_interval_s, detector.job)
         return cls(
             settings=settings,
             db=db,
