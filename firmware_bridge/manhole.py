@@ -16,7 +16,7 @@ HEARTBEAT_S = 12 * 3600.0  # GB/T 41401-2022 devices report every 12-24 h, immed
 CHANNELS: tuple[Channel, ...] = (
     Channel("tilt_deg", "°", 0.0, 180.0, ">u2", 0.01, "cover tilt from horizontal, now"),
     Channel("tilt_ref_deg", "°", 0.0, 90.0, ">u2", 0.01, "tilt recorded at installation (the road's slope)"),
-    Channel("vibration_g", "g", 0.0, 16.0, ">u2", 0.001, "peak vibration since the last uplink"),
+    Channel("vibration_g", "g", 0.0, 16.0, ">u2", 0.001, "peak vibration since the previous uplink"),
     Channel("water_distance_cm", "cm", 0.0, 2000.0, ">u2", 0.1, "ultrasonic distance cover -> water surface"),
     Channel("ch4_pct_lel", "%LEL", 0.0, 100.0, ">u2", 0.1, "combustible gas, % of lower explosive limit"),
     Channel("h2s_ppm", "ppm", 0.0, 500.0, ">u2", 0.1, "hydrogen sulphide"),
@@ -31,6 +31,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("heartbeat", 3, "periodic heartbeat uplink"),
     Flag("low_battery", 4, "battery below the device's own threshold"),
     Flag("sensor_fault", 5, "a sensor failed its self-test"),
+    Flag("tilt_settled", 6, "tilt held past the threshold with the cover at rest >= 5 s (fw >= 1.3)"),
 )
 
 CODEC = PayloadCodec(KIND, KIND_CODE, CHANNELS, FLAGS)

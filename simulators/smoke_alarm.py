@@ -35,6 +35,7 @@ SMOKE_ALARM_DB_M = 0.15  # device threshold (EN 14604 sensitivity window is roug
 HEAT_ALARM_C = 57.0  # EN 54-5 class A1 fixed temperature
 CO_ALARM_PPM = 70.0
 HUSH_MAX_S = 600.0
+CLEAR_MARGIN_DB_M = 0.02  # the smoke bit's hysteresis: it clears this far below the alarm threshold
 
 
 class SmokeAlarmModel(KindModel):
@@ -111,7 +112,10 @@ class SmokeAlarmModel(KindModel):
             return None
         dur = float(s.end[row] - s.start[row])
         el = dur / math.pi * math.asin(need / peak)
-        return float(s.start[row] + el), float(s.end[row] - el)
+        # the bit clears with hysteresis (density CLEAR_MARGIN below the threshold) and the device uplinks
+        # then (docs/payloads.md: a state-change uplink when a bit clears), so that frame shows it cleared
+        el_down = dur / math.pi * math.asin(max(need - CLEAR_MARGIN_DB_M, 0.0) / peak)
+        return float(s.start[row] + el), float(s.end[row] - el_down)
 
     def derive(self, base: Schedule, start: float, duration_s: float) -> Schedule:
         e_cook = self.eidx["cooking"]

@@ -25,6 +25,7 @@ import logging
 import math
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +74,18 @@ class DetectionEngine:
     """Vectorised detection for every device kind; see the module docstring."""
 
     def __init__(
-        self, profiles: ProfileSet | None = None, *, grace_period: int = DEFAULT_GRACE_PERIOD
+        self,
+        profiles: ProfileSet | None = None,
+        *,
+        grace_period: int = DEFAULT_GRACE_PERIOD,
+        rules: Mapping[DeviceKind, Any] | None = None,
     ) -> None:
+        """``rules`` replaces the registry's rule modules (a frozen earlier rule set for a benchmark)."""
         self.profiles = profiles or ProfileSet()
         self.grace_period = int(grace_period)
+        modules = RULES if rules is None else rules
         self.kinds: dict[DeviceKind, KindState] = {
-            k: KindState(k, self.profiles, self.grace_period) for k in RULES
+            k: KindState(k, self.profiles, self.grace_period, module=modules[k]) for k in modules
         }
         self.counters = EngineCounters()
 
@@ -182,7 +189,7 @@ class DetectionEngine:
         )
         verdicts = ks.module.evaluate(ctx)
         for et, v in verdicts.items():
-            tr = ks.episodes[et].step(rows, t, v.level, v.value, v.immediate, v.since)
+            tr = ks.episodes[et].step(rows, t, v.level, v.value, v.immediate, v.since, v.confirm_after)
             if len(tr.idx):
                 events += self._emit(ks, et, tr, rows, t, v.value, now)
         return events

@@ -7,9 +7,11 @@ level the condition is at (:data:`CLEAR`, :data:`HOLD`, :data:`UNKNOWN` or a sev
 whether the reading is proof enough on its own (``immediate``). This module turns that into steps:
 
 * **raise** when the condition held for ``need_count`` readings in a row spanning ``for_s`` seconds (no
-  two of them more than ``max_gap_s`` apart), or at once for an ``immediate`` reading. The episode id
-  is the time of the *first* reading that showed the condition (or the rule's ``since``), so replays
-  and restarts keep it.
+  two of them more than ``max_gap_s`` apart), or at once for an ``immediate`` reading, or - for a
+  reading that carries ``confirm_after`` - when that many seconds pass without a reading that contradicts
+  it (devices that uplink at once on a return to normal: their silence is evidence, raised by ``due``).
+  The episode id is the time of the *first* reading that showed the condition (or the rule's
+  ``since``), so replays and restarts keep it.
 * **update** when the level rises (MEDIUM -> HIGH), when a MEDIUM episode persists ``escalate_after_s``
   (warning -> critical) and, as a reminder, every ``remind_every_s`` while open.
 * **clear** after ``clear_count`` readings at :data:`CLEAR` and at least ``min_open_s`` after raising.
@@ -47,6 +49,9 @@ _STATE: dict[str, tuple[str, float]] = {
     "clear_count": ("i4", 0),
     "value": ("f8", np.nan),
     "frame_time": ("f8", np.nan),
+    "deadline": ("f8", np.nan),  # raise at this time unless a CLEAR/HOLD reading comes first
+    "pending_sev": ("i1", 0),
+    "pending_value": ("f8", np.nan),
 }
 
 
@@ -107,6 +112,7 @@ class EpisodeTable:
         value: npt.NDArray[np.float64],
         immediate: npt.NDArray[np.bool_] | None = None,
         since: npt.NDArray[np.float64] | None = None,
+        confirm_after: npt.NDArray[np.float64] | None = None,
     ) -> Transitions:
         """Advance the machines of ``rows`` (unique) by one reading each."""
         a = self.arrays
@@ -138,6 +144,7 @@ class EpisodeTable:
         reset = closed & ((level == CLEAR) | (level == HOLD))
         a["pending_count"][rows[reset]] = 0
         a["pending_since"][rows[reset]] = np.nan
+        a["deadline"][rows[reset | stale]] = np.nan
 
         pend = a["pending_since"][rows]
         ready = cont & (imm | ((a["pending_count"][rows] >= r.need_count) & ((t - pend) >= r.for_s)))
@@ -155,10 +162,20 @@ class EpisodeTable:
             a["clear_count"][rr] = 0
             a["value"][rr] = value[ready]
             a["frame_time"][rr] = t[ready]
+            a["deadline"][rr] = np.nan
             i = np.flatnonzero(ready)
             idx_parts.append(i)
             phases += [AlertPhase.RAISED] * len(i)
             sev_parts.append(level[ready].astype(np.int8))
+        wait = cont & ~ready
+        if wait.any():
+            rw = rows[wait]
+            again = a["pending_count"][rw] > 1
+            a["pending_sev"][rw] = np.maximum(a["pending_sev"][rw] * again, level[wait])
+            a["pending_value"][rw] = value[wait]
+            if confirm_after is not None:
+                due_at = t[wait] + confirm_after[wait]
+                a["deadline"][rw] = np.fmin(a["deadline"][rw], due_at)  # NaN-aware: keeps the earliest
 
         # open episodes: severity rises, hold, clear
         worse = is_open & active & (level > open_sev)
@@ -205,26 +222,54 @@ class EpisodeTable:
             return _EMPTY
         if self.busy and not ((a["open_sev"][:n] > 0).any() or (a["pending_count"][:n] > 0).any()):
             self.busy = False
-        if not self.busy or (math.isinf(r.escalate_after_s) and math.isinf(r.remind_every_s)):
+        if not self.busy:
             return _EMPTY
+        confirmed = self._confirm_due(now)
+        if math.isinf(r.escalate_after_s) and math.isinf(r.remind_every_s):
+            return confirmed
         sev = a["open_sev"][:n]
         if not sev.any():
-            return _EMPTY  # nothing open for this event type (only pending ones)
+            return confirmed  # nothing open for this event type (only pending ones)
         opened = a["opened_at"][:n]
         esc = (sev > 0) & (sev < Severity.HIGH) & ((now - opened) >= r.escalate_after_s)
         rem = (sev > 0) & ~esc & ((now - a["last_step_at"][:n]) >= r.remind_every_s)
         rows_e = np.flatnonzero(esc)
         rows_r = np.flatnonzero(rem)
         if len(rows_e) == 0 and len(rows_r) == 0:
-            return _EMPTY
+            return confirmed
         a["open_sev"][rows_e] = int(Severity.HIGH)
         a["last_step_at"][rows_e] = now
         a["last_step_at"][rows_r] = now
-        idx = np.concatenate([rows_e, rows_r]).astype(np.int64)
+        idx = np.concatenate([confirmed.idx, rows_e, rows_r]).astype(np.int64)
         sev_out = np.concatenate(
-            [np.full(len(rows_e), int(Severity.HIGH), dtype=np.int8), a["open_sev"][rows_r].astype(np.int8)]
+            [
+                confirmed.severity,
+                np.full(len(rows_e), int(Severity.HIGH), dtype=np.int8),
+                a["open_sev"][rows_r].astype(np.int8),
+            ]
         )
-        return Transitions(idx, [AlertPhase.UPDATED] * len(idx), sev_out)
+        return Transitions(idx, confirmed.phase + [AlertPhase.UPDATED] * (len(rows_e) + len(rows_r)), sev_out)
+
+    def _confirm_due(self, now: float) -> Transitions:
+        """Raise pending episodes whose ``confirm_after`` deadline passed with no contradicting reading."""
+        a = self.arrays
+        n = self.capacity
+        dl = a["deadline"][:n]
+        hit = np.flatnonzero((a["open_sev"][:n] == 0) & (a["pending_count"][:n] > 0) & (dl <= now))
+        if len(hit) == 0:
+            return _EMPTY
+        sev = np.maximum(a["pending_sev"][hit], 1).astype(np.int8)
+        a["open_sev"][hit] = sev
+        a["episode_ms"][hit] = np.floor(a["pending_since"][hit] * 1000.0)
+        a["opened_at"][hit] = now
+        a["last_step_at"][hit] = now
+        a["value"][hit] = a["pending_value"][hit]
+        a["frame_time"][hit] = a["pending_last"][hit]
+        a["pending_count"][hit] = 0
+        a["pending_since"][hit] = np.nan
+        a["clear_count"][hit] = 0
+        a["deadline"][hit] = np.nan
+        return Transitions(hit.astype(np.int64), [AlertPhase.RAISED] * len(hit), sev)
 
     def raise_rows(
         self, rows: npt.NDArray[np.int64], now: float, severity: int, episode_s: npt.NDArray[np.float64]

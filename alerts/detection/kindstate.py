@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,9 +43,11 @@ class KindState:
     index: dict[str, int] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
     capacity: int = 0
+    module: Any = None  # the kind's rule module; the registry's when not given
 
     def __post_init__(self) -> None:
-        self.module = RULES[self.kind]
+        if self.module is None:
+            self.module = RULES[self.kind]
         self.spec = spec(self.kind)
         default = self.profiles.defaults[self.kind]
         self.common = {k: np.full(0, f, dtype=d) for k, (d, f) in _COMMON.items()}

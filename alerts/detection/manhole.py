@@ -5,16 +5,21 @@ Why these rules (thresholds in :class:`alerts.detection.profiles.ManholeProfile`
 * **COVER_OPEN** (HIGH, at once): the cover's reed switch says it is off its frame, or it tilts past 90°
   - a hole in a road. GB/T 41401-2022 asks for alarm-to-system <= 30 s, so one frame is enough.
 * **COVER_DISPLACED** (MEDIUM -> HIGH if it persists): ``|tilt - tilt_ref| > 10°``. A passing truck
-  shakes and tilts a cover for ~2 s, and covers report rarely, so a reading taken *while the cover
-  vibrates* (``vibration_g >= truck_vibration_g``) proves nothing and never counts; a reading the device
-  sent as an alarm while the cover is still is the device's own confirmed alarm and raises at once, and
-  two still readings in a row without the alarm bit raise too.
+  rocks a cover for ~2 s, and ``vibration_g`` is the peak since the *previous uplink* (up to 24 h back),
+  so on a busy road every frame "vibrates": vibration cannot say whether the cover shakes now. What the
+  datasheet makes certain instead: a device reports the return to normal within 30 s. So a tilted frame
+  raises at once when the device says the tilt settled (``tilt_settled``, firmware that debounces) or
+  when no vehicle touched the cover since the previous uplink (``vibration_g`` below a truck's); any
+  other tilted frame raises after ``displaced_confirm_s`` unless a return-to-normal frame arrives first
+  (the lifecycle's ``confirm_after``), and two tilted frames in a row raise too.
 * **OVERFLOW**: water surface close to the cover; **GAS_COMBUSTIBLE** / **GAS_TOXIC** / **OXYGEN_ABNORMAL**:
   the GB/T 50493-2019 two-stage gas alarms, H2S 10/20 ppm, O2 outside 19.5-23.5 %vol, with hysteresis so
   a reading hovering at the threshold does not flap. An O2 reading of exactly 0 means "no O2 cell", and
   the water distance of a cover flagging ``sensor_fault`` is not trusted (a blind ultrasonic sensor reads 0).
-* **SENSOR_FAULT**: the device's flag, or temperature, water distance and O2 all repeating the exact
-  same value for ``frozen_readings`` uplinks (noisy analogue channels never do that: stuck firmware/ADC).
+* **SENSOR_FAULT**: the device's flag, or tilt, temperature, water distance and O2 *all* repeating the
+  exact same value for ``frozen_readings`` (2) uplinks: four noisy analogue channels at their wire
+  resolution (0.01°, 0.1 °C, 0.1 cm, 0.01 %vol) never repeat together, so two repeats suffice (24 h at a
+  12 h heartbeat instead of 3 days).
 * **TAMPER** (device flag), **LOW_BATTERY** (flag or percentage).
 """
 
@@ -53,7 +58,7 @@ def rules(p: ManholeProfile) -> dict[EventType, EpisodeRule]:
     }
 
 
-FROZEN_CHANNELS = ("temperature_c", "water_distance_cm", "o2_pct_vol")
+FROZEN_CHANNELS = ("tilt_deg", "temperature_c", "water_distance_cm", "o2_pct_vol")
 
 
 def make_detectors(p: ManholeProfile, grace_period: int) -> dict[str, Detector]:
@@ -83,12 +88,11 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     open_lvl = np.where(~np.isfinite(tilt) & ~flag_open, UNKNOWN, open_lvl).astype(np.int8)
 
     disp = dev > p.tilt_threshold_deg
-    shaking = vib >= p.truck_vibration_g
-    disp_lvl = np.select(
-        [open_on, disp & shaking, disp, dev > p.tilt_clear_deg], [HOLD, HOLD, MEDIUM, HOLD], CLEAR
-    )
+    disp_lvl = np.select([open_on, disp, dev > p.tilt_clear_deg], [HOLD, MEDIUM, HOLD], CLEAR)
     disp_lvl = np.where(np.isfinite(dev), disp_lvl, UNKNOWN).astype(np.int8)
-    confirmed = disp & ctx.flag("alarm") & (vib < p.truck_vibration_g)
+    no_vehicle = ctx.flag("alarm") & (vib < p.truck_vibration_g)  # nothing shook it since the last uplink
+    confirmed = disp & (ctx.flag("tilt_settled") | no_vehicle)
+    confirm_after = np.where(disp, p.displaced_confirm_s, np.nan)
 
     o2 = ctx.col("o2_pct_vol")
     o2 = np.where(o2 > 0.0, o2, np.nan)
@@ -110,7 +114,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     ch4, h2s = ctx.col("ch4_pct_lel"), ctx.col("h2s_ppm")
     return {
         EventType.COVER_OPEN: Verdict(open_lvl, tilt, open_on),
-        EventType.COVER_DISPLACED: Verdict(disp_lvl, dev, confirmed),
+        EventType.COVER_DISPLACED: Verdict(disp_lvl, dev, confirmed, confirm_after=confirm_after),
         EventType.OVERFLOW: Verdict(
             band_low(water, p.overflow_medium_cm, p.overflow_high_cm, p.overflow_clear_cm), water
         ),

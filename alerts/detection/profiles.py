@@ -55,8 +55,12 @@ class ManholeProfile(KindProfile):
     tilt_threshold_deg: float = Field(10.0, gt=0)
     tilt_clear_deg: float = Field(7.0, ge=0)
     tilt_open_deg: float = Field(90.0, gt=0)
-    # a passing truck shakes the cover (~2 s spike); a reading taken while it shakes needs confirmation
+    # a passing truck shakes the cover (~2 s spike). vibration_g is the peak since the previous uplink
+    # (up to 24 h back): below this no vehicle touched the cover, so a tilted alarm frame is no truck
     truck_vibration_g: float = Field(0.15, gt=0)
+    # a tilted frame with a vehicle in its window (and no tilt_settled bit) is a cover displaced unless the
+    # device reports the return to normal within this long (docs/payloads.md: it must, within 30 s)
+    displaced_confirm_s: float = Field(45.0, gt=0)
     # water within 30 cm of the cover overflows onto the road soon (simulators/manhole.py OVERFLOW_CM)
     overflow_medium_cm: float = Field(30.0, ge=0)
     overflow_high_cm: float = Field(15.0, ge=0)
@@ -73,7 +77,9 @@ class ManholeProfile(KindProfile):
     o2_high_pct: float = Field(23.5, gt=0)
     o2_danger_low_pct: float = Field(16.0, gt=0)
     o2_hysteresis_pct: float = Field(0.3, ge=0)
-    frozen_readings: float = Field(6.0, gt=1, description="temperature, water and O2 all repeating = stuck")
+    frozen_readings: float = Field(
+        2.0, gt=1, description="tilt, temperature, water and O2 all repeating this many uplinks = stuck"
+    )
 
 
 class SmokeAlarmProfile(KindProfile):
@@ -81,24 +87,45 @@ class SmokeAlarmProfile(KindProfile):
     heat_fixed_c: float = Field(57.0, gt=0)
     heat_clear_c: float = Field(50.0)
     heat_ror_c_per_min: float = Field(8.3, gt=0)
-    smoke_ror_db_m_per_min: float = Field(0.15, gt=0, description="smoke thickening this fast is a fire")
+    smoke_ror_db_m_per_min: float = Field(
+        0.15, gt=0, description="unused since 2026-11 (thickening smoke is cooking too); kept for old configs"
+    )
     # corroboration of the smoke bit against cooking / steam
     smoke_density_db_m: float = Field(0.15, gt=0, description="obscuration a detector alarms at (EN 14604)")
     fire_density_db_m: float = Field(
-        0.5, gt=0, description="denser than cooking ever gets: a fire on its own"
+        1.0,
+        gt=0,
+        description="smoke alone this dense is a fire: burnt food stays below ~0.8 dB/m at the ceiling "
+        "(estimate), EN 54-7 test fires end at 2 dB/m",
     )
     temp_rise_c: float = Field(8.0, gt=0, description="rise over the learned room baseline that corroborates")
+    co_fire_ppm: float = Field(
+        25.0,
+        gt=0,
+        description="CO together with smoke that means a smouldering fire (cooking stays below; EN 50291 "
+        "devices may not alarm at 30 ppm before 120 min, so 25 ppm is still 'normal' air on its own)",
+    )
+    fire_persist_s: float = Field(
+        2700.0, gt=0, description="smoke (no steam) held this long is beyond a meal's cooking: a fire"
+    )
+    neighbour_group: float = Field(
+        float("nan"),
+        description="number shared by alarms in *separate* dwellings (one building): smoke at two of them "
+        "within neighbour_window_s is a spreading fire (NaN = no neighbours known)",
+    )
+    neighbour_window_s: float = Field(600.0, gt=0)
     steam_humidity_pct: float = Field(85.0, ge=0, le=100, description="absolute humidity that means steam")
     humidity_rise_pct: float = Field(4.0, gt=0, description="rise over the learned baseline that means steam")
     steam_humidity_unlearned_pct: float = Field(
         60.0, ge=0, le=100, description="humidity that means steam before the room's baseline is learned"
     )
-    # measured (docs/detection.md): True pages a fire one frame (~30 s) sooner but lets through ~1 cooking
-    # false alarm per 8 fires on a kitchen-heavy fleet; set it per device for hallways and bedrooms
+    # a detector in a hallway or bedroom, far from any kitchen, may trust its dry smoke bit at once
     smoke_bit_immediate: bool = Field(
         False, description="a dry, steam-free smoke bit pages on its first frame"
     )
-    nuisance_confirm_s: float = Field(20.0, ge=0, description="nuisance-looking smoke must be seen again")
+    nuisance_confirm_s: float = Field(
+        20.0, ge=0, description="unused since 2026-11 (see fire_persist_s); kept for old configs"
+    )
     hush_max_s: float = Field(600.0, ge=0, description="hush suppresses re-raise at most this long")
     # EN 50291 curve in alerts.detection.detectors.dose; clear below this concentration
     co_clear_ppm: float = Field(25.0, ge=0)
@@ -118,10 +145,10 @@ class WristbandProfile(KindProfile):
     )
     fall_recovered_steps: float = Field(3.0, ge=0, description="steps after the impact that mean 'got up'")
     fall_motion_slack_s: float = Field(
-        10.0, ge=0, description="stillness shorter than time-since-impact by more = moved"
+        10.0, ge=0, description="stillness shorter than time-since-peak by more = moved"
     )
     fall_uplink_delay_s: float = Field(
-        30.0, ge=0, description="how late after the peak a band reports its impact"
+        30.0, ge=0, description="unused since 2026-11 (the peak time comes from stillness_s); old configs"
     )
     # heart rate at rest: alert after ~10 min above 120 or below 40-50 bpm; SpO2 < 90 % hypoxaemia
     rest_steps: float = Field(30.0, ge=0, description="steps per uplink still counted as at rest")

@@ -34,6 +34,9 @@ class Verdict:
     value: FloatArray
     immediate: BoolArray | None = None
     since: FloatArray | None = None  # when the condition began, if earlier than its first active reading
+    # raise this many seconds after an active reading unless a CLEAR/HOLD reading arrives first (NaN =
+    # never): for devices that uplink at once when the condition ends, silence confirms it
+    confirm_after: FloatArray | None = None
 
 
 @dataclass

@@ -3,14 +3,19 @@
 Why these rules (thresholds in :class:`alerts.detection.profiles.WristbandProfile`):
 
 * **SOS** (HIGH, at once). Repeated presses within 5 minutes stay one episode.
-* **FALL** (HIGH): an impact above ~2.5 g (or the band's own fall flag) followed by >= 30 s of stillness,
-  with the wrist's orientation changed (ADI Analog Dialogue 43-07). The impact frame is remembered per
-  device for ``fall_window_s``, and the stillness must be reported by a *later* frame (bands uplink at
-  once on impact, then again while the wearer stays down); a person who got up (steps, or a stillness
-  shorter than the time since the impact) cancels it and is never paged. Only when the band is worn.
+* **FALL** (HIGH): an impact above ~2.5 g (or the rising edge of the band's own fall flag) followed by
+  >= 30 s of stillness, with the wrist's orientation changed (ADI Analog Dialogue 43-07). The datasheet
+  defines ``stillness_s`` *from the impact peak* (counted until motion resumes), so the peak happened
+  ``stillness_s`` before the frame that carried it: ``peak_t = t - stillness_s``. A frame with the
+  impact and >= 30 s of stillness is a fall on its own (a band that reports falls only in its 5-min
+  summary); otherwise a later frame confirms it while its stillness still reaches back to the peak.
+  Evidence of having moved - steps after the impact frame, or a stillness shorter than the time since
+  the peak - is judged *first* and cancels the impact, so a person who got up and sat down is never
+  paged. Only when the band is worn.
 * **HEART_RATE_HIGH/LOW**, **SPO2_LOW** (MEDIUM, HIGH past the critical bound; MEDIUM escalates if it
-  persists): at rest, worn, for ~10 min (``for_s``), with hysteresis. A value of 0 means "not measured"
-  and changes nothing.
+  persists): at rest, worn, in two readings in a row spanning >= 4 min (two 5-min summaries, or four
+  minutes of the per-minute uplinks firmware >= 1.6 sends while out of range), with hysteresis. A
+  value of 0 means "not measured" and changes nothing.
 * **INACTIVITY**: worn, still for ``inactivity_s`` during local daytime (night stillness is sleep).
 * **GEOFENCE_EXIT**: farther than ``geofence_radius_m`` from home, twice in a row; home is the profile's
   ``home_lat``/``home_lon`` or, when not given, learned per band as a slow EWMA of positions inside
@@ -36,6 +41,8 @@ STATE: dict[str, tuple[str, float]] = {
     "impact_t": ("f8", np.nan),
     "impact_orient": ("f8", 0.0),
     "impact_flag": ("?", 0),
+    "peak_t": ("f8", np.nan),  # estimated time of the impact peak (frame time - stillness_s)
+    "fall_seen": ("?", 0),  # the previous frame carried the band's fall flag (flag edges, not levels)
 }
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
@@ -46,9 +53,9 @@ def rules(p: WristbandProfile) -> dict[EventType, EpisodeRule]:
     return {
         EventType.SOS: EpisodeRule(min_open_s=300.0, remind_every_s=600.0),
         EventType.FALL: EpisodeRule(min_open_s=60.0, remind_every_s=600.0),
-        EventType.HEART_RATE_HIGH: EpisodeRule(need_count=2, for_s=600.0, escalate_after_s=1800.0),
-        EventType.HEART_RATE_LOW: EpisodeRule(need_count=2, for_s=600.0, escalate_after_s=1800.0),
-        EventType.SPO2_LOW: EpisodeRule(need_count=2, for_s=300.0, escalate_after_s=1800.0),
+        EventType.HEART_RATE_HIGH: EpisodeRule(need_count=2, for_s=240.0, escalate_after_s=1800.0),
+        EventType.HEART_RATE_LOW: EpisodeRule(need_count=2, for_s=240.0, escalate_after_s=1800.0),
+        EventType.SPO2_LOW: EpisodeRule(need_count=2, for_s=240.0, escalate_after_s=1800.0),
         EventType.INACTIVITY: EpisodeRule(remind_every_s=3600.0),
         EventType.GEOFENCE_EXIT: EpisodeRule(need_count=2, escalate_after_s=1800.0),
         EventType.BAND_REMOVED: EpisodeRule(need_count=2, for_s=p.band_removed_s),
@@ -69,41 +76,35 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     st = ctx.state
     acc, still = ctx.col("accel_peak_g"), ctx.col("stillness_s")
     orient, steps = ctx.col("orientation_change_deg"), ctx.col("steps")
+    still0 = np.where(np.isfinite(still), still, 0.0)
     band_fall = ctx.flag("fall")
+    flag_edge = band_fall & ~st["fall_seen"][rows]
+    st["fall_seen"][rows] = band_fall
     since = t - st["impact_t"][rows]
     had = np.isfinite(since) & (since <= p.fall_window_s)
-    # a new impact: a peak now, or the band's flag when no impact is pending (its flag repeats while down)
-    impact = worn & ((acc >= p.fall_impact_g) | (band_fall & ~had))
+    # a new impact: a peak in this frame's window, or the band's fall flag newly set
+    impact = worn & ((acc >= p.fall_impact_g) | (flag_edge & ~had))
     ri = rows[impact]
     st["impact_t"][ri] = t[impact]
+    st["peak_t"][ri] = t[impact] - still0[impact]  # stillness_s counts from the peak
     st["impact_orient"][ri] = np.where(np.isfinite(orient[impact]), orient[impact], 0.0)
     st["impact_flag"][ri] = band_fall[impact]
-    st["impact_orient"][rows[had & ~impact]] = np.fmax(
-        st["impact_orient"][rows[had & ~impact]], orient[had & ~impact]
-    )
-    st["impact_flag"][rows[had & band_fall]] = True
+    later = had & ~impact
+    st["impact_orient"][rows[later]] = np.fmax(st["impact_orient"][rows[later]], orient[later])
+    st["impact_flag"][rows[later & band_fall]] = True
     since = t - st["impact_t"][rows]
     recent = np.isfinite(since) & (since <= p.fall_window_s)
+    since_peak = t - st["peak_t"][rows]
     turned = (st["impact_orient"][rows] >= p.fall_orientation_deg) | st["impact_flag"][rows]
-    # stillness is only evidence when measured after the impact frame: the impact frame's own stillness
-    # may predate the peak (a band resting on a table before it was knocked off, or a sitting wearer)
-    # and it must have begun after the impact (a summary computed before the impact can arrive after it)
-    lying = (
-        recent
-        & ~impact
-        & worn
-        & (still >= p.fall_stillness_s)
-        & turned
-        & (still <= since + p.fall_uplink_delay_s)
-    )
-    # stillness counts from the last motion: if it is shorter than the time since the impact, the
-    # person moved after the fall; steps say the same
-    moved = (steps >= p.fall_recovered_steps) | (still < since - p.fall_motion_slack_s)
-    got_up = recent & ~impact & ~lying & moved
+    # moved after the impact, judged first: steps after the impact frame (its own steps may predate the
+    # fall), or a stillness that no longer reaches back to the peak (it restarted after motion)
+    moved = ~impact & ((steps >= p.fall_recovered_steps) | (still0 < since_peak - p.fall_motion_slack_s))
+    lying = recent & worn & turned & ~moved & (still0 >= p.fall_stillness_s)
+    got_up = recent & ~impact & moved
     st["impact_t"][rows[got_up]] = np.nan  # cancelled: never page a person who got up
     expired = np.isfinite(since) & (since > p.fall_window_s)
     st["impact_t"][rows[expired]] = np.nan
-    moving = (steps >= p.fall_recovered_steps) | (still < np.minimum(5.0, p.fall_stillness_s))
+    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
     lvl = np.select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
     return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
 

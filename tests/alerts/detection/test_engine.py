@@ -320,9 +320,8 @@ def test_ticks_between_readings_never_lose_a_pending_or_new_condition() -> None:
     assert eng.tick(T0) == []
     feed(eng, [reading(w, "W1", 0, T0, heart_rate_bpm=140, steps=0)])  # pending, not raised
     assert eng.tick(T0 + 100) == []
-    feed(eng, [reading(w, "W1", 1, T0 + 300, heart_rate_bpm=140, steps=0)])
-    assert eng.tick(T0 + 400) == []
-    ev = feed(eng, [reading(w, "W1", 2, T0 + 600, heart_rate_bpm=140, steps=0)])
+    assert eng.tick(T0 + 200) == []
+    ev = feed(eng, [reading(w, "W1", 2, T0 + 300, heart_rate_bpm=140, steps=0)])
     assert [(e.event_type, e.episode_ms) for e in ev] == [(EventType.HEART_RATE_HIGH, int(T0 * 1000))]
     assert eng.tick(T0 + 650) == []
     assert [e.event_type for e in feed(eng, [reading(w, "W2", 0, T0 + 700, "sos")])] == [EventType.SOS]

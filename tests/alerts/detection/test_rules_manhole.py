@@ -112,4 +112,4 @@ def test_tamper_low_battery_and_frozen_readings() -> None:
     ]
     ev = feed(eng, frozen)
     assert [(e.event_type, e.phase) for e in ev] == [(EventType.SENSOR_FAULT, AlertPhase.RAISED)]
-    assert ev[0].frame_time == frozen[6].time  # after 6 repeats of all three channels
+    assert ev[0].frame_time == frozen[2].time  # after 2 repeats of all four channels (24 h, was 3 days)

@@ -51,14 +51,17 @@ def test_cooking_steam_pages_no_one() -> None:
     assert ev == []
 
 
-def test_smoke_bit_alone_waits_for_a_second_frame_by_default() -> None:
+def test_thickening_dry_smoke_is_not_a_fire_until_co_corroborates() -> None:
+    """Burnt toast thickens too (issue 10): only something cooking lacks - here CO - makes it a fire."""
     eng = DetectionEngine()
     seq = _warm(eng, "S1")
     dry = dict(smoke_db_m=0.16, humidity_pct=44.0)
     assert feed(eng, [reading(S, "S1", seq, T0, "smoke_alarm", **dry)]) == []
-    ev = feed(eng, [reading(S, "S1", seq + 1, T0 + 30, "smoke_alarm", smoke_db_m=0.3, humidity_pct=44.0)])
+    thick = dict(smoke_db_m=0.3, humidity_pct=44.0)
+    assert feed(eng, [reading(S, "S1", seq + 1, T0 + 30, "smoke_alarm", **thick)]) == []
+    ev = feed(eng, [reading(S, "S1", seq + 2, T0 + 90, "smoke_alarm", co_ppm=40.0, **thick)])
     assert [(e.event_type, e.frame_time, e.episode_ms) for e in ev] == [
-        (EventType.FIRE, T0 + 30, int(T0 * 1000))
+        (EventType.FIRE, T0 + 90, int(T0 * 1000))
     ]
 
 
@@ -86,8 +89,8 @@ def test_dense_smoke_or_heat_is_a_fire_even_in_a_humid_kitchen() -> None:
             ),  # denser than cooking
             reading(S, "S2", seq2, T0, temperature_c=22.0),
             reading(S, "S2", seq2 + 1, T0 + 60, temperature_c=32.0),  # 10 °C/min > 8.3 (EN 54-5 A1)
-            reading(S, "S3", 1, T0, "smoke_alarm", smoke_db_m=0.16, humidity_pct=90.0),
-            reading(S, "S3", 2, T0 + 30, "smoke_alarm", smoke_db_m=0.3, humidity_pct=90.0),  # thickening fast
+            reading(S, "S3", 1, T0, "smoke_alarm", smoke_db_m=0.16, humidity_pct=90.0),  # steam: nothing
+            reading(S, "S3", 2, T0 + 30, "smoke_alarm", "heat_alarm", smoke_db_m=0.3, humidity_pct=90.0),
         ],
     )
     assert [(e.device_id, e.event_type, e.frame_time) for e in ev] == [
@@ -111,13 +114,14 @@ def test_temperature_noise_over_a_few_seconds_is_not_a_rate_of_rise() -> None:
 
 
 @pytest.mark.parametrize(("warm", "humidity"), [(True, 44.0), (False, 50.0)])
-def test_uncorroborated_smoke_that_persists_pages(warm: bool, humidity: float) -> None:
-    """Dry smoke persisting, in a known room or in one whose baselines are not learned yet."""
+def test_uncorroborated_smoke_that_persists_beyond_a_meal_pages(warm: bool, humidity: float) -> None:
+    """Dry smoke repeated every minute: cooking is over within fire_persist_s (45 min), a fire is not."""
     eng = DetectionEngine()
     seq = _warm(eng, "S1") if warm else 0
     smoky = dict(smoke_db_m=0.2, humidity_pct=humidity)
-    assert feed(eng, [reading(S, "S1", seq + i, T0 + 60 * i, "smoke_alarm", **smoky) for i in range(2)]) == []
-    ev = feed(eng, [reading(S, "S1", seq + 2, T0 + 120, "smoke_alarm", **smoky)])
+    frames = [reading(S, "S1", seq + i, T0 + 60 * i, "smoke_alarm", **smoky) for i in range(46)]
+    assert feed(eng, frames[:45]) == []
+    ev = feed(eng, frames[45:])
     assert of(ev, EventType.FIRE, AlertPhase.RAISED)
     assert ev[0].episode_ms == int(T0 * 1000)
 
@@ -145,26 +149,23 @@ def test_hush_never_hides_a_fire_with_rising_temperature() -> None:
     assert [(e.event_type, e.phase) for e in ev] == [(EventType.FIRE, AlertPhase.RAISED)]
 
 
-def test_hush_suppresses_re_raise_for_at_most_ten_minutes() -> None:
+def test_hush_neither_pages_nor_restarts_the_persistence_clock() -> None:
     eng = DetectionEngine()
     seq = _warm(eng, "S1")
-    humid = dict(smoke_db_m=0.2, humidity_pct=46.0)  # dry: would page if it persisted unhushed
+    dry = dict(smoke_db_m=0.2, humidity_pct=46.0)
     quiet = feed(
         eng,
-        [
-            reading(S, "S1", seq, T0, "hush", **humid),  # hushed while the kitchen is smoky
-            reading(S, "S1", seq + 1, T0 + 60, "hush", "smoke_alarm", **humid),
-            reading(S, "S1", seq + 2, T0 + 120, "hush", "smoke_alarm", **humid),
-        ],
+        [reading(S, "S1", seq, T0, "smoke_alarm", **dry)]
+        + [reading(S, "S1", seq + i, T0 + 60 * i, "hush", "smoke_alarm", **dry) for i in range(1, 11)]
+        + [reading(S, "S1", seq + 11, T0 + 700, smoke_db_m=0.02)],  # the pan is off the stove: cleared
     )
     assert quiet == []
+    # a smouldering fire hushed as "cooking": still paged once it outlasts a meal, hush or not
     late = feed(
         eng,
-        [  # a hush cannot last past ~10 min, whatever the flag says
-            reading(S, "S1", seq + 3 + i, T0 + 700 + 60 * i, "hush", "smoke_alarm", **humid) for i in range(3)
-        ],
+        [reading(S, "S1", seq + 12 + i, T0 + 3600 + 60 * i, "hush", "smoke_alarm", **dry) for i in range(47)],
     )
-    assert of(late, EventType.FIRE, AlertPhase.RAISED)
+    assert [e.frame_time for e in of(late, EventType.FIRE, AlertPhase.RAISED)] == [T0 + 3600 + 2700]
 
 
 def test_co_device_bit_and_own_dose_curve() -> None:

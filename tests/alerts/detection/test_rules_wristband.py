@@ -106,7 +106,8 @@ def test_heart_rate_high_at_rest_for_ten_minutes_not_while_walking() -> None:
     rest = [reading(W, "W2", i, T0 + 300.0 * i, heart_rate_bpm=135, steps=0) for i in range(4)]
     ev = feed(eng, rest)
     assert [(e.event_type, e.severity) for e in ev] == [(EventType.HEART_RATE_HIGH, Severity.MEDIUM)]
-    assert ev[0].frame_time == T0 + 600  # the reading that completed 10 minutes
+    # two 5-min summaries in a row (issue 10: a 10-15 min episode must not slip between three of them)
+    assert ev[0].frame_time == T0 + 300
     assert ev[0].episode_ms == int(T0 * 1000)
 
 

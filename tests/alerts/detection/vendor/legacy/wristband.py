@@ -1,0 +1,177 @@
+# FROZEN copy of alerts/detection/wristband.py at c6b994a (before issue 10): the benchmark's baseline.
+# Do not edit, except to pin a default that has changed since (marked LEGACY).
+# ruff: noqa
+# mypy: ignore-errors
+"""Detection rules for the wristband of an elderly person living alone (智能手环).
+
+Why these rules (thresholds in :class:`alerts.detection.profiles.WristbandProfile`):
+
+* **SOS** (HIGH, at once). Repeated presses within 5 minutes stay one episode.
+* **FALL** (HIGH): an impact above ~2.5 g (or the band's own fall flag) followed by >= 30 s of stillness,
+  with the wrist's orientation changed (ADI Analog Dialogue 43-07). The impact frame is remembered per
+  device for ``fall_window_s``, and the stillness must be reported by a *later* frame (bands uplink at
+  once on impact, then again while the wearer stays down); a person who got up (steps, or a stillness
+  shorter than the time since the impact) cancels it and is never paged. Only when the band is worn.
+* **HEART_RATE_HIGH/LOW**, **SPO2_LOW** (MEDIUM, HIGH past the critical bound; MEDIUM escalates if it
+  persists): at rest, worn, for ~10 min (``for_s``), with hysteresis. A value of 0 means "not measured"
+  and changes nothing.
+* **INACTIVITY**: worn, still for ``inactivity_s`` during local daytime (night stillness is sleep).
+* **GEOFENCE_EXIT**: farther than ``geofence_radius_m`` from home, twice in a row; home is the profile's
+  ``home_lat``/``home_lon`` or, when not given, learned per band as a slow EWMA of positions inside
+  the fence (excursions are kept out of the baseline).
+* **BAND_REMOVED** (off the wrist and not charging for ``band_removed_s``), **LOW_BATTERY**.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alerts.detection.detectors import EWMAZScore
+from alerts.detection.detectors.base import Detector
+from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
+from alerts.detection.profiles import WristbandProfile
+from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
+
+KIND = DeviceKind.WRISTBAND
+PROFILE = WristbandProfile
+STATE: dict[str, tuple[str, float]] = {
+    "impact_t": ("f8", np.nan),
+    "impact_orient": ("f8", 0.0),
+    "impact_flag": ("?", 0),
+}
+
+HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
+EARTH_RADIUS_M = 6_371_000.0
+
+
+def rules(p: WristbandProfile) -> dict[EventType, EpisodeRule]:
+    return {
+        EventType.SOS: EpisodeRule(min_open_s=300.0, remind_every_s=600.0),
+        EventType.FALL: EpisodeRule(min_open_s=60.0, remind_every_s=600.0),
+        EventType.HEART_RATE_HIGH: EpisodeRule(need_count=2, for_s=600.0, escalate_after_s=1800.0),
+        EventType.HEART_RATE_LOW: EpisodeRule(need_count=2, for_s=600.0, escalate_after_s=1800.0),
+        EventType.SPO2_LOW: EpisodeRule(need_count=2, for_s=300.0, escalate_after_s=1800.0),
+        EventType.INACTIVITY: EpisodeRule(remind_every_s=3600.0),
+        EventType.GEOFENCE_EXIT: EpisodeRule(need_count=2, escalate_after_s=1800.0),
+        EventType.BAND_REMOVED: EpisodeRule(need_count=2, for_s=p.band_removed_s),
+        EventType.LOW_BATTERY: EpisodeRule(remind_every_s=86400.0),
+    }
+
+
+def make_detectors(p: WristbandProfile, grace_period: int) -> dict[str, Detector]:
+    return {
+        # learned home (when the profile gives none): slow EWMA of the position, kept free of excursions
+        "home_lat": EWMAZScore(alpha=0.02, min_std=1e-3, grace_period=grace_period),
+        "home_lon": EWMAZScore(alpha=0.02, min_std=1e-3, grace_period=grace_period),
+    }
+
+
+def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
+    p, rows, t = ctx.p, ctx.rows, ctx.t
+    st = ctx.state
+    acc, still = ctx.col("accel_peak_g"), ctx.col("stillness_s")
+    orient, steps = ctx.col("orientation_change_deg"), ctx.col("steps")
+    band_fall = ctx.flag("fall")
+    since = t - st["impact_t"][rows]
+    had = np.isfinite(since) & (since <= p.fall_window_s)
+    # a new impact: a peak now, or the band's flag when no impact is pending (its flag repeats while down)
+    impact = worn & ((acc >= p.fall_impact_g) | (band_fall & ~had))
+    ri = rows[impact]
+    st["impact_t"][ri] = t[impact]
+    st["impact_orient"][ri] = np.where(np.isfinite(orient[impact]), orient[impact], 0.0)
+    st["impact_flag"][ri] = band_fall[impact]
+    st["impact_orient"][rows[had & ~impact]] = np.fmax(
+        st["impact_orient"][rows[had & ~impact]], orient[had & ~impact]
+    )
+    st["impact_flag"][rows[had & band_fall]] = True
+    since = t - st["impact_t"][rows]
+    recent = np.isfinite(since) & (since <= p.fall_window_s)
+    turned = (st["impact_orient"][rows] >= p.fall_orientation_deg) | st["impact_flag"][rows]
+    # stillness is only evidence when measured after the impact frame: the impact frame's own stillness
+    # may predate the peak (a band resting on a table before it was knocked off, or a sitting wearer)
+    # and it must have begun after the impact (a summary computed before the impact can arrive after it)
+    lying = (
+        recent
+        & ~impact
+        & worn
+        & (still >= p.fall_stillness_s)
+        & turned
+        & (still <= since + p.fall_uplink_delay_s)
+    )
+    # stillness counts from the last motion: if it is shorter than the time since the impact, the
+    # person moved after the fall; steps say the same
+    moved = (steps >= p.fall_recovered_steps) | (still < since - p.fall_motion_slack_s)
+    got_up = recent & ~impact & ~lying & moved
+    st["impact_t"][rows[got_up]] = np.nan  # cancelled: never page a person who got up
+    expired = np.isfinite(since) & (since > p.fall_window_s)
+    st["impact_t"][rows[expired]] = np.nan
+    moving = (steps >= p.fall_recovered_steps) | (still < np.minimum(5.0, p.fall_stillness_s))
+    lvl = np.select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
+    return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
+
+
+def _geofence(ctx: RuleContext) -> Verdict:
+    p, rows, t = ctx.p, ctx.rows, ctx.t
+    lat, lon = ctx.col("lat"), ctx.col("lon")
+    fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)
+    dlat_det, dlon_det = ctx.det["home_lat"], ctx.det["home_lon"]
+    given = np.isfinite(p.home_lat) & np.isfinite(p.home_lon)
+    hlat = np.where(given, p.home_lat, dlat_det.baseline(rows))  # type: ignore[attr-defined]
+    hlon = np.where(given, p.home_lon, dlon_det.baseline(rows))  # type: ignore[attr-defined]
+    known = given | dlat_det.warm(rows)
+    dy = np.radians(lat - hlat)
+    dx = np.radians(lon - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
+    dist = EARTH_RADIUS_M * np.hypot(dx, dy)
+    ok = fix & known & np.isfinite(dist)
+    lvl = np.select(
+        [~ok, dist > p.geofence_radius_m, dist > 0.8 * p.geofence_radius_m], [UNKNOWN, MEDIUM, HOLD], CLEAR
+    ).astype(np.int8)
+    inside = fix & ~(ok & (dist > 0.8 * p.geofence_radius_m))
+    dlat_det.learn_many(rows[inside], lat[inside], t[inside])
+    dlon_det.learn_many(rows[inside], lon[inside], t[inside])
+    return Verdict(lvl, dist)
+
+
+def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
+    p, t = ctx.p, ctx.t
+    worn = ctx.flag("worn")
+    charging = ctx.flag("charging")
+    hr, spo2 = ctx.col("heart_rate_bpm"), ctx.col("spo2_pct")
+    steps, still = ctx.col("steps"), ctx.col("stillness_s")
+
+    sos = ctx.flag("sos")
+    hr_ok = worn & ~charging & (hr > 0)
+    rest = steps <= p.rest_steps
+    hr_m = np.where(hr_ok, hr, np.nan)
+    hi = band(hr_m, p.hr_high_bpm, p.hr_critical_high_bpm, p.hr_high_bpm - p.hr_hysteresis_bpm)
+    hi = np.where(hr_ok & ~rest & (hi > 0), HOLD, hi).astype(np.int8)  # exercising: not at rest
+    lo = band_low(hr_m, p.hr_low_bpm, p.hr_critical_low_bpm, p.hr_low_bpm + p.hr_hysteresis_bpm)
+    sp = band_low(
+        np.where(worn & ~charging & (spo2 > 0), spo2, np.nan),
+        p.spo2_low_pct,
+        p.spo2_critical_pct,
+        p.spo2_clear_pct,
+    )
+
+    # daytime inactivity: still for hours while awake hours (night stillness is sleep)
+    hour = ((t / 3600.0 + p.utc_offset_h) % 24.0 + 24.0) % 24.0
+    day = (hour >= p.day_start_h) & (hour < p.day_end_h)
+    idle = np.where(steps > p.rest_steps, 0.0, still)
+    inact = np.select(
+        [~worn, day & (idle >= p.inactivity_s), idle < 600.0], [UNKNOWN, MEDIUM, CLEAR], HOLD
+    ).astype(np.int8)
+
+    off = ~worn & ~charging
+    return {
+        EventType.SOS: Verdict(np.where(sos, HIGH, CLEAR).astype(np.int8), hr, sos),
+        EventType.FALL: _fall(ctx, worn),
+        EventType.HEART_RATE_HIGH: Verdict(hi, hr),
+        EventType.HEART_RATE_LOW: Verdict(lo, hr),
+        EventType.SPO2_LOW: Verdict(sp, spo2),
+        EventType.INACTIVITY: Verdict(inact, idle / 3600.0),
+        EventType.GEOFENCE_EXIT: _geofence(ctx),
+        EventType.BAND_REMOVED: Verdict(np.where(off, MEDIUM, CLEAR).astype(np.int8), ctx.battery),
+        EventType.LOW_BATTERY: battery_verdict(ctx),
+    }
