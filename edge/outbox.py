@@ -18,6 +18,10 @@ written with its records *before* the batch is sent, so a retry after a crash re
 Bounds: ``max_bytes`` and ``max_age_s`` drop the oldest telemetry (counted in ``dropped``); alert steps
 are never dropped for space, only after ``alert_max_age_s``. The ``alert_journal`` keeps every alert step
 ever produced (acked or not) for scoring and audit (:func:`iter_alert_events`).
+
+Records the cloud refused (``UplinkAck.refused``) go to ``quarantine`` in the same transaction as the ack;
+a batch the cloud keeps refusing whole is split (:meth:`Outbox.split`) and a lone bad record goes to
+``dead_letter`` (:meth:`Outbox.dead_letter`). Both tables are bounded and counted (:mod:`edge.quarantine`).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alerts.contract import AlertEvent, TelemetryBlock, UplinkAck
+from alerts.contract import CONTRACT_VERSION, AlertEvent, TelemetryBlock, UplinkAck
+from edge.quarantine import MAX_ROWS, quarantine_rows
 from firmware_bridge.kernel.records import ReadingBatch
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1  # PRAGMA user_version; bump with a migration when the tables change
+SCHEMA_VERSION = 2  # PRAGMA user_version; 2 added quarantine + dead_letter (CREATE IF NOT EXISTS)
 LANE_ALERT = 0
 LANE_TELEMETRY = 1
 
@@ -67,6 +72,14 @@ CREATE TABLE IF NOT EXISTS alert_journal (
 CREATE TABLE IF NOT EXISTS seen (key BLOB PRIMARY KEY, t REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_t ON seen(t);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, batch_id TEXT NOT NULL, record TEXT NOT NULL,
+    device_id TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, detail TEXT NOT NULL, body BLOB
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, batch_id TEXT NOT NULL, lane INTEGER NOT NULL,
+    n INTEGER NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL, body BLOB NOT NULL
+);
 """
 
 
@@ -90,12 +103,25 @@ class PendingBatch:
     record_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """What the sender needs to decide about a batch that failed: how often, since when, how big."""
+
+    batch_id: str
+    created: float
+    attempts: int
+    n_records: int
+    lane: int
+
+
 @dataclass
 class OutboxStats:
     depth: dict[str, int] = field(default_factory=dict)  # lane -> readings / alert steps
     oldest_age_s: float = 0.0
     bytes: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)  # reason -> records
+    dead_letter: dict[str, int] = field(default_factory=dict)  # lane name -> records
 
 
 class Outbox:
@@ -138,6 +164,10 @@ class Outbox:
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size),0) FROM records").fetchone()[0])
             self.dropped: dict[str, int] = json.loads(self._kv_get("dropped") or b"{}")
+            self.quarantined: dict[str, int] = json.loads(self._kv_get("quarantined") or b"{}")
+            self.dead_lettered: dict[str, int] = json.loads(self._kv_get("dead_letter") or b"{}")
+            #: the contract version written into batches; the sender lowers it for a version-1 cloud
+            self.contract_version: int = CONTRACT_VERSION
         except (sqlite3.Error, OutboxError) as exc:
             self._executor.shutdown(wait=False)
             with contextlib.suppress(AttributeError):
@@ -235,6 +265,8 @@ class Outbox:
             self._db.execute("ROLLBACK")
         self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size),0) FROM records").fetchone()[0])
         self.dropped = json.loads(self._kv_get("dropped") or b"{}")
+        self.quarantined = json.loads(self._kv_get("quarantined") or b"{}")
+        self.dead_lettered = json.loads(self._kv_get("dead_letter") or b"{}")
 
     def _evict_locked(self) -> None:
         """Drop the oldest telemetry until under ``max_bytes``. Alerts are never evicted for space."""
@@ -276,6 +308,16 @@ class Outbox:
                         out[what] = int(n)
                 self._db.execute("DELETE FROM alert_journal WHERE time<?", (now - self.alert_max_age_s,))
                 self._db.execute("DELETE FROM seen WHERE t<?", (now - self.dedupe_window_s,))
+                # a batch whose records all expired is forgotten (it would otherwise be "retried" empty)
+                self._db.execute(
+                    "DELETE FROM batches WHERE NOT EXISTS"
+                    " (SELECT 1 FROM records r WHERE r.batch_id=batches.batch_id)"
+                )
+                for table in ("quarantine", "dead_letter"):
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE time<? OR id<=(SELECT MAX(id) FROM {table})-?",
+                        (now - self.alert_max_age_s, MAX_ROWS),
+                    )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -300,7 +342,12 @@ class Outbox:
         with self._lock:
             picked = self._pick(LANE_ALERT, None, max_records, max_bytes)
             if not picked:
-                row = self._db.execute("SELECT batch_id FROM batches ORDER BY created LIMIT 1").fetchone()
+                # alert batches waiting for a retry go before telemetry ones (an alert whose first send
+                # failed still goes before any telemetry); a batch whose records all expired is skipped
+                row = self._db.execute(
+                    "SELECT b.batch_id FROM batches b JOIN records r ON r.batch_id=b.batch_id"
+                    " GROUP BY b.batch_id ORDER BY MIN(r.lane), b.created LIMIT 1"
+                ).fetchone()
                 if row is not None:
                     return self._load_batch(row[0], gateway_id, status)
                 live_since = self._now() - self.live_window_s
@@ -352,7 +399,7 @@ class Outbox:
                 n_read += n
         head = json.dumps(
             {
-                "contract_version": 1,
+                "contract_version": self.contract_version,
                 "batch_id": batch_id,
                 "gateway_id": gateway_id,
                 "sent_at": self._now(),
@@ -369,12 +416,18 @@ class Outbox:
         return PendingBatch(batch_id, body, len(alerts), n_read, tuple(ids))
 
     def ack(self, ack: UplinkAck) -> int:
-        """The cloud stored the batch durably: delete its records. Returns how many records left."""
+        """The cloud stored the batch durably: delete its records. Returns how many records left.
+
+        Records the cloud refused (``ack.refused``) are moved to the quarantine in the same transaction:
+        they are never re-sent, and they are counted in :attr:`quarantined` by reason.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             size = self._db.execute(
                 "SELECT COALESCE(SUM(size),0) FROM records WHERE batch_id=?", (ack.batch_id,)
             ).fetchone()[0]
+            if ack.telemetry_refused or ack.alerts_refused:
+                self._quarantine_locked(ack)
             cur = self._db.execute("DELETE FROM records WHERE batch_id=?", (ack.batch_id,))
             self._db.execute("DELETE FROM batches WHERE batch_id=?", (ack.batch_id,))
             self._kv_put(
@@ -383,6 +436,111 @@ class Outbox:
             self._db.execute("COMMIT")
             self._bytes -= int(size)
             return cur.rowcount
+
+    def _quarantine_locked(self, ack: UplinkAck) -> None:
+        records = [
+            (int(lane) == LANE_ALERT, bytes(body))
+            for lane, body in self._db.execute(
+                "SELECT lane, body FROM records WHERE batch_id=? ORDER BY id", (ack.batch_id,)
+            )
+        ]
+        rows = quarantine_rows(ack, records)
+        now = self._now()
+        self._db.executemany(
+            "INSERT INTO quarantine(time,batch_id,record,device_id,reason,n,detail,body)"
+            " VALUES(?,?,?,?,?,?,?,?)",
+            [(now, ack.batch_id, r.record, r.device_id, r.reason, r.n, r.detail, r.body) for r in rows],
+        )
+        for r in rows:
+            self.quarantined[r.reason] = self.quarantined.get(r.reason, 0) + r.n
+        self._kv_put("quarantined", json.dumps(self.quarantined).encode())
+
+    def batch_info(self, batch_id: str) -> BatchInfo | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT b.created, b.attempts, COUNT(r.id), COALESCE(MIN(r.lane), 1) FROM batches b"
+                " LEFT JOIN records r ON r.batch_id=b.batch_id WHERE b.batch_id=? GROUP BY b.batch_id",
+                (batch_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return BatchInfo(batch_id, float(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    def split(self, batch_id: str) -> list[str]:
+        """Split a refused batch into two new batches of halves (nothing of it was stored, or what was is
+        idempotent). Returns the new batch ids; ``[]`` if it holds fewer than two records."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute("SELECT id FROM records WHERE batch_id=? ORDER BY id", (batch_id,))
+            ]
+            if len(ids) < 2:
+                return []
+            row = self._db.execute("SELECT created FROM batches WHERE batch_id=?", (batch_id,)).fetchone()
+            created = self._now() if row is None else float(row[0])
+            half = len(ids) // 2
+            out = []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM batches WHERE batch_id=?", (batch_id,))
+                for part in (ids[:half], ids[half:]):
+                    new_id = f"{batch_id[:40]}-s{secrets.token_hex(6)}"
+                    # keeps the parent's age, so the halves keep their place in the queue
+                    self._db.execute(
+                        "INSERT INTO batches(batch_id,created,attempts) VALUES(?,?,0)", (new_id, created)
+                    )
+                    self._db.executemany(
+                        "UPDATE records SET batch_id=? WHERE id=?", ((new_id, r) for r in part)
+                    )
+                    out.append(new_id)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"outbox split failed: {exc}") from exc
+            return out
+
+    def dead_letter(self, batch_id: str, reason: str) -> int:
+        """Move a batch's records to ``dead_letter`` (kept, counted, never re-sent). Returns how many."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT attempts FROM batches WHERE batch_id=?", (batch_id,)
+                ).fetchone()
+                attempts = 0 if row is None else int(row[0])
+                moved = self._db.execute(
+                    "SELECT id, lane, n, size, body FROM records WHERE batch_id=?", (batch_id,)
+                ).fetchall()
+                now = self._now()
+                self._db.executemany(
+                    "INSERT INTO dead_letter(time,batch_id,lane,n,reason,attempts,body)"
+                    " VALUES(?,?,?,?,?,?,?)",
+                    [(now, batch_id, lane, n, reason[:300], attempts, body) for _, lane, n, _, body in moved],
+                )
+                self._db.execute("DELETE FROM records WHERE batch_id=?", (batch_id,))
+                self._db.execute("DELETE FROM batches WHERE batch_id=?", (batch_id,))
+                for _, lane, n, _, _ in moved:
+                    key = "alert" if lane == LANE_ALERT else "telemetry"
+                    self.dead_lettered[key] = self.dead_lettered.get(key, 0) + int(n)
+                self._kv_put("dead_letter", json.dumps(self.dead_lettered).encode())
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"outbox dead-letter failed: {exc}") from exc
+            self._bytes -= sum(int(m[3]) for m in moved)
+            return sum(int(m[2]) for m in moved)
+
+    def quarantine_report(self, limit: int = 20) -> list[tuple[str, str, int]]:
+        """``(device_id, reason, records)`` of the quarantine, most refused first (the installer report)."""
+        with self._lock:
+            return [
+                (str(d), str(r), int(n))
+                for d, r, n in self._db.execute(
+                    "SELECT device_id, reason, SUM(n) FROM quarantine WHERE device_id != ''"
+                    " GROUP BY device_id, reason ORDER BY 3 DESC LIMIT ?",
+                    (limit,),
+                )
+            ]
 
     def release(self, batch_id: str) -> int:
         """Forget a batch the cloud refused *unread* (413): its records go back to their lanes."""
@@ -430,6 +588,8 @@ class Outbox:
             oldest_age_s=0.0 if oldest is None else max(0.0, now - float(oldest)),
             bytes=self._bytes,
             dropped=dict(self.dropped),
+            quarantined=dict(self.quarantined),
+            dead_letter=dict(self.dead_lettered),
         )
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge.quarantine import unknown_device_report
+
 #: reject reason -> what an installer should check
 ADVICE: dict[str, str] = {
     "crc": "CRC errors: check the baud rate, the cable and its ground, and interference near the radio",
@@ -36,6 +38,19 @@ ADVICE: dict[str, str] = {
     "topic": "MQTT messages on topics that do not match the source's format",
 }
 _INFO_ONLY = {"duplicate"}
+
+#: why the cloud refused records (``UplinkAck.refused``) -> what an installer should do
+REFUSAL_ADVICE: dict[str, str] = {
+    "unknown_device": "from devices the cloud does not know (forged frames, or devices not registered yet)",
+    "not_assigned": "from devices the cloud assigns to another gateway "
+    "(a neighbour's devices heard over the air)",
+    "wrong_kind": "from devices registered in the cloud as another kind",
+    "time_out_of_range": "stamped outside the cloud's time window: check this gateway's clock (NTP)",
+    "alert_id_mismatch": "alert steps naming another device's alert: a firmware or gateway bug",
+    "alert_not_owned": "alert steps for alerts this gateway does not own "
+    "(raised by the cloud or another device)",
+    "unlisted": "refused without details (more refusals than one acknowledgement lists)",
+}
 
 
 @dataclass
@@ -165,6 +180,11 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
             f"{int(fails)} local life-safety action(s) failed: "
             "check the [[actions]] command, buzzer path or modem"
         )
+    _refusal_lines(
+        r,
+        {lab["reason"]: int(v) for lab, v in m.get("vigil_gateway_quarantined_total", []) if v},
+        {lab["lane"]: int(v) for lab, v in m.get("vigil_gateway_dead_letter_total", []) if v},
+    )
     restarts = {lab["source"]: v for lab, v in m.get("vigil_gateway_source_restarts_total", []) if v}
     for src, n in restarts.items():
         r.bad(
@@ -172,6 +192,48 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
             "see the journal (journalctl -u vigil-gateway)"
         )
     return r
+
+
+def _refusal_lines(
+    r: Report,
+    quarantined: dict[str, int],
+    dead_letter: dict[str, int],
+    devices: list[tuple[str, str, int]] | None = None,
+) -> None:
+    """Records the cloud refused (quarantine) and records given up on (dead letter): never silent."""
+    for reason, n in sorted(quarantined.items(), key=lambda kv: -kv[1]):
+        r.bad(
+            f"{n} record(s) refused by the cloud and quarantined (not re-sent): "
+            f"{REFUSAL_ADVICE.get(reason, reason)}"
+        )
+    for line in unknown_device_report(devices or []):
+        r.bad(line)
+    for lane, n in sorted(dead_letter.items()):
+        r.bad(
+            f"{n} {lane} record(s) in the dead letter: the cloud kept refusing them "
+            "(see the journal for the reason; they are kept in the outbox's dead_letter table)"
+        )
+
+
+def quarantine_devices(path: Path, limit: int = 20) -> list[tuple[str, str, int]]:
+    """``(device_id, reason, records)`` from the outbox's quarantine, read-only; ``[]`` if unreadable."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    try:
+        return [
+            (str(d), str(why), int(n))
+            for d, why, n in db.execute(
+                "SELECT device_id, reason, SUM(n) FROM quarantine WHERE device_id != ''"
+                " GROUP BY device_id, reason ORDER BY 3 DESC LIMIT ?",
+                (limit,),
+            )
+        ]
+    except sqlite3.Error:  # an outbox written before the quarantine existed
+        return []
+    finally:
+        db.close()
 
 
 def _outbox_lines(r: Report, depth: dict[str, float], oldest: float) -> None:
@@ -201,7 +263,10 @@ def diagnose_outbox(path: Path, now: float | None = None, live_window_s: float =
         oldest = db.execute("SELECT MIN(created) FROM records").fetchone()[0]
         kv = {
             k: bytes(v)
-            for k, v in db.execute("SELECT key, value FROM kv WHERE key IN ('dropped','uplink_state')")
+            for k, v in db.execute(
+                "SELECT key, value FROM kv"
+                " WHERE key IN ('dropped','uplink_state','quarantined','dead_letter')"
+            )
         }
     finally:
         db.close()
@@ -220,6 +285,12 @@ def diagnose_outbox(path: Path, now: float | None = None, live_window_s: float =
     for what, n in json.loads(kv.get("dropped", b"{}")).items():
         if n:
             r.bad(f"{n} records dropped ({what.replace('_', ' ')})")
+    _refusal_lines(
+        r,
+        json.loads(kv.get("quarantined", b"{}")),
+        json.loads(kv.get("dead_letter", b"{}")),
+        quarantine_devices(path),
+    )
     return r
 
 
@@ -232,9 +303,14 @@ def gateway_status(
         try:
             resp = httpx.get(metrics_url, timeout=timeout_s)
             resp.raise_for_status()
-            return diagnose_metrics(resp.text)
         except httpx.HTTPError:
             pass
+        else:
+            report = diagnose_metrics(resp.text)
+            if outbox is not None and outbox.exists():  # the installer report names the devices
+                for line in unknown_device_report(quarantine_devices(outbox)):
+                    report.bad(line)
+            return report
     if outbox is None:
         r = Report(running=False)
         r.bad("the daemon does not answer and no outbox path is known (pass --config)")

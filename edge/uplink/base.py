@@ -4,7 +4,9 @@
     ├── UplinkUnavailable       cloud unreachable: connection refused, timeout, 5xx, broker down
     ├── UplinkAuthError         401/403: the credential is wrong (retried: an operator may fix it)
     ├── UplinkRejected          another 4xx: the cloud refused the batch (retried at the maximum backoff)
-    │   └── UplinkTooLarge      413: refused unread; the batch is split into smaller ones
+    │   ├── UplinkTooLarge      413: refused unread; the batch is split into smaller ones
+    │   └── UplinkInvalid       400/422: the cloud read the batch and refused its content; the sender
+    │                           splits it to isolate the bad record, which ends in the dead letter
     └── UplinkProtocolError     2xx but the body is not an UplinkAck for this batch
 
 Every uplink translates its library's exceptions into these in one place (``raise ... from exc``).
@@ -45,6 +47,10 @@ class UplinkRejected(UplinkError):
 
 class UplinkTooLarge(UplinkRejected):
     reason = "too_large"
+
+
+class UplinkInvalid(UplinkRejected):
+    reason = "invalid"
 
 
 class UplinkProtocolError(UplinkError):

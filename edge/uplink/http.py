@@ -14,7 +14,14 @@ import httpx
 
 from alerts.contract import HTTP_PATH, UplinkAck
 from edge.outbox import PendingBatch
-from edge.uplink.base import UplinkAuthError, UplinkRejected, UplinkTooLarge, UplinkUnavailable, parse_ack
+from edge.uplink.base import (
+    UplinkAuthError,
+    UplinkInvalid,
+    UplinkRejected,
+    UplinkTooLarge,
+    UplinkUnavailable,
+    parse_ack,
+)
 
 
 class HttpUplink:
@@ -64,6 +71,11 @@ class HttpUplink:
             raise UplinkTooLarge(
                 f"{self.endpoint}: batch {batch.batch_id} too large ({len(batch.body)} bytes)",
                 reason="http_413",
+            )
+        if r.status_code in (400, 422):
+            raise UplinkInvalid(
+                f"{self.endpoint} refused batch {batch.batch_id} ({r.status_code}): {r.text[:300]}",
+                reason=f"http_{r.status_code}",
             )
         if r.status_code >= 300:
             raise UplinkRejected(

@@ -21,6 +21,8 @@ from alerts.contract import UplinkAck, mqtt_ack_topic, mqtt_up_topic
 from edge.outbox import PendingBatch
 from edge.uplink.base import (
     UplinkAuthError,
+    UplinkError,
+    UplinkInvalid,
     UplinkProtocolError,
     UplinkRejected,
     UplinkTooLarge,
@@ -100,9 +102,15 @@ class MqttUplink:
                 fut = self._waiting.get(str(doc.get("batch_id")))
                 if fut is not None and not fut.done():
                     code = str(doc["error"])[:40]
-                    cls = {"unauthenticated": UplinkAuthError, "payload_too_large": UplinkTooLarge}.get(
-                        code, UplinkRejected
-                    )
+                    cls: type[UplinkError] = {
+                        "unauthenticated": UplinkAuthError,
+                        "forbidden": UplinkAuthError,
+                        "payload_too_large": UplinkTooLarge,
+                        "validation": UplinkInvalid,
+                        "bad_request": UplinkInvalid,
+                        "rate_limited": UplinkUnavailable,  # over quota: retry later, like HTTP 429
+                        "storage_unavailable": UplinkUnavailable,
+                    }.get(code, UplinkRejected)
                     fut.set_exception(
                         cls(f"cloud refused the batch: {code}: {doc.get('detail', '')}"[:300], reason=code)
                     )

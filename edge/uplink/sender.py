@@ -1,9 +1,28 @@
-"""The uplink loop: outbox -> batches -> cloud, with lanes, jittered exponential backoff and cloud state.
+"""The uplink loop: outbox -> batches -> cloud, with lanes, bounded retries and cloud state.
 
 Order of service: fresh alert steps always first (an alert never queues behind telemetry, even behind a
-batch that is waiting for its retry), then the oldest unacknowledged batch (same id as before: idempotent),
-then live telemetry, then backlog through a token bucket (``backlog_records_per_s``) so draining weeks of
-backlog after an outage never delays a live alert by more than one bounded batch.
+batch that is waiting for its retry), then unacknowledged batches (alert batches before telemetry ones;
+same id as before: idempotent), then live telemetry, then backlog through a token bucket
+(``backlog_records_per_s``) so draining weeks of backlog after an outage never delays a live alert by more
+than one bounded batch. A new alert also cuts short any backoff pause.
+
+No batch is retried forever (issue 11), and nothing is given up during an outage:
+
+- records the cloud refused inside an acknowledged batch go to the quarantine with the ack
+  (:meth:`edge.outbox.Outbox.ack`), counted by reason;
+- a batch the cloud reads and refuses whole (400/422, :class:`UplinkInvalid`) is split in halves at once
+  (splitting is always safe: nothing of it was stored); a lone record refused ``max_refusals`` times goes
+  to the dead letter once the cloud has acknowledged some other batch since, or after
+  ``dead_letter_after_s`` (a systematic refusal must not hide behind "the cloud is just broken");
+- a batch that only ever gets 5xx/timeouts is split after ``max_attempts``, and a lone record is
+  dead-lettered only when the cloud acknowledged other batches meanwhile. An outage (nothing acknowledged
+  at all) never dead-letters anything; the outbox's age bounds still apply;
+- a refused credential (401/403) is retried slowly and shown by ``vigil gateway status``: dropping data
+  because of a wrong token would be worse.
+
+Backoff is jittered and exponential (:class:`firmware_bridge.backoff.Backoff`); while the cloud is merely
+unreachable it is capped at ``recovery_probe_s`` so the gateway notices within seconds that it is back.
+A cloud that answers 422 naming ``contract_version`` gets version-1 batches (it predates version 2).
 """
 
 from __future__ import annotations
@@ -13,14 +32,24 @@ import contextlib
 import functools
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
+from alerts.contract import UplinkAck
 from edge.metrics import GatewayMetrics
-from edge.outbox import Outbox
-from edge.uplink.base import Uplink, UplinkAuthError, UplinkError, UplinkRejected, UplinkTooLarge
+from edge.outbox import LANE_ALERT, Outbox, PendingBatch
+from edge.quarantine import QuarantineMetrics
+from edge.uplink.base import (
+    Uplink,
+    UplinkAuthError,
+    UplinkError,
+    UplinkInvalid,
+    UplinkRejected,
+    UplinkTooLarge,
+    UplinkUnavailable,
+)
+from firmware_bridge.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +69,18 @@ class UplinkSender:
         backlog_records_per_s: float = 5000.0,
         status: Callable[[], dict[str, Any]] | None = None,
         wallclock: Callable[[], float] = time.time,
+        recovery_probe_s: float = 5.0,
+        max_attempts: int = 20,
+        max_refusals: int = 3,
+        dead_letter_after_s: float = 3600.0,
     ) -> None:
         self.outbox, self.uplink, self.metrics, self.gateway_id = outbox, uplink, metrics, gateway_id
         self.max_records, self.max_bytes = max_records, max_bytes
-        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.backoff_max_s = backoff_max_s
+        self.backoff_initial_s = min(backoff_initial_s, backoff_max_s)
+        self.recovery_probe_s = max(self.backoff_initial_s, min(backoff_max_s, recovery_probe_s))
+        self.max_attempts, self.max_refusals = max_attempts, max_refusals
+        self.dead_letter_after_s = dead_letter_after_s
         self.rate = backlog_records_per_s
         self.status = status
         self._now = wallclock
@@ -52,11 +89,15 @@ class UplinkSender:
         self.down_since: float | None = None
         self.last_error = ""
         self.batches_acked = 0
+        self.last_ack_at: float | None = None  # wall clock of the last acknowledgement (any batch)
         self._tokens = backlog_records_per_s
         self._t_tokens = time.monotonic()
+        self.qmetrics = QuarantineMetrics.for_registry(
+            metrics.registry, quarantined=outbox.quarantined, dead_letter=outbox.dead_lettered
+        )
 
     def notify(self) -> None:
-        """New records are in the outbox (alerts: send now)."""
+        """New alert steps are in the outbox: send now (also cuts short a backoff pause)."""
         self.wake.set()
 
     def _budget(self) -> int:
@@ -88,9 +129,16 @@ class UplinkSender:
         }
         self.outbox.put_state("uplink_state", json.dumps(state).encode())
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when a new alert is committed (since the last look at the outbox)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
+
     async def run(self) -> None:
-        backoff = self.backoff_initial_s
+        probe = Backoff(initial=self.backoff_initial_s, maximum=self.recovery_probe_s)
+        refused = Backoff(initial=self.backoff_initial_s, maximum=self.backoff_max_s)
         while True:
+            self.wake.clear()  # before looking: an alert committed after this point wakes any pause
             status = self.status() if self.status else None
             pending = await self.outbox.call(
                 functools.partial(
@@ -103,9 +151,7 @@ class UplinkSender:
                 )
             )
             if pending is None:
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), 0.25)
+                await self._pause(0.25)
                 continue
             await self.outbox.call(self.outbox.note_attempt, pending.batch_id)
             try:
@@ -125,16 +171,86 @@ class UplinkSender:
                 continue
             except UplinkError as exc:
                 self.metrics.uplink_errors.labels(exc.reason).inc()
-                await self.outbox.call(self._mark, False, str(exc))
-                # refusals (400/401/403/422) will not heal by themselves: retry slowly, status shows why
-                delay = self.backoff_max_s if isinstance(exc, UplinkRejected | UplinkAuthError) else backoff
-                backoff = min(backoff * 2, self.backoff_max_s)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                if not isinstance(exc, UplinkInvalid):  # an invalid batch proves the cloud is up
+                    await self.outbox.call(self._mark, False, str(exc))
+                if await self._after_failure(pending, exc):
+                    continue  # split, dead-lettered or downgraded: the next attempt is a different one
+                # refusals do not heal by themselves: retry slowly (status shows why); an unreachable
+                # cloud is probed every few seconds so its return is noticed at once
+                slow = isinstance(exc, UplinkRejected | UplinkAuthError)
+                await self._pause(refused.next() if slow else probe.next())
                 continue
             await self.outbox.call(self.outbox.ack, ack)
+            self._count_refusals(ack, pending)
             self._tokens -= pending.n_readings if pending.n_alerts == 0 else 0
             self.batches_acked += 1
+            self.last_ack_at = self._now()
             self.metrics.uplink_batches.inc()
             if self.up is not True:
                 await self.outbox.call(self._mark, True)
-            backoff = self.backoff_initial_s
+            probe.reset()
+            refused.reset()
+
+    def _count_refusals(self, ack: UplinkAck, pending: PendingBatch) -> None:
+        if not (ack.telemetry_refused or ack.alerts_refused):
+            return
+        listed: dict[str, int] = {}
+        for r in ack.refused:
+            listed[r.reason] = listed.get(r.reason, 0) + r.count
+        unlisted = ack.telemetry_refused + ack.alerts_refused - sum(listed.values())
+        if unlisted > 0:
+            listed["unlisted"] = unlisted
+        for reason, n in listed.items():
+            self.qmetrics.quarantined.labels(reason).inc(n)
+        log.warning(
+            "the cloud refused %d reading(s) and %d alert step(s) of batch %s; quarantined: %s",
+            ack.telemetry_refused,
+            ack.alerts_refused,
+            pending.batch_id,
+            ", ".join(f"{k} x{v}" for k, v in sorted(listed.items())),
+        )
+
+    async def _after_failure(self, pending: PendingBatch, exc: UplinkError) -> bool:
+        """Split, dead-letter or downgrade a failing batch; ``True`` if the next attempt may go at once."""
+        ob = self.outbox
+        if isinstance(exc, UplinkInvalid) and "contract_version" in str(exc) and ob.contract_version > 1:
+            ob.contract_version = 1
+            log.warning("the cloud does not know contract version 2; sending version-1 batches")
+            return True
+        if not isinstance(exc, UplinkInvalid | UplinkUnavailable):
+            return False
+        info = await ob.call(ob.batch_info, pending.batch_id)
+        if info is None:
+            return True
+        invalid = isinstance(exc, UplinkInvalid)
+        if not invalid and info.attempts < self.max_attempts:
+            return False  # an outage until proven otherwise
+        if info.n_records > 1:
+            halves = await ob.call(ob.split, pending.batch_id)
+            if halves:
+                self.qmetrics.splits.inc()
+                log.warning(
+                    "batch %s failed %d time(s) (%s); split in two to isolate the bad record",
+                    pending.batch_id,
+                    info.attempts,
+                    exc.reason,
+                )
+                return True
+        cloud_takes_others = self.last_ack_at is not None and self.last_ack_at > info.created
+        too_old = self._now() - info.created >= self.dead_letter_after_s
+        give_up = cloud_takes_others or (invalid and too_old)
+        if info.attempts < (self.max_refusals if invalid else self.max_attempts) or not give_up:
+            return False
+        n = await ob.call(ob.dead_letter, pending.batch_id, f"{exc.reason}: {exc}")
+        lane = "alert" if info.lane == LANE_ALERT else "telemetry"
+        self.qmetrics.dead_letter.labels(lane).inc(n)
+        log.error(
+            "batch %s: %d %s record(s) moved to the dead letter after %d attempts (%s); "
+            "inspect with vigil gateway status",
+            pending.batch_id,
+            n,
+            lane,
+            info.attempts,
+            str(exc)[:200],
+        )
+        return True

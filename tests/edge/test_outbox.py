@@ -192,3 +192,82 @@ def test_refuses_a_newer_schema_and_a_non_database(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(OutboxError, match="cannot open outbox"):
         Outbox(junk)
+
+
+# -- issue 11: quarantine, dead letter, bounded retries ----------------------------------------------------
+def test_refused_records_are_quarantined_with_the_ack_and_never_resent(tmp_path: Path) -> None:
+    from alerts.contract import Refusal
+    from tests.edge.helpers import device_id
+
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.commit([manhole_batch(4)], [])
+        pb = ob.next_batch("gw-1")
+        assert pb is not None
+        ack = UplinkAck(
+            batch_id=pb.batch_id,
+            committed_at=1_700_000_000.0,
+            telemetry_stored=2,
+            telemetry_refused=2 + 5,  # 5 more than the list names (the cloud truncated it)
+            refused=[
+                Refusal(record="telemetry", device_id=device_id(1), reason="not_assigned"),
+                Refusal(record="telemetry", device_id=device_id(3), reason="unknown_device"),
+            ],
+        )
+        ob.ack(ack)
+        assert ob.next_batch("gw-1") is None  # nothing is re-sent
+        assert ob.quarantined == {"not_assigned": 1, "unknown_device": 1, "unlisted": 5}
+        assert ob.stats().quarantined == ob.quarantined
+        assert ob.quarantine_report() == [
+            (device_id(1), "not_assigned", 1),
+            (device_id(3), "unknown_device", 1),
+        ]
+    with Outbox(tmp_path / "o.db") as ob:  # persisted: status shows them after a restart
+        assert ob.quarantined == {"not_assigned": 1, "unknown_device": 1, "unlisted": 5}
+
+
+def test_split_and_dead_letter_keep_every_record_accounted_for(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.commit([], [alert(i) for i in range(5)])
+        pb = ob.next_batch("gw-1")
+        assert pb is not None and pb.n_alerts == 5
+        ob.note_attempt(pb.batch_id)
+        a, b = ob.split(pb.batch_id)
+        assert ob.batch_info(pb.batch_id) is None
+        ia, ib = ob.batch_info(a), ob.batch_info(b)
+        assert ia is not None and ib is not None and (ia.n_records, ib.n_records) == (2, 3)
+        assert ia.attempts == 0 and ia.created == ib.created  # halves keep the parent's place in line
+        assert ob.split(ob.split(a)[0]) == []  # a single record cannot be split
+        before = ob.stats().bytes
+        victim = ob.next_batch("gw-1")
+        assert victim is not None
+        assert ob.dead_letter(victim.batch_id, "http_422: invalid") == victim.n_alerts
+        assert ob.dead_lettered == {"alert": victim.n_alerts} and ob.stats().bytes < before
+        left = ob.stats().depth["alert"]
+        assert left + victim.n_alerts == 5
+
+
+def test_prune_forgets_batches_whose_records_expired(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Outbox(tmp_path / "o.db", wallclock=clock, max_age_s=100.0) as ob:
+        ob.commit([manhole_batch(3)], [])
+        pb = ob.next_batch("gw-1")
+        assert pb is not None
+        clock.t += 1000
+        assert ob.prune() == {"telemetry_expired": 3}
+        assert ob.batch_info(pb.batch_id) is None and ob.next_batch("gw-1") is None
+
+
+def test_an_outbox_written_by_schema_version_1_opens_and_upgrades(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with Outbox(path) as ob:
+        ob.commit([manhole_batch(2)], [alert(1)])
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE quarantine; DROP TABLE dead_letter; PRAGMA user_version=1;")
+    db.close()
+    with Outbox(path) as ob:
+        assert ob.stats().depth["alert"] == 1 and ob.quarantine_report() == []
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()

@@ -16,7 +16,7 @@ import pytest
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic, mqtt_up_topic
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox
-from edge.uplink import UplinkRejected, UplinkSender, UplinkUnavailable
+from edge.uplink import UplinkAuthError, UplinkSender, UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
 from tests.edge.helpers import alert, manhole_batch
 from tests.servers import MosquittoServer, start_mosquitto
@@ -147,6 +147,6 @@ async def test_error_document_on_the_ack_topic(tmp_path: Path, mosquitto: Mosqui
         async with background(up.run()), background(refusing_cloud(ready)):
             await asyncio.wait_for(up.connected.wait(), 10)
             await asyncio.wait_for(ready.wait(), 10)
-            with pytest.raises(UplinkRejected) as e:
+            with pytest.raises(UplinkAuthError) as e:  # as HTTP's 403: the credential/config is wrong
                 await up.send(pb)
             assert e.value.reason == "forbidden"
