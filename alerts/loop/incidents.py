@@ -217,6 +217,7 @@ class Context:
     recent_in_group: int = 0  # alerts of this group within the rule's window, this one excluded
     active: Sequence[Mapping[str, str]] = field(default=())  # labels of other active alerts
     silences: Sequence[Silence] = field(default=())
+    now: float | None = None  # when the decision is made (silences are judged then); default: signal time
 
 
 def decide(sig: Signal, cfg: GroupingConfig, ctx: Context) -> Decision:
@@ -228,7 +229,7 @@ def decide(sig: Signal, cfg: GroupingConfig, ctx: Context) -> Decision:
     if sig.phase == "cleared":
         return Decision(Verdict.IGNORE, key, rule.name, reason="cleared before it opened an incident")
     for s in ctx.silences:
-        if s.active(sig.time) and s.match.matches(labels):
+        if s.active(sig.time if ctx.now is None else ctx.now) and s.match.matches(labels):
             return Decision(Verdict.SILENCED, key, rule.name, reason=s.reason, silence_id=s.id)
     for inh in cfg.inhibit:
         if not inh.target.matches(labels):

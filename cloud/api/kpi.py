@@ -1,0 +1,54 @@
+"""KPIs of the loop: 结案率, 按期结案率, 返工率, satisfaction and response times, as JSON or CSV.
+
+``GET /api/v1/kpi?by=department&since=...&until=...&format=csv``. Cases counted are those registered in
+``[since, until)`` (default: the last 30 days); rates are fractions, ``null`` when nothing was due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
+
+from alerts.loop.kpi import GROUPS, to_csv
+from cloud.api.deps import State, User
+from cloud.api.incidents import Loop
+from cloud.api.rosters import _when
+from cloud.errors import BadRequestError
+from cloud.loop.views import kpi_rows
+from firmware_bridge.kernel.locale import iso
+
+router = APIRouter(prefix="/api/v1/kpi", tags=["kpi"])
+
+
+@router.get("", response_model=None, summary="Loop KPIs per department, zone, responder or device kind")
+async def get_kpis(
+    state: State,
+    loop: Loop,
+    who: User,
+    by: str = Query(default="all", description=f"one of {list(GROUPS)}"),
+    since: str | None = None,
+    until: str | None = None,
+    format: Literal["json", "csv"] = "json",
+) -> Response | dict[str, Any]:
+    if by not in GROUPS:
+        raise BadRequestError(f"by must be one of {list(GROUPS)}")
+    now = loop.clock.now()
+    t1 = _when(until, now + 1)
+    t0 = _when(since, t1 - 30 * 86400)
+
+    def run() -> list[Any]:
+        with state.db.read() as s:
+            return kpi_rows(s, t0, t1, by)
+
+    rows = await asyncio.to_thread(run)
+    if format == "csv":
+        return PlainTextResponse(
+            to_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="vigil-kpi.csv"'},
+        )
+    return {"since": iso(t0), "until": iso(t1), "by": by, "rows": [asdict(r) for r in rows]}

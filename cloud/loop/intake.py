@@ -1,0 +1,397 @@
+"""Signals in, incidents out: the shell around :func:`alerts.loop.incidents.decide`.
+
+For each signal, inside one write transaction: look up what the pure decision needs (the alert's link,
+the group's open incident, how many of its group arrived in the window, the active alerts that could
+inhibit it, the silences), decide, and apply: open an incident (route it, dispatch it, freeze and start
+its escalation, set its SLA timer), attach to one, or only record why nothing was opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from alerts.contract import AlertEvent
+from alerts.loop import escalation
+from alerts.loop.incidents import (
+    TIER,
+    Context,
+    Signal,
+    Silence,
+    Source,
+    Verdict,
+    decide,
+    grade,
+    group_key,
+    rule_for,
+)
+from alerts.loop.incidents import matcher_from_dict as _matcher
+from alerts.loop.rosters import pick
+from alerts.loop.routing import Receiver, route
+from alerts.loop.sla import urgency_for
+from alerts.loop.stages import Action, Command, apply, new_order
+from cloud.db import Device
+from cloud.loop import rows
+from cloud.loop.config import LoopConfig
+from cloud.loop.models import AlertLink, Incident, SilenceRow
+from firmware_bridge.kernel.events import Severity
+from firmware_bridge.kernel.locale import display_zone, event_label, kind_label
+from firmware_bridge.kernel.records import DeviceKind
+
+SYSTEM = "system"
+
+
+def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> list[Signal]:
+    """Join each step with its device's context (grid, street, on road, lives alone, position)."""
+    ids = sorted({st.device_id for st in steps})
+    devices = {d.device_id: d for d in s.scalars(select(Device).where(Device.device_id.in_(ids)))}
+    out = []
+    for st in steps:
+        kind = str(getattr(st.kind, "value", st.kind))
+        d = devices.get(st.device_id)
+        gateway = st.device_id if kind == "gateway" else (d.gateway_id or "" if d else "")
+        thresholds: dict[str, Any] = dict(d.thresholds or {}) if d else {}
+        out.append(
+            Signal(
+                alert_id=st.alert_id,
+                source=Source.CLOUD if source == "cloud" else Source.GATEWAY,
+                kind=kind,
+                event=str(getattr(st.event_type, "value", st.event_type)),
+                severity=Severity(int(st.severity)),
+                phase=str(getattr(st.phase, "value", st.phase)),
+                time=float(st.time),
+                device_id=st.device_id,
+                gateway_id=gateway,
+                grid=d.grid if d else "",
+                street=d.street if d else "",
+                community=d.community if d else "",
+                on_road=bool(d.on_road) if d else False,
+                lives_alone=bool(thresholds.get("lives_alone", False))
+                or (d is not None and "alone" in d.profile),
+                lat=d.lat if d else None,
+                lon=d.lon if d else None,
+            )
+        )
+    return out
+
+
+def _context(s: Session, sig: Signal, key: str, window_s: float, cfg: LoopConfig, now: float) -> Context:
+    link = s.get(AlertLink, sig.alert_id)
+    open_id = s.scalar(
+        select(Incident.id).where(Incident.group_key == key, Incident.is_open.is_(True)).order_by(Incident.id)
+    )
+    recent = s.scalar(
+        select(func.count())
+        .select_from(AlertLink)
+        .where(AlertLink.group_key == key, AlertLink.first_seen >= sig.time - window_s)
+    )
+    source_events = sorted({e for r in cfg.grouping.inhibit for e in r.source.labels.get("event", ())})
+    active = [
+        dict(lab)
+        for lab in s.scalars(
+            select(AlertLink.labels).where(AlertLink.active.is_(True), AlertLink.event.in_(source_events))
+        )
+    ]
+    silences = [
+        Silence(r.id, _matcher(r.matchers, "silence"), r.starts_at, r.ends_at, r.created_by, r.reason)
+        for r in s.scalars(
+            select(SilenceRow).where(SilenceRow.ends_at > now, SilenceRow.expired_early_at.is_(None))
+        )
+    ]
+    return Context(
+        linked_incident=link.incident_id if link is not None and link.incident_id is not None else None,
+        open_incident=open_id,
+        recent_in_group=int(recent or 0),
+        active=active,
+        silences=silences,
+        now=now,
+    )
+
+
+def take(s: Session, cfg: LoopConfig, sig: Signal, now: float) -> int | None:
+    """Handle one signal; returns the incident it belongs to (or ``None``). Idempotent per (alert, phase)."""
+    link = s.get(AlertLink, sig.alert_id)
+    if link is not None and link.phase == sig.phase and sig.phase != "updated":
+        return link.incident_id
+    g = grade(sig)
+    labels = sig.labels(g)
+    rule = rule_for(cfg.grouping, labels)
+    key = group_key(rule, labels)
+    if s.get_bind().dialect.name == "postgresql":  # two processes must not open the same group twice
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+    ctx = _context(s, sig, key, rule.window_s, cfg, now)
+    d = decide(sig, cfg.grouping, ctx)
+    active = sig.phase != "cleared"
+    if link is None:
+        link = AlertLink(
+            alert_id=sig.alert_id,
+            verdict=d.verdict.value,
+            event=sig.event,
+            group_key=key,
+            reason=d.reason[:300],
+            labels=labels,
+            phase=sig.phase,
+            active=active,
+            first_seen=sig.time,
+            updated_at=now,
+        )
+        s.add(link)
+    else:
+        link.phase, link.active, link.updated_at = sig.phase, active, now
+    incident: Incident | None = None
+    if d.verdict is Verdict.ATTACH and d.incident_id is not None:
+        incident = s.get(Incident, d.incident_id, with_for_update=s.get_bind().dialect.name != "sqlite")
+        if incident is not None:
+            _attach(s, incident, link, sig, now, cfg)
+    elif d.verdict is Verdict.OPEN:
+        incident = open_incident(s, cfg, sig, g, key, d.rule, now)
+        link.incident_id = incident.id
+        link.verdict = Verdict.OPEN.value
+        incident.alert_count, incident.alerts_open = 1, 1 if active else 0
+        # alerts of the group that were waiting for min_count join it now
+        for pend in s.scalars(
+            select(AlertLink).where(AlertLink.group_key == key, AlertLink.verdict == Verdict.PENDING.value)
+        ):
+            pend.incident_id, pend.verdict = incident.id, Verdict.ATTACH.value
+            incident.alert_count += 1
+            incident.alerts_open += 1 if pend.active else 0
+    else:
+        link.verdict, link.reason = d.verdict.value, d.reason[:300]
+    return incident.id if incident is not None else None
+
+
+def _attach(s: Session, row: Incident, link: AlertLink, sig: Signal, now: float, cfg: LoopConfig) -> None:
+    new_link = link.incident_id is None
+    if new_link:
+        link.incident_id, link.verdict = row.id, Verdict.ATTACH.value
+        row.alert_count += 1
+        row.alerts_open += 1 if sig.phase != "cleared" else 0
+        rows.add_event(
+            s, row, "alert_attached", actor=SYSTEM, now=now, alert_id=sig.alert_id, device_id=sig.device_id
+        )
+    elif sig.phase == "cleared":
+        row.alerts_open = max(0, row.alerts_open - 1)
+        rows.add_event(
+            s, row, "alert_cleared", actor=SYSTEM, channel="telemetry", now=now, alert_id=sig.alert_id
+        )
+        if row.alerts_open == 0 and row.stage == "handled":
+            rows.add_timer(s, row, "verify", now + VERIFY_QUIET_S, now)
+    elif sig.phase == "raised":
+        row.alerts_open += 1
+    row.updated_at = now
+    row.row_version += 1
+
+
+#: a device incident is verified by telemetry when its alerts stay cleared this long after handling
+VERIFY_QUIET_S = 300.0
+
+
+def open_incident(
+    s: Session,
+    cfg: LoopConfig,
+    sig: Signal,
+    g: Severity,
+    key: str,
+    rule: str,
+    now: float,
+    *,
+    title: str | None = None,
+    description: str = "",
+    reporter: str = "",
+    address: str = "",
+) -> Incident:
+    """Create, route, dispatch and start escalating an incident (a manual report waits for 立案)."""
+    manual = sig.source is Source.MANUAL
+    order = new_order(now, registered=not manual)
+    labels = sig.labels(g)
+    local = datetime.fromtimestamp(now, display_zone(cfg.roster.zone))
+    matches = route(cfg.routes, labels, local.hour * 60 + local.minute)
+    receivers = tuple(r for m in matches for r in m.receivers)
+    policy_name = next((m.escalation for m in matches if m.escalation), None) or "default"
+    row = Incident(
+        group_key=key,
+        group_rule=rule,
+        is_open=True,
+        stage=order.stage.value,
+        source=sig.source.value,
+        kind=sig.kind,
+        event_type=sig.event,
+        grade=int(g),
+        urgency=urgency_for(g).value,
+        title=title or _title(sig),
+        description=description,
+        device_id=sig.device_id,
+        gateway_id=sig.gateway_id,
+        grid=sig.grid,
+        street=sig.street,
+        community=sig.community,
+        address=address,
+        on_road=sig.on_road,
+        lat=sig.lat,
+        lon=sig.lon,
+        reporter=reporter,
+        route_rule=" + ".join(m.rule for m in matches),
+        department=receivers[0].department if receivers else "",
+        receivers=[{"department": r.department, "roles": list(r.roles)} for r in receivers],
+        event_start=sig.time,
+        alert_time=None if manual else now,
+        created_at=now,
+        stage_entered_at=now,
+        registered_at=order.registered_at,
+        paused_s=0.0,
+        reopen_count=0,
+        rework=False,
+        returned_reasons=[],
+        last_actor="",
+        overdue=[],
+        alert_count=0,
+        alerts_open=0,
+        snapshot_version=0,
+        esc_step=0,
+        esc_loop=0,
+        esc_done=False,
+        esc_reason="",
+        confirmed=False,
+        row_version=1,
+        updated_at=now,
+    )
+    s.add(row)
+    s.flush()
+    rows.store_order(row, order, cfg.sla, now)
+    rows.add_event(
+        s,
+        row,
+        "opened",
+        actor=SYSTEM,
+        now=now,
+        channel=sig.source.value,
+        reason=f"grouped by {rule}",
+        alert_id=sig.alert_id,
+        grade=g.name.lower(),
+        tier=TIER[g],
+        urgency=row.urgency,
+    )
+    rows.add_event(
+        s,
+        row,
+        "routed",
+        actor=SYSTEM,
+        now=now,
+        reason=row.route_rule,
+        receivers=row.receivers,
+        escalation=policy_name,
+    )
+    if not manual:
+        start_work(s, cfg, row, policy_name, now)
+    else:
+        sla_timer(s, row, now)
+    return row
+
+
+def start_work(s: Session, cfg: LoopConfig, row: Incident, policy_name: str | None, now: float) -> None:
+    """Dispatch to the nearest available on-call responder, freeze the escalation and run its first step."""
+    dispatch_auto(s, cfg, row, now)
+    restart_escalation(s, cfg, row, policy_name, now)
+
+
+def dispatch_auto(
+    s: Session, cfg: LoopConfig, row: Incident, now: float, *, exclude: Sequence[str] = ()
+) -> bool:
+    for rc in row.receivers:
+        if rc["department"] in exclude:
+            continue
+        for role in rc["roles"]:
+            if role.startswith("desk_") or role in ("resident", "family_contact", "call_taker"):
+                continue  # desks and relatives are paged, not dispatched a work order
+            people = cfg.roster.on_call(role, row.grid, now)
+            load = {
+                str(who): int(n)
+                for who, n in s.execute(
+                    select(Incident.assignee, func.count())
+                    .where(Incident.is_open.is_(True), Incident.assignee.in_([p.id for p in people]))
+                    .group_by(Incident.assignee)
+                )
+            }
+            who = pick(people, lat=row.lat, lon=row.lon, load=load)
+            if who is None:
+                rows.add_event(s, row, "coverage_gap", actor=SYSTEM, now=now, role=role, zone=row.grid)
+                continue
+            before = row.stage
+            tr = apply(
+                rows.order_of(row),
+                Command(Action.DISPATCH, SYSTEM, assignee=who.id, department=rc["department"]),
+                now,
+            )
+            rows.store_order(row, tr.after, cfg.sla, now)
+            rows.add_event(
+                s,
+                row,
+                "dispatch",
+                actor=SYSTEM,
+                now=now,
+                from_stage=before,
+                reason=f"on call for {role} in {row.grid or '*'}, nearest available",
+                assignee=who.id,
+            )
+            sla_timer(s, row, now)
+            return True
+    sla_timer(s, row, now)
+    return False
+
+
+def restart_escalation(
+    s: Session, cfg: LoopConfig, row: Incident, policy_name: str | None, now: float
+) -> None:
+    """Freeze a new snapshot (a new version fences every older timer) and run its first step."""
+    old = rows.snapshot_of(row)
+    name = policy_name or (old.policy.name if old else "default")
+    policy = cfg.policies.get(name) or cfg.policies["default"]
+    receivers = tuple(Receiver(r["department"], tuple(r["roles"])) for r in row.receivers)
+    snap = escalation.freeze(policy, receivers, previous_version=row.snapshot_version, now=now)
+    row.snapshot, row.snapshot_version = rows.snapshot_json(snap), snap.version
+    out = escalation.start(snap, row.id, now, row.title)
+    apply_outcome(s, cfg, row, out, now)
+
+
+def apply_outcome(s: Session, cfg: LoopConfig, row: Incident, out: escalation.Outcome, now: float) -> None:
+    rows.store_esc_state(row, out.state)
+    intents = rows.expand_intents(out.intents, row, cfg.roster, now)
+    n = rows.write_intents(s, row, intents, now)
+    if n:
+        rows.add_event(
+            s,
+            row,
+            "notify",
+            actor=SYSTEM,
+            now=now,
+            step=intents[0].step,
+            targets=[f"{i.target_kind}:{i.target_id}" for i in intents],
+            version=row.snapshot_version,
+        )
+    if out.timer is not None:
+        rows.add_timer(s, row, "escalation", out.timer.due, now, step=out.timer.step, loop=out.timer.loop)
+    elif out.state.done:
+        rows.add_event(s, row, "escalation_stopped", actor=SYSTEM, now=now, reason=out.state.reason)
+
+
+def sla_timer(s: Session, row: Incident, now: float) -> None:
+    dues = [d for d in (row.stage_deadline, row.case_deadline) if d is not None]
+    if dues:
+        rows.add_timer(s, row, "sla", min(dues) + 0.001, now)
+
+
+def _title(sig: Signal) -> str:
+    try:
+        what = event_label(sig.event, "zh")
+    except (KeyError, ValueError):
+        what = sig.event
+    try:
+        kind = kind_label(DeviceKind(sig.kind), "zh")
+    except ValueError:
+        kind = sig.kind
+    where = sig.street or sig.grid or sig.community
+    return f"{kind}{what}" + (f" @ {where}" if where else "")

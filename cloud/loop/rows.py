@@ -1,0 +1,239 @@
+"""Between rows and the pure policy: work orders, snapshots, timers, intents, timeline events.
+
+Everything here runs inside the caller's write session; nothing commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from alerts.loop.escalation import EscalationPolicy, EscalationSnapshot, EscalationState, EscalationStep
+from alerts.loop.intents import IntentState, NotificationIntent, TargetKind, dedup_key
+from alerts.loop.rosters import Roster
+from alerts.loop.routing import Receiver
+from alerts.loop.sla import SlaTable, Urgency
+from alerts.loop.stages import Action, Stage, WorkOrder
+from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow, Timer
+
+_ORDER_FIELDS = [f.name for f in fields(WorkOrder)]
+
+
+def order_of(row: Incident) -> WorkOrder:
+    return WorkOrder(
+        stage=Stage(row.stage),
+        created_at=row.created_at,
+        stage_entered_at=row.stage_entered_at,
+        assignee=row.assignee,
+        owner=row.owner,
+        department=row.department,
+        registered_at=row.registered_at,
+        dispatched_at=row.dispatched_at,
+        accepted_at=row.accepted_at,
+        arrived_at=row.arrived_at,
+        handled_at=row.handled_at,
+        verified_at=row.verified_at,
+        closed_at=row.closed_at,
+        rated_at=row.rated_at,
+        rating=row.rating,
+        parked_at=row.parked_at,
+        paused_s=row.paused_s or 0.0,
+        reopen_count=row.reopen_count or 0,
+        rework=bool(row.rework),
+        returned_reasons=tuple(row.returned_reasons or ()),
+        last_action=Action(row.last_action) if row.last_action else None,
+        last_actor=row.last_actor or "",
+    )
+
+
+def store_order(row: Incident, order: WorkOrder, sla: SlaTable, now: float) -> None:
+    for name in _ORDER_FIELDS:
+        value = getattr(order, name)
+        if name == "stage":
+            value = value.value
+        elif name == "returned_reasons":
+            value = list(value)
+        elif name == "last_action":
+            value = value.value if value is not None else None
+        setattr(row, name, value)
+    row.is_open = order.stage.is_open
+    urgency = Urgency(row.urgency)
+    row.stage_deadline = sla.stage_deadline(urgency, order)
+    row.case_deadline = sla.case_deadline(urgency, order)
+    if order.stage is not Stage(row.stage) or not order.stage.is_open:
+        row.overdue = []
+    row.row_version = (row.row_version or 0) + 1
+    row.updated_at = now
+
+
+# -- escalation snapshots ---------------------------------------------------------------------------------
+def snapshot_json(snap: EscalationSnapshot) -> dict[str, Any]:
+    return {
+        "policy": {
+            "name": snap.policy.name,
+            "steps": [asdict(s) for s in snap.policy.steps],
+            "repeat": snap.policy.repeat,
+            "stop_on": snap.policy.stop_on,
+        },
+        "receivers": [{"department": r.department, "roles": list(r.roles)} for r in snap.receivers],
+        "version": snap.version,
+        "started_at": snap.started_at,
+    }
+
+
+def snapshot_of(row: Incident) -> EscalationSnapshot | None:
+    raw = row.snapshot
+    if not raw:
+        return None
+    p = raw["policy"]
+    steps = tuple(
+        EscalationStep(tuple(s["roles"]), float(s["wait_s"]), tuple(s["channels"]), bool(s["confirm"]))
+        for s in p["steps"]
+    )
+    policy = EscalationPolicy(p["name"], steps, int(p["repeat"]), str(p["stop_on"]))
+    receivers = tuple(Receiver(r["department"], tuple(r["roles"])) for r in raw["receivers"])
+    return EscalationSnapshot(policy, receivers, int(raw["version"]), float(raw["started_at"]))
+
+
+def esc_state_of(row: Incident) -> EscalationState:
+    return EscalationState(row.esc_step, row.esc_loop, bool(row.esc_done), row.esc_reason or "")
+
+
+def store_esc_state(row: Incident, st: EscalationState) -> None:
+    row.esc_step, row.esc_loop, row.esc_done, row.esc_reason = st.step, st.loop, st.done, st.reason
+
+
+# -- effects ----------------------------------------------------------------------------------------------
+def add_event(
+    s: Session,
+    row: Incident,
+    action: str,
+    *,
+    actor: str,
+    now: float,
+    channel: str = "system",
+    from_stage: str = "",
+    reason: str = "",
+    idempotency_key: str | None = None,
+    **detail: Any,
+) -> None:
+    s.add(
+        IncidentEvent(
+            incident_id=row.id,
+            at=now,
+            actor=actor,
+            channel=channel,
+            action=action,
+            from_stage=from_stage,
+            to_stage=row.stage,
+            reason=reason[:1000],
+            detail=detail,
+            idempotency_key=idempotency_key,
+        )
+    )
+
+
+def add_timer(
+    s: Session, row: Incident, purpose: str, due: float, now: float, *, step: int = 0, loop: int = 0
+) -> None:
+    s.add(
+        Timer(
+            incident_id=row.id,
+            purpose=purpose,
+            step=step,
+            loop=loop,
+            snapshot_version=row.snapshot_version,
+            due_at=due,
+            state="pending",
+            created_at=now,
+        )
+    )
+
+
+def expand_intents(
+    intents: tuple[NotificationIntent, ...], row: Incident, roster: Roster, now: float
+) -> list[NotificationIntent]:
+    """Role intents -> the responders on call for that role in the incident's zone (``user`` targets).
+
+    The 119 / 120 desks are ``group`` targets; a role with nobody on call stays a ``role`` intent (the
+    notifier falls back to everyone with that duty role) and the timeline records the coverage gap.
+    """
+    out: list[NotificationIntent] = []
+    for it in intents:
+        if it.target_id.startswith("desk_"):
+            out.append(_retarget(it, row, TargetKind.GROUP, it.target_id))
+            continue
+        people = roster.on_call(it.target_id, row.grid, now)
+        if not people:
+            out.append(it)
+            continue
+        out.extend(_retarget(it, row, TargetKind.USER, p.id) for p in people)
+    return out
+
+
+def _retarget(it: NotificationIntent, row: Incident, kind: TargetKind, target: str) -> NotificationIntent:
+    prefix = it.dedup_key.rsplit(":", 2)[0]  # incident:version:step:loop
+    inc, ver, step, loop = prefix.split(":")
+    return NotificationIntent(
+        incident_id=it.incident_id,
+        step=it.step,
+        target_kind=kind,
+        target_id=target,
+        channel_hint=it.channel_hint,
+        dedup_key=dedup_key(int(inc), int(ver), int(step), int(loop), kind, target),
+        created_at=it.created_at,
+        department=it.department,
+        summary=it.summary or row.title,
+    )
+
+
+def write_intents(s: Session, row: Incident, intents: list[NotificationIntent], now: float) -> int:
+    """Insert intents whose dedup key is new (a replay writes nothing); returns how many were new."""
+    if not intents:
+        return 0
+    keys = [i.dedup_key for i in intents]
+    existing = set(
+        s.scalars(
+            NotificationIntentRow.__table__.select()
+            .with_only_columns(NotificationIntentRow.dedup_key)
+            .where(NotificationIntentRow.dedup_key.in_(keys))
+        )
+    )
+    new = 0
+    for it in intents:
+        if it.dedup_key in existing:
+            continue
+        existing.add(it.dedup_key)
+        s.add(
+            NotificationIntentRow(
+                incident_id=row.id,
+                step=it.step,
+                target_kind=it.target_kind.value,
+                target_id=it.target_id,
+                channel_hint=it.channel_hint[:64],
+                department=it.department,
+                summary=(it.summary or row.title)[:300],
+                dedup_key=it.dedup_key,
+                created_at=now,
+                state=IntentState.PENDING.value,
+                updated_at=now,
+            )
+        )
+        new += 1
+    if new and row.first_notified_at is None:
+        row.first_notified_at = now
+    return new
+
+
+def cancel_pending_intents(s: Session, row: Incident, now: float) -> None:
+    s.execute(
+        update(NotificationIntentRow)
+        .where(
+            NotificationIntentRow.incident_id == row.id,
+            NotificationIntentRow.state == IntentState.PENDING.value,
+        )
+        .values(state=IntentState.CANCELLED.value, updated_at=now)
+    )

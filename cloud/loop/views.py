@@ -1,0 +1,200 @@
+"""What each role may see of an incident, and the KPI query.
+
+Roles see what they need (issue 8, "Correctness"): the reporter's contact is shown only to admin and
+dispatcher (to call back); a wristband incident's readings are health data, so the alert messages and
+values are left out for everyone but admin and dispatcher; operators and viewers see where and what.
+Times are ISO-8601 with the display zone's offset (``firmware_bridge.kernel.locale.iso``); labels are
+Chinese first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from alerts.loop.kpi import CaseRecord, KpiRow, kpis
+from alerts.loop.routing import DEPARTMENTS, ROLES
+from alerts.loop.sla import Urgency
+from alerts.loop.stages import Stage, allowed_actions
+from cloud.auth import PERSONAL_DATA_ROLES, Principal
+from cloud.crypto import SecretBox
+from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow
+from firmware_bridge.kernel.events import Severity
+from firmware_bridge.kernel.locale import Lang, event_label, iso, kind_label, severity_label
+
+_TIMES = (
+    "event_start",
+    "alert_time",
+    "created_at",
+    "stage_entered_at",
+    "registered_at",
+    "dispatched_at",
+    "first_notified_at",
+    "accepted_at",
+    "arrived_at",
+    "handled_at",
+    "verified_at",
+    "closed_at",
+    "rated_at",
+    "stage_deadline",
+    "case_deadline",
+    "updated_at",
+)
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else iso(t)
+
+
+def _label(fn: Any, value: str, language: Lang) -> str:
+    try:
+        return str(fn(value, language))
+    except (KeyError, ValueError):
+        return value
+
+
+def incident_out(
+    row: Incident, who: Principal, box: SecretBox | None, language: Lang = "zh"
+) -> dict[str, Any]:
+    personal = who.role in PERSONAL_DATA_ROLES
+    stage = Stage(row.stage)
+    out: dict[str, Any] = {
+        "id": row.id,
+        "title": row.title,
+        "stage": row.stage,
+        "stage_label": stage.label(language),
+        "is_open": row.is_open,
+        "source": row.source,
+        "kind": row.kind,
+        "kind_label": _label(kind_label, row.kind, language),
+        "event_type": row.event_type,
+        "event_label": _label(event_label, row.event_type, language),
+        "grade": Severity(row.grade).name.lower(),
+        "grade_label": severity_label(Severity(row.grade), language),
+        "urgency": row.urgency,
+        "urgency_label": Urgency(row.urgency).label(language),
+        "device_id": row.device_id,
+        "grid": row.grid,
+        "street": row.street,
+        "community": row.community,
+        "address": row.address,
+        "on_road": row.on_road,
+        "lat": row.lat,
+        "lon": row.lon,
+        "department": row.department,
+        "department_label": DEPARTMENTS.get(row.department, (row.department, row.department))[
+            language == "en"
+        ],
+        "route_rule": row.route_rule,
+        "receivers": [
+            {**r, "role_labels": [ROLES.get(x, (x, x))[language == "en"] for x in r["roles"]]}
+            for r in row.receivers
+        ],
+        "assignee": row.assignee,
+        "owner": row.owner,
+        "rating": row.rating,
+        "rework": row.rework,
+        "reopen_count": row.reopen_count,
+        "returned_reasons": row.returned_reasons,
+        "overdue": row.overdue,
+        "alert_count": row.alert_count,
+        "alerts_open": row.alerts_open,
+        "escalation": {
+            "policy": (row.snapshot or {}).get("policy", {}).get("name"),
+            "version": row.snapshot_version,
+            "next_step": row.esc_step,
+            "loop": row.esc_loop,
+            "done": row.esc_done,
+            "reason": row.esc_reason,
+            "confirmed": row.confirmed,
+        },
+        "allowed_actions": [a.value for a in allowed_actions(stage)],
+        "row_version": row.row_version,
+        "description": row.description,
+        "reporter": row.reporter if personal else ("***" if row.reporter else ""),
+    }
+    for name in _TIMES:
+        out[name] = _iso(getattr(row, name))
+    if personal and box is not None and row.reporter_contact_enc:
+        out["reporter_contact"] = box.open(row.reporter_contact_enc).get("phone", "")
+    if row.kind == "wristband" and not personal:
+        out["description"] = ""  # health details stay with those who need them
+    return out
+
+
+def event_out(e: IncidentEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "actor": e.actor,
+        "channel": e.channel,
+        "action": e.action,
+        "from_stage": e.from_stage,
+        "to_stage": e.to_stage,
+        "to_stage_label": Stage(e.to_stage).label() if e.to_stage else "",
+        "reason": e.reason,
+        "detail": e.detail,
+    }
+
+
+def intent_out(i: NotificationIntentRow) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "incident_id": i.incident_id,
+        "step": i.step,
+        "target_kind": i.target_kind,
+        "target_id": i.target_id,
+        "channel_hint": i.channel_hint,
+        "department": i.department,
+        "summary": i.summary,
+        "dedup_key": i.dedup_key,
+        "created_at": iso(i.created_at),
+        "state": i.state,
+    }
+
+
+def case_records(s: Session, since: float, until: float) -> list[CaseRecord]:
+    """Cases due in ``[since, until)``: registered in the period (dismissed reports are not cases)."""
+    rows = s.scalars(
+        select(Incident).where(
+            Incident.registered_at.is_not(None),
+            Incident.registered_at >= since,
+            Incident.registered_at < until,
+            Incident.stage != Stage.DISMISSED.value,
+        )
+    )
+    sent: dict[int, float] = {}
+    for inc_id, at in s.execute(
+        select(NotificationIntentRow.incident_id, NotificationIntentRow.updated_at).where(
+            NotificationIntentRow.state == "sent"
+        )
+    ):
+        sent[inc_id] = min(at, sent.get(inc_id, at))
+    out = []
+    for r in rows:
+        out.append(
+            CaseRecord(
+                department=r.department,
+                zone=r.grid,
+                responder=r.owner or "",
+                kind=r.kind,
+                event_start=r.event_start,
+                alert_time=r.alert_time or r.registered_at,
+                first_notified=sent.get(r.id, r.first_notified_at),
+                accepted=r.accepted_at,
+                arrived=r.arrived_at,
+                handled=r.handled_at,
+                registered=r.registered_at,
+                closed=r.closed_at,
+                deadline=r.case_deadline,
+                reworked=bool(r.rework),
+                rating=r.rating,
+            )
+        )
+    return out
+
+
+def kpi_rows(s: Session, since: float, until: float, by: str) -> list[KpiRow]:
+    return kpis(case_records(s, since, until), by=by)
