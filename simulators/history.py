@@ -13,7 +13,8 @@ The model, per event family (:class:`alerts.forecast.history.Family`):
 * **self-excitation**: every event triggers ``Poisson(theta)`` more events of its family, each after an
   exponential delay of mean ``decay_days``, at the device nearest to a Gaussian displacement of
   ``sigma_m`` from its parent (``sigma_m = 0``: the same device, e.g. a resident's repeated falls);
-* a few residents (``rising``) whose health-event rate grows through the period: the truth for the
+* a few residents (``rising``) whose falls and heart-rate episodes grow over the last ``rising_weeks``
+  (linearly from nothing to ``rising_peak_per_week`` extra events a week): the truth for the
   per-resident trend.
 
 Parameter ranges (``docs/risk.md``): branching ratios 0.2-0.5 and decays of one day to a week, spatial
@@ -114,7 +115,8 @@ class SimulatedHistory:
     device_log_rate: dict[Family, F64]  # static log rate per device of the family's kind (incl. hot)
     day_log_rate: dict[Family, F64]  # (days,) season + rain
     rising: tuple[str, ...]  # wristbands whose health-event rate grows
-    rising_growth: float
+    rising_peak_per_week: float
+    rising_weeks: int
     building_age: dict[DeviceKind, F64] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -187,8 +189,8 @@ class SimulatedHistory:
         out = np.asarray(np.exp(self.day_log_rate[family])[:, None] * per_cell[None, :], dtype=np.float64)
         if family is Family.HEALTH and self.rising:
             idx = np.array([sites.device_id.index(d) for d in self.rising])
-            ramp = self.rising_growth * (np.arange(self.days) + 0.5) / self.days
-            extra = base[idx][None, :] * ramp[:, None] * np.exp(self.day_log_rate[family])[:, None]
+            ramp = _ramp(self.days, self.rising_weeks, self.rising_peak_per_week)
+            extra = np.broadcast_to(ramp[:, None], (self.days, len(idx)))
             np.add.at(out.T, c[idx], extra.T)
         return out
 
@@ -225,8 +227,9 @@ def generate_history(
     counts: dict[DeviceKind, int] | None = None,
     families: tuple[FamilyParams, ...] = DEFAULT_FAMILIES,
     rate_scale: float = 1.0,
-    rising_share: float = 0.05,
-    rising_growth: float = 4.0,
+    rising_share: float = 0.02,
+    rising_peak_per_week: float = 1.5,
+    rising_weeks: int = 12,
     centre: tuple[float, float] = LONGHUA,
 ) -> SimulatedHistory:
     """Draw ``days`` of history; ``rate_scale`` multiplies every background rate (for big benches)."""
@@ -249,7 +252,8 @@ def generate_history(
         neighbourhood=nb, start=start, days=days, time=np.empty(0), kind=[], device_id=[],
         device_index=np.empty(0, np.int64), event_type=[], family=np.empty(0, np.int64),
         parent=np.empty(0, np.int64), rain_mm=rain, params=families, device_log_rate={}, day_log_rate={},
-        rising=tuple(wb.device_id[i] for i in rising_idx.tolist()), rising_growth=rising_growth,
+        rising=tuple(wb.device_id[i] for i in rising_idx.tolist()), rising_peak_per_week=rising_peak_per_week,
+        rising_weeks=rising_weeks,
         building_age=ages,
     )  # fmt: skip
     traffic = hist._traffic()
@@ -273,7 +277,7 @@ def generate_history(
         hist.day_log_rate[p.family] = day_rate
         t, dev = _background(rng, start, log_rate, day_rate)
         if p.family is Family.HEALTH and n_rising:
-            t2, dev2 = _rising(rng, start, log_rate[rising_idx], day_rate, rising_growth)
+            t2, dev2 = _rising(rng, start, n_rising, _ramp(days, rising_weeks, rising_peak_per_week))
             t, dev = np.concatenate([t, t2]), np.concatenate([dev, rising_idx[dev2]])
         t, dev, parent = _cascade(rng, p, t, dev, sites.xy, start + days * DAY_S)
         etype = rng.choice(len(p.event_types), len(t), p=[w for _, w in p.event_types])
@@ -292,13 +296,17 @@ def _background(rng: np.random.Generator, start: float, log_rate: F64, day_rate:
     return t, dev.astype(np.int64)
 
 
-def _rising(
-    rng: np.random.Generator, start: float, log_rate: F64, day_rate: F64, growth: float
-) -> tuple[F64, I64]:
-    n_days = len(day_rate)
-    ramp = growth * (np.arange(n_days) + 0.5) / n_days
-    lam = np.exp(log_rate)[:, None] * (np.exp(day_rate) * ramp)[None, :]
-    k = rng.poisson(lam)
+def _ramp(days: int, weeks: int, peak_per_week: float) -> F64:
+    """Extra expected events per day: 0 until ``weeks`` before the end, then linear up to the peak."""
+    first = max(days - 7 * weeks, 0)
+    d = np.arange(days) + 0.5
+    return np.asarray(
+        np.clip((d - first) / max(days - first, 1), 0, 1) * peak_per_week / 7.0, dtype=np.float64
+    )
+
+
+def _rising(rng: np.random.Generator, start: float, n: int, ramp: F64) -> tuple[F64, I64]:
+    k = rng.poisson(np.broadcast_to(ramp[None, :], (n, len(ramp))))
     dev, day = np.nonzero(k)
     reps = k[dev, day]
     dev, day = np.repeat(dev, reps), np.repeat(day, reps)

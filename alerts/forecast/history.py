@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from alerts.forecast.errors import ForecastError
 from firmware_bridge.kernel.events import EventType
+from firmware_bridge.kernel.records import DeviceKind
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -53,6 +54,14 @@ FAMILY_OF: dict[EventType, Family] = {
     EventType.SPO2_LOW: Family.HEALTH,
 }
 EVENT_TYPES: tuple[EventType, ...] = tuple(FAMILY_OF)
+#: the device kind whose devices a family's events happen at (its background is shared among them)
+FAMILY_KIND: dict[Family, DeviceKind] = {
+    Family.COVER: DeviceKind.MANHOLE,
+    Family.FLOOD: DeviceKind.MANHOLE,
+    Family.GAS: DeviceKind.MANHOLE,
+    Family.FIRE: DeviceKind.SMOKE_ALARM,
+    Family.HEALTH: DeviceKind.WRISTBAND,
+}
 HEALTH_EVENT_TYPES: frozenset[EventType] = frozenset(e for e, f in FAMILY_OF.items() if f is Family.HEALTH)
 
 

@@ -60,8 +60,12 @@ def test_true_background_matches_the_count_of_background_events(
 
 def test_rising_residents_have_more_events_late_than_early(sim_history: SimulatedHistory) -> None:
     h = sim_history
-    mid = h.start + h.days / 2 * 86_400
+    mid = h.end - h.rising_weeks / 2 * 7 * 86_400
     rising = set(h.rising)
-    early = sum(1 for t, d in zip(h.time.tolist(), h.device_id, strict=True) if d in rising and t < mid)
+    early = sum(
+        1
+        for t, d in zip(h.time.tolist(), h.device_id, strict=True)
+        if d in rising and mid - 6 * 7 * 86_400 <= t < mid
+    )
     late = sum(1 for t, d in zip(h.time.tolist(), h.device_id, strict=True) if d in rising and t >= mid)
     assert len(rising) >= 10 and late > 1.5 * early

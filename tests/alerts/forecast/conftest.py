@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from alerts.forecast.background import DAY_S
 from alerts.forecast.backtest import BacktestReport, Truth, backtest
 from alerts.forecast.grid import Cells, square_cells
+from alerts.forecast.risk import Devices, RiskForecast, forecast_risk
 from alerts.forecast.sepp import Triggering
+from firmware_bridge.kernel.records import DeviceKind
 from simulators.history import SimulatedHistory, generate_history
 
 TEST_DAYS = 60
@@ -37,4 +40,24 @@ def sim_backtest(sim_history: SimulatedHistory, sim_cells: Cells) -> BacktestRep
         train_end=h.end - TEST_DAYS * DAY_S,
         test_days=TEST_DAYS,
         truth=truth,
+    )
+
+
+@pytest.fixture(scope="session")
+def sim_devices(sim_history: SimulatedHistory) -> Devices:
+    ids: list[str] = []
+    kinds: list[DeviceKind] = []
+    xy = []
+    for kind, sites in sim_history.neighbourhood.sites.items():
+        ids += sites.device_id
+        kinds += [kind] * len(sites)
+        xy.append(sites.xy)
+    return Devices(tuple(ids), tuple(kinds), np.concatenate(xy))
+
+
+@pytest.fixture(scope="session")
+def sim_risk(sim_history: SimulatedHistory, sim_cells: Cells, sim_devices: Devices) -> RiskForecast:
+    h = sim_history
+    return forecast_risk(
+        h.event_history(), sim_cells, h.covariates(sim_cells), sim_devices, at=h.end - 30 * DAY_S
     )
