@@ -97,7 +97,13 @@ def _serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read clock file {args.clock}: {exc}") from exc
     app = create_app(s, clock=clock)
-    uvicorn.run(app, host=s.host, port=s.port, log_config=None, access_log=False)
+    from cloud.connguard import server_config
+    from cloud.limits import GuardMetrics, install_log_throttle
+
+    install_log_throttle()  # repeated lines (a hostile client's errors) at most 5 per 10 s each
+    guard = GuardMetrics.for_registry(app.state.vigil.metrics.registry)
+    # header/body deadlines and connection caps (issue 11): slow clients cannot take the service down
+    uvicorn.Server(server_config(app, host=s.host, port=s.port, metrics=guard)).run()
     return 0
 
 
