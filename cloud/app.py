@@ -30,11 +30,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud import operator_push
 from cloud.api import alerts, auth, devices, gateways, ingest
 from cloud.api import console as console_api
+from cloud.api import links as links_api
+from cloud.api import notify as notify_api
 from cloud.api.state import CloudState
 from cloud.errors import CloudError
 from cloud.ingest import AlertSink
 from cloud.loop import wiring as loop_wiring
 from cloud.metrics import CloudMetrics
+from cloud.notify.config import NotifyConfig
+from cloud.notify.service import NotifyService
 from cloud.settings import CloudSettings
 from firmware_bridge.kernel.clock import Clock
 
@@ -126,6 +130,13 @@ def create_app(
     sink = loop_wiring.LoopSink(sink)  # the closed loop sees every committed alert step (docs/loop.md)
     state = CloudState.build(settings, sink=sink, clock=clock)
     metrics = state.metrics
+    notify = NotifyService.build(  # channels, outbox, links (docs/notifications.md)
+        db=state.db,
+        key_file=settings.secret_key_file,
+        clock=state.clock,
+        registry=metrics.registry,
+        config=NotifyConfig.load(settings.notify_config_file),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +145,8 @@ def create_app(
                 tasks = []
                 if settings.run_jobs and state.jobs.jobs:  # connectivity + registered jobs, under leases
                     tasks.append(tg.create_task(state.jobs.run(), name="periodic-jobs"))
+                if settings.run_jobs:  # every process may deliver: the outbox's claims never send twice
+                    tasks.append(tg.create_task(notify.run(), name="notify-delivery"))
                 log.info(
                     "vigil cloud started",
                     extra={
@@ -155,6 +168,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.vigil = state
+    app.state.notify = notify
 
     @app.exception_handler(CloudError)
     async def _cloud_error(request: Request, exc: CloudError) -> JSONResponse:
@@ -210,6 +224,8 @@ def create_app(
 
     for module in (ingest, devices, gateways, alerts, auth, operator_push):
         app.include_router(module.router)
+    app.include_router(notify_api.router)
+    app.include_router(links_api.router)
     console_api.install(app)  # live stream + the console at /console (docs/console.md)
     loop_wiring.install(app, sink)  # incidents, work orders, escalation job, loop API (docs/loop.md)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)

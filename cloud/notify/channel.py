@@ -47,6 +47,7 @@ class Notice:
     severity: int = 2
     lang: Lang = "zh"
     params: dict[str, str] = field(default_factory=dict)
+    incident_id: str = ""
 
     def plain_text(self, *, with_links: bool = True) -> str:
         parts = [self.title, *self.lines]
@@ -73,6 +74,7 @@ class Notice:
             "severity": self.severity,
             "lang": self.lang,
             "params": dict(self.params),
+            "incident_id": self.incident_id,
         }
 
     @classmethod
@@ -85,6 +87,7 @@ class Notice:
             severity=int(data.get("severity", 2)),
             lang="en" if data.get("lang") == "en" else "zh",
             params={str(k): str(v) for k, v in dict(data.get("params", {})).items()},
+            incident_id=str(data.get("incident_id", "")),
         )
 
 

@@ -68,6 +68,7 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dedup_key: Mapped[str] = mapped_column(String(255))
+    intent_key: Mapped[str] = mapped_column(String(255), default="")  # the loop's intent, if any
     incident_id: Mapped[str] = mapped_column(String(128))
     step: Mapped[int] = mapped_column(Integer, default=0)
     recipient: Mapped[str] = mapped_column(String(96))  # "user:<id>", "group:<name>", "webhook:<name>"

@@ -104,6 +104,7 @@ def render(
             "level": level,
             "ref": reply_ref,
         },
+        incident_id=facts.incident_id,
     )
 
 
@@ -121,4 +122,5 @@ def digest(notices: Sequence[Notice], *, lang: Lang) -> Notice:
         severity=max(n.severity for n in notices),
         lang=lang,
         params=notices[0].params,
+        incident_id=notices[0].incident_id,
     )

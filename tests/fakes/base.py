@@ -83,6 +83,10 @@ class FakeProvider:
     def handle(self, req: Request, fault: str) -> Answer:
         raise NotImplementedError
 
+    def fault_applies(self, req: Request, fault: str) -> bool:
+        """Whether a queued fault hits this request (e.g. not a token fetch); default: every request."""
+        return True
+
     def accept(self, req: Request) -> None:
         with self._lock:
             self.accepted.append(req)
@@ -91,6 +95,10 @@ class FakeProvider:
         with self._lock:
             self.requests.append(req)
         fault = self._take_fault()
+        if fault and not self.fault_applies(req, fault):
+            with self._lock:
+                self.faults.appendleft(fault)  # kept for the next request it applies to
+            fault = ""
         if fault == "timeout":
             time.sleep(self.hang_s)
             return 504, b"{}", {}

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import time
+from typing import Any
 
 from tests.fakes.base import Answer, FakeProvider, MinuteWindow, Request
 
@@ -23,7 +24,7 @@ class FakeDingTalk(FakeProvider):
         super().__init__()
         self.access_token, self.secret = access_token, secret
         self.window = MinuteWindow(per_minute)
-        self.messages: list[dict[str, object]] = []
+        self.messages: list[dict[str, Any]] = []
 
     def handle(self, req: Request, fault: str) -> Answer:
         now = time.time()

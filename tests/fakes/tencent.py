@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from tests.fakes.base import Answer, FakeProvider, Request
 
@@ -23,7 +24,7 @@ class FakeTencent(FakeProvider):
     def __init__(self, *, secret_id: str = "AKID-test", secret_key: str = "tencent-secret") -> None:
         super().__init__()
         self.secret_id, self.secret_key = secret_id, secret_key
-        self.sms: list[dict[str, object]] = []
+        self.sms: list[dict[str, Any]] = []
 
     def _error(self, code: str, message: str) -> Answer:
         return 200, {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": "r"}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 from tests.fakes.base import Answer, FakeProvider, MinuteWindow, Request
 
@@ -30,8 +31,11 @@ class FakeWeCom(FakeProvider):
         self.tokens: dict[str, float] = {}  # token -> expiry (wall clock)
         self._n = itertools.count(1)
         self.robot_window = MinuteWindow(20)
-        self.messages: list[dict[str, object]] = []
-        self.robot_messages: list[dict[str, object]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.robot_messages: list[dict[str, Any]] = []
+
+    def fault_applies(self, req: Request, fault: str) -> bool:
+        return not req.path.endswith("/gettoken")  # faults hit sends; token fetches just work
 
     def handle(self, req: Request, fault: str) -> Answer:
         now = time.time()

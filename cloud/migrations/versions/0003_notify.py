@@ -34,6 +34,7 @@ def upgrade() -> None:
         "notify_deliveries",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("dedup_key", sa.String(length=255), nullable=False),
+        sa.Column("intent_key", sa.String(length=255), nullable=False),
         sa.Column("incident_id", sa.String(length=128), nullable=False),
         sa.Column("step", sa.Integer(), nullable=False),
         sa.Column("recipient", sa.String(length=96), nullable=False),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +15,31 @@ from tests.fakes.smtp import FakeSmtp
 from tests.fakes.tencent import FakeTencent
 from tests.fakes.webhook import FakeWebhookReceiver
 from tests.fakes.wecom import FakeWeCom
+
+
+@pytest.fixture(scope="session")
+def notify_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to all heads once per session; tests get a copy."""
+    from cloud.db import upgrade_head
+
+    path = tmp_path_factory.mktemp("notify-template") / "n.db"
+    upgrade_head(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, notify_template: Path) -> str:
+    shutil.copyfile(notify_template, tmp_path / "n.db")
+    return f"sqlite:///{tmp_path}/n.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """SQLite and a fresh PostgreSQL database (migrated by the kit)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return sqlite_url
+
 
 #: client timeout in the tests; the fakes' "timeout" fault holds a request longer than this
 CLIENT_TIMEOUT_S = 0.5

@@ -49,7 +49,7 @@ async def test_wecom_app_sends_with_a_cached_token(fake_wecom: FakeWeCom, http: 
     first, second = fake_wecom.messages
     assert first["touser"] == "zhangsan" and second["toparty"] == "2"
     assert first["enable_duplicate_check"] == 1
-    content = first["text"]["content"]  # type: ignore[index]
+    content = first["text"]["content"]
     assert '<a href="https://v.example/l/a">接单</a>' in content and "3号楼201" in content
 
 
@@ -98,7 +98,7 @@ async def test_wecom_robot_markdown_and_its_rate_limit(
     results = [await robot.send(NOTICE, "", key=f"k{i}") for i in range(21)]
     assert all(isinstance(r, Delivered) for r in results[:20])
     assert isinstance(results[20], Retry) and results[20].after == 60.0
-    md = fake_wecom.robot_messages[0]["markdown"]["content"]  # type: ignore[index]
+    md = fake_wecom.robot_messages[0]["markdown"]["content"]
     assert "[接单](https://v.example/l/a)" in md
     wrong = WeComRobot(url=fake_wecom.robot_url.replace("robot-key-1", "nope"), client=http)
     assert isinstance(await wrong.send(NOTICE, "", key="k"), GiveUp)
@@ -112,7 +112,7 @@ async def test_dingtalk_action_card_passes_the_signature_check(
     assert await robot.send(NOTICE, "", key="k") == Delivered()
     card = fake_dingtalk.messages[0]
     assert card["msgtype"] == "actionCard"
-    btns = card["actionCard"]["btns"]  # type: ignore[index]
+    btns = card["actionCard"]["btns"]
     assert [b["title"] for b in btns] == ["接单", "已到场"]
     plain = Notice(title="电量低", lines=("井盖 G01",))
     assert await robot.send(plain, "13800000001", key="k2") == Delivered()

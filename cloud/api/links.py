@@ -1,0 +1,115 @@
+"""Public endpoints behind the links in messages, and residents' reports. No login: the link is the key.
+
+Responder links (``accept`` / ``decline`` / ``on_the_way`` / ``arrived`` / ``resolved``)::
+
+    GET  /api/v1/links/{token}            what the link does, whether it can still be used, the case
+    POST /api/v1/links/{token}            do it: {"note": "...", "photo_b64": "<base64 JPEG/PNG/WebP>"}
+
+Resident case links (``case``)::
+
+    GET  /api/v1/links/{token}            the case: status, promise, rating
+    POST /api/v1/links/{token}/rating     {"score": 1-5, "comment": "..."}  (once)
+    POST /api/v1/links/{token}/reopen     {"reason": "..."}                  (within the window)
+
+    POST /api/v1/reports                  {"category", "description", "lat", "lon", "photo_b64"?}
+
+Forged, expired, reused or wrong-purpose links answer 403 / 400 / 409 with a reason and change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from cloud.api.deps import State
+from cloud.api.notify import get_notify
+from cloud.errors import BadRequestError
+from cloud.notify.links import Purpose
+
+router = APIRouter(prefix="/api/v1", tags=["links"])
+
+
+class ActIn(BaseModel):
+    note: str = Field(default="", max_length=1000)
+    photo_b64: str | None = Field(default=None, description="a JPEG, PNG or WebP photo, base64")
+
+
+class RateIn(BaseModel):
+    score: int = Field(ge=1, le=5)
+    comment: str = Field(default="", max_length=500)
+
+
+class ReopenIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ReportIn(BaseModel):
+    category: str = Field(min_length=1, max_length=32)
+    description: str = Field(min_length=1, max_length=2000)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    photo_b64: str | None = None
+
+
+def _photo(b64: str | None) -> bytes | None:
+    if not b64:
+        return None
+    try:
+        return base64.b64decode(b64.split(",", 1)[-1], validate=True)  # accepts a data: URL too
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError("photo_b64 is not valid base64") from exc
+
+
+@router.get("/links/{token}", summary="What a link does and whether it can still be used")
+async def show_link(token: str, request: Request, state: State) -> dict[str, Any]:
+    notify = get_notify(request)
+    now = state.clock.now()
+    claims = notify.links.verify(token, now=now)
+    if claims.purpose is Purpose.CASE:
+        return {"purpose": "case", **await asyncio.to_thread(notify.residents.case, token, now=now)}
+    return await asyncio.to_thread(notify.responders.link_state, token, now=now)
+
+
+@router.post("/links/{token}", summary="Do what a responder link says (accept, arrived, resolved ...)")
+async def use_link(token: str, body: ActIn, request: Request, state: State) -> dict[str, Any]:
+    notify = get_notify(request)
+    photo = _photo(body.photo_b64)
+    done = await asyncio.to_thread(
+        notify.responders.act_by_link, token, note=body.note, photo=photo, now=state.clock.now()
+    )
+    return done.to_json()
+
+
+@router.post("/links/{token}/rating", summary="A resident rates the handling of their case (once)")
+async def rate(token: str, body: RateIn, request: Request, state: State) -> dict[str, Any]:
+    notify = get_notify(request)
+    return await asyncio.to_thread(
+        notify.residents.rate, token, score=body.score, comment=body.comment, now=state.clock.now()
+    )
+
+
+@router.post("/links/{token}/reopen", summary="A resident reopens their case within the window")
+async def reopen(token: str, body: ReopenIn, request: Request, state: State) -> dict[str, Any]:
+    notify = get_notify(request)
+    return await asyncio.to_thread(notify.residents.reopen, token, reason=body.reason, now=state.clock.now())
+
+
+@router.post("/reports", status_code=201, summary="A resident reports a problem; answers a case number")
+async def report(body: ReportIn, request: Request, state: State) -> dict[str, Any]:
+    notify = get_notify(request)
+    client = request.client.host if request.client else "unknown"
+    return await asyncio.to_thread(
+        notify.residents.report,
+        category=body.category,
+        description=body.description,
+        lat=body.lat,
+        lon=body.lon,
+        client=client,
+        photo=_photo(body.photo_b64),
+        now=state.clock.now(),
+    )

@@ -1,0 +1,274 @@
+"""Acting from a message: a link's action, an SMS reply code, and the port to the incident loop.
+
+Every way in ends in :meth:`ResponderDesk.apply`: the action is recorded in ``notify_actions`` (who, from
+which link or number, note, photos) and handed to the loop through :class:`IncidentPort`, which decides
+whether the incident's state allows it (issue 8 owns that state machine). A refused action (the port
+raises a :class:`~cloud.errors.CloudError`) leaves nothing behind: the link stays usable.
+
+Links are single-use: the nonce is claimed (``notify_link_uses``, primary key) before the loop is asked;
+a second use answers ``link_used`` and changes nothing. SMS replies (GoAlert style): ``1`` accept,
+``2`` decline, ``3`` on my way, ``4`` arrived, optionally followed by the case number (``1 37``); the
+sender must be a bound phone that was paged for that case.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import delete, select
+
+from cloud.db import Database
+from cloud.errors import BadRequestError, CloudError, ConflictError
+from cloud.notify.contacts import Contacts
+from cloud.notify.links import RESPONDER_PURPOSES, LinkClaims, LinkError, LinkSigner, Purpose, require_purpose
+from cloud.notify.models import Delivery, InboundSms, LinkUse, Report, ResponderAction
+from cloud.notify.outbox import Outbox
+from cloud.notify.photos import PhotoStore
+from cloud.notify.render import REPLY_CODES
+
+_REPLY = re.compile(r"^\s*([1-4])\s*[-#,.\s]?\s*(\d{1,8})?\s*$")
+#: actions after which the incident's remaining queued pages are pointless
+_STOPS_PAGING = (Purpose.ACCEPT, Purpose.ARRIVED, Purpose.RESOLVED, Purpose.ON_THE_WAY)
+
+
+class IncidentPort(Protocol):
+    """The closed loop's side of an action (blocking; raise ``CloudError`` to refuse)."""
+
+    def responder_action(
+        self, incident_id: str, action: str, *, actor: str, note: str, photo_ids: Sequence[str], now: float
+    ) -> None: ...
+
+    def reopen(self, incident_id: str, *, reason: str, now: float) -> None: ...
+
+    def describe(self, incident_id: str) -> dict[str, Any] | None: ...
+
+    def open_report(self, report: dict[str, Any], *, now: float) -> str | None: ...
+
+
+class NullIncidentPort:
+    """Used until the loop is wired: actions are recorded here only, incidents are not described."""
+
+    def responder_action(
+        self, incident_id: str, action: str, *, actor: str, note: str, photo_ids: Sequence[str], now: float
+    ) -> None:
+        return None
+
+    def reopen(self, incident_id: str, *, reason: str, now: float) -> None:
+        return None
+
+    def describe(self, incident_id: str) -> dict[str, Any] | None:
+        return None
+
+    def open_report(self, report: dict[str, Any], *, now: float) -> str | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    incident_id: str
+    action: str
+    actor: str
+    via: str
+    at: float
+    photo_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "action": self.action,
+            "actor": self.actor,
+            "via": self.via,
+            "at": self.at,
+            "photo_ids": list(self.photo_ids),
+        }
+
+
+class ResponderDesk:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        links: LinkSigner,
+        contacts: Contacts,
+        outbox: Outbox,
+        photos: PhotoStore,
+        port: IncidentPort,
+    ) -> None:
+        self.db = db
+        self.links = links
+        self.contacts = contacts
+        self.outbox = outbox
+        self.photos = photos
+        self.port = port
+
+    # -- links ---------------------------------------------------------------------------------------------
+    def link_state(self, token: str, *, now: float) -> dict[str, Any]:
+        """What a link page shows: its action, whether it can still be used, and the case (role-filtered)."""
+        claims = self.links.verify(token, now=now)
+        with self.db.read() as s:
+            used = s.get(LinkUse, claims.nonce)
+        info = self.port.describe(claims.incident_id) or {}
+        return {
+            "purpose": claims.purpose.value,
+            "incident_id": claims.incident_id,
+            "expires_at": claims.expires_at,
+            "used_at": used.used_at if used else None,
+            "usable": used is None,
+            "incident": {
+                k: info[k] for k in ("title", "status", "place", "opened_at", "department") if k in info
+            },
+        }
+
+    def act_by_link(
+        self, token: str, *, note: str = "", photo: bytes | None = None, now: float
+    ) -> ActionResult:
+        claims = self.links.verify(token, now=now)
+        require_purpose(claims, *RESPONDER_PURPOSES)
+        if claims.purpose is Purpose.RESOLVED and not note.strip():
+            raise BadRequestError("a resolution needs a note saying what was done")
+        photo_ids: list[str] = []
+        if photo is not None:
+            self.photos.check(photo)  # refuse a bad photo before anything is written
+        self._claim_nonce(claims, now=now)
+        try:
+            if photo is not None:
+                photo_ids = [self.photos.store(photo, incident_id=claims.incident_id, now=now)]
+            return self.apply(
+                claims.incident_id,
+                claims.purpose,
+                actor=claims.actor,
+                via="link",
+                note=note,
+                photo_ids=photo_ids,
+                now=now,
+            )
+        except CloudError:
+            self._release_nonce(claims)
+            raise
+
+    def _claim_nonce(self, claims: LinkClaims, *, now: float) -> None:
+        try:
+            with self.db.write() as s:
+                s.add(
+                    LinkUse(
+                        nonce=claims.nonce,
+                        purpose=claims.purpose.value,
+                        incident_id=claims.incident_id,
+                        actor=claims.actor,
+                        used_at=now,
+                    )
+                )
+        except ConflictError as exc:
+            raise LinkError("used", "this link was already used; nothing changed") from exc
+
+    def _release_nonce(self, claims: LinkClaims) -> None:
+        with self.db.write() as s:
+            s.execute(delete(LinkUse).where(LinkUse.nonce == claims.nonce))
+
+    # -- the one way an action happens ---------------------------------------------------------------------
+    def apply(
+        self,
+        incident_id: str,
+        purpose: Purpose,
+        *,
+        actor: str,
+        via: str,
+        note: str = "",
+        photo_ids: Sequence[str] = (),
+        now: float,
+    ) -> ActionResult:
+        self.port.responder_action(
+            incident_id, purpose.value, actor=actor, note=note, photo_ids=photo_ids, now=now
+        )
+        with self.db.write() as s:
+            s.add(
+                ResponderAction(
+                    incident_id=incident_id,
+                    action=purpose.value,
+                    actor=actor,
+                    via=via,
+                    note=note[:1000],
+                    photo_ids=list(photo_ids),
+                    at=now,
+                )
+            )
+            report = s.scalars(select(Report).where(Report.incident_id == incident_id)).first() or s.get(
+                Report, incident_id
+            )
+            if report is not None and report.first_response_at is None and purpose in _STOPS_PAGING:
+                report.first_response_at = now
+        if purpose in _STOPS_PAGING:
+            self.outbox.cancel_incident(incident_id, now=now, reason=f"{purpose.value} by {actor}")
+        return ActionResult(incident_id, purpose.value, actor, via, now, tuple(photo_ids))
+
+    def actions(self, incident_id: str) -> list[dict[str, Any]]:
+        with self.db.read() as s:
+            rows = s.scalars(
+                select(ResponderAction)
+                .where(ResponderAction.incident_id == incident_id)
+                .order_by(ResponderAction.id)
+            ).all()
+        return [
+            {
+                "action": r.action,
+                "actor": r.actor,
+                "via": r.via,
+                "note": r.note,
+                "photo_ids": r.photo_ids,
+                "at": r.at,
+            }
+            for r in rows
+        ]
+
+    # -- SMS replies ---------------------------------------------------------------------------------------
+    def sms_reply(self, provider: str, phone: str, text: str, *, now: float) -> dict[str, Any]:
+        """Apply a reply code; always answers (the provider needs a 200) with ``accepted`` and ``reason``."""
+        result = self._sms_reply(phone, text, now=now)
+        with self.db.write() as s:
+            s.add(
+                InboundSms(
+                    provider=provider[:16],
+                    phone_hash=self.contacts.phone_hash(phone),
+                    text=text[:160],
+                    received_at=now,
+                    result=str(result["reason"])[:200],
+                )
+            )
+        return result
+
+    def _sms_reply(self, phone: str, text: str, *, now: float) -> dict[str, Any]:
+        m = _REPLY.match(unicodedata.normalize("NFKC", text))
+        if m is None:
+            return {
+                "accepted": False,
+                "reason": "unknown_code: reply 1 accept, 2 decline, 3 on my way, 4 arrived",
+            }
+        purpose, ref = REPLY_CODES[m.group(1)], m.group(2) or ""
+        user_id = self.contacts.user_by_phone(phone)
+        if user_id is None:
+            return {"accepted": False, "reason": "unknown_sender: this number is not bound to any responder"}
+        recipient = f"user:{user_id}"
+        with self.db.read() as s:
+            q = select(Delivery.incident_id).where(
+                Delivery.recipient == recipient, Delivery.reply_ref != "", Delivery.created_at > now - 86400
+            )
+            if ref:
+                q = q.where(Delivery.reply_ref == ref)
+            incidents = sorted(set(s.scalars(q).all()))
+        if not incidents:
+            why = f"no page for case {ref} was sent to this number" if ref else "no open page for this number"
+            return {"accepted": False, "reason": f"no_page: {why}"}
+        if len(incidents) > 1:
+            return {
+                "accepted": False,
+                "reason": f"ambiguous: several open cases {incidents}; reply e.g. '1 {incidents[0]}'",
+            }
+        try:
+            done = self.apply(incidents[0], purpose, actor=recipient, via="sms", now=now)
+        except CloudError as exc:
+            return {"accepted": False, "reason": f"refused: {exc.detail}", "incident_id": incidents[0]}
+        return {"accepted": True, "reason": "ok", **done.to_json()}

@@ -1,0 +1,253 @@
+"""Binding platform users to their WeCom / DingTalk accounts, phone and e-mail; groups; target resolution.
+
+A target of the loop (``alerts.loop.intents.TargetKind``) resolves to recipients here:
+
+- ``user``: a platform username, or a roster responder id bound to a user (``responder_id``);
+- ``role``: every bound user whose ``duty_roles`` holds the role (the loop usually resolves on-call
+  people itself and sends ``user`` targets; this is the fallback);
+- ``group``: a named group: its robot (one group message), or each member when it has no robot;
+- ``webhook``: a configured outgoing webhook by name.
+
+Phones and e-mail addresses are sealed with :class:`cloud.crypto.SecretBox`; ``phone_hash`` is
+``HMAC-SHA256(key, normalised number)`` so an inbound SMS finds its sender with one indexed lookup.
+Blocking (call from a worker thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from cloud.crypto import SecretBox, mask_phone
+from cloud.db import Database, User
+from cloud.errors import BadRequestError, NotFoundError
+from cloud.notify.models import Contact, Group, GroupMember
+
+USER_CHANNELS = ("wecom", "sms", "voice", "email", "inapp")
+_PHONE = re.compile(r"^1\d{10}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalise_phone(phone: str) -> str:
+    """Mainland mobile numbers as 11 digits: ``+86 138-1234-1234`` -> ``13812341234``."""
+    digits = re.sub(r"\D", "", phone)
+    if len(digits) == 13 and digits.startswith("86"):
+        digits = digits[2:]
+    return digits
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Who gets a delivery: ``key`` is ``user:<id>`` or ``group:<name>``; ``channels`` in order."""
+
+    key: str
+    lang: str
+    channels: tuple[str, ...]
+    target: str = ""  # robot name for a group
+
+
+@dataclass(frozen=True, slots=True)
+class ContactView:
+    username: str
+    display_name: str
+    responder_id: str
+    wecom_userid: str
+    dingtalk_userid: str
+    phone: str  # masked unless revealed
+    email: str
+    lang: str
+    channels: list[str]
+    duty_roles: list[str]
+
+
+class Contacts:
+    def __init__(self, db: Database, box: SecretBox, *, hash_key: bytes) -> None:
+        self.db = db
+        self.box = box
+        self._hash_key = hash_key
+
+    def phone_hash(self, phone: str) -> str:
+        return hmac.new(self._hash_key, normalise_phone(phone).encode(), hashlib.sha256).hexdigest()
+
+    # -- binding -----------------------------------------------------------------------------------------
+    def bind(
+        self,
+        username: str,
+        *,
+        now: float,
+        display_name: str = "",
+        responder_id: str = "",
+        wecom_userid: str = "",
+        dingtalk_userid: str = "",
+        phone: str = "",
+        email: str = "",
+        lang: str = "zh",
+        channels: Sequence[str] = (),
+        duty_roles: Sequence[str] = (),
+    ) -> None:
+        """Create or replace the binding of ``username`` (every field at once, like a form)."""
+        phone = normalise_phone(phone) if phone else ""
+        if phone and not _PHONE.match(phone):
+            raise BadRequestError(
+                f"phone must be a mainland mobile number (11 digits starting with 1), got {mask_phone(phone)}"
+            )
+        if email and not _EMAIL.match(email):
+            raise BadRequestError("email is not an e-mail address")
+        unknown = [c for c in channels if c not in USER_CHANNELS]
+        if unknown:
+            raise BadRequestError(
+                f"unknown channel(s) {unknown}; a user's channels are {list(USER_CHANNELS)}"
+            )
+        if lang not in ("zh", "en"):
+            raise BadRequestError("lang is 'zh' or 'en'")
+        with self.db.write() as s:
+            user = s.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFoundError(f"no user {username!r}")
+            row = s.get(Contact, user.id) or Contact(user_id=user.id)
+            row.display_name = display_name
+            row.responder_id = responder_id
+            row.wecom_userid = wecom_userid
+            row.dingtalk_userid = dingtalk_userid
+            row.private_enc = self.box.seal({"phone": phone, "email": email})
+            row.phone_hash = self.phone_hash(phone) if phone else None
+            row.lang = lang
+            row.channels = list(channels)
+            row.duty_roles = list(duty_roles)
+            row.updated_at = now
+            s.add(row)
+
+    def view(self, username: str, *, reveal: bool) -> ContactView:
+        with self.db.read() as s:
+            row = s.execute(
+                select(User.username, Contact)
+                .join(Contact, Contact.user_id == User.id)
+                .where(User.username == username)
+            ).first()
+        if row is None:
+            raise NotFoundError(f"user {username!r} has no contact binding")
+        name, c = row
+        private = self.box.open(c.private_enc)
+        phone, email = str(private.get("phone", "")), str(private.get("email", ""))
+        if not reveal:
+            phone = mask_phone(phone) if phone else ""
+            email = (email[:1] + "***@" + email.partition("@")[2]) if email else ""
+        return ContactView(
+            username=name,
+            display_name=c.display_name,
+            responder_id=c.responder_id,
+            wecom_userid=c.wecom_userid,
+            dingtalk_userid=c.dingtalk_userid,
+            phone=phone,
+            email=email,
+            lang=c.lang,
+            channels=list(c.channels),
+            duty_roles=list(c.duty_roles),
+        )
+
+    def set_group(self, name: str, *, title: str = "", robot: str = "", members: Sequence[str] = ()) -> None:
+        with self.db.write() as s:
+            group = s.get(Group, name) or Group(name=name)
+            group.title, group.robot = title, robot
+            s.add(group)
+            s.flush()
+            for m in s.scalars(select(GroupMember).where(GroupMember.group == name)):
+                s.delete(m)
+            s.flush()
+            for username in dict.fromkeys(members):
+                user = s.scalars(select(User).where(User.username == username)).first()
+                if user is None:
+                    raise NotFoundError(f"no user {username!r} (member of group {name!r})")
+                s.add(GroupMember(group=name, user_id=user.id))
+
+    # -- resolution --------------------------------------------------------------------------------------
+    def _recipient(self, c: Contact, default_channels: Sequence[str]) -> Recipient:
+        private = self.box.open(c.private_enc)
+        bound = {
+            "wecom": bool(c.wecom_userid),
+            "sms": bool(private.get("phone")),
+            "voice": bool(private.get("phone")),
+            "email": bool(private.get("email")),
+            "inapp": True,
+        }
+        order = list(c.channels) or [ch for ch in default_channels if ch in USER_CHANNELS]
+        if "inapp" not in order:
+            order.append("inapp")  # the console always shows it: the last resort never fails silently
+        return Recipient(
+            key=f"user:{c.user_id}", lang=c.lang, channels=tuple(ch for ch in order if bound.get(ch))
+        )
+
+    def resolve(self, kind: str, target: str, *, default_channels: Sequence[str]) -> list[Recipient]:
+        with self.db.read() as s:
+            if kind == "user":
+                row = s.execute(
+                    select(Contact).join(User, User.id == Contact.user_id).where(User.username == target)
+                ).scalar_one_or_none()
+                if row is None:
+                    row = s.scalars(select(Contact).where(Contact.responder_id == target)).first()
+                if row is None:
+                    user = s.scalars(select(User).where(User.username == target)).first()
+                    # a platform user without a binding still sees it in the console
+                    return [Recipient(key=f"user:{user.id}", lang="zh", channels=("inapp",))] if user else []
+                return [self._recipient(row, default_channels)]
+            if kind == "role":
+                rows = [c for c in s.scalars(select(Contact)) if target in (c.duty_roles or [])]
+                return [self._recipient(c, default_channels) for c in rows]
+            if kind == "webhook":
+                return [Recipient(key=f"webhook:{target}", lang="zh", channels=("webhook",), target=target)]
+            if kind == "group":
+                group = s.get(Group, target)
+                if group is None:
+                    return []
+                if group.robot:
+                    return [
+                        Recipient(
+                            key=f"group:{group.name}", lang="zh", channels=("robot",), target=group.robot
+                        )
+                    ]
+                members = s.scalars(
+                    select(Contact)
+                    .join(GroupMember, GroupMember.user_id == Contact.user_id)
+                    .where(GroupMember.group == target)
+                ).all()
+                return [self._recipient(c, default_channels) for c in members]
+        raise BadRequestError(f"unknown target kind {kind!r} (user, role or group)")
+
+    def address(self, user_id: int, channel: str) -> str | None:
+        """Where ``channel`` reaches the user right now (decrypted at send time, never stored elsewhere)."""
+        if channel == "inapp":
+            return str(user_id)
+        with self.db.read() as s:
+            c = s.get(Contact, user_id)
+        if c is None:
+            return None
+        if channel == "wecom":
+            return c.wecom_userid or None
+        private = self.box.open(c.private_enc)
+        if channel in ("sms", "voice"):
+            return str(private["phone"]) if private.get("phone") else None
+        if channel == "email":
+            return str(private["email"]) if private.get("email") else None
+        return None
+
+    def user_by_phone(self, phone: str) -> int | None:
+        with self.db.read() as s:
+            c = s.scalars(select(Contact).where(Contact.phone_hash == self.phone_hash(phone))).first()
+            return c.user_id if c else None
+
+    def user_id(self, username: str) -> int:
+        with self.db.read() as s:
+            user = s.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFoundError(f"no user {username!r}")
+            return user.id
+
+    def username(self, user_id: int) -> str:
+        with self.db.read() as s:
+            user = s.get(User, user_id)
+            return user.username if user else f"user:{user_id}"

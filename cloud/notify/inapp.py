@@ -1,0 +1,85 @@
+"""In-app notifications: stored in ``notify_inapp`` and listed by the console (``GET /api/v1/notify/inapp``).
+
+``to`` is a user id, or ``""`` for every operator (a group whose robot is not configured, a final
+delivery failure). Storing is idempotent by the delivery key, so a retried delivery shows once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from cloud.db import Database
+from cloud.errors import StorageError
+from cloud.notify.channel import Delivered, Notice, Outcome, Retry
+from cloud.notify.models import InApp
+
+
+class InAppChannel:
+    name = "inapp"
+
+    def __init__(self, db: Database, *, now: Callable[[], float]) -> None:
+        self.db = db
+        self._now = now
+
+    def _store(self, notice: Notice, to: str, key: str, incident_id: str) -> None:
+        with self.db.write() as s:
+            if s.scalars(select(InApp.id).where(InApp.dedup_key == key[:255])).first() is not None:
+                return
+            s.add(
+                InApp(
+                    user_id=int(to) if to else None,
+                    incident_id=incident_id,
+                    kind="notice",
+                    notice=notice.to_json(),
+                    dedup_key=key[:255],
+                    created_at=self._now(),
+                )
+            )
+
+    async def send(self, notice: Notice, to: str, *, key: str) -> Outcome:
+        try:
+            await asyncio.to_thread(self._store, notice, to, key, notice.incident_id)
+        except StorageError as exc:
+            return Retry(f"in-app store failed: {exc.detail}")
+        return Delivered()
+
+
+def list_for(
+    db: Database, user_id: int, *, unread_only: bool = False, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The user's own notifications and the operator-wide ones, newest first."""
+    with db.read() as s:
+        q = select(InApp).where(or_(InApp.user_id == user_id, InApp.user_id.is_(None)))
+        if unread_only:
+            q = q.where(InApp.read_at.is_(None))
+        rows = s.scalars(q.order_by(InApp.created_at.desc(), InApp.id.desc()).limit(limit)).all()
+    return [
+        {
+            "id": r.id,
+            "incident_id": r.incident_id,
+            "kind": r.kind,
+            "for_all_operators": r.user_id is None,
+            "created_at": r.created_at,
+            "read_at": r.read_at,
+            **{k: r.notice.get(k) for k in ("title", "lines", "actions", "severity")},
+        }
+        for r in rows
+    ]
+
+
+def mark_read(db: Database, user_id: int, item_id: int, *, now: float) -> bool:
+    with db.write() as s:
+        res = s.execute(
+            update(InApp)
+            .where(
+                InApp.id == item_id,
+                or_(InApp.user_id == user_id, InApp.user_id.is_(None)),
+                and_(InApp.read_at.is_(None)),
+            )
+            .values(read_at=now)
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,103 @@
+"""From "tell this target about this incident" to outbox rows: recipients, channels, links, words.
+
+A :class:`NotifyRequest` is what the loop's ``NotificationIntent`` (``alerts.loop.intents``) becomes once
+the incident's facts are attached. The planner resolves the target to recipients (frozen at this
+moment, as an escalation snapshot is), picks each recipient's channel chain (the intent's hint first,
+then the user's own order; voice only for life-safety severity; only configured channels), signs one
+link per action for that recipient, renders the notice in the recipient's language and returns one
+:class:`~cloud.notify.outbox.NewDelivery` per recipient (the first channel; the rest is its fallback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cloud.notify.config import NotifyConfig
+from cloud.notify.contacts import Contacts, Recipient
+from cloud.notify.links import RESPONDER_PURPOSES, LinkSigner, Purpose
+from cloud.notify.outbox import NewDelivery
+from cloud.notify.render import IncidentFacts, render
+from firmware_bridge.kernel.events import Severity
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyRequest:
+    facts: IncidentFacts
+    target_kind: str  # user | role | group
+    target_id: str
+    step: int = 0
+    channel_hint: tuple[str, ...] = ()
+    intent_key: str = ""
+    purposes: tuple[Purpose, ...] = RESPONDER_PURPOSES
+
+
+def reply_ref(incident_id: str) -> str:
+    """The short reference an SMS reply names ("1 37"): the incident number itself when it is short."""
+    return incident_id if incident_id.isdigit() and len(incident_id) <= 8 else ""
+
+
+class Planner:
+    def __init__(self, contacts: Contacts, links: LinkSigner, config: NotifyConfig) -> None:
+        self.contacts = contacts
+        self.links = links
+        self.config = config
+
+    def configured(self, channel: str) -> bool:
+        c = self.config
+        return {
+            "wecom": c.wecom is not None,
+            "sms": c.aliyun_sms is not None or c.tencent_sms is not None,
+            "voice": c.aliyun_voice is not None,
+            "email": c.smtp is not None,
+            "inapp": True,
+        }.get(channel, False)
+
+    def chain(self, recipient: Recipient, req: NotifyRequest) -> tuple[str, ...]:
+        hinted = [ch for ch in req.channel_hint if ch in recipient.channels]
+        order = list(dict.fromkeys([*hinted, *recipient.channels]))
+        severe = req.facts.severity >= Severity.HIGH
+        return tuple(ch for ch in order if self.configured(ch) and (ch != "voice" or severe))
+
+    def plan(self, req: NotifyRequest, *, now: float) -> list[NewDelivery]:
+        recipients = self.contacts.resolve(
+            req.target_kind, req.target_id, default_channels=self.config.default_channels
+        )
+        base = req.intent_key or f"{req.facts.incident_id}/{req.step}/{req.target_kind}:{req.target_id}"
+        out: list[NewDelivery] = []
+        for r in recipients:
+            channels: tuple[str, ...]
+            if r.channels == ("webhook",):
+                channels = ("webhook",) if r.target in self.config.webhooks else ("inapp_ops",)
+            elif r.target:  # a group robot
+                robot = self.config.robots.get(r.target)
+                channels = (robot.kind,) if robot else ("inapp_ops",)
+            else:
+                channels = self.chain(r, req)
+            if not channels:
+                continue
+            links = [
+                (p, self.links.url(self.links.token(p, req.facts.incident_id, r.key, now=now)))
+                for p in req.purposes
+            ]
+            ref = reply_ref(req.facts.incident_id) if any(c in ("sms",) for c in channels) else ""
+            notice = render(req.facts, lang="en" if r.lang == "en" else "zh", links=links, reply_ref=ref)
+            out.append(
+                NewDelivery(
+                    dedup_key=f"{base}/{r.key}/{channels[0]}",
+                    intent_key=req.intent_key,
+                    incident_id=req.facts.incident_id,
+                    step=req.step,
+                    recipient=r.key,
+                    channel=channels[0],
+                    target=r.target,
+                    fallback=channels[1:],
+                    notice=notice.to_json(),
+                    priority=int(req.facts.severity),
+                    reply_ref=ref,
+                )
+            )
+        return out
+
+    def plan_many(self, reqs: Sequence[NotifyRequest], *, now: float) -> list[NewDelivery]:
+        return [d for r in reqs for d in self.plan(r, now=now)]

@@ -1,0 +1,193 @@
+"""The delivery loop: pull the loop's intents, plan them, claim due rows, send, record, repeat.
+
+Several cloud workers run this side by side; the outbox's claim keeps them from sending a row twice.
+Rows for one robot claimed together go out as one digest message. Every send has a deadline
+(``3 x http_timeout_s``). Stopping is graceful: a cancelled worker lets the sends already on the wire
+finish and records their outcome before it exits, so a restart neither loses nor repeats those pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from cloud.notify.channel import Channel, GiveUp, Notice, Outcome, Retry
+from cloud.notify.contacts import Contacts
+from cloud.notify.outbox import NAMED_TARGET_CHANNELS, Claimed, Outbox, Settled
+from cloud.notify.planner import NotifyRequest, Planner
+from cloud.notify.render import digest
+from firmware_bridge.kernel.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+class IntentSource(Protocol):
+    """Where requests come from (the loop's ``notification_intents`` table); blocking methods."""
+
+    def claim(self, *, now: float, limit: int) -> list[NotifyRequest]: ...
+
+    def settle(self, intent_key: str, state: str, *, now: float, detail: str = "") -> None: ...
+
+
+class NotifyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sends = Counter(
+            "vigil_cloud_notify_sends_total",
+            "Send attempts by channel and outcome (delivered, retry, give_up)",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "vigil_cloud_notify_failures_total",
+            "Notifications that failed on every channel (raised in-app to operators)",
+            registry=registry,
+        )
+        self.send_seconds = Histogram(
+            "vigil_cloud_notify_send_seconds", "Time of one send call", ["channel"], registry=registry
+        )
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        planner: Planner,
+        contacts: Contacts,
+        channels: Mapping[str, Channel],
+        named: Mapping[str, Channel],
+        clock: Clock,
+        metrics: NotifyMetrics,
+        poll_s: float = 0.5,
+        batch_size: int = 20,
+        send_timeout_s: float = 15.0,
+        source: IntentSource | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.planner = planner
+        self.contacts = contacts
+        self.channels = channels
+        self.named = named
+        self.clock = clock
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.batch_size = batch_size
+        self.send_timeout_s = send_timeout_s
+        self.source = source
+
+    async def submit(self, reqs: Sequence[NotifyRequest]) -> int:
+        """Plan and enqueue requests (idempotent); returns how many deliveries are new."""
+        now = self.clock.now()
+        rows = await asyncio.to_thread(self.planner.plan_many, reqs, now=now)
+        return await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
+
+    async def run_once(self) -> int:
+        if self.source is not None:
+            reqs = await asyncio.to_thread(self.source.claim, now=self.clock.now(), limit=self.batch_size)
+            if reqs:
+                await self.submit(reqs)
+        claimed = await asyncio.to_thread(self.outbox.claim, now=self.clock.now(), limit=self.batch_size)
+        units: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
+        singles: list[list[Claimed]] = []
+        for c in claimed:
+            if c.channel in ("dingtalk_robot", "wecom_robot"):
+                units[(c.channel, c.target)].append(c)
+            else:
+                singles.append([c])
+        async with asyncio.TaskGroup() as tg:
+            for unit in [*units.values(), *singles]:
+                tg.create_task(self._deliver(unit), name=f"notify-{unit[0].channel}-{unit[0].id}")
+        return len(claimed)
+
+    async def run(self) -> None:
+        while True:
+            task = asyncio.ensure_future(self.run_once())
+            try:
+                n = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # graceful stop: let the sends on the wire finish and be recorded, then stop
+                await asyncio.wait({task}, timeout=self.send_timeout_s + 5)
+                raise
+            except Exception:  # supervisor boundary: log, count, keep delivering
+                log.exception("notification delivery round failed")
+                n = 0
+            if n == 0:
+                await self.clock.sleep(self.poll_s)
+
+    async def _address(self, c: Claimed) -> str | None:
+        if c.channel in NAMED_TARGET_CHANNELS:
+            return c.target
+        if c.channel == "inapp_ops" or not c.recipient.startswith("user:"):
+            return ""
+        return await asyncio.to_thread(
+            self.contacts.address, int(c.recipient.removeprefix("user:")), c.channel
+        )
+
+    def _channel(self, c: Claimed) -> Channel | None:
+        if c.channel in NAMED_TARGET_CHANNELS:
+            return self.named.get(c.target)
+        return self.channels.get("inapp" if c.channel == "inapp_ops" else c.channel)
+
+    async def _deliver(self, unit: list[Claimed]) -> None:
+        first = unit[0]
+        channel = self._channel(first)
+        address = await self._address(first)
+        outcome: Outcome
+        if channel is None:
+            outcome = GiveUp(f"channel {first.channel!r} {first.target!r} is not configured")
+        elif address is None:
+            outcome = GiveUp(f"recipient has no {first.channel} address bound")
+        else:
+            notices = [Notice.from_json(c.notice) for c in unit]
+            notice = digest(notices, lang=notices[0].lang)
+            with self.metrics.send_seconds.labels(first.channel).time():
+                try:
+                    outcome = await asyncio.wait_for(
+                        channel.send(notice, address, key=first.dedup_key), self.send_timeout_s
+                    )
+                except TimeoutError:
+                    outcome = Retry(f"send did not finish within {self.send_timeout_s} s")
+        label = {"Delivered": "delivered", "Retry": "retry", "GiveUp": "give_up"}[type(outcome).__name__]
+        self.metrics.sends.labels(first.channel, label).inc()
+        for c in unit:
+            settled = await asyncio.to_thread(self.outbox.finish, c, outcome, now=self.clock.now())
+            await self._after(c, settled, outcome)
+
+    async def _after(self, c: Claimed, settled: Settled, outcome: Outcome) -> None:
+        if settled.failure_raised:
+            self.metrics.failures.inc()
+            log.error(
+                "notification failed on every channel",
+                extra={
+                    "incident": c.incident_id,
+                    "recipient": c.recipient,
+                    "channel": c.channel,
+                    "reason": getattr(outcome, "reason", ""),
+                },
+            )
+        elif settled.fallback_channel:
+            log.warning(
+                "channel gave up, falling back",
+                extra={
+                    "incident": c.incident_id,
+                    "recipient": c.recipient,
+                    "from": c.channel,
+                    "to": settled.fallback_channel,
+                },
+            )
+        if self.source is not None and settled.intent_key and settled.status in ("delivered", "failed"):
+            if settled.status == "failed" and not settled.failure_raised:
+                return  # a fallback channel is still trying
+            state = "sent" if settled.status == "delivered" else "failed"
+            await asyncio.to_thread(
+                self.source.settle,
+                settled.intent_key,
+                state,
+                now=self.clock.now(),
+                detail=getattr(outcome, "reason", ""),
+            )
