@@ -8,9 +8,11 @@ unauthenticated client therefore costs a header lookup, never a JSON parse of up
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -18,6 +20,21 @@ from fastapi.routing import APIRoute
 from alerts.contract import HTTP_PATH, UplinkAck, UplinkBatch
 from cloud.api.deps import State, bearer, get_principal, get_state
 from cloud.auth import Principal, Role, require
+
+
+class _FastJSONRequest(Request):
+    """``json()`` through pydantic-core's parser: about 4x faster than ``json.loads`` on a 2,000-reading
+    batch, which the event loop otherwise spends parsing (bench/bench_ingest.py). Same results (NaN and
+    Infinity accepted, later duplicate keys win); a syntax error is still FastAPI's 422 ``json_invalid``."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body)
+            except ValueError as exc:
+                raise json.JSONDecodeError(str(exc), body.decode("utf-8", "replace"), 0) from exc
+        return self._json
 
 
 class AuthFirstRoute(APIRoute):
@@ -31,7 +48,7 @@ class AuthFirstRoute(APIRoute):
             principal = await get_principal(get_state(request), creds)
             require(principal, Role.GATEWAY)
             request.state.principal = principal
-            return await handler(request)
+            return await handler(_FastJSONRequest(request.scope, request.receive))
 
         return auth_first
 
