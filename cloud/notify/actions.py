@@ -44,6 +44,8 @@ class IncidentPort(Protocol):
 
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None: ...
 
+    def rate(self, incident_id: str, score: int, comment: str, *, now: float) -> None: ...
+
     def describe(self, incident_id: str) -> dict[str, Any] | None: ...
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None: ...
@@ -58,6 +60,9 @@ class NullIncidentPort:
         return None
 
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None:
+        return None
+
+    def rate(self, incident_id: str, score: int, comment: str, *, now: float) -> None:
         return None
 
     def describe(self, incident_id: str) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ link per action for that recipient, renders the notice in the recipient's langua
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,8 +34,12 @@ class NotifyRequest:
 
 
 def reply_ref(incident_id: str) -> str:
-    """The short reference an SMS reply names ("1 37"): the incident number itself when it is short."""
-    return incident_id if incident_id.isdigit() and len(incident_id) <= 8 else ""
+    """The short reference an SMS reply names ("1 37"): the incident number when it is short, else a
+    stable 4-digit number derived from the id (a rare clash among one person's pages is answered as
+    ambiguous, never guessed)."""
+    if incident_id.isdigit() and len(incident_id) <= 8:
+        return incident_id
+    return str(int(hashlib.sha256(incident_id.encode()).hexdigest()[:8], 16) % 9000 + 1000)
 
 
 class Planner:

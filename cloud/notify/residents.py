@@ -225,12 +225,13 @@ class ResidentDesk:
         if not 1 <= score <= 5:
             raise BadRequestError("score must be 1 to 5")
         info = self.port.describe(claims.incident_id) or {}
-        if info.get("status") not in (None, "resolved", "closed", "verified", "handled"):
-            raise ConflictError(f"the case is still {info['status']!r}; rate it once it is handled")
+        if info.get("status") not in (None, "closed", "rated"):
+            raise ConflictError(f"the case is still {info['status']!r}; it can be rated once it is closed")
         with self.db.read() as s:
             existing = s.get(Rating, claims.incident_id)
         if existing is not None:
             raise ConflictError(f"this case was already rated ({existing.score}/5); a case is rated once")
+        self.port.rate(claims.incident_id, score, comment, now=now)
         try:
             with self.db.write() as s:
                 s.add(

@@ -16,6 +16,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from prometheus_client import CollectorRegistry
@@ -40,6 +41,9 @@ from cloud.notify.webhook import Webhook
 from cloud.notify.wecom import WeComApp, WeComRobot
 from cloud.notify.worker import DeliveryWorker, IntentSource, NotifyMetrics
 from firmware_bridge.kernel.clock import Clock
+
+if TYPE_CHECKING:
+    from cloud.loop.service import LoopService
 
 
 def build_channels(
@@ -198,9 +202,17 @@ class NotifyService:
         self.responders.port = port
         self.residents.port = port
 
+    def connect_loop(self, loop: LoopService) -> None:
+        """Consume the loop's ``notification_intents`` and act on its incidents (``cloud/loop``)."""
+        from cloud.notify.loopbridge import LoopIntents, LoopPort
+
+        self.set_port(LoopPort(loop, contacts=self.contacts, photos=self.photos))
+        self.worker.source = LoopIntents(self.outbox.db, lease_s=self.config.lease_s)
+
     async def run(self) -> None:
-        """The ``notify-delivery`` background task; closes the HTTP client when cancelled."""
-        try:
-            await self.worker.run()
-        finally:
-            await self.http.aclose()
+        """The ``notify-delivery`` background task (until cancelled; in-flight sends finish first)."""
+        await self.worker.run()
+
+    async def aclose(self) -> None:
+        """Close the providers' HTTP connections (the app's shutdown)."""
+        await self.http.aclose()
