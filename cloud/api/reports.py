@@ -1,9 +1,12 @@
-"""Manual reports: a resident, a grid worker on patrol or a call taker reports a problem.
+"""Manual reports filed by staff: a grid worker on patrol or a call taker reports a problem.
+
+``POST /api/v1/loop/reports`` (staff, authenticated). Residents report anonymously through the notify
+feature's ``POST /api/v1/reports`` (rate-limited, case links), which hands its reports to the loop.
 
 A report becomes an incident at stage ``reported`` (上报); a call taker registers (立案) or dismisses it
-through ``/api/v1/incidents/{id}/actions``, or files it registered at once
-(``register_now``, admin / dispatcher only). A report needs a type, a description and a location (lat/lon, an address or a
-grid cell): without one it is a 400 that says so. Photos go to ``/api/v1/incidents/{id}/photos``.
+through ``/api/v1/incidents/{id}/actions``, or files it registered at once (``register: true``, admin
+/ dispatcher only). A report needs a type, a description and a location (lat/lon, an address or a grid
+cell): without one it is a 400 that says so. Photos go to ``/api/v1/incidents/{id}/photos``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import State
 from cloud.api.incidents import Loop, Staff, _read
@@ -21,7 +24,7 @@ from cloud.loop.config import audit
 from cloud.loop.service import Report
 from firmware_bridge.kernel.events import Severity
 
-router = APIRouter(prefix="/api/v1/reports", tags=["incidents"])
+router = APIRouter(prefix="/api/v1/loop/reports", tags=["incidents"])
 
 
 class ReportIn(BaseModel):
@@ -38,7 +41,11 @@ class ReportIn(BaseModel):
         default=None, max_length=64, description="who reported (default: the caller)"
     )
     contact: str = Field(default="", max_length=32, description="reporter's phone; sealed at rest")
-    register_now: bool = Field(default=False, description="register (立案) at once: admin or dispatcher")
+    register_now: bool = Field(
+        default=False, alias="register", description="register (立案) at once: admin or dispatcher"
+    )
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 @router.post("", status_code=201, summary="File a manual report (上报)")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import T0, Cloud, make_settings, start_cloud
 
-ROSTER = {
+ROSTER: dict[str, Any] = {
     "zone": "Asia/Shanghai",
     "responders": [
         {

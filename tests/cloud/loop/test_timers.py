@@ -12,8 +12,12 @@ from cloud.loop.models import AlertLink, Incident, NotificationIntentRow, Timer
 from cloud.loop.service import LoopService
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
-from tests.cloud.cloudkit import BAND_1, GW1, MANHOLE_1, SMOKE_1, T0, Cloud, alert_step
+from tests.cloud.cloudkit import BAND_1 as _BAND_1
+from tests.cloud.cloudkit import GW1, MANHOLE_1, SMOKE_1, T0, Cloud, alert_step
 from tests.cloud.loop.test_end_to_end import act, detail, ingest, intents, loop
+
+assert _BAND_1 is not None
+BAND_1: str = _BAND_1
 
 
 def count_intents(c: Cloud) -> int:
