@@ -229,7 +229,7 @@ def create_app(
     app.include_router(links_api.router)
     console_api.install(app)  # live stream + the console at /console (docs/console.md)
     loop_wiring.install(app, sink)  # incidents, work orders, escalation job, loop API (docs/loop.md)
-    notify.connect_loop(app.state.loop)  # the loop's intents in, link / SMS actions out
+    notify.connect_loop(app.state.loop, sink)  # the loop's intents in, link / SMS actions out
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 

@@ -39,11 +39,12 @@ from cloud.notify.smtp import SmtpEmail
 from cloud.notify.tencent import TencentSms
 from cloud.notify.webhook import Webhook
 from cloud.notify.wecom import WeComApp, WeComRobot
-from cloud.notify.worker import DeliveryWorker, IntentSource, NotifyMetrics
+from cloud.notify.worker import DeliveryWorker, IntentSource, NotifyMetrics, WakeOnAlerts
 from firmware_bridge.kernel.clock import Clock
 
 if TYPE_CHECKING:
     from cloud.loop.service import LoopService
+    from cloud.loop.wiring import LoopSink
 
 
 def build_channels(
@@ -202,12 +203,18 @@ class NotifyService:
         self.responders.port = port
         self.residents.port = port
 
-    def connect_loop(self, loop: LoopService) -> None:
-        """Consume the loop's ``notification_intents`` and act on its incidents (``cloud/loop``)."""
+    def connect_loop(self, loop: LoopService, sink: LoopSink | None = None) -> None:
+        """Consume the loop's ``notification_intents`` and act on its incidents (``cloud/loop``).
+
+        With the loop's ``sink``, the worker wakes as soon as the loop has handled committed alerts
+        (a fire alarm's page does not wait for the next poll).
+        """
         from cloud.notify.loopbridge import LoopIntents, LoopPort
 
         self.set_port(LoopPort(loop, contacts=self.contacts, photos=self.photos))
         self.worker.source = LoopIntents(self.outbox.db, lease_s=self.config.lease_s)
+        if sink is not None:
+            sink.then = WakeOnAlerts(self.worker, sink.then)
 
     async def run(self) -> None:
         """The ``notify-delivery`` background task (until cancelled; in-flight sends finish first)."""

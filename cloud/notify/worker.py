@@ -9,6 +9,7 @@ finish and records their outcome before it exits, so a restart neither loses nor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from alerts.contract import AlertEvent
+from cloud.ingest import AlertSink
 from cloud.notify.channel import Channel, GiveUp, Notice, Outcome, Retry
 from cloud.notify.contacts import Contacts
 from cloud.notify.outbox import NAMED_TARGET_CHANNELS, Claimed, Outbox, Settled
@@ -32,6 +35,20 @@ class IntentSource(Protocol):
     def claim(self, *, now: float, limit: int) -> list[NotifyRequest]: ...
 
     def settle(self, intent_key: str, state: str, *, now: float, detail: str = "") -> None: ...
+
+
+class WakeOnAlerts:
+    """An ``AlertSink`` link: after the loop handled committed alerts, wake the delivery worker."""
+
+    def __init__(self, worker: DeliveryWorker, then: AlertSink) -> None:
+        self.worker = worker
+        self.then = then
+
+    async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
+        try:
+            await self.then.alerts_committed(steps, source=source)
+        finally:
+            self.worker.wake()
 
 
 class NotifyMetrics:
@@ -79,6 +96,11 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.send_timeout_s = send_timeout_s
         self.source = source
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Run the next round now (the loop just wrote intents), instead of at the next poll."""
+        self._wake.set()
 
     async def submit(self, reqs: Sequence[NotifyRequest]) -> int:
         """Plan and enqueue requests (idempotent); returns how many deliveries are new."""
@@ -117,7 +139,10 @@ class DeliveryWorker:
                 log.exception("notification delivery round failed")
                 n = 0
             if n == 0:
-                await self.clock.sleep(self.poll_s)
+                # idle: poll, or go at once when the loop has just handled committed alerts (wake())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.clock.real_seconds(self.poll_s))
+                self._wake.clear()
 
     async def _address(self, c: Claimed) -> str | None:
         if c.channel in NAMED_TARGET_CHANNELS:
