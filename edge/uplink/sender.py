@@ -129,6 +129,16 @@ class UplinkSender:
         }
         self.outbox.put_state("uplink_state", json.dumps(state).encode())
 
+    def _status(self) -> dict[str, Any] | None:
+        status = self.status() if self.status else None
+        if status is not None and self.outbox.contract_version >= 2:  # fields a version-1 cloud refuses
+            status = {
+                **status,
+                "quarantined_total": sum(self.outbox.quarantined.values()),
+                "dead_letter_total": sum(self.outbox.dead_lettered.values()),
+            }
+        return status
+
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when a new alert is committed (since the last look at the outbox)."""
         with contextlib.suppress(TimeoutError):
@@ -139,7 +149,7 @@ class UplinkSender:
         refused = Backoff(initial=self.backoff_initial_s, maximum=self.backoff_max_s)
         while True:
             self.wake.clear()  # before looking: an alert committed after this point wakes any pause
-            status = self.status() if self.status else None
+            status = self._status()
             pending = await self.outbox.call(
                 functools.partial(
                     self.outbox.next_batch,

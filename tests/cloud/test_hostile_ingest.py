@@ -266,7 +266,10 @@ def test_repeated_log_lines_are_throttled() -> None:
 
     t = [0.0]
     throttle = LogThrottle(burst=3, window_s=10.0, monotonic=lambda: t[0])
-    rec = lambda: logging.LogRecord("x", logging.WARNING, "f", 1, "bad request from %s", ("1.2.3.4",), None)  # noqa: E731
+
+    def rec() -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, "f", 1, "bad request from %s", ("1.2.3.4",), None)
+
     passed = sum(throttle.filter(rec()) for _ in range(10_000))
     assert passed == 3 and throttle.suppressed_total == 9_997
     t[0] = 11.0
@@ -335,7 +338,7 @@ async def test_mqtt_over_quota_is_answered_rate_limited(
                 body(batch(f"q-mqtt-{i:04d}", readings(M, MANHOLE_1, [2 * i + 1, 2 * i + 2]))),
                 qos=1,
             )
-            await wait_until(lambda i=i: len(acks) >= i + 1)  # type: ignore[misc]
+            await wait_until(lambda i=i: len(acks) >= i + 1)
     assert "error" not in acks[0] and acks[1]["error"] == "rate_limited"
     assert float(acks[1]["retry_after_s"]) > 0  # type: ignore[arg-type]
     assert worker.metrics.messages.labels("rate_limited")._value.get() == 1

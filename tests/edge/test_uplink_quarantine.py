@@ -256,3 +256,24 @@ async def test_cloud_without_contract_v2_gets_version_1_batches(cloud_sqlite: Cl
         await wait_until(lambda: empty(outbox))
     assert outbox.contract_version == 1 and outbox.dead_lettered == {}
     assert c.state.registry.get(MANHOLE_1, "admin").readings_total == 2
+
+
+async def test_quarantine_counts_reach_the_console_through_gateway_status(
+    cloud_sqlite: Cloud, outbox: Outbox
+) -> None:
+    c = cloud_sqlite
+    outbox.commit([readings(M, MANHOLE_1, [1]), readings(M, FORGED, [1, 2])], [])
+    up = http_uplink(c)
+    s = UplinkSender(outbox, up, GatewayMetrics(), GW, backoff_initial_s=0.02, backoff_max_s=0.1, status=dict)
+    task = asyncio.create_task(s.run())
+    try:
+        await wait_until(lambda: empty(outbox))
+        outbox.commit([readings(M, MANHOLE_1, [2])], [])  # the next batch carries the count
+        await wait_until(lambda: empty(outbox))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await up.aclose()
+    gw = (await c.client.get(f"/api/v1/gateways/{GW}", headers=c.viewer)).json()
+    assert gw["status"]["quarantined_total"] == 2 and gw["status"]["dead_letter_total"] == 0
