@@ -15,6 +15,7 @@ from cloud.notify.outbox import Outbox, RetryPolicy
 from tests.cloud.notify.kit import fake_config, notify_kit, page
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.dingtalk import FakeDingTalk
+from tests.fakes.webhook import FakeWebhookReceiver
 from tests.fakes.wecom import FakeWeCom
 
 
@@ -254,3 +255,21 @@ async def test_acknowledged_incident_cancels_its_queued_pages(
         assert kit.service.outbox.cancel_incident("37", now=kit.clock.now()) == 1
         assert await kit.service.worker.run_once() == 0
         assert fake_wecom.messages == []
+
+
+async def test_webhook_target_is_signed_and_sent_once(
+    tmp_path: Path, sqlite_url: str, fake_webhook: FakeWebhookReceiver
+) -> None:
+    config = fake_config(webhooks={"ops": {"url": fake_webhook.url + "/hook", "secret": fake_webhook.secret}})
+    async with notify_kit(tmp_path, sqlite_url, config) as kit:
+        w = kit.service.worker
+        await w.submit([page(kind="webhook", target="ops"), page(kind="webhook", target="ops")])
+        fake_webhook.fail_next("500")
+        await w.run_once()
+        kit.clock.advance(10)
+        await w.run_once()
+        assert len(fake_webhook.accepted) == 1 and fake_webhook.rejected == []
+        body = fake_webhook.accepted[0].json()
+        assert body["incident_id"] == "37" and body["delivery"].endswith("/webhook:ops/webhook")
+        [d] = deliveries(kit.db)
+        assert (d.status, d.attempts) == ("delivered", 2)
