@@ -107,3 +107,66 @@ class CloudAPI:
     async def gateways(self) -> list[dict[str, Any]]:
         body: list[dict[str, Any]] = await self.get("/api/v1/gateways")
         return body
+
+    # -- the closed loop (issue 8): incidents, work orders, rosters, KPIs ------------------------------------
+    async def incidents(
+        self, *, open_only: bool = True, limit: int = 1000, language: str = "zh"
+    ) -> list[dict[str, Any]]:
+        body = await self.get("/api/v1/incidents", open=open_only, limit=limit, language=language)
+        incidents: list[dict[str, Any]] = body["incidents"]
+        return incidents
+
+    async def incident(self, incident_id: int, language: str = "zh") -> dict[str, Any]:
+        body: dict[str, Any] = await self.get(f"/api/v1/incidents/{incident_id}", language=language)
+        return body
+
+    async def act(self, incident_id: int, action: dict[str, Any], language: str = "zh") -> dict[str, Any]:
+        body: dict[str, Any] = await self.request(
+            "POST", f"/api/v1/incidents/{incident_id}/actions", json=action, params={"language": language}
+        )
+        return body
+
+    async def confirm(self, incident_id: int) -> None:
+        await self.post(f"/api/v1/incidents/{incident_id}/confirm")
+
+    async def intents(self, incident_id: int) -> list[dict[str, Any]]:
+        body = await self.get(f"/api/v1/incidents/{incident_id}/intents")
+        intents: list[dict[str, Any]] = body["intents"]
+        return intents
+
+    async def on_call(self, role: str, zone: str) -> list[dict[str, Any]]:
+        body = await self.get("/api/v1/loop/oncall", role=role, zone=zone or "*")
+        people: list[dict[str, Any]] = body["on_call"]
+        return people
+
+    async def add_silence(self, match: dict[str, Any], ends_at: str, reason: str) -> None:
+        await self.post("/api/v1/loop/silences", {"match": match, "ends_at": ends_at, "reason": reason})
+
+    async def file_report(self, report: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = await self.post("/api/v1/loop/reports", report)
+        return body
+
+    async def kpis(self, by: str = "all") -> dict[str, Any]:
+        body: dict[str, Any] = await self.get("/api/v1/kpi", by=by)
+        return body
+
+    # -- public links (issue 14): no login, the token is the key --------------------------------------------
+    async def link(self, token: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self.get(f"/api/v1/links/{token}")
+        return body
+
+    async def use_link(self, token: str, note: str, photo_b64: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = await self.post(
+            f"/api/v1/links/{token}", {"note": note, "photo_b64": photo_b64}
+        )
+        return body
+
+    async def rate_case(self, token: str, score: int, comment: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self.post(
+            f"/api/v1/links/{token}/rating", {"score": score, "comment": comment}
+        )
+        return body
+
+    async def reopen_case(self, token: str, reason: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self.post(f"/api/v1/links/{token}/reopen", {"reason": reason})
+        return body

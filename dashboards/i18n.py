@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from zoneinfo import ZoneInfo
 
+from alerts.loop.stages import Stage
 from firmware_bridge.kernel import locale
 from firmware_bridge.kernel.locale import Lang
 
@@ -69,6 +70,13 @@ class Translator:
             return locale.kind_label(kind, self.lang)
         except ValueError:
             return kind
+
+    def stage(self, stage: str) -> str:
+        """A work-order stage (``registered`` ...) in this language (alerts.loop.stages' labels)."""
+        try:
+            return Stage(stage).label(self.lang)
+        except ValueError:
+            return stage
 
     def time(self, ts: float | None) -> str:
         """``2026-11-26 19:09:00`` in the display zone; an em dash for "never"."""

@@ -22,22 +22,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from alerts.contract import AlertEvent
 from cloud.api.deps import State, User
 from cloud.api.state import CloudState
 from cloud.auth import USER_ROLES, require
-from cloud.db import Device
+from cloud.db import AlertStep, Device
 from cloud.errors import AuthenticationError
 from cloud.ingest import AlertSink
+from cloud.loop.models import Incident, IncidentEvent
 from dashboards import SESSION_COOKIE, create_console
 
 router = APIRouter(prefix="/api/v1/events", tags=["console"])
@@ -47,15 +50,45 @@ QUEUE_SIZE = 64
 HEARTBEAT_S = 10.0
 STREAM_MAX_S = 30.0
 RETRY_MS = 500
+PROBE_INTERVAL_S = 0.5
 
 
 class EventHub:
     """Fan-out of change notifications to the open streams; bounded, never blocks the publisher."""
 
-    def __init__(self, *, dropped: Counter | None = None, streams: Gauge | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dropped: Counter | None = None,
+        streams: Gauge | None = None,
+        probe: Callable[[], tuple[float, ...]] | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+    ) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._dropped = dropped
         self._streams = streams
+        self._probe = probe
+        self._probe_interval_s = probe_interval_s
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        """While anyone listens: announce changes made elsewhere (actions, timers, links, other workers).
+
+        ``probe`` returns cheap high-water marks (newest incident event id, newest alert step id); a change
+        in them means someone changed something this process's sink did not see.
+        """
+        assert self._probe is not None
+        last: tuple[float, ...] | None = None
+        while self._subscribers:
+            mark: tuple[float, ...] | None
+            try:
+                mark = await asyncio.to_thread(self._probe)
+            except SQLAlchemyError:
+                mark = last  # a database hiccup: try again next tick, the stream stays open
+            if last is not None and mark != last:
+                self.publish({"type": "changed"})
+            last = mark
+            await asyncio.sleep(self._probe_interval_s)
 
     def publish(self, event: dict[str, Any]) -> None:
         for q in list(self._subscribers):
@@ -68,6 +101,8 @@ class EventHub:
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._subscribers.add(q)
+        if self._probe is not None and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="console-change-watch")
         if self._streams is not None:
             self._streams.set(len(self._subscribers))
         return q
@@ -182,7 +217,17 @@ def install(app: FastAPI) -> EventHub:
     """Tee the alert sinks into a hub, add the stream route and mount the console at ``/console``."""
     state = app.state.vigil
     reg = state.metrics.registry
+
+    def probe() -> tuple[float, ...]:
+        with state.db.read() as s:
+            return (
+                s.scalar(select(func.max(IncidentEvent.id))) or 0,
+                s.scalar(select(func.max(Incident.updated_at))) or 0.0,  # escalation steps, deliveries
+                s.scalar(select(func.max(AlertStep.id))) or 0,
+            )
+
     hub = EventHub(
+        probe=probe,
         dropped=Counter(
             "vigil_cloud_console_events_dropped_total",
             "change events dropped because a console stream's queue was full",
@@ -203,5 +248,14 @@ def install(app: FastAPI) -> EventHub:
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/console/", status_code=307)
+
+    @app.get("/l/{token}", include_in_schema=False)
+    async def link_page(token: str) -> RedirectResponse:
+        # the link in a message (cloud.notify.links) opens the phone page; the token stays in the path
+        return RedirectResponse(f"/console/l/{quote(token, safe='')}", status_code=307)
+
+    @app.get("/report", include_in_schema=False)
+    async def report_page() -> RedirectResponse:
+        return RedirectResponse("/console/report", status_code=307)
 
     return hub

@@ -10,7 +10,7 @@
   var flashTimer = null;
 
   function highIds() {
-    var table = document.getElementById("queue-table");
+    var table = document.getElementById("incident-table") || document.getElementById("queue-table");
     var raw = table ? table.getAttribute("data-high") : "";
     return raw ? raw.split(" ").filter(Boolean) : [];
   }
@@ -60,7 +60,7 @@
 
   // ---- map ------------------------------------------------------------------------------------------
   var mapEl = document.getElementById("map");
-  var map = null, cluster = null;
+  var map = null, cluster = null, incidentLayer = null, responderLayer = null;
   var COLORS = ["#2b8a3e", "#f08c00", "#e8590c", "#c92a2a"];
 
   function loadDevices() {
@@ -85,6 +85,24 @@
         }
         cluster.clearLayers();
         cluster.addLayers(markers);
+        incidentLayer.clearLayers();
+        (data.incidents || []).forEach(function (inc) {
+          var pin = L.circleMarker([inc[0], inc[1]], { radius: 11, weight: 3, color: COLORS[Math.min(inc[3], 3)],
+            fill: false, className: "incident-pin" });
+          var a = document.createElement("a");
+          a.href = body.getAttribute("data-base") + "/incidents/" + inc[2];
+          a.textContent = "#" + inc[2] + " " + inc[4] + " · " + inc[5];
+          pin.bindPopup(a);
+          incidentLayer.addLayer(pin);
+        });
+        mapEl.setAttribute("data-incidents", String((data.incidents || []).length));
+        responderLayer.clearLayers();
+        (data.responders || []).forEach(function (r) {
+          var m = L.circleMarker([r[0], r[1]], { radius: 5, weight: 2, color: "#1864ab", fillColor: "#74c0fc",
+            fillOpacity: 1 });
+          m.bindTooltip(r[3] + " · " + r[4]);
+          responderLayer.addLayer(m);
+        });
         mapEl.setAttribute("data-markers", String(markers.length));
       });
   }
@@ -106,6 +124,8 @@
       }
     });
     var streets = L.layerGroup(), grid = L.layerGroup(), buildings = L.layerGroup();
+    incidentLayer = L.layerGroup();
+    responderLayer = L.layerGroup();
     fetch(mapEl.getAttribute("data-community"), { credentials: "same-origin" })
       .then(function (r) { return r.json(); })
       .then(function (fc) {
@@ -125,12 +145,15 @@
         if (all.getBounds().isValid()) map.fitBounds(all.getBounds(), { padding: [10, 10] });
         mapEl.setAttribute("data-features", String(fc.features.length));
       });
-    grid.addTo(map); streets.addTo(map); buildings.addTo(map); cluster.addTo(map);
+    grid.addTo(map); streets.addTo(map); buildings.addTo(map); cluster.addTo(map); incidentLayer.addTo(map);
+    responderLayer.addTo(map);
     var overlays = {};
     overlays[labels.grid || "grid"] = grid;
     overlays[labels.streets || "streets"] = streets;
     overlays[labels.buildings || "buildings"] = buildings;
     overlays[labels.devices || "devices"] = cluster;
+    overlays[labels.incidents || "incidents"] = incidentLayer;
+    overlays[labels.responders || "responders"] = responderLayer;
     L.control.layers(null, overlays, { collapsed: true }).addTo(map);
     loadDevices();
     window.vigilMap = { map: map, cluster: cluster };

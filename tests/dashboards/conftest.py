@@ -13,7 +13,7 @@ import asyncio
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,21 @@ class LiveCloud:
     url: str
     app: Any
     gw_tokens: dict[str, str]
+    user_tokens: dict[str, str]
     server: uvicorn.Server
     thread: threading.Thread
     foreign: list[str] = field(default_factory=list)
+
+    def api(self, method: str, path: str, user: str = "admin", **kw: Any) -> Any:
+        r = httpx.request(
+            method,
+            f"{self.url}{path}",
+            headers={"Authorization": f"Bearer {self.user_tokens[user]}"},
+            timeout=10,
+            **kw,
+        )
+        r.raise_for_status()
+        return r.json() if r.content else None
 
     def ingest(self, content: bytes, gateway: str = GW1) -> httpx.Response:
         r = httpx.post(
@@ -72,8 +84,9 @@ def live_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCloud]:
     app = create_app(settings)
     st = app.state.vigil
     now = time.time()
-    for name, role in USERS.items():
-        st.credentials.add_user(name, role, password=PASSWORD, now=now)
+    user_tokens = {
+        name: st.credentials.add_user(name, role, password=PASSWORD, now=now) for name, role in USERS.items()
+    }
     tokens = {gw: st.credentials.add_gateway(gw, now=now) for gw in (GW1, GW2)}
     st.registry.import_csv("\n".join([CSV_HEADER, *CSV_ROWS]) + "\n", now=now)
     server = uvicorn.Server(
@@ -87,7 +100,14 @@ def live_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCloud]:
             break
         time.sleep(0.01)
     assert server.started, "uvicorn did not start"
-    cloud = LiveCloud(url=f"http://127.0.0.1:{port}", app=app, gw_tokens=tokens, server=server, thread=thread)
+    cloud = LiveCloud(
+        url=f"http://127.0.0.1:{port}",
+        app=app,
+        gw_tokens=tokens,
+        user_tokens=user_tokens,
+        server=server,
+        thread=thread,
+    )
     yield cloud
     server.should_exit = True
     thread.join(timeout=10)
@@ -117,6 +137,21 @@ def new_context(browser: Any, cloud: LiveCloud, **kw: Any) -> Any:
 
     ctx.route("**/*", guard)
     return ctx
+
+
+@pytest.fixture
+def contexts(browser: Any, live_cloud: LiveCloud) -> Iterator[Callable[..., Any]]:
+    """``contexts(**kw)`` opens a guarded browser context; all are closed after the test, pass or fail."""
+    opened: list[Any] = []
+
+    def make(**kw: Any) -> Any:
+        ctx = new_context(browser, live_cloud, **kw)
+        opened.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in opened:
+        ctx.close()
 
 
 @pytest.fixture

@@ -1,0 +1,249 @@
+"""Login, the overview (map + live queue), map data, device, gateway, alert and KPI pages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dashboards import charts, geo
+from dashboards.client import ApiError, CloudAPI
+from dashboards.i18n import parse_lang
+from dashboards.web import LANG_COOKIE, SESSION_COOKIE, FormError, Session, Web, read_form, same_origin
+from firmware_bridge.kernel.locale import parse_iso
+
+HEALTH_KINDS = frozenset({"wristband"})
+COMMUNITY_TTL_S = 300.0  # streets / grid cells / buildings change when the registry does: rarely
+GRADES = {"none": 0, "low": 1, "medium": 2, "high": 3}
+#: the programmes' own published figures, beside ours on the KPI board (docs/MISSION: the bar to beat)
+PROGRAMME_FIGURES = {"closure_rate": 0.937, "on_time_rate": 0.758, "facility_closure_rate": 0.56}
+
+
+def alert_queue(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Most severe first, then newest first (by the raising step's time)."""
+    return sorted(alerts, key=lambda a: (-int(a["severity"]), -float(a["time"]), a["alert_id"]))
+
+
+def incident_queue(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Highest grade first, then newest first; each gets ``grade_n`` and ``created_ts`` for the template."""
+    for i in items:
+        i["grade_n"] = GRADES.get(str(i.get("grade")), 0)
+        i["created_ts"] = parse_iso(i["created_at"]) if i.get("created_at") else 0.0
+    return sorted(items, key=lambda i: (-i["grade_n"], -i["created_ts"], -int(i["id"])))
+
+
+async def open_incidents(api: CloudAPI, language: str) -> list[dict[str, Any]] | None:
+    """Open incidents, or ``None`` when this cloud has no incident API (the queue then shows alerts)."""
+    try:
+        return incident_queue(await api.incidents(open_only=True, language=language))
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def responder_points(api: CloudAPI) -> list[list[Any]]:
+    """Responders' base positions from the roster (``[lat, lon, id, name, roles]``); [] without a loop."""
+    try:
+        doc = await api.get("/api/v1/loop/config/roster")
+    except ApiError:
+        return []
+    return [
+        [
+            float(r["lat"]),
+            float(r["lon"]),
+            str(r.get("id", "")),
+            str(r.get("name", "")),
+            ",".join(r.get("roles", [])),
+        ]
+        for r in (doc.get("body") or {}).get("responders", [])
+        if isinstance(r, dict) and r.get("lat") is not None and r.get("lon") is not None
+    ]
+
+
+def routes(web: Web) -> list[BaseRoute]:
+    base = web.base
+
+    async def login_form(request: Request) -> Response:
+        return web.render(
+            request, "login.html", error="", next=web.safe_next(request.query_params.get("next"))
+        )
+
+    async def login_submit(request: Request) -> Response:
+        if not same_origin(request):
+            return Response("cross-origin form refused", status_code=403)
+        t = web.translator(request)
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            return web.render(request, "login.html", status=400, error=t(exc.key, **exc.kw), next=base + "/")
+        username, password = form.get("username", "").strip(), form.get("password", "")
+        nxt = web.safe_next(form.get("next"))
+        if not username or not password:
+            return web.render(request, "login.html", status=400, error=t("login.required"), next=nxt)
+        try:
+            token = await web.public_api().login(username, password)
+        except ApiError as exc:
+            if exc.status in (401, 422):
+                return web.render(request, "login.html", status=401, error=t("login.failed"), next=nxt)
+            return web.error_page(request, exc)
+        resp = RedirectResponse(nxt, status_code=303)
+        resp.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=12 * 3600,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=request.url.scheme == "https",
+        )
+        return resp
+
+    async def logout(request: Request) -> Response:
+        if not same_origin(request):
+            return Response("cross-origin form refused", status_code=403)
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            with contextlib.suppress(ApiError):  # an expired token is as logged out as a revoked one
+                await CloudAPI(web.http, token).logout()
+        resp = RedirectResponse(f"{base}/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    async def set_lang(request: Request) -> Response:
+        lang = parse_lang(request.path_params["lang"])
+        resp = RedirectResponse(web.safe_next(request.query_params.get("next")), status_code=303)
+        resp.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict", path="/")
+        return resp
+
+    async def queue_context(request: Request, s: Session) -> dict[str, Any]:
+        lang = web.translator(request).lang
+        incidents = await open_incidents(s.api, lang)
+        alerts = alert_queue(await s.api.open_alerts())
+        return {"incidents": incidents, "queue": alerts}
+
+    async def overview(request: Request, s: Session) -> Response:
+        q = await queue_context(request, s)
+        gws = await s.api.gateways()
+        incidents = q["incidents"] or []
+        return web.render(
+            request,
+            "console.html",
+            session=s,
+            **q,
+            kpi={
+                "open": len(q["queue"]),
+                "high": sum(1 for a in q["queue"] if int(a["severity"]) >= 3),
+                "incidents": len(incidents),
+                "incidents_high": sum(1 for i in incidents if i["grade_n"] >= 3),
+                "gateways_online": sum(1 for g in gws if g.get("online")),
+                "gateways": len(gws),
+            },
+        )
+
+    async def queue_fragment(request: Request, s: Session) -> Response:
+        return web.render(request, "_queues.html", session=s, **await queue_context(request, s))
+
+    async def map_devices(request: Request, s: Session) -> Response:
+        devices = await s.api.map_devices()
+        alerts = await s.api.open_alerts()
+        body = geo.device_points(devices, alerts)
+        incidents = await open_incidents(s.api, web.translator(request).lang) or []
+        body["incidents"] = [
+            [i["lat"], i["lon"], i["id"], i["grade_n"], i.get("event_label", ""), i.get("stage_label", "")]
+            for i in incidents
+            if i.get("lat") is not None and i.get("lon") is not None
+        ]
+        body["responders"] = await responder_points(s.api)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    community: dict[str, Any] = {}  # the derived layers, shared by every user (no personal data in them)
+
+    async def map_community(request: Request, s: Session) -> Response:
+        if web.cfg.map_file is not None:
+            return Response(web.cfg.map_file.read_bytes(), media_type="application/geo+json")
+        now = time.monotonic()
+        if community.get("until", 0.0) < now:
+            devices = await s.api.map_devices()
+            community["body"] = json.dumps(geo.community_layers(devices), separators=(",", ":")).encode()
+            community["until"] = now + COMMUNITY_TTL_S
+        return Response(community["body"], media_type="application/geo+json")
+
+    async def device_page(request: Request, s: Session) -> Response:
+        device_id = request.path_params["device_id"]
+        dev = await s.api.device(device_id)
+        health_hidden = dev["kind"] in HEALTH_KINDS and (
+            dev.get("personal_data_masked") or not s.sees_personal_data
+        )
+        series: list[charts.Chart] = []
+        if not health_hidden:
+            r = await s.api.readings(device_id)
+            for ch, values in r["values"].items():
+                c = charts.sparkline(ch, r["time"], values)
+                if c is not None:
+                    series.append(c)
+        alerts = [a for a in await s.api.open_alerts() if a["device_id"] == dev["device_id"]]
+        return web.render(
+            request,
+            "device.html",
+            session=s,
+            dev=dev,
+            charts=series,
+            health_hidden=health_hidden,
+            alerts=alert_queue(alerts),
+            show_wearer=s.role != "viewer",
+        )
+
+    async def gateways_page(request: Request, s: Session) -> Response:
+        return web.render(request, "gateways.html", session=s, gateways=await s.api.gateways())
+
+    async def alert_page(request: Request, s: Session) -> Response:
+        detail = await s.api.alert(request.path_params["alert_id"])
+        masked = detail["alert"]["kind"] in HEALTH_KINDS and not s.sees_personal_data
+        return web.render(request, "alert.html", session=s, detail=detail, health_hidden=masked)
+
+    async def kpi_page(request: Request, s: Session) -> Response:
+        by = request.query_params.get("by", "department")
+        if by not in ("all", "department", "zone", "responder", "kind"):
+            by = "department"
+        overall: dict[str, Any] | None
+        grouped: dict[str, Any] | None
+        try:
+            overall = await s.api.kpis("all")
+            grouped = await s.api.kpis(by)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            overall = grouped = None
+        return web.render(
+            request,
+            "kpi.html",
+            session=s,
+            overall=overall,
+            grouped=grouped,
+            by=by,
+            programme=PROGRAMME_FIGURES,
+        )
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse(f"{base}/", status_code=307)
+
+    return [
+        Route("/", web.page(overview)),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login_submit, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/lang/{lang}", set_lang),
+        Route("/fragments/queue", web.page(queue_fragment)),
+        Route("/map/devices.json", web.page(map_devices)),
+        Route("/map/community.geojson", web.page(map_community)),
+        Route("/devices/{device_id}", web.page(device_page)),
+        Route("/gateways", web.page(gateways_page)),
+        Route("/alerts/{alert_id:path}", web.page(alert_page)),
+        Route("/kpi", web.page(kpi_page)),
+    ]
