@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from cloud import cli as cloud_cli
 from edge import cli as edge_cli
 from firmware_bridge import cli as bridge_cli
+from firmware_bridge.logs import configure_logging, quiet_chatty_loggers
 from simulators import cli as simulators_cli
 from simulators import demo
 
@@ -29,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=os.environ.get("VIGIL_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default=os.environ.get("VIGIL_LOG_FORMAT", "auto"),
+        help="structured logs: JSON lines, or key=value text (auto: text on a terminal, else JSON)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -39,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not logging.getLogger().handlers:  # a host (a test runner) that configured logging keeps it
+        configure_logging(getattr(logging, str(args.log_level).upper(), logging.INFO), args.log_format)
+    else:
+        quiet_chatty_loggers()
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

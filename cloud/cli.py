@@ -73,8 +73,52 @@ def _guard(fn: Any) -> Any:
         except CloudError as exc:
             print(f"error: {exc.detail}", file=sys.stderr)
             return 1
+        except ModuleNotFoundError as exc:
+            hint = missing_extra_hint(exc)
+            if hint is None:
+                raise
+            print(hint, file=sys.stderr)
+            return 1
 
     return run
+
+
+#: top-level modules of the ``cloud`` extra (pyproject.toml); a gateway-only install has none of them
+CLOUD_EXTRA_MODULES = frozenset(
+    {"fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "influxdb_client", "psycopg"}
+)
+
+
+def missing_extra_hint(exc: ModuleNotFoundError) -> str | None:
+    """How to install the cloud's extras, when ``exc`` is one of them missing; ``None`` otherwise."""
+    if (exc.name or "").split(".")[0] not in CLOUD_EXTRA_MODULES:
+        return None
+    return (
+        f"error: this needs the cloud extras, and {exc.name!r} is not installed (a gateway-only install?).\n"
+        "  install them:   pip install 'vigil-safety[cloud]'\n"
+        "  from a checkout: ./scripts/vigil ... (installs everything into .venv), "
+        "or pip install -e '.[cloud]'"
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early, with the fix, when the listen port is taken (uvicorn would only log errno 98)."""
+    import errno
+    import socket
+
+    from cloud.errors import ConfigError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError(
+                f"port {port} on {host} is in use (another `vigil cloud` or `vigil demo`?): stop it, "
+                "or choose another with --port N (or VIGIL_CLOUD_PORT)"
+            ) from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -96,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
             clock = AcceleratedClock.load(args.clock)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read clock file {args.clock}: {exc}") from exc
+    check_port_free(s.host, s.port)
     app = create_app(s, clock=clock)
     from cloud.connguard import server_config
     from cloud.limits import GuardMetrics, install_log_throttle
@@ -176,7 +221,7 @@ def _gateway(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     _, db, _, registry = _ctx(args)
     try:
-        n = registry.import_csv(Path(args.csv).read_bytes(), now=time.time())
+        n = registry.import_csv(Path(args.csv).read_bytes(), now=time.time(), gateway_id=args.gateway)
         print(f"imported {n} device(s)")
         return 0
     finally:
@@ -242,7 +287,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.set_defaults(handler=_guard(_gateway))
 
     i = csub.add_parser("import-devices", help="bulk-import devices from CSV (all rows or none)")
-    i.add_argument("csv", help="CSV with the columns `vigil simulate` writes")
+    i.add_argument("csv", help="CSV with the columns `vigil simulate` writes (UTF-8, or GBK from Excel)")
+    i.add_argument(
+        "--gateway", metavar="ID", help="assign every device to this gateway (a development gateway)"
+    )
     _common(i)
     i.set_defaults(handler=_guard(_import))
 

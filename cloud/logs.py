@@ -7,31 +7,10 @@ never passed to the logger in the first place (tokens, keys and personal data ar
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message",
-    "asctime",
-    "color_message",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+from firmware_bridge.logs import JsonFormatter as JsonFormatter  # one formatter for gateway and cloud
+from firmware_bridge.logs import quiet_chatty_loggers
 
 
 def configure_json_logging(level: int | str = logging.INFO) -> None:
@@ -43,3 +22,4 @@ def configure_json_logging(level: int | str = logging.INFO) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+    quiet_chatty_loggers()

@@ -187,12 +187,15 @@ class Registry:
                 self._apply(row, d)
         return len(items)
 
-    def import_csv(self, text: str | bytes, *, now: float) -> int:
+    def import_csv(self, text: str | bytes, *, now: float, gateway_id: str | None = None) -> int:
         """Validate every row, then upsert all of them in one transaction; raises :class:`ImportRowsError`.
 
         Bytes are decoded as UTF-8 (with or without BOM) or GBK/GB18030, as Excel on Chinese Windows saves.
+        ``gateway_id`` assigns every device to that gateway (a development gateway reading a whole fleet).
         """
         devices = parse_csv(csv_text(text) if isinstance(text, bytes) else text)
+        if gateway_id is not None:
+            devices = [d.model_copy(update={"gateway_id": gateway_id}) for d in devices]
         return self.upsert(devices, now=now)
 
     def delete(self, device_id: str) -> None:

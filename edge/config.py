@@ -21,6 +21,7 @@ Sections (full reference in ``docs/gateway.md``)::
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -303,8 +304,10 @@ def parse_config(text: str, path: Path | str = "<string>") -> GatewayConfig:
 
 
 def _resolve(cfg: GatewayConfig, base: Path) -> GatewayConfig:
+    base = Path(os.path.abspath(base))  # messages name /srv/x/var/dev/..., not examples/../var/dev/...
+
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
+        return None if p is None or p.is_absolute() else Path(os.path.normpath(base / p))
 
     g = cfg.gateway
     upd: dict[str, Any] = {}
@@ -314,16 +317,26 @@ def _resolve(cfg: GatewayConfig, base: Path) -> GatewayConfig:
     if gw_upd:
         upd["gateway"] = g.model_copy(update=gw_upd)
     if cfg.clock.file is not None and not cfg.clock.file.is_absolute():
-        upd["clock"] = cfg.clock.model_copy(update={"file": base / cfg.clock.file})
+        upd["clock"] = cfg.clock.model_copy(update={"file": fix(cfg.clock.file)})
     pf = cfg.detection.profiles_file
     if pf is not None and not pf.is_absolute():
-        upd["detection"] = cfg.detection.model_copy(update={"profiles_file": base / pf})
+        upd["detection"] = cfg.detection.model_copy(update={"profiles_file": fix(pf)})
+
+    def relative_port(port: str) -> bool:  # "../var/dev/sim/serial"; not /dev/..., not a pyserial URL
+        return "/" in port and not port.startswith("/") and "://" not in port
+
+    if any(relative_port(s.port) for s in cfg.sources.serial):
+        serial = [
+            s.model_copy(update={"port": str(fix(Path(s.port)))}) if relative_port(s.port) else s
+            for s in cfg.sources.serial
+        ]
+        upd["sources"] = cfg.sources.model_copy(update={"serial": serial})
     ca = cfg.uplink.ca_file
     if ca is not None and not ca.is_absolute():
-        upd["uplink"] = cfg.uplink.model_copy(update={"ca_file": base / ca})
+        upd["uplink"] = cfg.uplink.model_copy(update={"ca_file": fix(ca)})
     if any(m.password_file is not None and not m.password_file.is_absolute() for m in cfg.sources.mqtt):
         mqtt = [m.model_copy(update={"password_file": fix(m.password_file)}) for m in cfg.sources.mqtt]
-        upd["sources"] = cfg.sources.model_copy(update={"mqtt": mqtt})
+        upd["sources"] = upd.get("sources", cfg.sources).model_copy(update={"mqtt": mqtt})
     return cfg.model_copy(update=upd) if upd else cfg
 
 

@@ -48,6 +48,10 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 if [ "$(cat $STAMP 2>/dev/null)" != "$HASH" ]; then
   echo "bootstrap: installing Python packages into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  # the distribution is vigil-safety (the command stays `vigil`); drop a checkout's old "vigil" install
+  if .venv/bin/python -m pip show -q vigil >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y vigil >/dev/null
+  fi
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[cloud,dev]"
   echo "$HASH" > $STAMP
 fi

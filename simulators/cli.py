@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--speedup", type=float, default=None, help="simulated seconds per real second; 0 = fast")
     p.add_argument("--fast", action="store_true", help="as fast as possible (same as --speedup 0)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--serial",
+        action="store_true",
+        help="also write SLIP frames to a pseudo-terminal (OUT/serial links to it; a gateway reads it)",
+    )
     p.set_defaults(handler=_simulate)
 
     s = sub.add_parser(
@@ -68,6 +73,9 @@ def _simulate(args: argparse.Namespace) -> int:
         elif args.speedup is not None:
             overrides["speedup"] = args.speedup
         cfg = load_config(args.config, **overrides)
+        if args.serial and not cfg.outputs.serial.enabled:
+            serial = cfg.outputs.serial.model_copy(update={"enabled": True})
+            cfg = cfg.model_copy(update={"outputs": cfg.outputs.model_copy(update={"serial": serial})})
         summary = asyncio.run(run_simulation(cfg, args.out, progress=None if args.quiet else sys.stderr))
     except (SimulatorError, ValueError) as exc:
         print(f"vigil simulate: {exc}", file=sys.stderr)

@@ -7,7 +7,9 @@ Everything runs for real, in one process and one event loop, with nothing to ins
 
 All three share one accelerated clock (default 60x: two simulated hours in two real minutes). At the
 end the alerts the cloud holds are scored against the simulator's ground truth with the same scorer as
-``vigil score``. Times are shown in Asia/Shanghai; everything is stored in UTC.
+``vigil score``; then the cloud (and the console, and the gateway) stay up until Ctrl-C so the printed
+links and commands work. Times are shown in the display zone (Asia/Shanghai); everything is stored in UTC.
+Text follows the locale (``VIGIL_LANG`` / ``LANG``: Chinese unless English is asked for).
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ import asyncio
 import contextlib
 import csv
 import io
+import logging
+import secrets
 import shutil
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
-#: China Standard Time has had no daylight saving since 1991; a fixed offset needs no tz database.
-SHANGHAI = timezone(timedelta(hours=8), "CST")
+from firmware_bridge.hints import vigil_command
+from firmware_bridge.kernel import locale
+
 GATEWAY_ID = "gw-demo"
 MARKER = ".vigil-demo"
 
@@ -39,7 +44,7 @@ speedup = 60
 step_s = 60
 
 [area]
-name = "黄庄社区 (demo)"
+name = "黄庄社区 (演示 demo)"
 lat = 39.96
 lon = 116.30
 
@@ -112,7 +117,23 @@ port = {metrics_port}
 
 
 def _fmt_time(t: float) -> str:
-    return datetime.fromtimestamp(t, SHANGHAI).strftime("%m-%d %H:%M:%S")
+    return locale.show(t)[5:]  # MM-DD HH:MM:SS in the display zone
+
+
+def _t(zh: str, en: str) -> str:
+    """One human-facing line in the locale's language."""
+    return en if locale.lang() == "en" else zh
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-justify to ``width`` terminal columns (a CJK character takes two)."""
+    import unicodedata
+
+    cols = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(width - cols, 0)
+
+
+_PHASE = {"raised": ("触发", "raised"), "updated": ("更新", "updated"), "cleared": ("解除", "cleared")}
 
 
 @dataclass
@@ -126,6 +147,9 @@ class DemoReport:
     score: Any = None  # simulators.scorer.ScoreReport
     readings_stored: int = 0
     workdir: Path = Path()
+    hints: list[str] = field(default_factory=list)  # the closing "what next" lines, commands included
+    outbox: Path = Path()
+    console_url: str | None = None
 
 
 def _prepare_workdir(workdir: Path) -> None:
@@ -162,19 +186,36 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free TCP port")
 
 
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Keep library chatter (migrations, HTTP access) off the console; warnings still show."""
-    import logging
+class _Tally(logging.Handler):
+    """Counts the gateway's reject warnings (the link faults the demo injects on purpose) instead of
+    interleaving them with the story; the summary is printed at the end."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += 1
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[_Tally]:
+    """Keep library chatter (migrations, HTTP access) off the console; reject warnings are tallied."""
     root = logging.getLogger()
     old = root.level
-    if root.level == logging.INFO:
+    sources = logging.getLogger("edge.sources")
+    tally = _Tally()
+    old_propagate = sources.propagate
+    sources.addHandler(tally)
+    sources.propagate = False
+    if root.level <= logging.INFO:
         root.setLevel(logging.WARNING)
     try:
-        yield
+        yield tally
     finally:
         root.setLevel(old)
+        sources.removeHandler(tally)
+        sources.propagate = old_propagate
 
 
 async def run_demo(
@@ -186,7 +227,11 @@ async def run_demo(
     seed: int | None = None,
     out: IO[str] = sys.stdout,
     report_every_s: float = 5.0,
+    linger: bool = False,
+    quit_event: asyncio.Event | None = None,
 ) -> DemoReport:
+    """Run the demo; with ``linger`` the cloud, console and gateway stay up after the score until Ctrl-C
+    (or ``quit_event``), so the printed links and commands work."""
     import httpx
     import uvicorn
 
@@ -210,6 +255,7 @@ async def run_demo(
     def say(line: str = "") -> None:
         print(line, file=out, flush=True)
 
+    vigil = vigil_command()
     workdir = workdir.resolve()
     _prepare_workdir(workdir)
     simdir, clouddir, gwdir = workdir / "sim", workdir / "cloud", workdir / "gateway"
@@ -228,7 +274,7 @@ async def run_demo(
     fleet.write_manifest(simdir)
     n_devices = fleet.device_count()
 
-    # --- cloud: schema, one gateway credential, an operator token, the device registry --------------
+    # --- cloud: schema, one gateway credential, an operator, the device registry -----------------------
     port = _free_port(port)
     settings = CloudSettings(
         database_url=f"sqlite:///{clouddir / 'vigil.db'}",
@@ -242,10 +288,11 @@ async def run_demo(
     clock = AcceleratedClock.starting_now(start, speedup)
     upgrade_head(settings.database_url)
     db = Database(settings.database_url)
+    op_password = secrets.token_urlsafe(9)
     try:
         creds = Credentials(db, rotation_grace_s=0)
         gw_token = creds.add_gateway(GATEWAY_ID, name="demo street cabinet", now=clock.now())
-        op_token = creds.add_user("demo-dispatcher", "dispatcher", now=clock.now())
+        op_token = creds.add_user("demo-dispatcher", "dispatcher", password=op_password, now=clock.now())
         registry = Registry(db, SecretBox(load_or_create_key(settings.secret_key_file)))
         csv_text = _one_gateway_csv((simdir / "devices.csv").read_text(encoding="utf-8"))
         (clouddir / "devices-import.csv").write_text(csv_text, encoding="utf-8")
@@ -254,6 +301,7 @@ async def run_demo(
         db.close()
 
     app = create_app(settings, clock=clock)
+    has_console = any(str(getattr(r, "path", "")).startswith("/console") for r in app.routes)
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -286,33 +334,75 @@ async def run_demo(
         )
     )
     gateway = Gateway(gw_cfg, clock=clock)
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    report = DemoReport(workdir=workdir, outbox=gw_cfg.outbox_path)
+    report.console_url = f"{url}/console" if has_console else None
 
-    say("Vigil demo: a simulated community, one gateway and the cloud, on embedded defaults")
     say(
-        f"  community   {cfg.area.name}: {n_devices} devices "
-        f"({cfg.devices.manhole} manhole covers, {cfg.devices.smoke_alarm} smoke alarms, "
-        f"{cfg.devices.wristband} wristbands)"
+        _t(
+            "Vigil 演示：一个模拟社区、一台网关和云端，使用内置默认配置",
+            "Vigil demo: a simulated community, one gateway and the cloud, on embedded defaults",
+        )
     )
     say(
-        f"  clock       {speedup:g}x: {duration_s / 60:.0f} simulated minutes in "
-        f"{duration_s / speedup / 60:.1f} real minutes; times in Asia/Shanghai (CST)"
+        _t(
+            f"  社区     {cfg.area.name}：{n_devices} 台设备（{cfg.devices.manhole} 个智能井盖、"
+            f"{cfg.devices.smoke_alarm} 个烟雾报警器、{cfg.devices.wristband} 个智能手环）",
+            f"  community   {cfg.area.name}: {n_devices} devices ({cfg.devices.manhole} manhole covers, "
+            f"{cfg.devices.smoke_alarm} smoke alarms, {cfg.devices.wristband} wristbands)",
+        )
     )
-    say(f"  radio       SLIP frames on pseudo-terminal {serial.slave_path}")
+    zone = locale.display_zone().key
     say(
-        f"  gateway     {GATEWAY_ID}: metrics http://127.0.0.1:{metrics_port}/metrics, "
-        f"outbox {gwdir / 'outbox.db'}"
+        _t(
+            f"  时钟     {speedup:g} 倍速：模拟 {duration_s / 60:.0f} 分钟，实际约 "
+            f"{duration_s / speedup / 60:.1f} 分钟；时间按 {zone} 显示",
+            f"  clock       {speedup:g}x: {duration_s / 60:.0f} simulated minutes in "
+            f"{duration_s / speedup / 60:.1f} real minutes; times in {zone}",
+        )
     )
-    say(f"  cloud       {url}  (API docs {url}/docs, metrics {url}/metrics)")
-    say(f"  operator    curl -H 'Authorization: Bearer {op_token}' {url}/api/v1/alerts")
-    say(f"  files       {workdir}  (ground truth in sim/truth.jsonl)")
-    say("  Ctrl-C stops early and still prints the score.")
+    say(
+        _t(
+            f"  无线链路  SLIP 帧经伪终端 {serial.slave_path}",
+            f"  radio       SLIP frames on pseudo-terminal {serial.slave_path}",
+        )
+    )
+    say(
+        _t(
+            f"  网关     {GATEWAY_ID}：指标 {metrics_url}，发件箱 {report.outbox}",
+            f"  gateway     {GATEWAY_ID}: metrics {metrics_url}, outbox {report.outbox}",
+        )
+    )
+    say(
+        _t(
+            f"  云端     {url}（API 文档 {url}/docs，指标 {url}/metrics）",
+            f"  cloud       {url}  (API docs {url}/docs, metrics {url}/metrics)",
+        )
+    )
+    if report.console_url:
+        say(
+            _t(
+                f"  控制台   {report.console_url}（用户 demo-dispatcher，密码 {op_password}）",
+                f"  console     {report.console_url}  (user demo-dispatcher, password {op_password})",
+            )
+        )
+    say(
+        _t(
+            f"  文件     {workdir}（真值在 sim/truth.jsonl）",
+            f"  files       {workdir}  (ground truth in sim/truth.jsonl)",
+        )
+    )
+    say(_t("  按 Ctrl-C 可提前结束，仍会打印评分。", "  Ctrl-C stops early and still prints the score."))
     say()
 
-    report = DemoReport(workdir=workdir)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # the simulated run is over (drained, or Ctrl-C)
+    interrupted = asyncio.Event()
+    quit_event = quit_event or asyncio.Event()  # leave the lingering services
+    gw_stop = asyncio.Event()
     sim_done = asyncio.Event()
     seen_steps: set[tuple[str, str, float]] = set()
     addresses: dict[str, str] = {}
+    last_phase: dict[str, str] = {}
 
     async def fetch_alerts(client: httpx.AsyncClient) -> list[AlertEvent]:
         r = await client.get("/api/v1/alerts", params={"view": "steps", "limit": 200_000})
@@ -332,26 +422,35 @@ async def run_demo(
             if key in seen_steps:
                 continue
             seen_steps.add(key)
+            if last_phase.get(a.alert_id) == a.phase.value and a.phase.value != "updated":
+                continue  # a reminder of an open alert: counted, not told twice
+            last_phase[a.alert_id] = a.phase.value
             where = await address(client, a.device_id) if a.kind != "gateway" else ""
+            phase = _t(*_PHASE.get(a.phase.value, (a.phase.value,) * 2))
             say(
-                f"  [{_fmt_time(a.time)}] {a.phase.value:<7} {a.severity.name:<6} {a.event_type.value:<16} "
-                f"{a.device_id}  {where}"
+                f"  [{_fmt_time(a.time)}] {_pad(phase, 7)} {_pad(locale.severity_label(a.severity), 6)} "
+                f"{_pad(locale.event_label(a.event_type), 16)} {a.device_id}  {where}"
             )
 
     def status_line() -> str:
         snap = gateway.status_snapshot()
         report.gateway_frames = int(snap.get("frames_total", 0))
         rejects = int(snap.get("rejects_total", 0))
-        return (
+        return _t(
+            f"[{_fmt_time(clock.now())}] 已发送 {report.frames_sent:,} 帧  网关：收到 "
+            f"{report.gateway_frames:,}，拒收 {rejects}，待上传 {snap.get('outbox_depth', 0)}  "
+            f"云端告警步骤 {len(seen_steps)}",
             f"[{_fmt_time(clock.now())}] frames sent {report.frames_sent:,}  gateway: received "
             f"{report.gateway_frames:,}, rejected {rejects}, outbox {snap.get('outbox_depth', 0)}  "
-            f"cloud alert steps {len(seen_steps)}"
+            f"cloud alert steps {len(seen_steps)}",
         )
 
     async def reporter(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), report_every_s)
+            if stop.is_set():
+                return
             report.frames_sent = serial.stats.sent
             with contextlib.suppress(httpx.HTTPError):
                 await print_new_alerts(client)
@@ -373,9 +472,14 @@ async def run_demo(
             await asyncio.sleep(0.5)
         stop.set()
 
+    def on_ctrl_c() -> None:
+        if stop.is_set():
+            quit_event.set()
+        else:
+            interrupted.set()
+            stop.set()
+
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(2, stop.set)  # SIGINT
     async with (
         httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {op_token}"}, timeout=10
@@ -385,14 +489,15 @@ async def run_demo(
         tg.create_task(server.serve(), name="cloud")
         while not server.started:
             await asyncio.sleep(0.05)
-        gw_task = tg.create_task(gateway.run(stop), name="gateway")
+        gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
         await asyncio.wait_for(gateway.started.wait(), 20)
+        with contextlib.suppress(NotImplementedError):  # after the gateway's own handler: ours wins
+            loop.add_signal_handler(2, on_ctrl_c)  # SIGINT
         sim_task = tg.create_task(simulate(), name="simulator")
         tg.create_task(reporter(client), name="reporter")
         tg.create_task(drain_then_stop(), name="drain")
         await stop.wait()
         sim_task.cancel()
-        await asyncio.wait([gw_task])
         with contextlib.suppress(httpx.HTTPError):
             await print_new_alerts(client)
             report.alerts = await fetch_alerts(client)
@@ -400,24 +505,112 @@ async def run_demo(
             for line in r.text.splitlines():
                 if line.startswith("vigil_cloud_ingest_readings_total"):
                     report.readings_stored += int(float(line.rsplit(" ", 1)[1]))
+        rejects = _rejects_by_reason(gateway)
+        simulated = max(clock.now() - start, 1.0)
+        truth = [t for t in load_truth(simdir / "truth.jsonl") if t.start <= start + simulated]
+        report.score = score(truth, report.alerts, devices=n_devices, duration_s=min(simulated, duration_s))
+        say()
+        say(status_line())
+        say(
+            _t(
+                f"云端存储了 {report.readings_stored:,} 条读数、{len(report.alerts)} 个告警步骤",
+                f"cloud stored {report.readings_stored:,} readings; {len(report.alerts)} alert steps",
+            )
+        )
+        if rejects:
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(rejects.items(), key=lambda kv: -kv[1]))
+            say(
+                _t(
+                    f"网关拒收 {sum(rejects.values())} 帧（{shown}）：这是演示有意注入的链路故障"
+                    "（损坏、截断、重复的帧），网关按原因计数并继续工作",
+                    f"the gateway rejected {sum(rejects.values())} frames ({shown}): link faults the demo "
+                    "injects on purpose (corrupt, truncated, duplicate frames), counted by reason; the "
+                    "gateway carries on",
+                )
+            )
+        say()
+        say(
+            _t(
+                "检测结果与模拟器真值对比（与 `vigil score` 相同的评分器）：",
+                "Detection scored against the simulator's ground truth (same scorer as `vigil score`):",
+            )
+        )
+        say(report.score.format_table())
+        say()
+        report.hints = _next_steps(
+            vigil, report, url=url, op_token=op_token, metrics_url=metrics_url, simdir=simdir,
+            lingering=linger and not interrupted.is_set(),
+        )  # fmt: skip
+        for line in report.hints:
+            say(line)
+        if linger and not interrupted.is_set():
+            await quit_event.wait()
+            say(_t("正在停止……", "stopping ..."))
+        gw_stop.set()
+        await asyncio.wait([gw_task])
+        with contextlib.suppress(NotImplementedError):  # the gateway removed its SIGINT handler on exit
+            loop.add_signal_handler(2, lambda: None)  # a second Ctrl-C while stopping changes nothing
         server.should_exit = True
     with contextlib.suppress(NotImplementedError):
         loop.remove_signal_handler(2)
     await serial.really_close()
-
-    simulated = max(clock.now() - start, 1.0)
-    truth = [t for t in load_truth(simdir / "truth.jsonl") if t.start <= start + simulated]
-    report.score = score(truth, report.alerts, devices=n_devices, duration_s=min(simulated, duration_s))
-    say()
-    say(status_line())
-    say(f"cloud stored {report.readings_stored:,} readings; {len(report.alerts)} alert steps")
-    say()
-    say("Detection scored against the simulator's ground truth (same scorer as `vigil score`):")
-    say(report.score.format_table())
-    say()
-    say(f"Everything is in {workdir}. Re-score any time:")
-    say(f"  vigil score --truth {simdir / 'truth.jsonl'} --outbox {gwdir / 'outbox.db'}")
     return report
+
+
+def _rejects_by_reason(gateway: Any) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for fam in gateway.metrics.registry.collect():
+        if fam.name == "vigil_gateway_rejects":
+            for sample in fam.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    out[sample.labels["reason"]] += int(sample.value)
+    return dict(out)
+
+
+def _next_steps(
+    vigil: str,
+    report: DemoReport,
+    *,
+    url: str,
+    op_token: str,
+    metrics_url: str,
+    simdir: Path,
+    lingering: bool,
+) -> list[str]:
+    """What to try next; every command in it works as printed (tests/test_first_hour.py runs them)."""
+    lines = [_t(f"全部文件都在 {report.workdir}。", f"Everything is in {report.workdir}.")]
+    if lingering:
+        lines.append(
+            _t(
+                "模拟已结束；云端、控制台和网关继续运行，直到按 Ctrl-C。模拟设备已停止上报，"
+                "云端稍后会把它们判为失联（这正是连通性监测在工作）。现在可以试试：",
+                "The simulated run is over; the cloud, the console and the gateway keep running until "
+                "Ctrl-C. The simulated devices have stopped sending, so the cloud will soon judge them "
+                "silent (connectivity monitoring at work). Try now:",
+            )
+        )
+        if report.console_url:
+            lines.append(
+                _t(f"  控制台：         {report.console_url}", f"  the console:     {report.console_url}")
+            )
+        lines += [
+            _t(f"  API 文档：        {url}/docs", f"  the API docs:    {url}/docs"),
+            _t("  告警（JSON）：", "  alerts as JSON:")
+            + f"  curl -H 'Authorization: Bearer {op_token}' {url}/api/v1/alerts",
+            _t("  网关体检：     ", "  gateway health:") + f"  {vigil} gateway status --url {metrics_url}",
+        ]
+    lines += [
+        _t("随时可以重新评分：", "Re-score any time:"),
+        f"  {vigil} score --truth {simdir / 'truth.jsonl'} --outbox {report.outbox}",
+        _t("解码一帧：", "Decode a frame:"),
+        f"  {vigil} frame decode 01 01 04 d2 00 05 57 01 02 09 29 00 96 03 52 05 dc 00 19 00 08 08 2a 00 ba",
+        _t(
+            "下一步：按 docs/demo.md 的“下一步”分开运行云端、模拟器和网关（开发配方）。",
+            "Next: run the cloud, a simulator and a gateway as separate processes: the development "
+            'recipe in docs/demo.md ("Next steps").',
+        ),
+    ]
+    return lines
 
 
 def register_demo(sub: Any) -> None:
@@ -431,6 +624,11 @@ def register_demo(sub: Any) -> None:
     p.add_argument("--speedup", type=float, default=60.0, help="clock acceleration (default 60x)")
     p.add_argument("--port", type=int, default=8080, help="cloud HTTP port (a free one if taken)")
     p.add_argument("--seed", type=int, default=None, help="fleet seed (default: the demo's own)")
+    p.add_argument(
+        "--exit",
+        action="store_true",
+        help="stop after the score instead of keeping the cloud and console up until Ctrl-C",
+    )
     p.set_defaults(handler=_handle)
 
 
@@ -445,10 +643,26 @@ def _handle(args: Any) -> int:
     except ValueError as exc:
         print(f"error: --duration: {exc}", file=sys.stderr)
         return 2
-    with _quiet_logs():
-        asyncio.run(
-            run_demo(args.dir, duration_s=duration_s, speedup=args.speedup, port=args.port, seed=args.seed)
-        )
+    try:
+        with _quiet_logs():
+            asyncio.run(
+                run_demo(
+                    args.dir,
+                    duration_s=duration_s,
+                    speedup=args.speedup,
+                    port=args.port,
+                    seed=args.seed,
+                    linger=not args.exit,
+                )
+            )
+    except ModuleNotFoundError as exc:
+        from cloud.cli import missing_extra_hint
+
+        hint = missing_extra_hint(exc)
+        if hint is None:
+            raise
+        print(hint, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,86 +21,72 @@ import numpy.typing as npt
 from firmware_bridge.kernel.records import DeviceKind
 
 M_PER_DEG_LAT = 111_320.0
+#: Haidian-like street names, as a real community's devices.csv and its street signs carry them
 STREET_NAMES = (
-    "Zhongguancun",
-    "Xueyuan",
-    "Chengfu",
-    "Suzhou",
-    "Wanquanhe",
-    "Danling",
-    "Caihefang",
-    "Huangzhuang",
-    "Weigongcun",
-    "Shuangyushu",
-    "Zhichun",
-    "Haidian",
-    "Baishiqiao",
-    "Xizhimen",
-    "Dahuisi",
-    "Mingguang",
-    "Beisihuan",
-    "Lianhuachi",
-    "Wudaokou",
-    "Qinghua",
-    "Yiheyuan",
-    "Landianchang",
-    "Xiyuan",
-    "Shijicheng",
+    "中关村",
+    "学院",
+    "成府",
+    "苏州",
+    "万泉河",
+    "丹棱",
+    "彩和坊",
+    "黄庄",
+    "魏公村",
+    "双榆树",
+    "知春",
+    "海淀",
+    "白石桥",
+    "西直门",
+    "大慧寺",
+    "明光",
+    "北四环",
+    "莲花池",
+    "五道口",
+    "清华",
+    "颐和园",
+    "蓝靛厂",
+    "西苑",
+    "世纪城",
 )
-STREET_SUFFIX = ("Road", "Street", "North Road", "South Road", "East Street", "West Street", "Hutong", "Lane")
+STREET_SUFFIX = ("路", "大街", "北路", "南路", "东街", "西街", "胡同", "巷")
 COMMUNITY_NAMES = (
-    "Huangzhuang",
-    "Shuangyushu",
-    "Zhichunli",
-    "Weigongcun",
-    "Caihefang",
-    "Dangdi",
-    "Haidianlu",
-    "Xiaonanzhuang",
-    "Wanliu",
-    "Renmin Daxue",
-    "Beitaipingzhuang",
-    "Mingguang",
-    "Ganjiakou",
-    "Zizhuyuan",
-    "Balizhuang",
-    "Yongding",
+    "黄庄",
+    "双榆树",
+    "知春里",
+    "魏公村",
+    "彩和坊",
+    "当代",
+    "海淀路",
+    "小南庄",
+    "万柳",
+    "人民大学",
+    "北太平庄",
+    "明光",
+    "甘家口",
+    "紫竹院",
+    "八里庄",
+    "永定",
 )
-SURNAMES = (
-    "Wang",
-    "Li",
-    "Zhang",
-    "Liu",
-    "Chen",
-    "Yang",
-    "Zhao",
-    "Huang",
-    "Zhou",
-    "Wu",
-    "Xu",
-    "Sun",
-    "Ma",
-    "Zhu",
-)
+SURNAMES = ("王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴", "徐", "孙", "马", "朱")
 GIVEN = (
-    "Xiuying",
-    "Guiying",
-    "Yulan",
-    "Shufen",
-    "Guizhi",
-    "Jianguo",
-    "Guoqiang",
-    "Zhiqiang",
-    "Baoguo",
-    "Fengying",
-    "Lanying",
-    "Shulan",
-    "Decheng",
-    "Yongfu",
-    "Huimin",
-    "Jinhua",
-    "Yumei",
-    "Chunlan",
+    "秀英",
+    "桂英",
+    "玉兰",
+    "淑芬",
+    "桂芝",
+    "建国",
+    "国强",
+    "志强",
+    "保国",
+    "凤英",
+    "兰英",
+    "淑兰",
+    "德成",
+    "永福",
+    "惠民",
+    "金花",
+    "玉梅",
+    "春兰",
 )
 ROLES = (
     "grid_worker",
@@ -174,7 +160,7 @@ class Neighbourhood:
 
     def community_of(self, xy: npt.NDArray[np.float64]) -> list[str]:
         c = np.floor(xy / COMMUNITY_M).astype(int)
-        return [f"{COMMUNITY_NAMES[(q * 7 + r * 3) % len(COMMUNITY_NAMES)]} Community" for q, r in c.tolist()]
+        return [f"{COMMUNITY_NAMES[(q * 7 + r * 3) % len(COMMUNITY_NAMES)]}社区" for q, r in c.tolist()]
 
     def gateway_of(self, xy: npt.NDArray[np.float64]) -> list[str]:
         g = np.array([[x, y] for _, x, y in self.gateways])
@@ -209,7 +195,7 @@ def _points_along(
 def _streets(rng: np.random.Generator, side_m: float) -> list[Street]:
     n_each = max(2, round(side_m / 300.0))
     streets: list[Street] = []
-    names = [f"{a} {b}" for b in STREET_SUFFIX for a in STREET_NAMES]
+    names = [f"{a}{b}" for b in STREET_SUFFIX for a in STREET_NAMES]
     order = rng.permutation(len(names))
     for axis in (0, 1):
         for i in range(n_each):
@@ -270,15 +256,16 @@ def build_neighbourhood(
     b_no = rng.integers(1, 300, n_buildings)
     b_homes = rng.integers(homes_per_building[0], homes_per_building[1] + 1, n_buildings)
 
-    def homes(n: int) -> tuple[npt.NDArray[np.int64], list[str]]:
+    def homes(n: int) -> tuple[npt.NDArray[np.int64], list[str], list[str]]:
+        """Buildings, addresses and stairwells (楼道) of n homes: 中关村大街27号3号楼2单元1203室."""
         b = rng.choice(n_buildings, size=n, p=b_homes / b_homes.sum())
         unit = rng.integers(1, 5, n)
         room = rng.integers(1, 19, n) * 100 + rng.integers(1, 5, n)
-        addr = [
-            f"No. {b_no[i]} {streets[b_street[i]].name}, Bldg {i + 1}, Unit {u}, Rm {r}"
-            for i, u, r in zip(b.tolist(), unit.tolist(), room.tolist(), strict=True)
+        stair = [
+            f"{streets[b_street[i]].name}{b_no[i]}号{i + 1}号楼{u}单元"
+            for i, u in zip(b.tolist(), unit.tolist(), strict=True)
         ]
-        return b, addr
+        return b, [f"{s}{r}室" for s, r in zip(stair, room.tolist(), strict=True)], stair
 
     for kind in (DeviceKind.MANHOLE, DeviceKind.SMOKE_ALARM, DeviceKind.WRISTBAND):
         n = counts.get(kind, 0)
@@ -294,32 +281,32 @@ def build_neighbourhood(
             )
             xy = _points_along(streets, street, rng.uniform(0.02, 0.98, n), offset)
             address = [
-                f"{streets[s].name}, {'carriageway' if r else 'pavement'} near No. {k}"
+                f"{streets[s].name}{k}号附近{'机动车道' if r else '人行道'}"
                 for s, r, k in zip(
                     street.tolist(), on_road.tolist(), rng.integers(1, 300, n).tolist(), strict=True
                 )
             ]
-            names = [f"Well {i + 1:05d}" for i in range(n)]
+            names = [f"井盖{i + 1:05d}" for i in range(n)]
         else:
-            b, address = homes(n)
+            b, address, stairwell = homes(n)
             street = b_street[b]
             xy = b_xy[b] + rng.normal(0, 4, (n, 2))
             if kind is DeviceKind.SMOKE_ALARM:
                 shared = rng.random(n) < 0.1
                 kitchen = (~shared) & (rng.random(n) < 0.4)
                 address = [
-                    f"{a.rsplit(', Rm', 1)[0]}, stairwell" if s else a
-                    for a, s in zip(address, shared.tolist(), strict=True)
+                    f"{w}楼道" if s else a
+                    for a, w, s in zip(address, stairwell, shared.tolist(), strict=True)
                 ]
-                names = [f"Alarm {i + 1:05d}" for i in range(n)]
+                names = [f"烟感{i + 1:05d}" for i in range(n)]
             else:
                 sn = rng.integers(0, len(SURNAMES), n).tolist()
                 gn = rng.integers(0, len(GIVEN), n).tolist()
                 wearer = [
-                    (f"{SURNAMES[s]} {GIVEN[g]}", fake_phone(20_000 + i), fake_phone(40_000 + i))
+                    (f"{SURNAMES[s]}{GIVEN[g]}", fake_phone(20_000 + i), fake_phone(40_000 + i))
                     for i, (s, g) in enumerate(zip(sn, gn, strict=True))
                 ]
-                names = [f"Band {i + 1:05d}" for i in range(n)]
+                names = [f"手环{i + 1:05d}" for i in range(n)]
         lat, lon = nb.to_latlon(xy) if n else (np.empty(0), np.empty(0))
         nb.sites[kind] = Sites(
             kind, ids, xy, lat, lon, street.astype(np.int64), on_road, kitchen, address, names, wearer
@@ -352,19 +339,19 @@ def _responders(nb: Neighbourhood, rng: np.random.Generator, side_m: float) -> l
     for i in range(cells * cells):
         q, r = divmod(i, cells)
         xy = ((q + 0.5) * side_m / cells - side_m / 2, (r + 0.5) * side_m / cells - side_m / 2)
-        add("grid_worker", f"Grid worker {i + 1}", xy, f"grid office {i + 1}")
+        add("grid_worker", f"网格员{i + 1}", xy, f"第{i + 1}网格工作站")
     for i in range(max(1, cells // 2)):
-        add("municipal_crew", f"Municipal crew {i + 1}", spot(0.6), "municipal depot")
-        add("traffic_police", f"Traffic police {i + 1}", spot(), "traffic police post")
-        add("property_management", f"Property office {i + 1}", spot(), "property management office")
-        add("community_doctor", f"Dr. {SURNAMES[i % len(SURNAMES)]}", spot(0.3), "community clinic")
-        add("volunteer", f"Volunteer {i + 1}", spot(), "community centre")
-    add("fire_119", "Fire station (119)", spot(0.7), "fire station")
-    add("ambulance_120", "Ambulance (120)", spot(0.7), "emergency centre")
+        add("municipal_crew", f"市政抢修{i + 1}队", spot(0.6), "市政养护站")
+        add("traffic_police", f"交警{i + 1}组", spot(), "交警岗亭")
+        add("property_management", f"物业{i + 1}处", spot(), "物业服务中心")
+        add("community_doctor", f"{SURNAMES[i % len(SURNAMES)]}医生", spot(0.3), "社区卫生服务站")
+        add("volunteer", f"志愿者{i + 1}", spot(), "社区服务中心")
+    add("fire_119", "消防救援站 (119)", spot(0.7), "消防救援站")
+    add("ambulance_120", "急救中心 (120)", spot(0.7), "急救中心")
     wb = nb.sites.get(DeviceKind.WRISTBAND)
     if wb is not None:
         for i, (wname, _, contact) in enumerate(wb.wearer):
             xy = (float(wb.xy[i, 0] + rng.normal(0, 800)), float(wb.xy[i, 1] + rng.normal(0, 800)))
-            add("family", f"Family of {wname}", xy, f"family of {wb.device_id[i]}")
+            add("family", f"{wname}的家属", xy, f"family of {wb.device_id[i]}")
             rows[-1]["phone"] = contact
     return rows

@@ -125,8 +125,9 @@ class SerialSink(Sink):
     """SLIP link frames (or NB-IoT ``+NNMI`` URCs) written to a pseudo-terminal pair or a given path.
 
     With no path, a pty pair is created and the *slave* path (the one the gateway opens) is written to
-    ``serial_ports.txt``. Writes are non-blocking; if the reader is not keeping up, frames are dropped and
-    counted, as a UART with a full buffer would lose them.
+    ``serial_ports.txt`` and linked as ``serial`` in the output directory (a fixed path for a gateway's
+    config: ``port = ".../serial"``). Writes are non-blocking; if the reader is not keeping up, frames are
+    dropped and counted, as a UART with a full buffer would lose them.
     """
 
     name = "serial"
@@ -157,6 +158,12 @@ class SerialSink(Sink):
                 f"serial output: cannot open {self.path or 'a pseudo-terminal'}: {exc}"
             ) from exc
         (self.outdir / "serial_ports.txt").write_text(self.slave_path + "\n", encoding="utf-8")
+        if not self.path:
+            link = self.outdir / "serial"
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            with contextlib.suppress(OSError):  # a convenience: serial_ports.txt has the path anyway
+                link.symlink_to(self.slave_path)
 
     def encode(self, frame: SimFrame) -> bytes:
         if self.fmt == "nnmi":
@@ -193,6 +200,11 @@ class SerialSink(Sink):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if self.slave_fd >= 0:  # our pty is gone: so is its link
+            link = self.outdir / "serial"
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and os.readlink(link) == self.slave_path:
+                    link.unlink()
         self.fd = self.slave_fd = -1
 
 
