@@ -127,7 +127,7 @@ async def gateway_client(
 
         async def collect() -> None:
             async for m in c.messages:
-                acks.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type]
+                acks.append(json.loads(bytes(m.payload)))
 
         t = asyncio.create_task(collect(), name="ack-collector")
         try:
