@@ -1,0 +1,183 @@
+"""The console without a browser: catalogs, map layers, the event hub, and the pages' bad-input handling,
+in-process against the real app (``httpx.ASGITransport``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from alerts.loop.stages import Action
+from cloud.api.console import EventHub
+from dashboards import geo
+from dashboards.i18n import catalog
+from dashboards.incidents import REPORT_TYPES
+from dashboards.public import REPORT_CATEGORIES, RESPONDER_PURPOSES
+from tests.cloud.cloudkit import *  # noqa: F403
+from tests.cloud.cloudkit import BAND_1, Cloud, make_settings, start_cloud
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
+    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c:
+        st = c.state
+        await asyncio.to_thread(
+            st.credentials.add_user, "op", "operator", password=PASSWORD, now=c.clock.now()
+        )
+        transport = httpx.ASGITransport(app=c.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vigil.test") as browser:
+            yield c, browser
+
+
+async def _login(browser: httpx.AsyncClient) -> None:
+    r = await browser.post("/console/login", data={"username": "op", "password": PASSWORD})
+    assert r.status_code == 303
+    browser.cookies.set("vigil_session", r.cookies["vigil_session"])
+
+
+def test_catalogs_have_the_same_keys_and_cover_every_key_used() -> None:
+    zh, en = catalog("zh"), catalog("en")
+    assert set(zh) == set(en)
+    used: set[str] = set()
+    for path in [*DASHBOARDS.glob("templates/*.html"), *DASHBOARDS.glob("*.py")]:
+        text = path.read_text("utf-8")
+        used |= set(re.findall(r"""\bt\(\s*["']([a-z_]+\.[a-z_.]+)["']""", text))
+        used |= set(re.findall(r"""FormError\(\s*["']([a-z_]+\.[a-z_.]+)["']""", text))
+    missing = sorted(k for k in used if k not in zh and not k.endswith("."))  # "x." ~ value: dynamic
+    assert not missing, missing
+    dynamic = [f"action.{a.value}" for a in Action] + [
+        f"kpi.by.{g}" for g in ("department", "zone", "responder", "kind")
+    ]
+    dynamic += [f"link.purpose.{p}" for p in RESPONDER_PURPOSES] + [
+        f"link.done.{p}" for p in RESPONDER_PURPOSES
+    ]
+    dynamic += [f"report.type.{k}" for k in REPORT_TYPES] + [
+        f"report.category.{k}" for k in REPORT_CATEGORIES
+    ]
+    assert not [k for k in dynamic if k not in zh]
+
+
+def test_community_layers_from_the_registry() -> None:
+    devices = (
+        [
+            {
+                "device_id": f"m{i}",
+                "kind": "manhole",
+                "lat": 39.98 + i * 1e-4,
+                "lon": 116.31,
+                "street": "中关村大街",
+                "grid": "G01",
+            }
+            for i in range(5)
+        ]
+        + [
+            {
+                "device_id": f"s{i}",
+                "kind": "smoke_alarm",
+                "lat": 39.97,
+                "lon": 116.30 + i * 1e-5,
+                "grid": "G02",
+            }
+            for i in range(3)
+        ]
+        + [{"device_id": "x", "kind": "manhole", "lat": None, "lon": None}]
+    )
+    fc = geo.community_layers(devices)
+    layers = [f["properties"]["layer"] for f in fc["features"]]
+    assert layers.count("street") == 1 and layers.count("grid") == 2 and layers.count("building") >= 1
+    street = next(f for f in fc["features"] if f["properties"]["layer"] == "street")
+    lats = [c[1] for c in street["geometry"]["coordinates"]]
+    assert lats == sorted(lats) or lats == sorted(lats, reverse=True)  # ordered along the street
+    pts = geo.device_points(devices, [{"device_id": "m1", "severity": 3}, {"device_id": "m1", "severity": 1}])
+    assert len(pts["rows"]) == 8 and next(r for r in pts["rows"] if r[2] == "m1")[4] == 3
+    assert geo.distance_km(39.98, 116.31, 39.99, 116.31) == pytest.approx(1.112, abs=0.01)
+
+
+async def test_event_hub_is_bounded_and_counts_drops() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    dropped = Counter("dropped_total", "d", registry=CollectorRegistry())
+    hub = EventHub(dropped=dropped)
+    q = hub.subscribe()
+    for i in range(100):
+        hub.publish({"i": i})
+    assert q.qsize() == 64 and dropped._value.get() == 36
+    hub.unsubscribe(q)
+    assert hub.subscribers == 0
+
+
+async def test_stream_and_map_need_a_user_and_the_map_carries_no_personal_data(
+    console: tuple[Cloud, httpx.AsyncClient],
+) -> None:
+    c, browser = console
+    assert (await c.client.get("/api/v1/events/stream")).status_code == 401
+    assert (await c.client.get("/api/v1/events/stream", headers=c.gw1)).status_code == 403
+    r = await c.client.get("/api/v1/console/devices", headers=c.viewer)
+    body = r.json()
+    assert r.status_code == 200 and len(body["rows"]) == 4
+    assert "张" not in json.dumps(body, ensure_ascii=False) and "wearer_name" not in body["fields"]
+    assert (await c.client.get("/api/v1/console/devices")).status_code == 401
+    await _login(browser)
+    points = (await browser.get("/console/map/devices.json")).json()
+    assert {r[2] for r in points["rows"]} >= {BAND_1}
+
+
+async def test_forms_refuse_bad_input_in_the_users_language(console: tuple[Cloud, httpx.AsyncClient]) -> None:
+    _, browser = console
+    # a cross-site login post is refused; an off-site "next" never redirects away
+    r = await browser.post(
+        "/console/login",
+        data={"username": "op", "password": PASSWORD},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert r.status_code == 403
+    r = await browser.post(
+        "/console/login", data={"username": "op", "password": PASSWORD, "next": "//evil.example/x"}
+    )
+    assert r.headers["location"] == "/console/"
+    r = await browser.post("/console/login", data={"username": "op", "password": ""})
+    assert r.status_code == 400 and "请填写用户名和密码" in r.text
+    # the resident's report page: each missing field named, in Chinese (or English when chosen)
+    r = await browser.post(
+        "/console/report", data={"category": "manhole", "description": "", "lat": "", "lon": ""}
+    )
+    assert r.status_code == 400 and "请填写问题描述" in r.text
+    r = await browser.post("/console/report", data={"category": "manhole", "description": "井盖松动"})
+    assert r.status_code == 400 and "请先获取位置" in r.text
+    browser.cookies.set("vigil_lang", "en")
+    r = await browser.post(
+        "/console/report",
+        data={
+            "category": "manhole",
+            "description": "loose cover",
+            "lat": "39.98",
+            "lon": "116.31",
+            "photo_b64": "data:text/html;base64,PGgxPg==",
+        },
+    )
+    assert r.status_code == 400 and "The photo must be JPEG, PNG or WebP" in r.text
+    browser.cookies.delete("vigil_lang")
+    r = await browser.post(
+        "/console/report",
+        data={"category": "manhole", "description": "井盖松动", "lat": "39.98", "lon": "116.31"},
+    )
+    assert r.status_code == 200 and 'id="flash"' in r.text and "已收到" in r.text
+    # a forged or malformed link says so, and changes nothing
+    r = await browser.get("/console/l/not-a-token")
+    assert r.status_code in (400, 403) and 'id="link-error"' in r.text
+    # an oversized form is refused before it is parsed
+    await _login(browser)
+    r = await browser.post(
+        "/console/reports/new",
+        content=b"description=" + b"x" * 70_000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 400 and "内容过大" in r.text
