@@ -43,3 +43,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'simulators' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
