@@ -37,6 +37,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("low_battery", 4, "battery low"),
     Flag("gps_valid", 5, "lat/lon hold a fresh fix"),
     Flag("heartbeat", 6, "periodic summary uplink"),
+    Flag("rest_broken", 7, "the rest after the window's peak ended before this uplink (fw >= 1.6)"),
 )
 
 CODEC = PayloadCodec(KIND, KIND_CODE, CHANNELS, FLAGS)

@@ -145,7 +145,7 @@ class WristbandProfile(KindProfile):
     )
     fall_recovered_steps: float = Field(3.0, ge=0, description="steps after the impact that mean 'got up'")
     fall_motion_slack_s: float = Field(
-        10.0, ge=0, description="stillness shorter than time-since-peak by more = moved"
+        10.0, ge=0, description="stillness differing from the time since the peak by more = moved"
     )
     fall_uplink_delay_s: float = Field(
         30.0, ge=0, description="unused since 2026-11 (the peak time comes from stillness_s); old configs"

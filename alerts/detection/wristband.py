@@ -9,9 +9,10 @@ Why these rules (thresholds in :class:`alerts.detection.profiles.WristbandProfil
   ``stillness_s`` before the frame that carried it: ``peak_t = t - stillness_s``. A frame with the
   impact and >= 30 s of stillness is a fall on its own (a band that reports falls only in its 5-min
   summary); otherwise a later frame confirms it while its stillness still reaches back to the peak.
-  Evidence of having moved - steps after the impact frame, or a stillness shorter than the time since
-  the peak - is judged *first* and cancels the impact, so a person who got up and sat down is never
-  paged. Only when the band is worn.
+  Evidence of having moved - steps after the impact frame, or a stillness that does not date from the
+  peak (shorter: it restarted after motion; longer: the impact frame's stillness had been cut short by
+  motion), or the band's ``rest_broken`` bit (firmware >= 1.6) - is judged *first* and cancels the
+  impact, so a person who got up and sat down is not paged. Only when the band is worn.
 * **HEART_RATE_HIGH/LOW**, **SPO2_LOW** (MEDIUM, HIGH past the critical bound; MEDIUM escalates if it
   persists): at rest, worn, in two readings in a row spanning >= 4 min (two 5-min summaries, or four
   minutes of the per-minute uplinks firmware >= 1.6 sends while out of range), with hysteresis. A
@@ -78,12 +79,15 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     orient, steps = ctx.col("orientation_change_deg"), ctx.col("steps")
     still0 = np.where(np.isfinite(still), still, 0.0)
     band_fall = ctx.flag("fall")
+    broken = ctx.flag("rest_broken")  # fw >= 1.6: the wearer moved again after the window's peak
     flag_edge = band_fall & ~st["fall_seen"][rows]
     st["fall_seen"][rows] = band_fall
     since = t - st["impact_t"][rows]
     had = np.isfinite(since) & (since <= p.fall_window_s)
-    # a new impact: a peak in this frame's window, or the band's fall flag newly set
+    # a new impact: a peak in this frame's window, or the band's fall flag newly set; one whose rest the
+    # band says ended before the stillness reached a fall's is someone who got up at once
     impact = worn & ((acc >= p.fall_impact_g) | (flag_edge & ~had))
+    impact &= ~(broken & (still0 < p.fall_stillness_s))
     ri = rows[impact]
     st["impact_t"][ri] = t[impact]
     st["peak_t"][ri] = t[impact] - still0[impact]  # stillness_s counts from the peak
@@ -97,8 +101,16 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     since_peak = t - st["peak_t"][rows]
     turned = (st["impact_orient"][rows] >= p.fall_orientation_deg) | st["impact_flag"][rows]
     # moved after the impact, judged first: steps after the impact frame (its own steps may predate the
-    # fall), or a stillness that no longer reaches back to the peak (it restarted after motion)
-    moved = ~impact & ((steps >= p.fall_recovered_steps) | (still0 < since_peak - p.fall_motion_slack_s))
+    # fall), or a stillness that does not date from the peak: shorter (it restarted after motion) or
+    # longer (the rest began before the impact frame was sent, so the impact frame's stillness had been
+    # cut short by motion: the wearer got up, then sat down)
+    off = still0 - since_peak
+    moved = ~impact & (
+        (steps >= p.fall_recovered_steps)
+        | broken
+        | (off < -p.fall_motion_slack_s)
+        | (off > p.fall_motion_slack_s)
+    )
     lying = recent & worn & turned & ~moved & (still0 >= p.fall_stillness_s)
     got_up = recent & ~impact & moved
     st["impact_t"][rows[got_up]] = np.nan  # cancelled: never page a person who got up

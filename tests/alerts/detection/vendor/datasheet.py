@@ -55,6 +55,7 @@ WRIST_FLAGS = {
     "low_battery": 0x0010,
     "gps_valid": 0x0020,
     "heartbeat": 0x0040,
+    "rest_broken": 0x0080,
 }
 
 

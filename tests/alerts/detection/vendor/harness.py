@@ -21,9 +21,13 @@ import numpy as np
 
 from alerts.contract import AlertEvent
 from alerts.detection.engine import DetectionEngine
-from firmware_bridge.kernel.events import LIFE_SAFETY, AlertPhase, EventType
+from firmware_bridge.kernel.events import LIFE_SAFETY as _KERNEL_LIFE_SAFETY
+from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import kind_of_payload, spec
+
+#: issue 10 counts a displaced cover (a hole in the road) among the life-safety events
+LIFE_SAFETY = _KERNEL_LIFE_SAFETY | {EventType.COVER_DISPLACED}
 
 
 @dataclass(frozen=True)
@@ -75,14 +79,16 @@ def run(
     *,
     window_s: float = 5.0,
     tick_s: float = 15.0,
-    dense_s: float = 120.0,
+    dense_s: float = 60.0,
     coarse_tick_s: float = 300.0,
+    until: float | None = None,
 ) -> list[AlertEvent]:
     """Every frame through decode + engine, in time windows, with ticks; the alert steps in order.
 
     Ticks run every ``tick_s`` for ``dense_s`` after a window (short confirmation deadlines), then every
     ``coarse_tick_s`` (silence, long deadlines): a live gateway ticks every second, so a long deadline
-    measured here can be up to ``coarse_tick_s`` late, never early.
+    measured here can be up to ``coarse_tick_s`` late, never early. Ticks go on until ``until`` (the end
+    of the fleet's run; default: two hours after the last frame, for pending deadlines).
     """
     order = sorted(frames, key=lambda f: f.time)
     out: list[AlertEvent] = []
@@ -114,7 +120,7 @@ def run(
         last_w = w_end
         t_tick = w_end + tick_s
         i = j
-    end = t_tick + 2 * 3600.0  # let pending deadlines run out after the last frame
+    end = t_tick + 2 * 3600.0 if until is None else until  # let pending deadlines run out
     while t_tick < end:
         out += engine.tick(t_tick)
         t_tick += tick_s if t_tick - last_w < dense_s else coarse_tick_s
