@@ -31,11 +31,9 @@ from edge.sources.base import FrameSink, SourceFrame
 from edge.sources.devices import DeviceList
 from firmware_bridge.kernel.clock import Clock
 from firmware_bridge.kernel.records import ReadingBatch
-from firmware_bridge.registry import KINDS
+from firmware_bridge.registry import BY_CODE, kind_codes
 
 log = logging.getLogger(__name__)
-
-_BY_CODE = {s.kind_code: s for s in KINDS.values()}
 
 
 class Engine(Protocol):
@@ -173,19 +171,19 @@ class Pipeline:
             for src, cnt in Counter(src_arr[dup].tolist()).items():
                 res.rejects[(src, "duplicate")] += cnt
         keep &= fresh
-        codes = np.fromiter((p[1] if len(p) > 1 else -1 for p in payloads), dtype=np.int64, count=n)
+        codes = kind_codes(payloads)  # kind dispatch: firmware_bridge.registry, one place
         times_arr = np.asarray(times, dtype=np.float64)
         now = self.clock.now()
         telemetry: list[ReadingBatch] = []
         accepted = np.zeros(n, dtype=bool)
-        bad_kind = keep & ~np.isin(codes, list(_BY_CODE))
+        bad_kind = keep & ~np.isin(codes, list(BY_CODE))
         for i in np.flatnonzero(bad_kind):
             reason = "length" if codes[i] < 0 else "kind"
             res.rejects[(sources[i], reason)] += 1
             res.samples.setdefault(
                 (sources[i], reason), (payloads[i], f"device {ids[i]}: no valid kind code")
             )
-        for code, spec in _BY_CODE.items():
+        for code, spec in BY_CODE.items():
             rows = np.flatnonzero(keep & (codes == code))
             if not len(rows):
                 continue

@@ -7,9 +7,13 @@ and adding one line here (and one in the edge and simulator registries); see
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
+
+import numpy as np
+import numpy.typing as npt
 
 from firmware_bridge import manhole, smoke_alarm, wristband
 from firmware_bridge.errors import DecodeError
@@ -66,7 +70,10 @@ KINDS: MappingProxyType[DeviceKind, KindSpec] = MappingProxyType(
         DeviceKind.WRISTBAND: _spec(wristband),
     }
 )
-_BY_CODE = {s.kind_code: s for s in KINDS.values()}
+BY_CODE: Mapping[int, KindSpec] = MappingProxyType({s.kind_code: s for s in KINDS.values()})
+"""Kind dispatch, in one place: the header's kind byte -> the kind's spec (scalar and vectorised below)."""
+KIND_BYTE = 1
+"""Offset of the kind code in every Vigil payload header (``docs/payloads.md``)."""
 
 
 def spec(kind: DeviceKind | str) -> KindSpec:
@@ -83,10 +90,18 @@ def kind_of_payload(payload: bytes | bytearray | memoryview) -> DeviceKind:
         raise DecodeError(
             f"payload of {len(data)} bytes is too short for a header", reason="length", data=data
         )
-    s = _BY_CODE.get(data[1])
+    s = BY_CODE.get(data[KIND_BYTE])
     if s is None:
-        raise DecodeError(f"unknown kind code 0x{data[1]:02x}", reason="kind", data=data)
+        raise DecodeError(f"unknown kind code 0x{data[KIND_BYTE]:02x}", reason="kind", data=data)
     return s.kind
+
+
+def kind_codes(payloads: Sequence[bytes | bytearray | memoryview]) -> npt.NDArray[np.int64]:
+    """The kind byte of many payloads at once (-1 where a payload is too short for a header); look the
+    codes up in :data:`BY_CODE` to group a batch by kind for ``decode_many``."""
+    return np.fromiter(
+        (p[KIND_BYTE] if len(p) > KIND_BYTE else -1 for p in payloads), dtype=np.int64, count=len(payloads)
+    )
 
 
 def decode_payload(payload: bytes | bytearray | memoryview, *, device_id: str, time: float) -> Reading:
