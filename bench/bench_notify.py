@@ -8,7 +8,8 @@ Writes ``bench/results/bench_notify.json``. Performance is never asserted in tes
    this process, SQLite) whose ingest commits the alert, the loop opens an incident and writes its
    notification intents, the delivery worker (woken by the committed alert) plans and sends a WeCom
    application message to a fake WeCom server (``tests/fakes/wecom.py``, a real HTTP server that checks the
-   access token). ``--alerts`` smoke-alarm FIRE frames from fresh devices, one every ``--interval`` s.
+   access token; run in its own process). ``--alerts`` smoke-alarm FIRE frames from fresh devices, one
+   every ``--interval`` s.
    Latency = the fake's receipt of the first message for the incident minus the moment its frame was
    written into the pty (one clock, one machine).
 2. **storm**: ``--storm`` pages at once (in-process ``NotifyService`` on SQLite): to users over WeCom
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +33,7 @@ import tempfile
 import threading
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,6 @@ from cloud.settings import CloudSettings  # noqa: E402
 from firmware_bridge import smoke_alarm  # noqa: E402
 from firmware_bridge.framing import encode_frame  # noqa: E402
 from firmware_bridge.kernel.records import DeviceKind, Reading  # noqa: E402
-from tests.fakes.dingtalk import FakeDingTalk  # noqa: E402
-from tests.fakes.wecom import FakeWeCom  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 GATEWAY = "gw-bench"
@@ -85,6 +86,25 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+@contextlib.contextmanager
+def fake_process(kind: str) -> Iterator[dict[str, Any]]:
+    """A fake provider in its own process (it must not share this process's GIL with the cloud)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.serve", kind], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def accepted(info: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = httpx.get(info["url"] + "/_fake/accepted", timeout=10).json()
+    return items
+
+
 def metric(url: str, name: str) -> float:
     try:
         text = httpx.get(url, timeout=2).text
@@ -93,7 +113,7 @@ def metric(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def start_cloud(tmp: Path, wecom: FakeWeCom, n: int) -> tuple[Any, str, str, threading.Thread]:
+def start_cloud(tmp: Path, wecom: dict[str, Any], n: int) -> tuple[Any, str, str, threading.Thread]:
     import uvicorn
 
     from cloud.app import create_app
@@ -103,10 +123,10 @@ def start_cloud(tmp: Path, wecom: FakeWeCom, n: int) -> tuple[Any, str, str, thr
 public_base_url = "http://127.0.0.1"
 poll_s = 0.5
 [wecom]
-corp_id = "{wecom.corp_id}"
-corp_secret = "{wecom.corp_secret}"
-agent_id = {wecom.agent_id}
-api_url = "{wecom.api_url}"
+corp_id = "{wecom["corp_id"]}"
+corp_secret = "{wecom["corp_secret"]}"
+agent_id = {wecom["agent_id"]}
+api_url = "{wecom["api_url"]}"
 """,
         encoding="utf-8",
     )
@@ -145,7 +165,7 @@ api_url = "{wecom.api_url}"
 
 
 def end_to_end(alerts: int, interval: float, tmp: Path) -> dict[str, Any]:
-    with FakeWeCom() as wecom:
+    with fake_process("wecom") as wecom:
         server, url, token, thread = start_cloud(tmp, wecom, alerts)
         master, slave = os.openpty()
         tty.setraw(master)
@@ -186,8 +206,8 @@ port = {metrics_port}
                 write_all(master, fire_frame(dev))
                 time.sleep(interval)
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and len(wecom.accepted) < alerts:
-                time.sleep(0.1)
+            while time.monotonic() < deadline and len(accepted(wecom)) < alerts:
+                time.sleep(0.2)
             time.sleep(1.0)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -200,11 +220,12 @@ port = {metrics_port}
             os.close(slave)
             server.should_exit = True
             thread.join(20)
+        got = accepted(wecom)
         first: dict[str, float] = {}
-        for req in wecom.accepted:
-            m = re.search(r"(?:编号|Case)[：:] ?(\d+)", req.json()["text"]["content"])
+        for item in got:
+            m = re.search(r"(?:编号|Case)[：:] ?(\d+)", json.loads(item["body"])["text"]["content"])
             if m:
-                first.setdefault(m.group(1), req.at)
+                first.setdefault(m.group(1), item["at"])
         db = Database(f"sqlite:///{tmp}/vigil.db")
         with db.read() as s:
             dev_of = {str(i): d for i, d in s.execute(select(Incident.id, Incident.device_id))}
@@ -215,7 +236,7 @@ port = {metrics_port}
             "alerts_written": alerts,
             "interval_s": interval,
             "incidents_notified": len(lat),
-            "messages_accepted": len(wecom.accepted),
+            "messages_accepted": len(got),
             "latency_ms": {
                 "p50": round(float(np.percentile(arr, 50)), 1),
                 "p90": round(float(np.percentile(arr, 90)), 1),
@@ -234,14 +255,16 @@ async def storm(pages: int, tmp: Path) -> dict[str, Any]:
     for k in range(10):
         creds.add_user(f"worker{k}", "operator", now=t0)
     out: dict[str, Any] = {}
-    with FakeWeCom() as wecom, FakeDingTalk() as ding:
+    with fake_process("wecom") as wecom, fake_process("dingtalk") as ding:
         config = NotifyConfig.from_mapping(
             {
                 "public_base_url": "http://127.0.0.1",
                 "batch_size": 100,
-                "wecom": {"corp_id": wecom.corp_id, "corp_secret": wecom.corp_secret,
-                          "agent_id": wecom.agent_id, "api_url": wecom.api_url},
-                "robots": {"g01": {"kind": "dingtalk_robot", "url": ding.robot_url, "secret": ding.secret}},
+                "wecom": {"corp_id": wecom["corp_id"], "corp_secret": wecom["corp_secret"],
+                          "agent_id": wecom["agent_id"], "api_url": wecom["api_url"]},
+                "robots": {
+                    "g01": {"kind": "dingtalk_robot", "url": ding["robot_url"], "secret": ding["secret"]}
+                },
             }
         )  # fmt: skip
         service = NotifyService.build(
@@ -267,8 +290,8 @@ async def storm(pages: int, tmp: Path) -> dict[str, Any]:
         out["wecom_app"] = {
             "pages": pages,
             "enqueue_per_s": round(pages / enqueue_s),
-            "delivered_per_s": round(len(wecom.messages) / wecom_s),
-            "messages": len(wecom.messages),
+            "delivered_per_s": round(len(accepted(wecom)) / wecom_s),
+            "messages": len(accepted(wecom)),
         }
         await w.submit([NotifyRequest(facts(100_000 + i), "group", "g01") for i in range(pages)])
         t = time.perf_counter()
@@ -281,7 +304,7 @@ async def storm(pages: int, tmp: Path) -> dict[str, Any]:
         out["dingtalk_robot"] = {
             "pages": pages,
             "delivered": robot_delivered,
-            "robot_messages_sent": len(ding.messages),
+            "robot_messages_sent": len(accepted(ding)),
             "robot_limit_per_minute": 20,
             "delivered_per_s": round(robot_delivered / robot_s),
             "seconds": round(robot_s, 2),

@@ -156,18 +156,22 @@ class Outbox:
 
     # -- claim ---------------------------------------------------------------------------------------------
     def claim(self, *, now: float, limit: int) -> list[Claimed]:
-        out: list[Claimed] = []
+        """Take up to ``limit`` due rows for this worker: a handful of statements per round, not per row."""
         with self.db.write() as s:
-            candidates = s.execute(
-                select(Delivery.id, Delivery.target, Delivery.status)
+            q = (
+                select(Delivery.id, Delivery.target)
                 .where(_due(now))
                 .order_by(Delivery.priority.desc(), Delivery.next_at)
                 .limit(limit * 4)
-            ).all()
+            )
+            if self.db.for_update():  # PostgreSQL: skip rows another worker is claiming right now
+                q = q.with_for_update(skip_locked=True)
+            candidates = s.execute(q).all()
+            chosen: list[int] = []
             budget: dict[str, int] = {}
-            digest: set[str] = set()  # robots claimed in this batch: further rows join their digest
-            for row_id, target, _status in candidates:
-                if len(out) >= limit:
+            digest: set[str] = set()  # robots claimed in this round: further rows join their digest
+            for row_id, target in candidates:
+                if len(chosen) >= limit:
                     break
                 if target and target in self.robot_limits and target not in digest:
                     if target not in budget:
@@ -180,30 +184,41 @@ class Outbox:
                         budget[target] = self.robot_limits[target] - int(used or 0)
                     if budget[target] <= 0:
                         continue  # over the robot's minute budget: stays pending, goes out in a digest later
-                won = s.execute(
+                    digest.add(target)
+                    budget[target] -= 1
+                chosen.append(row_id)
+            if not chosen:
+                return []
+            # the conditional UPDATE is the claim: a row another worker took meanwhile is no longer due
+            won = set(
+                s.scalars(
                     update(Delivery)
-                    .where(Delivery.id == row_id, _due(now))
+                    .where(Delivery.id.in_(chosen), _due(now))
                     .values(
                         status="sending",
                         lease_owner=self.worker,
                         lease_until=now + self.lease_s,
                         attempts=Delivery.attempts + 1,
                     )
+                    .returning(Delivery.id)
                     .execution_options(synchronize_session=False)
-                )
-                if won.rowcount != 1:  # type: ignore[attr-defined]
-                    continue  # another worker took it
-                d = s.get(Delivery, row_id)
-                assert d is not None
-                s.execute(
-                    update(Attempt)
-                    .where(Attempt.delivery_id == row_id, Attempt.outcome == "in_flight")
-                    .values(
-                        outcome="lost", finished_at=now, detail="worker stopped mid-send; outcome unknown"
-                    )
-                )
+                ).all()
+            )
+            if not won:
+                return []
+            s.execute(
+                update(Attempt)
+                .where(Attempt.delivery_id.in_(won), Attempt.outcome == "in_flight")
+                .values(outcome="lost", finished_at=now, detail="worker stopped mid-send; outcome unknown")
+            )
+            rows = {d.id: d for d in s.scalars(select(Delivery).where(Delivery.id.in_(won)))}
+            pairs = []
+            for row_id in chosen:
+                d = rows.get(row_id)
+                if d is None:
+                    continue
                 attempt = Attempt(
-                    delivery_id=row_id,
+                    delivery_id=d.id,
                     number=d.attempts,
                     channel=d.channel,
                     target=d.target,
@@ -213,87 +228,95 @@ class Outbox:
                     detail="",
                 )
                 s.add(attempt)
-                s.flush()
-                if target in self.robot_limits and target not in digest:
-                    digest.add(target)
-                    budget[target] = budget.get(target, 1) - 1
-                out.append(
-                    Claimed(
-                        id=d.id,
-                        dedup_key=d.dedup_key,
-                        incident_id=d.incident_id,
-                        recipient=d.recipient,
-                        channel=d.channel,
-                        target=d.target,
-                        notice=dict(d.notice),
-                        attempt_id=attempt.id,
-                        attempt_no=d.attempts,
-                    )
+                pairs.append((d, attempt))
+            s.flush()
+            return [
+                Claimed(
+                    id=d.id,
+                    dedup_key=d.dedup_key,
+                    incident_id=d.incident_id,
+                    recipient=d.recipient,
+                    channel=d.channel,
+                    target=d.target,
+                    notice=dict(d.notice),
+                    attempt_id=a.id,
+                    attempt_no=d.attempts,
                 )
-        return out
+                for d, a in pairs
+            ]
 
     # -- finish --------------------------------------------------------------------------------------------
     def finish(self, claimed: Claimed, outcome: Outcome, *, now: float) -> Settled:
+        return self.finish_many([(claimed, outcome)], now=now)[0]
+
+    def finish_many(self, items: Sequence[tuple[Claimed, Outcome]], *, now: float) -> list[Settled]:
+        """Record the outcomes of a round of sends in one transaction (SQLite has one writer)."""
         with self.db.write() as s:
-            attempt = s.get(Attempt, claimed.attempt_id)
-            d = s.get(Delivery, claimed.id)
-            assert d is not None
-            if attempt is not None:
-                attempt.finished_at = now
-                attempt.outcome = {Delivered: "delivered", Retry: "retry", GiveUp: "give_up"}[type(outcome)]
-                attempt.detail = "" if isinstance(outcome, Delivered) else outcome.reason[:300]
-            if d.lease_owner != self.worker or d.status != "sending":
-                return Settled(status=d.status, intent_key=d.intent_key)  # fenced: our lease was taken over
-            d.lease_owner, d.lease_until = "", 0.0
-            if isinstance(outcome, Delivered):
-                d.status, d.finished_at, d.provider_id, d.last_error = (
-                    "delivered",
-                    now,
-                    outcome.provider_id[:128],
-                    "",
+            # load the round's rows in two queries; _finish then finds them in the session
+            s.scalars(select(Delivery).where(Delivery.id.in_([c.id for c, _ in items]))).all()
+            s.scalars(select(Attempt).where(Attempt.id.in_([c.attempt_id for c, _ in items]))).all()
+            return [self._finish(s, claimed, outcome, now) for claimed, outcome in items]
+
+    def _finish(self, s: Any, claimed: Claimed, outcome: Outcome, now: float) -> Settled:
+        attempt = s.get(Attempt, claimed.attempt_id)
+        d = s.get(Delivery, claimed.id)
+        assert d is not None
+        if attempt is not None:
+            attempt.finished_at = now
+            attempt.outcome = {Delivered: "delivered", Retry: "retry", GiveUp: "give_up"}[type(outcome)]
+            attempt.detail = "" if isinstance(outcome, Delivered) else outcome.reason[:300]
+        if d.lease_owner != self.worker or d.status != "sending":
+            return Settled(status=d.status, intent_key=d.intent_key)  # fenced: our lease was taken over
+        d.lease_owner, d.lease_until = "", 0.0
+        if isinstance(outcome, Delivered):
+            d.status, d.finished_at, d.provider_id, d.last_error = (
+                "delivered",
+                now,
+                outcome.provider_id[:128],
+                "",
+            )
+            return Settled(status="delivered", intent_key=d.intent_key)
+        d.last_error = outcome.reason[:300]
+        if isinstance(outcome, Retry) and d.attempts < self.policy.max_attempts:
+            d.status = "pending"
+            d.next_at = now + self.policy.delay(d.attempts, outcome.after)
+            return Settled(status="pending", intent_key=d.intent_key)
+        if isinstance(outcome, Retry):
+            d.last_error = f"gave up after {d.attempts} attempts: {outcome.reason}"[:300]
+        d.status, d.finished_at = "failed", now
+        if d.fallback:
+            nxt, rest = d.fallback[0], list(d.fallback[1:])
+            s.add(
+                Delivery(
+                    dedup_key=_swap_channel(d.dedup_key, d.channel, nxt),
+                    intent_key=d.intent_key,
+                    incident_id=d.incident_id,
+                    step=d.step,
+                    recipient=d.recipient,
+                    channel=nxt,
+                    target="",
+                    fallback=rest,
+                    notice=d.notice,
+                    priority=d.priority,
+                    reply_ref=d.reply_ref,
+                    status="pending",
+                    attempts=0,
+                    next_at=now,
+                    lease_owner="",
+                    lease_until=0.0,
+                    last_error="",
+                    provider_id="",
+                    created_at=now,
                 )
-                return Settled(status="delivered", intent_key=d.intent_key)
-            d.last_error = outcome.reason[:300]
-            if isinstance(outcome, Retry) and d.attempts < self.policy.max_attempts:
-                d.status = "pending"
-                d.next_at = now + self.policy.delay(d.attempts, outcome.after)
-                return Settled(status="pending", intent_key=d.intent_key)
-            if isinstance(outcome, Retry):
-                d.last_error = f"gave up after {d.attempts} attempts: {outcome.reason}"[:300]
-            d.status, d.finished_at = "failed", now
-            if d.fallback:
-                nxt, rest = d.fallback[0], list(d.fallback[1:])
-                s.add(
-                    Delivery(
-                        dedup_key=_swap_channel(d.dedup_key, d.channel, nxt),
-                        intent_key=d.intent_key,
-                        incident_id=d.incident_id,
-                        step=d.step,
-                        recipient=d.recipient,
-                        channel=nxt,
-                        target="",
-                        fallback=rest,
-                        notice=d.notice,
-                        priority=d.priority,
-                        reply_ref=d.reply_ref,
-                        status="pending",
-                        attempts=0,
-                        next_at=now,
-                        lease_owner="",
-                        lease_until=0.0,
-                        last_error="",
-                        provider_id="",
-                        created_at=now,
-                    )
-                )
-                if nxt == "inapp":  # every outside channel failed: operators must see it now
-                    self._raise_failure(s, d, now, copy_to_recipient=False)
-                raised = nxt == "inapp"
-                return Settled(
-                    status="failed", fallback_channel=nxt, failure_raised=raised, intent_key=d.intent_key
-                )
-            self._raise_failure(s, d, now)
-            return Settled(status="failed", failure_raised=True, intent_key=d.intent_key)
+            )
+            if nxt == "inapp":  # every outside channel failed: operators must see it now
+                self._raise_failure(s, d, now, copy_to_recipient=False)
+            raised = nxt == "inapp"
+            return Settled(
+                status="failed", fallback_channel=nxt, failure_raised=raised, intent_key=d.intent_key
+            )
+        self._raise_failure(s, d, now)
+        return Settled(status="failed", failure_raised=True, intent_key=d.intent_key)
 
     def release(self, claimed: Claimed, *, until: float, now: float, reason: str) -> None:
         """Give a claimed row back without counting an attempt (a robot's minute budget is used up)."""

@@ -64,10 +64,18 @@ class Planner:
         severe = req.facts.severity >= Severity.HIGH
         return tuple(ch for ch in order if self.configured(ch) and (ch != "voice" or severe))
 
-    def plan(self, req: NotifyRequest, *, now: float) -> list[NewDelivery]:
-        recipients = self.contacts.resolve(
-            req.target_kind, req.target_id, default_channels=self.config.default_channels
-        )
+    def plan(
+        self, req: NotifyRequest, *, now: float, cache: dict[tuple[str, str], list[Recipient]] | None = None
+    ) -> list[NewDelivery]:
+        key = (req.target_kind, req.target_id)
+        if cache is not None and key in cache:
+            recipients = cache[key]
+        else:
+            recipients = self.contacts.resolve(
+                req.target_kind, req.target_id, default_channels=self.config.default_channels
+            )
+            if cache is not None:
+                cache[key] = recipients
         base = req.intent_key or f"{req.facts.incident_id}/{req.step}/{req.target_kind}:{req.target_id}"
         out: list[NewDelivery] = []
         for r in recipients:
@@ -105,4 +113,5 @@ class Planner:
         return out
 
     def plan_many(self, reqs: Sequence[NotifyRequest], *, now: float) -> list[NewDelivery]:
-        return [d for r in reqs for d in self.plan(r, now=now)]
+        cache: dict[tuple[str, str], list[Recipient]] = {}  # one resolution per target and batch
+        return [d for r in reqs for d in self.plan(r, now=now, cache=cache)]

@@ -114,6 +114,8 @@ class DeliveryWorker:
             if reqs:
                 await self.submit(reqs)
         claimed = await asyncio.to_thread(self.outbox.claim, now=self.clock.now(), limit=self.batch_size)
+        if not claimed:
+            return 0
         units: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
         singles: list[list[Claimed]] = []
         for c in claimed:
@@ -121,9 +123,25 @@ class DeliveryWorker:
                 units[(c.channel, c.target)].append(c)
             else:
                 singles.append([c])
+        rounds = [*units.values(), *singles]
+        wanted = [
+            (int(u[0].recipient.removeprefix("user:")), u[0].channel)
+            for u in rounds
+            if u[0].recipient.startswith("user:") and u[0].channel not in NAMED_TARGET_CHANNELS
+        ]
+        found = await asyncio.to_thread(self.contacts.addresses, wanted) if wanted else {}
         async with asyncio.TaskGroup() as tg:
-            for unit in [*units.values(), *singles]:
-                tg.create_task(self._deliver(unit), name=f"notify-{unit[0].channel}-{unit[0].id}")
+            tasks = [
+                tg.create_task(
+                    self._send(u, self._address(u[0], found)), name=f"notify-{u[0].channel}-{u[0].id}"
+                )
+                for u in rounds
+            ]
+        outcomes = [t.result() for t in tasks]
+        items = [(c, out) for u, out in zip(rounds, outcomes, strict=True) for c in u]
+        settled = await asyncio.to_thread(self.outbox.finish_many, items, now=self.clock.now())
+        for (c, out), st in zip(items, settled, strict=True):
+            await self._after(c, st, out)
         return len(claimed)
 
     async def run(self) -> None:
@@ -144,24 +162,22 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), self.clock.real_seconds(self.poll_s))
                 self._wake.clear()
 
-    async def _address(self, c: Claimed) -> str | None:
+    @staticmethod
+    def _address(c: Claimed, found: Mapping[tuple[int, str], str | None]) -> str | None:
         if c.channel in NAMED_TARGET_CHANNELS:
             return c.target
         if c.channel == "inapp_ops" or not c.recipient.startswith("user:"):
             return ""
-        return await asyncio.to_thread(
-            self.contacts.address, int(c.recipient.removeprefix("user:")), c.channel
-        )
+        return found.get((int(c.recipient.removeprefix("user:")), c.channel))
 
     def _channel(self, c: Claimed) -> Channel | None:
         if c.channel in NAMED_TARGET_CHANNELS:
             return self.named.get(c.target)
         return self.channels.get("inapp" if c.channel == "inapp_ops" else c.channel)
 
-    async def _deliver(self, unit: list[Claimed]) -> None:
+    async def _send(self, unit: list[Claimed], address: str | None) -> Outcome:
         first = unit[0]
         channel = self._channel(first)
-        address = await self._address(first)
         outcome: Outcome
         if channel is None:
             outcome = GiveUp(f"channel {first.channel!r} {first.target!r} is not configured")
@@ -179,9 +195,7 @@ class DeliveryWorker:
                     outcome = Retry(f"send did not finish within {self.send_timeout_s} s")
         label = {"Delivered": "delivered", "Retry": "retry", "GiveUp": "give_up"}[type(outcome).__name__]
         self.metrics.sends.labels(first.channel, label).inc()
-        for c in unit:
-            settled = await asyncio.to_thread(self.outbox.finish, c, outcome, now=self.clock.now())
-            await self._after(c, settled, outcome)
+        return outcome
 
     async def _after(self, c: Claimed, settled: Settled, outcome: Outcome) -> None:
         if settled.failure_raised:

@@ -17,7 +17,7 @@ import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass
@@ -58,7 +58,7 @@ class FakeProvider:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def start(self) -> FakeProvider:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -66,7 +66,7 @@ class FakeProvider:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> FakeProvider:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -86,6 +86,11 @@ class FakeProvider:
     def fault_applies(self, req: Request, fault: str) -> bool:
         """Whether a queued fault hits this request (e.g. not a token fetch); default: every request."""
         return True
+
+    def accepted_json(self) -> bytes:
+        with self._lock:
+            items = [{"at": r.at, "body": r.body.decode("utf-8", "replace")} for r in self.accepted]
+        return json.dumps(items, ensure_ascii=False).encode()
 
     def accept(self, req: Request) -> None:
         with self._lock:
@@ -115,6 +120,10 @@ class FakeProvider:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # one buffered write per response, no Nagle: otherwise header and body leave as two segments
+            # and delayed ACKs add ~40 ms to every request (a slow fake would distort the benchmarks)
+            wbufsize = 65536
+            disable_nagle_algorithm = True
 
             def _any(self) -> None:
                 split = urllib.parse.urlsplit(self.path)
@@ -129,7 +138,10 @@ class FakeProvider:
                     body=body,
                 )
                 req.headers["_raw_query"] = split.query
-                status, raw, headers = fake._dispatch(req)
+                if split.path == "/_fake/accepted":  # for a fake in another process (the benchmarks)
+                    status, raw, headers = 200, fake.accepted_json(), {"Content-Type": "application/json"}
+                else:
+                    status, raw, headers = fake._dispatch(req)
                 try:
                     self.send_response(status)
                     for k, v in headers.items():

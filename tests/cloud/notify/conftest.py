@@ -55,35 +55,35 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 def fake_wecom() -> Iterator[FakeWeCom]:
     with FakeWeCom() as fake:
         fake.hang_s = 1.0
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 def fake_dingtalk() -> Iterator[FakeDingTalk]:
     with FakeDingTalk() as fake:
         fake.hang_s = 1.0
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 def fake_aliyun() -> Iterator[FakeAliyun]:
     with FakeAliyun() as fake:
         fake.hang_s = 1.0
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 def fake_tencent() -> Iterator[FakeTencent]:
     with FakeTencent() as fake:
         fake.hang_s = 1.0
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
 def fake_webhook() -> Iterator[FakeWebhookReceiver]:
     with FakeWebhookReceiver() as fake:
         fake.hang_s = 1.0
-        yield fake  # type: ignore[misc]
+        yield fake
 
 
 @pytest.fixture
