@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alerts.loop.escalation import EscalationPolicy, default_policies, policies_from_dict
@@ -74,15 +75,29 @@ def _defaults() -> LoopConfig:
     return parse({n: DEFAULTS[n]() for n in DOCUMENTS}, dict.fromkeys(DOCUMENTS, 0))
 
 
-def load(s: Session) -> LoopConfig:
-    """The configuration in force (stored documents, defaults for the absent ones)."""
-    docs: dict[str, dict[str, Any]] = {}
-    versions: dict[str, int] = {}
-    for name in DOCUMENTS:
-        docs[name], versions[name] = raw_document(s, name)
-    if not any(versions.values()):
+def load(s: Session, cache: dict[tuple[int, ...], LoopConfig] | None = None) -> LoopConfig:
+    """The configuration in force (stored documents, defaults for the absent ones).
+
+    ``cache`` (one per service, i.e. per database) keeps the parsed configuration while the documents'
+    versions do not change: a timer tick reads four small version numbers, not four JSON documents.
+    """
+    versions = tuple(
+        int(v or 0)
+        for v in (s.scalar(select(Document.version).where(Document.name == name)) for name in DOCUMENTS)
+    )
+    if not any(versions):
         return _defaults()
-    return parse(docs, versions)
+    if cache is not None and versions in cache:
+        return cache[versions]
+    docs: dict[str, dict[str, Any]] = {}
+    got: dict[str, int] = {}
+    for name in DOCUMENTS:
+        docs[name], got[name] = raw_document(s, name)
+    cfg = parse(docs, got)
+    if cache is not None:
+        cache.clear()
+        cache[versions] = cfg
+    return cfg
 
 
 def save(s: Session, name: str, body: Mapping[str, Any], *, actor: str, role: str, now: float) -> int:

@@ -9,6 +9,7 @@ its escalation, set its SLA timer), attach to one, or only record why nothing wa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from alerts.loop import escalation
 from alerts.loop.incidents import (
     TIER,
     Context,
+    GroupRule,
     Signal,
     Silence,
     Source,
@@ -43,6 +45,16 @@ from firmware_bridge.kernel.locale import display_zone, event_label, kind_label
 from firmware_bridge.kernel.records import DeviceKind
 
 SYSTEM = "system"
+
+
+def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float) -> list[int | None]:
+    """Handle a batch in order, flushing after each signal so the next one sees its effects."""
+    batch = batch_context(s, cfg, now)
+    out = []
+    for sig in signals:
+        out.append(take(s, cfg, sig, now, batch))
+        s.flush()
+    return out
 
 
 def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> list[Signal]:
@@ -79,52 +91,95 @@ def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> 
     return out
 
 
-def _context(s: Session, sig: Signal, key: str, window_s: float, cfg: LoopConfig, now: float) -> Context:
-    link = s.get(AlertLink, sig.alert_id)
-    open_id = s.scalar(
-        select(Incident.id).where(Incident.group_key == key, Incident.is_open.is_(True)).order_by(Incident.id)
-    )
-    recent = s.scalar(
-        select(func.count())
-        .select_from(AlertLink)
-        .where(AlertLink.group_key == key, AlertLink.first_seen >= sig.time - window_s)
-    )
-    source_events = sorted({e for r in cfg.grouping.inhibit for e in r.source.labels.get("event", ())})
-    active = [
-        dict(lab)
-        for lab in s.scalars(
-            select(AlertLink.labels).where(AlertLink.active.is_(True), AlertLink.event.in_(source_events))
+@dataclass
+class Batch:
+    """What every signal of one batch shares: the silences in force and the active inhibiting alerts.
+
+    Loaded once per transaction (not once per signal: an alarm storm arrives in batches of hundreds) and
+    kept current as the batch's own signals raise or clear inhibiting alerts.
+    """
+
+    silences: list[Silence]
+    active: dict[str, dict[str, str]]  # alert id -> labels, for events that inhibit others
+    source_events: frozenset[str]
+
+    def note(self, sig: Signal, labels: dict[str, str]) -> None:
+        if sig.event in self.source_events:
+            if sig.phase == "cleared":
+                self.active.pop(sig.alert_id, None)
+            else:
+                self.active[sig.alert_id] = labels
+
+
+def batch_context(s: Session, cfg: LoopConfig, now: float) -> Batch:
+    source_events = frozenset(e for r in cfg.grouping.inhibit for e in r.source.labels.get("event", ()))
+    active = {
+        alert: dict(lab)
+        for alert, lab in s.execute(
+            select(AlertLink.alert_id, AlertLink.labels).where(
+                AlertLink.active.is_(True), AlertLink.event.in_(sorted(source_events))
+            )
         )
-    ]
+    }
     silences = [
         Silence(r.id, _matcher(r.matchers, "silence"), r.starts_at, r.ends_at, r.created_by, r.reason)
         for r in s.scalars(
             select(SilenceRow).where(SilenceRow.ends_at > now, SilenceRow.expired_early_at.is_(None))
         )
     ]
+    return Batch(silences, active, source_events)
+
+
+def _context(
+    s: Session, sig: Signal, link: AlertLink | None, key: str, rule: GroupRule, batch: Batch, now: float
+) -> Context:
+    if link is not None and link.incident_id is not None:
+        return Context(linked_incident=link.incident_id, now=now)
+    open_id = s.scalar(
+        select(Incident.id).where(Incident.group_key == key, Incident.is_open.is_(True)).order_by(Incident.id)
+    )
+    recent = 0
+    if rule.min_count > 1:
+        recent = int(
+            s.scalar(
+                select(func.count())
+                .select_from(AlertLink)
+                .where(
+                    AlertLink.group_key == key,
+                    AlertLink.first_seen >= sig.time - rule.window_s,
+                    AlertLink.alert_id != sig.alert_id,
+                )
+            )
+            or 0
+        )
     return Context(
-        linked_incident=link.incident_id if link is not None and link.incident_id is not None else None,
         open_incident=open_id,
-        recent_in_group=int(recent or 0),
-        active=active,
-        silences=silences,
+        recent_in_group=recent,
+        active=[lab for a, lab in batch.active.items() if a != sig.alert_id],
+        silences=batch.silences,
         now=now,
     )
 
 
-def take(s: Session, cfg: LoopConfig, sig: Signal, now: float) -> int | None:
-    """Handle one signal; returns the incident it belongs to (or ``None``). Idempotent per (alert, phase)."""
-    link = s.get(AlertLink, sig.alert_id)
-    if link is not None and link.phase == sig.phase and sig.phase != "updated":
-        return link.incident_id
-    g = grade(sig)
-    labels = sig.labels(g)
-    rule = rule_for(cfg.grouping, labels)
-    key = group_key(rule, labels)
-    if s.get_bind().dialect.name == "postgresql":  # two processes must not open the same group twice
-        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
-    ctx = _context(s, sig, key, rule.window_s, cfg, now)
+def take(s: Session, cfg: LoopConfig, sig: Signal, now: float, batch: Batch | None = None) -> int | None:
+    """Handle one signal; returns the incident it belongs to (or ``None``). Idempotent per (alert, phase).
+
+    The caller flushes between signals (``take_all``); lookups here run without autoflush.
+    """
+    batch = batch or batch_context(s, cfg, now)
+    with s.no_autoflush:
+        link = s.get(AlertLink, sig.alert_id)
+        if link is not None and link.phase == sig.phase and sig.phase != "updated":
+            return link.incident_id
+        g = grade(sig)
+        labels = sig.labels(g)
+        rule = rule_for(cfg.grouping, labels)
+        key = group_key(rule, labels)
+        if s.get_bind().dialect.name == "postgresql":  # two processes must not open the same group twice
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+        ctx = _context(s, sig, link, key, rule, batch, now)
     d = decide(sig, cfg.grouping, ctx)
+    batch.note(sig, labels)
     active = sig.phase != "cleared"
     if link is None:
         link = AlertLink(
@@ -153,9 +208,16 @@ def take(s: Session, cfg: LoopConfig, sig: Signal, now: float) -> int | None:
         link.verdict = Verdict.OPEN.value
         incident.alert_count, incident.alerts_open = 1, 1 if active else 0
         # alerts of the group that were waiting for min_count join it now
-        for pend in s.scalars(
-            select(AlertLink).where(AlertLink.group_key == key, AlertLink.verdict == Verdict.PENDING.value)
-        ):
+        pending = (
+            s.scalars(
+                select(AlertLink).where(
+                    AlertLink.group_key == key, AlertLink.verdict == Verdict.PENDING.value
+                )
+            )
+            if rule.min_count > 1
+            else ()
+        )
+        for pend in pending:
             pend.incident_id, pend.verdict = incident.id, Verdict.ATTACH.value
             incident.alert_count += 1
             incident.alerts_open += 1 if pend.active else 0
@@ -308,14 +370,18 @@ def dispatch_auto(
             if role.startswith("desk_") or role in ("resident", "family_contact", "call_taker"):
                 continue  # desks and relatives are paged, not dispatched a work order
             people = cfg.roster.on_call(role, row.grid, now)
-            load = {
-                str(who): int(n)
-                for who, n in s.execute(
-                    select(Incident.assignee, func.count())
-                    .where(Incident.is_open.is_(True), Incident.assignee.in_([p.id for p in people]))
-                    .group_by(Incident.assignee)
-                )
-            }
+            load = (
+                {}
+                if len(people) < 2
+                else {
+                    str(who): int(n)
+                    for who, n in s.execute(
+                        select(Incident.assignee, func.count())
+                        .where(Incident.is_open.is_(True), Incident.assignee.in_([p.id for p in people]))
+                        .group_by(Incident.assignee)
+                    )
+                }
+            )
             who = pick(people, lat=row.lat, lon=row.lon, load=load)
             if who is None:
                 rows.add_event(s, row, "coverage_gap", actor=SYSTEM, now=now, role=role, zone=row.grid)
@@ -359,7 +425,7 @@ def restart_escalation(
 
 def apply_outcome(s: Session, cfg: LoopConfig, row: Incident, out: escalation.Outcome, now: float) -> None:
     rows.store_esc_state(row, out.state)
-    intents = rows.expand_intents(out.intents, row, cfg.roster, now)
+    intents = rows.expand_intents(s, out.intents, row, cfg.roster, now)
     n = rows.write_intents(s, row, intents, now)
     if n:
         rows.add_event(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from alerts.loop.escalation import EscalationPolicy, EscalationSnapshot, EscalationState, EscalationStep
@@ -153,8 +153,14 @@ def add_timer(
     )
 
 
+#: how many on-call people one role intent reaches: the dispatched responder alone at the first step,
+#: then up to two (the dispatched one first, then whoever was paged least in the last hour); a storm of
+#: incidents is spread over a team instead of ringing every phone for every incident
+FIRST_STEP_PEOPLE, LATER_STEP_PEOPLE = 1, 2
+
+
 def expand_intents(
-    intents: tuple[NotificationIntent, ...], row: Incident, roster: Roster, now: float
+    s: Session, intents: tuple[NotificationIntent, ...], row: Incident, roster: Roster, now: float
 ) -> list[NotificationIntent]:
     """Role intents -> the responders on call for that role in the incident's zone (``user`` targets).
 
@@ -166,11 +172,28 @@ def expand_intents(
         if it.target_id.startswith("desk_"):
             out.append(_retarget(it, row, TargetKind.GROUP, it.target_id))
             continue
-        people = roster.on_call(it.target_id, row.grid, now)
+        people = [p.id for p in roster.on_call(it.target_id, row.grid, now)]
         if not people:
             out.append(it)
             continue
-        out.extend(_retarget(it, row, TargetKind.USER, p.id) for p in people)
+        n = FIRST_STEP_PEOPLE if it.step == 0 else LATER_STEP_PEOPLE
+        recent = (
+            {}
+            if len(people) <= n
+            else {
+                str(who): int(cnt)
+                for who, cnt in s.execute(
+                    select(NotificationIntentRow.target_id, func.count())
+                    .where(
+                        NotificationIntentRow.target_id.in_(people),
+                        NotificationIntentRow.created_at >= now - 3600,
+                    )
+                    .group_by(NotificationIntentRow.target_id)
+                )
+            }
+        )
+        people.sort(key=lambda p: (p != row.assignee, recent.get(p, 0)))
+        out.extend(_retarget(it, row, TargetKind.USER, p) for p in people[:n])
     return out
 
 

@@ -70,6 +70,7 @@ class LoopService:
         self.db = db
         self.box = box
         self.clock: Clock = clock or SystemClock()
+        self._cfg_cache: dict[tuple[int, ...], LoopConfig] = {}
 
     def _lock(self) -> bool:
         return self.db.for_update()
@@ -82,15 +83,15 @@ class LoopService:
     def take_steps(self, steps: Sequence[AlertEvent], source: str) -> list[int | None]:
         now = self.clock.now()
         with self.db.write() as s:
-            cfg = load(s)
+            cfg = load(s, self._cfg_cache)
             signals = intake.signals_from_steps(s, steps, source)
-            return [intake.take(s, cfg, sig, now) for sig in sorted(signals, key=lambda x: x.time)]
+            return intake.take_all(s, cfg, sorted(signals, key=lambda x: x.time), now)
 
     def take_signals(self, signals: Sequence[Signal]) -> list[int | None]:
         now = self.clock.now()
         with self.db.write() as s:
-            cfg = load(s)
-            return [intake.take(s, cfg, sig, now) for sig in signals]
+            cfg = load(s, self._cfg_cache)
+            return intake.take_all(s, cfg, signals, now)
 
     def reconcile(self, now: float | None = None, limit: int = 2000) -> int:
         """Hand the loop every committed alert it has not seen (or whose newest phase it missed).
@@ -161,7 +162,7 @@ class LoopService:
             device_id="",
         )
         with self.db.write() as s:
-            cfg = load(s)
+            cfg = load(s, self._cfg_cache)
             g = grade(sig)
             labels = sig.labels(g)
             rule = rule_for(cfg.grouping, labels)
@@ -206,7 +207,7 @@ class LoopService:
             ):
                 row = self._row(s, incident_id, lock=False)
                 return row.row_version
-            cfg = load(s)
+            cfg = load(s, self._cfg_cache)
             row = self._row(s, incident_id, lock=True)
             self._act(s, cfg, row, cmd, now, channel=channel, idempotency_key=idempotency_key)
             return row.row_version
@@ -286,7 +287,7 @@ class LoopService:
         """The call taker confirmed the event with the site (a real fire): skip to the next step now."""
         now = self.clock.now()
         with self.db.write() as s:
-            cfg = load(s)
+            cfg = load(s, self._cfg_cache)
             row = self._row(s, incident_id, lock=True)
             if not row.is_open:
                 raise BadRequestError(f"incident {incident_id} is {row.stage}; nothing to confirm")
@@ -336,7 +337,7 @@ class LoopService:
         now = self.clock.now() if now is None else now
         fired = 0
         with self.db.write() as s:
-            cfg = load(s)
+            cfg = load(s, self._cfg_cache)
             q = (
                 select(Timer)
                 .where(Timer.state == "pending", Timer.due_at <= now)

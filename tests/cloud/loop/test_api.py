@@ -128,7 +128,7 @@ async def test_dispatch_time_counts_from_the_first_delivered_notification(lc_sql
     r = await c.client.post("/api/v1/loop/reports", json={**REPORT, "register": True}, headers=c.dispatcher)
     iid = r.json()["incident"]["id"]
     intents = (await c.client.get(f"/api/v1/incidents/{iid}/intents", headers=c.dispatcher)).json()["intents"]
-    assert intents and {i["target_id"] for i in intents} == {"gw-wang", "gw-li"}
+    assert [i["target_id"] for i in intents] == ["gw-wang"]  # the dispatched worker first
     with (
         c.state.db.write() as s
     ):  # what the notifier does when a page is delivered (cloud/notify/loopbridge.py)
