@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from cloud.auth import Credentials  # noqa: E402
-from cloud.db import Database, upgrade_head  # noqa: E402
+from cloud.db import Alert, Database, upgrade_head  # noqa: E402
 from cloud.loop.models import Incident  # noqa: E402
 from cloud.notify.config import NotifyConfig  # noqa: E402
 from cloud.notify.models import Delivery  # noqa: E402
@@ -229,7 +229,23 @@ port = {metrics_port}
         db = Database(f"sqlite:///{tmp}/vigil.db")
         with db.read() as s:
             dev_of = {str(i): d for i, d in s.execute(select(Incident.id, Incident.device_id))}
+            received = dict(s.execute(select(Alert.device_id, Alert.received_at)).all())
+            opened = {str(i): t for i, t in s.execute(select(Incident.id, Incident.created_at))}
+            planned: dict[str, float] = {}
+            for inc, t in s.execute(select(Delivery.incident_id, Delivery.created_at)):
+                planned[inc] = min(t, planned.get(inc, t))
         db.close()
+        # where the time goes, per incident (ms): gateway (pty -> cloud commit), loop (commit -> incident),
+        # plan (incident -> delivery row), send (delivery row -> the fake's receipt)
+        stages: dict[str, list[float]] = {"gateway": [], "loop": [], "plan": [], "send": []}
+        for inc, t in first.items():
+            dev = dev_of.get(inc, "")
+            if dev not in written or dev not in received or inc not in planned:
+                continue
+            stages["gateway"].append((received[dev] - written[dev]) * 1000)
+            stages["loop"].append((opened[inc] - received[dev]) * 1000)
+            stages["plan"].append((planned[inc] - opened[inc]) * 1000)
+            stages["send"].append((t - planned[inc]) * 1000)
         lat = [(t - written[dev_of[i]]) * 1000 for i, t in first.items() if dev_of.get(i) in written]
         arr = np.array(lat) if lat else np.array([np.nan])
         return {
@@ -242,6 +258,14 @@ port = {metrics_port}
                 "p90": round(float(np.percentile(arr, 90)), 1),
                 "p99": round(float(np.percentile(arr, 99)), 1),
                 "max": round(float(arr.max()), 1),
+            },
+            "stages_ms": {
+                k: {
+                    "p50": round(float(np.percentile(v, 50)), 1),
+                    "p99": round(float(np.percentile(v, 99)), 1),
+                }
+                for k, v in stages.items()
+                if v
             },
         }
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import Admin, State, User
@@ -67,13 +68,13 @@ class SendIn(BaseModel):
     incident_id: str = Field(min_length=1, max_length=128)
     target_kind: Literal["user", "role", "group", "webhook"]
     target_id: str = Field(min_length=1, max_length=96)
-    step: int = 0
+    step: int = Field(default=0, ge=-1, le=1000)
     severity: int = Field(default=3, ge=0, le=3)
     event_type: str = ""
     place: str = Field(default="", max_length=128)
     summary: str = Field(default="", max_length=200)
     department: str = Field(default="", max_length=64)
-    opened_at: float | None = None
+    opened_at: float | None = Field(default=None, ge=0, le=4_102_444_800)  # up to 2100-01-01
     channels: list[str] = Field(default_factory=list, max_length=8)
 
 
@@ -93,7 +94,9 @@ async def inapp(request: Request, caller: User, unread: bool = False) -> list[di
 
 
 @router.post("/inapp/{item_id}/read", status_code=204)
-async def inapp_read(item_id: int, request: Request, caller: User, state: State) -> Response:
+async def inapp_read(
+    item_id: Annotated[int, FastPath(ge=1, le=2**62)], request: Request, caller: User, state: State
+) -> Response:
     notify = get_notify(request)
     uid = await asyncio.to_thread(notify.contacts.user_id, caller.name)
     if not await asyncio.to_thread(mark_read, notify.outbox.db, uid, item_id, now=state.clock.now()):

@@ -96,23 +96,37 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.send_timeout_s = send_timeout_s
         self.source = source
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the loop handled committed alerts: intents are waiting
+        self._send_wake = asyncio.Event()  # new deliveries were planned
 
     def wake(self) -> None:
-        """Run the next round now (the loop just wrote intents), instead of at the next poll."""
+        """Take intents and send now (the loop just wrote intents), instead of at the next poll."""
         self._wake.set()
+        self._send_wake.set()
 
     async def submit(self, reqs: Sequence[NotifyRequest]) -> int:
         """Plan and enqueue requests (idempotent); returns how many deliveries are new."""
         now = self.clock.now()
         rows = await asyncio.to_thread(self.planner.plan_many, reqs, now=now)
-        return await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
+        added = await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
+        if added:
+            self._send_wake.set()
+        return added
+
+    async def intake_once(self) -> int:
+        """Claim the loop's pending intents and plan them; returns how many deliveries are new."""
+        if self.source is None:
+            return 0
+        reqs = await asyncio.to_thread(self.source.claim, now=self.clock.now(), limit=self.batch_size)
+        return await self.submit(reqs) if reqs else 0
 
     async def run_once(self) -> int:
-        if self.source is not None:
-            reqs = await asyncio.to_thread(self.source.claim, now=self.clock.now(), limit=self.batch_size)
-            if reqs:
-                await self.submit(reqs)
+        """One intake and one send round (tests drive the worker with this)."""
+        await self.intake_once()
+        return await self.send_once()
+
+    async def send_once(self) -> int:
+        """Claim due deliveries, send them concurrently, record every outcome; returns how many."""
         claimed = await asyncio.to_thread(self.outbox.claim, now=self.clock.now(), limit=self.batch_size)
         if not claimed:
             return 0
@@ -145,8 +159,31 @@ class DeliveryWorker:
         return len(claimed)
 
     async def run(self) -> None:
+        """Intake and sending as two loops, so planning a new page never waits for a round of sends."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._intake_loop(), name="notify-intake")
+            tg.create_task(self._send_loop(), name="notify-send")
+
+    async def _idle(self, event: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), self.clock.real_seconds(self.poll_s))
+        event.clear()
+
+    async def _intake_loop(self) -> None:
         while True:
-            task = asyncio.ensure_future(self.run_once())
+            try:
+                n = await self.intake_once()
+            except Exception:  # supervisor boundary: log, count, keep going
+                log.exception("notification intake round failed")
+                n = 0
+            if n:
+                self._send_wake.set()
+            else:
+                await self._idle(self._wake)  # poll, or go at once when the loop has handled alerts
+
+    async def _send_loop(self) -> None:
+        while True:
+            task = asyncio.ensure_future(self.send_once())
             try:
                 n = await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -157,10 +194,7 @@ class DeliveryWorker:
                 log.exception("notification delivery round failed")
                 n = 0
             if n == 0:
-                # idle: poll, or go at once when the loop has just handled committed alerts (wake())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.clock.real_seconds(self.poll_s))
-                self._wake.clear()
+                await self._idle(self._send_wake)
 
     @staticmethod
     def _address(c: Claimed, found: Mapping[tuple[int, str], str | None]) -> str | None:
