@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -18,6 +19,7 @@ from dashboards.web import LANG_COOKIE, SESSION_COOKIE, FormError, Session, Web,
 from firmware_bridge.kernel.locale import parse_iso
 
 HEALTH_KINDS = frozenset({"wristband"})
+QUEUE_ROWS = 300  # rows drawn in the live queue (most urgent first); the rest are counted, one click away
 COMMUNITY_TTL_S = 300.0  # streets / grid cells / buildings change when the registry does: rarely
 GRADES = {"none": 0, "low": 1, "medium": 2, "high": 3}
 #: the programmes' own published figures, beside ours on the KPI board (docs/MISSION: the bar to beat)
@@ -121,15 +123,24 @@ def routes(web: Web) -> list[BaseRoute]:
         resp.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict", path="/")
         return resp
 
-    async def queue_context(request: Request, s: Session) -> dict[str, Any]:
+    async def queue_context(request: Request, s: Session, *, with_alerts: bool) -> dict[str, Any]:
+        """The queue: open incidents when the loop is there (alerts only if asked), else open alerts."""
         lang = web.translator(request).lang
-        incidents = await open_incidents(s.api, lang)
-        alerts = alert_queue(await s.api.open_alerts())
-        return {"incidents": incidents, "queue": alerts}
+        if with_alerts:
+            incidents, alerts = await asyncio.gather(open_incidents(s.api, lang), s.api.open_alerts())
+        else:
+            incidents, alerts = await open_incidents(s.api, lang), None
+            if incidents is None:
+                alerts = await s.api.open_alerts()
+        return {
+            "incidents": incidents,
+            "queue": alert_queue(alerts) if alerts is not None else [],
+            "n_alerts": None if alerts is None else len(alerts),
+            "max_rows": QUEUE_ROWS,
+        }
 
     async def overview(request: Request, s: Session) -> Response:
-        q = await queue_context(request, s)
-        gws = await s.api.gateways()
+        q, gws = await asyncio.gather(queue_context(request, s, with_alerts=True), s.api.gateways())
         incidents = q["incidents"] or []
         return web.render(
             request,
@@ -147,19 +158,29 @@ def routes(web: Web) -> list[BaseRoute]:
         )
 
     async def queue_fragment(request: Request, s: Session) -> Response:
-        return web.render(request, "_queues.html", session=s, **await queue_context(request, s))
+        return web.render(
+            request, "_queues.html", session=s, **await queue_context(request, s, with_alerts=False)
+        )
+
+    async def alerts_page(request: Request, s: Session) -> Response:
+        alerts = alert_queue(await s.api.open_alerts())
+        return web.render(request, "alerts.html", session=s, queue=alerts)
 
     async def map_devices(request: Request, s: Session) -> Response:
-        devices = await s.api.map_devices()
-        alerts = await s.api.open_alerts()
+        devices, alerts, incidents_or_none, responders = await asyncio.gather(
+            s.api.map_devices(),
+            s.api.open_alerts(),
+            open_incidents(s.api, web.translator(request).lang),
+            responder_points(s.api),
+        )
         body = geo.device_points(devices, alerts)
-        incidents = await open_incidents(s.api, web.translator(request).lang) or []
+        incidents = incidents_or_none or []
         body["incidents"] = [
             [i["lat"], i["lon"], i["id"], i["grade_n"], i.get("event_label", ""), i.get("stage_label", "")]
             for i in incidents
             if i.get("lat") is not None and i.get("lon") is not None
         ]
-        body["responders"] = await responder_points(s.api)
+        body["responders"] = responders
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     community: dict[str, Any] = {}  # the derived layers, shared by every user (no personal data in them)
@@ -244,6 +265,7 @@ def routes(web: Web) -> list[BaseRoute]:
         Route("/map/community.geojson", web.page(map_community)),
         Route("/devices/{device_id}", web.page(device_page)),
         Route("/gateways", web.page(gateways_page)),
+        Route("/alerts", web.page(alerts_page)),
         Route("/alerts/{alert_id:path}", web.page(alert_page)),
         Route("/kpi", web.page(kpi_page)),
     ]

@@ -49,14 +49,14 @@
     knownHigh = ids;
   }
 
-  function debounce(fn, ms) {
+  function throttle(fn, ms) {  // at most one run per ms, trailing: a stream of events never starves it
     var timer = null;
-    return function () { if (timer) clearTimeout(timer); timer = setTimeout(function () { timer = null; fn(); }, ms); };
+    return function () { if (!timer) timer = setTimeout(function () { timer = null; fn(); }, ms); };
   }
 
-  var refreshQueue = debounce(function () {
+  var refreshQueue = throttle(function () {
     if (queue && window.htmx) window.htmx.trigger(queue, "vigil:refresh");
-  }, 50);
+  }, 100);
 
   // ---- map ------------------------------------------------------------------------------------------
   var mapEl = document.getElementById("map");
@@ -106,7 +106,7 @@
         mapEl.setAttribute("data-markers", String(markers.length));
       });
   }
-  var refreshMap = debounce(loadDevices, 1500);
+  var refreshMap = throttle(loadDevices, 4000);  // the map is heavier than the queue: at most every few s
 
   if (mapEl && window.L) {
     var labels = JSON.parse(mapEl.getAttribute("data-labels") || "{}");

