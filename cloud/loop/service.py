@@ -273,8 +273,10 @@ class LoopService:
         elif a in (Action.CLOSE, Action.RATE):
             self._stop(s, row, "resolved", now)
             rows.cancel_pending_intents(s, row, now)
-        elif a is Action.REOPEN:
-            intake.start_work(s, cfg, row, None, now)
+        elif a is Action.PARK:
+            self._stop(s, row, "parked", now)  # a parked case pages nobody until it is taken up again
+        elif a in (Action.REOPEN, Action.UNPARK):
+            intake.start_work(s, cfg, row, None, now)  # dispatch again, new escalation snapshot
             return
         intake.sla_timer(s, row, now)
 
