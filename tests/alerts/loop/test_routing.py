@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerts.loop.errors import InvalidConfig
 from alerts.loop.escalation import default_policies
@@ -119,3 +121,23 @@ def test_validation_names_the_rule(mutate: object, message: str) -> None:
     with pytest.raises(InvalidConfig) as exc:
         route_from_dict(tree, policies=frozenset(default_policies()))
     assert message in str(exc.value)
+
+
+LABEL_VALUES = {
+    "kind": ["manhole", "smoke_alarm", "wristband", "report", "gateway"],
+    "event": ["cover_open", "cover_displaced", "overflow", "fire", "co", "fall", "sos", "geofence_exit",
+              "low_battery", "device_silent", "broken_streetlight"],
+    "grade": ["low", "medium", "high"],
+    "on_road": ["true", "false"],
+    "grid": ["G01", "G02", ""],
+}  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in LABEL_VALUES.items()}), st.integers(0, 1439))
+def test_every_label_set_reaches_someone_with_a_policy(lab: dict[str, str], minute: int) -> None:
+    matches = route(TREE, lab, minute)
+    assert matches
+    for m in matches:
+        assert m.receivers and m.escalation in default_policies()
+        assert m.path[0] == "root"
