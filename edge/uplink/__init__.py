@@ -7,6 +7,7 @@ from edge.uplink.base import (
     UplinkInvalid,
     UplinkProtocolError,
     UplinkRejected,
+    UplinkThrottled,
     UplinkTooLarge,
     UplinkUnavailable,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "UplinkProtocolError",
     "UplinkRejected",
     "UplinkSender",
+    "UplinkThrottled",
     "UplinkTooLarge",
     "UplinkUnavailable",
 ]

@@ -57,6 +57,17 @@ class UplinkProtocolError(UplinkError):
     reason = "protocol"
 
 
+class UplinkThrottled(UplinkUnavailable):
+    """429 / ``rate_limited``: the gateway is over its cloud quota; retry the same batch after
+    ``retry_after_s``. Never a reason to give a batch up."""
+
+    reason = "throttled"
+
+    def __init__(self, message: str, *, reason: str | None = None, retry_after_s: float = 0.0) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
 class Uplink(Protocol):
     async def run(self) -> None:
         """Background session upkeep (MQTT connection); returns at once if none is needed."""

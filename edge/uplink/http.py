@@ -18,6 +18,7 @@ from edge.uplink.base import (
     UplinkAuthError,
     UplinkInvalid,
     UplinkRejected,
+    UplinkThrottled,
     UplinkTooLarge,
     UplinkUnavailable,
     parse_ack,
@@ -59,7 +60,17 @@ class HttpUplink:
             raise UplinkUnavailable(f"timeout talking to {self.endpoint}", reason="timeout") from exc
         except httpx.TransportError as exc:
             raise UplinkUnavailable(f"cannot reach {self.endpoint}: {exc!r}", reason="connect") from exc
-        if r.status_code >= 500 or r.status_code in (408, 429):
+        if r.status_code == 429:
+            try:
+                retry_after = float(r.headers.get("Retry-After", "0"))
+            except ValueError:
+                retry_after = 0.0
+            raise UplinkThrottled(
+                f"{self.endpoint}: over quota, retry in {retry_after:g} s",
+                reason="http_429",
+                retry_after_s=retry_after,
+            )
+        if r.status_code >= 500 or r.status_code == 408:
             raise UplinkUnavailable(
                 f"{self.endpoint} answered {r.status_code}", reason=f"http_{r.status_code}"
             )

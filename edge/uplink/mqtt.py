@@ -25,6 +25,7 @@ from edge.uplink.base import (
     UplinkInvalid,
     UplinkProtocolError,
     UplinkRejected,
+    UplinkThrottled,
     UplinkTooLarge,
     UplinkUnavailable,
     parse_ack,
@@ -102,14 +103,24 @@ class MqttUplink:
                 fut = self._waiting.get(str(doc.get("batch_id")))
                 if fut is not None and not fut.done():
                     code = str(doc["error"])[:40]
+                    if code == "rate_limited":  # over quota: retry later, like HTTP 429
+                        wait = doc.get("retry_after_s")
+                        fut.set_exception(
+                            UplinkThrottled(
+                                f"cloud: over quota: {doc.get('detail', '')}"[:300],
+                                reason=code,
+                                retry_after_s=float(wait) if isinstance(wait, int | float) else 0.0,
+                            )
+                        )
+                        return
                     cls: type[UplinkError] = {
                         "unauthenticated": UplinkAuthError,
                         "forbidden": UplinkAuthError,
                         "payload_too_large": UplinkTooLarge,
                         "validation": UplinkInvalid,
                         "bad_request": UplinkInvalid,
-                        "rate_limited": UplinkUnavailable,  # over quota: retry later, like HTTP 429
                         "storage_unavailable": UplinkUnavailable,
+                        "internal": UplinkUnavailable,  # a cloud bug: retried, and isolated if it persists
                     }.get(code, UplinkRejected)
                     fut.set_exception(
                         cls(f"cloud refused the batch: {code}: {doc.get('detail', '')}"[:300], reason=code)

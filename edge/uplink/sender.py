@@ -14,9 +14,11 @@ No batch is retried forever (issue 11), and nothing is given up during an outage
   (splitting is always safe: nothing of it was stored); a lone record refused ``max_refusals`` times goes
   to the dead letter once the cloud has acknowledged some other batch since, or after
   ``dead_letter_after_s`` (a systematic refusal must not hide behind "the cloud is just broken");
-- a batch that only ever gets 5xx/timeouts is split after ``max_attempts``, and a lone record is
-  dead-lettered only when the cloud acknowledged other batches meanwhile. An outage (nothing acknowledged
-  at all) never dead-letters anything; the outbox's age bounds still apply;
+- a batch that only ever gets a 500 (a cloud bug its content provokes) is split after ``max_attempts``,
+  and a lone record is dead-lettered only when the cloud acknowledged other batches meanwhile. An outage
+  (nothing acknowledged at all), a 503 (storage down: the cloud says "retry the same batch"), a timeout
+  or a 429 (over quota; the pause honours ``Retry-After``) never dead-letters anything; the outbox's age
+  bounds still apply;
 - a refused credential (401/403) is retried slowly and shown by ``vigil gateway status``: dropping data
   because of a wrong token would be worse.
 
@@ -46,10 +48,13 @@ from edge.uplink.base import (
     UplinkError,
     UplinkInvalid,
     UplinkRejected,
+    UplinkThrottled,
     UplinkTooLarge,
-    UplinkUnavailable,
 )
 from firmware_bridge.backoff import Backoff
+
+#: failures that may come from a batch's content (a cloud bug); others are outages or throttling
+_CONTENT_5XX = frozenset({"http_500", "internal"})
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +193,10 @@ class UplinkSender:
                 # refusals do not heal by themselves: retry slowly (status shows why); an unreachable
                 # cloud is probed every few seconds so its return is noticed at once
                 slow = isinstance(exc, UplinkRejected | UplinkAuthError)
-                await self._pause(refused.next() if slow else probe.next())
+                delay = refused.next() if slow else probe.next()
+                if isinstance(exc, UplinkThrottled):
+                    delay = max(delay, min(exc.retry_after_s, self.backoff_max_s))
+                await self._pause(delay)
                 continue
             await self.outbox.call(self.outbox.ack, ack)
             self._count_refusals(ack, pending)
@@ -227,8 +235,8 @@ class UplinkSender:
             ob.contract_version = 1
             log.warning("the cloud does not know contract version 2; sending version-1 batches")
             return True
-        if not isinstance(exc, UplinkInvalid | UplinkUnavailable):
-            return False
+        if not isinstance(exc, UplinkInvalid) and exc.reason not in _CONTENT_5XX:
+            return False  # an outage, storage down, throttled, or a credential problem: wait, never give up
         info = await ob.call(ob.batch_info, pending.batch_id)
         if info is None:
             return True

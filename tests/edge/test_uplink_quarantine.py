@@ -22,7 +22,7 @@ from alerts.contract import AlertEvent, UplinkAck
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox, PendingBatch
 from edge.status import diagnose_metrics, diagnose_outbox
-from edge.uplink import UplinkAuthError, UplinkInvalid, UplinkSender, UplinkUnavailable
+from edge.uplink import UplinkAuthError, UplinkInvalid, UplinkSender, UplinkThrottled, UplinkUnavailable
 from edge.uplink.base import Uplink
 from edge.uplink.http import HttpUplink
 from firmware_bridge.kernel.events import AlertPhase, EventType
@@ -277,3 +277,39 @@ async def test_quarantine_counts_reach_the_console_through_gateway_status(
         await up.aclose()
     gw = (await c.client.get(f"/api/v1/gateways/{GW}", headers=c.viewer)).json()
     assert gw["status"]["quarantined_total"] == 2 and gw["status"]["dead_letter_total"] == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: UplinkThrottled("429", reason="http_429", retry_after_s=0.05),
+        lambda: UplinkUnavailable("503", reason="http_503"),  # storage down: "retry the same batch"
+        lambda: UplinkUnavailable("timeout", reason="timeout"),
+    ],
+    ids=["throttled", "storage_down", "timeout"],
+)
+async def test_throttled_or_storage_down_telemetry_is_never_given_up(
+    cloud_sqlite: Cloud, outbox: Outbox, failure: Callable[[], Exception]
+) -> None:
+    """Even while alert batches are acknowledged (which would prove a poison batch), these wait."""
+    c = cloud_sqlite
+    failing = [True]
+
+    def fail(b: PendingBatch) -> Exception | None:
+        return failure() if failing[0] and b'"telemetry":[]' not in b.body else None
+
+    up = Wrapped(http_uplink(c), fail)
+    outbox.commit([readings(M, MANHOLE_1, [1]), readings(M, MANHOLE_1, [2], t0=T0 + 60)], [])
+    async with sending(outbox, up, max_attempts=2) as s:
+        for i in range(3):
+            outbox.commit(
+                [], [alert_step(SMOKE_1, S, EventType.FIRE, AlertPhase.RAISED, T0 + i, episode_t=T0 + i)]
+            )
+            s.notify()
+            await wait_until(lambda: outbox.stats().depth["alert"] == 0)
+            await asyncio.sleep(0.2)
+        assert len(up.attempts) >= 8 and outbox.dead_lettered == {}
+        assert outbox.stats().depth["live"] + outbox.stats().depth["backlog"] == 2
+        failing[0] = False
+        await wait_until(lambda: empty(outbox))
+    assert c.state.registry.get(MANHOLE_1, "admin").readings_total == 2
