@@ -530,6 +530,29 @@ class Outbox:
             self._bytes -= sum(int(m[3]) for m in moved)
             return sum(int(m[2]) for m in moved)
 
+    def requeue_dead_letter(self) -> int:
+        """Put every dead-lettered record back in its lane (after the cloud was fixed); returns how many.
+
+        The dead-letter counters are history and stay as they are; a record that fails again is isolated
+        and dead-lettered again by the sender's usual bounds.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute("SELECT id, lane, n, body FROM dead_letter ORDER BY id").fetchall()
+                now = self._now()
+                self._db.executemany(
+                    "INSERT INTO records(lane,created,n,size,body) VALUES(?,?,?,?,?)",
+                    [(lane, now, n, len(body), body) for _, lane, n, body in rows],
+                )
+                self._db.execute("DELETE FROM dead_letter")
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"outbox requeue failed: {exc}") from exc
+            self._bytes += sum(len(r[3]) for r in rows)
+            return len(rows)
+
     def quarantine_report(self, limit: int = 20) -> list[tuple[str, str, int]]:
         """``(device_id, reason, records)`` of the quarantine, most refused first (the installer report)."""
         with self._lock:

@@ -271,3 +271,17 @@ def test_an_outbox_written_by_schema_version_1_opens_and_upgrades(tmp_path: Path
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
+
+
+def test_dead_letters_can_be_requeued_after_the_cloud_is_fixed(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.commit([manhole_batch(3)], [alert(1)])
+        first = ob.next_batch("gw-1")
+        assert first is not None
+        ob.dead_letter(first.batch_id, "http_422: invalid")
+        assert ob.stats().depth["alert"] == 0
+        assert ob.requeue_dead_letter() == 1
+        again = ob.next_batch("gw-1")
+        assert again is not None and again.n_alerts == 1 and again.batch_id != first.batch_id
+        assert ob.dead_lettered == {"alert": 1}  # history stays
+        assert ob.requeue_dead_letter() == 0
