@@ -97,21 +97,16 @@ class DeliveryWorker:
         self.send_timeout_s = send_timeout_s
         self.source = source
         self._wake = asyncio.Event()  # the loop handled committed alerts: intents are waiting
-        self._send_wake = asyncio.Event()  # new deliveries were planned
 
     def wake(self) -> None:
         """Take intents and send now (the loop just wrote intents), instead of at the next poll."""
         self._wake.set()
-        self._send_wake.set()
 
     async def submit(self, reqs: Sequence[NotifyRequest]) -> int:
         """Plan and enqueue requests (idempotent); returns how many deliveries are new."""
         now = self.clock.now()
         rows = await asyncio.to_thread(self.planner.plan_many, reqs, now=now)
-        added = await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
-        if added:
-            self._send_wake.set()
-        return added
+        return await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
 
     async def intake_once(self) -> int:
         """Claim the loop's pending intents and plan them; returns how many deliveries are new."""
@@ -159,31 +154,13 @@ class DeliveryWorker:
         return len(claimed)
 
     async def run(self) -> None:
-        """Intake and sending as two loops, so planning a new page never waits for a round of sends."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._intake_loop(), name="notify-intake")
-            tg.create_task(self._send_loop(), name="notify-send")
+        """Rounds of intake + sending until cancelled; idle rounds wait for ``wake()`` or ``poll_s``.
 
-    async def _idle(self, event: asyncio.Event) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), self.clock.real_seconds(self.poll_s))
-        event.clear()
-
-    async def _intake_loop(self) -> None:
+        One sequential loop on purpose: measured on SQLite (one writer per process), splitting intake and
+        sending into two concurrent loops made pages slower, not faster (bench/bench_notify.py).
+        """
         while True:
-            try:
-                n = await self.intake_once()
-            except Exception:  # supervisor boundary: log, count, keep going
-                log.exception("notification intake round failed")
-                n = 0
-            if n:
-                self._send_wake.set()
-            else:
-                await self._idle(self._wake)  # poll, or go at once when the loop has handled alerts
-
-    async def _send_loop(self) -> None:
-        while True:
-            task = asyncio.ensure_future(self.send_once())
+            task = asyncio.ensure_future(self.run_once())
             try:
                 n = await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -194,7 +171,10 @@ class DeliveryWorker:
                 log.exception("notification delivery round failed")
                 n = 0
             if n == 0:
-                await self._idle(self._send_wake)
+                # idle: poll, or go at once when the loop has just handled committed alerts (wake())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.clock.real_seconds(self.poll_s))
+                self._wake.clear()
 
     @staticmethod
     def _address(c: Claimed, found: Mapping[tuple[int, str], str | None]) -> str | None:
