@@ -12,6 +12,7 @@ from itertools import count
 
 from alerts.contract import AlertEvent
 from alerts.detection.engine import DetectionEngine
+from alerts.detection.profiles import ProfileSet
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from tests.alerts.detection.vendor import datasheet as ds
 from tests.alerts.detection.vendor.harness import Frame, run
@@ -544,3 +545,28 @@ def test_flaming_fire_with_heat_pages_on_the_revealing_frame() -> None:
     )
     new, _old = both(frames)
     assert [a.time for a in raised(new, EventType.FIRE)] == [T0 + 60]  # +11 °C/min: EN 54-5 rate of rise
+
+
+def test_smoke_at_a_neighbouring_dwellings_alarm_corroborates_a_fire() -> None:
+    """Two alarms in different flats of one building (``neighbour_group``) see smoke within minutes:
+    smoke does not cross a party wall for cooking. One flat's smoke alone stays a nuisance."""
+    profiles = ProfileSet(overrides={"SA-N1": {"neighbour_group": 7.0}, "SA-N2": {"neighbour_group": 7.0}})
+
+    def episode(dev: str, t: float, smoke: float) -> list[Frame]:
+        """History (seq 1-8), a dry smoke bit (seq 9), its clearing reported 6 min later (seq 10)."""
+
+        def frame(seq: int, flags: tuple[str, ...], smoke_db_m: float) -> bytes:
+            return ds.smoke_alarm(
+                seq=seq, flags=flags, smoke_db_m=smoke_db_m, temperature_c=23.6, co_ppm=3.0, humidity_pct=47.0
+            )
+
+        smoky, cleared = (
+            Frame(dev, t, frame(9, ("smoke_alarm",), smoke)),
+            Frame(dev, t + 360, frame(10, (), 0.05)),
+        )
+        return [*_alarm_history(dev, count(1)), smoky, cleared]
+
+    alone = run(episode("SA-N1", T0, 0.2), DetectionEngine(profiles))
+    assert raised(alone, EventType.FIRE) == []
+    both_flats = run(episode("SA-N1", T0, 0.2) + episode("SA-N2", T0 + 240, 0.18), DetectionEngine(profiles))
+    assert [(a.device_id, a.time) for a in raised(both_flats, EventType.FIRE)] == [("SA-N2", T0 + 240)]

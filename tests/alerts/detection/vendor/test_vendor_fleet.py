@@ -30,7 +30,7 @@ NUISANCES = (
 
 @pytest.fixture(scope="module")
 def result() -> Score:
-    fleet = vendor_fleet.build(covers=90, alarms=90, bands=40, days=DAYS, seed=2026)
+    fleet = vendor_fleet.build(covers=72, alarms=90, bands=24, days=DAYS, seed=2026)
     return vendor_fleet.evaluate(fleet, DetectionEngine(), days=DAYS)
 
 
