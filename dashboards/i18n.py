@@ -82,5 +82,16 @@ class Translator:
         """``2026-11-26 19:09:00`` in the display zone; an em dash for "never"."""
         return "—" if ts is None else locale.show(ts, self.zone)
 
+    def when(self, value: float | str | None) -> str:
+        """A time from the API (epoch seconds or ISO-8601 with an offset) as people read it."""
+        if value is None or value == "":
+            return "—"
+        if isinstance(value, str):
+            try:
+                return locale.show(locale.parse_iso(value), self.zone)
+            except ValueError:
+                return value
+        return locale.show(float(value), self.zone)
+
     def iso(self, ts: float | None) -> str:
         return "" if ts is None else locale.iso(ts, self.zone)

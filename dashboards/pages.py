@@ -123,15 +123,10 @@ def routes(web: Web) -> list[BaseRoute]:
         resp.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict", path="/")
         return resp
 
-    async def queue_context(request: Request, s: Session, *, with_alerts: bool) -> dict[str, Any]:
-        """The queue: open incidents when the loop is there (alerts only if asked), else open alerts."""
-        lang = web.translator(request).lang
-        if with_alerts:
-            incidents, alerts = await asyncio.gather(open_incidents(s.api, lang), s.api.open_alerts())
-        else:
-            incidents, alerts = await open_incidents(s.api, lang), None
-            if incidents is None:
-                alerts = await s.api.open_alerts()
+    async def queue_context(request: Request, s: Session) -> dict[str, Any]:
+        """The queue: open incidents when the loop is there, else open alerts."""
+        incidents = await open_incidents(s.api, web.translator(request).lang)
+        alerts = await s.api.open_alerts() if incidents is None else None
         return {
             "incidents": incidents,
             "queue": alert_queue(alerts) if alerts is not None else [],
@@ -140,7 +135,7 @@ def routes(web: Web) -> list[BaseRoute]:
         }
 
     async def overview(request: Request, s: Session) -> Response:
-        q, gws = await asyncio.gather(queue_context(request, s, with_alerts=True), s.api.gateways())
+        q, gws = await asyncio.gather(queue_context(request, s), s.api.gateways())
         incidents = q["incidents"] or []
         return web.render(
             request,
@@ -158,22 +153,23 @@ def routes(web: Web) -> list[BaseRoute]:
         )
 
     async def queue_fragment(request: Request, s: Session) -> Response:
-        return web.render(
-            request, "_queues.html", session=s, **await queue_context(request, s, with_alerts=False)
-        )
+        return web.render(request, "_queues.html", session=s, **await queue_context(request, s))
 
     async def alerts_page(request: Request, s: Session) -> Response:
         alerts = alert_queue(await s.api.open_alerts())
         return web.render(request, "alerts.html", session=s, queue=alerts)
 
     async def map_devices(request: Request, s: Session) -> Response:
-        devices, alerts, incidents_or_none, responders = await asyncio.gather(
+        devices, incidents_or_none, responders = await asyncio.gather(
             s.api.map_devices(),
-            s.api.open_alerts(),
             open_incidents(s.api, web.translator(request).lang),
             responder_points(s.api),
         )
-        body = geo.device_points(devices, alerts)
+        if incidents_or_none is None:  # no loop: colour devices by their open alerts
+            marks = await s.api.open_alerts()
+        else:  # colour devices by their open incidents' grade, as the queue ranks them
+            marks = [{"device_id": i["device_id"], "severity": i["grade_n"]} for i in incidents_or_none]
+        body = geo.device_points(devices, marks)
         incidents = incidents_or_none or []
         body["incidents"] = [
             [i["lat"], i["lon"], i["id"], i["grade_n"], i.get("event_label", ""), i.get("stage_label", "")]
