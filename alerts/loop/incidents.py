@@ -55,6 +55,7 @@ class Signal:
     lives_alone: bool = False
     lat: float | None = None
     lon: float | None = None
+    episode_start: float | None = None  # when the event began (the detector's episode), for discovery time
 
     def labels(self, grade: Severity | None = None) -> dict[str, str]:
         g = grade if grade is not None else self.severity

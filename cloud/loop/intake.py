@@ -86,6 +86,7 @@ def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> 
                 or (d is not None and "alone" in d.profile),
                 lat=d.lat if d else None,
                 lon=d.lon if d else None,
+                episode_start=st.episode_ms / 1000.0 if st.episode_ms else None,
             )
         )
     return out
@@ -299,7 +300,7 @@ def open_incident(
         route_rule=" + ".join(m.rule for m in matches),
         department=receivers[0].department if receivers else "",
         receivers=[{"department": r.department, "roles": list(r.roles)} for r in receivers],
-        event_start=sig.time,
+        event_start=sig.episode_start if sig.episode_start is not None else sig.time,
         alert_time=None if manual else now,
         created_at=now,
         stage_entered_at=now,

@@ -126,6 +126,7 @@ async def test_closed_loop_end_to_end(lc: Cloud) -> None:
     assert row["group"] == "street_office" and row["due"] == 1 and row["closure_rate"] == 1.0
     assert row["on_time_rate"] == 1.0 and row["satisfaction"] == 5.0 and row["rework_rate"] == 0.0
     assert row["ack_p50_s"] is not None and row["dispatch_p50_s"] == 0.0
+    assert row["discovery_p50_s"] == 5.0  # the episode began 5 s before the cloud had the alert
     csv = await c.client.get("/api/v1/kpi", params={"format": "csv"}, headers=c.viewer)
     assert csv.status_code == 200 and csv.text.startswith("group,due,closed,closed_on_time")
 
