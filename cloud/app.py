@@ -32,6 +32,7 @@ from cloud.api import alerts, auth, devices, gateways, ingest
 from cloud.api import console as console_api
 from cloud.api import links as links_api
 from cloud.api import notify as notify_api
+from cloud.api import risk as risk_api
 from cloud.api.state import CloudState
 from cloud.errors import CloudError
 from cloud.ingest import AlertSink
@@ -227,6 +228,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(notify_api.router)
     app.include_router(links_api.router)
+    app.include_router(risk_api.router)  # risk hot spots and patrol plans (docs/risk.md)
     console_api.install(app)  # live stream + the console at /console (docs/console.md)
     loop_wiring.install(app, sink)  # incidents, work orders, escalation job, loop API (docs/loop.md)
     notify.connect_loop(app.state.loop, sink)  # the loop's intents in, link / SMS actions out

@@ -89,6 +89,7 @@ class BackgroundFit:
     scale: F64  # (p,)
     multiplier: F64  # (n_cells,)
     names: tuple[str, ...] = field(default=())
+    base: F64 | None = field(default=None, repr=False)  # exp(z @ coef) on the fit design, (cells, days)
 
     def rate(self, cov: Covariates, days: I64) -> F64:
         """Expected background events per cell and day, ``(len(days), n_cells)``."""
@@ -98,9 +99,8 @@ class BackgroundFit:
 
     def rate_on(self, design: BackgroundDesign) -> F64:
         """As :meth:`rate`, on the fit window's prebuilt design (no rebuilding)."""
-        eta = design.z @ self.coef
-        mu = np.exp(np.clip(eta, -50, 30)).reshape(design.n_cells, design.n_days) * self.multiplier[:, None]
-        return np.asarray(mu.T, dtype=np.float64)
+        base = self.base if self.base is not None else _base(design, self.coef)
+        return np.asarray((base * self.multiplier[:, None]).T, dtype=np.float64)
 
     def effects(self) -> dict[str, float]:
         """Rate ratio per one unit of each covariate (on its original scale)."""
@@ -111,26 +111,60 @@ class BackgroundFit:
 
 @dataclass(frozen=True)
 class BackgroundDesign:
-    """The standardised design of one fit window, built once and reused by every EM iteration."""
+    """The fit window's design in factored form, built once and reused by every EM iteration.
 
-    z: F64  # (n_cells * n_days, p + 1), intercept column first; rows in (cell, day) order
-    mean: F64
-    scale: F64
+    Every covariate column is a per-cell factor times a per-day factor (a static column x 1, 1 x a daily
+    column, or static x daily for an interaction; the intercept is 1 x 1), so the linear predictor of all
+    cell-days is one ``(cells x p) @ (p x days)`` product and the Newton Hessian is ``p**2`` weighted sums
+    ``A_k A_l . M . B_k B_l``: no ``cells * days x p`` matrix is ever formed.
+    """
+
+    a: F64  # (n_cells, p + 1) cell factors, intercept first
+    b: F64  # (n_days, p + 1) day factors
+    mean: F64  # (p,) of each raw column over all cell-days
+    scale: F64  # (p,)
     n_cells: int
     n_days: int
+    _pairs: dict[str, tuple[F64, F64]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, cov: Covariates, days: I64) -> BackgroundDesign:
-        x = cov.design(days)
-        n_c, n_d, p = x.shape
-        flat = x.reshape(-1, p)
-        mean = flat.mean(axis=0)
-        scale = flat.std(axis=0)
+        d = np.clip(np.asarray(days, dtype=np.int64), 0, cov.n_days - 1)
+        st, dy = cov.static, cov.daily[d]
+        n_c, n_d = st.shape[0], len(d)
+        ps, pd = st.shape[1], dy.shape[1]
+        si = [i for i, _ in cov.interactions]
+        dj = [j for _, j in cov.interactions]
+        a = np.concatenate([np.ones((n_c, 1)), st, np.ones((n_c, pd)), st[:, si]], axis=1)
+        b = np.concatenate([np.ones((n_d, 1)), np.ones((n_d, ps)), dy, dy[:, dj]], axis=1)
+        mean = a.mean(axis=0)[1:] * b.mean(axis=0)[1:]
+        var = (a**2).mean(axis=0)[1:] * (b**2).mean(axis=0)[1:] - mean**2
+        scale = np.sqrt(np.maximum(var, 0.0))
         scale = np.where(scale > 1e-9, scale, 1.0)
-        z = np.empty((n_c * n_d, p + 1))
-        z[:, 0] = 1.0
-        z[:, 1:] = (flat - mean) / scale
-        return cls(z, mean, scale, n_c, n_d)
+        return cls(a, b, mean, scale, n_c, n_d)
+
+    def pair_factors(self) -> tuple[F64, F64]:
+        """``A_k A_l`` per cell and ``B_k B_l`` per day, ``(n, p1 * p1)``: the Hessian's factors (cached)."""
+        cached = self._pairs.get("ab")
+        if cached is None:
+            p1 = self.a.shape[1]
+            aa = (self.a[:, :, None] * self.a[:, None, :]).reshape(self.n_cells, p1 * p1)
+            bb = (self.b[:, :, None] * self.b[:, None, :]).reshape(self.n_days, p1 * p1)
+            cached = self._pairs["ab"] = (aa, bb)
+        return cached
+
+    def to_raw(self) -> F64:
+        """``T`` with ``z = T x`` (standardised from raw, both with the intercept first)."""
+        p1 = self.a.shape[1]
+        t = np.eye(p1)
+        t[1:, 1:] = np.diag(1.0 / self.scale)
+        t[1:, 0] = -self.mean / self.scale
+        return t
+
+    def eta(self, coef: F64) -> F64:
+        """Linear predictor ``(n_cells, n_days)`` for standardised coefficients."""
+        w = self.to_raw().T @ coef
+        return np.asarray((self.a * w) @ self.b.T, dtype=np.float64)
 
 
 def fit_background(
@@ -143,26 +177,42 @@ def fit_background(
     start: BackgroundFit | None = None,
     newton_steps: int = 3,
 ) -> BackgroundFit:
-    """Fit to ``y`` (expected background counts, ``(n_days, n_cells)``) by penalised Newton steps."""
-    z, n_c, n_d = design.z, design.n_cells, design.n_days
-    p1 = z.shape[1]
+    """Fit to ``y`` (expected background counts, ``(n_days, n_cells)``) by penalised Newton steps.
+
+    ``newton_steps=0`` with a ``start`` keeps the coefficients and only moves the per-cell multiplier.
+    """
+    n_c, n_d = design.n_cells, design.n_days
+    a, b = design.a, design.b
+    p1 = a.shape[1]
     if start is None:
         coef = np.zeros(p1)
         coef[0] = math.log(max(float(y.sum()), 1e-3) / max(n_c * n_d, 1))
         mult = np.ones(n_c)
     else:
         coef, mult = start.coef.copy(), start.multiplier
-    yy = y.T.reshape(-1)  # (cells, days) order, as the design
-    off = np.repeat(np.log(mult), n_d)
-    pen = np.full(p1, ridge)
-    pen[0] = 0.0
-    for _ in range(newton_steps):
-        mu = np.exp(np.clip(z @ coef + off, -50, 30))
-        grad = z.T @ (yy - mu) - pen * coef
-        hess = (z.T * mu) @ z + np.diag(pen) + 1e-9 * np.eye(p1)
-        step = np.linalg.solve(hess, grad)
-        coef = coef + np.clip(step, -3.0, 3.0)
-    base = np.exp(np.clip(z @ coef, -50, 30)).reshape(n_c, n_d).sum(axis=1)
+    if newton_steps > 0 or start is None or start.base is None:
+        yy = y.T  # (cells, days)
+        t = design.to_raw()
+        pen = np.full(p1, ridge)
+        pen[0] = 0.0
+        aa, bb = design.pair_factors()
+        for _ in range(newton_steps):
+            mu = np.exp(np.clip(design.eta(coef), -50, 30)) * mult[:, None]
+            g_raw = ((a.T @ (yy - mu)) * b.T).sum(axis=1)
+            h_raw = ((aa.T @ mu) * bb.T).sum(axis=1).reshape(p1, p1)
+            grad = t @ g_raw - pen * coef
+            hess = t @ h_raw @ t.T + np.diag(pen) + 1e-9 * np.eye(p1)
+            step = np.linalg.solve(hess, grad)
+            coef = coef + np.clip(step, -3.0, 3.0)
+        base = np.asarray(np.exp(np.clip(design.eta(coef), -50, 30)), dtype=np.float64)
+    else:
+        base = start.base
     observed = y.sum(axis=0)
-    mult = (observed + prior_events) / (base + prior_events)
-    return BackgroundFit(coef=coef, mean=design.mean, scale=design.scale, multiplier=mult, names=names)
+    mult = (observed + prior_events) / (base.sum(axis=1) + prior_events)
+    return BackgroundFit(
+        coef=coef, mean=design.mean, scale=design.scale, multiplier=mult, names=names, base=base
+    )
+
+
+def _base(design: BackgroundDesign, coef: F64) -> F64:
+    return np.asarray(np.exp(np.clip(design.eta(coef), -50, 30)), dtype=np.float64)

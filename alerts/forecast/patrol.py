@@ -103,13 +103,18 @@ def plan_patrol(
     shift_s: float | None = None,
     walk_m_s: float = 1.2,
     dwell_s: float = 600.0,
+    device_mask: npt.NDArray[np.bool_] | None = None,
 ) -> PatrolPlan:
-    """The plan for one worker over ``cells`` (default: every cell) from ``start_xy``."""
+    """The plan for one worker over ``cells`` (default: every cell) from ``start_xy``.
+
+    ``device_mask`` keeps the devices listed at each stop to the worker's own (a cell of the forecast grid
+    can straddle two community grids).
+    """
     allowed = np.asarray(cells if cells is not None else range(len(risk.cells)), dtype=np.int64)
     expected = risk.expected
     ranked = allowed[np.argsort(-expected[allowed], kind="stable")]
     ranked = ranked[expected[ranked] > 0][:max_stops]
-    picks = [_stop_site(risk, int(c), devices_per_stop) for c in ranked.tolist()]
+    picks = [_stop_site(risk, int(c), devices_per_stop, device_mask) for c in ranked.tolist()]
     start = np.asarray(
         start_xy if start_xy is not None else (picks[0][0] if picks else (0.0, 0.0)), dtype=float
     )
@@ -153,8 +158,11 @@ def plan_patrol(
     )
 
 
-def _stop_site(risk: RiskForecast, cell: int, k: int) -> tuple[tuple[float, float], tuple[DeviceCheck, ...]]:
-    idx = np.flatnonzero(risk.device_cell == cell)
+def _stop_site(
+    risk: RiskForecast, cell: int, k: int, mask: npt.NDArray[np.bool_] | None
+) -> tuple[tuple[float, float], tuple[DeviceCheck, ...]]:
+    here = risk.device_cell == cell
+    idx = np.flatnonzero(here & mask if mask is not None else here)
     idx = idx[np.argsort(-risk.device_expected[idx], kind="stable")][:k]
     checks = tuple(
         DeviceCheck(
