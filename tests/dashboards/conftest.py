@@ -162,9 +162,10 @@ def guarded(live_cloud: LiveCloud) -> Iterator[LiveCloud]:
     assert live_cloud.foreign == [], f"requests left the origin: {live_cloud.foreign}"
 
 
-def login(page: Any, user: str, password: str = PASSWORD) -> None:
-    page.goto("/console/login")
+def login(page: Any, user: str, password: str = PASSWORD, *, to: str = "/console/") -> None:
+    """Log in through the form; ``to`` is where the form sends the user afterwards (``next``)."""
+    page.goto(f"/console/login?next={to}")
     page.fill("input[name=username]", user)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
-    page.wait_for_url("**/console/")
+    page.wait_for_url(f"**{to}")

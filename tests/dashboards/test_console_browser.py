@@ -33,9 +33,8 @@ def test_login_wrong_password_then_role_masking(browser: Any, guarded: LiveCloud
     page.click("button[type=submit]")
     assert page.locator("#login-error").inner_text() == "用户名或密码错误"
 
-    login(page, "viewer")
+    login(page, "viewer", to=f"/console/devices/{BAND_1}")
     assert "只读" in page.locator("#who").inner_text()
-    page.goto(f"/console/devices/{BAND_1}")
     html = page.content()
     assert "张" not in html and "13812341234" not in html and "1398765" not in html  # no name, no phone
     assert page.locator("#health-hidden").is_visible()  # no heart rate / SpO2 chart
@@ -44,16 +43,14 @@ def test_login_wrong_password_then_role_masking(browser: Any, guarded: LiveCloud
 
     ctx = new_context(browser, guarded)
     page = ctx.new_page()
-    login(page, "disp")
-    page.goto(f"/console/devices/{BAND_1}")
+    login(page, "disp", to=f"/console/devices/{BAND_1}")
     assert page.locator("#wearer").inner_text().startswith("张三丰")
     assert page.locator("svg polyline").count() >= 1  # the dispatcher sees the readings
     ctx.close()
 
     ctx = new_context(browser, guarded)
     page = ctx.new_page()
-    login(page, "op")  # operator: masked name, no health values
-    page.goto(f"/console/devices/{BAND_1}")
+    login(page, "op", to=f"/console/devices/{BAND_1}")  # operator: masked name, no health values
     assert page.locator("#wearer").inner_text().startswith("张*")
     assert "张三丰" not in page.content()
     assert page.locator("#health-hidden").is_visible()
@@ -134,7 +131,7 @@ def test_map_renders_local_layers_and_device_markers(browser: Any, guarded: Live
 def test_logout_is_one_click_and_ends_the_session(browser: Any, guarded: LiveCloud) -> None:
     ctx = new_context(browser, guarded)
     page = ctx.new_page()
-    login(page, "op")
+    login(page, "op", to="/console/gateways")
     page.click("header form button[type=submit]")
     page.wait_for_selector("input[name=username]")
     assert "/console/login" in page.url

@@ -79,7 +79,7 @@ def _kpi(page: Any) -> dict[str, str]:
 def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_path: Path) -> None:
     guarded.api("PUT", "/api/v1/loop/config/roster", json=ROSTER)
     desk = contexts(viewport={"width": 1366, "height": 900}).new_page()
-    login(desk, "disp")
+    login(desk, "disp", to="/console/kpi")
     before = _kpi(desk)
 
     # 1. an alarm arrives; the loop opens an incident; the live queue shows it
@@ -106,8 +106,7 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     assert "root/manhole" in desk.inner_text("body")
     assert desk.locator("#assignee option").first.get_attribute("value") == "r-near"
     stale = contexts(viewport={"width": 1366, "height": 900}).new_page()  # a second desk, same incident
-    login(stale, "disp")
-    stale.goto(f"/console/incidents/{incident_id}")
+    login(stale, "disp", to=f"/console/incidents/{incident_id}")
     desk.click("button[data-action=dispatch]")  # one click: dispatch to the suggestion
     desk.wait_for_selector("#flash")
     assert "派遣" in desk.inner_text("#stage") and desk.inner_text("#owner") in ("r-near", "网格员老王")
