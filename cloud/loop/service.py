@@ -30,7 +30,7 @@ from alerts.loop.intents import NotificationIntent, TargetKind
 from alerts.loop.sla import Urgency, overdue
 from alerts.loop.stages import Action, Command, Stage, apply
 from cloud.crypto import SecretBox
-from cloud.db import Alert, Database
+from cloud.db import Alert, AlertStep, Database
 from cloud.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.loop import intake, rows
 from cloud.loop.config import LoopConfig, load
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 SYSTEM = intake.SYSTEM
 #: the reconciler looks this far back for committed alerts the sink never handled
 RECONCILE_HORIZON_S = 2 * 86400.0
+#: steps this young are left to the sink that is handling them right now
+RECONCILE_GRACE_S = 5.0
 PHOTO_TYPES = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n", "image/webp": b"RIFF"}
 PHOTO_MAX_BYTES = 5 * 1024 * 1024
 PHOTOS_PER_INCIDENT = 20
@@ -71,6 +73,7 @@ class LoopService:
         self.box = box
         self.clock: Clock = clock or SystemClock()
         self._cfg_cache: dict[tuple[int, ...], LoopConfig] = {}
+        self._reconciled_until: float | None = None
 
     def _lock(self) -> bool:
         return self.db.for_update()
@@ -100,19 +103,31 @@ class LoopService:
         died between ingest's commit and the sink call.
         """
         now = self.clock.now() if now is None else now
+        # After a start, look back two days; then only at steps received since the last pass (minus a
+        # margin). Steps younger than the grace period are still in the sink's hands: not ours yet.
+        since = now - RECONCILE_HORIZON_S if self._reconciled_until is None else self._reconciled_until - 120
+        upto = now - RECONCILE_GRACE_S
         with self.db.read() as s:
+            recent = (
+                select(AlertStep.alert_id)
+                .where(AlertStep.received_at >= since, AlertStep.received_at <= upto)
+                .distinct()
+                .scalar_subquery()
+            )
             missed = list(
                 s.execute(
                     select(Alert)
                     .outerjoin(AlertLink, AlertLink.alert_id == Alert.alert_id)
                     .where(
-                        Alert.updated_time >= now - RECONCILE_HORIZON_S,
+                        Alert.alert_id.in_(recent),
                         (AlertLink.alert_id.is_(None)) | (AlertLink.phase != Alert.phase),
                     )
                     .order_by(Alert.updated_time)
                     .limit(limit)
                 ).scalars()
             )
+        if len(missed) < limit:
+            self._reconciled_until = upto
         if not missed:
             return 0
         by_source: dict[str, list[AlertEvent]] = {}
