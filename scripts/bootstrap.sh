@@ -2,8 +2,8 @@
 # Prepare everything Vigil needs on a Debian 12 machine, idempotently:
 #   bash scripts/bootstrap.sh            -> .venv with Vigil and its Python dependencies (for `vigil demo`)
 #   bash scripts/bootstrap.sh --test     -> also the system servers the tests start themselves
-#                                           (mosquitto, postgresql, victoria-metrics, influxdb 1.6; chromium joins
-#                                           when the web console's browser tests land)
+#                                           (mosquitto, postgresql, victoria-metrics, influxdb 1.6) and
+#                                           chromium + fonts-noto-cjk for the console's browser tests
 # Nothing is downloaded at run time; this script is the only installer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
