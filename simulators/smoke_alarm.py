@@ -106,7 +106,11 @@ class SmokeAlarmModel(KindModel):
     def _cooking_cross(self, row: int, s: Schedule) -> tuple[float, float] | None:
         """When a cooking episode's density crosses the device threshold (sin-shaped profile)."""
         dev = int(s.dev[row])
-        need = SMOKE_ALARM_DB_M - self.smoke_base[dev]
+        # a contaminated chamber reads higher all along (its drift adds to the cooking smoke)
+        dirty = (s.eff == self.eidx["contamination"]) & (s.dev == dev)
+        dirty &= (s.start <= s.end[row]) & (s.end >= s.start[row])
+        drift = float(s.p[dirty, 0].max()) if dirty.any() else 0.0
+        need = SMOKE_ALARM_DB_M - self.smoke_base[dev] - drift
         peak = float(s.p[row, 0])
         if peak <= need:
             return None
@@ -114,6 +118,8 @@ class SmokeAlarmModel(KindModel):
         el = dur / math.pi * math.asin(need / peak)
         # the bit clears with hysteresis (density CLEAR_MARGIN below the threshold) and the device uplinks
         # then (docs/payloads.md: a state-change uplink when a bit clears), so that frame shows it cleared
+        if need <= 0:  # the drift alone keeps the bit set: no crossing to report
+            return None
         el_down = dur / math.pi * math.asin(max(need - CLEAR_MARGIN_DB_M, 0.0) / peak)
         return float(s.start[row] + el), float(s.end[row] - el_down)
 

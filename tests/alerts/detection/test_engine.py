@@ -325,3 +325,20 @@ def test_ticks_between_readings_never_lose_a_pending_or_new_condition() -> None:
     assert [(e.event_type, e.episode_ms) for e in ev] == [(EventType.HEART_RATE_HIGH, int(T0 * 1000))]
     assert eng.tick(T0 + 650) == []
     assert [e.event_type for e in feed(eng, [reading(w, "W2", 0, T0 + 700, "sos")])] == [EventType.SOS]
+
+
+def test_confirm_after_raises_from_tick_survives_a_restart_and_is_cancelled_by_a_contradiction() -> None:
+    """A tilted frame from a cover on a busy road (no ``tilt_settled``, vibration since the last uplink):
+    raised by ``tick`` 45 s later unless the return to normal arrives first, also across a restart."""
+    m = K.MANHOLE
+    eng = DetectionEngine()
+    feed(eng, [reading(m, "MH1", 1, T0, "alarm", tilt_deg=20.0, vibration_g=1.2)])
+    feed(eng, [reading(m, "MH2", 1, T0, "alarm", tilt_deg=20.0, vibration_g=1.2)])
+    assert eng.tick(T0 + 30) == []
+    feed(eng, [reading(m, "MH2", 2, T0 + 40, tilt_deg=2.0, vibration_g=1.2)])  # MH2: a truck, back to normal
+    eng = DetectionEngine.restore(eng.snapshot())
+    ev = eng.tick(T0 + 46)
+    assert [(e.device_id, e.event_type, e.phase, e.episode_ms) for e in ev] == [
+        ("MH1", EventType.COVER_DISPLACED, AlertPhase.RAISED, int(T0 * 1000))
+    ]
+    assert eng.tick(T0 + 100) == []
