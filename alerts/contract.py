@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Annotated, Literal, Self
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -187,6 +188,40 @@ class UplinkBatch(_Strict):
     @property
     def n_records(self) -> int:
         return sum(len(b) for b in self.telemetry) + len(self.alerts)
+
+    @classmethod
+    def wire(
+        cls,
+        *,
+        batch_id: str,
+        gateway_id: str,
+        sent_at: float,
+        telemetry: Sequence[bytes] = (),
+        alerts: Sequence[bytes] = (),
+        status: Mapping[str, Any] | None = None,
+        contract_version: int = CONTRACT_VERSION,
+    ) -> bytes:
+        """The wire form of a batch whose records are already JSON (each written by its own model's
+        ``model_dump_json``, as the gateway's outbox stores them): the envelope is this model's own
+        serialisation, so the wire form is written in one place; ``model_validate_json`` reads it back.
+        """
+        head = cls.model_validate(
+            {
+                "contract_version": contract_version,
+                "batch_id": batch_id,
+                "gateway_id": gateway_id,
+                "sent_at": sent_at,
+                "status": None if status is None else GatewayStatus.model_validate(status),
+            }
+        ).model_dump_json(exclude={"telemetry", "alerts"})
+        return (
+            head[:-1].encode()
+            + b',"telemetry":['
+            + b",".join(telemetry)
+            + b'],"alerts":['
+            + b",".join(alerts)
+            + b"]}"
+        )
 
 
 RefusalReason = Literal[

@@ -46,7 +46,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +56,7 @@ from pydantic import ValidationError
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic
 from cloud.errors import CloudError, StorageError
 from cloud.limits import RateLimitedError, install_log_throttle
+from firmware_bridge.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +141,10 @@ def gateway_of_topic(topic: str) -> str | None:
     return m.group(1) if m else None
 
 
-def backoff_delays(initial: float, maximum: float, rng: random.Random | None = None) -> Any:
-    """Jittered exponential backoff: attempt n waits uniform(initial/2, min(maximum, initial * 2**n)) seconds
-    (the "equal jitter" family from the AWS Architecture Blog, "Exponential Backoff And Jitter")."""
-    r = rng or random.Random()
-    n = 0
-    while True:
-        yield r.uniform(initial / 2, min(maximum, initial * (2**n)))
-        n = min(n + 1, 30)
+def backoff_delays(initial: float, maximum: float, rng: random.Random | None = None) -> Iterator[float]:
+    """Jittered exponential backoff delays, forever: the one helper, :class:`firmware_bridge.backoff.Backoff`
+    ("equal jitter": attempt n waits between half and all of min(maximum, initial * 2**n) seconds)."""
+    return iter(Backoff(initial=min(initial, maximum), maximum=maximum, rng=rng or random.Random()))
 
 
 @dataclass(slots=True)

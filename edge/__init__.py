@@ -27,6 +27,7 @@ _EXPORTS = {
     "SourceError": "edge.errors",
     "UplinkAuthError": "edge.errors",
     "UplinkError": "edge.errors",
+    "UplinkInvalid": "edge.errors",
     "UplinkProtocolError": "edge.errors",
     "UplinkRejected": "edge.errors",
     "UplinkTooLarge": "edge.errors",

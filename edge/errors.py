@@ -13,7 +13,8 @@
         ├── UplinkUnavailable         cloud unreachable: refused, timeout, 5xx, broker down
         ├── UplinkAuthError           401/403: the credential is wrong (retried: an operator may fix it)
         ├── UplinkRejected            another 4xx: the cloud refused the batch (retried slowly)
-        │   └── UplinkTooLarge        413: refused unread; the batch is split into smaller ones
+        │   ├── UplinkTooLarge        413: refused unread; the batch is split into smaller ones
+        │   └── UplinkInvalid         400/422: refused content; split to isolate the bad record
         └── UplinkProtocolError       2xx but the body is not an UplinkAck for this batch
 
 Each class is defined here and re-exported where it is raised (``edge.config.ConfigError``,
@@ -96,6 +97,10 @@ class UplinkTooLarge(UplinkRejected):
     reason = "too_large"
 
 
+class UplinkInvalid(UplinkRejected):
+    reason = "invalid"
+
+
 class UplinkProtocolError(UplinkError):
     reason = "protocol"
 
@@ -109,6 +114,7 @@ __all__ = [
     "SourceError",
     "UplinkAuthError",
     "UplinkError",
+    "UplinkInvalid",
     "UplinkProtocolError",
     "UplinkRejected",
     "UplinkTooLarge",

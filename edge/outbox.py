@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alerts.contract import CONTRACT_VERSION, AlertEvent, TelemetryBlock, UplinkAck
+from alerts.contract import CONTRACT_VERSION, AlertEvent, TelemetryBlock, UplinkAck, UplinkBatch
+from edge.errors import OutboxError as OutboxError  # the gateway's one exception tree
 from edge.quarantine import MAX_ROWS, quarantine_rows
 from firmware_bridge.kernel.records import ReadingBatch
 
@@ -81,10 +82,6 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     n INTEGER NOT NULL, reason TEXT NOT NULL, attempts INTEGER NOT NULL, body BLOB NOT NULL
 );
 """
-
-
-class OutboxError(RuntimeError):
-    """The outbox file cannot be opened or written (disk full, read-only, corrupt)."""
 
 
 def frame_key(device_id: str, payload: bytes) -> bytes:
@@ -397,21 +394,14 @@ class Outbox:
             else:
                 tele.append(bytes(body))
                 n_read += n
-        head = json.dumps(
-            {
-                "contract_version": self.contract_version,
-                "batch_id": batch_id,
-                "gateway_id": gateway_id,
-                "sent_at": self._now(),
-                "status": status,
-            }
-        )
-        body = (
-            (head[:-1] + ',"telemetry":[').encode()
-            + b",".join(tele)
-            + b'],"alerts":['
-            + b",".join(alerts)
-            + b"]}"
+        body = UplinkBatch.wire(  # the contract's one serialiser
+            contract_version=self.contract_version,
+            batch_id=batch_id,
+            gateway_id=gateway_id,
+            sent_at=self._now(),
+            telemetry=tele,
+            alerts=alerts,
+            status=status,
         )
         return PendingBatch(batch_id, body, len(alerts), n_read, tuple(ids))
 

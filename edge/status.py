@@ -18,6 +18,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.quarantine import unknown_device_report
+from firmware_bridge.kernel import locale
 
 #: reject reason -> what an installer should check
 ADVICE: dict[str, str] = {
@@ -38,6 +39,24 @@ ADVICE: dict[str, str] = {
     "topic": "MQTT messages on topics that do not match the source's format",
 }
 _INFO_ONLY = {"duplicate"}
+#: the same advice for Chinese-speaking installers (the locale decides, firmware_bridge.kernel.locale)
+ADVICE_ZH: dict[str, str] = {
+    "crc": "CRC 校验错误：检查波特率、线缆及其接地，以及无线模块附近的干扰",
+    "escape": "SLIP 转义错误：线路噪声或波特率不对",
+    "short": "帧被截断：线路噪声、波特率不对或无线模块在收帧中途重启",
+    "oversize": "帧过长：波特率不对，或设备不是 Vigil 帧格式",
+    "length": "载荷长度不对：设备固件与本网关版本不匹配",
+    "version": "载荷版本未知：设备固件比本网关新",
+    "kind": "设备类型码未知：外来设备或更新的固件",
+    "range": "报文头数值越界：设备故障",
+    "mic": "LoRaWAN MIC 校验失败：devices.csv 中的会话密钥与设备不一致",
+    "unknown_dev_addr": "来自 devices.csv 中没有的 DevAddr 的 LoRaWAN 帧",
+    "replay": "LoRaWAN 帧计数器重放：存在重复路径，或设备重启（ABP 重置）",
+    "duplicate": "重复帧（收到两次）：无害，只存一次",
+    "unknown_device": "来自 devices.csv 以外设备的帧已拒收（accept_unknown_devices = false）",
+    "queue_full": "帧队列溢出：网关处理不过来这个数据源",
+    "topic": "MQTT 消息的主题与数据源格式不符",
+}
 
 #: why the cloud refused records (``UplinkAck.refused``) -> what an installer should do
 REFUSAL_ADVICE: dict[str, str] = {
@@ -59,17 +78,28 @@ class Report:
     lines: list[str] = field(default_factory=list)
     problems: int = 0
 
-    def ok(self, text: str) -> None:
-        self.lines.append(f"  ok    {text}")
+    zh_lines: list[str] = field(default_factory=list)
 
-    def bad(self, text: str) -> None:
-        self.lines.append(f"  PROBLEM  {text}")
+    def _add(self, label: tuple[str, str], text: str, zh: str | None) -> None:
+        self.lines.append(f"  {label[1]}  {text}")
+        self.zh_lines.append(f"  {label[0]}  {zh or text}")
+
+    def ok(self, text: str, zh: str | None = None) -> None:
+        self._add(("正常", "ok  "), text, zh)
+
+    def bad(self, text: str, zh: str | None = None) -> None:
+        self._add(("问题", "PROBLEM"), text, zh)
         self.problems += 1
 
-    def info(self, text: str) -> None:
-        self.lines.append(f"  info  {text}")
+    def info(self, text: str, zh: str | None = None) -> None:
+        self._add(("信息", "info"), text, zh)
 
-    def render(self) -> str:
+    def render(self, language: locale.Lang | None = None) -> str:
+        """One sentence per finding, in the locale's language (``VIGIL_LANG`` / ``LANG``)."""
+        if (language or locale.lang()) == "zh":
+            head = "Vigil 网关：运行中" if self.running else "Vigil 网关：未运行（以下读自发件箱文件）"
+            tail = "未发现问题。" if not self.problems else f"发现 {self.problems} 个问题。"
+            return "\n".join([head, *self.zh_lines, tail])
         head = (
             "Vigil gateway: running" if self.running else "Vigil gateway: NOT RUNNING (read the outbox file)"
         )
@@ -92,8 +122,20 @@ def _ago(seconds: float) -> str:
     return f"{s // 86400} days"
 
 
+def _ago_zh(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    if s < 120:
+        return f"{s} 秒"
+    if s < 7200:
+        return f"{s // 60} 分钟"
+    if s < 172800:
+        return f"{s // 3600} 小时 {s % 3600 // 60} 分钟"
+    return f"{s // 86400} 天"
+
+
 def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    """A time as installers read it: in the display zone (Asia/Shanghai unless VIGIL_DISPLAY_TZ)."""
+    return f"{locale.show(t)} ({locale.display_zone().key})"
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -114,7 +156,7 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
 
     started = total("vigil_gateway_start_time_seconds")
     if started:
-        r.info(f"up for {_ago(now - started)}")
+        r.info(f"up for {_ago(now - started)}", f"已运行 {_ago_zh(now - started)}")
     frames: dict[str, float] = {lab["source"]: v for lab, v in m.get("vigil_gateway_frames_total", [])}
     up = {lab["source"]: v for lab, v in m.get("vigil_gateway_source_up", [])}
     rejects: dict[str, dict[str, float]] = defaultdict(dict)
@@ -123,21 +165,28 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
     for src in sorted(set(frames) | set(up) | set(rejects)):
         good = frames.get(src, 0.0)
         if up.get(src, 1.0) == 0:
-            r.bad(f"source {src} is not connected (port missing, broker down or address in use)")
+            r.bad(
+                f"source {src} is not connected (port missing, broker down or address in use)",
+                f"数据源 {src} 未连接（串口不存在、MQTT 服务器未运行或地址被占用）",
+            )
         bad_total = sum(v for k, v in rejects[src].items() if k not in _INFO_ONLY)
         if good and not bad_total:
-            r.ok(f"source {src}: {int(good)} frames accepted")
+            r.ok(f"source {src}: {int(good)} frames accepted", f"数据源 {src}：已接收 {int(good)} 帧")
         if not good and not bad_total and up.get(src, 1.0) != 0:
-            r.info(f"source {src}: no frames yet")
+            r.info(f"source {src}: no frames yet", f"数据源 {src}：尚未收到帧")
         for reason, n in sorted(rejects[src].items(), key=lambda kv: -kv[1]):
             if not n:
                 continue
             share = 100.0 * n / max(good + n, 1.0)
             msg = f"source {src}: {int(n)} {ADVICE.get(reason, reason)} ({share:.1f} % of frames)"
-            (r.info if reason in _INFO_ONLY or share < 0.1 else r.bad)(msg)
+            zh = f"数据源 {src}：{int(n)} 帧，{ADVICE_ZH.get(reason, reason)}（占 {share:.1f} %）"
+            (r.info if reason in _INFO_ONLY or share < 0.1 else r.bad)(msg, zh)
     unknown = total("vigil_gateway_unknown_devices_total")
     if unknown:
-        r.bad(f"{int(unknown)} frames came from devices not listed in devices_file: add them to devices.csv")
+        r.bad(
+            f"{int(unknown)} frames came from devices not listed in devices_file: add them to devices.csv",
+            f"{int(unknown)} 帧来自 devices_file 中没有的设备：把它们加入 devices.csv",
+        )
     qd = total("vigil_gateway_queue_depth")
     if qd > 1000:
         r.bad(f"{int(qd)} frames are waiting to be decoded: the gateway is falling behind (CPU?)")
@@ -145,7 +194,7 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
     oldest = total("vigil_gateway_outbox_oldest_age_seconds")
     _outbox_lines(r, depth, oldest)
     if total("vigil_gateway_uplink_up") >= 1:
-        r.ok("cloud reachable; the last batch was acknowledged")
+        r.ok("cloud reachable; the last batch was acknowledged", "云端可达；最近一批数据已确认")
     else:
         since = total("vigil_gateway_uplink_down_since_seconds")
         errors = {lab["reason"]: v for lab, v in m.get("vigil_gateway_uplink_errors_total", []) if v}
@@ -155,30 +204,38 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
         }
         if auth:
             r.bad(
-                f"the cloud refuses this gateway ({', '.join(auth)}): check gateway.id and the credential "
-                "(vigil cloud gateway rotate ID), or the device assignment in the cloud"
+                f"the cloud refuses this gateway's credential ({', '.join(auth)}): on the cloud run "
+                "`vigil cloud gateway rotate ID` (`vigil cloud gateway add ID` for a new gateway), put the "
+                "printed token in gateway.credential_file, then restart the gateway "
+                "(systemctl restart vigil-gateway); check gateway.id matches ID",
+                f"云端拒绝本网关的凭据（{', '.join(auth)}）：在云端运行 `vigil cloud gateway rotate ID`"
+                "（新网关用 `vigil cloud gateway add ID`），把打印出的令牌写入 gateway.credential_file，"
+                "然后重启网关（systemctl restart vigil-gateway）；并确认 gateway.id 与 ID 一致",
             )
         if since:
             r.bad(
                 f"cloud unreachable since {_utc(since)} ({_ago(now - since)}){why}; "
-                "data is kept in the outbox"
+                "data is kept in the outbox",
+                f"云端自 {_utc(since)} 起不可达（{_ago_zh(now - since)}）{why}；数据保存在发件箱中",
             )
         elif errors:
-            r.bad(f"cloud not reached yet{why}")
+            r.bad(f"cloud not reached yet{why}", f"尚未连上云端{why}")
         else:
-            r.info("no batch sent to the cloud yet")
+            r.info("no batch sent to the cloud yet", "尚未向云端发送数据")
     for lab, v in m.get("vigil_gateway_dropped_total", []):
         if v:
             r.bad(
                 f"{int(v)} records dropped ({lab['what'].replace('_', ' ')}): "
                 "raise outbox.max_bytes / max_age_s "
-                "or restore the uplink"
+                "or restore the uplink",
+                f"丢弃了 {int(v)} 条记录（{lab['what']}）：调大 outbox.max_bytes / max_age_s 或恢复上行链路",
             )
     fails = sum(v for lab, v in m.get("vigil_gateway_actions_total", []) if lab.get("result") == "failed")
     if fails:
         r.bad(
             f"{int(fails)} local life-safety action(s) failed: "
-            "check the [[actions]] command, buzzer path or modem"
+            "check the [[actions]] command, buzzer path or modem",
+            f"{int(fails)} 次本地生命安全动作失败：检查 [[actions]] 的命令、蜂鸣器路径或调制解调器",
         )
     _refusal_lines(
         r,
@@ -189,7 +246,8 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
     for src, n in restarts.items():
         r.bad(
             f"source {src} crashed and was restarted {int(n)} time(s): "
-            "see the journal (journalctl -u vigil-gateway)"
+            "see the journal (journalctl -u vigil-gateway)",
+            f"数据源 {src} 崩溃并重启了 {int(n)} 次：查看日志（journalctl -u vigil-gateway）",
         )
     return r
 
@@ -239,18 +297,26 @@ def quarantine_devices(path: Path, limit: int = 20) -> list[tuple[str, str, int]
 def _outbox_lines(r: Report, depth: dict[str, float], oldest: float) -> None:
     a, live, back = depth.get("alert", 0), depth.get("live", 0), depth.get("backlog", 0)
     text = f"outbox: {int(a)} alert steps, {int(live)} live and {int(back)} backlog readings waiting"
+    zh = f"发件箱：待发送告警步骤 {int(a)} 个、实时读数 {int(live)} 条、积压读数 {int(back)} 条"
     if oldest:
         text += f"; oldest record {_ago(oldest)} old"
-    (r.bad if a and oldest > 60 else r.ok if not (live or back) else r.info)(text)
+        zh += f"；最早一条已等待 {_ago_zh(oldest)}"
+    (r.bad if a and oldest > 60 else r.ok if not (live or back) else r.info)(text, zh)
 
 
 def diagnose_outbox(path: Path, now: float | None = None, live_window_s: float = 300.0) -> Report:
     """The daemon is not answering: report what its outbox file says."""
     now = time.time() if now is None else now
     r = Report(running=False)
-    r.bad("the daemon does not answer on its metrics port: systemctl status vigil-gateway")
+    r.bad(
+        "the daemon does not answer on its metrics port: systemctl status vigil-gateway",
+        "守护进程的指标端口没有响应：运行 systemctl status vigil-gateway 查看",
+    )
     if not path.exists():
-        r.bad(f"no outbox at {path}: the gateway has never run with this data_dir")
+        r.bad(
+            f"no outbox at {path}: the gateway has never run with this data_dir",
+            f"{path} 处没有发件箱：网关从未以此 data_dir 运行过",
+        )
         return r
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -313,6 +379,9 @@ def gateway_status(
             return report
     if outbox is None:
         r = Report(running=False)
-        r.bad("the daemon does not answer and no outbox path is known (pass --config)")
+        r.bad(
+            "the daemon does not answer and no outbox path is known (pass --config)",
+            "守护进程没有响应，也不知道发件箱路径（请加 --config）",
+        )
         return r
     return diagnose_outbox(outbox, live_window_s=live_window_s)

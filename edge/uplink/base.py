@@ -9,7 +9,8 @@
     │                           splits it to isolate the bad record, which ends in the dead letter
     └── UplinkProtocolError     2xx but the body is not an UplinkAck for this batch
 
-Every uplink translates its library's exceptions into these in one place (``raise ... from exc``).
+Every uplink translates its library's exceptions into these in one place (``raise ... from exc``). The
+classes are defined in :mod:`edge.errors` (one tree for the gateway, under ``VigilGatewayError``).
 """
 
 from __future__ import annotations
@@ -19,42 +20,14 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from alerts.contract import UplinkAck
+from edge.errors import UplinkAuthError as UplinkAuthError  # the tree lives in edge/errors.py
+from edge.errors import UplinkError as UplinkError
+from edge.errors import UplinkInvalid as UplinkInvalid
+from edge.errors import UplinkProtocolError as UplinkProtocolError
+from edge.errors import UplinkRejected as UplinkRejected
+from edge.errors import UplinkTooLarge as UplinkTooLarge
+from edge.errors import UplinkUnavailable as UplinkUnavailable
 from edge.outbox import PendingBatch
-
-
-class UplinkError(Exception):
-    """A batch was not acknowledged. ``reason`` labels ``vigil_gateway_uplink_errors_total``."""
-
-    reason = "error"
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-
-
-class UplinkUnavailable(UplinkError):
-    reason = "unavailable"
-
-
-class UplinkAuthError(UplinkError):
-    reason = "auth"
-
-
-class UplinkRejected(UplinkError):
-    reason = "rejected"
-
-
-class UplinkTooLarge(UplinkRejected):
-    reason = "too_large"
-
-
-class UplinkInvalid(UplinkRejected):
-    reason = "invalid"
-
-
-class UplinkProtocolError(UplinkError):
-    reason = "protocol"
 
 
 class UplinkThrottled(UplinkUnavailable):

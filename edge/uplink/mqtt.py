@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import ssl
 from urllib.parse import urlparse
 
@@ -30,6 +29,7 @@ from edge.uplink.base import (
     UplinkUnavailable,
     parse_ack,
 )
+from firmware_bridge.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class MqttUplink:
 
     async def run(self) -> None:
         """Keep the session up forever: connect, subscribe to acks, dispatch them; back off on failure."""
-        backoff = 0.5
+        backoff = Backoff(initial=min(0.5, self.max_backoff_s), maximum=self.max_backoff_s)
         while True:
             try:
                 async with aiomqtt.Client(
@@ -77,14 +77,14 @@ class MqttUplink:
                     await client.subscribe(self.ack_topic, qos=1)
                     self._client = client
                     self.connected.set()
-                    backoff = 0.5
+                    backoff.reset()
                     log.info("uplink MQTT connected to %s:%d", self.host, self.port)
                     async for msg in client.messages:
                         self._dispatch(
                             bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""
                         )
             except aiomqtt.MqttError as exc:
-                log.warning("uplink MQTT session lost (%s); retrying in %.1f s", exc, backoff)
+                log.warning("uplink MQTT session lost (%s); retrying with backoff", exc)
             finally:
                 self._client = None
                 self.connected.clear()
@@ -92,8 +92,7 @@ class MqttUplink:
                     if not fut.done():
                         fut.set_exception(UplinkUnavailable("MQTT session lost while waiting for an ack"))
             self.reconnects_total += 1
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self.max_backoff_s)
+            await backoff.sleep()
 
     def _dispatch(self, body: bytes) -> None:
         """An ack, or an error document ``{"batch_id", "error", "detail"}`` (docs/contract.md)."""

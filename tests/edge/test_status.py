@@ -40,7 +40,9 @@ def test_metrics_explained_in_plain_words() -> None:
     assert "radio0: 30 CRC errors: check the baud rate" in text and "(3.0 % of frames)" in text
     assert "source nbiot0 is not connected" in text
     assert "12 frames came from devices not listed in devices_file" in text
-    assert "cloud unreachable since 2023-11-14 20:43:20 UTC (90 min)" in text and "connect x40" in text
+    # times in the display zone (Asia/Shanghai by default), as every human-facing time
+    assert "cloud unreachable since 2023-11-15 04:43:20 (Asia/Shanghai) (90 min)" in text
+    assert "connect x40" in text
     assert "2 alert steps" in text and "oldest record 90 min old" in text
     assert "1000 records dropped (telemetry overflow)" in text
     assert "source chirpstack: 100 frames accepted" in text
@@ -72,7 +74,7 @@ def test_daemon_down_reads_the_outbox(tmp_path: Path) -> None:
     text = report.render()
     assert report.exit_code == 2 and "NOT RUNNING" in text
     assert "1 alert steps, 0 live and 7 backlog readings waiting; oldest record 10 min old" in text
-    assert "cloud was unreachable since 2023-11-14 21:58:20 UTC (cannot reach https://cloud)" in text
+    assert "unreachable since 2023-11-15 05:58:20 (Asia/Shanghai) (cannot reach https://cloud)" in text
 
 
 def test_status_cli_with_daemon_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,4 +106,21 @@ def test_refused_credential_is_named() -> None:
     m.uplink_down_since.set(NOW - 60)
     m.uplink_errors.labels("http_401").inc(3)
     text = diagnose_metrics(m.render().decode(), now=NOW).render()
-    assert "the cloud refuses this gateway (http_401): check gateway.id and the credential" in text
+    # and says how to install a new one
+    assert "the cloud refuses this gateway's credential (http_401)" in text
+    assert "vigil cloud gateway rotate ID" in text and "gateway.credential_file" in text
+
+
+def test_status_speaks_the_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Human-facing text follows VIGIL_LANG / LANG (firmware_bridge.kernel.locale): zh-CN or English."""
+    from edge.status import Report
+
+    r = Report(running=True)
+    r.bad("the cloud refuses this gateway's credential", "云端拒绝本网关的凭据")
+    r.ok("cloud reachable")  # no translation yet: the English sentence, never nothing
+    monkeypatch.setenv("VIGIL_LANG", "zh_CN.UTF-8")
+    text = r.render()
+    assert text.startswith("Vigil 网关：运行中") and "问题  云端拒绝本网关的凭据" in text
+    assert "cloud reachable" in text and text.endswith("发现 1 个问题。")
+    monkeypatch.setenv("VIGIL_LANG", "en")
+    assert r.render().endswith("1 problem(s) found.")
