@@ -11,7 +11,8 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel
 
 from cloud.api.deps import Admin, State, User
-from cloud.errors import BadRequestError, StorageError
+from cloud.auth import PERSONAL_DATA_ROLES
+from cloud.errors import BadRequestError, PermissionDeniedError, StorageError
 from cloud.registry import DEVICE_ID_RE, DeviceIn, DeviceOut
 from cloud.timeseries import BackendError, TimeSeriesError
 from firmware_bridge.kernel.records import DeviceKind
@@ -116,6 +117,9 @@ async def readings(
     max_points: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> ReadingsOut:
     dev = await asyncio.to_thread(state.registry.get, device_id, caller.role)
+    if dev.kind is DeviceKind.WRISTBAND and caller.role not in PERSONAL_DATA_ROLES:
+        # heart rate, SpO2 and position are health data: the roles that see the wearer in clear only
+        raise PermissionDeniedError("a wristband's readings are health data (admin and dispatcher only)")
     end_t = end if end is not None else state.clock.now()
     start_t = start if start is not None else end_t - 86400.0
     if not end_t > start_t:

@@ -125,6 +125,10 @@ async def test_stream_and_map_need_a_user_and_the_map_carries_no_personal_data(
     assert r.status_code == 200 and len(body["rows"]) == 4
     assert "张" not in json.dumps(body, ensure_ascii=False) and "wearer_name" not in body["fields"]
     assert (await c.client.get("/api/v1/console/devices")).status_code == 401
+    # a wristband's readings are health data: only the roles that see the wearer in clear get them
+    url = f"/api/v1/devices/{BAND_1}/readings"
+    assert (await c.client.get(url, headers=c.viewer)).status_code == 403
+    assert (await c.client.get(url, headers=c.dispatcher)).status_code == 200
     await _login(browser)
     points = (await browser.get("/console/map/devices.json")).json()
     assert {r[2] for r in points["rows"]} >= {BAND_1}
