@@ -37,6 +37,12 @@ _EXPORTS = {
     "fit_sepp": "alerts.forecast.sepp",
     "backtest": "alerts.forecast.backtest",
     "score_method": "alerts.forecast.evaluate",
+    "Devices": "alerts.forecast.risk",
+    "RiskForecast": "alerts.forecast.risk",
+    "forecast_risk": "alerts.forecast.risk",
+    "resident_trends": "alerts.forecast.risk",
+    "PatrolPlan": "alerts.forecast.patrol",
+    "plan_patrol": "alerts.forecast.patrol",
 }
 __all__ = sorted(_EXPORTS)
 
