@@ -9,7 +9,7 @@ its escalation, set its SLA timer), attach to one, or only record why nothing wa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -48,13 +48,9 @@ SYSTEM = "system"
 
 
 def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float) -> list[int | None]:
-    """Handle a batch in order, flushing after each signal so the next one sees its effects."""
+    """Handle a batch in order; each signal sees the effects of the ones before it (``Batch``)."""
     batch = batch_context(s, cfg, now)
-    out = []
-    for sig in signals:
-        out.append(take(s, cfg, sig, now, batch))
-        s.flush()
-    return out
+    return [take(s, cfg, sig, now, batch) for sig in signals]
 
 
 def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> list[Signal]:
@@ -103,6 +99,10 @@ class Batch:
     silences: list[Silence]
     active: dict[str, dict[str, str]]  # alert id -> labels, for events that inhibit others
     source_events: frozenset[str]
+    # what this transaction already knows, so a storm's signals need no flush and no re-query each
+    links: dict[str, AlertLink] = field(default_factory=dict)  # alert id -> its link (pending or stored)
+    open_by_key: dict[str, int] = field(default_factory=dict)  # group key -> open incident id
+    locked: set[str] = field(default_factory=set)  # group keys / incident ids locked in this transaction
 
     def note(self, sig: Signal, labels: dict[str, str]) -> None:
         if sig.event in self.source_events:
@@ -136,9 +136,14 @@ def _context(
 ) -> Context:
     if link is not None and link.incident_id is not None:
         return Context(linked_incident=link.incident_id, now=now)
-    open_id = s.scalar(
-        select(Incident.id).where(Incident.group_key == key, Incident.is_open.is_(True)).order_by(Incident.id)
-    )
+    if key in batch.open_by_key:
+        open_id: int | None = batch.open_by_key[key]
+    else:
+        open_id = s.scalar(
+            select(Incident.id)
+            .where(Incident.group_key == key, Incident.is_open.is_(True))
+            .order_by(Incident.id)
+        )
     recent = 0
     if rule.min_count > 1:
         recent = int(
@@ -165,19 +170,22 @@ def _context(
 def take(s: Session, cfg: LoopConfig, sig: Signal, now: float, batch: Batch | None = None) -> int | None:
     """Handle one signal; returns the incident it belongs to (or ``None``). Idempotent per (alert, phase).
 
-    The caller flushes between signals (``take_all``); lookups here run without autoflush.
+    Lookups run without autoflush and consult ``batch`` first (links and open incidents this transaction
+    already made), so a batch of hundreds of signals is flushed once, at commit.
     """
     batch = batch or batch_context(s, cfg, now)
+    postgres = s.get_bind().dialect.name == "postgresql"
     with s.no_autoflush:
-        link = s.get(AlertLink, sig.alert_id)
+        link = batch.links.get(sig.alert_id) or s.get(AlertLink, sig.alert_id)
         if link is not None and link.phase == sig.phase and sig.phase != "updated":
             return link.incident_id
         g = grade(sig)
         labels = sig.labels(g)
         rule = rule_for(cfg.grouping, labels)
         key = group_key(rule, labels)
-        if s.get_bind().dialect.name == "postgresql":  # two processes must not open the same group twice
+        if postgres and key not in batch.locked:  # two processes must not open the same group twice
             s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+            batch.locked.add(key)
         ctx = _context(s, sig, link, key, rule, batch, now)
     d = decide(sig, cfg.grouping, ctx)
     batch.note(sig, labels)
@@ -196,15 +204,23 @@ def take(s: Session, cfg: LoopConfig, sig: Signal, now: float, batch: Batch | No
             updated_at=now,
         )
         s.add(link)
+        batch.links[sig.alert_id] = link
     else:
         link.phase, link.active, link.updated_at = sig.phase, active, now
     incident: Incident | None = None
     if d.verdict is Verdict.ATTACH and d.incident_id is not None:
-        incident = s.get(Incident, d.incident_id, with_for_update=s.get_bind().dialect.name != "sqlite")
+        lock = postgres and f"incident:{d.incident_id}" not in batch.locked
+        with s.no_autoflush:
+            incident = s.get(Incident, d.incident_id, with_for_update=lock)
+        batch.locked.add(f"incident:{d.incident_id}")
         if incident is not None:
             _attach(s, incident, link, sig, now, cfg)
+            if incident.is_open and incident.group_key == key:
+                batch.open_by_key[key] = incident.id
     elif d.verdict is Verdict.OPEN:
         incident = open_incident(s, cfg, sig, g, key, d.rule, now)
+        batch.open_by_key[key] = incident.id
+        batch.locked.add(f"incident:{incident.id}")
         link.incident_id = incident.id
         link.verdict = Verdict.OPEN.value
         incident.alert_count, incident.alerts_open = 1, 1 if active else 0
