@@ -308,15 +308,22 @@ class Gateway:
 def run_gateway(cfg: GatewayConfig) -> int:
     """Entry point of ``vigil gateway``: run until SIGTERM. Start-up errors print one line and exit 1."""
     from alerts.detection.profiles import ProfileError
-    from edge.outbox import OutboxError
-    from edge.sources.devices import DeviceListError
+    from edge.errors import VigilGatewayError
 
     try:
         gw = Gateway(cfg)
-    except (OutboxError, DeviceListError, ProfileError, OSError, ValueError) as exc:
+    except (VigilGatewayError, ProfileError, OSError, ValueError) as exc:
         log.error("cannot start the gateway: %s", exc)
         return 1
-    asyncio.run(gw.run())
+    try:
+        asyncio.run(gw.run())
+    except (VigilGatewayError, BaseExceptionGroup) as exc:  # e.g. MetricsPortInUse: says what to change
+        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        if not all(isinstance(e, VigilGatewayError) for e in errors):
+            raise
+        for e in errors:
+            log.error("cannot start the gateway: %s", e)
+        return 1
     return 0
 
 
