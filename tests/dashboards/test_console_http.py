@@ -185,3 +185,47 @@ async def test_forms_refuse_bad_input_in_the_users_language(console: tuple[Cloud
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 400 and "内容过大" in r.text
+
+
+async def test_call_taker_report_and_the_rules_editor(console: tuple[Cloud, httpx.AsyncClient]) -> None:
+    c, browser = console
+    await _login(browser)  # an operator: may file reports, may not edit rules
+    r = await browser.post("/console/reports/new", data={"type": "cover_missing", "description": ""})
+    assert r.status_code == 400 and "请填写问题描述" in r.text
+    r = await browser.post(
+        "/console/reports/new",
+        data={
+            "type": "cover_missing",
+            "description": "来电：井盖丢失",
+            "address": "中关村大街3号",
+            "grid": "G01",
+            "lat": "39.981",
+            "lon": "116.311",
+            "grade": "3",
+            "contact": "13800001111",
+        },
+    )
+    assert r.status_code == 303 and "/console/incidents/" in r.headers["location"]
+    page = await browser.get(r.headers["location"])
+    assert (
+        page.status_code == 200 and "中关村大街3号" in page.text and "13800001111" not in page.text
+    )  # masked
+    r = await browser.post("/console/config/roster", data={"document": "{}"})
+    assert r.status_code == 403 and "无权" in r.text
+    # the administrator edits the roster: a JSON mistake is named with its line, a valid one is saved
+    await asyncio.to_thread(
+        c.state.credentials.add_user, "boss", "admin", password=PASSWORD, now=c.clock.now()
+    )
+    r = await browser.post("/console/login", data={"username": "boss", "password": PASSWORD})
+    browser.cookies.set("vigil_session", r.cookies["vigil_session"])
+    r = await browser.post("/console/config/roster", data={"document": '{"responders": [\n  {"id": }\n]}'})
+    assert r.status_code == 400 and "第 2 行" in r.text
+    doc = {
+        "responders": [
+            {"id": "r-1", "name": "网格员", "roles": ["grid_worker"], "lat": 39.98, "lon": 116.31}
+        ],
+        "rotations": [{"role": "grid_worker", "participants": ["r-1"], "shift_s": 0}],
+    }
+    r = await browser.post("/console/config/roster", data={"document": json.dumps(doc, ensure_ascii=False)})
+    assert r.status_code == 303 and "saved=" in r.headers["location"]
+    assert "网格员" in (await browser.get("/console/config/roster")).text
