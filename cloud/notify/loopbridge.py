@@ -64,6 +64,9 @@ class LoopIntents:
             ),
         )
         out: list[NotifyRequest] = []
+        with self.db.read() as s:  # idle polls never take the write lock
+            if s.scalar(select(NotificationIntentRow.id).where(takeable).limit(1)) is None:
+                return out
         with self.db.write() as s:
             ids = s.scalars(
                 select(NotificationIntentRow.id)

@@ -157,6 +157,9 @@ class Outbox:
     # -- claim ---------------------------------------------------------------------------------------------
     def claim(self, *, now: float, limit: int) -> list[Claimed]:
         """Take up to ``limit`` due rows for this worker: a handful of statements per round, not per row."""
+        with self.db.read() as s:  # idle rounds never take the (SQLite: process-wide) write lock
+            if s.scalar(select(Delivery.id).where(_due(now)).limit(1)) is None:
+                return []
         with self.db.write() as s:
             q = (
                 select(Delivery.id, Delivery.target)

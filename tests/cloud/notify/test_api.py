@@ -306,3 +306,18 @@ async def test_in_app_list_and_failures_visible_to_operators(cloud: Cloud, fake_
     assert viewer_items == []
     status = (await cloud.client.get("/api/v1/notify/status", headers=cloud.viewer)).json()
     assert status["deliveries"] == {"failed": 1, "delivered": 1}
+
+
+async def test_a_bare_reply_code_is_ambiguous_with_two_open_pages(cloud: Cloud) -> None:
+    await bind(cloud, "disp", phone="13812341234", channels=["sms"])
+    await send(cloud, "T-1")
+    await send(cloud, "T-2")
+    await run_worker(cloud)
+    r = await cloud.client.post(
+        "/api/v1/notify/sms/inbound/aliyun?token=inbound-token",
+        json=[{"phone_number": "13812341234", "content": "1"}],
+    )
+    [result] = r.json()["results"]
+    assert not result["accepted"] and result["reason"].startswith("ambiguous")
+    log = (await cloud.client.get("/api/v1/notify/incidents/T-1/log", headers=cloud.viewer)).json()
+    assert log["actions"] == []

@@ -69,3 +69,32 @@ def test_unreadable_or_invalid_toml(tmp_path: Path) -> None:
     bad.write_text("a = [", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         NotifyConfig.load(bad)
+
+
+def test_the_sms_provider_is_chosen_by_config() -> None:
+    import httpx
+
+    from cloud.db import Database
+    from cloud.notify.aliyun import AliyunSms
+    from cloud.notify.service import build_channels
+    from cloud.notify.tencent import TencentSms
+    from tests.cloud.notify.kit import ManualClock
+
+    aliyun = {"access_key_id": "a", "access_key_secret": "b", "sign_name": "s", "template_code": "t"}
+    tencent = {"secret_id": "a", "secret_key": "b", "sdk_app_id": "1", "sign_name": "s", "template_id": "t"}
+    db = Database("sqlite://")
+    client = httpx.AsyncClient()
+    try:
+        cases: list[tuple[dict[str, object], type]] = [
+            ({"aliyun_sms": aliyun}, AliyunSms),
+            ({"tencent_sms": tencent}, TencentSms),
+            ({"aliyun_sms": aliyun, "tencent_sms": tencent}, AliyunSms),
+            ({"aliyun_sms": aliyun, "tencent_sms": tencent, "sms_provider": "tencent"}, TencentSms),
+        ]
+        for raw, kind in cases:
+            channels, _ = build_channels(
+                NotifyConfig.from_mapping(raw), client=client, db=db, clock=ManualClock()
+            )
+            assert isinstance(channels["sms"], kind)
+    finally:
+        db.close()
