@@ -157,3 +157,19 @@ async def test_bad_requests(risk_cloud: Cloud) -> None:
     assert r.status_code == 422
     r = await c.get("/api/v1/risk/forecast")
     assert r.status_code == 401
+
+
+async def test_a_cloud_without_history_still_answers(tmp_path: Path, sqlite_url: str) -> None:
+    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c:
+        for params in ({}, {"grid": "community"}, {"grid": "hex", "cell_m": 50, "at": 0}):
+            r = await c.client.get("/api/v1/risk/forecast", params=params, headers=c.admin)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["history_events"] == 0 and body["models"] == {}
+            assert all(x["triggered"] == 0 for x in body["cells"])
+        r = await c.client.get(
+            "/api/v1/risk/patrol", params={"worker": "w", "grid_id": "G01"}, headers=c.viewer
+        )
+        assert r.status_code == 200, r.text
+        r = await c.client.get("/api/v1/risk/health-trends", headers=c.dispatcher)
+        assert r.status_code == 200 and r.json()["residents"] == []
