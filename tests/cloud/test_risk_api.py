@@ -161,7 +161,12 @@ async def test_bad_requests(risk_cloud: Cloud) -> None:
 
 async def test_a_cloud_without_history_still_answers(tmp_path: Path, sqlite_url: str) -> None:
     async with start_cloud(make_settings(tmp_path, sqlite_url)) as c:
-        for params in ({}, {"grid": "community"}, {"grid": "hex", "cell_m": 50, "at": 0}):
+        cases: list[dict[str, str | int]] = [
+            {},
+            {"grid": "community"},
+            {"grid": "hex", "cell_m": 50, "at": 0},
+        ]
+        for params in cases:
             r = await c.client.get("/api/v1/risk/forecast", params=params, headers=c.admin)
             assert r.status_code == 200, r.text
             body = r.json()
