@@ -229,8 +229,6 @@ def create_app(
     app.include_router(notify_api.router)
     app.include_router(links_api.router)
     app.include_router(risk_api.router)  # risk hot spots and patrol plans (docs/risk.md)
-    app.include_router(notify_api.router)
-    app.include_router(links_api.router)
     console_api.install(app)  # live stream + the console at /console (docs/console.md)
     loop_wiring.install(app, sink)  # incidents, work orders, escalation job, loop API (docs/loop.md)
     notify.connect_loop(app.state.loop, sink)  # the loop's intents in, link / SMS actions out
