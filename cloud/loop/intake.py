@@ -50,6 +50,16 @@ SYSTEM = "system"
 def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float) -> list[int | None]:
     """Handle a batch in order; each signal sees the effects of the ones before it (``Batch``)."""
     batch = batch_context(s, cfg, now)
+    if s.get_bind().dialect.name == "postgresql":
+        # take every group's lock up front, in one global order: two workers with overlapping storms
+        # wait for each other instead of deadlocking
+        keys = set()
+        for sig in signals:
+            labels = sig.labels(grade(sig))
+            keys.add(group_key(rule_for(cfg.grouping, labels), labels))
+        for key in sorted(keys):
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+            batch.locked.add(key)
     return [take(s, cfg, sig, now, batch) for sig in signals]
 
 
