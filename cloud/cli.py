@@ -125,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.logs import configure_json_logging
 
     s = _settings(args)
+    check_port_free(s.host, s.port)  # before the heavy imports: a busy port fails at once, with the fix
     if s.json_logs:  # before the heavy imports, so their log lines are JSON too
         configure_json_logging(args.log_level)
     import uvicorn
@@ -140,7 +141,6 @@ def _serve(args: argparse.Namespace) -> int:
             clock = AcceleratedClock.load(args.clock)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read clock file {args.clock}: {exc}") from exc
-    check_port_free(s.host, s.port)
     app = create_app(s, clock=clock)
     from cloud.connguard import server_config
     from cloud.limits import GuardMetrics, install_log_throttle

@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -276,3 +277,21 @@ for missing in ("fastapi", "uvicorn", "sqlalchemy"):
     for missing in ("fastapi", "uvicorn", "sqlalchemy"):
         assert f"{missing}: exit 1" in done.stderr, done.stderr
     assert done.stderr.count("pip install 'vigil-safety[cloud]'") == 3, done.stderr
+
+
+def test_a_cloud_port_in_use_says_how_to_choose_another(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [str(VIGIL), "cloud", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    _no_traceback(done.stderr)
+    assert done.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in done.stderr, done.stderr
+    assert "--port" in done.stderr
