@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -253,6 +254,11 @@ def test_the_development_recipe_works_as_documented(tmp_path: Path) -> None:
         assert gw["online"], gw
     for path in logs.values():
         _no_traceback(path.read_text())
+    for name in ("gateway", "cloud"):  # logs are structured (JSON lines off a terminal) and quiet
+        lines = [ln for ln in logs[name].read_text().splitlines() if ln.strip()]
+        records = [json.loads(ln) for ln in lines]
+        info = [r["msg"] for r in records if r["level"] == "info"]
+        assert len(info) <= 15, info  # state changes only: no line per uplink batch or request
     assert "refus" not in logs["gateway"].read_text().lower(), logs["gateway"].read_text()[-2000:]
 
 
