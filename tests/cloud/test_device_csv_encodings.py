@@ -7,7 +7,10 @@ import pytest
 from cloud.errors import BadRequestError
 from cloud.registry import csv_text, parse_csv
 
-CSV = "device_id,kind,name,address,street\n70b3d57ed0000001,manhole,井盖 1 号,海淀区中关村大街 27 号,中关村街道\n"
+CSV = (
+    "device_id,kind,name,address,street\n"
+    "70b3d57ed0000001,manhole,井盖 1 号,海淀区中关村大街 27 号,中关村街道\n"
+)
 
 
 @pytest.mark.parametrize(
