@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -38,11 +39,12 @@ from cloud.api.deps import State, User
 from cloud.api.state import CloudState
 from cloud.auth import USER_ROLES, require
 from cloud.db import AlertStep, Device
-from cloud.errors import AuthenticationError
+from cloud.errors import AuthenticationError, CloudError
 from cloud.ingest import AlertSink
 from cloud.loop.models import Incident, IncidentEvent
 from dashboards import SESSION_COOKIE, create_console
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/events", tags=["console"])
 map_router = APIRouter(prefix="/api/v1/console", tags=["console"])
 MAP_FIELDS = ("device_id", "kind", "name", "lat", "lon", "street", "grid", "last_seen")
@@ -83,8 +85,9 @@ class EventHub:
             mark: tuple[float, ...] | None
             try:
                 mark = await asyncio.to_thread(self._probe)
-            except SQLAlchemyError:
-                mark = last  # a database hiccup: try again next tick, the stream stays open
+            except (SQLAlchemyError, CloudError) as exc:  # a database hiccup, or shutting down
+                log.warning("console change watch failed; retrying", extra={"error": repr(exc)})
+                mark = last  # try again next tick; the streams stay open
             if last is not None and mark != last:
                 self.publish({"type": "changed"})
             last = mark

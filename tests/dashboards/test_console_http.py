@@ -229,3 +229,24 @@ async def test_call_taker_report_and_the_rules_editor(console: tuple[Cloud, http
     r = await browser.post("/console/config/roster", data={"document": json.dumps(doc, ensure_ascii=False)})
     assert r.status_code == 303 and "saved=" in r.headers["location"]
     assert "网格员" in (await browser.get("/console/config/roster")).text
+
+
+async def test_watcher_announces_changes_made_elsewhere_and_survives_a_db_hiccup() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    marks = iter([(1.0,), (1.0,), (2.0,)])
+
+    def probe() -> tuple[float, ...]:
+        mark = next(marks, None)
+        if mark is None:
+            raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+        return mark
+
+    hub = EventHub(probe=probe, probe_interval_s=0.01)
+    q = hub.subscribe()
+    event = await asyncio.wait_for(q.get(), timeout=2)
+    assert event == {"type": "changed"}  # (1,) -> (2,): someone changed something
+    await asyncio.sleep(0.05)  # the probe now fails: logged, the stream stays
+    assert hub.subscribers == 1
+    hub.unsubscribe(q)
+    await asyncio.sleep(0.05)  # nobody listens: the watcher stops by itself
