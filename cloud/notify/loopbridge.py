@@ -20,6 +20,7 @@ from sqlalchemy import and_, or_, select, update
 
 from alerts.loop.stages import Action, Command
 from cloud.db import Database
+from cloud.loop import rows
 from cloud.loop.models import Incident, NotificationIntentRow
 from cloud.loop.service import LoopService
 from cloud.loop.service import Report as LoopReport
@@ -100,14 +101,28 @@ class LoopIntents:
         return out
 
     def settle(self, intent_key: str, state: str, *, now: float, detail: str = "") -> None:
+        """Settle the intent once and put the outcome on the incident's timeline (``notified`` or
+        ``notify_failed``, actor ``notify``, with the channel and recipient, or the reason)."""
         with self.db.write() as s:
-            s.execute(
+            done = s.execute(
                 update(NotificationIntentRow)
                 .where(
                     NotificationIntentRow.dedup_key == intent_key, NotificationIntentRow.state == "claimed"
                 )
                 .values(state=state, updated_at=now)
+                .execution_options(synchronize_session=False)
             )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return  # settled before (a retried report) or cancelled by the loop
+            q = select(NotificationIntentRow).where(NotificationIntentRow.dedup_key == intent_key)
+            it = s.scalars(q).first()
+            incident = s.get(Incident, it.incident_id) if it else None
+            if it is not None and incident is not None:
+                action = "notified" if state == "sent" else "notify_failed"
+                rows.add_event(
+                    s, incident, action, actor="notify", now=now, channel="notify", reason=detail[:300],
+                    target=f"{it.target_kind}:{it.target_id}", step=it.step,
+                )  # fmt: skip
 
 
 class LoopPort:

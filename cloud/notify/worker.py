@@ -237,10 +237,7 @@ class DeliveryWorker:
             if settled.status == "failed" and not settled.failure_raised:
                 return  # a fallback channel is still trying
             state = "sent" if settled.status == "delivered" else "failed"
+            detail = f"{c.channel} → {c.recipient}" if state == "sent" else getattr(outcome, "reason", "")
             await asyncio.to_thread(
-                self.source.settle,
-                settled.intent_key,
-                state,
-                now=self.clock.now(),
-                detail=getattr(outcome, "reason", ""),
+                self.source.settle, settled.intent_key, state, now=self.clock.now(), detail=detail
             )

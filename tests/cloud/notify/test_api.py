@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from alerts.loop.stages import Action, Command
-from cloud.loop.models import Incident, NotificationIntentRow
+from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow
 from cloud.loop.service import Report as LoopReport
 from cloud.notify.planner import reply_ref
 from tests.cloud.cloudkit import Cloud, make_settings, start_cloud
@@ -278,7 +278,15 @@ async def test_loop_intents_become_pages_and_accept_moves_the_work_order(
     assert len(fake_wecom.messages) == 1
     with cloud.state.db.read() as s:
         states = {r.state for r in s.query(NotificationIntentRow).all()}
+        timeline = [
+            (e.action, e.actor, e.reason) for e in s.query(IncidentEvent).filter_by(incident_id=incident_id)
+        ]
     assert states == {"sent"}
+    assert (
+        "notified",
+        "notify",
+        f"wecom → user:{cloud.app.state.notify.contacts.user_id('disp')}",
+    ) in timeline
     token = links_in(fake_wecom.messages[0]["text"]["content"])["接单"]
     r = await cloud.client.post(f"/api/v1/links/{token}", json={})
     assert r.status_code == 200, r.text
