@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from simulators.demo import run_demo
 from tests.servers import free_port
@@ -59,10 +60,10 @@ def test_readme_commands_exist() -> None:
         assert command in out.stdout
 
 
-async def test_demo_then_its_hints_then_the_console(tmp_path: Path) -> None:
+async def test_demo_then_its_hints_then_the_console(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
     quit_demo = asyncio.Event()
-    os.environ.setdefault("VIGIL_LANG", "en")
+    monkeypatch.setenv("VIGIL_LANG", "en")
     demo = asyncio.create_task(
         run_demo(
             tmp_path / "demo",
@@ -301,3 +302,22 @@ def test_a_cloud_port_in_use_says_how_to_choose_another(tmp_path: Path) -> None:
     _no_traceback(done.stderr)
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in done.stderr, done.stderr
     assert "--port" in done.stderr
+
+
+def test_the_demo_speaks_the_locale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from simulators.demo import DemoReport, _next_steps
+
+    report = DemoReport(workdir=tmp_path, outbox=tmp_path / "gateway" / "outbox.sqlite3")
+    for lang, word in (("zh_CN.UTF-8", "直到按 Ctrl-C"), ("en_US.UTF-8", "until Ctrl-C")):
+        monkeypatch.setenv("VIGIL_LANG", lang)
+        lines = _next_steps(
+            "./scripts/vigil",
+            report,
+            url="http://127.0.0.1:8080",
+            op_token="t",
+            metrics_url="http://127.0.0.1:9108/metrics",
+            simdir=tmp_path,
+            lingering=True,
+        )
+        text = "\n".join(lines)
+        assert word in text and "outbox.sqlite3" in text and "./scripts/vigil gateway status" in text
