@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from zoneinfo import ZoneInfo
 
+from alerts.loop.routing import DEPARTMENTS
 from alerts.loop.stages import Stage
 from firmware_bridge.kernel import locale
 from firmware_bridge.kernel.locale import Lang
@@ -77,6 +78,16 @@ class Translator:
             return Stage(stage).label(self.lang)
         except ValueError:
             return stage
+
+    def group(self, by: str, value: str) -> str:
+        """A KPI group's name: a department's or device kind's label; "unassigned" for an empty one."""
+        if not value or value == "-":
+            return self("kpi.unassigned")
+        if by == "department" and value in DEPARTMENTS:
+            return DEPARTMENTS[value][self.lang == "en"]
+        if by == "kind":
+            return self.kind(value)
+        return value
 
     def time(self, ts: float | None) -> str:
         """``2026-11-26 19:09:00`` in the display zone; an em dash for "never"."""

@@ -15,11 +15,21 @@
     return raw ? raw.split(" ").filter(Boolean) : [];
   }
 
+  // Browsers start audio only after a user gesture on the page: the first click or key unlocks it.
+  var audio = null;
+  function unlockAudio() {
+    var Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!audio && Ctx) audio = new Ctx();
+    if (audio && audio.state === "suspended") audio.resume();
+  }
+  document.addEventListener("click", unlockAudio, { once: true });
+  document.addEventListener("keydown", unlockAudio, { once: true });
+
   function beep() {
     try {
       var Ctx = window.AudioContext || window.webkitAudioContext;
       if (!Ctx) return;
-      var ctx = new Ctx(), osc = ctx.createOscillator(), gain = ctx.createGain();
+      var ctx = audio || new Ctx(), osc = ctx.createOscillator(), gain = ctx.createGain();
       osc.type = "square"; osc.frequency.value = 880; gain.gain.value = 0.08;
       osc.connect(gain); gain.connect(ctx.destination);
       osc.start(); osc.stop(ctx.currentTime + 0.35);
