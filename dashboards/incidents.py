@@ -129,6 +129,8 @@ def routes(web: Web) -> list[BaseRoute]:
         t = web.translator(request)
         if not same_origin(request):
             return Response("cross-origin form refused", status_code=403)
+        if not s.is_staff:  # the cloud refuses too; say it before anything else
+            return await render_incident(request, s, incident_id, error=t("error.forbidden"), status=403)
         try:
             form = await read_form(request)
         except FormError as exc:

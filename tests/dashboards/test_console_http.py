@@ -12,14 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from alerts.contract import HTTP_PATH
 from alerts.loop.stages import Action
 from cloud.api.console import EventHub
 from dashboards import geo
 from dashboards.i18n import catalog
 from dashboards.incidents import REPORT_TYPES
 from dashboards.public import REPORT_CATEGORIES, RESPONDER_PURPOSES
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
-from tests.cloud.cloudkit import BAND_1, Cloud, make_settings, start_cloud
+from tests.cloud.cloudkit import BAND_1, MANHOLE_1, Cloud, alert_step, batch, body, make_settings, start_cloud
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 PASSWORD = "correct-horse-battery"
@@ -250,3 +253,28 @@ async def test_watcher_announces_changes_made_elsewhere_and_survives_a_db_hiccup
     assert hub.subscribers == 1
     hub.unsubscribe(q)
     await asyncio.sleep(0.05)  # nobody listens: the watcher stops by itself
+
+
+async def test_a_viewer_reads_an_incident_but_gets_no_action_and_no_contact(
+    console: tuple[Cloud, httpx.AsyncClient],
+) -> None:
+    c, browser = console
+    step = alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, c.clock.now())
+    r = await c.client.post(
+        HTTP_PATH,
+        content=body(batch("batch-viewer-01", alerts=[step])),
+        headers={**c.gw1, "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    incidents = (await c.client.get("/api/v1/incidents", params={"open": True}, headers=c.viewer)).json()
+    incident_id = incidents["incidents"][0]["id"]
+    browser.cookies.set("vigil_session", c.viewer["Authorization"].removeprefix("Bearer "))
+    page = await browser.get(f"/console/incidents/{incident_id}")
+    assert page.status_code == 200 and "井盖开启/丢失" in page.text and "act-form" not in page.text
+    r = await browser.post(
+        f"/console/incidents/{incident_id}/act", data={"action": "dispatch", "row_version": "1"}
+    )
+    assert r.status_code == 403 and "无权" in r.text  # a viewer's action is refused, in Chinese
+    await _login(browser)  # an operator gets the buttons
+    page = await browser.get(f"/console/incidents/{incident_id}")
+    assert 'data-action="dispatch"' in page.text
