@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts.contract import HTTP_PATH
+from alerts.contract import HTTP_PATH, GatewayStatus
 from alerts.loop.stages import Action
 from cloud.api.console import EventHub
 from dashboards import geo
@@ -278,3 +278,25 @@ async def test_a_viewer_reads_an_incident_but_gets_no_action_and_no_contact(
     await _login(browser)  # an operator gets the buttons
     page = await browser.get(f"/console/incidents/{incident_id}")
     assert 'data-action="dispatch"' in page.text
+
+
+async def test_gateway_health_in_plain_words(console: tuple[Cloud, httpx.AsyncClient]) -> None:
+    c, browser = console
+    status = GatewayStatus(
+        version="1.2",
+        uptime_s=7200,
+        outbox_depth=12,
+        outbox_oldest_age_s=900,
+        frames_total=1000,
+        rejects_total=3,
+    )
+    b = batch("batch-gw-health-1").model_copy(update={"status": status})
+    r = await c.client.post(
+        HTTP_PATH, content=b.model_dump_json(), headers={**c.gw1, "content-type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    await _login(browser)
+    text = (await browser.get("/console/gateways")).text
+    assert (
+        "待上传 12 条（最早 15 分钟前）" in text and "坏帧 0.3%" in text and "从未连接" in text
+    )  # gw2: never
