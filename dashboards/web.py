@@ -7,7 +7,6 @@ re-implements the session and error handling.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,11 +181,6 @@ async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, 
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise FormError("error.too_large", mb=limit // 2**20 or 1)
+            raise FormError("error.too_large", kb=limit // 1024)
     parsed = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
     return {k: v[0] for k, v in parsed.items()}
-
-
-def json_script(data: Any) -> str:
-    """JSON safe to embed in a ``<script type="application/json">`` element."""
-    return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
