@@ -53,12 +53,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_forecast.json"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devices", type=int, default=100_000)
-    ap.add_argument("--rate-scale", type=float, default=4.0)
+    ap.add_argument("--rate-scale", type=float, default=5.0)
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--cell-m", type=float, default=250.0)
     ap.add_argument("--bin-h", type=float, default=3.0)
     ap.add_argument("--test-days", type=int, default=30)
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--max-iter", type=int, default=SEPPConfig().max_iter, help="EM iteration cap")
     ap.add_argument("--no-backtest", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = ap.parse_args()
@@ -77,7 +78,7 @@ def main() -> int:
     gen_s = time.perf_counter() - t0
     print(f"history: {len(hist):,} events, {n:,} devices, {len(cells):,} cells of {args.cell_m:.0f} m, "
           f"{args.days} days (generated in {gen_s:.1f} s)")  # fmt: skip
-    cfg = SEPPConfig(bin_s=args.bin_h * 3600.0)
+    cfg = SEPPConfig(bin_s=args.bin_h * 3600.0, max_iter=args.max_iter)
     cell_idx = cells.locate(hist.xy)
     start, end = sim.start, sim.end
 
