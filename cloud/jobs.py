@@ -26,10 +26,12 @@ the next interval. Lease TTL: ``ttl_s`` (default 15 s, renewed every third of it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.orm import Session
@@ -39,6 +41,7 @@ from cloud.lease import Lease, LeaseLost
 from firmware_bridge.kernel.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +167,7 @@ class JobRunner:
             for name, h in held.items():
                 self.metrics.holder.labels(name).set(0)
                 try:
-                    await asyncio.to_thread(self.lease.release, name, h.token)
+                    await _finish(self.lease.release, name, h.token)
                 except CloudError:
                     log.warning("could not release job lease", extra={"job": name})
 
@@ -181,7 +184,7 @@ class JobRunner:
                 continue
             sent = time.monotonic()
             try:
-                still = await asyncio.to_thread(self.lease.renew, tokens, self.ttl_s)
+                still = await _finish(self.lease.renew, tokens, self.ttl_s)
             except CloudError:
                 self.metrics.lease_errors.inc()
                 log.warning("job lease renewal failed", exc_info=True)
@@ -198,7 +201,7 @@ class JobRunner:
     async def _acquire(self, job: _Job) -> _Held | None:
         started = time.monotonic()
         try:
-            grant = await asyncio.to_thread(self.lease.acquire, job.name, self.ttl_s)
+            grant = await _finish(self.lease.acquire, job.name, self.ttl_s)
         except CloudError:
             self.metrics.lease_errors.inc()
             log.warning("job lease acquisition failed", extra={"job": job.name}, exc_info=True)
@@ -246,7 +249,7 @@ class JobRunner:
             result = "failed"
             log.exception("job tick failed", extra={"job": job.name, "tick": tick})
         try:
-            ok = await asyncio.to_thread(self.lease.complete, job.name, h.token, tick, next_due)
+            ok = await _finish(self.lease.complete, job.name, h.token, tick, next_due)
         except CloudError:
             self.metrics.lease_errors.inc()
             self.metrics.runs.labels(job.name, result).inc()
@@ -257,6 +260,18 @@ class JobRunner:
             self._drop(job.name, "tick not recorded: token no longer current")
             return
         h.done_tick, h.next_due = tick, next_due
+
+
+async def _finish(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread; if cancelled meanwhile, wait for the call to end before re-raising, so a
+    stopping runner never leaves a lease call holding a database connection behind its back."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
 
 
 __all__ = ["JobContext", "JobFn", "JobMetrics", "JobRunner"]
