@@ -171,10 +171,16 @@ class DeliveryWorker:
                 log.exception("notification delivery round failed")
                 n = 0
             if n == 0:
-                # idle: poll, or go at once when the loop has just handled committed alerts (wake())
+                # idle: poll, or go at once when the loop has just handled committed alerts (wake()).
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+                # arrives as the event is set, and the stopping worker would then poll forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.clock.real_seconds(self.poll_s))
+                    async with asyncio.timeout(self.clock.real_seconds(self.poll_s)):
+                        await self._wake.wait()
                 self._wake.clear()
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
 
     @staticmethod
     def _address(c: Claimed, found: Mapping[tuple[int, str], str | None]) -> str | None:

@@ -146,8 +146,11 @@ class UplinkSender:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when a new alert is committed (since the last look at the outbox)."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as
+        # the event is set, and a stopping gateway would then keep sending
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
 
     async def run(self) -> None:
         probe = Backoff(initial=self.backoff_initial_s, maximum=self.recovery_probe_s)
