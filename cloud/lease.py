@@ -28,18 +28,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Column, Float, MetaData, String, Table, text
+from sqlalchemy import BigInteger, Column, Float, String, Table, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from cloud.db import Database
+from cloud.db import Base, Database
 from cloud.errors import CloudError, StorageError
 
-#: the lease table (created by migration ``0012_job_leases``); its own metadata, not the models'
-metadata = MetaData()
+#: the lease table (created by migration ``0012_job_leases``), on the models' metadata so the
+#: migrations-match-the-models check covers it
 job_leases = Table(
     "job_leases",
-    metadata,
+    Base.metadata,
     Column("name", String(64), primary_key=True),
     Column("holder", String(160), nullable=False),
     Column("token", BigInteger, nullable=False),

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 from cloud.db import Base, upgrade_head
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
-from tests.cloud.cloudkit import GW1, MANHOLE_1, Cloud, batch, readings
+from tests.cloud.cloudkit import GW1, MANHOLE_1, T0, Cloud, batch, readings
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -41,7 +41,7 @@ async def test_concurrent_batches_of_one_device_keep_every_count(cloud: Cloud) -
     bs = [
         batch(
             f"batch-par-{i:02d}",
-            readings(DeviceKind.MANHOLE, MANHOLE_1, [i * 10 + j for j in range(5)], t0=1.8e9 + i * 1000),
+            readings(DeviceKind.MANHOLE, MANHOLE_1, [i * 10 + j for j in range(5)], t0=T0 + i * 1000),
         )
         for i in range(6)
     ]
