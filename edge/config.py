@@ -72,6 +72,10 @@ class MqttSource(_Section):
     password_file: Path | None = None
     client_id: str | None = None
     qos: Literal[0, 1, 2] = 1
+    # Flow control (edge/sources/mqtt.py): messages held un-acknowledged until committed, by count and bytes
+    max_pending: Annotated[int, Field(ge=1)] = 1000
+    max_pending_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    max_message_bytes: Annotated[int, Field(ge=64)] = 64 * 1024
 
 
 class UdpSource(_Section):

@@ -125,8 +125,10 @@ class Pipeline:
                 # disk full / read-only / corrupt: these frames were never accepted; say so loudly, keep going
                 self.metrics.dropped.labels("outbox_error").inc(len(frames))
                 log.error("outbox commit failed, %d frames NOT accepted: %s", len(frames), exc)
+                sink.settle(frames, False)
                 await asyncio.sleep(1.0)
                 continue
+            sink.settle(frames, True)
             for (source, reason), n in result.rejects.items():
                 data, msg = result.samples.get((source, reason), (None, ""))
                 sink.reject(source, reason, data, msg, count=n)

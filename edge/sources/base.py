@@ -6,7 +6,8 @@ payload, detection and storage happen downstream in batches (:mod:`edge.pipeline
 
 Overflow policy of the queue: stream sources (serial) ``await put`` and so push back into the kernel's
 buffer; datagram sources (MQTT, UDP) ``offer`` and a full queue drops the newest frame, counted as
-``vigil_gateway_dropped_total{what="queue_full"}`` (those transports could not wait anyway).
+``vigil_gateway_dropped_total{what="queue_full"}`` (those transports could not wait anyway). An MQTT frame
+dropped so is not acknowledged to the broker, which redelivers it (:mod:`edge.sources.mqtt`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 
 from edge.errors import SourceError as SourceError
 from edge.metrics import GatewayMetrics
@@ -35,6 +37,8 @@ class FrameSink:
         self.dropped = 0
         self.rejects_total = 0
         self._up: dict[str, asyncio.Event] = {}
+        # frame id -> (frame, callback): told once the pipeline committed (True) or failed to (False)
+        self._on_commit: dict[int, tuple[SourceFrame, Callable[[bool], None]]] = {}
 
     def mark_up(self, source: str, up: bool) -> None:
         """A source reports that its transport is connected (``vigil_gateway_source_up``)."""
@@ -53,16 +57,33 @@ class FrameSink:
         """Hand over a frame, waiting while the queue is full (back-pressure for stream sources)."""
         await self.queue.put(frame)
 
-    def offer(self, frame: SourceFrame) -> bool:
-        """Hand over a frame without waiting; a full queue drops it (counted)."""
+    def offer(self, frame: SourceFrame, on_commit: Callable[[bool], None] | None = None) -> bool:
+        """Hand over a frame without waiting; a full queue drops it (counted, ``on_commit`` not called).
+
+        ``on_commit(ok)`` is called once the pipeline committed the frame's batch to the outbox (``True``)
+        or failed to (``False``): the MQTT source acknowledges to the broker only then."""
         try:
             self.queue.put_nowait(frame)
+            if on_commit is not None:
+                self._on_commit[id(frame)] = (frame, on_commit)
             return True
         except asyncio.QueueFull:
             self.dropped += 1
             self.metrics.dropped.labels("queue_full").inc()
             self.reject(frame[3], "queue_full", None, "frame queue full; dropping the newest frame")
             return False
+
+    def settle(self, frames: Iterable[SourceFrame], ok: bool) -> None:
+        """The pipeline reports a batch committed (``ok``) or not: run the frames' ``on_commit`` callbacks."""
+        for frame in frames:
+            entry = self._on_commit.get(id(frame))
+            if entry is None or entry[0] is not frame:
+                continue
+            del self._on_commit[id(frame)]
+            try:
+                entry[1](ok)
+            except Exception:  # a source's callback must never stop the pipeline
+                log.exception("%s: commit callback failed", frame[3])
 
     def reject(self, source: str, reason: str, data: bytes | None, message: str = "", count: int = 1) -> None:
         """Count rejected frames; log one with its bytes, at most once per interval per (source, reason)."""

@@ -9,20 +9,76 @@ Formats (``[[sources.mqtt]] format``):
 - ``lorawan``: topic ``vigil/v1/lora/{gateway_id}/rx``, message = a raw PHYPayload decrypted here with the
   device's keys from devices.csv (:mod:`edge.sources.lora`).
 
-The transport (:class:`firmware_bridge.transports.mqtt.MqttTransport`) reconnects with a persistent
-session and resubscribes; this module only maps messages to frames.
+Delivery (at least once, nothing lost on kill -9): the client connects with a fixed client id and a
+persistent session (``clean_session=False``) and acknowledges each QoS 1/2 message to the broker only once
+its frame is committed to the outbox (``FrameSink.offer(..., on_commit)``, told by the pipeline), as
+``cloud/mqtt_ingest.py`` does. A message that is not committed stays un-acknowledged in the session: a
+failed commit or a full frame queue drops the connection so that the broker redelivers it on the resumed
+session; a crash does the same on restart. Duplicates are removed by the pipeline's de-duplication.
+
+Flow control: messages held un-acknowledged are bounded by count (``max_pending``) and bytes
+(``max_pending_bytes``). Over the bound the source stops reading (QoS 1/2: the broker's in-flight window
+then holds the rest on the broker), never drops them silently. What is dropped is counted in
+``vigil_gateway_dropped_total{what=...}``: ``mqtt_too_large`` (over ``max_message_bytes``; acknowledged,
+since a redelivery could never fit), ``mqtt_qos0_overflow`` (QoS 0 over the bound: the broker cannot
+redeliver those anyway), ``mqtt_not_committed`` (left un-acknowledged for redelivery).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
 
 from edge.config import MqttSource
 from edge.sources.base import FrameSink
 from edge.sources.lora import LoRaWANSessions
+from firmware_bridge.backoff import Backoff
 from firmware_bridge.errors import DecodeError
 from firmware_bridge.kernel.clock import Clock
+
+log = logging.getLogger("edge.sources.mqtt")
+
+_CONNECTION_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError)
+
+
+class _Redeliver(Exception):
+    """Drop the connection so that the broker redelivers what we left un-acknowledged."""
+
+
+@dataclass(slots=True)
+class MqttFlow:
+    """Accounting of one MQTT source: what it holds un-acknowledged, its peak, what it dropped."""
+
+    pending: int = 0
+    pending_bytes: int = 0
+    peak_bytes: int = 0
+    peak: int = 0
+    acked: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    throttled: int = 0
+    reconnects: int = 0
+    space: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self, size: int) -> None:
+        self.pending += 1
+        self.pending_bytes += size
+        self.peak = max(self.peak, self.pending)
+        self.peak_bytes = max(self.peak_bytes, self.pending_bytes)
+
+    def release(self, size: int) -> None:
+        self.pending -= 1
+        self.pending_bytes -= size
+        self.space.set()
+
+
+flows: dict[str, MqttFlow] = {}
+"""Per source name, the flow accounting of the running MQTT sources (status, tests)."""
 
 
 def frame_from_message(
@@ -63,46 +119,125 @@ async def run_mqtt_source(
     clock: Clock,
     gateway_id: str,
 ) -> None:
-    from firmware_bridge.transports.mqtt import MqttTransport
-
     password = cfg.password_file.read_text(encoding="utf-8").strip() if cfg.password_file else None
-    transport = MqttTransport(
-        cfg.host,
-        cfg.port,
-        client_id=cfg.client_id or f"vigil-gw-{gateway_id}-{name}"[:64],
-        topics=[(t, cfg.qos) for t in cfg.topics],
-        username=cfg.username,
-        password=password,
-        clean_session=False,
-    )
+    client_id = cfg.client_id or f"vigil-gw-{gateway_id}-{name}"[:64]
+    flow = flows[name] = MqttFlow()
+    backoff = Backoff(initial=0.5, maximum=30.0, rng=random.Random())
+    max_bytes = max(cfg.max_pending_bytes, cfg.max_message_bytes)
 
-    async def mirror_state() -> None:
-        """Keep ``vigil_gateway_source_up`` in step with the transport's reconnects (1 Hz, a flag read)."""
-        while True:
-            sink.mark_up(name, bool(transport.connected))
-            await asyncio.sleep(1.0)
+    def drop(what: str, n: int = 1) -> None:
+        flow.dropped[what] = flow.dropped.get(what, 0) + n
+        sink.metrics.dropped.labels(what).inc(n)
 
-    async with transport:
-        await transport.wait_connected()
-        sink.mark_up(name, True)
-        watcher = asyncio.create_task(mirror_state(), name=f"source-state:{name}")
-        try:
-            async for msg in transport.messages():
+    async def session() -> None:
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=client_id,
+            username=cfg.username,
+            password=password,
+            clean_session=False,
+            keepalive=30,
+            timeout=10.0,
+        )
+        paho: Any = client._client  # aiomqtt acks on receipt; we ack after the commit
+        paho.manual_ack_set(True)
+        redeliver = asyncio.Event()
+
+        def settle_cb(mid: int, qos: int, size: int) -> Callable[[bool], None]:
+            def done(ok: bool) -> None:
+                flow.release(size)
+                if redeliver.is_set():
+                    return  # this connection is being dropped: the broker redelivers on the next one
+                if ok:
+                    if qos > 0:
+                        paho.ack(mid, qos)
+                    flow.acked += 1
+                else:
+                    drop("mqtt_not_committed")
+                    redeliver.set()
+
+            return done
+
+        async def read() -> None:
+            async for m in client.messages:
+                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload or "").encode()
+                size = len(payload) + len(m.topic.value)
+                qos = int(m.qos)
+                if len(payload) > cfg.max_message_bytes:
+                    drop("mqtt_too_large")
+                    sink.reject(name, "too_large", payload[:256], f"{m.topic.value}: {len(payload)} bytes")
+                    if qos > 0:
+                        paho.ack(m.mid, qos)
+                    continue
+                while flow.pending > 0 and (
+                    flow.pending_bytes + size > max_bytes or flow.pending >= cfg.max_pending
+                ):
+                    if qos == 0:
+                        break
+                    flow.throttled += 1  # stop reading: the broker holds the rest in its in-flight window
+                    flow.space.clear()
+                    await flow.space.wait()
+                    if redeliver.is_set():
+                        raise _Redeliver
+                if flow.pending > 0 and (
+                    flow.pending_bytes + size > max_bytes or flow.pending >= cfg.max_pending
+                ):
+                    drop("mqtt_qos0_overflow")
+                    continue
                 now = clock.now()
                 try:
-                    hit = frame_from_message(cfg.format, msg.topic, bytes(msg.payload), sessions)
+                    hit = frame_from_message(cfg.format, m.topic.value, payload, sessions)
                 except DecodeError as exc:
-                    sink.reject(
-                        name,
-                        exc.reason,
-                        exc.data if exc.data is not None else bytes(msg.payload)[:256],
-                        f"{msg.topic}: {exc}",
-                    )
+                    data = exc.data if exc.data is not None else payload[:256]
+                    sink.reject(name, exc.reason, data, f"{m.topic}: {exc}")
+                    hit = None
+                if hit is None:
+                    if qos > 0:
+                        paho.ack(m.mid, qos)
                     continue
-                if hit is not None:
-                    sink.offer((hit[0], hit[1], now, name))
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                flow.take(size)
+                cb = settle_cb(m.mid, qos, size)
+                if not sink.offer((hit[0], hit[1], now, name), cb):
+                    cb(False)  # not queued: leave it un-acked and reconnect so the broker redelivers it
+
+        async def watch() -> None:
+            await redeliver.wait()
+            raise _Redeliver
+
+        async def mirror_state() -> None:
+            """Keep ``vigil_gateway_source_up`` in step with the connection (1 Hz, a flag read)."""
+            while True:
+                sink.mark_up(name, bool(paho.is_connected()))
+                await asyncio.sleep(1.0)
+
+        async with client:
+            await client.subscribe([(t, int(cfg.qos)) for t in cfg.topics])
+            sink.mark_up(name, True)
+            backoff.reset()
+            log.info("MQTT source %s connected to %s:%d as %s", name, cfg.host, cfg.port, client_id)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(read(), name=f"mqtt-read:{name}")
+                    tg.create_task(watch(), name=f"mqtt-redeliver:{name}")
+                    tg.create_task(mirror_state(), name=f"source-state:{name}")
+            finally:
+                redeliver.set()  # late commits of this connection must not ack on a dead client
+
+    try:
+        while True:
+            try:
+                await session()
+            except* _Redeliver:
+                log.warning("MQTT source %s: un-committed messages; reconnecting for redelivery", name)
+                delay = 0.0
+            except* _CONNECTION_ERRORS as eg:
+                log.warning("MQTT source %s lost %s:%d: %s", name, cfg.host, cfg.port, eg.exceptions[0])
+                delay = backoff.next()
+            else:
+                delay = backoff.next()
             sink.mark_up(name, False)
+            flow.reconnects += 1
+            await asyncio.sleep(delay)
+    finally:
+        sink.mark_up(name, False)
