@@ -44,7 +44,7 @@ from cloud.db import Database, Device, Gateway, IngestedBatch
 from cloud.errors import CloudError, ConflictError, PermissionDeniedError, StorageError
 from cloud.limits import GatewayQuota, GuardMetrics, IngestLimits, RateLimitedError
 from cloud.metrics import CloudMetrics
-from cloud.screening import Screened, screen
+from cloud.screening import Screened, canonical_ids, screen
 from cloud.sequence import SEQ_MODULUS, SeqSummary, sequence_summary
 from cloud.timeseries import TimeSeriesError, TimeSeriesStore
 from firmware_bridge.kernel.clock import Clock, SystemClock
@@ -109,6 +109,7 @@ class IngestService:
             raise PermissionDeniedError(
                 f"batch names gateway {batch.gateway_id!r} but was sent by gateway {gateway_id!r}"
             )
+        batch = canonical_ids(batch)  # an upper-case DevEUI or an IMEI finds its registry row
         n_readings = sum(len(b) for b in batch.telemetry)
         try:
             self.quota.admit(gateway_id, readings=n_readings, alert_steps=len(batch.alerts))

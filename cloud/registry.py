@@ -41,6 +41,23 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 
 
+def canonical_device_id(device_id: str) -> str:
+    """The one spelling under which a device is stored and looked up.
+
+    A DevEUI is lower-cased (gateways send the wire rendering, 16 lowercase hex digits, so an upper-case
+    DevEUI in an import used to make every batch of that gateway fail as ``unknown_device``); an IMEI
+    becomes Vigil's canonical id (16 hex digits, as on the serial link and from CTWing / OneNET), so a
+    device has one id whichever way its frames arrive (docs/formats.md). Other ids are only stripped.
+    """
+    s = device_id.strip()
+    imei = vigil_device_id(s)
+    if imei is not None:
+        return imei
+    if len(s) == 16 and s.isascii():
+        return s.lower()
+    return s
+
+
 class DeviceIn(BaseModel):
     """A device as provisioned (API body, one CSV row)."""
 
@@ -79,9 +96,7 @@ class DeviceIn(BaseModel):
             raise ValueError(
                 "must be a DevEUI (16 hex digits), an IMEI (15 digits) or a numeric serial (6-20 digits)"
             )
-        # An IMEI becomes Vigil's canonical id (16 hex digits, as on the serial link and from CTWing /
-        # OneNET), so a device has one id whichever way its frames arrive (docs/formats.md).
-        return vigil_device_id(v) or v
+        return canonical_device_id(v)
 
     @field_validator("lat", "lon", mode="before")
     @classmethod
@@ -203,7 +218,7 @@ class Registry:
 
         Its gateway can no longer write for it (403), and it is no longer judged silent.
         """
-        device_id = vigil_device_id(device_id) or device_id  # an IMEI finds its device too
+        device_id = canonical_device_id(device_id)  # an IMEI or upper-case DevEUI finds its device too
         with self.db.write() as s:
             row = s.get(Device, device_id)
             if row is None:
@@ -211,7 +226,7 @@ class Registry:
             s.delete(row)
 
     def get(self, device_id: str, role: Role) -> DeviceOut:
-        device_id = vigil_device_id(device_id) or device_id  # an IMEI finds its device too
+        device_id = canonical_device_id(device_id)  # an IMEI or upper-case DevEUI finds its device too
         with self.db.read() as s:
             row = s.get(Device, device_id)
             if row is None:
@@ -271,7 +286,7 @@ class Registry:
 
     def session_keys(self, device_id: str) -> dict[str, str]:
         """LoRa ``dev_addr``/``nwk_skey``/``app_skey`` for internal use (never exposed by the API)."""
-        device_id = vigil_device_id(device_id) or device_id  # an IMEI finds its device too
+        device_id = canonical_device_id(device_id)  # an IMEI or upper-case DevEUI finds its device too
         with self.db.read() as s:
             row = s.get(Device, device_id)
             if row is None:

@@ -33,10 +33,39 @@ from alerts.contract import (
     UplinkBatch,
 )
 from cloud.db import Alert, Device
+from cloud.registry import canonical_device_id
 from firmware_bridge.kernel.events import alert_id as make_alert_id
 
 _CHUNK = 2000  # ids per IN (...) list
 CLOUD_SOURCE = "cloud"  # cloud.connectivity.SOURCE: alerts the cloud raised itself
+
+
+def canonical_ids(batch: UplinkBatch) -> UplinkBatch:
+    """``batch`` with every device id in the registry's spelling (:func:`canonical_device_id`).
+
+    An upper-case DevEUI or an IMEI from a gateway then finds its device; an alert id built on the
+    gateway's spelling (``device_id/event_type/episode_ms``) is re-keyed the same way. Unchanged batches
+    are returned as they are.
+    """
+    blocks = []
+    changed = False
+    for b in batch.telemetry:
+        canon = {d: canonical_device_id(d) for d in set(b.device_id)}
+        if any(k != v for k, v in canon.items()):
+            changed = True
+            b = b.model_copy(update={"device_id": [canon[d] for d in b.device_id]})
+        blocks.append(b)
+    steps = []
+    for a in batch.alerts:
+        dev = canonical_device_id(a.device_id)
+        if dev != a.device_id:
+            changed = True
+            aid = a.alert_id
+            if aid.startswith(a.device_id + "/"):
+                aid = dev + aid[len(a.device_id) :]
+            a = a.model_copy(update={"device_id": dev, "alert_id": aid})
+        steps.append(a)
+    return batch.model_copy(update={"telemetry": blocks, "alerts": steps}) if changed else batch
 
 
 @dataclass

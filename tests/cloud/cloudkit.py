@@ -29,9 +29,9 @@ from firmware_bridge.registry import spec
 
 T0 = 1_790_000_000.0  # 2026-09-21 UTC: a fixed, realistic epoch
 GW1, GW2 = "gw-community-1", "gw-community-2"
-MANHOLE_1 = "70B3D57ED0000001"  # DevEUI-style ids (16 hex digits)
-MANHOLE_2 = "70B3D57ED0000002"
-SMOKE_1 = "70B3D57ED0000101"
+MANHOLE_1 = "70b3d57ed0000001"  # DevEUI-style ids (16 hex digits; canonical spelling: lower case)
+MANHOLE_2 = "70b3d57ed0000002"
+SMOKE_1 = "70b3d57ed0000101"
 BAND_1_IMEI = "861234567890123"
 BAND_1 = vigil_device_id(BAND_1_IMEI)  # an IMEI becomes the canonical 16-hex id (docs/formats.md)
 
@@ -40,10 +40,11 @@ CSV_HEADER = (
     "nwk_skey,app_skey,wearer_name,wearer_phone,emergency_contact_phone"
 )
 CSV_ROWS = [
-    f"{MANHOLE_1},manhole,井盖1,39.98,116.31,海淀区中关村大街1号,G01,中关村,中关村大街,true,{GW1},road,26011BDA,"
+    # upper-case DevEUIs, as printed on labels: the registry stores them in the canonical spelling
+    f"{MANHOLE_1.upper()},manhole,井盖1,39.98,116.31,海淀区中关村大街1号,G01,中关村,中关村大街,true,{GW1},road,26011BDA,"
     "2B7E151628AED2A6ABF7158809CF4F3C,3C4FCF098815F7ABA6D2AE2816157E2B,,,",
     f"{MANHOLE_2},manhole,井盖2,39.99,116.32,海淀区中关村大街2号,G01,中关村,中关村大街,false,{GW2},,,,,,,",
-    f"{SMOKE_1},smoke_alarm,烟感 3-201,39.97,116.30,3号楼201,G02,中关村,科学院南路,0,{GW1},,,,,,,",
+    f"{SMOKE_1.upper()},smoke_alarm,烟感 3-201,39.97,116.30,3号楼201,G02,中关村,科学院南路,0,{GW1},,,,,,,",
     f"{BAND_1},wristband,手环 5-101,39.97,116.30,5号楼101,G02,中关村,科学院南路,0,{GW1},,,,,"
     "张三丰,13812341234,13987654321",
 ]

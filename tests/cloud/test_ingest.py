@@ -84,7 +84,7 @@ async def test_same_frames_in_a_new_batch_are_deduplicated(cloud: Cloud) -> None
 
 async def test_gateway_may_not_write_for_other_devices_but_its_own_are_stored(cloud: Cloud) -> None:
     """Issue 11: one foreign or forged record must not block the batch it travels in."""
-    unknown = "70B3D57ED0009999"
+    unknown = "70b3d57ed0009999"
     b = batch(
         "batch-forbid", readings(M, MANHOLE_1, [1]), readings(M, MANHOLE_2, [1]), readings(M, unknown, [1])
     )
