@@ -240,6 +240,12 @@ def install_log_throttle(logger: logging.Logger | None = None, **kw: float) -> L
     return throttle
 
 
+def uninstall_log_throttle(throttle: LogThrottle, logger: logging.Logger | None = None) -> None:
+    """Take ``throttle`` (from :func:`install_log_throttle`) off the handlers of ``logger`` (default root)."""
+    for h in (logger or logging.getLogger()).handlers:
+        h.removeFilter(throttle)
+
+
 __all__ = [
     "GatewayQuota",
     "GuardMetrics",
@@ -247,4 +253,5 @@ __all__ = [
     "LogThrottle",
     "RateLimitedError",
     "install_log_throttle",
+    "uninstall_log_throttle",
 ]

@@ -55,7 +55,7 @@ from pydantic import ValidationError
 
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic
 from cloud.errors import CloudError, StorageError
-from cloud.limits import RateLimitedError, install_log_throttle
+from cloud.limits import RateLimitedError, install_log_throttle, uninstall_log_throttle
 from firmware_bridge.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -618,14 +618,19 @@ async def serve(settings: Any, config: MqttIngestConfig, *, workers: int = 1, re
 
     if workers < 1:
         raise ValueError("workers must be >= 1")
-    install_log_throttle()  # a hostile gateway's poison messages must not flood the journal
-    state = await asyncio.to_thread(CloudState.build, settings)
-    metrics = MqttIngestMetrics(registry if registry is not None else state.metrics.registry)
+    # a hostile gateway's poison messages must not flood the journal; the filter goes away with the
+    # service (it sits on the process's root handlers, which outlive an in-process serve())
+    throttle = install_log_throttle()
     try:
-        async with asyncio.TaskGroup() as tg:
-            for k in range(workers):
-                cfg = replace(config, client_id=f"{config.client_id}-{k}")
-                worker = IngestWorker(cfg, state.ingest, metrics=metrics)
-                tg.create_task(worker.run(), name=f"mqtt-ingest-worker[{cfg.client_id}]")
+        state = await asyncio.to_thread(CloudState.build, settings)
+        metrics = MqttIngestMetrics(registry if registry is not None else state.metrics.registry)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for k in range(workers):
+                    cfg = replace(config, client_id=f"{config.client_id}-{k}")
+                    worker = IngestWorker(cfg, state.ingest, metrics=metrics)
+                    tg.create_task(worker.run(), name=f"mqtt-ingest-worker[{cfg.client_id}]")
+        finally:
+            await asyncio.to_thread(state.close)
     finally:
-        await asyncio.to_thread(state.close)
+        uninstall_log_throttle(throttle)

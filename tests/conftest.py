@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -27,6 +28,42 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Give every test the logging state it started with.
+
+    Code under test configures logging process-wide (``configure_logging`` replaces the root handlers,
+    ``quiet_chatty_loggers`` sets levels, ``install_log_throttle`` adds a filter to every root handler -
+    including pytest's own capture handlers, which live for the whole session). Left behind, such state
+    silently changes what a later test's ``caplog`` sees; so levels, ``propagate``, ``disabled``, handlers
+    and filters of every logger, and the filters of every handler, are restored after each test.
+    """
+    manager = logging.Logger.manager
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [lg for lg in list(manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+    saved = [(lg, lg.level, lg.propagate, lg.disabled, list(lg.handlers), list(lg.filters)) for lg in loggers]
+    handlers = {h for lg in loggers for h in lg.handlers}
+    handler_filters = [(h, list(h.filters), h.level) for h in handlers]
+    disable = manager.disable
+    yield
+    manager.disable = disable
+    known = {id(lg) for lg in loggers}
+    for lg, level, propagate, disabled, hs, fs in saved:
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
+        lg.handlers[:] = hs
+        lg.filters[:] = fs
+    # loggers first created during this test: a level or ``disabled`` set on them is the test's doing (a
+    # handler may be a library's own, added on import, and stays)
+    for new in list(manager.loggerDict.values()):
+        if isinstance(new, logging.Logger) and id(new) not in known:
+            new.setLevel(logging.NOTSET)
+            new.disabled = False
+    for h, hfs, hlevel in handler_filters:
+        h.filters[:] = hfs
+        h.setLevel(hlevel)
 
 
 @pytest.fixture(scope="session")
