@@ -235,3 +235,37 @@ def require(principal: Principal, *roles: Role) -> None:
 @functools.cache
 def _dummy_hash() -> str:
     return hash_password("not-a-real-password")
+
+
+class LoginThrottle:
+    """Failed logins back off per username and per client address (in memory, per process).
+
+    The first ``free`` failures of a key cost nothing; each further failure locks the key for twice as
+    long as the last (1 s, 2 s, 4 s ... up to ``max_s``). A success clears the username's and the address's
+    count. At most ``max_keys`` keys are tracked (the oldest are forgotten), so a flood of made-up
+    usernames cannot grow memory without bound.
+    """
+
+    def __init__(self, *, free: int = 5, max_s: float = 900.0, max_keys: int = 10_000) -> None:
+        self.free, self.max_s, self.max_keys = free, max_s, max_keys
+        self._fails: dict[str, tuple[int, float]] = {}  # key -> (failures, locked until)
+
+    @staticmethod
+    def keys(username: str, address: str) -> tuple[str, str]:
+        return f"user:{username}", f"addr:{address}"
+
+    def retry_after(self, keys: tuple[str, ...], *, now: float) -> float:
+        """Seconds until these keys may try again (0: now)."""
+        return max((self._fails.get(k, (0, 0.0))[1] - now for k in keys), default=0.0)
+
+    def failed(self, keys: tuple[str, ...], *, now: float) -> None:
+        for k in keys:
+            n = self._fails.pop(k, (0, 0.0))[0] + 1
+            over = n - self.free
+            self._fails[k] = (n, now + min(2.0 ** (over - 1), self.max_s) if over > 0 else 0.0)
+        while len(self._fails) > self.max_keys:
+            del self._fails[next(iter(self._fails))]
+
+    def succeeded(self, keys: tuple[str, ...]) -> None:
+        for k in keys:
+            self._fails.pop(k, None)
