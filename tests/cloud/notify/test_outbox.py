@@ -190,7 +190,10 @@ def test_concurrent_claims_are_exclusive(tmp_path: Path, url: str) -> None:
 async def test_a_worker_dying_mid_send_leaves_the_page_to_another(
     tmp_path: Path, sqlite_url: str, fake_wecom: FakeWeCom
 ) -> None:
-    config = fake_config(wecom=fake_wecom, lease_s=30)
+    # No timeout fault here: the heir's send (gettoken + message/send) must not hinge on the 0.5 s client
+    # timeout the fault tests use, which a loaded 2-core CI box can exceed (the send then ends as a Retry
+    # and the page stays 'pending'); what this test checks is the lease, not the HTTP deadline.
+    config = fake_config(wecom=fake_wecom, lease_s=30, http_timeout_s=10.0)
     async with notify_kit(tmp_path, sqlite_url, config, worker_id="dead") as kit:
         kit.service.contacts.bind("grid1", now=kit.clock.now(), wecom_userid="zhangsan")
         await kit.service.worker.submit([page()])
