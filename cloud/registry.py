@@ -312,7 +312,10 @@ def parse_csv(text: str) -> list[DeviceIn]:
     if text.startswith("\ufeff"):  # Excel's UTF-8 BOM
         text = text[1:]
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise ImportRowsError(f"bad CSV header: {exc}", [(1, f"unreadable CSV: {exc}")]) from exc
     missing = [c for c in ("device_id", "kind") if c not in header]
     unknown = [c for c in header if c not in CSV_COLUMNS and c not in ("interval_s",)]
     if missing or unknown:
@@ -328,7 +331,16 @@ def parse_csv(text: str) -> list[DeviceIn]:
     devices: list[DeviceIn] = []
     errors: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit (was a 500)
+            line = reader.line_num + 1  # the line being read when the csv module gave up
+            msg = f"unreadable CSV: {exc}"
+            raise ImportRowsError(f"bad CSV at line {line}: {msg}; nothing imported", [(line, msg)]) from exc
         line = reader.line_num
         if None in row:
             errors.append((line, "more fields than the header has columns"))

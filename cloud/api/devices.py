@@ -18,6 +18,7 @@ from cloud.timeseries import BackendError, TimeSeriesError
 from firmware_bridge.kernel.records import DeviceKind
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+MAX_OFFSET = 1_000_000_000  # a larger offset overflowed the database's integer (500); now a 422 naming it
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_RE.pattern, description="DevEUI, IMEI or serial")]
 
 
@@ -45,7 +46,7 @@ async def list_devices(
     kind: DeviceKind | None = None,
     gateway_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[DeviceOut]:
     return await asyncio.to_thread(
         state.registry.list_devices,
