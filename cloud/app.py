@@ -128,8 +128,8 @@ def create_app(
 ) -> FastAPI:
     """Build the app; ``sink`` gets committed alert steps (dispatch hook), ``clock`` may be accelerated."""
     settings = settings or CloudSettings.from_env()
-    sink = loop_wiring.LoopSink(sink)  # the closed loop sees every committed alert step (docs/loop.md)
-    state = CloudState.build(settings, sink=sink, clock=clock)
+    loop_sink = loop_wiring.LoopSink(sink)  # the closed loop sees every committed alert step (docs/loop.md)
+    state = CloudState.build(settings, sink=loop_sink, clock=clock)
     metrics = state.metrics
     notify = NotifyService.build(  # channels, outbox, links (docs/notifications.md)
         db=state.db,
@@ -143,7 +143,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = []
+                # the loop's intake queue, drained off the request in large batches (docs/loop.md)
+                tasks = [tg.create_task(loop_sink.run(), name="loop-intake")]
                 if settings.run_jobs and state.jobs.jobs:  # connectivity + registered jobs, under leases
                     tasks.append(tg.create_task(state.jobs.run(), name="periodic-jobs"))
                 if settings.run_jobs:  # every process may deliver: the outbox's claims never send twice
@@ -230,8 +231,8 @@ def create_app(
     app.include_router(links_api.router)
     app.include_router(risk_api.router)  # risk hot spots and patrol plans (docs/risk.md)
     console_api.install(app)  # live stream + the console at /console (docs/console.md)
-    loop_wiring.install(app, sink)  # incidents, work orders, escalation job, loop API (docs/loop.md)
-    notify.connect_loop(app.state.loop, sink)  # the loop's intents in, link / SMS actions out
+    loop_wiring.install(app, loop_sink)  # incidents, work orders, escalation job, loop API (docs/loop.md)
+    notify.connect_loop(app.state.loop, loop_sink)  # the loop's intents in, link / SMS actions out
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 

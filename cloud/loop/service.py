@@ -84,10 +84,21 @@ class LoopService:
         await asyncio.to_thread(self.take_steps, steps, source)
 
     def take_steps(self, steps: Sequence[AlertEvent], source: str) -> list[int | None]:
+        return self.take_batch([(steps, source)])
+
+    def take_batch(self, batch: Sequence[tuple[Sequence[AlertEvent], str]]) -> list[int | None]:
+        """Hand several sinks' worth of steps (``(steps, source)`` pairs) to the loop in one transaction.
+
+        The drain task of :class:`cloud.loop.wiring.LoopSink` calls this with many ingest batches at once:
+        one configuration load, one device lookup per source, one commit. Signals are handled in time
+        order across the whole batch.
+        """
         now = self.clock.now()
         with self.db.write() as s:
             cfg = load(s, self._cfg_cache)
-            signals = intake.signals_from_steps(s, steps, source)
+            signals: list[Signal] = []
+            for steps, source in batch:
+                signals.extend(intake.signals_from_steps(s, steps, source))
             return intake.take_all(s, cfg, sorted(signals, key=lambda x: x.time), now)
 
     def take_signals(self, signals: Sequence[Signal]) -> list[int | None]:

@@ -1,19 +1,33 @@
-"""How the loop plugs into the app: a sink in front of the app's sink, a periodic job, the routers.
+"""How the loop plugs into the app: a queueing sink, its drain task, a periodic job, the routers.
 
 ``create_app`` wraps its sink in :class:`LoopSink` before the state is built (so ingest, the
 connectivity monitor and cloud-side detection all feed the loop) and calls :func:`install` once the
-state exists. The loop sees each committed step first; the wrapped sink (a test's recorder, the
-console's live stream) is called after it whatever the loop did.
+state exists. The wrapped sink (a test's recorder, the console's live stream) is called at once.
+
+Off the request: the sink only appends the committed steps to a bounded in-process queue and wakes
+the drain task (:meth:`LoopSink.run`, the ``loop-intake`` task of the app's lifespan), which hands
+many steps to the loop per transaction (:meth:`LoopService.take_batch`). A gateway's ack never waits
+for routing, dispatch or paging. Nothing is dropped: when the queue is full the steps stay where
+ingest committed them and the ``loop`` job's reconcile pass picks them up (counted in
+``vigil_cloud_loop_queue_overflow_total``). Without a running drain task (no lifespan) the sink hands
+steps to the loop inline, as before.
+
+After each drained batch the ``on_handled`` callbacks run (the notify worker's wake-up: intents are
+waiting). Tests wait for the queue with ``await sink.drained()`` (``Cloud.drained()`` in the test kit).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import Counter
 
 from alerts.contract import AlertEvent
 from cloud.ingest import AlertSink, NullAlertSink
@@ -23,21 +37,128 @@ log = logging.getLogger(__name__)
 JOB_NAME = "loop"
 #: how often the ``loop`` job reconciles missed alerts and fires due timers (clock seconds)
 DEFAULT_TICK_S = 1.0
+#: alert steps the queue holds before new ones are left to the reconcile pass
+QUEUE_MAX_STEPS = 20_000
+#: alert steps handed to the loop in one transaction
+DRAIN_BATCH_STEPS = 2_000
 
 
 class LoopSink:
-    """An :class:`~cloud.ingest.AlertSink` that hands steps to the loop, then to the wrapped sink."""
+    """An :class:`~cloud.ingest.AlertSink` that queues steps for the loop, then calls the wrapped sink."""
 
-    def __init__(self, then: AlertSink | None = None) -> None:
+    def __init__(
+        self,
+        then: AlertSink | None = None,
+        *,
+        max_steps: int = QUEUE_MAX_STEPS,
+        batch_steps: int = DRAIN_BATCH_STEPS,
+    ) -> None:
         self.then: AlertSink = then or NullAlertSink()
         self.service: LoopService | None = None
+        self.max_steps = max_steps
+        self.batch_steps = batch_steps
+        #: called (on the event loop) after the loop handled a batch: e.g. wake the notify worker
+        self.on_handled: list[Callable[[], None]] = []
+        self.overflowed = 0  # steps left to the reconcile pass because the queue was full
+        self.overflow_counter: Counter | None = None
+        self._queue: deque[tuple[list[AlertEvent], str]] = deque()
+        self._queued = 0  # steps in the queue
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._running = False
+
+    @property
+    def queued(self) -> int:
+        return self._queued
 
     async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
         try:
-            if self.service is not None:
-                await self.service.alerts_committed(steps, source=source)
+            if self.service is not None and steps:
+                if self._running:
+                    self._enqueue(list(steps), source)
+                else:
+                    await asyncio.to_thread(self.service.take_steps, steps, source)
+                    self._handled()
         finally:
             await self.then.alerts_committed(steps, source=source)
+
+    def _enqueue(self, steps: list[AlertEvent], source: str) -> None:
+        if self._queued + len(steps) > self.max_steps:
+            # never dropped: committed by ingest, so the reconcile pass finds them without a link
+            self.overflowed += len(steps)
+            if self.overflow_counter is not None:
+                self.overflow_counter.inc(len(steps))
+            log.warning(
+                "loop queue full: steps left to the reconcile pass",
+                extra={"count": len(steps), "queued": self._queued},
+            )
+            return
+        self._queue.append((steps, source))
+        self._queued += len(steps)
+        self._idle.clear()
+        self._wake.set()
+
+    def _take(self) -> list[tuple[list[AlertEvent], str]]:
+        out: list[tuple[list[AlertEvent], str]] = []
+        n = 0
+        while self._queue and (not out or n + len(self._queue[0][0]) <= self.batch_steps):
+            steps, source = self._queue.popleft()
+            out.append((steps, source))
+            n += len(steps)
+        return out
+
+    def _handled(self) -> None:
+        for cb in self.on_handled:
+            try:
+                cb()
+            except Exception:  # a listener never stops the drain
+                log.exception("loop on_handled callback failed")
+
+    async def drained(self) -> None:
+        """Return once every queued step has been handed to the loop (and ``on_handled`` ran)."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """The ``loop-intake`` background task: drain the queue in large batches until cancelled."""
+        self._running = True
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    batch = self._take()
+                    n = sum(len(steps) for steps, _ in batch)
+                    try:
+                        if self.service is not None:
+                            await _finish(asyncio.to_thread(self.service.take_batch, batch))
+                    except Exception:  # the steps are committed: the reconcile pass retries them
+                        log.exception(
+                            "loop drain failed: steps left to the reconcile pass", extra={"count": n}
+                        )
+                    finally:
+                        self._queued -= n
+                    self._handled()
+                if not self._queue:
+                    self._idle.set()
+        finally:
+            # stopped: later steps go inline; what is still queued is left to the reconcile pass
+            self._running = False
+            self._queue.clear()
+            self._queued = 0
+            self._idle.set()
+
+
+async def _finish(call: Coroutine[Any, Any, object]) -> None:
+    """Await a worker-thread call; if cancelled, let the call finish first (its connection goes back to
+    the pool before the app closes the database), then stop."""
+    task = asyncio.ensure_future(call)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def install(app: FastAPI, sink: LoopSink) -> LoopService:
@@ -47,10 +168,16 @@ def install(app: FastAPI, sink: LoopSink) -> LoopService:
     state: Any = app.state.vigil
     service = LoopService(state.db, box=state.registry.box, clock=state.clock)
     sink.service = service
+    sink.overflow_counter = Counter(
+        "vigil_cloud_loop_queue_overflow",
+        "Committed alert steps left to the loop's reconcile pass because the intake queue was full",
+        registry=state.metrics.registry,
+    )
     tick = float(os.environ.get("VIGIL_CLOUD_LOOP_TICK_S", DEFAULT_TICK_S))
     if tick > 0:
         state.jobs.register(JOB_NAME, tick, service.job)
     app.state.loop = service
+    app.state.loop_sink = sink
     for module in (incidents, reports, rosters, kpi):
         app.include_router(module.router)
     return service

@@ -39,7 +39,7 @@ from cloud.notify.smtp import SmtpEmail
 from cloud.notify.tencent import TencentSms
 from cloud.notify.webhook import Webhook
 from cloud.notify.wecom import WeComApp, WeComRobot
-from cloud.notify.worker import DeliveryWorker, IntentSource, NotifyMetrics, WakeOnAlerts
+from cloud.notify.worker import DeliveryWorker, IntentSource, NotifyMetrics
 from firmware_bridge.kernel.clock import Clock
 
 if TYPE_CHECKING:
@@ -213,8 +213,8 @@ class NotifyService:
 
         self.set_port(LoopPort(loop, contacts=self.contacts, photos=self.photos))
         self.worker.source = LoopIntents(self.outbox.db, lease_s=self.config.lease_s)
-        if sink is not None:
-            sink.then = WakeOnAlerts(self.worker, sink.then)
+        if sink is not None:  # after each batch the loop's drain task handled (intents are waiting)
+            sink.on_handled.append(self.worker.wake)
 
     async def run(self) -> None:
         """The ``notify-delivery`` background task (until cancelled; in-flight sends finish first)."""

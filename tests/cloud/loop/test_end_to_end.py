@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from cloud.loop.models import NotificationIntentRow, Timer
 from cloud.loop.service import LoopService
+from cloud.loop.wiring import LoopSink
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import GW1, MANHOLE_1, T0, Cloud, alert_step, batch
@@ -18,8 +19,20 @@ from tests.cloud.cloudkit import GW1, MANHOLE_1, T0, Cloud, alert_step, batch
 _ids = itertools.count(1)
 
 
+async def drained(c: Cloud) -> None:
+    """Wait until the loop's intake queue has handed every committed step to the loop (no sleeps).
+
+    Ingest only queues alert steps for the loop (``cloud.loop.wiring.LoopSink``); the ``loop-intake``
+    task handles them off the request. A test that expects an incident right after an ingest waits here.
+    """
+    sink: LoopSink = c.app.state.loop_sink
+    await sink.drained()
+
+
 async def ingest(c: Cloud, *steps: Any) -> None:
+    """Ingest ``steps`` as gateway 1 and wait until the loop has handled them."""
     await c.state.ingest.ingest(batch(f"batch-loop-{next(_ids):04d}", alerts=list(steps)), gateway_id=GW1)
+    await drained(c)
 
 
 def loop(c: Cloud) -> LoopService:
