@@ -13,7 +13,7 @@ from alembic.config import Config  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
-from cloud.db.session import normalise_url  # noqa: E402
+from cloud.db.session import normalise_url, private_sqlite_file  # noqa: E402
 from cloud.errors import StorageError  # noqa: E402
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -34,7 +34,7 @@ def upgrade_head(database_url: str) -> None:
     """
     url = make_url(normalise_url(database_url))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(Path(url.database))
     try:
         command.upgrade(alembic_config(database_url), "heads")
     except SQLAlchemyError as exc:

@@ -13,9 +13,10 @@ On PostgreSQL writers run in parallel and rows that are read-modified-written ar
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite_file(Path(parsed.database))
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=10)
@@ -97,6 +98,24 @@ def _first_line(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig) if orig is not None else type(exc).__name__
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create a SQLite database file readable by its owner only (0600, new directories 0700).
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's mode. An existing file keeps its
+    mode except that access for others is removed (personal data must never be world-readable).
+    """
+    if str(path).startswith("file:"):  # a URI filename: SQLite decides
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o007:
+            with suppress(PermissionError):  # not our file: SQLite still opens it as before
+                os.chmod(path, mode & 0o770)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
