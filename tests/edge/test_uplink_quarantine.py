@@ -31,7 +31,7 @@ from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import MANHOLE_1, SMOKE_1, T0, Cloud, alert_step, readings
 
 M, S = DeviceKind.MANHOLE, DeviceKind.SMOKE_ALARM
-FORGED = "70B3D57EDEADBEEF"
+FORGED = "70b3d57edeadbeef"  # canonical form, as a gateway sends it
 GW = "gw-community-1"
 
 
