@@ -266,6 +266,7 @@ async def test_a_viewer_reads_an_incident_but_gets_no_action_and_no_contact(
         headers={**c.gw1, "content-type": "application/json"},
     )
     assert r.status_code == 200, r.text
+    await c.app.state.loop_sink.drained()  # the loop takes committed alerts off the ack path
     incidents = (await c.client.get("/api/v1/incidents", params={"open": True}, headers=c.viewer)).json()
     incident_id = incidents["incidents"][0]["id"]
     browser.cookies.set("vigil_session", c.viewer["Authorization"].removeprefix("Bearer "))
