@@ -17,8 +17,6 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from alerts.contract import AlertEvent
-from cloud.ingest import AlertSink
 from cloud.notify.channel import Channel, GiveUp, Notice, Outcome, Retry
 from cloud.notify.contacts import Contacts
 from cloud.notify.outbox import NAMED_TARGET_CHANNELS, Claimed, Outbox, Settled
@@ -35,20 +33,6 @@ class IntentSource(Protocol):
     def claim(self, *, now: float, limit: int) -> list[NotifyRequest]: ...
 
     def settle(self, intent_key: str, state: str, *, now: float, detail: str = "") -> None: ...
-
-
-class WakeOnAlerts:
-    """An ``AlertSink`` link: after the loop handled committed alerts, wake the delivery worker."""
-
-    def __init__(self, worker: DeliveryWorker, then: AlertSink) -> None:
-        self.worker = worker
-        self.then = then
-
-    async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
-        try:
-            await self.then.alerts_committed(steps, source=source)
-        finally:
-            self.worker.wake()
 
 
 class NotifyMetrics:
