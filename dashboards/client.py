@@ -112,7 +112,11 @@ class CloudAPI:
     async def incidents(
         self, *, open_only: bool = True, limit: int = 1000, language: str = "zh"
     ) -> list[dict[str, Any]]:
-        body = await self.get("/api/v1/incidents", open=open_only, limit=limit, language=language)
+        """Most urgent first (grade, then newest), so a queue capped at ``limit`` never hides a more urgent
+        incident than it shows."""
+        body = await self.get(
+            "/api/v1/incidents", open=open_only, limit=limit, language=language, sort="grade"
+        )
         incidents: list[dict[str, Any]] = body["incidents"]
         return incidents
 

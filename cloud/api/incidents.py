@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from alerts.loop.stages import Action, Command
 from cloud.api.deps import Caller, State, User
@@ -80,7 +80,7 @@ def _read(
         }
 
 
-@router.get("", summary="Incidents, newest first")
+@router.get("", summary="Incidents, newest first or most urgent first")
 async def list_incidents(
     state: State,
     loop: Loop,
@@ -88,19 +88,33 @@ async def list_incidents(
     open: bool | None = None,
     stage: str | None = Query(default=None, max_length=16),
     department: str | None = Query(default=None, max_length=32),
+    sort: Literal["newest", "grade"] = Query(
+        default="newest", description="newest first, or highest grade first (then newest): the queue's order"
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
     language: Language = None,
 ) -> dict[str, Any]:
+    """``total`` counts every incident the filters match, so a client showing ``limit`` of them can say
+    how many it leaves out; with ``sort=grade`` what is left out is never more urgent than what is shown."""
+
     def run() -> dict[str, Any]:
         with state.db.read() as s:
-            q = select(Incident).order_by(Incident.id.desc()).limit(limit)
+            where = []
             if open is not None:
-                q = q.where(Incident.is_open.is_(open))
+                where.append(Incident.is_open.is_(open))
             if stage:
-                q = q.where(Incident.stage == stage)
+                where.append(Incident.stage == stage)
             if department:
-                q = q.where(Incident.department == department)
-            return {"incidents": [incident_out(r, who, loop.box, lang(language)) for r in s.scalars(q)]}
+                where.append(Incident.department == department)
+            order = (
+                (Incident.grade.desc(), Incident.id.desc()) if sort == "grade" else (Incident.id.desc(),)
+            )
+            q = select(Incident).where(*where).order_by(*order).limit(limit)
+            total = s.scalar(select(func.count()).select_from(Incident).where(*where)) or 0
+            return {
+                "incidents": [incident_out(r, who, loop.box, lang(language)) for r in s.scalars(q)],
+                "total": int(total),
+            }
 
     return await asyncio.to_thread(run)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
-from tests.cloud.cloudkit import MANHOLE_1, T0, Cloud, alert_step
+from tests.cloud.cloudkit import MANHOLE_1, SMOKE_1, T0, Cloud, alert_step
 from tests.cloud.loop.test_end_to_end import act, detail, ingest, intents
 
 
@@ -84,3 +84,32 @@ async def test_failed_verification_is_rework_and_kpis_count_it(lc_sqlite: Cloud)
         assert r.status_code == 200, (body, r.text)
     row = (await c.client.get("/api/v1/kpi", params={"by": "zone"}, headers=c.viewer)).json()["rows"][0]
     assert row["group"] == "G01" and row["rework_rate"] == 1.0 and row["closure_rate"] == 1.0
+
+
+async def test_queue_order_puts_the_most_urgent_first_and_counts_what_it_leaves_out(lc_sqlite: Cloud) -> None:
+    """``sort=grade``: a high-grade incident older than many low-grade ones is still in a capped page."""
+    c = lc_sqlite
+    c.clock.t = T0
+    await ingest(
+        c, alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 5)
+    )
+    await ingest(
+        c,
+        alert_step(
+            SMOKE_1,
+            DeviceKind.SMOKE_ALARM,
+            EventType.LOW_BATTERY,
+            AlertPhase.RAISED,
+            T0 - 1,
+            severity=Severity.LOW,
+        ),
+    )
+    newest = (await c.client.get("/api/v1/incidents?open=true&limit=1", headers=c.dispatcher)).json()
+    urgent = (
+        await c.client.get("/api/v1/incidents?open=true&limit=1&sort=grade", headers=c.dispatcher)
+    ).json()
+    assert newest["total"] == urgent["total"] == 2
+    assert newest["incidents"][0]["event_type"] == EventType.LOW_BATTERY.value
+    assert urgent["incidents"][0]["event_type"] == EventType.COVER_OPEN.value
+    bad = await c.client.get("/api/v1/incidents?sort=oldest", headers=c.dispatcher)
+    assert bad.status_code == 422 and "sort" in bad.text
