@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from alerts.loop.stages import Action, Command
 from cloud.api.deps import Caller, State, User
@@ -99,16 +99,14 @@ async def list_incidents(
 
     def run() -> dict[str, Any]:
         with state.db.read() as s:
-            where = []
+            where: list[ColumnElement[bool]] = []
             if open is not None:
                 where.append(Incident.is_open.is_(open))
             if stage:
                 where.append(Incident.stage == stage)
             if department:
                 where.append(Incident.department == department)
-            order = (
-                (Incident.grade.desc(), Incident.id.desc()) if sort == "grade" else (Incident.id.desc(),)
-            )
+            order = (Incident.grade.desc(), Incident.id.desc()) if sort == "grade" else (Incident.id.desc(),)
             q = select(Incident).where(*where).order_by(*order).limit(limit)
             total = s.scalar(select(func.count()).select_from(Incident).where(*where)) or 0
             return {
