@@ -117,6 +117,52 @@ def device_points(
     return {"fields": ["lat", "lon", "device_id", "kind", "severity", "name", "silent"], "rows": rows}
 
 
+RISK_LEVELS = 5  # colour steps of the risk layer, 0 (lowest shown) .. 4 (highest)
+
+
+def risk_layer(forecast: Mapping[str, Any], family_label: Any, tooltip: Any) -> dict[str, Any]:
+    """The risk API's forecast (``GET /api/v1/risk/forecast``) as GeoJSON for the map's risk overlay.
+
+    One Polygon per grid cell (a Point for community cells, which have no polygon), with ``expected``
+    events in the horizon, ``rank``, a colour ``level`` 0-4 relative to the highest cell shown, and a
+    ``tooltip`` built by ``tooltip(rank=, expected=, families=)`` from the two largest families labelled by
+    ``family_label``. Cells expecting nothing are left out. The API already drops health families for roles
+    that may not see health data, so this never adds any.
+    """
+    cells = [c for c in forecast.get("cells", []) if float(c.get("expected", 0.0)) > 0.0]
+    top = max((float(c["expected"]) for c in cells), default=0.0)
+    features: list[dict[str, Any]] = []
+    for c in cells:
+        expected = float(c["expected"])
+        level = min(RISK_LEVELS - 1, int(expected / top * RISK_LEVELS)) if top > 0 else 0
+        fams = sorted(((float(v), str(k)) for k, v in dict(c.get("families", {})).items() if v), reverse=True)
+        text = "、".join(f"{family_label(k)} {v:.2f}" for v, k in fams[:2])
+        props = {
+            "layer": "risk",
+            "cell_id": c["cell_id"],
+            "rank": int(c["rank"]),
+            "expected": round(expected, 3),
+            "level": level,
+            "tooltip": tooltip(rank=int(c["rank"]), expected=f"{expected:.2f}", families=text),
+        }
+        poly = c.get("polygon")
+        if poly:
+            ring = [[round(float(lon), 6), round(float(lat), 6)] for lat, lon in poly]
+            if ring[0] != ring[-1]:
+                ring.append(ring[0])
+            features.append(_feature("Polygon", [ring], **props))
+        else:
+            features.append(
+                _feature("Point", [round(float(c["lon"]), 6), round(float(c["lat"]), 6)], **props)
+            )
+    return {
+        "type": "FeatureCollection",
+        "features": features,
+        "horizon_h": round(float(forecast.get("horizon_s", 0.0)) / 3600.0, 1),
+        "health_included": bool(forecast.get("health_included", False)),
+    }
+
+
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance (haversine), kilometres."""
     p1, p2 = math.radians(lat1), math.radians(lat2)

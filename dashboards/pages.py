@@ -21,6 +21,9 @@ from firmware_bridge.kernel.locale import parse_iso
 HEALTH_KINDS = frozenset({"wristband"})
 QUEUE_ROWS = 300  # rows drawn in the live queue (most urgent first); the rest are counted, one click away
 COMMUNITY_TTL_S = 300.0  # streets / grid cells / buildings change when the registry does: rarely
+RISK_TTL_S = 300.0  # the cloud caches its fitted forecast for 15 min; the layer asks at most every 5 min
+RISK_HORIZON_H = 24.0
+RISK_CELLS = 300
 GRADES = {"none": 0, "low": 1, "medium": 2, "high": 3}
 #: the programmes' own published figures, beside ours on the KPI board (docs/MISSION: the bar to beat)
 PROGRAMME_FIGURES = {"closure_rate": 0.937, "on_time_rate": 0.758, "facility_closure_rate": 0.56}
@@ -191,6 +194,38 @@ def routes(web: Web) -> list[BaseRoute]:
             community["until"] = now + COMMUNITY_TTL_S
         return Response(community["body"], media_type="application/geo+json")
 
+    risk: dict[tuple[bool, str], tuple[float, bytes]] = {}  # (sees health data, language) -> body
+
+    async def map_risk(request: Request, s: Session) -> Response:
+        """The risk overlay: tomorrow's expected events per grid cell (``GET /api/v1/risk/forecast``).
+
+        Cached per (may see health data, language), since the API leaves health families out for roles
+        that may not see them. A cloud without the risk API, or with too little history to fit, gets an
+        empty layer with the reason, never an error page on the map.
+        """
+        t = web.translator(request)
+        key = (s.sees_personal_data, t.lang)
+        now = time.monotonic()
+        hit = risk.get(key)
+        if hit is None or hit[0] < now:
+            try:
+                fc = await s.api.get(
+                    "/api/v1/risk/forecast", horizon_h=RISK_HORIZON_H, limit=RISK_CELLS, device_limit=0
+                )
+                layer = geo.risk_layer(
+                    fc, lambda f: t(f"risk.family.{f}"), lambda **kw: t("map.risk_tooltip", **kw)
+                )
+            except ApiError as exc:
+                if exc.status >= 500 and exc.status != 503:
+                    raise
+                layer = {"type": "FeatureCollection", "features": [], "unavailable": exc.detail[:200]}
+            risk[key] = (
+                now + RISK_TTL_S,
+                json.dumps(layer, separators=(",", ":"), ensure_ascii=False).encode(),
+            )
+            hit = risk[key]
+        return Response(hit[1], media_type="application/geo+json", headers={"Cache-Control": "no-store"})
+
     async def device_page(request: Request, s: Session) -> Response:
         device_id = request.path_params["device_id"]
         dev = await s.api.device(device_id)
@@ -259,6 +294,7 @@ def routes(web: Web) -> list[BaseRoute]:
         Route("/fragments/queue", web.page(queue_fragment)),
         Route("/map/devices.json", web.page(map_devices)),
         Route("/map/community.geojson", web.page(map_community)),
+        Route("/map/risk.geojson", web.page(map_risk)),
         Route("/devices/{device_id}", web.page(device_page)),
         Route("/gateways", web.page(gateways_page)),
         Route("/alerts", web.page(alerts_page)),

@@ -164,6 +164,31 @@
     overlays[labels.devices || "devices"] = cluster;
     overlays[labels.incidents || "incidents"] = incidentLayer;
     overlays[labels.responders || "responders"] = responderLayer;
+    // Risk hot spots (tomorrow's expected events per grid cell): off by default, fetched when first shown.
+    var riskLayer = L.layerGroup(), riskLoaded = false;
+    var RISK_COLORS = ["#fff3bf", "#ffd43b", "#fd7e14", "#f03e3e", "#a61e4d"];
+    overlays[labels.risk || "risk"] = riskLayer;
+    map.on("overlayadd", function (ev) {
+      if (ev.layer !== riskLayer || riskLoaded) return;
+      riskLoaded = true;
+      fetch(mapEl.getAttribute("data-risk"), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (fc) {
+          L.geoJSON(fc, {
+            style: function (f) {
+              var c = RISK_COLORS[f.properties.level] || RISK_COLORS[0];
+              return { color: c, weight: 1, fillColor: c, fillOpacity: 0.25 + 0.1 * f.properties.level };
+            },
+            pointToLayer: function (f, latlng) {
+              var c = RISK_COLORS[f.properties.level] || RISK_COLORS[0];
+              return L.circleMarker(latlng, { radius: 14, weight: 1, color: c, fillColor: c, fillOpacity: 0.5 });
+            },
+            onEachFeature: function (f, layer) { layer.bindTooltip(f.properties.tooltip); }
+          }).eachLayer(function (l) { riskLayer.addLayer(l); });
+          mapEl.setAttribute("data-risk-cells", String(fc.features.length));
+        })
+        .catch(function () { riskLoaded = false; });
+    });
     L.control.layers(null, overlays, { collapsed: true }).addTo(map);
     loadDevices();
     window.vigilMap = { map: map, cluster: cluster };

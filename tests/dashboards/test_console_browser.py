@@ -125,6 +125,10 @@ def test_map_renders_local_layers_and_device_markers(browser: Any, guarded: Live
     assert int(page.get_attribute("#map", "data-features") or 0) >= 2  # streets, grid cells, buildings
     assert page.locator(".leaflet-container").count() == 1
     assert page.locator(".marker-cluster, .leaflet-interactive").count() >= 1
+    assert page.get_attribute("#map", "data-risk-cells") is None  # the risk layer loads only when shown
+    page.hover(".leaflet-control-layers")
+    page.get_by_label("风险热点（未来 24 小时预测）").check()
+    page.wait_for_selector("#map[data-risk-cells]", timeout=10000)  # fetched from the cloud, drawn
     ctx.close()
 
 
