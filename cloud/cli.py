@@ -7,6 +7,7 @@ Tokens are printed once, to stdout, and never logged.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ def _settings(args: argparse.Namespace) -> Any:
         secret_key_file=getattr(args, "secret_key_file", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
+        tls_client_ca=getattr(args, "tls_client_ca", None),
     )
 
 
@@ -126,6 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     check_port_free(s.host, s.port)  # before the heavy imports: a busy port fails at once, with the fix
+    from cloud.tls import uvicorn_tls_options
+
+    tls = uvicorn_tls_options(s)  # a bad certificate or key fails here, before anything starts
     if s.json_logs:  # before the heavy imports, so their log lines are JSON too
         configure_json_logging(args.log_level)
     import uvicorn
@@ -145,11 +152,24 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.connguard import server_config
     from cloud.limits import GuardMetrics, install_log_throttle
 
+    if not tls and s.host not in _LOOPBACK:
+        logging.getLogger("cloud").warning(
+            "vigil cloud 以明文 HTTP 在 %s:%d 上提供服务：请设置 VIGIL_CLOUD_TLS_CERT/KEY，"
+            "或置于终止 TLS 的反向代理之后 / serving plain HTTP on %s:%d: set VIGIL_CLOUD_TLS_CERT/KEY "
+            "or put a TLS-terminating reverse proxy in front (docs/security.md)",
+            s.host,
+            s.port,
+            s.host,
+            s.port,
+        )
     install_log_throttle()  # repeated lines (a hostile client's errors) at most 5 per 10 s each
     guard = GuardMetrics.for_registry(app.state.vigil.metrics.registry)
     # header/body deadlines and connection caps (issue 11): slow clients cannot take the service down
-    uvicorn.Server(server_config(app, host=s.host, port=s.port, metrics=guard)).run()
+    uvicorn.Server(server_config(app, host=s.host, port=s.port, metrics=guard, **tls)).run()
     return 0
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def _role(args: argparse.Namespace) -> int:
@@ -252,6 +272,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8080)")
     p.add_argument("--timeseries-url", help="sqlite:///path, influx://..., victoria://host:port")
+    p.add_argument(
+        "--tls-cert", type=Path, help="serve HTTPS: PEM certificate chain (env VIGIL_CLOUD_TLS_CERT)"
+    )
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (env VIGIL_CLOUD_TLS_KEY)")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA (mutual TLS; env VIGIL_CLOUD_TLS_CLIENT_CA)",
+    )
     p.add_argument(
         "--clock", type=Path, help="accelerated clock file written by `vigil simulate` (simulations)"
     )

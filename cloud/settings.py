@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cloud.errors import ConfigError
 
@@ -73,6 +73,20 @@ class CloudSettings(BaseModel):
     mqtt_group: str = "vigil-ingest"
     mqtt_username: str = ""
     mqtt_password: str = ""
+    #: HTTPS served by the cloud itself (cloud/tls.py): PEM certificate chain and its private key; unset =
+    #: plain HTTP (behind a reverse proxy that terminates TLS, deploy/nginx-vigil.conf)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: require client certificates signed by this CA (mutual TLS for gateways); needs ``tls_cert``
+    tls_client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> CloudSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set tls_cert and tls_key together (the certificate chain and its private key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (client certificates need HTTPS)")
+        return self
 
     @property
     def is_embedded(self) -> bool:
@@ -106,6 +120,8 @@ class CloudSettings(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
+            if not field:  # a check across fields (model_validator): its message names them
+                raise ConfigError(f"invalid cloud settings: {first['msg']}") from exc
             raise ConfigError(
                 f"invalid cloud setting {field!r} ({ENV_PREFIX}{field.upper()}): {first['msg']}"
             ) from exc

@@ -11,7 +11,8 @@ Sections (full reference in ``docs/gateway.md``)::
     [[sources.serial]]   name, port, baudrate, framing = "slip" | "nbiot"
     [[sources.mqtt]]     name, host, port, topics, format = "vigil" | "chirpstack" | "lorawan", username, ...
     [sources.udp]        name, bind, port            (Semtech UDP packet forwarder)
-    [uplink]             mode = "http" | "mqtt" | "none", url, batch sizes, timeout, backoff, backlog rate
+    [uplink]             mode = "http" | "mqtt" | "none", url, batch sizes, timeout, backoff, backlog rate,
+                         ca_file, client_cert, client_key, allow_plaintext (TLS: docs/security.md)
     [outbox]             max_bytes, max_age_s, alert_max_age_s, synchronous
     [detection]          batch_window_ms, batch_max_frames, queue_size, tick_interval_s, snapshot_interval_s
     [[actions]]          local life-safety actions: type = "command" | "buzzer" | "sms"
@@ -21,11 +22,13 @@ Sections (full reference in ``docs/gateway.md``)::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -100,7 +103,15 @@ class UplinkSection(_Section):
     backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
     live_window_s: Annotated[float, Field(gt=0)] = 300.0
     backlog_records_per_s: Annotated[float, Field(gt=0)] = 5000.0
+    #: CA bundle (PEM) that signed the cloud's or broker's certificate, for https:// and mqtts:// to a
+    #: private CA; unset = the system's trust store
     ca_file: Path | None = None
+    #: client certificate and key (PEM) for a cloud or broker that requires mutual TLS
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    #: a lab or an encrypted tunnel (VPN, WireGuard) only: silence the warning about http:// and mqtt://
+    #: uplinks to a host that is not this machine (credential and data then travel unencrypted)
+    allow_plaintext: bool = False
 
     @model_validator(mode="after")
     def _url(self) -> UplinkSection:
@@ -108,7 +119,43 @@ class UplinkSection(_Section):
             raise ValueError('uplink.url must be an http:// or https:// URL when mode = "http"')
         if self.mode == "mqtt" and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.url):
             raise ValueError('uplink.url must look like mqtt://host:port when mode = "mqtt"')
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("set uplink.client_cert and uplink.client_key together")
         return self
+
+    @property
+    def plaintext(self) -> bool:
+        """The uplink sends the credential and data unencrypted (``http://`` or ``mqtt://``)."""
+        return self.mode != "none" and urlsplit(self.url).scheme in ("http", "mqtt")
+
+    def plaintext_warning(self) -> tuple[str, str] | None:
+        """``(zh, en)`` warning for a plaintext uplink to another machine, unless ``allow_plaintext``.
+
+        Loopback hosts (``localhost``, 127.0.0.0/8, ``::1``) are a lab or a local proxy and never warn.
+        """
+        if not self.plaintext or self.allow_plaintext:
+            return None
+        host = urlsplit(self.url).hostname or ""
+        if _is_loopback(host):
+            return None
+        scheme = urlsplit(self.url).scheme
+        secure = {"http": "https://", "mqtt": "mqtts://"}[scheme]
+        return (
+            f"上行链路 {scheme}:// 至 {host} 未加密：网关凭据和全部数据以明文传输。请改用 {secure}"
+            "（自签 CA 时设置 uplink.ca_file）；仅限实验室或加密隧道内可设置 uplink.allow_plaintext = true",
+            f"uplink {scheme}:// to {host} is NOT encrypted: the gateway credential and all data travel in "
+            f"clear text. Use {secure} (uplink.ca_file for a private CA); only in a lab or inside an "
+            "encrypted tunnel set uplink.allow_plaintext = true",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class OutboxSection(_Section):
@@ -218,8 +265,11 @@ class GatewayConfig(_Section):
             out.append(("gateway.devices_file", g.devices_file))
         if self.detection.profiles_file is not None:
             out.append(("detection.profiles_file", self.detection.profiles_file))
-        if self.uplink.ca_file is not None and self.uplink.mode != "none":
-            out.append(("uplink.ca_file", self.uplink.ca_file))
+        if self.uplink.mode != "none":
+            for key in ("ca_file", "client_cert", "client_key"):
+                path = getattr(self.uplink, key)
+                if path is not None:
+                    out.append((f"uplink.{key}", path))
         if self.clock.file is not None:
             out.append(("clock.file", self.clock.file))
         for i, m in enumerate(self.sources.mqtt):
@@ -335,9 +385,13 @@ def _resolve(cfg: GatewayConfig, base: Path) -> GatewayConfig:
             for s in cfg.sources.serial
         ]
         upd["sources"] = cfg.sources.model_copy(update={"serial": serial})
-    ca = cfg.uplink.ca_file
-    if ca is not None and not ca.is_absolute():
-        upd["uplink"] = cfg.uplink.model_copy(update={"ca_file": fix(ca)})
+    up_upd = {
+        k: fix(getattr(cfg.uplink, k))
+        for k in ("ca_file", "client_cert", "client_key")
+        if getattr(cfg.uplink, k) is not None and not getattr(cfg.uplink, k).is_absolute()
+    }
+    if up_upd:
+        upd["uplink"] = cfg.uplink.model_copy(update=up_upd)
     if any(m.password_file is not None and not m.password_file.is_absolute() for m in cfg.sources.mqtt):
         mqtt = [m.model_copy(update={"password_file": fix(m.password_file)}) for m in cfg.sources.mqtt]
         upd["sources"] = upd.get("sources", cfg.sources).model_copy(update={"mqtt": mqtt})

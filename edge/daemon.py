@@ -145,20 +145,32 @@ class Gateway:
     def _make_uplink(self) -> Uplink | None:
         u = self.cfg.uplink
         credential = self.cfg.read_credential()
+        warning = u.plaintext_warning()  # http:// or mqtt:// to another machine (docs/security.md)
+        if warning is not None:
+            log.warning("%s / %s", *warning)
         if u.mode == "http":
-            from urllib.parse import urlparse
-
             from edge.uplink.http import HttpUplink
 
-            host = urlparse(u.url).hostname or ""
-            if u.url.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
-                log.warning("uplink.url is plain http to %s: credential and data travel unencrypted", host)
-
-            return HttpUplink(u.url, credential, timeout_s=u.timeout_s, ca_file=u.ca_file)
+            return HttpUplink(
+                u.url,
+                credential,
+                timeout_s=u.timeout_s,
+                ca_file=u.ca_file,
+                client_cert=u.client_cert,
+                client_key=u.client_key,
+            )
         if u.mode == "mqtt":
             from edge.uplink.mqtt import MqttUplink
 
-            return MqttUplink(u.url, self.cfg.gateway.id, credential, timeout_s=u.timeout_s)
+            return MqttUplink(
+                u.url,
+                self.cfg.gateway.id,
+                credential,
+                timeout_s=u.timeout_s,
+                ca_file=u.ca_file,
+                client_cert=u.client_cert,
+                client_key=u.client_key,
+            )
         return None
 
     def _cloud_up(self) -> bool | None:

@@ -33,10 +33,16 @@ class HttpUplink:
         *,
         timeout_s: float = 10.0,
         ca_file: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoint = url.rstrip("/") + HTTP_PATH
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        verify: ssl.SSLContext | bool = True
+        if ca_file or client_cert:
+            verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if client_cert:  # mutual TLS (VIGIL_CLOUD_TLS_CLIENT_CA on the cloud)
+                verify.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
             verify=verify,

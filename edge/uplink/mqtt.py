@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import ssl
+from pathlib import Path
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -43,11 +44,18 @@ class MqttUplink:
         *,
         timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
+        ca_file: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
     ) -> None:
         u = urlparse(url)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-        self.tls = ssl.create_default_context() if u.scheme == "mqtts" else None
+        self.tls: ssl.SSLContext | None = None
+        if u.scheme == "mqtts":  # TLS 1.2+, the broker's certificate and host name verified
+            self.tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if client_cert:
+                self.tls.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
         self.gateway_id = gateway_id
         self.credential = credential
         self.timeout_s = timeout_s
