@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from alerts.contract import TelemetryBlock, UplinkBatch
-from cloud.api.deps import State
+from cloud.api.deps import ERROR_RESPONSES, State
 from cloud.api.state import CloudState
 from cloud.db import Device
 from cloud.errors import BadRequestError, NotFoundError, PermissionDeniedError
@@ -48,7 +48,7 @@ from firmware_bridge.operator_push import (
 from firmware_bridge.registry import kind_of_payload, spec
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/push", tags=["operator push"])
+router = APIRouter(prefix="/api/v1/push", tags=["operator push"], responses=ERROR_RESPONSES)
 CTWING, ONENET = "ctwing", "onenet"
 
 

@@ -19,13 +19,13 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from cloud.api.deps import State, User
+from cloud.api.deps import ERROR_RESPONSES, State, User
 from cloud.db import Alert, AlertStep
 from cloud.errors import NotFoundError
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
 
-router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], responses=ERROR_RESPONSES)
 
 
 class AlertOut(BaseModel):

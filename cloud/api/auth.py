@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import Caller, State, User, bearer
+from cloud.api.deps import ERROR_RESPONSES, Caller, State, User, bearer
 from cloud.auth import LoginThrottle
 from cloud.errors import AuthenticationError
 from cloud.limits import RateLimitedError
 from cloud.loop.config import audit
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=ERROR_RESPONSES)
 LOGIN_TTL_S = 12 * 3600.0
 
 

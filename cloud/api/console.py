@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from alerts.contract import AlertEvent
-from cloud.api.deps import State, User
+from cloud.api.deps import ERROR_RESPONSES, State, User
 from cloud.api.state import CloudState
 from cloud.auth import USER_ROLES, require
 from cloud.db import AlertStep, Device
@@ -45,8 +45,8 @@ from cloud.loop.models import Incident, IncidentEvent
 from dashboards import SESSION_COOKIE, create_console
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/events", tags=["console"])
-map_router = APIRouter(prefix="/api/v1/console", tags=["console"])
+router = APIRouter(prefix="/api/v1/events", tags=["console"], responses=ERROR_RESPONSES)
+map_router = APIRouter(prefix="/api/v1/console", tags=["console"], responses=ERROR_RESPONSES)
 MAP_FIELDS = ("device_id", "kind", "name", "lat", "lon", "street", "grid", "last_seen")
 QUEUE_SIZE = 64
 HEARTBEAT_S = 10.0

@@ -10,14 +10,14 @@ import numpy as np
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel
 
-from cloud.api.deps import Admin, State, User
+from cloud.api.deps import ERROR_RESPONSES, Admin, State, User
 from cloud.auth import PERSONAL_DATA_ROLES
 from cloud.errors import BadRequestError, PermissionDeniedError, StorageError
 from cloud.registry import DEVICE_ID_RE, DeviceIn, DeviceOut
 from cloud.timeseries import BackendError, TimeSeriesError
 from firmware_bridge.kernel.records import DeviceKind
 
-router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
 MAX_OFFSET = 1_000_000_000  # a larger offset overflowed the database's integer (500); now a 422 naming it
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID_RE.pattern, description="DevEUI, IMEI or serial")]
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from cloud.api.deps import Admin, State, User
+from cloud.api.deps import ERROR_RESPONSES, Admin, State, User
 from cloud.db import Gateway
 from cloud.errors import NotFoundError
 
-router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"])
+router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"], responses=ERROR_RESPONSES)
 GatewayId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
 
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from alerts.contract import HTTP_PATH, UplinkAck, UplinkBatch
-from cloud.api.deps import State, bearer, get_principal, get_state
+from cloud.api.deps import ERROR_RESPONSES, State, bearer, get_principal, get_state
 from cloud.auth import Principal, Role, require
 
 
@@ -58,7 +58,7 @@ def _authenticated(request: Request) -> Principal:
     return principal
 
 
-router = APIRouter(tags=["ingest"], route_class=AuthFirstRoute)
+router = APIRouter(tags=["ingest"], route_class=AuthFirstRoute, responses=ERROR_RESPONSES)
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"description": "missing, unknown, rotated-out or revoked gateway token"},

@@ -24,7 +24,12 @@ from firmware_bridge.kernel.locale import iso
 router = APIRouter(prefix="/api/v1/kpi", tags=["kpi"])
 
 
-@router.get("", response_model=None, summary="Loop KPIs per department, zone, responder or device kind")
+@router.get(
+    "",
+    response_model=None,
+    summary="Loop KPIs per department, zone, responder or device kind",
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "JSON, or CSV"}},
+)
 async def get_kpis(
     state: State,
     loop: Loop,

@@ -26,12 +26,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import State
+from cloud.api.deps import ERROR_RESPONSES, State
 from cloud.api.notify import get_notify
 from cloud.errors import BadRequestError
 from cloud.notify.links import Purpose
 
-router = APIRouter(prefix="/api/v1", tags=["links"])
+router = APIRouter(prefix="/api/v1", tags=["links"], responses=ERROR_RESPONSES)
 
 
 class ActIn(BaseModel):

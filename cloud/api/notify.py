@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import Admin, State, User
+from cloud.api.deps import ERROR_RESPONSES, Admin, State, User
 from cloud.auth import PERSONAL_DATA_ROLES, Role, require
 from cloud.errors import AuthenticationError, BadRequestError, NotFoundError
 from cloud.notify.inapp import list_for, mark_read
@@ -36,7 +36,7 @@ from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
 from cloud.notify.service import NotifyService
 
-router = APIRouter(prefix="/api/v1/notify", tags=["notify"])
+router = APIRouter(prefix="/api/v1/notify", tags=["notify"], responses=ERROR_RESPONSES)
 
 
 def get_notify(request: Request) -> NotifyService:

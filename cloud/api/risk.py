@@ -40,7 +40,7 @@ from alerts.forecast.grid import Cells, Projection, community_cells, hex_cells, 
 from alerts.forecast.history import FAMILIES, FAMILY_OF, EventHistory, Family, family_of
 from alerts.forecast.patrol import plan_patrol
 from alerts.forecast.risk import Devices, Reason, RiskForecast, forecast_risk, resident_trends
-from cloud.api.deps import State, User
+from cloud.api.deps import ERROR_RESPONSES, State, User
 from cloud.api.state import CloudState
 from cloud.auth import PERSONAL_DATA_ROLES, Principal, require
 from cloud.db import Alert, Device
@@ -48,7 +48,7 @@ from cloud.errors import BadRequestError
 from firmware_bridge.kernel.records import DeviceKind
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/risk", tags=["risk"])
+router = APIRouter(prefix="/api/v1/risk", tags=["risk"], responses=ERROR_RESPONSES)
 CACHE_S = 900.0
 _CACHE_MAX = 8
 _cache: OrderedDict[tuple[object, ...], tuple[float, RiskForecast, Projection, list[_DeviceRow]]] = (

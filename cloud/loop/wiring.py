@@ -164,6 +164,7 @@ async def _finish(call: Coroutine[Any, Any, object]) -> None:
 def install(app: FastAPI, sink: LoopSink) -> LoopService:
     """Build the service on the app's state, register the ``loop`` job and the API routers."""
     from cloud.api import incidents, kpi, reports, rosters
+    from cloud.api.deps import ERROR_RESPONSES
 
     state: Any = app.state.vigil
     service = LoopService(state.db, box=state.registry.box, clock=state.clock)
@@ -179,5 +180,5 @@ def install(app: FastAPI, sink: LoopSink) -> LoopService:
     app.state.loop = service
     app.state.loop_sink = sink
     for module in (incidents, reports, rosters, kpi):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)  # the spec declares the error bodies
     return service
