@@ -105,6 +105,9 @@ def _check(args: argparse.Namespace) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         return 1
+    warning = cfg.uplink.plaintext_warning()
+    if warning is not None:  # valid, but an installer must see it (docs/security.md)
+        print(f"警告：{warning[0]}\nwarning: {warning[1]}", file=sys.stderr)
     names = ", ".join(n for n, _ in cfg.source_names()) or "none"
     print(
         f"{args.file}: ok (gateway {cfg.gateway.id}; sources: {names}; uplink: {cfg.uplink.mode}; "
@@ -118,10 +121,14 @@ def _status(args: argparse.Namespace) -> int:
     from edge.status import gateway_status
 
     url, outbox, live_window_s = args.url, None, 300.0
+    warnings: list[tuple[str, str]] = []
     try:
         cfg = load_config(args.status_config)
         outbox = cfg.outbox_path
         live_window_s = cfg.uplink.live_window_s
+        plaintext = cfg.uplink.plaintext_warning()
+        if plaintext is not None:
+            warnings.append(plaintext)
         if url is None and cfg.metrics.enabled:
             host = "127.0.0.1" if cfg.metrics.bind in ("0.0.0.0", "::", "") else cfg.metrics.bind
             url = f"http://{host}:{cfg.metrics.port}/metrics"
@@ -129,7 +136,7 @@ def _status(args: argparse.Namespace) -> int:
         if url is None:
             print(exc, file=sys.stderr)
             return 1
-    report = gateway_status(url, outbox, live_window_s=live_window_s)
+    report = gateway_status(url, outbox, live_window_s=live_window_s, warnings=warnings)
     print(report.render())
     return report.exit_code
 

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,21 @@ REFUSAL_ADVICE: dict[str, str] = {
     "alert_not_owned": "alert steps for alerts this gateway does not own "
     "(raised by the cloud or another device)",
     "unlisted": "refused without details (more refusals than one acknowledgement lists)",
+}
+REFUSAL_ADVICE_ZH: dict[str, str] = {
+    "unknown_device": "来自云端不认识的设备（伪造的帧，或尚未登记的设备）",
+    "not_assigned": "来自云端分配给其他网关的设备（空中收到的邻近网关的设备）",
+    "wrong_kind": "来自在云端登记为其他类型的设备",
+    "time_out_of_range": "时间戳超出云端的时间窗口：检查本网关的时钟（NTP）",
+    "alert_id_mismatch": "告警步骤指向其他设备的告警：固件或网关的缺陷",
+    "alert_not_owned": "告警步骤所属的告警不归本网关（由云端或其他设备产生）",
+    "unlisted": "被拒收但未列明原因（拒收条数超过一次确认能列出的数量）",
+}
+#: what to do about one device's refused records (the installer report), zh; English in edge/quarantine.py
+_DEVICE_ADVICE_ZH: dict[str, str] = {
+    "unknown_device": "未在云端登记：请登记（vigil cloud import-devices），如非我方设备可忽略",
+    "not_assigned": "在云端分配给了其他网关：可能是空中收到的邻近网关的设备，或请修正其 gateway_id",
+    "wrong_kind": "在云端登记为其他设备类型：请修正云端登记或 devices.csv",
 }
 
 
@@ -262,15 +278,31 @@ def _refusal_lines(
     for reason, n in sorted(quarantined.items(), key=lambda kv: -kv[1]):
         r.bad(
             f"{n} record(s) refused by the cloud and quarantined (not re-sent): "
-            f"{REFUSAL_ADVICE.get(reason, reason)}"
+            f"{REFUSAL_ADVICE.get(reason, reason)}",
+            f"{n} 条记录被云端拒收并已隔离（不再重发）：{REFUSAL_ADVICE_ZH.get(reason, reason)}",
         )
-    for line in unknown_device_report(devices or []):
-        r.bad(line)
+    for en, zh in device_report_lines(devices or []):
+        r.bad(en, zh)
+    lanes_zh = {"alert": "告警", "telemetry": "遥测"}
     for lane, n in sorted(dead_letter.items()):
         r.bad(
             f"{n} {lane} record(s) in the dead letter: the cloud kept refusing them "
-            "(see the journal for the reason; they are kept in the outbox's dead_letter table)"
+            "(see the journal for the reason; they are kept in the outbox's dead_letter table)",
+            f"死信中有 {n} 条{lanes_zh.get(lane, lane)}记录：云端一再拒收"
+            "（原因见日志；记录保存在发件箱的 dead_letter 表中）",
         )
+
+
+def device_report_lines(rows: list[tuple[str, str, int]]) -> list[tuple[str, str]]:
+    """``(en, zh)`` installer sentences for quarantined ``(device_id, reason, records)`` rows."""
+    out: list[tuple[str, str]] = []
+    for device_id, reason, n in rows:
+        en = unknown_device_report([(device_id, reason, n)])
+        if en and reason in _DEVICE_ADVICE_ZH:
+            out.append((en[0], f"设备 {device_id}：{n} 条记录被拒收，{_DEVICE_ADVICE_ZH[reason]}"))
+        if len(out) >= 10:
+            break
+    return out
 
 
 def quarantine_devices(path: Path, limit: int = 20) -> list[tuple[str, str, int]]:
@@ -343,14 +375,19 @@ def diagnose_outbox(path: Path, now: float | None = None, live_window_s: float =
     )
     state = json.loads(kv.get("uplink_state", b"{}"))
     if state.get("up") is False and state.get("down_since"):
+        why = str(state.get("last_error", ""))[:120]
         r.bad(
-            f"cloud was unreachable since {_utc(state['down_since'])} ({state.get('last_error', '')[:120]})"
+            f"cloud was unreachable since {_utc(state['down_since'])} ({why})",
+            f"云端自 {_utc(state['down_since'])} 起不可达（{why}）",
         )
     elif state.get("up"):
-        r.info(f"cloud was reachable at {_utc(state.get('time', now))}")
+        r.info(
+            f"cloud was reachable at {_utc(state.get('time', now))}",
+            f"云端在 {_utc(state.get('time', now))} 时可达",
+        )
     for what, n in json.loads(kv.get("dropped", b"{}")).items():
         if n:
-            r.bad(f"{n} records dropped ({what.replace('_', ' ')})")
+            r.bad(f"{n} records dropped ({what.replace('_', ' ')})", f"丢弃了 {n} 条记录（{what}）")
     _refusal_lines(
         r,
         json.loads(kv.get("quarantined", b"{}")),
@@ -361,7 +398,22 @@ def diagnose_outbox(path: Path, now: float | None = None, live_window_s: float =
 
 
 def gateway_status(
-    metrics_url: str | None, outbox: Path | None, timeout_s: float = 3.0, live_window_s: float = 300.0
+    metrics_url: str | None,
+    outbox: Path | None,
+    timeout_s: float = 3.0,
+    live_window_s: float = 300.0,
+    warnings: Sequence[tuple[str, str]] = (),
+) -> Report:
+    """The report from the daemon's metrics, else from its outbox; ``warnings`` are ``(zh, en)`` problems
+    found in the configuration (a plaintext uplink, :meth:`edge.config.UplinkSection.plaintext_warning`)."""
+    report = _gateway_status(metrics_url, outbox, timeout_s, live_window_s)
+    for zh, en in warnings:
+        report.bad(en, zh)
+    return report
+
+
+def _gateway_status(
+    metrics_url: str | None, outbox: Path | None, timeout_s: float, live_window_s: float
 ) -> Report:
     import httpx
 
@@ -374,8 +426,8 @@ def gateway_status(
         else:
             report = diagnose_metrics(resp.text)
             if outbox is not None and outbox.exists():  # the installer report names the devices
-                for line in unknown_device_report(quarantine_devices(outbox)):
-                    report.bad(line)
+                for en, zh in device_report_lines(quarantine_devices(outbox)):
+                    report.bad(en, zh)
             return report
     if outbox is None:
         r = Report(running=False)

@@ -37,7 +37,7 @@ from cloud.registry import DeviceIn, Registry
 from cloud.settings import CloudSettings
 from cloud.tls import server_context
 from edge.config import parse_config
-from edge.outbox import Outbox
+from edge.outbox import Outbox, PendingBatch
 from edge.uplink import UplinkUnavailable
 from edge.uplink.http import HttpUplink
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
@@ -294,7 +294,7 @@ async def test_gateway_uploads_over_https_and_untrusted_or_plain_clients_are_ref
             up = HttpUplink(cfg.uplink.url, cfg.read_credential(), timeout_s=10, ca_file=cfg.uplink.ca_file)
             stored = [0, 0]
             try:
-                batch = first
+                batch: PendingBatch | None = first
                 while batch is not None:
                     ack = await up.send(batch)
                     assert ack.batch_id == batch.batch_id and not ack.duplicate
