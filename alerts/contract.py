@@ -15,7 +15,6 @@ arrays: about 30x less JSON work than a list of objects at 100,000 readings/s.
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Self
@@ -82,9 +81,9 @@ class TelemetryBlock(_Strict):
         for name, col in self.channels.items():
             if len(col) != n:
                 raise ValueError(f"channel {name!r} has {len(col)} values, device_id has {n}")
-            for v in col:
-                if v is not None and not math.isfinite(v):
-                    raise ValueError(f"channel {name!r} holds a non-finite value; send null")
+        # NaN / Infinity in a channel are refused by the field validation itself (``allow_inf_nan=False``
+        # applies to every float in the model, list items included: ``finite_number`` naming the value),
+        # so no per-value Python loop here (it was a third of the validation time of a 2,000-reading block)
         return self
 
     def __len__(self) -> int:

@@ -340,7 +340,7 @@ async def _http_ingest(
         for p in range(posters):
             gw = f"gw-bench-{first + p}"
             tokens.append(await asyncio.to_thread(st.credentials.add_gateway, gw, now=time.time()))
-            prefix = f"70B3D57E{first + p:02X}"  # + 6 digits = a 16-hex-digit DevEUI
+            prefix = f"70b3d57e{first + p:02x}"  # + 6 digits: a DevEUI, lower-case as gateways send it
             rows = [f"{prefix}{i:06d},manhole,,39.9,116.3,,,,,false,{gw},,,,,,," for i in range(n_devices)]
             await asyncio.to_thread(
                 st.registry.import_csv, "\n".join([header, *rows]) + "\n", now=time.time()
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                 hb, hn = 2000, 200
                 n_http = max(4, int(40 * scale))
                 print(f"whole ingest path: cloud app over ASGI, {hb:,} readings per batch")
-                same = make_batches(n_http, hb, hn, prefix="70B3D57EFF")
+                same = make_batches(n_http, hb, hn, prefix="70b3d57eff")
                 add(
                     "store only, sqlite, the http rows' batches (2,000 readings)",
                     "store",

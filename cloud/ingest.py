@@ -31,16 +31,16 @@ import asyncio
 import logging
 import time as _time
 from collections.abc import Sequence
+from concurrent import futures
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alerts.contract import AlertEvent, UplinkAck, UplinkBatch
 from cloud.alertstore import store_alert_steps
-from cloud.db import Database, Device, Gateway, IngestedBatch
+from cloud.db import Database, Gateway
 from cloud.errors import CloudError, ConflictError, PermissionDeniedError, StorageError
 from cloud.limits import GatewayQuota, GuardMetrics, IngestLimits, RateLimitedError
 from cloud.metrics import CloudMetrics
@@ -48,6 +48,7 @@ from cloud.screening import Screened, canonical_ids, screen
 from cloud.sequence import SEQ_MODULUS, SeqSummary, sequence_summary
 from cloud.timeseries import TimeSeriesError, TimeSeriesStore
 from firmware_bridge.kernel.clock import Clock, SystemClock
+from firmware_bridge.kernel.records import ReadingBatch
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class IngestService:
         self.quota = GatewayQuota(self.limits)
         self.guard = GuardMetrics.for_registry(self.metrics.registry)
         self._last_refusal_log: dict[str, float] = {}
+        # time-series writes run here, beside the request's database transaction (never in the pool that
+        # runs the transactions: a transaction waiting for its write must not starve that write)
+        self._ts_pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-ts-write")
 
     async def ingest(
         self, batch: UplinkBatch, *, gateway_id: str, allow_unassigned: bool = False
@@ -149,19 +153,28 @@ class IngestService:
             if dup is not None:
                 return dup, []
             screened = self._screen(batch, gateway_id, allow_unassigned)
-            allowed = batch.model_copy(update={"telemetry": screened.telemetry, "alerts": screened.alerts})
-            stored, duplicates = self._write_telemetry(allowed)
-            for attempt in range(3):
-                try:
-                    return self._commit(allowed, gateway_id, stored, duplicates, screened)
-                except ConflictError:
-                    # a concurrent delivery of the same batch, or a concurrent first step of the same alert
-                    dup = self._find_batch(gateway_id, batch.batch_id)
-                    if dup is not None:
-                        return dup, []
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            # The time-series write runs beside the database transaction (its fsync overlaps the device
+            # bookkeeping); the transaction commits only once that write is durable (see _commit).
+            pending = (
+                self._ts_pool.submit(self._write_telemetry, screened.telemetry)
+                if screened.telemetry
+                else None
+            )
+            try:
+                for attempt in range(3):
+                    try:
+                        return self._commit(batch, gateway_id, pending, screened)
+                    except ConflictError:
+                        # a concurrent delivery of the same batch, or a concurrent first step of an alert
+                        dup = self._find_batch(gateway_id, batch.batch_id)
+                        if dup is not None:
+                            return dup, []
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
+            finally:
+                if pending is not None:
+                    futures.wait([pending])  # never leave a write running behind an answer
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"database error while storing batch {batch.batch_id}: {type(exc).__name__}"
@@ -169,14 +182,15 @@ class IngestService:
 
     def _find_batch(self, gateway_id: str, batch_id: str) -> UplinkAck | None:
         with self.db.read() as s:
-            row = s.scalars(
-                select(IngestedBatch).where(
-                    IngestedBatch.gateway_id == gateway_id, IngestedBatch.batch_id == batch_id
-                )
+            conn = s.connection()
+            mark = _mark(conn.dialect.paramstyle)
+            row = conn.exec_driver_sql(
+                f"SELECT received_at FROM ingested_batches WHERE gateway_id = {mark} AND batch_id = {mark}",
+                (gateway_id, batch_id),
             ).first()
             if row is None:
                 return None
-            return UplinkAck(batch_id=batch_id, duplicate=True, committed_at=row.received_at)
+            return UplinkAck(batch_id=batch_id, duplicate=True, committed_at=row[0])
 
     def _screen(self, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool) -> Screened:
         with self.db.read() as s:
@@ -215,13 +229,12 @@ class IngestService:
             },
         )
 
-    def _write_telemetry(self, batch: UplinkBatch) -> tuple[int, int]:
+    def _write_telemetry(self, readings: Sequence[ReadingBatch]) -> tuple[int, int]:
+        """Store ``readings`` in the time-series store; returns ``(stored, duplicates)`` once durable."""
         stored = duplicates = 0
-        for block in batch.telemetry:
-            if not len(block):
-                continue
+        for rb in readings:
             try:
-                res = self.store.write(block.to_batch())
+                res = self.store.write(rb)
             except TimeSeriesError as exc:
                 raise StorageError(f"time-series store failed: {exc}") from exc
             stored += res.stored
@@ -231,35 +244,39 @@ class IngestService:
         return stored, duplicates
 
     def _commit(
-        self, batch: UplinkBatch, gateway_id: str, stored: int, duplicates: int, screened: Screened
+        self,
+        batch: UplinkBatch,
+        gateway_id: str,
+        pending: futures.Future[tuple[int, int]] | None,
+        screened: Screened,
     ) -> tuple[UplinkAck, list[AlertEvent]]:
         now = self.clock.now()
         with self.db.write() as s:
-            s.add(
-                IngestedBatch(
-                    gateway_id=gateway_id,
-                    batch_id=batch.batch_id,
-                    received_at=now,
-                    sent_at=batch.sent_at,
-                    telemetry_stored=stored,
-                    telemetry_duplicates=duplicates,
-                    alerts_stored=0,
-                )
+            conn = s.connection()
+            mark = _mark(conn.dialect.paramstyle)
+            # a concurrent duplicate fails here (unique key), before any other work
+            conn.exec_driver_sql(
+                "INSERT INTO ingested_batches (gateway_id, batch_id, received_at, sent_at, telemetry_stored, "
+                f"telemetry_duplicates, alerts_stored) VALUES ({mark}, {mark}, {mark}, {mark}, 0, 0, 0)",
+                (gateway_id, batch.batch_id, now, batch.sent_at),
             )
-            s.flush()  # a concurrent duplicate fails here, before any other work
-            gaps = self._update_devices(s, batch, now)
-            new_steps = store_alert_steps(s, batch.alerts, source=gateway_id, received_at=now)
-            s.execute(
-                update(IngestedBatch)
-                .where(IngestedBatch.gateway_id == gateway_id, IngestedBatch.batch_id == batch.batch_id)
-                .values(alerts_stored=len(new_steps))
-            )
+            gaps = self._update_devices(s, screened.telemetry, now)
+            new_steps = store_alert_steps(s, screened.alerts, source=gateway_id, received_at=now)
             gw = s.get(Gateway, gateway_id, with_for_update=self.db.for_update())
             if gw is not None:
                 gw.last_seen = now
                 gw.batches_total = (gw.batches_total or 0) + 1
                 if batch.status is not None:
                     gw.last_status = batch.status.model_dump()
+            # The batch is recorded as stored only after its telemetry is durable: a failed time-series
+            # write rolls this transaction back, and the gateway's retry is not mistaken for a duplicate.
+            stored, duplicates = (0, 0) if pending is None else pending.result()
+            s.flush()
+            conn.exec_driver_sql(
+                f"UPDATE ingested_batches SET telemetry_stored = {mark}, telemetry_duplicates = {mark}, "
+                f"alerts_stored = {mark} WHERE gateway_id = {mark} AND batch_id = {mark}",
+                (stored, duplicates, len(new_steps), gateway_id, batch.batch_id),
+            )
         committed_at = self.clock.now()
         self.metrics.seq_gaps.inc(gaps)
         for step in new_steps:
@@ -277,60 +294,71 @@ class IngestService:
         )
         return ack, new_steps
 
-    def _update_devices(self, s: Session, batch: UplinkBatch, now: float) -> int:
-        blocks = [b for b in batch.telemetry if len(b)]
-        if not blocks:
+    def _update_devices(self, s: Session, readings: Sequence[ReadingBatch], now: float) -> int:
+        """Each device's last seen / sequence / battery, lost-frame and reading counts: one locked
+        ``SELECT`` of the batch's devices and one ``executemany`` UPDATE per key set, at the driver level."""
+        if not readings:
             return 0
-        ids = np.concatenate([np.asarray(b.device_id, dtype=np.str_) for b in blocks])
-        seq = np.concatenate([np.asarray(b.seq, dtype=np.int64) for b in blocks])
-        tm = np.concatenate([np.asarray(b.time, dtype=np.float64) for b in blocks])
-        batt = np.concatenate([np.asarray(b.battery_pct, dtype=np.float64) for b in blocks])
-        uniq = sorted(set(ids.tolist()))
+        ids = np.concatenate([rb.device_id for rb in readings])
+        seq = np.concatenate([rb.seq.astype(np.int64) for rb in readings])
+        tm = np.concatenate([rb.time for rb in readings])
+        batt = np.concatenate([rb.battery_pct for rb in readings])
+        uniq = sorted(set(ids.tolist()))  # one global lock order (by id): concurrent batches cannot deadlock
+        conn = s.connection()
+        mark = _mark(conn.dialect.paramstyle)
+        lock = " ORDER BY device_id FOR UPDATE" if self.db.for_update() else ""
         state: dict[str, tuple[int | None, float | None, int, int]] = {}
         for i in range(0, len(uniq), _CHUNK):
-            q = select(
-                Device.device_id,
-                Device.last_seq,
-                Device.last_seen,
-                Device.seq_gaps_total,
-                Device.readings_total,
-            ).where(Device.device_id.in_(uniq[i : i + _CHUNK]))
-            if self.db.for_update():
-                # rows locked in one global order (by id), so concurrent batches cannot deadlock
-                q = q.order_by(Device.device_id).with_for_update()
-            for dev_id, last_seq, last_seen, gaps_total, readings_total in s.execute(q):
+            chunk = uniq[i : i + _CHUNK]
+            sql = (
+                "SELECT device_id, last_seq, last_seen, seq_gaps_total, readings_total FROM devices "
+                f"WHERE device_id IN ({', '.join([mark] * len(chunk))}){lock}"
+            )
+            for dev_id, last_seq, last_seen, gaps_total, readings_total in conn.exec_driver_sql(
+                sql, tuple(chunk)
+            ).all():
                 state[dev_id] = (last_seq, last_seen, gaps_total or 0, readings_total or 0)
         summ = sequence_summary(
             ids, seq, tm, batt, {k: v[0] for k, v in state.items()}, {k: v[1] for k, v in state.items()}
         )
-        rows = []
-        for j, dev_id in enumerate(summ.device_id):
-            last_seq, last_seen, gaps_total, readings_total = state[dev_id]
-            row: dict[str, object] = {
-                "device_id": dev_id,
-                "seq_gaps_total": gaps_total + int(summ.gaps[j]),
-                "readings_total": readings_total + int(summ.count[j]),
-                "last_received_at": now,
-            }
-            newest = float(summ.last_time[j])
-            if last_seen is None or newest >= last_seen:
-                row.update(
-                    last_seen=newest,
-                    last_seq=int(summ.last_seq[j]),
-                    last_battery_pct=float(summ.last_battery[j]),
-                )
-            rows.append(row)
-        # One driver-level executemany per key set. The ORM's bulk UPDATE (and even Core) builds every
-        # row's parameters in Python: ~40 % of the ingest thread at 5,000 readings per batch
-        # (bench/bench_ingest.py). Column names are ours, never user input.
-        conn = s.connection()
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        for keys in {tuple(sorted(r)) for r in rows}:
-            cols = [k for k in keys if k != "device_id"]
-            sql = f"UPDATE devices SET {', '.join(f'{c} = {mark}' for c in cols)} WHERE device_id = {mark}"
-            params = [(*(r[c] for c in cols), r["device_id"]) for r in rows if tuple(sorted(r)) == keys]
-            conn.exec_driver_sql(sql, params)
+        newer: list[tuple[object, ...]] = []  # the batch holds the device's newest reading
+        older: list[tuple[object, ...]] = []  # only late readings: counts move, last seen does not
+        for dev_id, n, g, t, q, b in zip(
+            summ.device_id,
+            summ.count.tolist(),
+            summ.gaps.tolist(),
+            summ.last_time.tolist(),
+            summ.last_seq.tolist(),
+            summ.last_battery.tolist(),
+            strict=True,
+        ):
+            st = state.get(dev_id)
+            if st is None:  # screened out since (deleted concurrently): nothing to update
+                continue
+            last_seq, last_seen, gaps_total, readings_total = st
+            if last_seen is None or t >= last_seen:
+                newer.append((gaps_total + g, readings_total + n, now, t, q, b, dev_id))
+            else:
+                older.append((gaps_total + g, readings_total + n, now, dev_id))
+        # Driver-level executemany: the ORM's bulk UPDATE (and even Core) builds every row's parameters
+        # in Python, which cost ~40 % of the ingest thread at 5,000 readings per batch. Columns are ours.
+        head = (
+            f"UPDATE devices SET seq_gaps_total = {mark}, readings_total = {mark}, last_received_at = {mark}"
+        )
+        if newer:
+            conn.exec_driver_sql(
+                f"{head}, last_seen = {mark}, last_seq = {mark}, last_battery_pct = {mark} "
+                f"WHERE device_id = {mark}",
+                newer,
+            )
+        if older:
+            conn.exec_driver_sql(f"{head} WHERE device_id = {mark}", older)
         return int(summ.gaps.sum())
+
+
+def _mark(paramstyle: str) -> str:
+    """The driver's placeholder: ``?`` for sqlite3, ``%s`` for psycopg."""
+    return "?" if paramstyle == "qmark" else "%s"
 
 
 __all__ = [
