@@ -8,10 +8,15 @@ Built on aiomqtt (itself a thin asyncio layer over paho-mqtt). What this adds, a
   again anyway because a broker that lost its state (restart without persistence, failover to another
   cluster node) would otherwise leave us connected but deaf: the classic "reconnects without its
   subscriptions" bug of other gateways.
-* **One bounded queue that outlives connections.** Messages are copied from aiomqtt into our queue of
-  ``queue_size``; when full, the named ``overflow`` policy decides (:class:`OverflowPolicy`, default
-  ``drop_oldest``: keep the freshest data) and ``dropped_total`` counts it. The queue is never recreated
-  on reconnect, so nothing already received is lost around an outage.
+* **One bounded queue that outlives connections**, bounded by count (``queue_size``) *and* by payload
+  bytes (``queue_bytes``, 16 MiB by default: a flood of 1 MB messages cannot grow memory without bound).
+  When either bound is hit the named ``overflow`` policy decides (:class:`OverflowPolicy`, default
+  ``drop_oldest``: keep the freshest data); a single message larger than ``queue_bytes`` is dropped on
+  arrival. Every drop is counted (``dropped_total``, ``dropped_bytes_total`` and ``drops`` by reason:
+  ``queue_full``, ``bytes_full``, ``oversize``), reported through the optional ``on_drop(reason, n_bytes)``
+  callback (a caller's Prometheus counter) and logged, at most once per ``log_interval_s`` with the counts
+  since the last line. The queue is never recreated on reconnect, so nothing already received is lost
+  around an outage.
 * ``publish`` waits (up to ``timeout``) for a connection and, if the connection breaks mid-publish, retries
   on the next one (at-least-once; downstream de-duplicates by ``(device_id, seq, time)``).
 * The connection loop is one named task in an :class:`asyncio.TaskGroup` owned by the context manager.
@@ -27,7 +32,8 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import AsyncGenerator, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -47,7 +53,7 @@ _SUBACK_FAILURE = 0x80
 
 
 class OverflowPolicy(StrEnum):
-    """What happens to a message arriving when the queue is full (both count ``dropped_total``)."""
+    """What happens to a message arriving when the queue is full, by count or by bytes (both count it)."""
 
     DROP_OLDEST = "drop_oldest"
     """Evict the oldest queued message: the consumer sees the freshest state (default)."""
@@ -111,8 +117,9 @@ class MqttTransport:
 
     Entering starts the connection loop and returns at once (the broker may be down: it keeps trying);
     use :meth:`wait_connected` to wait for the first subscription. Counters: ``reconnects_total``,
-    ``received_total``, ``dropped_total``, ``published_total``; state: ``connected`` (connected *and*
-    subscribed), ``last_error``.
+    ``received_total``, ``dropped_total``, ``dropped_bytes_total``, ``drops`` (by reason),
+    ``published_total``; state: ``connected`` (connected *and* subscribed), ``last_error``, ``queued``,
+    ``queued_bytes``.
     """
 
     def __init__(
@@ -126,6 +133,9 @@ class MqttTransport:
         password: str | None = None,
         clean_session: bool = False,
         queue_size: int = 10_000,
+        queue_bytes: int = 16 * 1024 * 1024,
+        on_drop: Callable[[str, int], None] | None = None,
+        log_interval_s: float = 10.0,
         tls: ssl.SSLContext | None = None,
         overflow: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST,
         max_backoff: float = 30.0,
@@ -136,6 +146,8 @@ class MqttTransport:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if queue_bytes < 1:
+            raise ValueError(f"queue_bytes must be >= 1, got {queue_bytes}")
         for topic, qos in topics:
             if qos not in (0, 1, 2) or not _valid_filter(topic):
                 raise ValueError(
@@ -158,6 +170,12 @@ class MqttTransport:
             initial=min(min_backoff, max_backoff), maximum=max_backoff, rng=rng or random.Random()
         )
         self._queue: asyncio.Queue[MqttMessage] = asyncio.Queue(maxsize=queue_size)
+        self.queue_bytes = queue_bytes
+        self.queued_bytes = 0
+        self._on_drop = on_drop
+        self._log_interval_s = log_interval_s
+        self._last_drop_log = -math.inf
+        self._unlogged: dict[str, int] = {}
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -169,6 +187,8 @@ class MqttTransport:
         self.reconnects_total = 0
         self.received_total = 0
         self.dropped_total = 0
+        self.dropped_bytes_total = 0
+        self.drops: dict[str, int] = {"queue_full": 0, "bytes_full": 0, "oversize": 0}
         self.published_total = 0
         self.last_error: str | None = None
 
@@ -278,27 +298,55 @@ class MqttTransport:
     def _enqueue(self, msg: MqttMessage) -> None:
         self.received_total += 1
         q = self._queue
-        if q.full():
-            self.dropped_total += 1
-            if self.dropped_total == 1 or self.dropped_total % 1000 == 0:
-                log.warning(
-                    "MQTT %s queue full (%d): %s, %d dropped so far",
-                    self.client_id,
-                    q.maxsize,
-                    self.overflow.value,
-                    self.dropped_total,
-                )
+        size = len(msg.payload)
+        if size > self.queue_bytes:
+            self._drop("oversize", size)
+            return
+        while q.full() or self.queued_bytes + size > self.queue_bytes:
+            reason = "queue_full" if q.full() else "bytes_full"
             if self.overflow is OverflowPolicy.DROP_NEWEST:
+                self._drop(reason, size)
                 return
-            q.get_nowait()
+            self._drop(reason, len(self._take_nowait().payload))
         q.put_nowait(msg)
+        self.queued_bytes += size
+
+    def _take_nowait(self) -> MqttMessage:
+        msg = self._queue.get_nowait()
+        self.queued_bytes -= len(msg.payload)
+        return msg
+
+    def _drop(self, reason: str, n_bytes: int) -> None:
+        """Count one dropped message everywhere, and log it (at most one line per ``log_interval_s``)."""
+        self.dropped_total += 1
+        self.dropped_bytes_total += n_bytes
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        if self._on_drop is not None:
+            self._on_drop(reason, n_bytes)
+        now = time.monotonic()
+        if now - self._last_drop_log >= self._log_interval_s:
+            self._last_drop_log = now
+            since = ", ".join(f"{k} {v}" for k, v in sorted(self._unlogged.items()))
+            self._unlogged.clear()
+            log.warning(
+                "MQTT %s queue bounds (%d messages / %d bytes, policy %s): dropped %s since the last "
+                "report, %d (%d bytes) in total",
+                self.client_id,
+                self._queue.maxsize,
+                self.queue_bytes,
+                self.overflow.value,
+                since,
+                self.dropped_total,
+                self.dropped_bytes_total,
+            )
 
     async def messages(self) -> AsyncGenerator[MqttMessage, None]:
         """Every received message in arrival order, across reconnects; ends when the transport closes."""
         q = self._queue
         while True:
             if not q.empty():
-                yield q.get_nowait()
+                yield self._take_nowait()
                 continue
             if self._closed.is_set():
                 return
@@ -311,7 +359,9 @@ class MqttTransport:
                 if not getter.done():
                     getter.cancel()
             if getter.done() and not getter.cancelled():
-                yield getter.result()
+                msg = getter.result()
+                self.queued_bytes -= len(msg.payload)
+                yield msg
 
     # ------------------------------------------------------------------------------------------ sending
     async def publish(
