@@ -23,6 +23,7 @@ import os
 import random
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ from tests.servers import free_port
 
 N_MANHOLE = 200
 SMOKE0 = 1000  # smoke alarms are devices SMOKE0, SMOKE0 + 1, ...
+
+
+def grows(seen: set[str], n: int) -> Callable[[], bool]:
+    return lambda: len(seen) > n
 
 
 @pytest.mark.parametrize("seed", [31])
@@ -111,9 +116,7 @@ async def test_outages_lose_nothing_and_alerts_go_first(tmp_path: Path, seed: in
                     cloud.mode = fault
                 await committed(await radio(rng.randint(2, 5)))
                 if fault in ("500", "503"):  # the alert steps' first send fails: the cloud saw them refused
-                    await poll(
-                        lambda n=len(failed_before): len(cloud.failed_alerts) > n, 30, "an alert send refused"
-                    )
+                    await poll(grows(cloud.failed_alerts, len(failed_before)), 30, "an alert send refused")
                 outage = rng.uniform(1.0, 2.5) if fault != "commit_then_503" else 0.0
                 await asyncio.sleep(outage)  # the outage lasts a while, frames keep coming
                 if outage:
