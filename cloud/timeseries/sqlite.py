@@ -13,8 +13,12 @@ Why this shape (measured in ``bench/bench_ingest.py``):
   clustered on the key, at about a third of the write rate on a file (every batch dirties a leaf page of
   full rows per device); it would make one device's history a contiguous scan, but reads here are
   bounded (``max_points`` or aggregated in SQL through the index), writes are the hot path.
-- **``executemany`` over tuples built column-wise** (``tolist`` + ``zip``, see
-  :func:`~cloud.timeseries.base.column_value_rows`): no per-value Python work; SQLite binds NaN as NULL.
+- **Multi-row ``INSERT .. VALUES (..), (..), ..``** of up to 128 readings per statement, parameters
+  built column-wise (``tolist`` + ``zip``, see :func:`~cloud.timeseries.base.column_value_rows`, then
+  flattened in C by ``itertools.chain``): no per-value Python work, and one statement step per 128 rows
+  instead of one per row (measured: ~15 % less CPU per batch than ``executemany`` of single rows). The
+  full-chunk statement text repeats, so SQLite's statement cache prepares it once. SQLite binds NaN as
+  NULL.
 - **WAL journal with ``synchronous=FULL`` by default.** The cloud acknowledges a batch only after
   ``write`` returns and the gateway then deletes it from its outbox, so a commit must survive a power cut.
   In WAL mode ``synchronous=NORMAL`` skips the fsync at commit: the database stays consistent, but the
@@ -39,8 +43,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +68,14 @@ from firmware_bridge.registry import KINDS, spec
 
 _BASE_COLUMNS = ("device_id", "time_ms", "seq", "battery_pct", "flags", "fw_version")
 _IN_CHUNK = 500  # device ids per IN (...) list, well under SQLite's variable limit
+_ROWS_PER_INSERT = 128  # readings per multi-row INSERT (measured flat from 32 to 256)
 
 
 @dataclass(slots=True)
 class _Pending:
-    """One caller's batch waiting for (or in) a group commit."""
+    """One caller's batch waiting for (or in) a group commit: its INSERT statements and their parameters."""
 
-    sql: str
-    rows: Iterator[tuple[object, ...]]
+    statements: list[tuple[str, list[object]]]
     n: int
     kind: str
     stored: int = 0
@@ -99,6 +104,9 @@ class SQLiteStore:
             self._reader = self._writer if self._memory else self._connect()
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open SQLite time-series store {self.path!r}: {exc}") from exc
+        # bound-parameter limit of this SQLite build (999 before 3.32, 32,766 since)
+        self._max_variables = self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._sql_cache: dict[tuple[DeviceKind, tuple[str, ...], int], str] = {}
         self._write_lock = threading.Lock()
         self._group_cv = threading.Condition()
         self._pending: list[_Pending] = []
@@ -152,14 +160,11 @@ class SQLiteStore:
         n = len(batch)
         if n == 0:
             return WriteResult(0, 0)
-        names = spec(batch.kind).channel_names
         # Device order: consecutive inserts hit the same index leaf (measured ~20 % faster than arrival).
         batch = batch.take(np.argsort(batch.device_id, kind="stable"))
-        rows = column_value_rows(batch, time_ms_column(batch))
-        cols = ", ".join(_q(c) for c in (*_BASE_COLUMNS, *names))
-        marks = ", ".join("?" * (len(_BASE_COLUMNS) + len(names)))
-        sql = f"INSERT OR IGNORE INTO {_q(table_name(batch.kind))} ({cols}) VALUES ({marks})"
-        mine = _Pending(sql=sql, rows=rows, n=n, kind=batch.kind.value)
+        # statements built here, in the caller's thread: concurrent callers prepare theirs in parallel and
+        # the group-commit leader only executes
+        mine = _Pending(statements=self._statements(batch), n=n, kind=batch.kind.value)
         with self._group_cv:
             self._pending.append(mine)
             while not mine.done and self._leader:
@@ -171,6 +176,30 @@ class SQLiteStore:
         if mine.error is not None:
             raise mine.error
         return WriteResult(stored=mine.stored, duplicates=n - mine.stored)
+
+    def _statements(self, batch: ReadingBatch) -> list[tuple[str, list[object]]]:
+        """``INSERT OR IGNORE .. VALUES (..), (..), ..`` statements of at most ``_ROWS_PER_INSERT`` rows."""
+        names = spec(batch.kind).channel_names
+        width = len(_BASE_COLUMNS) + len(names)
+        per = max(1, min(_ROWS_PER_INSERT, self._max_variables // width))
+        rows = column_value_rows(batch, time_ms_column(batch))
+        out = []
+        for start in range(0, len(batch), per):
+            k = min(per, len(batch) - start)
+            out.append((self._insert_sql(batch.kind, names, k), list(chain.from_iterable(islice(rows, k)))))
+        return out
+
+    def _insert_sql(self, kind: DeviceKind, names: tuple[str, ...], rows: int) -> str:
+        key = (kind, names, rows)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            cols = ", ".join(_q(c) for c in (*_BASE_COLUMNS, *names))
+            one = "(" + ", ".join("?" * (len(_BASE_COLUMNS) + len(names))) + ")"
+            sql = f"INSERT OR IGNORE INTO {_q(table_name(kind))} ({cols}) VALUES " + ", ".join([one] * rows)
+            if len(self._sql_cache) > 1024:
+                self._sql_cache.clear()
+            self._sql_cache[key] = sql
+        return sql
 
     def _lead(self) -> None:
         """Commit every queued batch in one transaction (one fsync), then hand leadership on."""
@@ -198,7 +227,7 @@ class SQLiteStore:
                 c.execute("BEGIN IMMEDIATE")
                 try:
                     for p in group:
-                        p.stored = c.executemany(p.sql, p.rows).rowcount
+                        p.stored = sum(c.execute(sql, args).rowcount for sql, args in p.statements)
                     c.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
