@@ -387,6 +387,37 @@ def start_work(s: Session, cfg: LoopConfig, row: Incident, policy_name: str | No
     restart_escalation(s, cfg, row, policy_name, now)
 
 
+_TX_LOAD = "vigil.loop.open_load"
+
+
+def open_load(s: Session) -> dict[str, int]:
+    """Open incidents per assignee, loaded once per transaction and kept current by dispatches in it (a
+    storm's incidents are spread by load without a query and a flush for each)."""
+    load: dict[str, int] | None = s.info.get(_TX_LOAD)
+    if load is None:
+        s.flush()  # assignments made earlier in this transaction count
+        load = {
+            str(who): int(n)
+            for who, n in s.execute(
+                select(Incident.assignee, func.count())
+                .where(Incident.is_open.is_(True), Incident.assignee.is_not(None))
+                .group_by(Incident.assignee)
+            )
+        }
+        s.info[_TX_LOAD] = load
+    return load
+
+
+def _moved_load(s: Session, old: str | None, new: str | None) -> None:
+    load: dict[str, int] | None = s.info.get(_TX_LOAD)
+    if load is None or old == new:
+        return
+    if old:
+        load[old] = max(0, load.get(old, 0) - 1)
+    if new:
+        load[new] = load.get(new, 0) + 1
+
+
 def dispatch_auto(
     s: Session, cfg: LoopConfig, row: Incident, now: float, *, exclude: Sequence[str] = ()
 ) -> bool:
@@ -397,29 +428,19 @@ def dispatch_auto(
             if role.startswith("desk_") or role in ("resident", "family_contact", "call_taker"):
                 continue  # desks and relatives are paged, not dispatched a work order
             people = cfg.roster.on_call(role, row.grid, now)
-            load = (
-                {}
-                if len(people) < 2
-                else {
-                    str(who): int(n)
-                    for who, n in s.execute(
-                        select(Incident.assignee, func.count())
-                        .where(Incident.is_open.is_(True), Incident.assignee.in_([p.id for p in people]))
-                        .group_by(Incident.assignee)
-                    )
-                }
-            )
+            load = open_load(s) if len(people) >= 2 else {}
             who = pick(people, lat=row.lat, lon=row.lon, load=load)
             if who is None:
                 rows.add_event(s, row, "coverage_gap", actor=SYSTEM, now=now, role=role, zone=row.grid)
                 continue
-            before = row.stage
+            before, previous = row.stage, row.assignee
             tr = apply(
                 rows.order_of(row),
                 Command(Action.DISPATCH, SYSTEM, assignee=who.id, department=rc["department"]),
                 now,
             )
             rows.store_order(row, tr.after, cfg.sla, now)
+            _moved_load(s, previous, row.assignee)
             rows.add_event(
                 s,
                 row,

@@ -159,6 +159,34 @@ def add_timer(
 FIRST_STEP_PEOPLE, LATER_STEP_PEOPLE = 1, 2
 
 
+_TX_RECENT_PAGES = "vigil.loop.recent_pages"
+_TX_INTENT_KEYS = "vigil.loop.intent_keys"
+RECENT_PAGES_S = 3600.0
+
+
+def recent_pages(s: Session, now: float) -> dict[str, int]:
+    """Intents per target in the last hour, loaded once per transaction and kept current by
+    :func:`write_intents` (a storm's hundreds of incidents in one transaction need one query, not one
+    query and one flush each, and each incident sees the pages the ones before it just wrote)."""
+    pages: dict[str, int] | None = s.info.get(_TX_RECENT_PAGES)
+    if pages is None:
+        with s.no_autoflush:
+            pages = {
+                str(who): int(cnt)
+                for who, cnt in s.execute(
+                    select(NotificationIntentRow.target_id, func.count())
+                    .where(NotificationIntentRow.created_at >= now - RECENT_PAGES_S)
+                    .group_by(NotificationIntentRow.target_id)
+                )
+            }
+        if s.info.get(_TX_INTENT_KEYS):  # written before this lookup and not flushed: not in the query
+            for obj in s.new:
+                if isinstance(obj, NotificationIntentRow):
+                    pages[obj.target_id] = pages.get(obj.target_id, 0) + 1
+        s.info[_TX_RECENT_PAGES] = pages
+    return pages
+
+
 def expand_intents(
     s: Session, intents: tuple[NotificationIntent, ...], row: Incident, roster: Roster, now: float
 ) -> list[NotificationIntent]:
@@ -177,21 +205,7 @@ def expand_intents(
             out.append(it)
             continue
         n = FIRST_STEP_PEOPLE if it.step == 0 else LATER_STEP_PEOPLE
-        recent = (
-            {}
-            if len(people) <= n
-            else {
-                str(who): int(cnt)
-                for who, cnt in s.execute(
-                    select(NotificationIntentRow.target_id, func.count())
-                    .where(
-                        NotificationIntentRow.target_id.in_(people),
-                        NotificationIntentRow.created_at >= now - 3600,
-                    )
-                    .group_by(NotificationIntentRow.target_id)
-                )
-            }
-        )
+        recent = recent_pages(s, now) if len(people) > n else {}
         people.sort(key=lambda p: (p != row.assignee, recent.get(p, 0)))
         out.extend(_retarget(it, row, TargetKind.USER, p) for p in people[:n])
     return out
@@ -218,18 +232,24 @@ def write_intents(s: Session, row: Incident, intents: list[NotificationIntent], 
     if not intents:
         return 0
     keys = [i.dedup_key for i in intents]
-    existing = set(
-        s.scalars(
-            NotificationIntentRow.__table__.select()
-            .with_only_columns(NotificationIntentRow.dedup_key)
-            .where(NotificationIntentRow.dedup_key.in_(keys))
+    written: set[str] = s.info.setdefault(_TX_INTENT_KEYS, set())  # pending in this transaction
+    with s.no_autoflush:  # what this transaction wrote is in ``written``: no flush per incident
+        existing = written.intersection(keys) | set(
+            s.scalars(
+                NotificationIntentRow.__table__.select()
+                .with_only_columns(NotificationIntentRow.dedup_key)
+                .where(NotificationIntentRow.dedup_key.in_(keys))
+            )
         )
-    )
+    pages = s.info.get(_TX_RECENT_PAGES)
     new = 0
     for it in intents:
         if it.dedup_key in existing:
             continue
         existing.add(it.dedup_key)
+        written.add(it.dedup_key)
+        if pages is not None:
+            pages[it.target_id] = pages.get(it.target_id, 0) + 1
         s.add(
             NotificationIntentRow(
                 incident_id=row.id,
