@@ -31,6 +31,7 @@ from edge.uplink.base import (
     parse_ack,
 )
 from firmware_bridge.backoff import Backoff
+from firmware_bridge.transports.mqtt import close_on_failed_handshake
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class MqttUplink:
         self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
         self.tls: ssl.SSLContext | None = None
         if u.scheme == "mqtts":  # TLS 1.2+, the broker's certificate and host name verified
-            self.tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            self.tls = close_on_failed_handshake(
+                ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            )
             if client_cert:
                 self.tls.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
         self.gateway_id = gateway_id

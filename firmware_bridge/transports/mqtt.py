@@ -44,7 +44,7 @@ import aiomqtt
 from firmware_bridge.backoff import Backoff
 from firmware_bridge.errors import TransportError
 
-__all__ = ["MqttMessage", "MqttTransport", "OverflowPolicy"]
+__all__ = ["MqttMessage", "MqttTransport", "OverflowPolicy", "close_on_failed_handshake"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,17 @@ class _ClosingSSLSocket(ssl.SSLSocket):
         except BaseException:
             self.close()
             raise
+
+
+def close_on_failed_handshake(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Make ``ctx``'s sockets close themselves when the TLS handshake fails (paho-mqtt leaks them).
+
+    For any aiomqtt/paho client given ``tls_context=ctx``; a no-op if ``ctx`` already uses a custom
+    socket class. Returns ``ctx``.
+    """
+    if ctx.sslsocket_class is ssl.SSLSocket:
+        ctx.sslsocket_class = _ClosingSSLSocket
+    return ctx
 
 
 def _valid_filter(topic: str) -> bool:
@@ -160,9 +171,7 @@ class MqttTransport:
         self.username = username
         self._password = password
         self.clean_session = clean_session
-        if tls is not None and tls.sslsocket_class is ssl.SSLSocket:
-            tls.sslsocket_class = _ClosingSSLSocket
-        self.tls = tls
+        self.tls = close_on_failed_handshake(tls) if tls is not None else None
         self.overflow = OverflowPolicy(overflow)
         self.keepalive = keepalive
         self.timeout = timeout

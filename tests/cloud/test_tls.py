@@ -142,9 +142,8 @@ def _leaf(
     return key, b.sign(ca_key, hashes.SHA256())
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
+def make_pki(d: Path) -> Pki:
+    """A CA, a server certificate for localhost / 127.0.0.1 and a client certificate, as PEM files."""
     ca_key, ca_cert = _ca("Vigil test CA")
     s_key, s_cert = _leaf(ca_key, ca_cert, "localhost", server=True)
     c_key, c_cert = _leaf(ca_key, ca_cert, "gw-tls", server=False)
@@ -164,6 +163,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         d / "client.key",
         d / "other-ca.pem",
     )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 # -- the real cloud, serving HTTPS --------------------------------------------------------------------
