@@ -119,15 +119,21 @@ class Daemon:
                         return
                 await asyncio.sleep(0.05)
 
-    async def metric(self, name: str) -> float | None:
-        """One sample of the running daemon's metrics (``name`` with its labels), ``None`` if absent."""
+    async def samples(self, prefix: str) -> dict[str, float]:
+        """The running daemon's metric samples whose name (with labels) starts with ``prefix``."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         async with httpx.AsyncClient() as client:
             text = (await client.get(url, timeout=2)).text
+        out: dict[str, float] = {}
         for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return None
+            if line.startswith(prefix) and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    async def metric(self, name: str) -> float | None:
+        """One sample (``name`` with its labels), ``None`` if absent."""
+        return (await self.samples(name)).get(name)
 
     def kill9(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from pathlib import Path
 
@@ -90,7 +91,11 @@ qos = 1""",
         # the gateway's persistent session exists from its first start on: from then on the broker keeps
         # what it acknowledged to the devices for the gateway, also while the gateway is dead
         await daemon.start()
-        async with aiomqtt.Client(broker.host, broker.port, identifier=f"devices-{seed}") as pub:
+        quiet = logging.getLogger("tests.faults.devices")  # aiomqtt warns about > 10 publishes in flight
+        quiet.setLevel(logging.ERROR)
+        async with aiomqtt.Client(
+            broker.host, broker.port, identifier=f"devices-{seed}", logger=quiet
+        ) as pub:
             publisher = asyncio.create_task(devices_publish(pub), name="devices")
             try:
                 for _ in range(kills):
@@ -105,7 +110,9 @@ qos = 1""",
                 stop_publishing.set()
                 await publisher
         # last run: no kill; the broker redelivers its backlog, the gateway drains to the cloud
-        await poll(lambda: broker_acked <= set(cloud.stored()), 120, "every broker-acknowledged frame stored")
+        await poll(
+            lambda: broker_acked <= set(cloud.stored()), 120, "every broker-acknowledged frame stored", 0.5
+        )
         assert daemon.stop() == 0
         stored = cloud.stored()
         ledger.kills, ledger.restarts = daemon.kills, daemon.starts - 1
