@@ -7,7 +7,8 @@ What is measured (every row says which):
 
 * ``store`` rows: ``TimeSeriesStore.write(ReadingBatch)`` directly, 5,000 manhole readings (8 channels) per
   batch, 500 devices, 1 % missing values; latency = one ``write`` call = batch handed over -> committed.
-  - ``sqlite wide executemany (ours, synchronous=FULL)`` the embedded default; also ``synchronous=NORMAL``.
+  - ``sqlite wide multi-row INSERT (ours, synchronous=FULL)`` the embedded default (128 readings per
+    ``INSERT .. VALUES``); also ``synchronous=NORMAL``.
   - baseline ``sqlite narrow table`` one row per (reading, channel), rows built with numpy too, so the
     difference is the layout; baseline ``sqlite per-row INSERT`` one ``execute`` per reading.
   - ``postgresql COPY + INSERT..SELECT ON CONFLICT (ours)`` vs baseline ``postgresql executemany INSERT ON
@@ -33,6 +34,13 @@ What is measured (every row says which):
 PostgreSQL runs as our own child process in a temp dir (``tests.servers.start_postgres``) with
 ``fsync=off`` (test-server settings): PostgreSQL figures are therefore an upper bound for a production
 server, while the SQLite default pays a real fsync per commit. Results: ``bench/results/bench_ingest.json``.
+
+At the end, the three throughput aims of issue 12 are printed as a table: whole path / store on the same
+batches (>= 0.70, by wall time and by CPU), whole-path readings/s on the embedded store (>= 150,000), and
+PostgreSQL 2 worker processes / 1 (>= 1.8), each beside the figure of the results file this run replaces
+(the previous run, with its load average), so a change is read as before/after. Both go into the JSON
+(``aims``, ``previous_run``). Wall-time figures on a shared 2-core machine move with its load; compare
+runs by the CPU figures, and quote the load average with any wall-time figure.
 """
 
 from __future__ import annotations
@@ -472,6 +480,79 @@ def http_ingest_procs(
     return wall, [x for r in results for x in r[1]], sum(r[2] for r in results), sum(r[3] for r in results)
 
 
+# --- the three throughput aims of issue 12, beside the previous run's figures -------------------------------
+SAME_SQLITE = "store only, sqlite, the http rows' batches (2,000 readings)"
+HTTP_SQLITE_1 = "http ingest, sqlite db + sqlite ts, 1 poster"
+HTTP_SQLITE_2 = "http ingest, sqlite db + sqlite ts, x2 posters"
+PG_PROCS_1 = "http ingest, postgresql db + ts, 1 worker process(es), 1 poster each"
+PG_PROCS_2 = "http ingest, postgresql db + ts, 2 worker process(es), 1 poster each"
+AIMS = (
+    ("whole_over_store_wall", "whole path / store, sqlite, same batches (wall)", 0.70),
+    ("whole_over_store_cpu", "whole path / store, sqlite, same batches (CPU)", 0.70),
+    ("whole_path_readings_per_s", "whole path readings/s, embedded, 1 poster", 150_000),
+    ("whole_path_x2_readings_per_s", "whole path readings/s, embedded, x2 posters", 150_000),
+    ("postgres_2_over_1_workers", "postgresql whole path, 2 worker processes / 1", 1.8),
+)
+
+
+def issue12_aims(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The aims' figures from one run's rows (``None`` where a row was not run)."""
+    by = {r["name"]: r for r in rows}
+
+    def get(name: str, key: str = "readings_per_s") -> float | None:
+        v = by.get(name, {}).get(key)
+        return float(v) if v else None
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    return {
+        "whole_over_store_wall": div(get(HTTP_SQLITE_1), get(SAME_SQLITE)),
+        "whole_over_store_cpu": div(
+            get(HTTP_SQLITE_1, "readings_per_client_cpu_s"), get(SAME_SQLITE, "readings_per_client_cpu_s")
+        ),
+        "whole_path_readings_per_s": get(HTTP_SQLITE_1),
+        "whole_path_x2_readings_per_s": get(HTTP_SQLITE_2),
+        "postgres_2_over_1_workers": div(get(PG_PROCS_2), get(PG_PROCS_1)),
+    }
+
+
+def _previous_aims() -> dict[str, Any] | None:
+    """The figures of the results file this run replaces (the "before" of a change), with its load."""
+    try:
+        old = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        return None
+    return {
+        "aims": old.get("aims") or issue12_aims(old.get("results", [])),
+        "load_average_1m": old.get("load_average_1m"),
+        "quick": old.get("quick"),
+    }
+
+
+def print_aims(
+    aims: dict[str, float | None], previous: dict[str, Any] | None, load: tuple[float, float]
+) -> None:
+    def fmt(v: float | None, target: float) -> str:
+        if v is None:
+            return "n/a"
+        return f"{v:,.0f}" if target > 100 else f"{v:.2f}"
+
+    prev = (previous or {}).get("aims") or {}
+    pload = (previous or {}).get("load_average_1m") or ["?", "?"]
+    print(f"\n{'issue 12 aim':<50} {'target':>10} {'this run':>10} {'previous run':>13}")
+    for key, label, target in AIMS:
+        v = aims.get(key)
+        ok = "" if v is None else ("  met" if v >= target else "  NOT met")
+        print(
+            f"{label:<50} {fmt(target, target):>10} {fmt(v, target):>10} {fmt(prev.get(key), target):>13}{ok}"
+        )
+    print(
+        f"load avg (1 min) before/after: {load[0]:.1f} / {load[1]:.1f} "
+        f"(previous run: {pload[0]} / {pload[1]}), {os.cpu_count()} CPUs"
+    )
+
+
 # --- main --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -514,22 +595,22 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpd)
         print(f"store level: {bs:,} manhole readings per batch, {ndev} devices, best of {args.repeat}")
         add(
-            "sqlite wide executemany (ours, synchronous=FULL)",
+            "sqlite wide multi-row INSERT (ours, synchronous=FULL)",
             "store",
             lambda i: run_store(f"sqlite:///{tmp}/full{i}.db", batches),
         )
         add(
-            "sqlite wide executemany (synchronous=NORMAL)",
+            "sqlite wide multi-row INSERT (synchronous=NORMAL)",
             "store",
             lambda i: run_store(f"sqlite:///{tmp}/normal{i}.db?synchronous=normal", batches),
         )
         add(
-            "sqlite wide executemany x2 threads, one store (group commit)",
+            "sqlite wide multi-row INSERT x2 threads, one store (group commit)",
             "store",
             lambda i: run_store_threads(f"sqlite:///{tmp}/thr{i}.db", half),
         )
         add(
-            "sqlite wide executemany x2 processes (one file)",
+            "sqlite wide multi-row INSERT x2 processes (one file)",
             "store",
             lambda i: run_store_parallel(f"sqlite:///{tmp}/par{i}.db", half),
         )
@@ -660,31 +741,16 @@ def main(argv: list[str] | None = None) -> int:
             if pg is not None:
                 pg.stop()
                 shutil.rmtree(pg.directory, ignore_errors=True)
-    ours = next(r for r in rows if r["name"].startswith("sqlite wide executemany (ours"))
+    ours = next(r for r in rows if r["name"].startswith("sqlite wide multi-row INSERT (ours"))
     base = next(r for r in rows if r["name"] == "baseline: sqlite per-row INSERT")
     load_after = os.getloadavg()
     print(
         f"\nembedded store: {ours['readings_per_s']:,} readings/s vs per-row baseline "
         f"{base['readings_per_s']:,} ({ours['readings_per_s'] / base['readings_per_s']:.1f}x); aim >= 100,000"
     )
-    by = {r["name"]: r for r in rows}
-
-    def ratio(a: str, b: str, key: str = "readings_per_s") -> str:
-        if a not in by or b not in by or not by[b].get(key):
-            return "n/a"
-        return f"{by[a][key] / by[b][key]:.2f}"
-
-    same_sqlite = "store only, sqlite, the http rows' batches (2,000 readings)"
-    print(
-        "whole path / store, same batches, sqlite, 1 poster: "
-        f"{ratio('http ingest, sqlite db + sqlite ts, 1 poster', same_sqlite)} by wall time, "
-        f"{ratio('http ingest, sqlite db + sqlite ts, 1 poster', same_sqlite, 'readings_per_client_cpu_s')}"
-        " by CPU (aim >= 0.70)"
-    )
-    p1 = "http ingest, postgresql db + ts, 1 worker process(es), 1 poster each"
-    p2 = "http ingest, postgresql db + ts, 2 worker process(es), 1 poster each"
-    print(f"postgresql whole path, 2 worker processes / 1: {ratio(p2, p1)}x (aim >= 1.8)")
-    print(f"load avg (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f}, {os.cpu_count()} CPUs")
+    aims = issue12_aims(rows)
+    previous = _previous_aims()
+    print_aims(aims, previous, (load_before[0], load_after[0]))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "bench_ingest",
@@ -699,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         "channels": len(spec(KIND).channels),
         "batch_readings": bs,
         "devices": ndev,
+        "aims": aims,
+        "previous_run": previous,
         "results": rows,
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")

@@ -32,6 +32,7 @@ import logging
 import time as _time
 from collections.abc import Sequence
 from concurrent import futures
+from contextlib import nullcontext
 from typing import Protocol
 
 import numpy as np
@@ -149,10 +150,11 @@ class IngestService:
         self, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool = False
     ) -> tuple[UplinkAck, list[AlertEvent]]:
         try:
-            dup = self._find_batch(gateway_id, batch.batch_id)
-            if dup is not None:
-                return dup, []
-            screened = self._screen(batch, gateway_id, allow_unassigned)
+            with self.db.read() as s:  # one session (one pool checkout) for both reads
+                dup = self._find_batch(gateway_id, batch.batch_id, s)
+                if dup is not None:
+                    return dup, []
+                screened = self._screen(s, batch, gateway_id, allow_unassigned)
             # The time-series write runs beside the database transaction (its fsync overlaps the device
             # bookkeeping); the transaction commits only once that write is durable (see _commit).
             pending = (
@@ -180,9 +182,9 @@ class IngestService:
                 f"database error while storing batch {batch.batch_id}: {type(exc).__name__}"
             ) from exc
 
-    def _find_batch(self, gateway_id: str, batch_id: str) -> UplinkAck | None:
-        with self.db.read() as s:
-            conn = s.connection()
+    def _find_batch(self, gateway_id: str, batch_id: str, s: Session | None = None) -> UplinkAck | None:
+        with nullcontext(s) if s is not None else self.db.read() as session:
+            conn = session.connection()
             mark = _mark(conn.dialect.paramstyle)
             row = conn.exec_driver_sql(
                 f"SELECT received_at FROM ingested_batches WHERE gateway_id = {mark} AND batch_id = {mark}",
@@ -192,15 +194,14 @@ class IngestService:
                 return None
             return UplinkAck(batch_id=batch_id, duplicate=True, committed_at=row[0])
 
-    def _screen(self, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool) -> Screened:
-        with self.db.read() as s:
-            out = screen(
-                s,
-                batch,
-                gateway_id,
-                window=self.limits.time_window(self.clock.now()),
-                allow_unassigned=allow_unassigned,
-            )
+    def _screen(self, s: Session, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool) -> Screened:
+        out = screen(
+            s,
+            batch,
+            gateway_id,
+            window=self.limits.time_window(self.clock.now()),
+            allow_unassigned=allow_unassigned,
+        )
         if out.refused:
             for (record, reason), n in out.by_reason.items():
                 self.guard.refused.labels(record, reason).inc(n)
