@@ -1,5 +1,7 @@
 """Encryption at rest of personal data and LoRa session keys, and masking for roles that need less.
 
+What is sealed, who sees what and how the key is managed: docs/privacy.md.
+
 The key is a Fernet key (AES-128-CBC + HMAC-SHA256, from ``cryptography``) in a key file created at first
 start with mode 0600. The key is never logged and never leaves the process; losing the file makes the
 encrypted columns unreadable, so back it up with the database (``docs/cloud.md``).
@@ -80,3 +82,23 @@ def mask_phone(phone: str) -> str:
     if len(digits) <= 2:
         return "*" * len(digits)
     return "*" * (len(digits) - 2) + digits[-2:]
+
+
+def mask_address(address: str) -> str:
+    """Keep the first third (at most 6 characters: city / district), hide the rest.
+
+    ``北京市海淀区中关村南大街5号楼101`` -> ``北京市海淀***``; ``5号楼101`` -> ``5号***``.
+    """
+    s = address.strip()
+    if not s:
+        return ""
+    return s[: min(6, len(s) // 3)] + "***"
+
+
+#: decimal places kept by :func:`coarse_position`: 0.001 deg = 111 m north-south, 85 m east-west at 40 deg N
+COARSE_DECIMALS = 3
+
+
+def coarse_position(deg: float | None) -> float | None:
+    """A latitude or longitude snapped to a ~100 m grid (roles that do not dispatch see no more)."""
+    return None if deg is None else round(deg, COARSE_DECIMALS)

@@ -9,6 +9,13 @@ Personal data (wearer name and phone, emergency contact phone) and LoRa session 
 (:mod:`cloud.crypto`) and shown in clear only to roles in ``PERSONAL_DATA_ROLES``; other roles get masked
 values (``张*``, ``138****1234``); LoRa keys are never returned by the API.
 
+A device worn by a person (``PERSONAL_KINDS``: the wristband) also has its home address and exact
+position sealed: the clear ``address`` column stays empty and ``lat`` / ``lon`` hold the position snapped
+to a ~100 m grid (enough for the map, the risk grid and picking the nearest responder); admin and
+dispatcher get the exact values from the sealed document, other roles the coarse position and a masked
+address. Manhole covers and smoke alarms sit at fixed installation points and are not personal
+(docs/privacy.md).
+
 Bulk import reads the CSV that ``vigil simulate`` writes, validates every row first, reports every bad
 row with its line number, and writes all rows or none (an *upsert*: importing again updates devices).
 """
@@ -26,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 
 from cloud.auth import PERSONAL_DATA_ROLES, Role
-from cloud.crypto import SecretBox, mask_name, mask_phone
+from cloud.crypto import SecretBox, coarse_position, mask_address, mask_name, mask_phone
 from cloud.db import Database, Device
 from cloud.errors import BadRequestError, ImportRowsError, NotFoundError
 from firmware_bridge.devicelist import DEVICE_CSV_COLUMNS, DeviceListError, decode_text
@@ -37,6 +44,10 @@ from firmware_bridge.registry import spec
 DEVICE_ID_RE = re.compile(r"^(?:[0-9A-Fa-f]{16}|[0-9]{6,20})$")
 CSV_COLUMNS = DEVICE_CSV_COLUMNS
 PRIVATE_FIELDS = ("wearer_name", "wearer_phone", "emergency_contact_phone", "nwk_skey", "app_skey")
+#: kinds worn by a person: their address and exact position are sealed too (the rest are fixed installations)
+PERSONAL_KINDS = frozenset({DeviceKind.WRISTBAND})
+#: sealed only for ``PERSONAL_KINDS``
+PLACE_FIELDS = ("address", "lat", "lon")
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 
@@ -156,6 +167,10 @@ class DeviceOut(BaseModel):
     wearer_phone: str = ""
     emergency_contact_phone: str = ""
     personal_data_masked: bool
+    position_coarse: bool = Field(
+        default=False,
+        description="lat/lon snapped to a ~100 m grid (a worn device, for a role that does not dispatch)",
+    )
     last_seen: float | None = Field(description="device time of the newest reading (UTC s)")
     last_received_at: float | None = Field(description="when the cloud received the newest batch (UTC s)")
     last_seq: int | None
@@ -174,11 +189,15 @@ class Registry:
     def _apply(self, row: Device, d: DeviceIn) -> None:
         row.kind = d.kind.value
         row.name, row.lat, row.lon, row.address = d.name, d.lat, d.lon, d.address
+        private: dict[str, Any] = {f: getattr(d, f) for f in PRIVATE_FIELDS}
+        if d.kind in PERSONAL_KINDS:  # the wearer's home: sealed, only a coarse position in clear
+            private.update({f: getattr(d, f) for f in PLACE_FIELDS})
+            row.address, row.lat, row.lon = "", coarse_position(d.lat), coarse_position(d.lon)
         row.grid, row.community, row.street, row.on_road = d.grid, d.community, d.street, d.on_road
         row.gateway_id, row.profile, row.thresholds = d.gateway_id, d.profile, dict(d.thresholds)
         row.interval_s = d.interval_s or spec(d.kind).heartbeat_s
         row.dev_addr = d.dev_addr.upper()
-        row.private_enc = self.box.seal({f: getattr(d, f) for f in PRIVATE_FIELDS})
+        row.private_enc = self.box.seal(private)
 
     def upsert(self, devices: Iterable[DeviceIn], *, now: float) -> int:
         items = list(devices)
@@ -256,13 +275,23 @@ class Registry:
         name = str(private.get("wearer_name", ""))
         phone = str(private.get("wearer_phone", ""))
         contact = str(private.get("emergency_contact_phone", ""))
+        lat, lon, address = row.lat, row.lon, row.address
+        worn = DeviceKind(row.kind) in PERSONAL_KINDS
+        if worn:
+            home = str(private.get("address") or row.address)  # (a row not yet migrated: the column)
+            address = home if clear else mask_address(home)
+            if clear:
+                lat = float(private["lat"]) if "lat" in private else lat
+                lon = float(private["lon"]) if "lon" in private else lon
+            else:
+                lat, lon = coarse_position(lat), coarse_position(lon)
         return DeviceOut(
             device_id=row.device_id,
             kind=DeviceKind(row.kind),
             name=row.name,
-            lat=row.lat,
-            lon=row.lon,
-            address=row.address,
+            lat=lat,
+            lon=lon,
+            address=address,
             grid=row.grid,
             community=row.community,
             street=row.street,
@@ -276,6 +305,7 @@ class Registry:
             wearer_phone=phone if clear else mask_phone(phone),
             emergency_contact_phone=contact if clear else mask_phone(contact),
             personal_data_masked=not clear,
+            position_coarse=worn and not clear and lat is not None,
             last_seen=row.last_seen,
             last_received_at=row.last_received_at,
             last_seq=row.last_seq,

@@ -6,6 +6,9 @@
 those of the *raising* step (so a scorer measures detection latency from them). ``?view=steps`` returns
 every lifecycle step instead, oldest first.
 
+A wristband's alert value and message are health data (heart rate, SpO2 ...): roles outside
+:data:`cloud.auth.PERSONAL_DATA_ROLES` get ``value = null`` and an empty message (docs/privacy.md).
+
 Gateway alerts (GATEWAY_OFFLINE, ``kind = "gateway"``) are not device alerts and would not validate as
 an AlertEvent; they are listed only with ``?kind=gateway``.
 """
@@ -20,6 +23,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from cloud.api.deps import ERROR_RESPONSES, State, User
+from cloud.auth import PERSONAL_DATA_ROLES, Principal
 from cloud.db import Alert, AlertStep
 from cloud.errors import NotFoundError
 from firmware_bridge.kernel.events import AlertPhase, EventType
@@ -56,7 +60,12 @@ class AlertDetail(BaseModel):
     steps: list[AlertOut]
 
 
-def _out(a: Alert | AlertStep, time: float, frame_time: float) -> AlertOut:
+#: kinds whose alert values are health data (a person wears the device)
+HEALTH_KINDS = frozenset({DeviceKind.WRISTBAND.value})
+
+
+def _out(a: Alert | AlertStep, time: float, frame_time: float, health: bool) -> AlertOut:
+    hidden = not health and a.kind in HEALTH_KINDS
     return AlertOut(
         alert_id=a.alert_id,
         device_id=a.device_id,
@@ -67,22 +76,27 @@ def _out(a: Alert | AlertStep, time: float, frame_time: float) -> AlertOut:
         episode_ms=a.episode_ms,
         time=time,
         frame_time=frame_time,
-        value=a.value,
-        message=a.message,
+        value=None if hidden else a.value,
+        message="" if hidden else a.message,
     )
 
 
-def _current(a: Alert) -> AlertOut:
+def _current(a: Alert, health: bool) -> AlertOut:
     """The alert's current phase, stamped with its *raising* step's times (so latency can be measured)."""
-    return _out(a, a.raised_time, a.raised_frame_time)
+    return _out(a, a.raised_time, a.raised_frame_time, health)
 
 
-def _step(a: AlertStep) -> AlertOut:
-    return _out(a, a.time, a.frame_time)
+def _step(a: AlertStep, health: bool) -> AlertOut:
+    return _out(a, a.time, a.frame_time, health)
+
+
+def _may_see_health(caller: Principal) -> bool:
+    return caller.role in PERSONAL_DATA_ROLES
 
 
 def _list(
     state: State,
+    health: bool,
     since: float | None,
     phase: str | None,
     kind: str | None,
@@ -105,7 +119,11 @@ def _list(
     q = q.order_by(t_col, table.alert_id).limit(limit)
     with state.db.read() as s:
         rows = list(s.scalars(q))
-        items = [_step(r) for r in rows] if view == "steps" else [_current(r) for r in rows]  # type: ignore[arg-type]
+        items = (
+            [_step(r, health) for r in rows]  # type: ignore[arg-type]
+            if view == "steps"
+            else [_current(r, health) for r in rows]  # type: ignore[arg-type]
+        )
     return AlertList(alerts=items)
 
 
@@ -129,6 +147,7 @@ async def list_alerts(
     return await asyncio.to_thread(
         _list,
         state,
+        _may_see_health(caller),
         since,
         state_,
         kind.value if isinstance(kind, DeviceKind) else kind,
@@ -138,7 +157,7 @@ async def list_alerts(
     )
 
 
-def _detail(state: State, alert_id: str) -> AlertDetail:
+def _detail(state: State, alert_id: str, health: bool) -> AlertDetail:
     with state.db.read() as s:
         a = s.get(Alert, alert_id)
         if a is None:
@@ -149,11 +168,11 @@ def _detail(state: State, alert_id: str) -> AlertDetail:
             )
         )
         return AlertDetail(
-            alert=_current(a),
+            alert=_current(a, health),
             source=a.source,
             raised_time=a.raised_time,
             updated_time=a.updated_time,
-            steps=[_step(x) for x in steps],
+            steps=[_step(x, health) for x in steps],
         )
 
 
@@ -161,4 +180,4 @@ def _detail(state: State, alert_id: str) -> AlertDetail:
 async def get_alert(
     alert_id: Annotated[str, Path(min_length=3, max_length=160)], caller: User, state: State
 ) -> AlertDetail:
-    return await asyncio.to_thread(_detail, state, alert_id)
+    return await asyncio.to_thread(_detail, state, alert_id, _may_see_health(caller))

@@ -51,7 +51,7 @@ class CloudState:
         db = Database(settings.database_url)  # creates the SQLite file's directory
         try:
             if settings.should_migrate:
-                upgrade_head(settings.database_url)
+                upgrade_head(settings.database_url, secret_key_file=settings.secret_key_file)
             store = open_timeseries(settings.timeseries_url)
             if settings.detect_gateway_ids:  # cloud-side detection: queue those devices' readings
                 store = InboxTap(store, db, gateways=settings.detect_gateway_ids)

@@ -27,16 +27,22 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade_head(database_url: str) -> None:
+def upgrade_head(database_url: str, *, secret_key_file: Path | None = None) -> None:
     """``alembic upgrade head`` against ``database_url`` (idempotent).
+
+    ``secret_key_file`` is the key that data migrations seal personal data with (0015_pii_at_rest); without
+    it they use ``VIGIL_CLOUD_SECRET_KEY_FILE`` or the default path, and only if that file exists.
 
     Raises :class:`StorageError` naming the database (without its password) if it cannot be reached.
     """
     url = make_url(normalise_url(database_url))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         private_sqlite_file(Path(url.database))
+    cfg = alembic_config(database_url)
+    if secret_key_file is not None:
+        cfg.attributes["vigil_secret_key_file"] = Path(secret_key_file)
     try:
-        command.upgrade(alembic_config(database_url), "heads")
+        command.upgrade(cfg, "heads")
     except SQLAlchemyError as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StorageError(
