@@ -238,31 +238,83 @@ def _dummy_hash() -> str:
 
 
 class LoginThrottle:
-    """Failed logins back off per username and per client address (in memory, per process).
+    """Failed logins back off per username and per client address.
 
     The first ``free`` failures of a key cost nothing; each further failure locks the key for twice as
-    long as the last (1 s, 2 s, 4 s ... up to ``max_s``). A success clears the username's and the address's
-    count. At most ``max_keys`` keys are tracked (the oldest are forgotten), so a flood of made-up
-    usernames cannot grow memory without bound.
+    long as the last (1 s, 2 s, 4 s ... up to ``max_s``), counted from the latest failure. A success clears
+    the username's and the address's count.
+
+    With ``db`` (the service), the counts are read from the audit log the login endpoint already writes
+    (``auth.login_failed`` / ``auth.login`` rows in ``loop_audit``: actor = username, target =
+    ``addr:<address>``): every worker process sees the same counts and a restart forgets nothing. Only
+    failures within ``window_s`` (default one day) and after the key's latest success count; the query
+    uses the audit log's time index. :meth:`failed` and :meth:`succeeded` then only keep the in-memory
+    copy, and :meth:`retry_after` (blocking: call it from a worker thread) takes the longer of both.
+
+    Without ``db`` (tests, tools) it is in memory and per process; at most ``max_keys`` keys are tracked
+    (the oldest are forgotten), so a flood of made-up usernames cannot grow memory without bound.
     """
 
-    def __init__(self, *, free: int = 5, max_s: float = 900.0, max_keys: int = 10_000) -> None:
-        self.free, self.max_s, self.max_keys = free, max_s, max_keys
+    def __init__(
+        self,
+        db: Database | None = None,
+        *,
+        free: int = 5,
+        max_s: float = 900.0,
+        max_keys: int = 10_000,
+        window_s: float = 86400.0,
+    ) -> None:
+        self.db = db
+        self.free, self.max_s, self.max_keys, self.window_s = free, max_s, max_keys, window_s
         self._fails: dict[str, tuple[int, float]] = {}  # key -> (failures, locked until)
 
     @staticmethod
     def keys(username: str, address: str) -> tuple[str, str]:
         return f"user:{username}", f"addr:{address}"
 
+    def lock_s(self, failures: int) -> float:
+        """How long ``failures`` consecutive failures lock a key (0 while within ``free``)."""
+        over = failures - self.free
+        return min(2.0 ** (over - 1), self.max_s) if over > 0 else 0.0
+
     def retry_after(self, keys: tuple[str, ...], *, now: float) -> float:
         """Seconds until these keys may try again (0: now)."""
-        return max((self._fails.get(k, (0, 0.0))[1] - now for k in keys), default=0.0)
+        local = max((self._fails.get(k, (0, 0.0))[1] - now for k in keys), default=0.0)
+        if self.db is None:
+            return local
+        return max(local, self._shared_retry_after(keys, now=now))
+
+    def _shared_retry_after(self, keys: tuple[str, ...], *, now: float) -> float:
+        from sqlalchemy import func
+
+        from cloud.loop.models import AuditEntry as A
+
+        wait = 0.0
+        assert self.db is not None
+        with self.db.read() as s:
+            for key in keys:
+                kind, _, value = key.partition(":")
+                column = A.actor if kind == "user" else A.target
+                match = value[:64] if kind == "user" else key[:128]
+                since = now - self.window_s
+                last_ok = s.scalar(
+                    select(func.max(A.at)).where(A.at > since, A.action == "auth.login", column == match)
+                )
+                n, last_fail = s.execute(
+                    select(func.count(), func.max(A.at)).where(
+                        A.at > (since if last_ok is None else max(since, last_ok)),
+                        A.action == "auth.login_failed",
+                        column == match,
+                    )
+                ).one()
+                if n and last_fail is not None:
+                    wait = max(wait, float(last_fail) + self.lock_s(int(n)) - now)
+        return wait
 
     def failed(self, keys: tuple[str, ...], *, now: float) -> None:
         for k in keys:
             n = self._fails.pop(k, (0, 0.0))[0] + 1
-            over = n - self.free
-            self._fails[k] = (n, now + min(2.0 ** (over - 1), self.max_s) if over > 0 else 0.0)
+            self._fails[k] = (n, now + self.lock_s(n))
         while len(self._fails) > self.max_keys:
             del self._fails[next(iter(self._fails))]
 

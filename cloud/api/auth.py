@@ -34,10 +34,11 @@ class WhoAmI(BaseModel):
     name: str
 
 
-def _throttle(request: Request) -> LoginThrottle:
+def _throttle(request: Request, state: State) -> LoginThrottle:
+    """One per app; its counts come from the audit log, shared by every worker and kept across restarts."""
     throttle = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
-        throttle = request.app.state.login_throttle = LoginThrottle()
+        throttle = request.app.state.login_throttle = LoginThrottle(state.db)
     return throttle
 
 
@@ -58,9 +59,9 @@ def _audit_login(state: State, username: str, address: str, action: str, now: fl
 async def login(body: LoginIn, state: State, request: Request) -> TokenOut:
     now = state.clock.now()
     address = request.client.host if request.client else "unknown"
-    throttle = _throttle(request)
+    throttle = _throttle(request, state)
     keys = throttle.keys(body.username, address)
-    wait = throttle.retry_after(keys, now=now)
+    wait = await asyncio.to_thread(throttle.retry_after, keys, now=now)
     if wait > 0:
         await asyncio.to_thread(_audit_login, state, body.username, address, "auth.login_throttled", now)
         raise RateLimitedError("too many failed logins; wait before trying again", retry_after_s=wait)
