@@ -50,17 +50,42 @@ SYSTEM = "system"
 def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float) -> list[int | None]:
     """Handle a batch in order; each signal sees the effects of the ones before it (``Batch``)."""
     batch = batch_context(s, cfg, now)
+    keys = set()
+    for sig in signals:
+        labels = sig.labels(grade(sig))
+        keys.add(group_key(rule_for(cfg.grouping, labels), labels))
     if s.get_bind().dialect.name == "postgresql":
         # take every group's lock up front, in one global order: two workers with overlapping storms
         # wait for each other instead of deadlocking
-        keys = set()
-        for sig in signals:
-            labels = sig.labels(grade(sig))
-            keys.add(group_key(rule_for(cfg.grouping, labels), labels))
         for key in sorted(keys):
             s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
             batch.locked.add(key)
+    _prefetch(s, batch, [sig.alert_id for sig in signals], sorted(keys))
     return [take(s, cfg, sig, now, batch) for sig in signals]
+
+
+_CHUNK = 500  # ids per IN (...) list
+
+
+def _prefetch(s: Session, batch: Batch, alert_ids: Sequence[str], keys: Sequence[str]) -> None:
+    """Load the batch's alert links and its groups' open incidents in a few queries, not one per signal
+    (after the group locks, so what is read is what the locks protect)."""
+    ids = sorted(set(alert_ids))
+    with s.no_autoflush:
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            for link in s.scalars(select(AlertLink).where(AlertLink.alert_id.in_(chunk))):
+                batch.links.setdefault(link.alert_id, link)
+            batch.links_known.update(chunk)
+        for i in range(0, len(keys), _CHUNK):
+            chunk = list(keys[i : i + _CHUNK])
+            for key, first in s.execute(
+                select(Incident.group_key, func.min(Incident.id))
+                .where(Incident.group_key.in_(chunk), Incident.is_open.is_(True))
+                .group_by(Incident.group_key)
+            ):
+                batch.open_by_key.setdefault(str(key), int(first))
+            batch.keys_known.update(chunk)
 
 
 def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> list[Signal]:
@@ -113,6 +138,8 @@ class Batch:
     links: dict[str, AlertLink] = field(default_factory=dict)  # alert id -> its link (pending or stored)
     open_by_key: dict[str, int] = field(default_factory=dict)  # group key -> open incident id
     locked: set[str] = field(default_factory=set)  # group keys / incident ids locked in this transaction
+    links_known: set[str] = field(default_factory=set)  # alert ids whose link (or its absence) is loaded
+    keys_known: set[str] = field(default_factory=set)  # group keys whose open incident (or none) is loaded
 
     def note(self, sig: Signal, labels: dict[str, str]) -> None:
         if sig.event in self.source_events:
@@ -148,6 +175,8 @@ def _context(
         return Context(linked_incident=link.incident_id, now=now)
     if key in batch.open_by_key:
         open_id: int | None = batch.open_by_key[key]
+    elif key in batch.keys_known:
+        open_id = None
     else:
         open_id = s.scalar(
             select(Incident.id)
@@ -186,7 +215,9 @@ def take(s: Session, cfg: LoopConfig, sig: Signal, now: float, batch: Batch | No
     batch = batch or batch_context(s, cfg, now)
     postgres = s.get_bind().dialect.name == "postgresql"
     with s.no_autoflush:
-        link = batch.links.get(sig.alert_id) or s.get(AlertLink, sig.alert_id)
+        link = batch.links.get(sig.alert_id)
+        if link is None and sig.alert_id not in batch.links_known:
+            link = s.get(AlertLink, sig.alert_id)
         if link is not None and link.phase == sig.phase and sig.phase != "updated":
             return link.incident_id
         g = grade(sig)
