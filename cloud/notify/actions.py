@@ -117,15 +117,19 @@ class ResponderDesk:
         with self.db.read() as s:
             used = s.get(LinkUse, claims.nonce)
         info = self.port.describe(claims.incident_id) or {}
+        incident = {k: info[k] for k in ("title", "status", "place", "opened_at", "department") if k in info}
+        personal = claims.purpose in RESPONDER_PURPOSES and claims.actor.startswith("user:")
+        if personal and info.get("home_address"):
+            # an open wristband case: the one person it was sent to goes to the wearer's home
+            # (docs/privacy.md); a group's link (a chat robot, many readers) keeps the grid
+            incident["place"] = info["home_address"]
         return {
             "purpose": claims.purpose.value,
             "incident_id": claims.incident_id,
             "expires_at": claims.expires_at,
             "used_at": used.used_at if used else None,
             "usable": used is None,
-            "incident": {
-                k: info[k] for k in ("title", "status", "place", "opened_at", "department") if k in info
-            },
+            "incident": incident,
         }
 
     def act_by_link(

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 
 from alerts.loop.stages import Action, Command
-from cloud.db import Database
+from cloud.db import Database, Device
 from cloud.loop import rows
 from cloud.loop.models import Incident, NotificationIntentRow
 from cloud.loop.service import LoopService
@@ -28,6 +28,7 @@ from cloud.notify.contacts import Contacts
 from cloud.notify.photos import PhotoStore
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
+from cloud.registry import PERSONAL_KINDS
 from firmware_bridge.kernel.events import Severity
 
 _ACTIONS = {
@@ -36,6 +37,7 @@ _ACTIONS = {
     "arrived": Action.ARRIVE,
     "resolved": Action.HANDLE,
 }
+WORN_KINDS = frozenset(k.value for k in PERSONAL_KINDS)
 _CATEGORY_SEVERITY = {"fire": Severity.HIGH, "gas": Severity.HIGH, "manhole": Severity.HIGH}
 
 
@@ -169,7 +171,7 @@ class LoopPort:
             row = s.get(Incident, int(incident_id))
             if row is None:
                 return None
-            return {
+            out: dict[str, Any] = {
                 "title": row.title,
                 "status": row.stage,
                 "place": row.address or row.grid,
@@ -177,6 +179,13 @@ class LoopPort:
                 "department": row.department,
                 "closed_at": row.closed_at,
             }
+            if row.is_open and row.kind in WORN_KINDS and row.device_id and self.loop.box is not None:
+                # the wearer's home (sealed in the registry): for the assigned responder's link page only
+                dev = s.get(Device, row.device_id)
+                home = self.loop.box.open(dev.private_enc).get("address") if dev is not None else None
+                if home:
+                    out["home_address"] = str(home)
+            return out
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None:
         category = str(report["category"])

@@ -13,8 +13,10 @@ from typing import Any
 
 from sqlalchemy import MetaData, select, text
 
+from alerts.loop.stages import Action, Command
 from cloud.db import Device
 from cloud.loop.wiring import LoopSink
+from cloud.notify.links import Purpose
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
@@ -155,3 +157,33 @@ async def test_decommissioning_a_wristband_deletes_its_sealed_home(cloud: Cloud)
     assert (await c.client.delete(f"/api/v1/devices/{BAND_ID}", headers=c.admin)).status_code == 204
     with c.state.db.read() as s:
         assert s.scalar(select(Device.private_enc).where(Device.device_id == BAND_ID)) is None
+
+
+async def test_the_assigned_responder_link_shows_the_wearers_home_while_the_case_is_open(
+    cloud: Cloud,
+) -> None:
+    c = cloud
+    await _provision(c)
+    fall = alert_step(BAND_ID, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 + 10)
+    await c.state.ingest.ingest(batch("batch-pii-0002", alerts=[fall]), gateway_id=GW1)
+    sink: LoopSink = c.app.state.loop_sink
+    await sink.drained()
+    (inc,) = (await c.client.get("/api/v1/incidents", headers=c.dispatcher)).json()["incidents"]
+    links = c.app.state.notify.links
+
+    async def place(purpose: Purpose, actor: str) -> str:
+        token = links.token(purpose, str(inc["id"]), actor, now=c.clock.now())
+        r = await c.client.get(f"/api/v1/links/{token}")
+        assert r.status_code == 200, r.text
+        return str(r.json()["incident"].get("place", ""))
+
+    assert await place(Purpose.ACCEPT, "user:7") == HOME  # the one person the case was sent to
+    assert await place(Purpose.ACCEPT, "group:g02") == "G02"  # a chat group's link: the grid only
+    case = links.token(Purpose.CASE, str(inc["id"]), "case", now=c.clock.now())
+    assert HOME not in (await c.client.get(f"/api/v1/links/{case}")).text  # nor a resident's case link
+    loop = c.app.state.loop
+    if inc["stage"] == "registered":
+        loop.act(inc["id"], Command(Action.DISPATCH, "admin", assignee="worker-7"))
+    for step in (Action.ACCEPT, Action.ARRIVE, Action.HANDLE, Action.VERIFY, Action.CLOSE):
+        loop.act(inc["id"], Command(step, "admin", reason="done"))
+    assert await place(Purpose.ACCEPT, "user:7") == "G02"  # a closed case no longer opens the home
