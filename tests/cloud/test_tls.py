@@ -182,24 +182,23 @@ class Cloud:
         return f"https://localhost:{self.port}"
 
 
-def _wait_https(port: int, proc: subprocess.Popen[bytes], ctx: ssl.SSLContext, log: Path) -> None:
-    """Until a TLS handshake with the server succeeds (the port listens before the app is up)."""
+def _wait_https(port: int, proc: subprocess.Popen[bytes], ctx: ssl.SSLContext | None, log: Path) -> None:
+    """Until the service answers /healthz (over TLS with ``ctx``); the port listens before the app is up."""
+    scheme = "https://localhost" if ctx is not None else "http://127.0.0.1"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"vigil cloud exited {proc.returncode}: {log.read_text()[-3000:]}")
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost"),
-        ):
-            return
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{scheme}:{port}/healthz", verify=ctx or False, timeout=2).status_code == 200:
+                return
         time.sleep(0.1)
     raise AssertionError(f"vigil cloud did not serve TLS on {port}: {log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager
-def running_cloud(tmp: Path, pki: Pki, *, client_ca: Path | None = None) -> Iterator[Cloud]:
+def running_cloud(tmp: Path, pki: Pki, *, client_ca: Path | None = None, tls: bool = True) -> Iterator[Cloud]:
+    """`vigil cloud` as a subprocess on a free port, with gateway ``gw-tls`` and its device provisioned."""
     tmp.mkdir(parents=True, exist_ok=True)
     db_path = tmp / "vigil.db"
     url = f"sqlite:///{db_path}"
@@ -220,10 +219,11 @@ def running_cloud(tmp: Path, pki: Pki, *, client_ca: Path | None = None) -> Iter
         "VIGIL_CLOUD_DATABASE_URL": url,
         "VIGIL_CLOUD_TIMESERIES_URL": f"sqlite:///{tmp / 'ts.db'}",
         "VIGIL_CLOUD_SECRET_KEY_FILE": str(key_file),
-        "VIGIL_CLOUD_TLS_CERT": str(pki.server_cert),
-        "VIGIL_CLOUD_TLS_KEY": str(pki.server_key),
         "VIGIL_CLOUD_CONNECTIVITY_CHECK_S": "0",
     }
+    if tls:
+        env["VIGIL_CLOUD_TLS_CERT"] = str(pki.server_cert)
+        env["VIGIL_CLOUD_TLS_KEY"] = str(pki.server_key)
     if client_ca is not None:
         env["VIGIL_CLOUD_TLS_CLIENT_CA"] = str(client_ca)
     log = tmp / "cloud.log"
@@ -239,7 +239,7 @@ def running_cloud(tmp: Path, pki: Pki, *, client_ca: Path | None = None) -> Iter
         ctx = ssl.create_default_context(cafile=str(pki.ca))
         if client_ca is not None:
             ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
-        _wait_https(port, proc, ctx, log)
+        _wait_https(port, proc, ctx if tls else None, log)
         yield Cloud(port, db_path, token)
     finally:
         proc.terminate()
