@@ -5,6 +5,8 @@ vigil gateway status [--config gateway.toml] [--url URL]   plain-words health re
                                                            (exit 0 ok, 1 problems, 2 daemon down)
 vigil gateway check-config FILE                            validate a config (exit 0 ok, 1 invalid)
 vigil gateway alerts --outbox PATH                         every alert step ever produced, as JSONL
+vigil gateway requeue-dead-letter [--config gateway.toml]  after a cloud fix: dead letters back in the
+                                                           outbox (the daemon must be stopped)
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = gsub.add_parser("alerts", help="print every alert step in an outbox as JSONL")
     a.add_argument("--outbox", type=Path, required=True)
     a.set_defaults(handler=_alerts)
+    r = gsub.add_parser(
+        "requeue-dead-letter",
+        help="put dead-lettered records back in the outbox after the cloud was fixed (daemon stopped)",
+    )
+    r.add_argument("--config", dest="requeue_config", type=Path, default=Path("/etc/vigil/gateway.toml"))
+    r.set_defaults(handler=_requeue)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -150,4 +158,45 @@ def _alerts(args: argparse.Namespace) -> int:
     except OutboxError as exc:
         print(f"vigil gateway alerts: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    """Dead letters back into their lanes; refused while the daemon runs (it keeps the byte count)."""
+    import httpx
+
+    from edge.config import ConfigError, load_config
+    from edge.outbox import Outbox, OutboxError
+
+    try:
+        cfg = load_config(args.requeue_config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if cfg.metrics.enabled:
+        host = "127.0.0.1" if cfg.metrics.bind in ("0.0.0.0", "::", "") else cfg.metrics.bind
+        try:
+            httpx.get(f"http://{host}:{cfg.metrics.port}/metrics", timeout=2.0)
+        except httpx.HTTPError:
+            pass  # nothing answers: the daemon is stopped
+        else:
+            print(
+                "网关守护进程正在运行：请先停止（systemctl stop vigil-gateway），再重新入队死信\n"
+                "the gateway daemon is running: stop it first (systemctl stop vigil-gateway), then requeue",
+                file=sys.stderr,
+            )
+            return 1
+    if not cfg.outbox_path.exists():
+        print(f"没有发件箱 / no outbox at {cfg.outbox_path}", file=sys.stderr)
+        return 1
+    try:
+        with Outbox(cfg.outbox_path) as ob:
+            n = ob.requeue_dead_letter()
+    except OutboxError as exc:
+        print(f"vigil gateway requeue-dead-letter: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"已将死信中的 {n} 条记录放回发件箱，网关启动后重新发送\n"
+        f"{n} dead-lettered record(s) put back in the outbox; the gateway sends them when it starts"
+    )
     return 0
