@@ -144,9 +144,13 @@ async def run_mqtt_source(
         paho.manual_ack_set(True)
         redeliver = asyncio.Event()
 
-        def settle_cb(mid: int, qos: int, size: int) -> Callable[[bool], None]:
+        def settle_cb(
+            mid: int, qos: int, size: int, counter: tuple[int, int] | None
+        ) -> Callable[[bool], None]:
             def done(ok: bool) -> None:
                 flow.release(size)
+                if ok and counter is not None and sessions is not None:
+                    sessions.confirm(counter)  # a LoRaWAN frame counter is persisted once committed
                 if redeliver.is_set():
                     return  # this connection is being dropped: the broker redelivers on the next one
                 if ok:
@@ -186,8 +190,13 @@ async def run_mqtt_source(
                     drop("mqtt_qos0_overflow")
                     continue
                 now = clock.now()
+                counter: tuple[int, int] | None = None
                 try:
-                    hit = frame_from_message(cfg.format, m.topic.value, payload, sessions)
+                    if cfg.format == "lorawan" and sessions is not None:
+                        dev, data, counter = sessions.decode_counted(payload)  # confirmed on commit
+                        hit: tuple[str, bytes] | None = (dev, data)
+                    else:
+                        hit = frame_from_message(cfg.format, m.topic.value, payload, sessions)
                 except DecodeError as exc:
                     data = exc.data if exc.data is not None else payload[:256]
                     sink.reject(name, exc.reason, data, f"{m.topic}: {exc}")
@@ -197,7 +206,7 @@ async def run_mqtt_source(
                         paho.ack(m.mid, qos)
                     continue
                 flow.take(size)
-                cb = settle_cb(m.mid, qos, size)
+                cb = settle_cb(m.mid, qos, size, counter)
                 if not sink.offer((hit[0], hit[1], now, name), cb):
                     cb(False)  # not queued: leave it un-acked and reconnect so the broker redelivers it
 

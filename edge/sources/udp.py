@@ -8,6 +8,7 @@ A bad rxpk is counted and logged; its neighbours in the same datagram still go t
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, cast
 
 from edge.config import UdpSource
@@ -46,11 +47,16 @@ class _Protocol(asyncio.DatagramProtocol):
             self.sink.reject(self.name, bad.reason, bad.data, str(bad))
         for rx in d.rxpk:
             try:
-                dev, payload = self.sessions.decode(rx.data)
+                dev, payload, counter = self.sessions.decode_counted(rx.data)
             except DecodeError as exc:
                 self.sink.reject(self.name, exc.reason, rx.data, str(exc))
                 continue
-            self.sink.offer((dev, payload, now, self.name))
+            # the frame counter is persisted only once the frame is committed (edge/sources/lora.py)
+            self.sink.offer((dev, payload, now, self.name), functools.partial(self._committed, counter))
+
+    def _committed(self, counter: tuple[int, int], ok: bool) -> None:
+        if ok:
+            self.sessions.confirm(counter)
 
 
 async def run_udp_source(

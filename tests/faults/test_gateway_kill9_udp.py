@@ -24,7 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from edge.sources.devices import load_devices
+from edge.sources.lora import LoRaWANSessions
 from firmware_bridge import semtech_udp
+from firmware_bridge.errors import ReplayError
 from firmware_bridge.lorawan import LoRaWANKeys, build_uplink
 from tests.edge.helpers import device_id, manhole_payload
 from tests.edge.test_sources import write_devices
@@ -180,3 +183,24 @@ async def test_kill_9_loses_no_accepted_udp_frame(tmp_path: Path, seed: int) -> 
         sock.close()
         daemon.cleanup()
         await cloud.stop()
+
+
+def test_frame_counter_is_persisted_only_once_the_frame_is_committed(tmp_path: Path) -> None:
+    """Regression (found by the scenario above): the LoRaWAN counters saved with the engine snapshot ran
+    ahead of the outbox; a kill -9 between a snapshot and the commit made the restarted gateway refuse the
+    device's retransmission of a frame it never stored, as a replay."""
+    k = device_keys(7)
+    devices = load_devices(write_devices(tmp_path / "devices.csv", [(k.dev_eui or "", "manhole", k)]))
+    phy = build_uplink(k, 5, 10, manhole_payload(7, 5))
+    sessions = LoRaWANSessions(devices)
+    dev, payload, counter = sessions.decode_counted(phy)  # decoded: the frame waits in the queue
+    with pytest.raises(ReplayError):
+        sessions.decode_counted(phy)  # while the gateway runs, a repetition is a replay
+    restarted = LoRaWANSessions(devices)
+    restarted.restore(sessions.snapshot())  # a snapshot now, then kill -9 before the commit
+    assert restarted.decode_counted(phy)[:2] == (dev, payload)  # the retransmission is taken
+    sessions.confirm(counter)  # the pipeline committed the frame
+    later = LoRaWANSessions(devices)
+    later.restore(sessions.snapshot())
+    with pytest.raises(ReplayError):
+        later.decode_counted(phy)  # a replay of a committed frame is still refused after a restart
