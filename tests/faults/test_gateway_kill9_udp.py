@@ -186,7 +186,7 @@ async def test_kill_9_loses_no_accepted_udp_frame(tmp_path: Path, seed: int) -> 
 
 
 def test_frame_counter_is_persisted_only_once_the_frame_is_committed(tmp_path: Path) -> None:
-    """Regression (found by the scenario above): the LoRaWAN counters saved with the engine snapshot ran
+    """Regression (found while building the scenario above): the LoRaWAN counters saved with the engine snapshot ran
     ahead of the outbox; a kill -9 between a snapshot and the commit made the restarted gateway refuse the
     device's retransmission of a frame it never stored, as a replay."""
     k = device_keys(7)
