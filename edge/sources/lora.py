@@ -7,11 +7,12 @@ outbox, so a restarted gateway still rejects replays.
 Two trackers: ``tracker`` advances when a frame is decoded (replays are refused while the gateway runs);
 ``committed`` advances only when the frame's batch is committed to the outbox (:meth:`confirm`, called by
 the sources through ``FrameSink.offer(..., on_commit)``), and only it is persisted. Persisting the decode
-tracker would let a ``kill -9`` between a snapshot and the commit leave a counter ahead of what was stored:
-after the restart the device's retransmission of a frame that was never stored (same FCnt: NbTrans
-repetitions, confirmed uplinks, an MQTT redelivery) would be refused as a replay and lost (found while
-building the UDP fault scenario, ``tests/faults/test_gateway_kill9_udp.py``, issue 11). An exact replay of a committed frame whose counter
-missed the last snapshot is still caught by the outbox's de-duplication window.
+tracker would let a ``kill -9`` between a snapshot and the commit leave a counter ahead of what was
+stored: after the restart the device's retransmission of a frame that was never stored (same FCnt:
+NbTrans repetitions, confirmed uplinks, an MQTT redelivery) would be refused as a replay and lost (found
+while building the UDP fault scenario, ``tests/faults/test_gateway_kill9_udp.py``, issue 11). An exact
+replay of a committed frame whose counter missed the last snapshot is still caught by the outbox's
+de-duplication window.
 """
 
 from __future__ import annotations

@@ -186,9 +186,9 @@ async def test_kill_9_loses_no_accepted_udp_frame(tmp_path: Path, seed: int) -> 
 
 
 def test_frame_counter_is_persisted_only_once_the_frame_is_committed(tmp_path: Path) -> None:
-    """Regression (found while building the scenario above): the LoRaWAN counters saved with the engine snapshot ran
-    ahead of the outbox; a kill -9 between a snapshot and the commit made the restarted gateway refuse the
-    device's retransmission of a frame it never stored, as a replay."""
+    """Regression (found while building the scenario above): the LoRaWAN counters saved with the engine
+    snapshot ran ahead of the outbox; a kill -9 between a snapshot and the commit made the restarted
+    gateway refuse the device's retransmission of a frame it never stored, as a replay."""
     k = device_keys(7)
     devices = load_devices(write_devices(tmp_path / "devices.csv", [(k.dev_eui or "", "manhole", k)]))
     phy = build_uplink(k, 5, 10, manhole_payload(7, 5))
