@@ -68,16 +68,71 @@ def provision(settings: Any, gateways: int, per_gw: int) -> None:
         for g in range(gateways):
             gw = f"gw-{g:04d}"
             state.credentials.add_gateway(gw, now=time.time())
-            rows = [f"{d},manhole,,39.9,116.3,,,,,false,{gw},,,,,,," for d in device_ids(g, per_gw)]
+            # one street per gateway: the storm's overflow alerts of a gateway make one incident
+            rows = [
+                f"{d},manhole,,39.9,116.3,,,,{street_of(g)},false,{gw},,,,,,," for d in device_ids(g, per_gw)
+            ]
             state.registry.import_csv("\n".join([CSV_HEADER, *rows]) + "\n", now=time.time())
     finally:
         state.close()
 
 
-def make_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float, storm: bool) -> tuple[bytes, int]:
+def street_of(g: int) -> str:
+    return f"street-{g:04d}"
+
+
+def storm_alerts(g: int, ids: np.ndarray, t: np.ndarray) -> list[AlertEvent]:
+    """10 % of this gateway's devices alarm: even ones a cover open (one incident per device, the
+    ``per_device`` grouping), odd ones an overflow (one incident per street: ``flooded_street``)."""
+    out = []
+    for k, i in enumerate(range(0, len(ids), 10)):
+        et = EventType.COVER_OPEN if k % 2 == 0 else EventType.OVERFLOW
+        ep = round(float(t[i]) * 1000)
+        out.append(
+            AlertEvent(
+                alert_id=alert_id(str(ids[i]), et, ep),
+                device_id=str(ids[i]),
+                kind=KIND,
+                event_type=et,
+                severity=Severity.HIGH,
+                phase=AlertPhase.RAISED,
+                episode_ms=ep,
+                time=float(t[i]) + 0.5,
+                frame_time=float(t[i]),
+                value=95.0,
+                message=str(et),
+            )
+        )
+    return out
+
+
+def expected_incidents(alerts: list[AlertEvent]) -> int:
+    """Distinct groups of the default grouping (``alerts.loop.incidents.default_grouping``)."""
+    cover = {a.device_id for a in alerts if a.event_type is EventType.COVER_OPEN}
+    streets = {a.device_id[8:12] for a in alerts if a.event_type is EventType.OVERFLOW}  # gateway hex
+    return len(cover) + len(streets)
+
+
+def reading_times(g: int, n: int, rnd: int, interval_s: float) -> np.ndarray:
+    return T0 + rnd * interval_s + np.random.default_rng(g * 1000 + rnd).random(n)
+
+
+def make_alert_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float) -> tuple[bytes, list[AlertEvent]]:
+    """The storm as a gateway sends it: an alert-only batch ahead of telemetry (the edge's alert lane)."""
+    alerts = storm_alerts(g, ids, reading_times(g, len(ids), rnd, interval_s))
+    ub = UplinkBatch(
+        batch_id=f"dist-{g:04d}-{rnd:04d}-alerts",
+        gateway_id=f"gw-{g:04d}",
+        sent_at=T0 + rnd * interval_s + 1.0,
+        alerts=alerts,
+    )
+    return ub.model_dump_json().encode(), alerts
+
+
+def make_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float) -> bytes:
     n = len(ids)
-    rng = np.random.default_rng(g * 1000 + rnd)
-    t = T0 + rnd * interval_s + rng.random(n)
+    rng = np.random.default_rng(g * 1000 + rnd + 7)
+    t = reading_times(g, n, rnd, interval_s)
     vals = rng.normal(10, 3, size=(n, len(spec(KIND).channels)))
     vals[:, 6] = 20.9  # oxygen normal
     batch = ReadingBatch(
@@ -90,33 +145,13 @@ def make_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float, storm: bool
         values=vals,
         fw_version=np.full(n, 0x0102, dtype=np.uint16),
     )
-    alerts = []
-    if storm:  # 10 % of this gateway's devices raise an alert with this reading
-        for i in range(0, n, 10):
-            ep = round(float(t[i]) * 1000)
-            alerts.append(
-                AlertEvent(
-                    alert_id=alert_id(str(ids[i]), EventType.COVER_OPEN, ep),
-                    device_id=str(ids[i]),
-                    kind=KIND,
-                    event_type=EventType.COVER_OPEN,
-                    severity=Severity.HIGH,
-                    phase=AlertPhase.RAISED,
-                    episode_ms=ep,
-                    time=float(t[i]) + 0.5,
-                    frame_time=float(t[i]),
-                    value=95.0,
-                    message="cover open",
-                )
-            )
     ub = UplinkBatch(
         batch_id=f"dist-{g:04d}-{rnd:04d}",
         gateway_id=f"gw-{g:04d}",
         sent_at=T0 + rnd * interval_s + 1.0,
         telemetry=[TelemetryBlock.from_batch(batch)],
-        alerts=alerts,
     )
-    return ub.model_dump_json().encode(), len(alerts)
+    return ub.model_dump_json().encode()
 
 
 async def run_gateways(
@@ -127,31 +162,31 @@ async def run_gateways(
     lags: list[float] = []
     storm_lags: list[float] = []
     acks: dict[str, dict[str, Any]] = {}
-    alerts_sent = 0
+    alerts: list[AlertEvent] = []
+    storm_sent: dict[str, float] = {}  # gateway id -> wall time its alert batch was first published
     half = asyncio.Event()
     done_half = 0
 
     async def gateway(g: int) -> None:
-        nonlocal alerts_sent, done_half
+        nonlocal done_half
         gw = f"gw-{g:04d}"
         ids = device_ids(g, per_gw)
         async with aiomqtt.Client(host, port, identifier=f"sim-{gw}-{uuid.uuid4().hex[:6]}") as c:
             await c.subscribe(mqtt_ack_topic(gw), qos=1)
             it = c.messages.__aiter__()
-            for rnd in range(rounds):
-                storm = rnd == rounds - 1
-                body, n_alerts = make_batch(g, ids, rnd, interval_s, storm)
-                alerts_sent += n_alerts
+
+            async def send(batch_id: str, body: bytes) -> float:
+                """Publish, wait for this batch's ack (the outbox: one batch in flight), return the lag."""
                 sent = time.perf_counter()
                 await c.publish(mqtt_up_topic(gw), body, qos=1)
-                while True:  # the outbox: wait for this batch's ack, re-send after 30 s without one
+                while True:  # re-send after 30 s without an ack
                     try:
                         m = await asyncio.wait_for(it.__anext__(), 30)
                     except TimeoutError:
                         await c.publish(mqtt_up_topic(gw), body, qos=1)
                         continue
                     ack = json.loads(bytes(m.payload))
-                    if ack.get("batch_id") != f"dist-{g:04d}-{rnd:04d}":
+                    if ack.get("batch_id") != batch_id:
                         continue  # an ack of an earlier re-send
                     if ack.get("error") == "rate_limited":  # over quota: wait as told, send again
                         await asyncio.sleep(float(ack.get("retry_after_s", 1.0)))
@@ -159,10 +194,16 @@ async def run_gateways(
                         continue
                     if ack.get("error"):
                         raise RuntimeError(f"batch refused: {ack}")
-                    break
-                lag = time.perf_counter() - sent
-                (storm_lags if storm else lags).append(lag)
-                acks[ack["batch_id"]] = ack
+                    acks[batch_id] = ack
+                    return time.perf_counter() - sent
+
+            for rnd in range(rounds):
+                if rnd == rounds - 1:  # the storm: alerts first, as the edge's alert lane sends them
+                    body, steps = make_alert_batch(g, ids, rnd, interval_s)
+                    alerts.extend(steps)
+                    storm_sent[gw] = time.time()
+                    storm_lags.append(await send(f"dist-{g:04d}-{rnd:04d}-alerts", body))
+                lags.append(await send(f"dist-{g:04d}-{rnd:04d}", make_batch(g, ids, rnd, interval_s)))
                 if rnd == rounds // 2:
                     done_half += 1
                     if done_half == gateways:
@@ -178,7 +219,81 @@ async def run_gateways(
         for g in range(gateways):
             tg.create_task(gateway(g), name=f"gw-{g}")
     wall = time.perf_counter() - t0
-    return {"wall": wall, "lags": lags, "storm_lags": storm_lags, "acks": acks, "alerts_sent": alerts_sent}
+    return {
+        "wall": wall,
+        "lags": lags,
+        "storm_lags": storm_lags,
+        "acks": acks,
+        "alerts": alerts,
+        "storm_sent": storm_sent,
+    }
+
+
+class IncidentWatch:
+    """Polls the loop's incidents table from a thread (every 0.2 s) and notes when each storm incident
+    first became visible; its ``created_at`` is when the loop decided, inside the transaction."""
+
+    def __init__(self, db_url: str) -> None:
+        import threading
+
+        self.url = db_url.replace("postgresql+psycopg", "postgresql")
+        self.seen: dict[int, tuple[str, float, float]] = {}  # id -> (device_id, created_at, first seen)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="incident-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        # every poll reads all storm incidents: ids come from a sequence, but concurrent transactions
+        # commit out of id order, so "id > last seen" would miss some
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT id, device_id, created_at FROM loop_incidents"
+                    " WHERE event_type IN ('cover_open', 'overflow')"
+                ).fetchall()
+                now = time.time()
+                for iid, dev, created in rows:
+                    if int(iid) not in self.seen:
+                        self.seen[int(iid)] = (str(dev), float(created), now)
+                self._stop.wait(0.2)
+
+    def wait(self, expected: int, timeout: float = 300.0, quiet_s: float = 3.0) -> float:
+        """Until ``expected`` incidents were seen and nothing new came for ``quiet_s`` (a doubled incident
+        would show); returns the seconds waited."""
+        t0 = time.monotonic()
+        settled: tuple[int, float] | None = None
+        while time.monotonic() - t0 < timeout:
+            n = len(self.seen)
+            if n >= expected:
+                if settled is None or settled[0] != n:
+                    settled = (n, time.monotonic())
+                elif time.monotonic() - settled[1] > quiet_s:
+                    break
+            time.sleep(0.2)
+        self._stop.set()
+        self._thread.join(10)
+        return round(time.monotonic() - t0, 1)
+
+
+def victoria_counts(url: str) -> tuple[int, int]:
+    """(samples, distinct (device, time)) of the readings' ``seq`` metric in VictoriaMetrics."""
+    import urllib.parse
+    import urllib.request
+
+    urllib.request.urlopen(f"{url}/internal/force_flush", timeout=60).read()
+    q = urllib.parse.urlencode(
+        {"match[]": '{__name__="vigil_manhole_seq"}', "start": str(T0 - 86_400), "end": str(T0 + 3 * 86_400)}
+    )
+    samples = distinct = 0
+    with urllib.request.urlopen(f"{url}/api/v1/export?{q}", timeout=300) as r:
+        for line in r:
+            if line.strip():
+                ts = json.loads(line)["timestamps"]
+                samples += len(ts)
+                distinct += len(set(ts))
+    return samples, distinct
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -191,6 +306,90 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _pyspy() -> str | None:
+    for cand in (
+        os.environ.get("VIGIL_PYSPY"),
+        str(ROOT / ".venv" / "bin" / "py-spy"),
+        shutil.which("py-spy"),
+    ):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def start_profilers(
+    procs: dict[int, subprocess.Popen[bytes]], logs: Path
+) -> dict[Path, subprocess.Popen[bytes]]:
+    """py-spy (sampling, all threads, GIL-holding or not) attached to every worker; collapsed stacks out."""
+    spy = _pyspy()
+    if spy is None:
+        print("--profile: py-spy not found (set VIGIL_PYSPY); running without a profile", flush=True)
+        return {}
+    out: dict[Path, subprocess.Popen[bytes]] = {}
+    for k, p in procs.items():
+        path = logs / f"worker{k}.pyspy.txt"
+        out[path] = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(p.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--output",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    return out
+
+
+def stop_profilers(spies: dict[Path, subprocess.Popen[bytes]]) -> list[Path]:
+    for p in spies.values():
+        p.send_signal(signal.SIGINT)
+    for p in spies.values():
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return [path for path in spies if path.exists()]
+
+
+def print_profile(paths: list[Path], top: int = 40) -> None:
+    """Inclusive and self sample shares per function over all workers' collapsed stacks."""
+    incl: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, n_s = line.rpartition(" ")
+            if not stack or not n_s.isdigit():
+                continue
+            n = int(n_s)
+            total += n
+            frames = [
+                f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
+                for f in stack.split(";")
+            ]
+            for f in set(frames):
+                incl[f] = incl.get(f, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        print("profile: no samples")
+        return
+    print(f"profile: {total} samples over {len(paths)} workers (all threads, idle excluded)")
+    print("  self %  | function")
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * n / total:6.1f}  | {f}")
+    print("  incl %  | function")
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * n / total:6.1f}  | {f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -200,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=3, help="ingest worker processes")
     ap.add_argument("--ts", choices=("postgresql", "victoria"), default="postgresql")
     ap.add_argument("--kill", action="store_true", help="SIGKILL worker 0 half-way, restart it")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every worker with py-spy (.venv/bin/py-spy, $VIGIL_PYSPY or PATH) during the run "
+        "and print where their time goes",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.devices, args.gateways, args.rounds = 10_000, 20, 4
@@ -210,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     from tests.servers import start_mosquitto, start_postgres, start_victoria
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-district-"))
+    (tmp / "vm").mkdir()
     mq, pg = start_mosquitto(tmp / "mq"), start_postgres()
     vm = start_victoria(tmp / "vm") if args.ts == "victoria" else None
     procs: dict[int, subprocess.Popen[bytes]] = {}
+    jobs: subprocess.Popen[bytes] | None = None
     try:
         db_url = pg.create_database("district")
         ts_url = f"victoria://{vm.host}:{vm.port}" if vm else pg.create_database("district_ts")
@@ -281,6 +488,16 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"worker {k} did not subscribe: see {logs}/worker{k}.log")
                 time.sleep(0.2)
 
+        # the loop's periodic job (reconcile, escalation/SLA timers) in its own role, as a district runs
+        # it; the connectivity job stays off: the simulated day's times would make every device silent
+        with open(logs / "jobs.log", "ab") as log:
+            jobs = subprocess.Popen(
+                [sys.executable, "-m", "vigil_cli", "--log-level", "INFO", "cloud", "jobs"],
+                cwd=ROOT,
+                env={**env, "VIGIL_CLOUD_RUN_JOBS": "true", "VIGIL_CLOUD_JOBS_ONLY": "loop"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         for k in range(args.workers):
             start_worker(k)
         t = time.perf_counter()
@@ -299,11 +516,18 @@ def main(argv: list[str] | None = None) -> int:
             start_worker(0)
             await asyncio.to_thread(wait_subscribed, 0, 2)
 
+        spies = start_profilers(procs, logs) if args.profile else {}
+        watch = IncidentWatch(db_url)
         res = asyncio.run(
             run_gateways(mq.host, mq.port, args.gateways, per_gw, args.rounds, interval, on_half)
         )
+        if spies:
+            print_profile(stop_profilers(spies))
+        expected = expected_incidents(res["alerts"])
+        incidents_wait_s = watch.wait(expected)
         for k, p in procs.items():
             peaks[f"worker{k}"] = peak_rss_mb(p.pid)
+        peaks["jobs (loop timers, reconcile)"] = peak_rss_mb(jobs.pid)
         import resource
 
         peaks["gateway simulator (this process)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -312,12 +536,13 @@ def main(argv: list[str] | None = None) -> int:
         import psycopg
 
         readings_sent = per_gw * args.gateways * args.rounds
+        n_alerts = len(res["alerts"])
         with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:
             batches: Any = conn.execute(
                 "SELECT count(*), count(DISTINCT (gateway_id, batch_id)) FROM ingested_batches"
             ).fetchone()
             alerts: Any = conn.execute(
-                "SELECT count(*) FROM alert_events WHERE event_type = 'cover_open'"
+                "SELECT count(*) FROM alert_events WHERE event_type IN ('cover_open', 'overflow')"
             ).fetchone()
         if vm is None:
             with psycopg.connect(ts_url.replace("postgresql+psycopg", "postgresql")) as conn:
@@ -325,10 +550,21 @@ def main(argv: list[str] | None = None) -> int:
                     "SELECT count(*), count(DISTINCT (device_id, time_ms, seq)) FROM ts_manhole"
                 ).fetchone()
         else:
-            stored = (None, None)
+            stored = victoria_counts(vm.url)
         dup_acks = sum(1 for a in res["acks"].values() if a.get("duplicate"))
         lag = np.asarray(res["lags"]) * 1000
         storm = np.asarray(res["storm_lags"]) * 1000
+
+        def sent_of(dev: str) -> float:
+            return float(res["storm_sent"][f"gw-{int(dev[8:12], 16):04d}"])
+
+        seen = list(watch.seen.values())
+        inc_created = np.asarray([created - sent_of(dev) for dev, created, _ in seen]) * 1000
+        inc_visible = np.asarray([first - sent_of(dev) for dev, _, first in seen]) * 1000
+
+        def pct(a: np.ndarray, q: float) -> float | None:
+            return round(float(np.percentile(a, q)), 1) if len(a) else None
+
         out = {
             "benchmark": "bench_district",
             "python": platform.python_version(),
@@ -345,11 +581,18 @@ def main(argv: list[str] | None = None) -> int:
             "readings_per_s": round(readings_sent / res["wall"]),
             "lag_ms_p50": round(float(np.percentile(lag, 50)), 1),
             "lag_ms_p99": round(float(np.percentile(lag, 99)), 1),
-            "storm_alerts": res["alerts_sent"],
-            "storm_lag_ms_p50": round(float(np.percentile(storm, 50)), 1),
-            "storm_lag_ms_p99": round(float(np.percentile(storm, 99)), 1),
+            "storm_alerts": n_alerts,
+            "storm_alert_batch_ack_ms_p50": pct(storm, 50),
+            "storm_alert_batch_ack_ms_p99": pct(storm, 99),
+            "storm_incidents_expected": expected,
+            "storm_incidents_created": len(seen),
+            "storm_incidents_wait_after_last_ack_s": incidents_wait_s,
+            "alert_to_incident_visible_ms_p50": pct(inc_visible, 50),
+            "alert_to_incident_visible_ms_p99": pct(inc_visible, 99),
+            "alert_to_incident_created_at_ms_p50": pct(inc_created, 50),
+            "alert_to_incident_created_at_ms_p99": pct(inc_created, 99),
             "peak_memory_mb": {k: round(v, 1) for k, v in peaks.items()},
-            "batches_sent": args.gateways * args.rounds,
+            "batches_sent": args.gateways * (args.rounds + 1),
             "batches_committed": batches[0] if batches else None,
             "batches_distinct": batches[1] if batches else None,
             "duplicate_acks": dup_acks,
@@ -360,7 +603,11 @@ def main(argv: list[str] | None = None) -> int:
         ok = (
             out["batches_committed"] == out["batches_sent"] == out["batches_distinct"]
             and out["alerts_stored"] == out["storm_alerts"]
-            and (stored[0] is None or stored[0] == stored[1] == readings_sent)
+            and out["storm_incidents_created"] == out["storm_incidents_expected"]
+            # VictoriaMetrics keeps a re-written sample (same series and time) twice until deduplicated on
+            # merge; a query reads it once, so there "distinct" is what must match
+            and stored[1] == readings_sent
+            and (vm is not None or stored[0] == stored[1])
         )
         out["nothing_lost_or_doubled"] = bool(ok)
         print(json.dumps(out, indent=2))
@@ -369,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {RESULTS}")
         return 0 if ok else 1
     finally:
-        for p in procs.values():
+        for p in [*procs.values(), *([jobs] if jobs is not None else [])]:
             if p.poll() is None:
                 p.terminate()
                 try:

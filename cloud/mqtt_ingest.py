@@ -18,6 +18,18 @@ Why it is built this way:
   its hand-off queue (Mosquitto 2.0 does not always honour ReceiveMaximum, so the pause is what really
   bounds memory). If the queue's hard bound is reached anyway, the message is dropped *without* an ack
   (``vigil_cloud_mqtt_dropped_total``) and the worker reconnects, so the broker redelivers it.
+- **Several waiting messages are handled together.** The consumer takes every message already waiting
+  (up to ``max_group``) as one group. If the service offers ``ingest_many`` (:class:`GroupIngestor`: all
+  of a group's batches in one transaction), the group costs one commit; otherwise the group's batches are
+  ingested concurrently. Either way each gateway's ack is published as soon as its batch is committed,
+  and the PUBACKs go out in the order the messages arrived, after their commits. ``receive_maximum`` is
+  twice the group so the next group is already waiting while one is being committed.
+- **Falling behind is visible**: ``vigil_cloud_mqtt_backlog_messages`` (received, not yet acknowledged),
+  ``vigil_cloud_mqtt_oldest_message_age_seconds`` (how long the oldest of them has waited),
+  ``vigil_cloud_mqtt_saturated`` (1 while the worker holds its whole receive window or stopped reading,
+  so new messages wait at the broker) per worker, and the ``vigil_cloud_mqtt_message_seconds`` (receipt
+  -> PUBACK) and ``vigil_cloud_mqtt_group_messages`` histograms. A worker that falls behind shows as
+  ``saturated`` 1 with an age that keeps growing; alert on the age (e.g. over 30 s for a minute).
 - **Acknowledge to the gateway only after commit**: the :class:`~alerts.contract.UplinkAck` goes to
   ``vigil/v1/gw/{gateway_id}/ack`` before the PUBACK of the batch, at QoS 0 (see
   ``_Connection.publish``; a lost ack only makes the gateway re-send, and a re-sent batch is
@@ -46,11 +58,15 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic
@@ -70,6 +86,21 @@ class Ingestor(Protocol):
     """What the worker needs from :class:`cloud.ingest.IngestService`."""
 
     async def ingest(self, batch: UplinkBatch, *, gateway_id: str) -> UplinkAck: ...
+
+
+@runtime_checkable
+class GroupIngestor(Protocol):
+    """An :class:`Ingestor` that can also store several batches in one transaction.
+
+    ``ingest_many([(batch, gateway_id), ...])`` returns one entry per item, in order: its
+    :class:`UplinkAck` (committed), or the :class:`~cloud.errors.CloudError` that refused that item alone
+    (over quota, forbidden; nothing of it stored). It raises :class:`~cloud.errors.StorageError` when the
+    transaction as a whole failed (nothing of the group committed): the worker retries the group.
+    """
+
+    async def ingest(self, batch: UplinkBatch, *, gateway_id: str) -> UplinkAck: ...
+
+    async def ingest_many(self, items: Sequence[tuple[UplinkBatch, str]]) -> list[UplinkAck | CloudError]: ...
 
 
 class MqttIngestError(Exception):
@@ -93,7 +124,9 @@ class MqttIngestConfig:
     password: str | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 24 * 3600
-    receive_maximum: int = 8
+    receive_maximum: int = 16
+    #: messages already waiting that are taken (and committed) together; at most ``receive_maximum``
+    max_group: int = 8
     connect_timeout_s: float = 10.0
     ingest_timeout_s: float = 60.0
     backoff_initial_s: float = 0.5
@@ -106,10 +139,28 @@ class MqttIngestConfig:
 
 
 class MqttIngestMetrics:
-    """``vigil_cloud_mqtt_*`` counters; pass the app's registry to expose them on ``/metrics``."""
+    """``vigil_cloud_mqtt_*`` metrics; pass the app's registry to expose them on ``/metrics``.
+
+    Counters and histograms are shared by the process's workers; the backlog gauges are per worker
+    (label ``worker`` = its client id), read from the workers when scraped.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.workers: weakref.WeakSet[IngestWorker] = weakref.WeakSet()
+        self.message_seconds = Histogram(
+            "vigil_cloud_mqtt_message_seconds",
+            "Receipt of an uplink message -> its PUBACK (waiting in the worker + ingest + commit)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.group_messages = Histogram(
+            "vigil_cloud_mqtt_group_messages",
+            "Uplink messages handled together (one transaction when the service has ingest_many)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        r.register(_BacklogCollector(self.workers))
         self.messages = Counter(
             "vigil_cloud_mqtt_messages_total",
             "Uplink messages handled, by result (stored, duplicate, malformed, rejected, rate_limited, "
@@ -135,6 +186,43 @@ class MqttIngestMetrics:
         )
 
 
+class _BacklogCollector(Collector):
+    """Per-worker backlog gauges, computed when scraped (no timer keeps them fresh)."""
+
+    def __init__(self, workers: weakref.WeakSet[IngestWorker]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        backlog = GaugeMetricFamily(
+            "vigil_cloud_mqtt_backlog_messages",
+            "Uplink messages this worker received and has not acknowledged yet",
+            labels=["worker"],
+        )
+        age = GaugeMetricFamily(
+            "vigil_cloud_mqtt_oldest_message_age_seconds",
+            "How long the oldest received, not yet acknowledged message has waited (0 if none)",
+            labels=["worker"],
+        )
+        saturated = GaugeMetricFamily(
+            "vigil_cloud_mqtt_saturated",
+            "1 while the worker holds its whole receive window or stopped reading: new messages wait at "
+            "the broker",
+            labels=["worker"],
+        )
+        now = time.monotonic()
+        for w in list(self._workers):
+            n, oldest = w.backlog()
+            backlog.add_metric([w.config.client_id], n)
+            age.add_metric([w.config.client_id], 0.0 if oldest is None else max(0.0, now - oldest))
+            saturated.add_metric([w.config.client_id], 1.0 if w.saturated else 0.0)
+        yield backlog
+        yield age
+        yield saturated
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
 def gateway_of_topic(topic: str) -> str | None:
     """``vigil/v1/gw/{gateway_id}/up`` -> ``gateway_id``; ``None`` for any other topic."""
     m = _TOPIC.match(topic)
@@ -154,6 +242,7 @@ class _Delivery:
     qos: int
     topic: str
     payload: bytes
+    received: float = field(default_factory=time.monotonic)
 
 
 class _Connection:
@@ -255,6 +344,10 @@ class _Connection:
         elif not want and self._reading and self._fd is not None:
             self.loop.remove_reader(self._fd)
             self._reading = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def pause_reading(self) -> None:
         self._paused = True
@@ -377,14 +470,31 @@ class IngestWorker:
         self.config = config
         self.service = service
         self.metrics = metrics or MqttIngestMetrics()
+        self.metrics.workers.add(self)
         self.ready = asyncio.Event()
         self._sleep = sleep
         # Reading pauses at ``receive_maximum`` queued messages; the hard bound leaves room for what one
         # socket read can still carry (Mosquitto 2.0 was measured to exceed ReceiveMaximum under load).
         self._high_water = config.receive_maximum
         self._queue: asyncio.Queue[_Delivery] = asyncio.Queue(maxsize=4 * config.receive_maximum + 32)
+        self._max_group = max(1, min(config.max_group, config.receive_maximum))
         self._conn: _Connection | None = None
         self._generation = 0
+        # received and not yet acknowledged (queued or being handled), oldest first: the backlog gauges
+        self._in_hand: dict[int, float] = {}
+        self._poisoned: set[int] = set()  # deliveries answered with an error document, to acknowledge
+
+    def backlog(self) -> tuple[int, float | None]:
+        """``(messages received and not yet acknowledged, monotonic receipt time of the oldest)``."""
+        for received in self._in_hand.values():
+            return len(self._in_hand), received
+        return 0, None
+
+    @property
+    def saturated(self) -> bool:
+        """The broker can hand this worker nothing more: its receive window is full or reading is paused."""
+        conn = self._conn
+        return len(self._in_hand) >= self.config.receive_maximum or (conn is not None and conn.paused)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -402,6 +512,7 @@ class IngestWorker:
             conn.pause_reading()  # TCP back-pressure on the broker until the consumer catches up
         try:
             self._queue.put_nowait(d)
+            self._in_hand[id(d)] = d.received
         except asyncio.QueueFull:
             # Not acked. The broker only redelivers on a session resume, so drop the connection: the
             # reconnect resumes the session and everything un-acked (this message included) comes again.
@@ -453,14 +564,43 @@ class IngestWorker:
     # --- message handling -------------------------------------------------------------------------------
     async def _consume_loop(self) -> None:
         while True:
-            d = await self._queue.get()
+            group = [await self._queue.get()]
+            while len(group) < self._max_group and not self._queue.empty():
+                group.append(self._queue.get_nowait())
             conn = self._conn
             if conn is not None and self._queue.qsize() < self._high_water:
                 conn.resume_reading()
             try:
-                await self._handle(d)
+                await self._handle_group(group)
             finally:
-                self._queue.task_done()
+                for d in group:
+                    self._in_hand.pop(id(d), None)
+                    self._queue.task_done()
+
+    async def _handle_group(self, group: list[_Delivery]) -> None:
+        """Ingest the group's valid batches (one transaction with ``ingest_many``, else concurrently),
+        answer each gateway as soon as its batch is committed, then PUBACK in arrival order."""
+        self.metrics.group_messages.observe(len(group))
+        work: list[tuple[_Delivery, UplinkBatch, str]] = []
+        answered: set[int] = set()  # committed and answered, or poison (answered with an error)
+        for d in group:
+            prepared = self._prepare(d)
+            if prepared is not None:
+                work.append((d, *prepared))
+            elif id(d) in self._poisoned:
+                answered.add(id(d))
+        if work:
+            acks = await self._ingest_group(work)
+            for (d, batch, gateway_id), ack in zip(work, acks, strict=True):
+                if (ack is not None and self._answer(d, batch, gateway_id, ack)) or id(d) in self._poisoned:
+                    answered.add(id(d))
+        now = time.monotonic()
+        for d in group:
+            self._poisoned.discard(id(d))
+            conn = self._current(d)
+            if id(d) in answered and conn is not None:
+                conn.ack(d)
+                self.metrics.message_seconds.observe(now - d.received)
 
     def _current(self, d: _Delivery) -> _Connection | None:
         """The connection a delivery can still be answered on (its own); ``None`` if that one is gone:
@@ -468,14 +608,15 @@ class IngestWorker:
         conn = self._conn
         return conn if conn is not None and conn.generation == d.generation else None
 
-    async def _handle(self, d: _Delivery) -> None:
+    def _prepare(self, d: _Delivery) -> tuple[UplinkBatch, str] | None:
+        """The batch and gateway of a message, or ``None`` when it was abandoned or poison (answered)."""
         if self._current(d) is None:
             self.metrics.messages.labels("abandoned").inc()
-            return
+            return None
         gateway_id = gateway_of_topic(d.topic)
         if gateway_id is None:
             self._poison(d, None, None, "bad_topic", f"topic {d.topic!r} is not vigil/v1/gw/<gateway_id>/up")
-            return
+            return None
         try:
             batch = UplinkBatch.model_validate_json(d.payload)
         except ValidationError as exc:
@@ -486,7 +627,7 @@ class IngestWorker:
                 "validation",
                 f"not a valid UplinkBatch: {exc.error_count()} error(s): {_first_error(exc)}",
             )
-            return
+            return None
         if batch.gateway_id != gateway_id:
             self._poison(
                 d,
@@ -495,18 +636,68 @@ class IngestWorker:
                 "forbidden",
                 f"batch names gateway {batch.gateway_id!r} but arrived on {gateway_id!r}'s topic",
             )
-            return
-        ack = await self._ingest_until_stored(d, batch, gateway_id)
-        if ack is None:
-            return
+            return None
+        return batch, gateway_id
+
+    def _answer(self, d: _Delivery, batch: UplinkBatch, gateway_id: str, ack: UplinkAck) -> bool:
+        """Publish the gateway's ack of a committed batch; ``False`` if its connection is gone."""
         conn = self._current(d)
         if conn is None:  # stored, but the connection went: the redelivery will be answered duplicate=true
             self.metrics.messages.labels("abandoned").inc()
-            return
+            return False
         # a version-1 gateway gets a version-1 ack (no refusal fields), as on HTTP
         conn.publish(mqtt_ack_topic(gateway_id), json.dumps(ack.for_version(batch.contract_version)).encode())
-        conn.ack(d)
         self.metrics.messages.labels("duplicate" if ack.duplicate else "stored").inc()
+        return True
+
+    async def _ingest_group(self, work: list[tuple[_Delivery, UplinkBatch, str]]) -> list[UplinkAck | None]:
+        if len(work) > 1 and isinstance(self.service, GroupIngestor):
+            acks = await self._ingest_many_until_stored(self.service, work)
+            if acks is not None:
+                return acks
+        return list(await asyncio.gather(*(self._ingest_until_stored(d, b, g) for d, b, g in work)))
+
+    async def _ingest_many_until_stored(
+        self, service: GroupIngestor, work: list[tuple[_Delivery, UplinkBatch, str]]
+    ) -> list[UplinkAck | None] | None:
+        """One transaction for the group, retried on storage errors; ``None``: do them one by one."""
+        delays = backoff_delays(self.config.backoff_initial_s, self.config.backoff_max_s)
+        while True:
+            try:
+                results = await asyncio.wait_for(
+                    service.ingest_many([(b, g) for _d, b, g in work]), self.config.ingest_timeout_s
+                )
+            except (StorageError, TimeoutError) as exc:
+                self.metrics.storage_retries.inc()
+                log.warning(
+                    "group ingest failed with a storage error; retrying",
+                    extra={"batches": len(work), "error": str(exc)},
+                )
+            except Exception:  # supervisor boundary: the per-message path isolates a poison batch
+                log.exception("unexpected group ingest failure; ingesting one by one")
+                return None
+            else:
+                if len(results) != len(work):
+                    log.error("ingest_many returned %d results for %d batches", len(results), len(work))
+                    return None
+                out: list[UplinkAck | None] = []
+                for (d, batch, gateway_id), res in zip(work, results, strict=True):
+                    if isinstance(res, UplinkAck):
+                        out.append(res)
+                    else:
+                        self._refused(d, gateway_id, batch, res)
+                        out.append(None)
+                return out
+            if all(self._current(d) is None for d, _b, _g in work):
+                self.metrics.messages.labels("abandoned").inc(len(work))
+                return [None] * len(work)
+            await self._sleep(next(delays))
+
+    def _refused(self, d: _Delivery, gateway_id: str, batch: UplinkBatch, exc: CloudError) -> None:
+        if isinstance(exc, RateLimitedError):  # over quota: answered like HTTP's 429; the gateway retries
+            self._poison(d, gateway_id, batch.batch_id, exc.code, exc.detail, retry_after_s=exc.retry_after_s)
+        else:  # refused (4xx class): retrying cannot help
+            self._poison(d, gateway_id, batch.batch_id, exc.code, exc.detail)
 
     async def _ingest_until_stored(
         self, d: _Delivery, batch: UplinkBatch, gateway_id: str
@@ -524,13 +715,8 @@ class IngestWorker:
                     "ingest failed with a storage error; retrying",
                     extra={"batch_id": batch.batch_id, "gateway_id": gateway_id, "error": str(exc)},
                 )
-            except RateLimitedError as exc:  # over quota: answered like HTTP's 429; the gateway retries
-                self._poison(
-                    d, gateway_id, batch.batch_id, exc.code, exc.detail, retry_after_s=exc.retry_after_s
-                )
-                return None
-            except CloudError as exc:  # refused (4xx class): retrying cannot help
-                self._poison(d, gateway_id, batch.batch_id, exc.code, exc.detail)
+            except CloudError as exc:  # refused (over quota, 4xx class): retrying the same way cannot help
+                self._refused(d, gateway_id, batch, exc)
                 return None
             except Exception as exc:  # supervisor boundary: a bug must not loop forever on one message
                 unexpected += 1
@@ -578,12 +764,12 @@ class IngestWorker:
         conn = self._current(d)
         if conn is None:
             return
+        self._poisoned.add(id(d))
         if gateway_id is not None:
             body: dict[str, object] = {"batch_id": batch_id, "error": code, "detail": detail}
             if retry_after_s is not None:
                 body["retry_after_s"] = round(retry_after_s, 1)
             conn.publish(mqtt_ack_topic(gateway_id), json.dumps(body).encode())
-        conn.ack(d)
 
 
 def _batch_id_of(payload: bytes) -> str | None:
