@@ -356,7 +356,9 @@ HorizonH = Annotated[float, Query(gt=0, le=168, description="forecast horizon in
 Shape = Annotated[GridShape, Query(description="square / hex cells, or the community's own grid cells")]
 CellM = Annotated[float, Query(ge=50, le=2000, description="cell side (square) or centre spacing (hex), m")]
 FitDays = Annotated[int, Query(ge=7, le=730, description="days of history to fit on")]
-At = Annotated[float | None, Query(ge=0, description="forecast start, UTC epoch s (default: now)")]
+At = Annotated[
+    float | None, Query(ge=0, le=4_102_444_800, description="forecast start, UTC epoch s (default: now)")
+]  # a time beyond 2100 made the daily season columns astronomically long (a 500)
 
 
 @router.get("/forecast", response_model=ForecastOut, summary="Expected events per cell and device")

@@ -216,7 +216,9 @@ async def add_silence(body: SilenceIn, state: State, loop: Loop, who: Desk) -> d
 
 
 @router.delete("/silences/{silence_id}", status_code=204, summary="Expire a silence now (audited)")
-async def expire_silence(silence_id: Annotated[int, Path(ge=1)], state: State, loop: Loop, who: Desk) -> None:
+async def expire_silence(
+    silence_id: Annotated[int, Path(ge=1, le=2**62)], state: State, loop: Loop, who: Desk
+) -> None:
     def run() -> None:
         now = loop.clock.now()
         with state.db.write() as s:
