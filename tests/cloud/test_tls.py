@@ -36,6 +36,7 @@ from cloud.errors import ConfigError
 from cloud.registry import DeviceIn, Registry
 from cloud.settings import CloudSettings
 from cloud.tls import server_context
+from edge.config import ConfigError as GatewayConfigError
 from edge.config import parse_config
 from edge.outbox import Outbox, PendingBatch
 from edge.uplink import UplinkUnavailable
@@ -57,6 +58,10 @@ class Pki:
     client_cert: Path
     client_key: Path
     other_ca: Path  # a CA that signed nothing here: trusting it must not be enough
+
+    @property
+    def directory(self) -> Path:
+        return self.ca.parent
 
 
 def _name(cn: str) -> x509.Name:
@@ -343,8 +348,10 @@ async def test_gateway_uploads_over_https_and_untrusted_or_plain_clients_are_ref
             assert cipher is not None and ("GCM" in cipher[0] or "CHACHA20" in cipher[0])
 
 
-def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(tmp_path: Path, pki: Pki) -> None:
-    with running_cloud(tmp_path, pki, client_ca=pki.ca) as cloud:
+async def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(
+    tmp_path: Path, pki: Pki
+) -> None:
+    with running_cloud(tmp_path / "cloud", pki, client_ca=pki.ca) as cloud:
         with pytest.raises(httpx.TransportError):  # no client certificate: the handshake is refused
             httpx.get(
                 f"{cloud.url}/healthz", verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=5
@@ -353,6 +360,39 @@ def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(tmp_pat
         ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
         r = httpx.get(f"{cloud.url}/healthz", verify=ctx, timeout=5)
         assert r.status_code == 200
+
+        # the gateway's uplink: uplink.client_cert / client_key, relative to the config file
+        for name in ("client.pem", "client.key"):
+            (tmp_path / name).write_bytes((pki.directory / name).read_bytes())
+        text = _gateway_toml(tmp_path, cloud, str(pki.ca)) + 'client_cert = "client.pem"\n'
+        with pytest.raises(GatewayConfigError, match=r"client_cert and uplink\.client_key together"):
+            parse_config(text, tmp_path / "gateway.toml")
+        cfg = parse_config(text + 'client_key = "client.key"\n', tmp_path / "gateway.toml")
+        assert ("uplink.client_cert", tmp_path / "client.pem") in cfg.files_to_open()
+        with Outbox(tmp_path / "outbox.db") as outbox:
+            outbox.commit([], [alert(1, t=time.time())])
+            batch = outbox.next_batch("gw-tls")
+            assert batch is not None
+            u = cfg.uplink
+            without = HttpUplink(u.url, cloud.token, timeout_s=10, ca_file=u.ca_file)
+            try:
+                with pytest.raises(UplinkUnavailable):
+                    await without.send(batch)
+            finally:
+                await without.aclose()
+            up = HttpUplink(
+                u.url,
+                cloud.token,
+                timeout_s=10,
+                ca_file=u.ca_file,
+                client_cert=u.client_cert,
+                client_key=u.client_key,
+            )
+            try:
+                ack = await up.send(batch)
+            finally:
+                await up.aclose()
+        assert ack.alerts_stored == 1
 
 
 def test_server_context_is_tls12_or_newer_and_bad_settings_name_themselves(tmp_path: Path, pki: Pki) -> None:
