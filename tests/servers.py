@@ -15,6 +15,7 @@ import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -299,6 +300,9 @@ class InfluxServer:
     port: int
     directory: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: the admin user when started with ``auth=True`` (``auth-enabled = true``)
+    username: str | None = None
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -308,9 +312,18 @@ class InfluxServer:
         with urllib.request.urlopen(f"{self.url}/ping", timeout=5) as r:
             return str(r.headers.get("X-Influxdb-Version", ""))
 
+    def query(self, q: str) -> bytes:
+        """POST an InfluxQL statement to ``/query`` (as the admin user when auth is on: 1.x reads the
+        ``u``/``p`` credentials from the URL, not from the form body)."""
+        auth = ""
+        if self.username is not None:
+            auth = "?" + urllib.parse.urlencode({"u": self.username, "p": self.password or ""})
+        body = urllib.parse.urlencode({"q": q}).encode()
+        with urllib.request.urlopen(f"{self.url}/query{auth}", data=body, timeout=10) as r:
+            return bytes(r.read())
+
     def create_database(self, name: str) -> None:
-        q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}).encode()
-        urllib.request.urlopen(f"{self.url}/query", data=q, timeout=10).read()
+        self.query(f'CREATE DATABASE "{name}"')
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -318,7 +331,12 @@ class InfluxServer:
             self.proc = None
 
 
-def start_influxdb(directory: Path | None = None, port: int | None = None) -> InfluxServer:
+def start_influxdb(
+    directory: Path | None = None, port: int | None = None, *, auth: bool = False
+) -> InfluxServer:
+    """InfluxDB 1.x; with ``auth=True`` HTTP auth is enabled and an admin user (``server.username`` /
+    ``server.password``) is created through the HTTP API, as an operator would (the first user may be
+    created without credentials and must be an admin)."""
     binary = _find_binary("influxd", "/usr/bin/influxd")
     d = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="vigil-influx-"))
     d.mkdir(parents=True, exist_ok=True)
@@ -331,6 +349,7 @@ def start_influxdb(directory: Path | None = None, port: int | None = None) -> In
         f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
         "[monitor]\n  store-enabled = false\n"
         f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+        f"  auth-enabled = {'true' if auth else 'false'}\n"
         "[continuous_queries]\n  enabled = false\n"
     )
     log = d / "influxd.log"
@@ -349,6 +368,10 @@ def start_influxdb(directory: Path | None = None, port: int | None = None) -> In
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        if auth:
+            password = secrets.token_urlsafe(12)
+            server.query(f"CREATE USER \"vigil_admin\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+            server.username, server.password = "vigil_admin", password
     except BaseException:
         server.stop()
         raise

@@ -6,7 +6,7 @@ Kept apart from :mod:`cloud.timeseries.lineproto` (the shared writer) and :mod:`
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, unquote
 
 from cloud.timeseries.base import TimeSeriesStore, UnsupportedURLError
 from cloud.timeseries.influx import InfluxStore
@@ -23,6 +23,10 @@ def open_http_store(scheme: str, parts: SplitResult, params: dict[str, str]) -> 
     except ValueError as exc:
         raise UnsupportedURLError(f"timeout must be seconds, got {params['timeout']!r}") from exc
     if scheme == "victoria":
+        if parts.username is not None:
+            raise UnsupportedURLError(
+                "victoria:// URL takes no user:password@ (put a proxy in front for auth)"
+            )
         unknown = set(params) - {"tls", "timeout"}
         if unknown:
             raise UnsupportedURLError(f"unknown victoria URL parameter(s) {sorted(unknown)}")
@@ -30,6 +34,11 @@ def open_http_store(scheme: str, parts: SplitResult, params: dict[str, str]) -> 
     unknown = set(params) - {"tls", "timeout", "org", "bucket", "token", "api"}
     if unknown:
         raise UnsupportedURLError(f"unknown influx URL parameter(s) {sorted(unknown)}")
+    token = params.get("token", "")
+    if parts.username is not None:  # influx://user:password@host: InfluxDB 1.x users (token user:password)
+        if token:
+            raise UnsupportedURLError("influx:// URL: give user:password@ or token=, not both")
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
     if not params.get("bucket"):
         raise UnsupportedURLError("influx:// URL needs ?bucket=")
     api = params.get("api", "v2")
@@ -39,7 +48,7 @@ def open_http_store(scheme: str, parts: SplitResult, params: dict[str, str]) -> 
         base,
         org=params.get("org", ""),
         bucket=params["bucket"],
-        token=params.get("token", ""),
+        token=token,
         timeout_s=timeout,
         v1_api=api == "v1",
     )

@@ -7,9 +7,14 @@ the database/bucket name). On 1.8 the URL's bucket is ``database/retention-polic
 ``rp``. ``epoch=ms`` makes the server return integer millisecond timestamps.
 
 ``api=v1`` is for servers without the v2 write endpoint (InfluxDB 1.x before 1.8, e.g. Debian 12's 1.6):
-the same line protocol goes to ``POST /write?db=..&rp=..&precision=ms``, and a ``username:password``
-token is sent as the v1 ``u``/``p`` parameters on writes and reads (1.x before 1.8 does not know the
-``Token`` scheme). The tests run this path against a real InfluxDB 1.6 (``tests/servers.py``).
+the same line protocol goes to ``POST /write?db=..&rp=..&precision=ms``, and the credentials
+(``influx://user:password@host:8086?..`` or ``token=user:password``) go as HTTP Basic auth on writes and
+reads (1.x before 1.8 does not know the ``Token`` scheme; Basic keeps the password out of request lines and
+access logs, where the ``u``/``p`` parameters would put it). The tests run this path against a real
+InfluxDB 1.6 (``tests/servers.py``), with ``auth-enabled = true`` and without.
+
+A server that refuses the credentials (HTTP 401/403) raises :class:`InfluxAuthError`, whose message names
+the setting to fix (``VIGIL_CLOUD_TIMESERIES_URL``) and never contains the password.
 
 Downsampling uses ``GROUP BY time(<B>ms, <offset>ms) fill(none)`` with the offset set to
 ``start mod B`` so buckets start exactly at ``start`` like the SQL backends' (InfluxQL aligns buckets to
@@ -36,6 +41,13 @@ from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS
 
 _IN_CHUNK = 200
+#: the setting that holds the store's URL (and so its credentials): named in authentication errors
+URL_SETTING = "VIGIL_CLOUD_TIMESERIES_URL"
+
+
+class InfluxAuthError(BackendError):
+    """InfluxDB refused the credentials (401) or the user's privileges (403); retrying will not help until
+    the URL's credentials are fixed."""
 
 
 def _ident(name: str) -> str:
@@ -67,9 +79,9 @@ class InfluxStore(_LineProtocolStore):
         v1_api: bool = False,
     ) -> None:
         self.v1_api = v1_api
-        # v1 auth is u/p parameters, not the Token header (which 1.x before 1.8 rejects)
+        # v1 auth is HTTP Basic, not the Token header (which 1.x before 1.8 rejects)
         user, sep, password = token.partition(":")
-        self._v1_auth = {"u": user, "p": password} if v1_api and sep else {}
+        self.username = user if sep else None
         super().__init__(
             base_url,
             org=org,
@@ -78,6 +90,31 @@ class InfluxStore(_LineProtocolStore):
             timeout_s=timeout_s,
             transport=transport,
         )
+        if v1_api and sep:
+            self._http.auth = (user, password)
+
+    def _auth_error(self, status: int, what: str) -> InfluxAuthError:
+        who = f"user {self.username!r}" if self.username is not None else "no credentials"
+        if status == 401:
+            why = f"refused the credentials ({who}, HTTP 401)"
+        else:
+            why = f"refused {who} the privilege to {what} database {self._db_rp()['db']!r} (HTTP 403)"
+        return InfluxAuthError(
+            f"InfluxDB at {self.base_url} {why} on {what}: set the user and password in {URL_SETTING} "
+            "(influx://USER:PASSWORD@host:port?bucket=..&api=v1, or token=USER:PASSWORD)"
+        )
+
+    @staticmethod
+    def _status_of(exc: BaseException) -> int | None:
+        """The HTTP status behind a failure of httpx or influxdb-client, if any."""
+        cur: BaseException | None = exc
+        while cur is not None:
+            resp = getattr(cur, "response", None)
+            status = getattr(resp, "status_code", None) or getattr(cur, "status", None)
+            if isinstance(status, int):
+                return status
+            cur = cur.__cause__
+        return None
 
     def _db_rp(self) -> dict[str, str]:
         # InfluxDB 1.8 takes "database/retention-policy" as the v2 bucket name; v1 endpoints want them apart.
@@ -86,28 +123,46 @@ class InfluxStore(_LineProtocolStore):
 
     def write(self, batch: ReadingBatch) -> WriteResult:
         if not self.v1_api:
-            return super().write(batch)
+            try:
+                return super().write(batch)
+            except BackendError as exc:
+                status = self._status_of(exc)
+                if status in (401, 403):
+                    raise self._auth_error(status, "write") from exc
+                raise
         n = len(batch)
         if n == 0:
             return WriteResult(0, 0)
         body = "\n".join(batch_to_lines(batch)).encode()
         self._check_open()
-        params = {**self._db_rp(), "precision": "ms", **self._v1_auth}
+        params = {**self._db_rp(), "precision": "ms"}
         try:
             r = self._http.post("/write", params=params, content=body)
             r.raise_for_status()
         except self._httpx.HTTPError as exc:
+            status = self._status_of(exc)
+            if status in (401, 403):
+                raise self._auth_error(status, "write") from exc
             raise BackendError(f"v1 write of {n} readings to {self.base_url} failed: {exc}") from exc
         return WriteResult(stored=n, duplicates=0)
 
     def _influxql(self, q: str) -> list[dict[str, Any]]:
-        params = {**self._db_rp(), "q": q, "epoch": "ms", **self._v1_auth}
-        doc = self._get("/query", params).json()
+        params = {**self._db_rp(), "q": q, "epoch": "ms"}
+        try:
+            doc = self._get("/query", params).json()
+        except BackendError as exc:
+            status = self._status_of(exc)
+            if status in (401, 403):
+                raise self._auth_error(status, "read") from exc
+            raise
         results = doc.get("results", [])
         if not results:
             return []
         if "error" in results[0]:
-            raise BackendError(f"InfluxQL error: {results[0]['error']}")
+            err = str(results[0]["error"])
+            if "not authorized" in err:  # 1.x answers a missing READ privilege inside a 200
+                raise self._auth_error(403, "read") from None
+            raise BackendError(f"InfluxQL error: {err}")
         return list(results[0].get("series", []))
 
     def query(
