@@ -1,4 +1,4 @@
-"""Personal data at rest and by role (docs/privacy.md), on SQLite and PostgreSQL.
+"""Personal data at rest (SQLite and PostgreSQL) and by role (docs/privacy.md).
 
 A wristband wearer's home address and exact position are sealed in the database; operators and viewers
 get a masked address, a ~100 m position and no health values, wherever they look (device API, console
@@ -82,8 +82,8 @@ async def test_wristband_home_is_sealed_at_rest(cloud: Cloud) -> None:
     assert (smoke.address, smoke.lat) == ("3号楼201", 39.97)
 
 
-async def test_each_role_sees_the_wearer_as_its_job_needs(cloud: Cloud) -> None:
-    c = cloud
+async def test_each_role_sees_the_wearer_as_its_job_needs(cloud_sqlite: Cloud) -> None:
+    c = cloud_sqlite  # role views do not depend on the database
     who = await _provision(c)
     for role, headers in who.items():
         dev = (await c.client.get(f"/api/v1/devices/{BAND_ID}", headers=headers)).json()
@@ -115,8 +115,8 @@ def _hides_health(body: Any) -> None:
     assert body["value"] is None and body["message"] == "", body
 
 
-async def test_health_values_alerts_incidents_stream_and_export_by_role(cloud: Cloud) -> None:
-    c = cloud
+async def test_health_values_alerts_incidents_stream_and_export_by_role(cloud_sqlite: Cloud) -> None:
+    c = cloud_sqlite  # role views do not depend on the database
     who = await _provision(c)
     hub = c.app.state.console_events
     events = hub.subscribe()
@@ -151,18 +151,16 @@ async def test_health_values_alerts_incidents_stream_and_export_by_role(cloud: C
         assert csv.status_code == 200 and not any(s in csv.text for s in SECRETS), role
 
 
-async def test_decommissioning_a_wristband_deletes_its_sealed_home(cloud: Cloud) -> None:
-    c = cloud
+async def test_decommissioning_a_wristband_deletes_its_sealed_home(cloud_sqlite: Cloud) -> None:
+    c = cloud_sqlite  # role views do not depend on the database
     await _provision(c)
     assert (await c.client.delete(f"/api/v1/devices/{BAND_ID}", headers=c.admin)).status_code == 204
     with c.state.db.read() as s:
         assert s.scalar(select(Device.private_enc).where(Device.device_id == BAND_ID)) is None
 
 
-async def test_the_assigned_responder_link_shows_the_wearers_home_while_the_case_is_open(
-    cloud: Cloud,
-) -> None:
-    c = cloud
+async def test_the_assigned_responders_link_shows_the_wearers_home_while_open(cloud_sqlite: Cloud) -> None:
+    c = cloud_sqlite  # role views do not depend on the database
     await _provision(c)
     fall = alert_step(BAND_ID, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 + 10)
     await c.state.ingest.ingest(batch("batch-pii-0002", alerts=[fall]), gateway_id=GW1)
