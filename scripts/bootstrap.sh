@@ -3,7 +3,8 @@
 #   bash scripts/bootstrap.sh            -> .venv with Vigil and its Python dependencies (for `vigil demo`)
 #   bash scripts/bootstrap.sh --test     -> also the system servers the tests start themselves
 #                                           (mosquitto, postgresql, victoria-metrics, influxdb 1.6) and
-#                                           chromium + fonts-noto-cjk for the console's browser tests
+#                                           chromium + fonts-noto-cjk for the console's browser tests,
+#                                           nginx-light for the reverse-proxy test
 # Nothing is downloaded at run time; this script is the only installer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,12 @@ if [ $WANT_TEST = 1 ]; then
   apt_install mosquitto postgresql victoria-metrics influxdb
   # the console's browser tests: Debian's Chromium (Playwright drives it; its own download is never used)
   apt_install chromium fonts-noto-cjk
+  # the TLS reverse-proxy test runs the shipped deploy/nginx/vigil-cloud.conf with its own nginx process on a
+  # free port; the packaged system service is not wanted, so it is stopped if the install started it
+  if ! dpkg -s nginx-light >/dev/null 2>&1; then
+    apt_install nginx-light
+    as_root sh -c 'service nginx stop || systemctl stop nginx' >/dev/null 2>&1 || true
+  fi
 fi
 
 STAMP=.venv/.vigil-installed
