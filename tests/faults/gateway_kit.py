@@ -54,6 +54,7 @@ def free_udp_port() -> int:
 def write_config(
     path: Path,
     *,
+    detection: str = "batch_window_ms = 10\nsnapshot_interval_s = 0.5",
     gateway_id: str,
     data_dir: Path,
     sources: str,
@@ -71,8 +72,7 @@ data_dir = "{data_dir}"
 {sources}
 {uplink}
 [detection]
-batch_window_ms = 10
-snapshot_interval_s = 0.5
+{detection}
 [metrics]
 port = {metrics_port}
 """
