@@ -116,7 +116,8 @@ async def test_broker_restarts_lose_nothing_the_gateway_accepted(tmp_path: Path,
                 await asyncio.wait_for(worker.ready.wait(), 30)
             await daemon.start()
             for r in range(restarts):
-                await radio()
+                for _ in range(scale(1, 3)):
+                    await radio()
                 await asyncio.sleep(rng.random() * 0.5)  # restart at a random moment while batches fly
                 hard = r % 2 == 0
                 kinds["kill -9" if hard else "clean"] += 1
