@@ -219,6 +219,11 @@ class AuditEntry(Base):
     """Every administrative action (configuration, silences, manual registration...), append-only."""
 
     __tablename__ = "loop_audit"
+    __table_args__ = (
+        # the shared login back-off counts failures per username (actor) and per address (target)
+        Index("ix_loop_audit_action_actor_at", "action", "actor", "at"),
+        Index("ix_loop_audit_action_target_at", "action", "target", "at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float, index=True)
