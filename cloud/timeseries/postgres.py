@@ -15,6 +15,8 @@ the created tables; nothing here depends on it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -34,6 +36,8 @@ from cloud.timeseries.base import (
 )
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import KINDS, spec
+
+log = logging.getLogger(__name__)
 
 _BASE = ("device_id", "time_ms", "seq", "battery_pct", "flags", "fw_version")
 
@@ -56,9 +60,11 @@ class PostgresStore:
         self._psycopg = psycopg
         self._lock = threading.Lock()
         self._closed = False
+        self._conninfo = _conninfo(url)
+        self._connect_timeout = int(connect_timeout)
         try:
             self._conn = psycopg.connect(
-                _conninfo(url), connect_timeout=int(connect_timeout), autocommit=True
+                self._conninfo, connect_timeout=self._connect_timeout, autocommit=True
             )
             self._ensure_schema()
         except psycopg.Error as exc:
@@ -201,8 +207,22 @@ class PostgresStore:
                 self._conn.close()
 
     def _check_open(self) -> None:
+        """Refuse after :meth:`close`; reconnect a connection the server dropped (a PostgreSQL restart or
+        failover breaks it: the call that finds it broken has already failed with a :class:`BackendError`
+        the caller retries, and the next call gets a fresh connection instead of failing forever)."""
         if self._closed:
             raise BackendError("the time-series store is closed")
+        if self._conn.closed or self._conn.broken:
+            try:
+                with contextlib.suppress(self._psycopg.Error):
+                    self._conn.close()
+                self._conn = self._psycopg.connect(
+                    self._conninfo, connect_timeout=self._connect_timeout, autocommit=True
+                )
+            except self._psycopg.Error as exc:
+                raise BackendError(f"PostgreSQL time-series store unreachable: {exc}") from exc
+            self._staged = set()  # temp tables died with the old session
+            log.warning("reconnected to the PostgreSQL time-series store")
 
     def __enter__(self) -> PostgresStore:
         return self
