@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time as _time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import numpy as np
@@ -94,6 +95,8 @@ class IngestService:
         # time-series writes run here, beside the request's database transaction (never in the pool that
         # runs the transactions: a transaction waiting for its write must not starve that write)
         self._ts_pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-ts-write")
+        self._committing = 0  # requests inside (or waiting for) their database transaction
+        self._committing_lock = threading.Lock()
 
     async def ingest(
         self, batch: UplinkBatch, *, gateway_id: str, allow_unassigned: bool = False
@@ -162,6 +165,11 @@ class IngestService:
                 if screened.telemetry
                 else None
             )
+            if pending is not None and self.db.is_sqlite and self._committing:
+                # SQLite has one writer: a transaction that waited for its time-series fsync while holding
+                # the write lock would serialise every other request behind that fsync (a second poster
+                # then added nothing). When another request is committing, wait for the write first.
+                futures.wait([pending])
             try:
                 for attempt in range(3):
                     try:
@@ -252,7 +260,7 @@ class IngestService:
         screened: Screened,
     ) -> tuple[UplinkAck, list[AlertEvent]]:
         now = self.clock.now()
-        with self.db.write() as s:
+        with self._count_committing(), self.db.write() as s:
             conn = s.connection()
             mark = _mark(conn.dialect.paramstyle)
             # a concurrent duplicate fails here (unique key), before any other work
@@ -294,6 +302,16 @@ class IngestService:
             refused=screened.refused,
         )
         return ack, new_steps
+
+    @contextmanager
+    def _count_committing(self) -> Iterator[None]:
+        with self._committing_lock:
+            self._committing += 1
+        try:
+            yield
+        finally:
+            with self._committing_lock:
+                self._committing -= 1
 
     def _update_devices(self, s: Session, readings: Sequence[ReadingBatch], now: float) -> int:
         """Each device's last seen / sequence / battery, lost-frame and reading counts: one locked

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.timeseries import BackendError, UnsupportedURLError, open_timeseries
+from cloud.timeseries import BackendError, UnsupportedURLError, WriteResult, open_timeseries
 from cloud.timeseries.sqlite import SQLiteStore
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
+from firmware_bridge.registry import spec
 from tests.cloud.test_timeseries import T0, assert_same, make_batch, reference
 
 
@@ -258,3 +259,27 @@ def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
         store.close()
     assert results == {"first": (10, 0), "o0": (10, 0), "o1": (10, 0), "o2": (10, 0), "dup": (0, 4)}
     assert sum(1 for s in statements if s == "COMMIT") == 2  # 5 batches, 2 transactions
+
+
+@pytest.mark.parametrize("variable_limit", [999, 32766])
+def test_batch_spanning_several_insert_statements_is_counted_exactly(
+    tmp_path: Path, variable_limit: int
+) -> None:
+    """Readings go in as multi-row INSERTs of at most 128 rows (fewer when the SQLite build allows fewer
+    bound parameters, as before 3.32): a batch spanning several statements, with duplicates falling into
+    different statements and missing values, stores each reading once, counts exactly and reads back."""
+    full = make_batch(DeviceKind.MANHOLE, ["mh-a", "mh-b", "mh-c"], 100, seed=21)  # 300, 5 % NaN
+    with SQLiteStore(tmp_path / "ts.db") as s:
+        s._writer.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+        s._max_variables = s._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        assert s.write(full.take(np.arange(0, 300, 2))) == WriteResult(150, 0)
+        # all 300: the even half again (spread over every statement) and the odd half new
+        assert s.write(full) == WriteResult(150, 150)
+        got = {d: s.query(d, DeviceKind.MANHOLE, 0, 4e9, max_points=1000) for d in ("mh-a", "mh-b", "mh-c")}
+    for d, series in got.items():
+        mine = full.take(full.device_id == d)
+        order = np.argsort(mine.time)
+        assert len(series) == 100
+        np.testing.assert_allclose(series.time, mine.time[order], atol=1e-3)
+        for j, ch in enumerate(spec(DeviceKind.MANHOLE).channel_names):
+            np.testing.assert_array_equal(series.values[ch], mine.values[order, j])  # NaN where missing
