@@ -37,6 +37,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import numpy as np
+from sqlalchemy import func, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -271,16 +272,18 @@ class IngestService:
             )
             gaps = self._update_devices(s, screened.telemetry, now)
             new_steps = store_alert_steps(s, screened.alerts, source=gateway_id, received_at=now)
-            gw = s.get(Gateway, gateway_id, with_for_update=self.db.for_update())
-            if gw is not None:
-                gw.last_seen = now
-                gw.batches_total = (gw.batches_total or 0) + 1
-                if batch.status is not None:
-                    gw.last_status = batch.status.model_dump()
+            # the gateway's row: one UPDATE (the row lock is the UPDATE's own; no ORM load and flush)
+            values: dict[str, object] = {
+                "last_seen": now,
+                "batches_total": func.coalesce(Gateway.batches_total, 0) + 1,
+            }
+            if batch.status is not None:
+                values["last_status"] = batch.status.model_dump()
+            s.execute(update(Gateway).where(Gateway.gateway_id == gateway_id).values(**values))
+            s.flush()  # the alert steps' INSERTs, still beside the time-series write
             # The batch is recorded as stored only after its telemetry is durable: a failed time-series
             # write rolls this transaction back, and the gateway's retry is not mistaken for a duplicate.
             stored, duplicates = (0, 0) if pending is None else pending.result()
-            s.flush()
             conn.exec_driver_sql(
                 f"UPDATE ingested_batches SET telemetry_stored = {mark}, telemetry_duplicates = {mark}, "
                 f"alerts_stored = {mark} WHERE gateway_id = {mark} AND batch_id = {mark}",
