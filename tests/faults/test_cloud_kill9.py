@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -368,6 +369,16 @@ def loop_links(db: Database) -> tuple[dict[str, tuple[int | None, str, str]], di
     return {a: (i, v, p) for a, i, v, p in links}, {int(i): int(n) for i, n in incidents}
 
 
+def reconciled_by_restarts(log: Path) -> int:
+    """Alerts the loop's reconcile pass picked up (committed by ingest, never routed by a killed process)."""
+    n = 0
+    for line in log.read_text(errors="replace").splitlines():
+        if "loop reconciled alerts the sink had not handled" in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                n += int(json.loads(line)["count"])
+    return n
+
+
 async def wait_for(cond: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await asyncio.to_thread(cond):  # type: ignore[arg-type]
@@ -462,6 +473,7 @@ async def kill9_under_load(
             readings=n_readings,
             alert_steps=len(alerts),
             alerts_acked_before_a_kill=len(acked_before_kill),
+            alerts_routed_by_the_reconcile_pass=reconciled_by_restarts(cloud.log),
             incidents=len(incidents),
             gateways=n_gw,
             seed=seed,
