@@ -48,7 +48,7 @@ GW = "gw-faults-broker"
 @pytest.mark.parametrize("seed", [41])
 async def test_broker_restarts_lose_nothing_the_gateway_accepted(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
-    restarts = scale(4, 40)
+    restarts = scale(3, 40)
     ledger = Ledger("gateway_broker_restart")
     broker = await asyncio.to_thread(start_mosquitto, tmp_path / "broker", None, durable_broker_config())
     (tmp_path / "cloud").mkdir()

@@ -40,7 +40,7 @@ from tests.servers import free_port, start_mosquitto
 @pytest.mark.parametrize("seed", [11])
 async def test_kill_9_loses_no_broker_acknowledged_frame(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
-    kills = scale(3, 40)
+    kills = scale(2, 40)
     devices = fleet(200)
     ledger = Ledger("gateway_kill9_mqtt")
     broker = await asyncio.to_thread(start_mosquitto, tmp_path / "broker", None, durable_broker_config())

@@ -57,7 +57,7 @@ def device_keys(i: int) -> LoRaWANKeys:
 async def test_kill_9_loses_no_accepted_udp_frame(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     kills = scale(2, 40)
-    n_dev, per_round = 100, scale(1000, 2500)
+    n_dev, per_round = 100, scale(600, 2500)
     keys = [device_keys(i) for i in range(n_dev)]
     devices = write_devices(tmp_path / "devices.csv", [(k.dev_eui or "", "manhole", k) for k in keys])
     # frame (device, FCnt) -> PHYPayload; devices transmit in FCnt order, round robin
