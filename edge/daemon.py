@@ -307,7 +307,9 @@ class Gateway:
             while not self.sink.queue.empty():
                 frames.append(self.sink.queue.get_nowait())
             for i in range(0, len(frames), self.pipeline.max_frames):
-                await self.outbox.call(self.pipeline.handle, frames[i : i + self.pipeline.max_frames])
+                chunk = frames[i : i + self.pipeline.max_frames]
+                await self.outbox.call(self.pipeline.handle, chunk)
+                self.sink.settle(chunk, True)  # committed: LoRaWAN counters may now be saved (below)
             await self.outbox.call(self._save_state)
             await self.metrics_server.close()
             if self.uplink is not None:
