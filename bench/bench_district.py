@@ -1,21 +1,28 @@
 """A simulated district through the real broker path: gateways -> Mosquitto (shared subscription) -> several
-``vigil cloud mqtt-ingest`` worker processes -> PostgreSQL (+ a time-series server), then an alarm storm.
+``vigil cloud mqtt-ingest`` worker processes -> PostgreSQL (+ a time-series server) -> the closed loop's
+incidents, then an alarm storm.
 
-Run: ``.venv/bin/python bench/bench_district.py`` (100,000 devices behind 200 gateways, a simulated day of
-12 heartbeat rounds, 3 ingest workers; a few minutes on a 2-core box) or ``--quick`` (10,000 devices,
-20 gateways, 4 rounds: the CI's size). ``--ts victoria`` stores telemetry in VictoriaMetrics instead of
-PostgreSQL; ``--kill`` SIGKILLs one worker mid-run and restarts it with the same client id.
+Run: ``.venv/bin/python bench/bench_district.py --ts victoria`` (100,000 devices behind 200 gateways, a
+simulated day of 4 heartbeat rounds, 3 ingest workers, one ``vigil cloud jobs`` process for the loop's
+timers and reconcile pass) or ``--quick`` (10,000 devices, 20 gateways: the small size). ``--ts victoria``
+stores telemetry in VictoriaMetrics instead of PostgreSQL; ``--kill`` SIGKILLs one worker half-way and
+restarts it with the same client id; ``--profile`` samples every worker with py-spy and prints where the
+time goes.
 
-What it reports (and writes to ``bench/results/bench_district.json``):
+What it reports (and writes to ``bench/results/bench_district[_quick][_kill].json``):
 
 * readings/s sustained, from the first publish to the last ack, over all rounds;
 * end-to-end lag per batch, gateway publish -> ack received (the ack is published after the commit, so
   this bounds publish -> commit from above), p50 / p99;
-* the alarm storm: in the last round 10 % of the devices send an alert step with their reading; its
-  lag is publish -> ack of those batches (alert committed; the incident engine is not in this path yet);
-* each process's peak memory (VmHWM), workers and the gateway simulator;
-* proof: rows in the time-series store == readings sent, ``ingested_batches`` == batches sent, alert
-  steps stored == alerts sent; nothing lost, nothing doubled (also across ``--kill``).
+* the alarm storm: in the last round 10 % of the devices alarm; each gateway sends their alert steps as
+  one alert batch ahead of its telemetry (the edge's alert lane), half cover-open (one incident per
+  device) and half overflow (one incident per street = per gateway here). Reported: the alert batch's
+  publish -> ack, and **alert -> incident**: publish -> the incident row visible in ``loop_incidents``
+  (polled every 0.2 s) and publish -> its ``created_at``, p50 / p99; incidents created == the distinct
+  groups the default grouping must make, and no more;
+* each process's peak memory (VmHWM): workers, the jobs process and the gateway simulator;
+* proof: readings in the time-series store == readings sent, ``ingested_batches`` == batches sent, alert
+  steps stored == alerts sent, incidents == groups; nothing lost, nothing doubled (also across ``--kill``).
 
 Gateways keep one batch in flight (an outbox sends the next after the ack), as ``edge`` does.
 """
@@ -47,7 +54,7 @@ from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "bench_district.json"
+RESULTS = ROOT / "bench" / "results"
 KIND = DeviceKind.MANHOLE
 T0 = 1_790_000_000.0
 CSV_HEADER = (
@@ -395,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--devices", type=int, default=100_000)
     ap.add_argument("--gateways", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=12, help="heartbeat rounds in the simulated day")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="heartbeat rounds in the simulated day (4: 6 h heartbeats; manhole covers report every 12-24 h)",
+    )
     ap.add_argument("--workers", type=int, default=3, help="ingest worker processes")
     ap.add_argument("--ts", choices=("postgresql", "victoria"), default="postgresql")
     ap.add_argument("--kill", action="store_true", help="SIGKILL worker 0 half-way, restart it")
@@ -405,9 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         help="sample every worker with py-spy (.venv/bin/py-spy, $VIGIL_PYSPY or PATH) during the run "
         "and print where their time goes",
     )
+    ap.add_argument(
+        "--out", type=Path, help="result file (default bench/results/bench_district[_quick][_kill].json)"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.devices, args.gateways, args.rounds = 10_000, 20, 4
+    out_path: Path = args.out or RESULTS / (
+        "bench_district" + ("_quick" if args.quick else "") + ("_kill" if args.kill else "") + ".json"
+    )
     per_gw = args.devices // args.gateways
     interval = 86_400 / args.rounds
 
@@ -611,9 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         out["nothing_lost_or_doubled"] = bool(ok)
         print(json.dumps(out, indent=2))
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {out_path}")
         return 0 if ok else 1
     finally:
         for p in [*procs.values(), *([jobs] if jobs is not None else [])]:
