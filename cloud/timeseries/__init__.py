@@ -12,7 +12,8 @@
 
 Query parameters: ``sqlite``: ``synchronous=full|normal`` (default ``full``, see
 :mod:`cloud.timeseries.sqlite`); ``influx``/``victoria``: ``tls=1`` for HTTPS, ``timeout`` in seconds;
-``influx``: ``api=v1`` for InfluxDB 1.x before 1.8 (v1 ``/write``, ``token=user:password`` as ``u``/``p``).
+``influx``: ``api=v1`` for InfluxDB 1.x before 1.8 (v1 ``/write``; ``influx://user:password@host..`` or
+``token=user:password``, sent as HTTP Basic).
 Design notes and the trade-offs of each backend: ``docs/timeseries.md``.
 """
 
