@@ -275,7 +275,8 @@ class LoginThrottle:
     def lock_s(self, failures: int) -> float:
         """How long ``failures`` consecutive failures lock a key (0 while within ``free``)."""
         over = failures - self.free
-        return min(2.0 ** (over - 1), self.max_s) if over > 0 else 0.0
+        # the exponent is capped: 2.0 ** 1100 overflows, and a flood of failures must not turn into a 500
+        return min(2.0 ** min(over - 1, 60), self.max_s) if over > 0 else 0.0
 
     def retry_after(self, keys: tuple[str, ...], *, now: float) -> float:
         """Seconds until these keys may try again (0: now)."""

@@ -53,7 +53,7 @@ def _ctx(args: argparse.Namespace) -> Any:
     from cloud.registry import Registry
 
     s = _settings(args)
-    upgrade_head(s.database_url)
+    upgrade_head(s.database_url, secret_key_file=s.secret_key_file)
     db = Database(s.database_url)
     return (
         s,
@@ -206,7 +206,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from cloud.db import upgrade_head
 
     s = _settings(args)
-    upgrade_head(s.database_url)
+    upgrade_head(s.database_url, secret_key_file=s.secret_key_file)
     print("database schema is at head")
     return 0
 

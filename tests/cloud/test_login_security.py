@@ -96,3 +96,10 @@ def test_login_does_the_same_work_whether_the_user_exists_or_not(
     work("ghost")  # the dummy hash is built once, on the first unknown user
     known, unknown = work("root"), work("ghost")
     assert len(known) == 1 and known == unknown  # one scrypt each, same n / r / p / length
+
+
+def test_a_flood_of_failures_caps_the_lock_instead_of_overflowing() -> None:
+    """2.0 ** (failures - 1) overflowed past ~1,030 failures: every later login of that user was a 500."""
+    throttle = LoginThrottle(max_s=900.0)
+    assert throttle.lock_s(5) == 0.0 and throttle.lock_s(6) == 1.0 and throttle.lock_s(8) == 4.0
+    assert throttle.lock_s(1_100) == throttle.lock_s(10**9) == 900.0
