@@ -47,6 +47,7 @@ SNAPSHOT_VERSION = 1
 SEQ_REPLAY_WINDOW = 16
 DEFAULT_GRACE_PERIOD = 4  # calm readings before a learned baseline is trusted (2 days of heartbeats)
 _MAX_TIME = 4_102_444_800.0
+_SEVERITY: dict[int, Severity] = {int(s): s for s in Severity}
 
 
 class EngineError(Exception):
@@ -222,16 +223,20 @@ class DetectionEngine:
     ) -> AlertEvent:
         device = ks.ids[row]
         ep = int(ks.episodes[et].arrays["episode_ms"][row])
-        v = value if math.isfinite(value) else None
-        what = "cleared" if phase is AlertPhase.CLEARED else Severity(sev).name
+        aid = alert_id(device, et, ep)
+        v = float(value) if math.isfinite(value) else None
+        named = _SEVERITY.get(sev)
+        if named is None:
+            named = Severity(sev)  # not a severity: raises as the contract would
+        what = "cleared" if phase is AlertPhase.CLEARED else named.name
         msg = f"{ks.kind.value} {device}: {et.value} {what}" + (f" (value {v:.4g})" if v is not None else "")
-        _log.info("alert %s %s %s", alert_id(device, et, ep), phase.value, Severity(sev).name)
+        _log.info("alert %s %s %s", aid, phase.value, named.name)
         return AlertEvent(
-            alert_id=alert_id(device, et, ep),
+            alert_id=aid,
             device_id=device,
             kind=ks.kind,
             event_type=et,
-            severity=Severity(max(sev, 1)),
+            severity=_SEVERITY[max(sev, 1)],
             phase=phase,
             episode_ms=ep,
             time=min(max(now, 0.0), _MAX_TIME),

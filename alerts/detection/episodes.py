@@ -114,72 +114,98 @@ class EpisodeTable:
         since: npt.NDArray[np.float64] | None = None,
         confirm_after: npt.NDArray[np.float64] | None = None,
     ) -> Transitions:
-        """Advance the machines of ``rows`` (unique) by one reading each."""
+        """Advance the machines of ``rows`` (unique) by one reading each.
+
+        Sections whose rows are all quiet are skipped (one count each), so a rank where nothing happens
+        costs a few array operations whatever the table holds.
+        """
         a = self.arrays
         r = self.rule
         active = level > 0
-        any_active = bool(active.any())
+        any_active = np.count_nonzero(active) > 0
         if not (self.busy or any_active):
             return _EMPTY  # nothing open or pending anywhere and nothing new: the common case
         open_sev = a["open_sev"][rows]
         is_open = open_sev > 0
-        if not (any_active or is_open.any() or (a["pending_count"][rows] > 0).any()):
+        pending_count = a["pending_count"][rows]
+        any_open = np.count_nonzero(is_open) > 0
+        any_pending = np.count_nonzero(pending_count) > 0
+        if not (any_active or any_open or any_pending):
             return _EMPTY  # nothing going on for these devices
         self.busy = True
-        imm = np.zeros(len(rows), dtype=bool) if immediate is None else immediate
         idx_parts: list[npt.NDArray[np.int64]] = []
         phases: list[AlertPhase] = []
         sev_parts: list[npt.NDArray[np.int8]] = []
 
-        # pending bookkeeping for closed episodes
+        # pending bookkeeping for closed episodes (a device with nothing pending and no active reading
+        # has nothing to reset: pending_since and deadline are NaN whenever pending_count is 0)
         closed = ~is_open
-        gap = t - a["pending_last"][rows]
-        stale = closed & active & (a["pending_count"][rows] > 0) & (gap > r.max_gap_s)
-        a["pending_count"][rows[stale]] = 0
-        start = closed & active & (a["pending_count"][rows] == 0)
-        a["pending_since"][rows[start]] = t[start]
-        a["pending_last"][rows[closed & active]] = t[closed & active]
+        if any_pending:
+            gap = t - a["pending_last"][rows]
+            stale = closed & active & (pending_count > 0) & (gap > r.max_gap_s)
+            if np.count_nonzero(stale):
+                a["pending_count"][rows[stale]] = 0
+                pending_count = a["pending_count"][rows]
+            reset = closed & ((level == CLEAR) | (level == HOLD))
+            if np.count_nonzero(reset):
+                rz = rows[reset]
+                a["pending_count"][rz] = 0
+                a["pending_since"][rz] = np.nan
+        else:
+            stale = None
+            reset = None
         cont = closed & active
-        a["pending_count"][rows[cont]] += 1
-        reset = closed & ((level == CLEAR) | (level == HOLD))
-        a["pending_count"][rows[reset]] = 0
-        a["pending_since"][rows[reset]] = np.nan
-        a["deadline"][rows[reset | stale]] = np.nan
+        if np.count_nonzero(cont):
+            start = cont & (pending_count == 0)
+            a["pending_since"][rows[start]] = t[start]
+            rc = rows[cont]
+            a["pending_last"][rc] = t[cont]
+            a["pending_count"][rc] += 1
+            if reset is not None:
+                a["deadline"][rows[reset | stale]] = np.nan
+            pend = a["pending_since"][rows]
+            ready = cont & (
+                (np.zeros(len(rows), dtype=bool) if immediate is None else immediate)
+                | ((a["pending_count"][rows] >= r.need_count) & ((t - pend) >= r.for_s))
+            )
+            if np.count_nonzero(ready):
+                rr = rows[ready]
+                a["open_sev"][rr] = level[ready]
+                begin = np.where(np.isfinite(pend[ready]), pend[ready], t[ready])
+                if since is not None:
+                    begin = np.fmin(begin, np.where(since[ready] <= t[ready], since[ready], np.nan))
+                a["episode_ms"][rr] = np.floor(begin * 1000.0)
+                a["opened_at"][rr] = t[ready]
+                a["last_step_at"][rr] = t[ready]
+                a["pending_count"][rr] = 0
+                a["pending_since"][rr] = np.nan
+                a["clear_count"][rr] = 0
+                a["value"][rr] = value[ready]
+                a["frame_time"][rr] = t[ready]
+                a["deadline"][rr] = np.nan
+                i = np.flatnonzero(ready)
+                idx_parts.append(i)
+                phases += [AlertPhase.RAISED] * len(i)
+                sev_parts.append(level[ready].astype(np.int8))
+            wait = cont & ~ready
+            if np.count_nonzero(wait):
+                rw = rows[wait]
+                again = a["pending_count"][rw] > 1
+                a["pending_sev"][rw] = np.maximum(a["pending_sev"][rw] * again, level[wait])
+                a["pending_value"][rw] = value[wait]
+                if confirm_after is not None:
+                    due_at = t[wait] + confirm_after[wait]
+                    a["deadline"][rw] = np.fmin(a["deadline"][rw], due_at)  # NaN-aware: keeps the earliest
+        elif reset is not None:
+            a["deadline"][rows[reset | stale]] = np.nan
 
-        pend = a["pending_since"][rows]
-        ready = cont & (imm | ((a["pending_count"][rows] >= r.need_count) & ((t - pend) >= r.for_s)))
-        if ready.any():
-            rr = rows[ready]
-            a["open_sev"][rr] = level[ready]
-            begin = np.where(np.isfinite(pend[ready]), pend[ready], t[ready])
-            if since is not None:
-                begin = np.fmin(begin, np.where(since[ready] <= t[ready], since[ready], np.nan))
-            a["episode_ms"][rr] = np.floor(begin * 1000.0)
-            a["opened_at"][rr] = t[ready]
-            a["last_step_at"][rr] = t[ready]
-            a["pending_count"][rr] = 0
-            a["pending_since"][rr] = np.nan
-            a["clear_count"][rr] = 0
-            a["value"][rr] = value[ready]
-            a["frame_time"][rr] = t[ready]
-            a["deadline"][rr] = np.nan
-            i = np.flatnonzero(ready)
-            idx_parts.append(i)
-            phases += [AlertPhase.RAISED] * len(i)
-            sev_parts.append(level[ready].astype(np.int8))
-        wait = cont & ~ready
-        if wait.any():
-            rw = rows[wait]
-            again = a["pending_count"][rw] > 1
-            a["pending_sev"][rw] = np.maximum(a["pending_sev"][rw] * again, level[wait])
-            a["pending_value"][rw] = value[wait]
-            if confirm_after is not None:
-                due_at = t[wait] + confirm_after[wait]
-                a["deadline"][rw] = np.fmin(a["deadline"][rw], due_at)  # NaN-aware: keeps the earliest
-
+        if not any_open:
+            if not idx_parts:
+                return _EMPTY
+            return Transitions(idx_parts[0], phases, sev_parts[0])
         # open episodes: severity rises, hold, clear
         worse = is_open & active & (level > open_sev)
-        if worse.any():
+        if np.count_nonzero(worse):
             rr = rows[worse]
             a["open_sev"][rr] = level[worse]
             a["last_step_at"][rr] = t[worse]
@@ -191,22 +217,30 @@ class EpisodeTable:
             sev_parts.append(level[worse].astype(np.int8))
         keep = is_open & ((level == HOLD) | active)
         a["clear_count"][rows[keep]] = 0
-        a["value"][rows[is_open & active]] = value[is_open & active]
+        oa = is_open & active
+        a["value"][rows[oa]] = value[oa]
         calm = is_open & (level == CLEAR)
-        a["clear_count"][rows[calm]] += 1
-        done = calm & (a["clear_count"][rows] >= r.clear_count) & ((t - a["opened_at"][rows]) >= r.min_open_s)
-        if done.any():
-            rr = rows[done]
-            i = np.flatnonzero(done)
-            idx_parts.append(i)
-            phases += [AlertPhase.CLEARED] * len(i)
-            sev_parts.append(a["open_sev"][rr].astype(np.int8))
-            a["open_sev"][rr] = 0
-            a["clear_count"][rr] = 0
-            a["value"][rr] = value[done]
-            a["frame_time"][rr] = t[done]
+        if np.count_nonzero(calm):
+            a["clear_count"][rows[calm]] += 1
+            done = (
+                calm
+                & (a["clear_count"][rows] >= r.clear_count)
+                & ((t - a["opened_at"][rows]) >= r.min_open_s)
+            )
+            if np.count_nonzero(done):
+                rr = rows[done]
+                i = np.flatnonzero(done)
+                idx_parts.append(i)
+                phases += [AlertPhase.CLEARED] * len(i)
+                sev_parts.append(a["open_sev"][rr].astype(np.int8))
+                a["open_sev"][rr] = 0
+                a["clear_count"][rr] = 0
+                a["value"][rr] = value[done]
+                a["frame_time"][rr] = t[done]
         if not idx_parts:
             return _EMPTY
+        if len(idx_parts) == 1:
+            return Transitions(idx_parts[0], phases, sev_parts[0])
         return Transitions(np.concatenate(idx_parts), phases, np.concatenate(sev_parts))
 
     # -- time ------------------------------------------------------------------------------------------

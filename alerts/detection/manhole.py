@@ -33,7 +33,7 @@ from alerts.detection.detectors import Flatline
 from alerts.detection.detectors.base import Detector
 from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
 from alerts.detection.profiles import ManholeProfile
-from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict, flag_level
+from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict, flag_level, select
 from firmware_bridge.kernel.events import EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
 
@@ -88,7 +88,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     open_lvl = np.where(~np.isfinite(tilt) & ~flag_open, UNKNOWN, open_lvl).astype(np.int8)
 
     disp = dev > p.tilt_threshold_deg
-    disp_lvl = np.select([open_on, disp, dev > p.tilt_clear_deg], [HOLD, MEDIUM, HOLD], CLEAR)
+    disp_lvl = select([open_on, disp, dev > p.tilt_clear_deg], [HOLD, MEDIUM, HOLD], CLEAR)
     disp_lvl = np.where(np.isfinite(dev), disp_lvl, UNKNOWN).astype(np.int8)
     no_vehicle = ctx.flag("alarm") & (vib < p.truck_vibration_g)  # nothing shook it since the last uplink
     confirmed = disp & (ctx.flag("tilt_settled") | no_vehicle)
@@ -97,7 +97,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     o2 = ctx.col("o2_pct_vol")
     o2 = np.where(o2 > 0.0, o2, np.nan)
     h = p.o2_hysteresis_pct
-    o2_lvl = np.select(
+    o2_lvl = select(
         [
             o2 < p.o2_danger_low_pct,
             (o2 < p.o2_low_pct) | (o2 > p.o2_high_pct),

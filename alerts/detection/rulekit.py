@@ -18,6 +18,7 @@ from alerts.detection.detectors.base import Detector
 from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN
 from alerts.detection.profiles import ParamView
 from firmware_bridge.kernel.events import Severity
+from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import KindSpec
 
 FloatArray = npt.NDArray[np.float64]
@@ -39,6 +40,26 @@ class Verdict:
     confirm_after: FloatArray | None = None
 
 
+_CHANNELS: dict[tuple[DeviceKind, str], int] = {}
+_MASKS: dict[tuple[DeviceKind, str], np.uint32] = {}
+
+
+def _channel_index(spec: KindSpec, name: str) -> int:
+    key = (spec.kind, name)
+    i = _CHANNELS.get(key)
+    if i is None:
+        i = _CHANNELS[key] = spec.channel_index(name)
+    return i
+
+
+def _flag_mask(spec: KindSpec, name: str) -> np.uint32:
+    key = (spec.kind, name)
+    m = _MASKS.get(key)
+    if m is None:
+        m = _MASKS[key] = np.uint32(spec.flag(name).mask)
+    return m
+
+
 @dataclass
 class RuleContext:
     spec: KindSpec
@@ -56,34 +77,42 @@ class RuleContext:
         return len(self.rows)
 
     def col(self, name: str) -> FloatArray:
-        return self.values[:, self.spec.channel_index(name)]
+        return self.values[:, _channel_index(self.spec, name)]
 
     def flag(self, name: str) -> BoolArray:
-        on: BoolArray = (self.flags & np.uint32(self.spec.flag(name).mask)) != 0
+        on: BoolArray = (self.flags & _flag_mask(self.spec, name)) != 0
         return on
 
     def levels(self, fill: int = CLEAR) -> LevelArray:
         return np.full(len(self.rows), fill, dtype=np.int8)
 
 
+_HIGH, _MEDIUM = np.int8(Severity.HIGH), np.int8(Severity.MEDIUM)
+_HOLD, _CLEAR, _UNKNOWN = np.int8(HOLD), np.int8(CLEAR), np.int8(UNKNOWN)
+
+
+def select(conditions: list[BoolArray], levels: list[int], default: int) -> LevelArray:
+    """``np.select`` for levels (the first true condition wins) as int8, without its per-call overhead."""
+    out = np.full(len(conditions[0]), default, dtype=np.int8)
+    for cond, lvl in zip(reversed(conditions), reversed(levels), strict=True):
+        out[cond] = lvl
+    return out
+
+
 def band(x: FloatArray, medium: Any, high: Any, clear: Any) -> LevelArray:
     """Higher-is-worse banding: HIGH >= high, MEDIUM >= medium, HOLD above clear, else CLEAR; NaN unknown."""
-    lvl = np.select(
-        [x >= high, x >= medium, x > clear], [int(Severity.HIGH), int(Severity.MEDIUM), HOLD], CLEAR
-    )
-    return np.where(np.isfinite(x), lvl, UNKNOWN).astype(np.int8)
+    lvl = np.where(x >= high, _HIGH, np.where(x >= medium, _MEDIUM, np.where(x > clear, _HOLD, _CLEAR)))
+    return np.where(np.isfinite(x), lvl, _UNKNOWN).astype(np.int8, copy=False)
 
 
 def band_low(x: FloatArray, medium: Any, high: Any, clear: Any) -> LevelArray:
     """Lower-is-worse banding (water distance, oxygen, SpO2)."""
-    lvl = np.select(
-        [x <= high, x <= medium, x < clear], [int(Severity.HIGH), int(Severity.MEDIUM), HOLD], CLEAR
-    )
-    return np.where(np.isfinite(x), lvl, UNKNOWN).astype(np.int8)
+    lvl = np.where(x <= high, _HIGH, np.where(x <= medium, _MEDIUM, np.where(x < clear, _HOLD, _CLEAR)))
+    return np.where(np.isfinite(x), lvl, _UNKNOWN).astype(np.int8, copy=False)
 
 
 def flag_level(on: BoolArray, severity: Severity) -> LevelArray:
-    return np.where(on, int(severity), CLEAR).astype(np.int8)
+    return np.where(on, np.int8(severity), _CLEAR)
 
 
 def battery_verdict(ctx: RuleContext) -> Verdict:

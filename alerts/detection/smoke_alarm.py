@@ -45,7 +45,7 @@ from alerts.detection.detectors import EWMAZScore, FractionalDose, RateOfRise
 from alerts.detection.detectors.base import Detector
 from alerts.detection.episodes import CLEAR, HOLD, EpisodeRule
 from alerts.detection.profiles import SmokeAlarmProfile
-from alerts.detection.rulekit import RuleContext, Verdict, battery_verdict, flag_level
+from alerts.detection.rulekit import RuleContext, Verdict, battery_verdict, flag_level, select
 from firmware_bridge.kernel.events import EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
 
@@ -154,7 +154,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     smoke_only = smoky & ~evidence
     # smoke without evidence pends (HIGH, not immediate): the lifecycle raises it when it has lasted
     # fire_persist_s - by repeats, or by the absence of the "smoke cleared" uplink. Steam resets it.
-    fire_lvl = np.select(
+    fire_lvl = select(
         [evidence, smoke_only & steam, smoke_only, temp >= p.heat_clear_c, test],
         [HIGH, HOLD, HIGH, HOLD, HOLD],
         CLEAR,

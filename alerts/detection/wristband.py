@@ -32,7 +32,7 @@ from alerts.detection.detectors import EWMAZScore
 from alerts.detection.detectors.base import Detector
 from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
 from alerts.detection.profiles import WristbandProfile
-from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict
+from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict, select
 from firmware_bridge.kernel.events import EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
 
@@ -117,7 +117,7 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     expired = np.isfinite(since) & (since > p.fall_window_s)
     st["impact_t"][rows[expired]] = np.nan
     moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
-    lvl = np.select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
+    lvl = select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
     return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
 
 
@@ -134,7 +134,7 @@ def _geofence(ctx: RuleContext) -> Verdict:
     dx = np.radians(lon - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
     dist = EARTH_RADIUS_M * np.hypot(dx, dy)
     ok = fix & known & np.isfinite(dist)
-    lvl = np.select(
+    lvl = select(
         [~ok, dist > p.geofence_radius_m, dist > 0.8 * p.geofence_radius_m], [UNKNOWN, MEDIUM, HOLD], CLEAR
     ).astype(np.int8)
     inside = fix & ~(ok & (dist > 0.8 * p.geofence_radius_m))
@@ -168,7 +168,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     hour = ((t / 3600.0 + p.utc_offset_h) % 24.0 + 24.0) % 24.0
     day = (hour >= p.day_start_h) & (hour < p.day_end_h)
     idle = np.where(steps > p.rest_steps, 0.0, still)
-    inact = np.select(
+    inact = select(
         [~worn, day & (idle >= p.inactivity_s), idle < 600.0], [UNKNOWN, MEDIUM, CLEAR], HOLD
     ).astype(np.int8)
 
