@@ -257,9 +257,8 @@ async def test_gateway_status_is_kept(cloud: Cloud) -> None:
 
 
 async def test_concurrent_batches_of_one_gateway_are_all_stored_and_counted(cloud: Cloud) -> None:
-    """Batches in flight at once (parallel uplinks, an MQTT redelivery beside a new batch): each
-    time-series write runs beside its database transaction and the transactions queue behind each other
-    (on SQLite one of them may wait for its readings before taking the write lock). Every reading is
+    """Batches in flight at once (parallel uplinks, an MQTT redelivery beside a new batch): their
+    time-series writes group-commit and their transactions queue behind each other. Every reading is
     stored once and counted once, and the newest batch sets the device's last sequence number."""
     n = 6
     batches = [
