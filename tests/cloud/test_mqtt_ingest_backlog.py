@@ -162,3 +162,33 @@ async def test_a_worker_that_falls_behind_shows_it_in_its_metrics(mosquitto: Mos
     assert sample(metrics, "vigil_cloud_mqtt_message_seconds_sum") > first_age
     assert sorted(core.stored) == sorted(f"b-{gw}-{i:05d}" for i in range(n))
     assert all(v == 1 for v in core.calls.values())
+
+
+async def test_a_group_failing_unexpectedly_is_ingested_one_by_one(mosquitto: MosquittoServer) -> None:
+    """A bug behind ``ingest_many`` (not a storage error) must not block the group: the worker falls back
+    to one ``ingest`` per message, so a poison batch only ever poisons itself."""
+    group, gw = f"g{uid()}", f"gw{uid()}"
+    core = FakeIngest()
+
+    class Broken(GroupView):
+        group_calls = 0
+
+        async def ingest_many(self, items: Sequence[tuple[UplinkBatch, str]]) -> list[UplinkAck | CloudError]:
+            await self.gate.wait()
+            self.group_calls += 1
+            raise RuntimeError("bug in the group path (test)")
+
+    view = Broken(core)
+    worker = IngestWorker(config(mosquitto, group, f"w-{uid()}"), view)
+    n = 8
+    async with running(worker), gateway_client(mosquitto, gw) as (pub, acks):
+        for i in range(n):
+            await pub.publish(mqtt_up_topic(gw), make_batch(gw, i).model_dump_json(), qos=1)
+        await wait_until(lambda: worker.backlog()[0] >= 2)
+        view.gate.set()
+        await wait_until(lambda: len(acks) >= n)
+    assert view.group_calls >= 1  # a group was tried...
+    assert view.groups and all(len(g) == 1 for g in view.groups)  # ...and every batch went through ingest()
+    assert sorted(core.stored) == sorted(f"b-{gw}-{i:05d}" for i in range(n))
+    assert all(v == 1 for v in core.calls.values())
+    assert not any(a.get("error") for a in acks)
