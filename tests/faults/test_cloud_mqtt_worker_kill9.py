@@ -249,6 +249,7 @@ async def test_mqtt_workers_killed_mid_batch_lose_and_double_nothing(
         await asyncio.gather(*(w.start() for w in workers))
         pubs = [asyncio.create_task(g.run(publishing), name=f"gateway[{g.gateway_id}]") for g in gateways]
         watcher = asyncio.create_task(watch(workers, stop), name="watch-workers")
+        restart_s: list[float] = []  # kill -> the restarted worker subscribed again
         for _ in range(scale(2, 40)):
             await asyncio.sleep(rng.uniform(0.3, 1.2))  # a random moment while batches are in flight
             victim = rng.choice(workers)
@@ -256,7 +257,9 @@ async def test_mqtt_workers_killed_mid_batch_lose_and_double_nothing(
             ledger.kills += 1
             if watcher.done():
                 watcher.result()
-            await victim.start()
+            t_start = time.monotonic()
+            await victim.start(timeout=scale(60, 300))
+            restart_s.append(round(time.monotonic() - t_start, 1))
             ledger.restarts += 1
         publishing.set()
         await asyncio.gather(*pubs)
@@ -267,6 +270,7 @@ async def test_mqtt_workers_killed_mid_batch_lose_and_double_nothing(
         codes = [w.stop() for w in workers]
         assert set(codes) <= {0, -signal.SIGTERM}, [w.tail() for w in workers]
         reconcile(ledger, db, gateways, accepted)
+        ledger.extra["restart_to_subscribed_s_max"] = max(restart_s)
         print(ledger.summary(), ledger.extra)
         ledger.check()
         doubles_by_counter(ledger, accepted)()
