@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -434,11 +435,19 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="vigil-district-"))
     (tmp / "vm").mkdir()
-    mq, pg = start_mosquitto(tmp / "mq"), start_postgres()
-    vm = start_victoria(tmp / "vm") if args.ts == "victoria" else None
+    servers = contextlib.ExitStack()  # each server is stopped even if a later one fails to start
     procs: dict[int, subprocess.Popen[bytes]] = {}
     jobs: subprocess.Popen[bytes] | None = None
     try:
+        mq = start_mosquitto(tmp / "mq")
+        servers.callback(mq.stop)
+        pg = start_postgres()
+        servers.callback(shutil.rmtree, pg.directory, ignore_errors=True)
+        servers.callback(pg.stop)
+        vm = None
+        if args.ts == "victoria":
+            vm = start_victoria(tmp / "vm")
+            servers.callback(vm.stop)
         db_url = pg.create_database("district")
         ts_url = f"victoria://{vm.host}:{vm.port}" if vm else pg.create_database("district_ts")
         settings = CloudSettings.model_validate(
@@ -641,10 +650,7 @@ def main(argv: list[str] | None = None) -> int:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        for server in (vm, mq, pg):
-            if server is not None:
-                server.stop()
-        shutil.rmtree(pg.directory, ignore_errors=True)
+        servers.close()
         if os.environ.get("VIGIL_BENCH_KEEP"):
             print(f"kept {tmp}")
         else:
