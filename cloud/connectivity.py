@@ -7,9 +7,14 @@ every ``connectivity_check_s``:
   alert (``alert_id = {gateway_id}/gateway_offline/{last_seen_ms}``, ``kind = "gateway"``). A gateway
   never heard from is not judged (it may not be installed yet).
 - a **device** is silent when its newest reading (or its registration, if it never reported) is older
-  than ``silent_factor`` x its profile interval. It gets one DEVICE_SILENT alert per silence episode,
-  unless its gateway is offline: then the gateway alert covers it (one page, not hundreds), and the
-  device alert is raised only if the device is still silent after its gateway comes back.
+  than ``silent_factor`` x its profile interval. It gets one DEVICE_SILENT alert per silence episode
+  (id ``device/device_silent/episode@cloud``: never the id a gateway gives its own), unless its gateway is
+  offline: then the gateway alert covers it (one page, not hundreds), and the device alert is raised only
+  if the device is still silent after its gateway comes back. Nor is one raised while the gateway's own
+  DEVICE_SILENT alert for the device is open, or while the gateway reports a backlog (``outbox_depth``,
+  ``outbox_oldest_age_s`` in its status) reaching back before the device became overdue: its readings
+  may be in that backlog, and an ingest lag must not turn into a storm of silent-device pages (soak,
+  issue 11). Held devices are counted in ``vigil_cloud_silence_held_devices``.
 - open connectivity alerts get an ``updated`` step every ``reminder_interval_s`` (a repeat reminder:
   users of other systems complain that an offline device is reported once and then forgotten);
 - when data returns, the alert gets a ``cleared`` step on the next check.
@@ -107,13 +112,24 @@ class ConnectivityMonitor:
             }
             gateways = list(
                 s.execute(
-                    select(Gateway.gateway_id, Gateway.last_seen).where(
+                    select(Gateway.gateway_id, Gateway.last_seen, Gateway.last_status).where(
                         Gateway.revoked_at.is_(None), Gateway.last_seen.is_not(None)
                     )
                 )
             )
-            last_seen_gw: dict[str, float] = {g: float(seen or 0.0) for g, seen in gateways}
+            last_seen_gw: dict[str, float] = {g: float(seen or 0.0) for g, seen, _ in gateways}
             offline = {g for g, seen in last_seen_gw.items() if now - seen > self.gateway_offline_s}
+            backlog_since = {g: t for g, seen, st in gateways if (t := _backlog_since(seen, st)) is not None}
+            # open silence alerts the gateways raised themselves: the cloud does not page a second time
+            by_gateway = set(
+                s.scalars(
+                    select(Alert.device_id).where(
+                        Alert.source != SOURCE,
+                        Alert.event_type == EventType.DEVICE_SILENT.value,
+                        Alert.phase != AlertPhase.CLEARED.value,
+                    )
+                )
+            )
             silent = list(
                 s.execute(
                     select(
@@ -143,12 +159,25 @@ class ConnectivityMonitor:
                 )
             # devices
             silent_ids = set()
+            held = 0
             for dev_id, kind, dev_gw, seen, created, interval in silent:
+                base = float(seen if seen is not None else created)
+                overdue_at = base + self.silent_factor * float(interval)
+                if dev_gw in backlog_since and backlog_since[dev_gw] <= overdue_at:
+                    # its gateway still holds records from before the device became overdue: its readings
+                    # may be in that backlog. Judged when the backlog drains (the gateway's own silence
+                    # detection still raises meanwhile); an open alert stays open, without reminders.
+                    held += 1
+                    if (EventType.DEVICE_SILENT.value, dev_id) in open_alerts:
+                        silent_ids.add(dev_id)
+                        open_alerts.pop((EventType.DEVICE_SILENT.value, dev_id))
+                    continue
                 silent_ids.add(dev_id)
                 existing = open_alerts.pop((EventType.DEVICE_SILENT.value, dev_id), None)
                 if dev_gw in offline:
                     continue  # covered by the gateway's alert: no new page, no reminder
-                base = float(seen if seen is not None else created)
+                if existing is None and dev_id in by_gateway:
+                    continue  # the gateway raised this silence itself: one alert, not two
                 steps += self._raise_or_remind(
                     existing,
                     dev_id,
@@ -181,6 +210,7 @@ class ConnectivityMonitor:
             self.metrics.alert_steps.labels(SOURCE, st.phase.value).inc()
         self.metrics.offline_gateways.set(len(offline))
         self.metrics.silent_devices.set(len(silent_ids))
+        self.metrics.silence_held_devices.set(held)
         if stored:
             log.info(
                 "connectivity alerts",
@@ -207,7 +237,7 @@ class ConnectivityMonitor:
             episode = round(since * 1000)
             return [
                 _step(
-                    alert_id(subject, etype, episode),
+                    cloud_alert_id(subject, etype, episode),
                     subject,
                     kind,
                     etype,
@@ -233,6 +263,28 @@ class ConnectivityMonitor:
                 )
             ]
         return []
+
+
+def cloud_alert_id(subject: str, etype: EventType, episode_ms: int) -> str:
+    """The id of an alert the cloud raises: the kernel's ``device/event/episode`` plus ``@cloud``.
+
+    A gateway raises DEVICE_SILENT from the same last frame, so the plain id would be the same alert: its
+    steps were then refused as the cloud's (``alert_not_owned``) and quarantined. Gateways can never send
+    this id (screening requires the plain form), so the two never collide.
+    """
+    return f"{alert_id(subject, etype, episode_ms)}@cloud"
+
+
+def _backlog_since(seen: float | None, status: object) -> float | None:
+    """When the gateway's oldest unsent record was taken (its last status), or ``None`` without a backlog."""
+    if not isinstance(status, dict) or seen is None:
+        return None
+    try:
+        depth = int(status.get("outbox_depth", 0) or 0)
+        age = float(status.get("outbox_oldest_age_s", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        return None
+    return float(seen) - age if depth > 0 and age > 0 else None
 
 
 def _v(x: object) -> str:

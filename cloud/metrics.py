@@ -75,6 +75,11 @@ class CloudMetrics:
         self.silent_devices = Gauge(
             "vigil_cloud_silent_devices", "Devices currently silent past their profile interval", registry=r
         )
+        self.silence_held_devices = Gauge(
+            "vigil_cloud_silence_held_devices",
+            "Overdue devices not judged silent because their gateway reports a backlog reaching back before",
+            registry=r,
+        )
         self.offline_gateways = Gauge(
             "vigil_cloud_offline_gateways", "Gateways currently offline", registry=r
         )

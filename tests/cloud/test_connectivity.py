@@ -5,10 +5,24 @@ Time is a :class:`ManualClock` moved by the test; the monitor is driven with ``c
 
 from __future__ import annotations
 
+from typing import Any
+
+from alerts.contract import GatewayStatus
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
-from tests.cloud.cloudkit import BAND_1, GW1, GW2, MANHOLE_1, MANHOLE_2, SMOKE_1, Cloud, batch, readings
+from tests.cloud.cloudkit import (
+    BAND_1,
+    GW1,
+    GW2,
+    MANHOLE_1,
+    MANHOLE_2,
+    SMOKE_1,
+    Cloud,
+    alert_step,
+    batch,
+    readings,
+)
 
 W, M, S = DeviceKind.WRISTBAND, DeviceKind.MANHOLE, DeviceKind.SMOKE_ALARM
 HOUR = 3600.0
@@ -157,3 +171,72 @@ async def test_background_task_runs_in_lifespan(tmp_path, sqlite_url) -> None:  
         await asyncio.wait_for(c.sink.called.wait(), timeout=20)
         assert c.sink.calls and c.sink.calls[0][0] == "cloud"
     assert "job[connectivity]" not in {t.get_name() for t in asyncio.all_tasks()}
+
+
+def _quiet_band(c: Cloud) -> None:
+    """Advance 800 s: the wristband (every 300 s, factor 2.5) becomes overdue."""
+    c.clock.advance(800)
+
+
+async def _keep_alive(c: Cloud, n: int, status: GatewayStatus | None = None) -> Any:
+    """The manholes report (both gateways stay online); GW1's batch carries ``status``; returns its ack."""
+    t = c.clock.now()
+    b = batch(f"batch-alive-{n}", readings(M, MANHOLE_1, [n], t0=t))
+    if status is not None:
+        b = b.model_copy(update={"status": status})
+    ack = await c.state.ingest.ingest(b, gateway_id=GW1)
+    await c.state.ingest.ingest(
+        batch(f"batch-alive2-{n}", readings(M, MANHOLE_2, [n], t0=t), gateway_id=GW2), gateway_id=GW2
+    )
+    return ack
+
+
+async def test_the_gateways_own_silence_alert_is_never_refused_as_the_clouds(cloud_sqlite: Cloud) -> None:
+    """Soak finding: both sides named DEVICE_SILENT after the same last frame, so the gateway's steps were
+    refused as the cloud's alert (``alert_not_owned``) and quarantined."""
+    c, mon = cloud_sqlite, cloud_sqlite.state.monitor
+    await _feed_all(c, 1)
+    last_band = c.clock.now()
+    _quiet_band(c)
+    await _keep_alive(c, 2)
+    (raised,) = [s for s in await mon.check_once() if s.event_type == EventType.DEVICE_SILENT]
+    assert raised.alert_id.endswith("@cloud") and raised.device_id == BAND_1
+    mine = alert_step(
+        BAND_1, W, EventType.DEVICE_SILENT, AlertPhase.RAISED, c.clock.now(), episode_t=last_band
+    )
+    ack = await c.state.ingest.ingest(batch("batch-gw-silent", alerts=[mine]), gateway_id=GW1)
+    assert ack.refused == [] and ack.alerts_stored == 1
+    cleared = alert_step(BAND_1, W, EventType.DEVICE_SILENT, AlertPhase.CLEARED, c.clock.now(), last_band)
+    ack = await c.state.ingest.ingest(batch("batch-gw-silent-2", alerts=[cleared]), gateway_id=GW1)
+    assert ack.refused == []
+
+
+async def test_no_second_silence_alert_while_the_gateways_own_is_open(cloud_sqlite: Cloud) -> None:
+    c, mon = cloud_sqlite, cloud_sqlite.state.monitor
+    await _feed_all(c, 1)
+    last_band = c.clock.now()
+    _quiet_band(c)
+    mine = alert_step(
+        BAND_1, W, EventType.DEVICE_SILENT, AlertPhase.RAISED, c.clock.now(), episode_t=last_band
+    )
+    await c.state.ingest.ingest(batch("batch-gw-silent", alerts=[mine]), gateway_id=GW1)
+    await _keep_alive(c, 2)
+    assert _by(await mon.check_once(), EventType.DEVICE_SILENT) == {}
+
+
+async def test_a_gateway_backlog_holds_silence_until_it_drains(cloud_sqlite: Cloud) -> None:
+    """Soak finding: ingest lag made stored readings look old and raised thousands of silent-device pages.
+    A device whose gateway still holds records from before it became overdue is not judged yet."""
+    c, mon = cloud_sqlite, cloud_sqlite.state.monitor
+    await _feed_all(c, 1)
+    _quiet_band(c)
+    backlog = GatewayStatus(outbox_depth=40_000, outbox_oldest_age_s=700.0)  # since 100 s after the band's
+    await _keep_alive(c, 2, backlog)  # last reading: before it became overdue (750 s)
+    assert _by(await mon.check_once(), EventType.DEVICE_SILENT) == {}
+    assert "vigil_cloud_silence_held_devices 1.0" in (await c.client.get("/metrics")).text
+    await _keep_alive(c, 3, GatewayStatus(outbox_depth=0))  # drained, and still nothing from the band
+    assert _by(await mon.check_once(), EventType.DEVICE_SILENT) == {BAND_1: ["raised"]}
+    # a backlog that began after the device became overdue holds nothing
+    c.clock.advance(c.settings.reminder_interval_s)
+    await _keep_alive(c, 4, GatewayStatus(outbox_depth=10, outbox_oldest_age_s=5.0))
+    assert _by(await mon.check_once(), EventType.DEVICE_SILENT) == {BAND_1: ["updated"]}
