@@ -191,7 +191,7 @@ async def restart_during_publishing(tmp_path: Path, *, crash: bool, scenario: st
             stop = asyncio.Event()
             pubs = [asyncio.create_task(g.run(stop), name=f"gateway[{g.gateway_id}]") for g in gateways]
             killed_at: list[float] = []
-            for _ in range(scale(2, 10)):
+            for _ in range(scale(1, 10)):
                 await asyncio.sleep(1.5)  # publishing and ingesting continuously
                 if crash:
                     killed_at.append(time.monotonic())

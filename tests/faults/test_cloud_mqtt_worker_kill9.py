@@ -250,7 +250,7 @@ async def test_mqtt_workers_killed_mid_batch_lose_and_double_nothing(
         pubs = [asyncio.create_task(g.run(publishing), name=f"gateway[{g.gateway_id}]") for g in gateways]
         watcher = asyncio.create_task(watch(workers, stop), name="watch-workers")
         restart_s: list[float] = []  # kill -> the restarted worker subscribed again
-        for _ in range(scale(2, 40)):
+        for _ in range(scale(1, 40)):
             await asyncio.sleep(rng.uniform(0.3, 1.2))  # a random moment while batches are in flight
             victim = rng.choice(workers)
             victim.kill9()  # the watcher ignores a process we killed (proc is None until restarted)

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from cloud.db import Database
-from tests.faults.ledger import Ledger, scale
+from tests.faults.ledger import Ledger, long_run, scale
 from tests.faults.test_cloud_kill9 import (
     CloudProcess,
     Poster,
@@ -241,6 +242,7 @@ async def pg_restart_under_load(
         shutil.rmtree(pg.directory, ignore_errors=True)
 
 
+@pytest.mark.skipif(not long_run(), reason="long version only; CI runs the PostgreSQL one")
 async def test_pg_restart_api_and_workers_wait_and_resume(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     await pg_restart_under_load(tmp_path, mosquitto, timeseries="victoria", scenario="cloud_pg_restart")
 
