@@ -340,6 +340,22 @@ class Outbox:
                 )
             )
 
+    def raise_unreachable(
+        self, incident_id: str, title: str, target: str, severity: int, *, now: float
+    ) -> None:
+        """Operators see, in-app, that a page had nobody to go to (no recipient, or none with a channel)."""
+        failure = {
+            "title": f"无人可通知 / nobody to notify: {title}"[:200],
+            "lines": [f"{target}: 没有可用的联系人或通道 / no recipient with a reachable channel"],
+            "actions": [],
+            "severity": severity,
+            "lang": "zh",
+        }
+        with self.db.write() as s:
+            s.add(
+                InApp(user_id=None, incident_id=incident_id, kind="failure", notice=failure, created_at=now)
+            )
+
     def _raise_failure(self, s: Any, d: Delivery, now: float, *, copy_to_recipient: bool = True) -> None:
         """Nothing is dropped silently: operators (and the recipient, in-app) see every final failure."""
         title = d.notice.get("title", "")

@@ -113,5 +113,11 @@ class Planner:
         return out
 
     def plan_many(self, reqs: Sequence[NotifyRequest], *, now: float) -> list[NewDelivery]:
+        return [d for _, ds in self.plan_each(reqs, now=now) for d in ds]
+
+    def plan_each(
+        self, reqs: Sequence[NotifyRequest], *, now: float
+    ) -> list[tuple[NotifyRequest, list[NewDelivery]]]:
+        """Each request with its deliveries; an empty list means nobody of the target can be reached."""
         cache: dict[tuple[str, str], list[Recipient]] = {}  # one resolution per target and batch
-        return [d for r in reqs for d in self.plan(r, now=now, cache=cache)]
+        return [(r, self.plan(r, now=now, cache=cache)) for r in reqs]

@@ -87,10 +87,39 @@ class DeliveryWorker:
         self._wake.set()
 
     async def submit(self, reqs: Sequence[NotifyRequest]) -> int:
-        """Plan and enqueue requests (idempotent); returns how many deliveries are new."""
+        """Plan and enqueue requests (idempotent); returns how many deliveries are new.
+
+        A request nobody can receive (no recipient for the target, or none with a configured channel) is
+        settled ``failed`` at once and raised to operators in-app: left claimed, it was taken again after
+        every lease, forever (soak, issue 11).
+        """
         now = self.clock.now()
-        rows = await asyncio.to_thread(self.planner.plan_many, reqs, now=now)
-        return await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
+        planned = await asyncio.to_thread(self.planner.plan_each, reqs, now=now)
+        rows = [d for _, ds in planned for d in ds]
+        new = await asyncio.to_thread(self.outbox.enqueue, rows, now=now)
+        for req, ds in planned:
+            if ds:
+                continue
+            self.metrics.failures.inc()
+            target = f"{req.target_kind}:{req.target_id}"
+            log.error("nobody to notify", extra={"incident": req.facts.incident_id, "target": target})
+            await asyncio.to_thread(
+                self.outbox.raise_unreachable,
+                req.facts.incident_id,
+                req.facts.summary,
+                target,
+                int(req.facts.severity),
+                now=now,
+            )
+            if self.source is not None and req.intent_key:
+                await asyncio.to_thread(
+                    self.source.settle,
+                    req.intent_key,
+                    "failed",
+                    now=now,
+                    detail=f"nobody to notify ({target})",
+                )
+        return new
 
     async def intake_once(self) -> int:
         """Claim the loop's pending intents and plan them; returns how many deliveries are new."""

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from cloud.notify.channel import Retry
 from cloud.notify.models import Delivery, InApp
 from cloud.notify.outbox import Outbox, RetryPolicy
+from cloud.notify.planner import NotifyRequest
 from tests.cloud.notify.kit import fake_config, notify_kit, page
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.dingtalk import FakeDingTalk
@@ -279,3 +280,39 @@ async def test_webhook_target_is_signed_and_sent_once(
         assert body["incident_id"] == "37" and body["delivery"].endswith("/webhook:ops/webhook")
         [d] = deliveries(kit.db)
         assert (d.status, d.attempts) == ("delivered", 2)
+
+
+async def test_a_page_nobody_can_receive_is_settled_failed_and_shown_to_operators(
+    tmp_path: Path, sqlite_url: str, fake_wecom: FakeWeCom
+) -> None:
+    """Soak finding: an intent for a target with no reachable recipient stayed claimed and was taken again
+    after every lease, forever. Now it is settled ``failed`` once, and operators see it in-app."""
+
+    class Intents:  # the loop's intent table, reduced to the two calls the worker makes
+        def __init__(self) -> None:
+            self.pending = [page(target="nobody-here", kind="user"), page("38")]
+            self.settled: list[tuple[str, str, str]] = []
+
+        def claim(self, *, now: float, limit: int) -> list[NotifyRequest]:
+            out, self.pending = self.pending, []
+            return [
+                NotifyRequest(
+                    r.facts, r.target_kind, r.target_id, r.step, r.channel_hint, f"key-{r.facts.incident_id}"
+                )
+                for r in out
+            ]
+
+        def settle(self, intent_key: str, state: str, *, now: float, detail: str = "") -> None:
+            self.settled.append((intent_key, state, detail))
+
+    async with notify_kit(tmp_path, sqlite_url, fake_config(wecom=fake_wecom)) as kit:
+        kit.service.contacts.bind("grid1", now=kit.clock.now(), wecom_userid="zhangsan")
+        w = kit.service.worker
+        w.source = intents = Intents()
+        assert await w.intake_once() == 1  # incident 38 reaches grid1; incident 37's target nobody
+        assert intents.settled == [("key-37", "failed", "nobody to notify (user:nobody-here)")]
+        with kit.db.read() as s:
+            [shown] = s.scalars(select(InApp).where(InApp.kind == "failure")).all()
+        assert shown.incident_id == "37" and shown.user_id is None and "无人可通知" in shown.notice["title"]
+        await w.run_once()
+        assert [k for k, state, _ in intents.settled] == ["key-37", "key-38"]  # 38 delivered, settled sent
