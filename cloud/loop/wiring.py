@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from alerts.contract import AlertEvent
 from cloud.ingest import AlertSink, NullAlertSink
@@ -174,6 +174,12 @@ def install(app: FastAPI, sink: LoopSink) -> LoopService:
         "Committed alert steps left to the loop's reconcile pass because the intake queue was full",
         registry=state.metrics.registry,
     )
+    queued = Gauge(
+        "vigil_cloud_loop_queue_steps",
+        "Committed alert steps waiting in the loop's intake queue (a loop falling behind shows here)",
+        registry=state.metrics.registry,
+    )
+    queued.set_function(lambda: float(sink.queued))
     tick = float(os.environ.get("VIGIL_CLOUD_LOOP_TICK_S", DEFAULT_TICK_S))
     if tick > 0:
         state.jobs.register(JOB_NAME, tick, service.job)
