@@ -118,7 +118,9 @@ async def test_queue_order_puts_the_most_urgent_first_and_counts_what_it_leaves_
 async def test_the_intake_queue_depth_is_a_metric(lc_sqlite: Cloud) -> None:
     c = lc_sqlite
     c.clock.t = T0
-    await ingest(c, alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 5))
+    await ingest(
+        c, alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 5)
+    )
     text = (await c.client.get("/metrics")).text
     assert "vigil_cloud_loop_queue_steps 0.0" in text  # drained
     c.app.state.loop_sink._queued = 7  # what a loop falling behind would show
