@@ -38,7 +38,7 @@ from alerts.detection.kindstate import KindState
 from alerts.detection.profiles import ProfileSet
 from alerts.detection.registry import RULES
 from alerts.detection.rulekit import RuleContext
-from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
+from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 
 _log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class DetectionEngine:
     ) -> AlertEvent:
         device = ks.ids[row]
         ep = int(ks.episodes[et].arrays["episode_ms"][row])
-        aid = alert_id(device, et, ep)
+        aid = f"{device}/{et.value}/{ep}"  # alert_id(device, et, ep) for a member, without the enum call
         v = float(value) if math.isfinite(value) else None
         named = _SEVERITY.get(sev)
         if named is None:
