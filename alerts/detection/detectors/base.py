@@ -37,6 +37,14 @@ def grow(arr: npt.NDArray[Any], capacity: int, fill: object) -> npt.NDArray[Any]
     return out
 
 
+def _times(t: npt.ArrayLike, shape: tuple[int, ...]) -> FloatArray:
+    """``t`` as float64 of ``shape`` (one time for all, or one per row); no copy when it already is."""
+    if isinstance(t, np.ndarray) and t.dtype == np.float64 and t.shape == shape:
+        return t
+    out: FloatArray = np.broadcast_to(np.asarray(t, dtype=np.float64), shape)
+    return out
+
+
 class Detector(ABC):
     """Per-device online detector over one channel.
 
@@ -78,21 +86,23 @@ class Detector(ABC):
     def learn_many(self, rows: npt.ArrayLike, x: npt.ArrayLike, t: npt.ArrayLike) -> None:
         """Learn one value per device row (rows unique); NaN values are skipped."""
         r, xa = self._check(np.asarray(rows), x)
-        ta = np.broadcast_to(np.asarray(t, dtype=np.float64), r.shape)
+        ta = _times(t, r.shape)
         ok = np.isfinite(xa) & np.isfinite(ta)
-        if not ok.any():
+        n_ok = np.count_nonzero(ok)
+        if n_ok == 0:
             return
-        r, xa, ta = r[ok], xa[ok], ta[ok]
+        if n_ok < len(ok):
+            r, xa, ta = r[ok], xa[ok], ta[ok]
         self._learn(r, xa, ta)
         self.arrays["n_learned"][r] += 1
 
     def score_many(self, rows: npt.ArrayLike, x: npt.ArrayLike, t: npt.ArrayLike) -> FloatArray:
         """Anomaly score per row: >= 0, higher = more anomalous, 0 during warm-up or for NaN input."""
         r, xa = self._check(np.asarray(rows), x)
-        ta = np.broadcast_to(np.asarray(t, dtype=np.float64), r.shape)
+        ta = _times(t, r.shape)
         out = np.zeros(len(r), dtype=np.float64)
         ok = np.isfinite(xa) & np.isfinite(ta) & (self.arrays["n_learned"][r] >= self.grace_period)
-        if ok.any():
+        if np.count_nonzero(ok):
             s = self._score(r[ok], xa[ok], ta[ok])
             out[ok] = np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)
         return out
