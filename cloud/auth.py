@@ -193,6 +193,53 @@ class Credentials:
             )
         return token
 
+    def set_disabled(self, username: str, disabled: bool, *, actor: str, now: float) -> int:
+        """Disable (or enable again) a user, audited. Disabling also deletes every token of the user, so
+        open sessions end at once, not when they expire; returns how many tokens were revoked."""
+        from sqlalchemy import delete
+
+        from cloud.loop.config import audit
+
+        with self.db.write() as s:
+            user = s.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFoundError(f"no user {username!r}")
+            user.disabled = disabled
+            revoked = 0
+            if disabled:
+                result = s.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+                revoked = int(result.rowcount or 0)  # type: ignore[attr-defined]
+            audit(
+                s,
+                actor=actor[:64],
+                role="admin",
+                action="user.disable" if disabled else "user.enable",
+                target=f"user:{username}"[:128],
+                now=now,
+                tokens_revoked=revoked,
+            )
+        return revoked
+
+    def users(self) -> list[dict[str, object]]:
+        """Every user with role, state and live token count (never a token or a hash)."""
+        from sqlalchemy import func
+
+        with self.db.read() as s:
+            counts = {
+                int(uid): int(n)
+                for uid, n in s.execute(select(ApiToken.user_id, func.count()).group_by(ApiToken.user_id))
+            }
+            return [
+                {
+                    "username": u.username,
+                    "role": u.role,
+                    "disabled": bool(u.disabled),
+                    "created_at": u.created_at,
+                    "tokens": int(counts.get(u.id, 0)),
+                }
+                for u in s.scalars(select(User).order_by(User.username))
+            ]
+
     def revoke_user_token(self, token: str) -> None:
         """Log out: the token stops working at once (the user's other tokens are untouched)."""
         with self.db.write() as s:

@@ -266,6 +266,31 @@ def _user(args: argparse.Namespace) -> int:
         db.close()
 
 
+def _user_state(args: argparse.Namespace) -> int:
+    """``user list`` / ``user disable NAME`` / ``user enable NAME`` (audited as the operating-system user)."""
+    import getpass
+
+    _, db, creds, _ = _ctx(args)
+    try:
+        if args.user_action == "list":
+            for u in creds.users():
+                state = "已停用 disabled" if u["disabled"] else "启用 active"
+                print(f"{u['username']}\t{u['role']}\t{state}\ttokens={u['tokens']}")
+            return 0
+        disabled = args.user_action == "disable"
+        revoked = creds.set_disabled(
+            args.username, disabled, actor=f"cli:{getpass.getuser()}", now=time.time()
+        )
+        if disabled:
+            print(f"用户 {args.username} 已停用，撤销令牌 {revoked} 个 / user {args.username} disabled, "
+                  f"{revoked} token(s) revoked")  # fmt: skip
+        else:
+            print(f"用户 {args.username} 已启用（需重新登录）/ user {args.username} enabled (log in again)")
+        return 0
+    finally:
+        db.close()
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the `vigil` parser."""
     p = sub.add_parser("cloud", help="the cloud service: run it, migrate, provision gateways/users/devices")
@@ -332,3 +357,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ua.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     _common(ua)
     ua.set_defaults(handler=_guard(_user))
+    ul = usub.add_parser("list", help="list users: role, active or disabled, live tokens")
+    _common(ul)
+    ul.set_defaults(handler=_guard(_user_state))
+    for action, text in (
+        ("disable", "disable a user: login refused, every token revoked at once (audited)"),
+        ("enable", "enable a disabled user again (audited; they log in again)"),
+    ):
+        ud = usub.add_parser(action, help=text)
+        ud.add_argument("username")
+        _common(ud)
+        ud.set_defaults(handler=_guard(_user_state))

@@ -65,3 +65,41 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     common = ["--database-url", f"sqlite:///{tmp_path}/v.db", "--secret-key-file", str(tmp_path / "k.key")]
     code, _, err = _run(capsys, "cloud", "gateway", "rotate", "nope", *common)
     assert code == 1 and err.strip() == "error: no gateway 'nope'"
+
+
+def test_cli_disables_a_user_at_once_and_audits_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11: users can be disabled. Disabling refuses login and revokes every token immediately."""
+    from sqlalchemy import select
+
+    from cloud.errors import AuthenticationError, NotFoundError
+    from cloud.loop.models import AuditEntry
+
+    db = f"sqlite:///{tmp_path}/v.db"
+    common = ["--database-url", db, "--secret-key-file", str(tmp_path / "k.key")]
+    code, out, _ = _run(capsys, "cloud", "user", "add", "bob", "--role", "operator", *common)
+    api_token = out.strip()
+    database = Database(db)
+    try:
+        creds = Credentials(database, rotation_grace_s=3600)
+        creds.set_disabled("bob", False, actor="test", now=T0)  # enabling an active user changes nothing
+        assert creds.user_for_token(api_token, now=T0).name == "bob"
+        code, out, _ = _run(capsys, "cloud", "user", "disable", "bob", *common)
+        assert code == 0 and "已停用" in out and "1 token(s) revoked" in out
+        with pytest.raises(AuthenticationError):
+            creds.user_for_token(api_token, now=T0)  # the session ended at once
+        code, out, _ = _run(capsys, "cloud", "user", "list", *common)
+        assert code == 0 and "bob\toperator\t已停用 disabled\ttokens=0" in out
+        code, _, err = _run(capsys, "cloud", "user", "disable", "nobody", *common)
+        assert code == 1 and "nobody" in err
+        assert _run(capsys, "cloud", "user", "enable", "bob", *common)[0] == 0
+        with database.read() as s:
+            actions = [(a.action, a.target) for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+        assert [a for a in actions if a[0].startswith("user.")] == [
+            ("user.enable", "user:bob"), ("user.disable", "user:bob"), ("user.enable", "user:bob")
+        ]  # fmt: skip
+        with pytest.raises(NotFoundError):
+            creds.set_disabled("ghost", True, actor="test", now=T0)
+    finally:
+        database.close()
