@@ -379,6 +379,12 @@ class _Connection:
         result, _mid = client.subscribe(self._cfg.subscription, qos=1)
         if result != 0:
             self._set(self.subscribed, exc=BrokerConnectError(f"subscribe failed: {result}"))
+        elif getattr(flags, "session_present", False):
+            # A resumed session keeps its subscription, and the broker sends the session's queued messages
+            # right after CONNACK. Under load they fill the queue, reading pauses (back-pressure), and the
+            # SUBACK behind them cannot be read in time: waiting for it made a restarted worker time out,
+            # reconnect and time out again, forever (fault suite, worker kill -9 at load 13-20).
+            self._set(self.subscribed)
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         bad = [r for r in reasons if r.is_failure]
@@ -413,8 +419,13 @@ class _Connection:
         except (OSError, TimeoutError) as exc:
             raise BrokerConnectError(f"cannot reach broker {cfg.host}:{cfg.port}: {exc!r}") from exc
         self._misc = self.loop.create_task(self._misc_loop(), name=f"mqtt-misc[{cfg.client_id}]")
-        await asyncio.wait_for(asyncio.shield(self.connected), cfg.connect_timeout_s)
-        await asyncio.wait_for(asyncio.shield(self.subscribed), cfg.connect_timeout_s)
+        stage = "CONNACK"
+        try:
+            await asyncio.wait_for(asyncio.shield(self.connected), cfg.connect_timeout_s)
+            stage = "SUBACK"
+            await asyncio.wait_for(asyncio.shield(self.subscribed), cfg.connect_timeout_s)
+        except TimeoutError as exc:
+            raise BrokerConnectError(f"no {stage} within {cfg.connect_timeout_s:g} s") from exc
 
     def publish(self, topic: str, payload: bytes) -> None:
         # QoS 0 on purpose. paho's loop_read handles one packet per un-acked outgoing QoS>0 message per
