@@ -40,7 +40,7 @@ from cloud.db import Database, Device, upgrade_head
 from cloud.loop.config import save
 from cloud.loop.models import Incident, NotificationIntentRow, Timer
 from cloud.loop.service import LoopService
-from cloud.loop.wiring import LoopSink
+from cloud.loop.wiring import DRAIN_BATCH_STEPS, LoopSink
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
 from firmware_bridge.kernel.records import DeviceKind
 
@@ -123,7 +123,12 @@ def setup(url: str, devices: int, streets: int) -> None:
 
 
 def storm(
-    svc: LoopService, clock: Clock, n: int, devices: int, mode: str = "queue", batch_steps: int = 2000
+    svc: LoopService,
+    clock: Clock,
+    n: int,
+    devices: int,
+    mode: str = "queue",
+    batch_steps: int = DRAIN_BATCH_STEPS,
 ) -> dict[str, Any]:
     steps = []
     for i in range(n):
@@ -279,6 +284,9 @@ def main() -> None:
     ap.add_argument("--open", type=int, default=100_000)
     ap.add_argument("--database", default="")
     ap.add_argument(
+        "--drain-steps", type=int, default=DRAIN_BATCH_STEPS, help="steps per loop transaction (queue sink)"
+    )
+    ap.add_argument(
         "--sink",
         choices=["queue", "inline"],
         default="queue",
@@ -294,7 +302,7 @@ def main() -> None:
         result = {
             "machine": platform.platform(),
             "database": db.engine.url.get_backend_name(),
-            "storm": storm(svc, clock, args.alerts, args.devices, args.sink),
+            "storm": storm(svc, clock, args.alerts, args.devices, args.sink, args.drain_steps),
             "timers": timers(svc, args.open),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
