@@ -51,6 +51,8 @@ def test_every_module_that_names_a_kind_is_in_the_checklist() -> None:
         for path in sorted((ROOT / pkg).rglob("*.py")):
             if path.stem in KIND_VALUES or "tests" in path.parts:
                 continue  # the kind's own modules: the checklist's "<kind>.py" lines
+            if path.parent.as_posix().endswith("cloud/migrations/versions"):
+                continue  # frozen history: a new kind gets a new revision, never an edit of an old one
             rel = path.relative_to(ROOT).as_posix()
             if _names_a_kind(path) and rel not in DOC and rel not in NOT_A_KIND:
                 missing.append(rel)
