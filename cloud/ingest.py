@@ -142,6 +142,126 @@ class IngestService:
                 )
         return ack
 
+    async def ingest_many(self, items: Sequence[tuple[UplinkBatch, str]]) -> list[UplinkAck | CloudError]:
+        """Store several gateways' batches with one database transaction (an MQTT worker's waiting messages).
+
+        One entry per item, in order: its ack (committed), or the :class:`CloudError` that refused that item
+        alone (it names another gateway, over quota: nothing of it stored). Readings are written first and
+        durably, per batch (as in :meth:`ingest`); then one transaction holds every batch's row, device
+        bookkeeping and alert steps: one commit (one fsync, one round trip) for the group instead of one per
+        batch. A batch already stored, or twice in the group, is answered ``duplicate``. If the shared
+        transaction hits a unique-key conflict (a concurrent delivery of one of the batches) the group is
+        committed batch by batch instead. Raises :class:`StorageError` when storing failed as a whole
+        (nothing of the group committed): the caller retries the group.
+        """
+        results: list[UplinkAck | CloudError | None] = [None] * len(items)
+        todo: list[tuple[int, UplinkBatch, str]] = []
+        for i, (batch, gateway_id) in enumerate(items):
+            if batch.gateway_id != gateway_id:
+                self.metrics.batches.labels("forbidden").inc()
+                results[i] = PermissionDeniedError(
+                    f"batch names gateway {batch.gateway_id!r} but was sent by gateway {gateway_id!r}"
+                )
+                continue
+            batch = canonical_ids(batch)
+            n_readings = sum(len(b) for b in batch.telemetry)
+            try:
+                self.quota.admit(gateway_id, readings=n_readings, alert_steps=len(batch.alerts))
+            except RateLimitedError as exc:
+                self.metrics.batches.labels("rate_limited").inc()
+                self.guard.quota.labels("telemetry" if n_readings else "alert").inc()
+                results[i] = exc
+                continue
+            todo.append((i, batch, gateway_id))
+        if todo:
+            t0 = _time.perf_counter()
+            try:
+                outs = await asyncio.to_thread(self._ingest_many_blocking, [(b, g) for _, b, g in todo])
+            except CloudError:
+                self.metrics.batches.labels("error").inc(len(todo))
+                raise
+            elapsed = _time.perf_counter() - t0
+            steps_by_source: dict[str, list[AlertEvent]] = {}
+            for (i, _batch, gateway_id), (ack, new_steps) in zip(todo, outs, strict=True):
+                results[i] = ack
+                self.metrics.ingest_seconds.observe(elapsed)
+                self.metrics.batches.labels("duplicate" if ack.duplicate else "stored").inc()
+                if new_steps:
+                    steps_by_source.setdefault(gateway_id, []).extend(new_steps)
+            for source, steps in steps_by_source.items():
+                try:
+                    await self.sink.alerts_committed(steps, source=source)
+                except Exception:  # supervisor boundary: the data is committed whatever the sink does
+                    self.metrics.sink_errors.inc()
+                    log.exception("alert sink failed", extra={"gateway_id": source})
+        return [r for r in results if r is not None]
+
+    def _ingest_many_blocking(
+        self, items: Sequence[tuple[UplinkBatch, str]]
+    ) -> list[tuple[UplinkAck, list[AlertEvent]]]:
+        out: list[tuple[UplinkAck, list[AlertEvent]] | None] = [None] * len(items)
+        fresh: list[tuple[int, UplinkBatch, str, Screened]] = []
+        first_of: dict[tuple[str, str], int] = {}  # (gateway, batch id) -> its first index in the group
+        again: list[tuple[int, int]] = []  # (index, index of the same batch earlier in the group)
+        try:
+            with self.db.read() as s:  # one session for every duplicate check and screening
+                for i, (batch, gateway_id) in enumerate(items):
+                    key = (gateway_id, batch.batch_id)
+                    if key in first_of:
+                        again.append((i, first_of[key]))
+                        continue
+                    first_of[key] = i
+                    dup = self._find_batch(gateway_id, batch.batch_id, s)
+                    if dup is not None:
+                        out[i] = (dup, [])
+                        continue
+                    fresh.append((i, batch, gateway_id, self._screen(s, batch, gateway_id, False)))
+            # one global order (gateway, batch) inside the shared transaction: two workers' groups lock
+            # gateway and device rows in the same order, so they wait for each other, never deadlock
+            fresh.sort(key=lambda f: (f[2], f[1].batch_id))
+            written = [self._write_telemetry(sc.telemetry) for _, _, _, sc in fresh]
+            if fresh:
+                now = self.clock.now()
+                try:
+                    with self.db.write() as s:
+                        committed = [
+                            self._commit_in(s, batch, gw, st, du, sc, now)
+                            for (_, batch, gw, sc), (st, du) in zip(fresh, written, strict=True)
+                        ]
+                except ConflictError:
+                    # a concurrent delivery of one of these batches: batch by batch, each with its own
+                    # duplicate handling (readings are already durable and idempotent)
+                    for (i, batch, gw, sc), (st, du) in zip(fresh, written, strict=True):
+                        out[i] = self._commit_or_duplicate(batch, gw, st, du, sc)
+                else:
+                    for (i, batch, _gw, sc), (st, du), (gaps, steps) in zip(
+                        fresh, written, committed, strict=True
+                    ):
+                        out[i] = self._acked(batch, st, du, sc, gaps, steps)
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"database error while storing {len(items)} batches: {type(exc).__name__}"
+            ) from exc
+        for i, first in again:
+            done = out[first]
+            assert done is not None
+            out[i] = (done[0].model_copy(update={"duplicate": True}), [])
+        return [o for o in out if o is not None]
+
+    def _commit_or_duplicate(
+        self, batch: UplinkBatch, gateway_id: str, stored: int, duplicates: int, screened: Screened
+    ) -> tuple[UplinkAck, list[AlertEvent]]:
+        for attempt in range(3):
+            try:
+                return self._commit(batch, gateway_id, stored, duplicates, screened)
+            except ConflictError:
+                dup = self._find_batch(gateway_id, batch.batch_id)
+                if dup is not None:
+                    return dup, []
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     # -- blocking part (worker thread) ----------------------------------------------------------------
     def _ingest_blocking(
         self, batch: UplinkBatch, gateway_id: str, allow_unassigned: bool = False
@@ -158,17 +278,8 @@ class IngestService:
             # the overlap gained (bench/bench_ingest.py), and this order never holds SQLite's write lock
             # during an fsync, so concurrent requests group-commit their readings.
             stored, duplicates = self._write_telemetry(screened.telemetry)
-            for attempt in range(3):
-                try:
-                    return self._commit(batch, gateway_id, stored, duplicates, screened)
-                except ConflictError:
-                    # a concurrent delivery of the same batch, or a concurrent first step of an alert
-                    dup = self._find_batch(gateway_id, batch.batch_id)
-                    if dup is not None:
-                        return dup, []
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            # a concurrent delivery of the same batch, or a concurrent first step of an alert: retried
+            return self._commit_or_duplicate(batch, gateway_id, stored, duplicates, screened)
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"database error while storing batch {batch.batch_id}: {type(exc).__name__}"
@@ -246,31 +357,57 @@ class IngestService:
     ) -> tuple[UplinkAck, list[AlertEvent]]:
         now = self.clock.now()
         with self.db.write() as s:
-            conn = s.connection()
-            mark = _mark(conn.dialect.paramstyle)
-            # a concurrent duplicate fails here (unique key), before any other work
+            gaps, new_steps = self._commit_in(s, batch, gateway_id, stored, duplicates, screened, now)
+        return self._acked(batch, stored, duplicates, screened, gaps, new_steps)
+
+    def _commit_in(
+        self,
+        s: Session,
+        batch: UplinkBatch,
+        gateway_id: str,
+        stored: int,
+        duplicates: int,
+        screened: Screened,
+        now: float,
+    ) -> tuple[int, list[AlertEvent]]:
+        """One batch's rows inside the caller's transaction: returns (sequence gaps, new alert steps)."""
+        conn = s.connection()
+        mark = _mark(conn.dialect.paramstyle)
+        # a concurrent duplicate fails here (unique key), before any other work
+        conn.exec_driver_sql(
+            "INSERT INTO ingested_batches (gateway_id, batch_id, received_at, sent_at, telemetry_stored, "
+            f"telemetry_duplicates, alerts_stored) VALUES ({', '.join([mark] * 6)}, 0)",
+            (gateway_id, batch.batch_id, now, batch.sent_at, stored, duplicates),
+        )
+        gaps = self._update_devices(s, screened.telemetry, now)
+        new_steps = store_alert_steps(s, screened.alerts, source=gateway_id, received_at=now)
+        if new_steps:
+            s.flush()
             conn.exec_driver_sql(
-                "INSERT INTO ingested_batches (gateway_id, batch_id, received_at, sent_at, telemetry_stored, "
-                f"telemetry_duplicates, alerts_stored) VALUES ({', '.join([mark] * 6)}, 0)",
-                (gateway_id, batch.batch_id, now, batch.sent_at, stored, duplicates),
+                f"UPDATE ingested_batches SET alerts_stored = {mark} WHERE gateway_id = {mark} "
+                f"AND batch_id = {mark}",
+                (len(new_steps), gateway_id, batch.batch_id),
             )
-            gaps = self._update_devices(s, screened.telemetry, now)
-            new_steps = store_alert_steps(s, screened.alerts, source=gateway_id, received_at=now)
-            if new_steps:
-                s.flush()
-                conn.exec_driver_sql(
-                    f"UPDATE ingested_batches SET alerts_stored = {mark} WHERE gateway_id = {mark} "
-                    f"AND batch_id = {mark}",
-                    (len(new_steps), gateway_id, batch.batch_id),
-                )
-            # the gateway's row: one UPDATE (the row lock is the UPDATE's own; no ORM load and flush)
-            values: dict[str, object] = {
-                "last_seen": now,
-                "batches_total": func.coalesce(Gateway.batches_total, 0) + 1,
-            }
-            if batch.status is not None:
-                values["last_status"] = batch.status.model_dump()
-            s.execute(update(Gateway).where(Gateway.gateway_id == gateway_id).values(**values))
+        # the gateway's row: one UPDATE (the row lock is the UPDATE's own; no ORM load and flush)
+        values: dict[str, object] = {
+            "last_seen": now,
+            "batches_total": func.coalesce(Gateway.batches_total, 0) + 1,
+        }
+        if batch.status is not None:
+            values["last_status"] = batch.status.model_dump()
+        s.execute(update(Gateway).where(Gateway.gateway_id == gateway_id).values(**values))
+        return gaps, new_steps
+
+    def _acked(
+        self,
+        batch: UplinkBatch,
+        stored: int,
+        duplicates: int,
+        screened: Screened,
+        gaps: int,
+        new_steps: list[AlertEvent],
+    ) -> tuple[UplinkAck, list[AlertEvent]]:
+        """The ack of a committed batch (and its metrics)."""
         committed_at = self.clock.now()
         self.metrics.seq_gaps.inc(gaps)
         for step in new_steps:

@@ -280,3 +280,37 @@ async def test_concurrent_batches_of_one_gateway_are_all_stored_and_counted(clou
     again = await asyncio.gather(*(cloud.state.ingest.ingest(b, gateway_id=GW1) for b in batches))
     assert all(a.duplicate for a in again)
     assert cloud.state.registry.get(MANHOLE_1, "admin").readings_total == 10 * n
+
+
+async def test_a_group_of_batches_is_committed_together_and_each_answered(cloud: Cloud) -> None:
+    """``ingest_many`` (an MQTT worker's waiting messages): one transaction for the group, one answer per
+    batch in order; duplicates (stored before, or twice in the group) and refusals are per batch."""
+    svc = cloud.state.ingest
+    old = batch("batch-grp-0000", readings(M, MANHOLE_1, [1]))
+    assert not (await svc.ingest(old, gateway_id=GW1)).duplicate
+    b1 = batch(
+        "batch-grp-0001",
+        readings(M, MANHOLE_1, [2, 3]),
+        alerts=[alert_step(MANHOLE_1, M, EventType.COVER_OPEN, AlertPhase.RAISED, T0 + 60)],
+    )
+    b2 = batch("batch-grp-0002", readings(M, MANHOLE_2, [1, 2, 3]), gateway_id=GW2)
+    foreign = batch("batch-grp-0003", readings(M, MANHOLE_2, [9]), gateway_id=GW2)  # sent by GW1 below
+    out = await svc.ingest_many([(b1, GW1), (b2, GW2), (old, GW1), (b1, GW1), (foreign, GW1)])
+    assert [type(o).__name__ for o in out] == ["UplinkAck"] * 4 + ["PermissionDeniedError"]
+    a1, a2, a_old, a1_again = out[:4]
+    assert isinstance(a1, UplinkAck) and isinstance(a2, UplinkAck)
+    assert (a1.duplicate, a1.telemetry_stored, a1.alerts_stored) == (False, 2, 1)
+    assert (a2.duplicate, a2.telemetry_stored) == (False, 3)
+    assert isinstance(a_old, UplinkAck) and a_old.duplicate
+    assert isinstance(a1_again, UplinkAck) and a1_again.duplicate and a1_again.committed_at == a1.committed_at
+    assert cloud.state.registry.get(MANHOLE_1, "admin").readings_total == 3  # bookkeeping once per batch
+    assert cloud.state.registry.get(MANHOLE_2, "admin").readings_total == 3
+    assert len(cloud.state.store.query(MANHOLE_2, M, T0 - 1, T0 + 3600)) == 3  # nothing of the refused one
+    gw = (await cloud.client.get(f"/api/v1/gateways/{GW1}", headers=cloud.viewer)).json()
+    assert gw["batches_total"] == 2
+    alerts = (await cloud.client.get("/api/v1/alerts", headers=cloud.viewer)).json()["alerts"]
+    assert [(a["device_id"], a["event_type"]) for a in alerts] == [(MANHOLE_1, "cover_open")]
+    # and the same group again: every batch a duplicate, nothing stored twice
+    again = await svc.ingest_many([(b1, GW1), (b2, GW2)])
+    assert all(isinstance(a, UplinkAck) and a.duplicate for a in again)
+    assert cloud.state.registry.get(MANHOLE_2, "admin").readings_total == 3
