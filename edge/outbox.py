@@ -340,10 +340,13 @@ class Outbox:
             picked = self._pick(LANE_ALERT, None, max_records, max_bytes)
             if not picked:
                 # alert batches waiting for a retry go before telemetry ones (an alert whose first send
-                # failed still goes before any telemetry); a batch whose records all expired is skipped
+                # failed still goes before any telemetry); a batch whose records all expired is skipped.
+                # The halves of a split batch share its age: the one tried fewer times goes first, so a
+                # refused record cannot keep its good siblings waiting behind it (they are acked, and that
+                # is what lets the refused one be dead-lettered), whatever their random ids' order
                 row = self._db.execute(
                     "SELECT b.batch_id FROM batches b JOIN records r ON r.batch_id=b.batch_id"
-                    " GROUP BY b.batch_id ORDER BY MIN(r.lane), b.created LIMIT 1"
+                    " GROUP BY b.batch_id ORDER BY MIN(r.lane), b.created, b.attempts, MIN(r.id) LIMIT 1"
                 ).fetchone()
                 if row is not None:
                     return self._load_batch(row[0], gateway_id, status)

@@ -285,3 +285,25 @@ def test_dead_letters_can_be_requeued_after_the_cloud_is_fixed(tmp_path: Path) -
         assert again is not None and again.n_alerts == 1 and again.batch_id != first.batch_id
         assert ob.dead_lettered == {"alert": 1}  # history stays
         assert ob.requeue_dead_letter() == 0
+
+
+@pytest.mark.parametrize("refused_half", [0, 1])
+def test_a_refused_half_never_keeps_its_siblings_waiting(tmp_path: Path, refused_half: int) -> None:
+    """The halves of a split batch share its age; the one already tried goes after the untried one, whatever
+    their (random) ids. Before, a refused alert could be retried head-of-line forever while its good
+    siblings waited: they were never acked, and without an ack the refused one was never dead-lettered
+    (seen as a 1-in-3 CI failure of tests/edge/test_uplink_quarantine.py)."""
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.commit([], [alert(i) for i in range(4)])
+        pb = ob.next_batch("gw-1")
+        assert pb is not None
+        ob.note_attempt(pb.batch_id)
+        halves = ob.split(pb.batch_id)
+        bad, good = halves[refused_half], halves[1 - refused_half]
+        ob.note_attempt(bad)  # refused again
+        for _ in range(3):  # however often asked: the untried sibling first
+            nxt = ob.next_batch("gw-1")
+            assert nxt is not None and nxt.batch_id == good
+        ob.ack(ack_of(good))
+        nxt = ob.next_batch("gw-1")
+        assert nxt is not None and nxt.batch_id == bad
