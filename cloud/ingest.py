@@ -106,19 +106,7 @@ class IngestService:
         :class:`~cloud.limits.RateLimitedError` (over quota; nothing stored, retry later) and
         :class:`StorageError` (database or time-series store failure; the gateway should retry).
         """
-        if batch.gateway_id != gateway_id:
-            self.metrics.batches.labels("forbidden").inc()
-            raise PermissionDeniedError(
-                f"batch names gateway {batch.gateway_id!r} but was sent by gateway {gateway_id!r}"
-            )
-        batch = canonical_ids(batch)  # an upper-case DevEUI or an IMEI finds its registry row
-        n_readings = sum(len(b) for b in batch.telemetry)
-        try:
-            self.quota.admit(gateway_id, readings=n_readings, alert_steps=len(batch.alerts))
-        except RateLimitedError:
-            self.metrics.batches.labels("rate_limited").inc()
-            self.guard.quota.labels("telemetry" if n_readings else "alert").inc()
-            raise
+        batch = self._admit(batch, gateway_id)
         t0 = _time.perf_counter()
         try:
             ack, new_steps = await asyncio.to_thread(
@@ -133,14 +121,33 @@ class IngestService:
         self.metrics.ingest_seconds.observe(_time.perf_counter() - t0)
         self.metrics.batches.labels("duplicate" if ack.duplicate else "stored").inc()
         if new_steps:
-            try:
-                await self.sink.alerts_committed(new_steps, source=gateway_id)
-            except Exception:  # supervisor boundary: the data is committed whatever the sink does
-                self.metrics.sink_errors.inc()
-                log.exception(
-                    "alert sink failed", extra={"gateway_id": gateway_id, "batch_id": batch.batch_id}
-                )
+            await self._hand_to_sink(new_steps, gateway_id)
         return ack
+
+    def _admit(self, batch: UplinkBatch, gateway_id: str) -> UplinkBatch:
+        """The checks before any storage: the batch is the sender's own and within its quota. Returns it
+        with canonical device ids (an upper-case DevEUI or an IMEI finds its registry row)."""
+        if batch.gateway_id != gateway_id:
+            self.metrics.batches.labels("forbidden").inc()
+            raise PermissionDeniedError(
+                f"batch names gateway {batch.gateway_id!r} but was sent by gateway {gateway_id!r}"
+            )
+        batch = canonical_ids(batch)
+        n_readings = sum(len(b) for b in batch.telemetry)
+        try:
+            self.quota.admit(gateway_id, readings=n_readings, alert_steps=len(batch.alerts))
+        except RateLimitedError:
+            self.metrics.batches.labels("rate_limited").inc()
+            self.guard.quota.labels("telemetry" if n_readings else "alert").inc()
+            raise
+        return batch
+
+    async def _hand_to_sink(self, steps: list[AlertEvent], gateway_id: str) -> None:
+        try:
+            await self.sink.alerts_committed(steps, source=gateway_id)
+        except Exception:  # supervisor boundary: the data is committed whatever the sink does
+            self.metrics.sink_errors.inc()
+            log.exception("alert sink failed", extra={"gateway_id": gateway_id, "steps": len(steps)})
 
     async def ingest_many(self, items: Sequence[tuple[UplinkBatch, str]]) -> list[UplinkAck | CloudError]:
         """Store several gateways' batches with one database transaction (an MQTT worker's waiting messages).
@@ -157,22 +164,10 @@ class IngestService:
         results: list[UplinkAck | CloudError | None] = [None] * len(items)
         todo: list[tuple[int, UplinkBatch, str]] = []
         for i, (batch, gateway_id) in enumerate(items):
-            if batch.gateway_id != gateway_id:
-                self.metrics.batches.labels("forbidden").inc()
-                results[i] = PermissionDeniedError(
-                    f"batch names gateway {batch.gateway_id!r} but was sent by gateway {gateway_id!r}"
-                )
-                continue
-            batch = canonical_ids(batch)
-            n_readings = sum(len(b) for b in batch.telemetry)
             try:
-                self.quota.admit(gateway_id, readings=n_readings, alert_steps=len(batch.alerts))
-            except RateLimitedError as exc:
-                self.metrics.batches.labels("rate_limited").inc()
-                self.guard.quota.labels("telemetry" if n_readings else "alert").inc()
+                todo.append((i, self._admit(batch, gateway_id), gateway_id))
+            except (PermissionDeniedError, RateLimitedError) as exc:
                 results[i] = exc
-                continue
-            todo.append((i, batch, gateway_id))
         if todo:
             t0 = _time.perf_counter()
             try:
@@ -189,11 +184,7 @@ class IngestService:
                 if new_steps:
                     steps_by_source.setdefault(gateway_id, []).extend(new_steps)
             for source, steps in steps_by_source.items():
-                try:
-                    await self.sink.alerts_committed(steps, source=source)
-                except Exception:  # supervisor boundary: the data is committed whatever the sink does
-                    self.metrics.sink_errors.inc()
-                    log.exception("alert sink failed", extra={"gateway_id": source})
+                await self._hand_to_sink(steps, source)
         return [r for r in results if r is not None]
 
     def _ingest_many_blocking(
