@@ -1,4 +1,5 @@
-"""`vigil cloud` subcommands: run the service, migrate, provision gateways and users, import devices.
+"""`vigil cloud` subcommands: run the service, migrate, provision gateways and users, import devices,
+rotate the key that seals personal data.
 
 Heavy imports (FastAPI, SQLAlchemy, uvicorn) happen inside the handlers so ``vigil --help`` stays fast.
 Tokens are printed once, to stdout, and never logged.
@@ -291,6 +292,84 @@ def _user_state(args: argparse.Namespace) -> int:
         db.close()
 
 
+def _key(args: argparse.Namespace) -> int:
+    """``key status | add | rotate | reseal | retire``: rotate the key that seals personal data (audited).
+
+    The procedure across hosts (add, copy, restart; rotate, copy, restart; reseal, retire, copy, restart)
+    is in docs/privacy.md; every step refuses what would leave a value unreadable.
+    """
+    import getpass
+
+    from cloud import privacy
+    from cloud.crypto import key_id, load_or_create_key
+    from cloud.db import Database, upgrade_head
+    from cloud.errors import ConfigError
+
+    s = _settings(args)
+    path = Path(s.secret_key_file)
+    if not path.exists():  # never create a key here: it would not open what the database holds
+        raise ConfigError(
+            f"secret key file {path} does not exist: point --secret-key-file at the server's key"
+        )
+    upgrade_head(s.database_url, secret_key_file=path)
+    db = Database(s.database_url)
+    actor = f"cli:{getpass.getuser()}"
+    try:
+        action = args.key_action
+        if action == "status":
+            ring = load_or_create_key(path)
+            counts = privacy.census(db, ring)
+            for e in ring.entries:
+                n = counts.get(key_id(e.key), 0) if e.role != "hmac" else "-"
+                print(f"{e.role}\t{key_id(e.key)}\tsealed values: {n}")
+            if counts.get("unreadable"):
+                print(f"无法解密 unreadable\t-\tsealed values: {counts['unreadable']}")
+            return 0
+        if action == "add":
+            ring = privacy.add_next_key(path)
+            added = key_id(next(e.key for e in ring.entries if e.role == "next"))
+            privacy.audit_key_action(db, actor=actor, action="key.add", target=added)
+            print(f"新密钥 {added} 已加入（仅解密）/ key {added} added (opens only)")
+            print(f"下一步：把 {path} 复制到每台云主机并重启各角色，然后 `vigil cloud key rotate`。")
+            print(
+                f"next: copy {path} to every cloud host, restart every role, then `vigil cloud key rotate`."
+            )
+            return 0
+        if action == "rotate":
+            ring, old, new = privacy.promote_next_key(path)
+            privacy.audit_key_action(db, actor=actor, action="key.rotate", target=new, previous=old)
+            print(f"主密钥 {old} -> {new} / primary key {old} -> {new}; resealing ...", file=sys.stderr)
+        else:
+            ring = load_or_create_key(path)
+        if action in ("rotate", "reseal"):
+            report = privacy.reseal(
+                db,
+                ring,
+                batch=args.batch,
+                after_batch=lambda col, n: print(f"  {col}: +{n}", file=sys.stderr),
+            )
+            privacy.audit_key_action(
+                db, actor=actor, action="key.reseal", target=key_id(ring.primary), resealed=report.total
+            )
+            for col, n in report.resealed.items():
+                print(f"{col}\tresealed {n}\talready {report.already[col]}")
+            print(f"下一步：复制 {path} 到每台主机并重启，再 `key reseal` 与 `key retire`。")
+            print(
+                f"next: copy {path} to every host and restart them, then `key reseal` again and `key retire`."
+            )
+            return 0
+        ring, retired = privacy.retire_old_keys(db, path)
+        if not retired:
+            print("没有旧密钥可退役 / no old key to retire")
+            return 0
+        for k in retired:
+            privacy.audit_key_action(db, actor=actor, action="key.retire", target=k)
+        print(f"已退役 retired: {', '.join(retired)}; copy {path} to every cloud host and restart them.")
+        return 0
+    finally:
+        db.close()
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the `vigil` parser."""
     p = sub.add_parser("cloud", help="the cloud service: run it, migrate, provision gateways/users/devices")
@@ -368,3 +447,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ud.add_argument("username")
         _common(ud)
         ud.set_defaults(handler=_guard(_user_state))
+
+    k = csub.add_parser("key", help="rotate the key that seals personal data (docs/privacy.md)")
+    ksub = k.add_subparsers(dest="key_action", metavar="ACTION", required=True)
+    for action, text in (
+        ("status", "list the keys (ids, never keys) and how many sealed values each one opens"),
+        ("add", "add a new key that opens but does not seal yet; copy the file to every host next"),
+        ("rotate", "make the added key primary and re-seal every value under it (resumable; audited)"),
+        ("reseal", "re-seal what is still under an old key (resumes an interrupted rotation)"),
+        ("retire", "remove old keys from the file; refused while any value is sealed under one"),
+    ):
+        ka = ksub.add_parser(action, help=text)
+        if action in ("rotate", "reseal"):
+            ka.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+        _common(ka)
+        ka.set_defaults(handler=_guard(_key))

@@ -2,25 +2,117 @@
 
 What is sealed, who sees what and how the key is managed: docs/privacy.md.
 
-The key is a Fernet key (AES-128-CBC + HMAC-SHA256, from ``cryptography``) in a key file created at first
-start with mode 0600. The key is never logged and never leaves the process; losing the file makes the
-encrypted columns unreadable, so back it up with the database (``docs/cloud.md``).
+The keys are Fernet keys (AES-128-CBC + HMAC-SHA256, from ``cryptography``) in one key file created at
+first start with mode 0600. The keys are never logged and never leave the process; losing the file makes
+the encrypted columns unreadable, so back it up with the database (``docs/cloud.md``).
+
+Key rotation (``vigil cloud key ...``, :mod:`cloud.privacy`) keeps several keys in the file, one per line:
+
+==============  ===========================================================================================
+``primary K``   seals new values (exactly one); also opens
+``next K``      added ahead of a rotation: opens only, so every host can read what the new key will seal
+``old K``       a former primary: opens only, until every value is re-sealed and it is retired
+``hmac K``      the root of the message-link and blind-index keys (``HMAC(K, "vigil/links/v1")`` ...):
+                never seals; kept when its Fernet key is retired, because changing it would void every
+                responder link in flight and every stored phone hash
+==============  ===========================================================================================
+
+A file holding one bare key (what the first start writes, and every file before rotation existed) is that
+key as primary and as HMAC root. :func:`load_or_create_key` returns a :class:`KeyRing`: as ``bytes`` it is
+the HMAC root (what the link signer and the blind indexes derive their keys from, unchanged by a rotation),
+and :class:`SecretBox` opens with every key of the ring and seals with the primary (``MultiFernet``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from cloud.errors import ConfigError, StorageError
 
+ROLES = ("primary", "next", "old", "hmac")
 
-def load_or_create_key(path: Path) -> bytes:
-    """Read the Fernet key at ``path``, creating it (0600, parent dirs 0700) if it does not exist."""
+
+def key_id(key: bytes) -> str:
+    """A short fingerprint naming a key in messages and the audit log (never the key itself)."""
+    return hashlib.sha256(bytes(key)).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    role: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never show the key
+        return f"KeyEntry({self.role}, {key_id(self.key)})"
+
+
+class KeyRing(bytes):
+    """The key file: ``bytes(self)`` is the HMAC root; ``entries`` every key line in file order."""
+
+    entries: tuple[KeyEntry, ...]
+
+    def __new__(cls, entries: tuple[KeyEntry, ...]) -> KeyRing:
+        roots = [e.key for e in entries if e.role == "hmac"]
+        primaries = [e.key for e in entries if e.role == "primary"]
+        if len(primaries) != 1 or len(roots) > 1:
+            raise ConfigError(
+                f"a key file needs exactly one primary key and at most one hmac key, "
+                f"got {len(primaries)} and {len(roots)}"
+            )
+        ring = super().__new__(cls, roots[0] if roots else primaries[0])
+        ring.entries = entries
+        return ring
+
+    def __repr__(self) -> str:
+        return f"KeyRing({', '.join(repr(e) for e in self.entries)})"
+
+    @property
+    def primary(self) -> bytes:
+        return next(e.key for e in self.entries if e.role == "primary")
+
+    @property
+    def fernet_keys(self) -> tuple[bytes, ...]:
+        """The keys that open, primary first (the order ``MultiFernet`` seals and tries them in)."""
+        rest = tuple(e.key for e in self.entries if e.role in ("next", "old"))
+        return (self.primary, *rest)
+
+    def role_of(self, key: bytes) -> str:
+        return next(e.role for e in self.entries if e.key == key)
+
+
+def _parse(path: Path, text: str) -> KeyRing:
+    entries: list[KeyEntry] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        role, _, key = line.partition(" ") if " " in line else ("primary", "", line)
+        key = key.strip()
+        if role not in ROLES:
+            raise ConfigError(f"secret key file {path} line {n}: unknown role {role!r} (one of {ROLES})")
+        try:
+            Fernet(key.encode())
+        except ValueError as exc:
+            raise ConfigError(f"secret key file {path} line {n} does not hold a Fernet key") from exc
+        entries.append(KeyEntry(role, key.encode()))
+    if not entries:
+        raise ConfigError(f"secret key file {path} does not hold a Fernet key")
+    try:
+        return KeyRing(tuple(entries))
+    except ConfigError as exc:
+        raise ConfigError(f"secret key file {path}: {exc}") from exc
+
+
+def load_or_create_key(path: Path) -> KeyRing:
+    """Read the key file at ``path``; create it (one new key, 0600, parent dirs 0700) if it is missing."""
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -31,23 +123,61 @@ def load_or_create_key(path: Path) -> bytes:
             return load_or_create_key(path)
         with os.fdopen(fd, "wb") as f:
             f.write(key + b"\n")
-        return key
+        return KeyRing((KeyEntry("primary", key),))
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"secret key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = path.read_bytes().strip()
     try:
-        Fernet(key)
-    except ValueError as exc:
+        text = path.read_text("ascii")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"secret key file {path} does not hold a Fernet key") from exc
-    return key
+    return _parse(path, text)
+
+
+def write_key_file(path: Path, entries: tuple[KeyEntry, ...]) -> KeyRing:
+    """Replace the key file atomically (0600; a crash leaves the old file or the new one, never half)."""
+    ring = KeyRing(entries)
+    path = Path(path)
+    lines = [
+        "# Vigil secret keys (docs/privacy.md, Key management): the primary seals, primary/next/old open,",
+        "# hmac derives the link and blind-index keys. Copy this file to every cloud host; never edit it.",
+        *(f"{e.role} {e.key.decode('ascii')}" for e in entries),
+    ]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vigil-key-")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:  # mkstemp creates 0600
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return ring
+
+
+def with_hmac_root(ring: KeyRing) -> tuple[KeyEntry, ...]:
+    """The ring's entries with its HMAC root written out (a one-key file has it only implicitly)."""
+    if any(e.role == "hmac" for e in ring.entries):
+        return ring.entries
+    return (*ring.entries, KeyEntry("hmac", bytes(ring)))
 
 
 class SecretBox:
-    """Encrypts a small JSON document (a device's private fields) into one Fernet token."""
+    """Encrypts a small JSON document (a device's private fields) into one Fernet token.
+
+    ``key`` is a :class:`KeyRing` (seal with its primary, open with any of its keys) or one Fernet key.
+    """
 
     def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
+        keys = key.fernet_keys if isinstance(key, KeyRing) else (bytes(key),)
+        self._fernets = tuple(Fernet(k) for k in keys)
+        self._multi = MultiFernet(list(self._fernets))
 
     def __repr__(self) -> str:  # never show the key
         return "SecretBox(<redacted>)"
@@ -56,15 +186,33 @@ class SecretBox:
         clean = {k: v for k, v in data.items() if v not in (None, "")}
         if not clean:
             return None
-        return self._fernet.encrypt(json.dumps(clean, ensure_ascii=False).encode()).decode("ascii")
+        return self._multi.encrypt(json.dumps(clean, ensure_ascii=False).encode()).decode("ascii")
 
     def open(self, token: str | None) -> dict[str, Any]:
         if not token:
             return {}
         try:
-            return dict(json.loads(self._fernet.decrypt(token.encode("ascii"))))
+            return dict(json.loads(self._multi.decrypt(token.encode("ascii"))))
         except InvalidToken as exc:
             raise StorageError("encrypted device data cannot be read with this key file") from exc
+
+    def sealed_with(self, token: str) -> int | None:
+        """Index (in the ring's ``fernet_keys`` order; 0 = primary) of the key that opens ``token``."""
+        raw = token.encode("ascii")
+        for i, f in enumerate(self._fernets):
+            try:
+                f.decrypt(raw)
+            except InvalidToken:
+                continue
+            return i
+        return None
+
+    def reseal(self, token: str) -> str:
+        """``token`` sealed again under the primary key (same plaintext; raises if no key opens it)."""
+        try:
+            return self._multi.rotate(token.encode("ascii")).decode("ascii")
+        except InvalidToken as exc:
+            raise StorageError("a sealed value cannot be read with this key file") from exc
 
 
 def mask_name(name: str) -> str:

@@ -1,0 +1,270 @@
+"""Personal data over its life: key rotation of the sealed columns, and minimising wristband readings.
+
+**Key rotation** (``vigil cloud key add | rotate | reseal | retire | status``; procedure in
+docs/privacy.md). Every sealed value (:func:`sealed_columns`) is one Fernet token. :func:`reseal` walks each
+sealed column in primary-key order, in batches of ``batch`` rows, one transaction per batch, and re-seals
+under the primary key every value that another key opened. A token is replaced only if it is still the one
+read (``UPDATE ... WHERE pk = ? AND col = <old token>``), so a value the service re-wrote meanwhile is left
+alone. A kill at any point leaves every row sealed under one key of the ring or the other, readable by
+every process that has both; running it again skips what is done (there is no progress record to lose).
+:func:`retire` drops the old keys from the file only when no value needs them.
+
+**Minimising wristband readings** (:class:`MinimisingStore`): the time-series store is read by Grafana
+and by anyone with database access, so a wristband's live GPS fix is written on the ~100 m grid
+(:data:`cloud.crypto.COARSE_DECIMALS`), except in the readings the band sends at once on SOS or a fall:
+those keep the exact fix, because that is where the responder has to go. Why and what it costs:
+docs/privacy.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.fernet import Fernet
+from sqlalchemy import select, update
+from sqlalchemy.orm import InstrumentedAttribute
+
+from cloud.crypto import (
+    COARSE_DECIMALS,
+    KeyEntry,
+    KeyRing,
+    SecretBox,
+    key_id,
+    load_or_create_key,
+    with_hmac_root,
+    write_key_file,
+)
+from cloud.db import Database
+from cloud.errors import ConflictError
+from cloud.timeseries import Series, TimeSeriesStore, WriteResult
+from firmware_bridge import wristband
+from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
+
+# -- key rotation --------------------------------------------------------------------------------------
+
+Column = InstrumentedAttribute[Any]
+
+
+def sealed_columns() -> tuple[tuple[str, Column, Column], ...]:
+    """Every sealed column: (name, primary key, sealed column). Add a new ``*_enc`` column here.
+
+    Imported on call: the loop and notify models import much of the cloud, and the minimiser below is
+    imported by the app state at start.
+    """
+    from cloud.db.models import Device
+    from cloud.loop.models import Incident
+    from cloud.notify.models import Contact
+
+    return (
+        ("devices.private_enc", Device.device_id, Device.private_enc),
+        ("notify_contacts.private_enc", Contact.user_id, Contact.private_enc),
+        ("loop_incidents.reporter_contact_enc", Incident.id, Incident.reporter_contact_enc),
+    )
+
+
+@dataclass
+class ResealReport:
+    """What one :func:`reseal` pass did, per sealed column."""
+
+    resealed: dict[str, int] = field(default_factory=dict)
+    already: dict[str, int] = field(default_factory=dict)
+    changed_meanwhile: int = 0  # tokens the service re-wrote between our read and our update (left alone)
+
+    @property
+    def total(self) -> int:
+        return sum(self.resealed.values())
+
+
+def census(db: Database, ring: KeyRing) -> dict[str, int]:
+    """How many sealed values each key of ``ring`` opens (by key id; ``unreadable`` for none)."""
+    box = SecretBox(ring)
+    ids = [key_id(k) for k in ring.fernet_keys]
+    out = dict.fromkeys(ids, 0)
+    for _name, pk, col in sealed_columns():
+        last: object = None
+        while True:
+            rows = _page(db, pk, col, last, 2000)
+            if not rows:
+                break
+            for _, tok in rows:
+                i = box.sealed_with(tok)
+                k = "unreadable" if i is None else ids[i]
+                out[k] = out.get(k, 0) + 1
+            last = rows[-1][0]
+    return out
+
+
+def _page(db: Database, pk: Column, col: Column, after: object, n: int) -> list[tuple[object, str]]:
+    q = select(pk, col).where(col.is_not(None), col != "").order_by(pk).limit(n)
+    if after is not None:
+        q = q.where(pk > after)
+    with db.read() as s:
+        return [(r[0], str(r[1])) for r in s.execute(q).all()]
+
+
+def reseal(
+    db: Database,
+    ring: KeyRing,
+    *,
+    batch: int = 500,
+    after_batch: Callable[[str, int], None] | None = None,
+) -> ResealReport:
+    """Re-seal under ``ring``'s primary every value another of its keys opens (resumable; see the module doc).
+
+    ``after_batch(column, rows_resealed)`` is called after each committed batch (progress output; tests
+    use it to interrupt a rotation half-way).
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    box = SecretBox(ring)
+    report = ResealReport()
+    for name, pk, col in sealed_columns():
+        report.resealed[name] = report.already[name] = 0
+        table = pk.class_.__table__
+        last: object = None
+        while True:
+            rows = _page(db, pk, col, last, batch)
+            if not rows:
+                break
+            last = rows[-1][0]
+            todo = [(k, tok, box.reseal(tok)) for k, tok in rows if box.sealed_with(tok) != 0]
+            report.already[name] += len(rows) - len(todo)
+            if not todo:
+                continue
+            done = 0
+            with db.write() as s:
+                for k, old, new in todo:
+                    res = s.execute(
+                        update(table).where(pk == k, col == old).values({col.key: new}),
+                        execution_options={"synchronize_session": False},
+                    )
+                    done += res.rowcount  # type: ignore[attr-defined]
+            report.resealed[name] += done
+            report.changed_meanwhile += len(todo) - done
+            if after_batch is not None:
+                after_batch(name, done)
+    return report
+
+
+def add_next_key(path: Path) -> KeyRing:
+    """Add a new key that opens but does not seal yet (``next``); refuse if one is already waiting."""
+    ring = load_or_create_key(path)
+    if any(e.role == "next" for e in ring.entries):
+        nxt = next(e for e in ring.entries if e.role == "next")
+        raise ConflictError(
+            f"key {key_id(nxt.key)} is already waiting as next: run `vigil cloud key rotate` first"
+        )
+    return write_key_file(path, (*with_hmac_root(ring), KeyEntry("next", Fernet.generate_key())))
+
+
+def promote_next_key(path: Path) -> tuple[KeyRing, str, str]:
+    """The ``next`` key becomes primary, the primary becomes ``old``; returns (ring, old id, new id)."""
+    ring = load_or_create_key(path)
+    if not any(e.role == "next" for e in ring.entries):
+        raise ConflictError(
+            "no next key to rotate to: run `vigil cloud key add`, copy the key file to every cloud host and "
+            "restart them first (a process without the new key could not read what it seals)"
+        )
+    old, new = ring.primary, next(e.key for e in ring.entries if e.role == "next")
+    entries = []
+    for e in with_hmac_root(ring):
+        role = {"primary": "old", "next": "primary"}.get(e.role, e.role)
+        entries.append(KeyEntry(role, e.key))
+    # primary first, so a reader of the file sees the sealing key on top
+    entries.sort(key=lambda e: ("primary", "next", "old", "hmac").index(e.role))
+    return write_key_file(path, tuple(entries)), key_id(old), key_id(new)
+
+
+def retire_old_keys(db: Database, path: Path) -> tuple[KeyRing, list[str]]:
+    """Drop every ``old`` key from the file, refusing while a sealed value opens only with one of them."""
+    ring = load_or_create_key(path)
+    olds = [e.key for e in ring.entries if e.role == "old"]
+    if not olds:
+        return ring, []
+    counts = census(db, ring)
+    blocking = {
+        k: n for k, n in counts.items() if n and (k == "unreadable" or k in {key_id(o) for o in olds})
+    }
+    if blocking:
+        raise ConflictError(
+            "old key still needed: "
+            + ", ".join(f"{n} value(s) sealed under {k}" for k, n in sorted(blocking.items()))
+            + "; run `vigil cloud key reseal` (after every host runs with the current key file) and retry"
+        )
+    kept = tuple(e for e in ring.entries if e.role != "old")
+    return write_key_file(path, kept), [key_id(o) for o in olds]
+
+
+def audit_key_action(db: Database, *, actor: str, action: str, target: str, **detail: object) -> None:
+    """An administrative action on the key file, in ``loop_audit`` (key ids only, never a key)."""
+    from cloud.loop.config import audit
+
+    with db.write() as s:
+        audit(s, actor=actor, role="admin", action=action, target=target, now=time.time(), **detail)
+
+
+# -- minimising wristband readings ----------------------------------------------------------------------
+
+_NAMES = [c.name for c in wristband.CHANNELS]
+_LAT, _LON = _NAMES.index("lat"), _NAMES.index("lon")
+_FLAG_BIT = {f.name: f.bit for f in wristband.FLAGS}
+#: readings that keep the exact fix: the band sends one at once on SOS and on a fall
+EXACT_FIX_FLAGS = (1 << _FLAG_BIT["sos"]) | (1 << _FLAG_BIT["fall"])
+
+
+def minimise(batch: ReadingBatch) -> ReadingBatch:
+    """A wristband batch with its GPS fixes on the ~100 m grid, except SOS / fall readings; others as is."""
+    if batch.kind is not DeviceKind.WRISTBAND or len(batch) == 0:
+        return batch
+    keep = (batch.flags & EXACT_FIX_FLAGS) != 0
+    values = batch.values.copy()
+    pos = values[:, (_LAT, _LON)]
+    coarse = np.round(pos, COARSE_DECIMALS)
+    values[:, (_LAT, _LON)] = np.where(keep[:, None], pos, coarse)
+    return replace(batch, values=values)
+
+
+class MinimisingStore:
+    """A :class:`~cloud.timeseries.TimeSeriesStore` that writes :func:`minimise` d batches to ``inner``."""
+
+    def __init__(self, inner: TimeSeriesStore) -> None:
+        self.inner = inner
+
+    def write(self, batch: ReadingBatch) -> WriteResult:
+        return self.inner.write(minimise(batch))
+
+    def query(
+        self,
+        device_id: str,
+        kind: DeviceKind,
+        start: float,
+        end: float,
+        *,
+        channels: Sequence[str] | None = None,
+        max_points: int = 1000,
+    ) -> Series:
+        return self.inner.query(device_id, kind, start, end, channels=channels, max_points=max_points)
+
+    def latest(self, device_ids: Sequence[str]) -> dict[str, float]:
+        return self.inner.latest(device_ids)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+__all__ = [
+    "MinimisingStore",
+    "ResealReport",
+    "add_next_key",
+    "census",
+    "minimise",
+    "promote_next_key",
+    "reseal",
+    "retire_old_keys",
+    "sealed_columns",
+]
