@@ -272,6 +272,49 @@ class Credentials:
         raise AuthenticationError("malformed token")
 
 
+class GatewayCertificateError(PermissionDeniedError):
+    """403: a gateway token arrived without that gateway's own client certificate (docs/mtls.md).
+
+    ``reason`` is ``certificate_mismatch`` (a certificate of another gateway, or of no gateway) or
+    ``certificate_required`` (none, where binding is required); it is in the body, the audit log and
+    ``vigil_cloud_gateway_certificate_refusals_total{reason}``.
+    """
+
+    def __init__(self, detail: str, *, reason: str, gateway_id: str, subject: str | None) -> None:
+        super().__init__(detail)
+        self.reason, self.gateway_id, self.subject = reason, gateway_id, subject
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "reason": self.reason}
+
+
+def check_gateway_certificate(
+    principal: Principal, cert_gateway_id: str | None, subject: str | None, *, required: bool
+) -> None:
+    """A gateway's token must come with its own certificate: the certificate's gateway id (its CN) must be
+    the token's. ``subject`` is ``None`` when no certificate was presented, which only ``required``
+    refuses. Users' tokens are not bound to certificates (a console in a browser has none)."""
+    if not principal.is_gateway:
+        return
+    gw = principal.name
+    if subject is None:
+        if required:
+            raise GatewayCertificateError(
+                f"gateway {gw!r} must present its client certificate (CN={gw}) with its token",
+                reason="certificate_required",
+                gateway_id=gw,
+                subject=None,
+            )
+        return
+    if cert_gateway_id != gw:
+        raise GatewayCertificateError(
+            f"the client certificate ({subject}) is not gateway {gw!r}'s: its CN must be the gateway id",
+            reason="certificate_mismatch",
+            gateway_id=gw,
+            subject=subject,
+        )
+
+
 def require(principal: Principal, *roles: Role) -> None:
     if principal.role not in roles:
         raise PermissionDeniedError(

@@ -163,13 +163,15 @@ def server_config(app: Any, *, host: str, port: int, metrics: GuardMetrics, **kw
     """A ``uvicorn.Config`` for ``app`` with the connection guard and bounded uvicorn limits."""
     import uvicorn
 
+    from cloud.tls import peer_identity_protocol
+
     limits = kw.pop("limits", None) or ConnectionLimits.from_env()
     guard = ConnectionGuard(limits, metrics)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=guarded_protocol(guard),
+        http=peer_identity_protocol(guarded_protocol(guard)),  # the peer and its certificate: cloud/tls.py
         log_config=None,
         access_log=False,
         timeout_keep_alive=5,

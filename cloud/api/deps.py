@@ -1,17 +1,38 @@
-"""Request dependencies: the app state and the authenticated caller."""
+"""Request dependencies: the app state and the authenticated caller.
+
+A gateway's token is bound to its client certificate (docs/mtls.md): :data:`bearer` reads, besides the
+token, what the connection says about the client certificate (the cloud's own TLS handshake, or a trusted
+proxy's headers; :func:`cloud.tls.request_certificate`), and :func:`get_principal` refuses a gateway token
+that comes with another gateway's certificate, or with none where one is required (403, audited as
+``auth.gateway_certificate_refused``, counted in ``vigil_cloud_gateway_certificate_refusals_total``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+import weakref
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.state import CloudState
-from cloud.auth import USER_ROLES, Principal, Role, require
-from cloud.errors import AuthenticationError
+from cloud.auth import (
+    USER_ROLES,
+    GatewayCertificateError,
+    Principal,
+    Role,
+    check_gateway_certificate,
+    require,
+)
+from cloud.errors import AuthenticationError, CloudError
+from cloud.tls import ConnectionCertificate, GatewayBinding, request_certificate
+
+log = logging.getLogger(__name__)
 
 
 class ErrorOut(BaseModel):
@@ -41,7 +62,36 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"content": _ERROR_BODY, "description": "storage unavailable; retry later"},
 }
 
-bearer = HTTPBearer(auto_error=False, description="`vgw_...` gateway token or `vus_...` user token")
+
+class ConnectionCredentials(HTTPAuthorizationCredentials):
+    """The bearer token and what the connection says about the client certificate."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    certificate: ConnectionCertificate = ConnectionCertificate(None, required=False)
+
+
+class CertificateBearer(HTTPBearer):
+    """``Authorization: Bearer`` plus the connection's client certificate (:class:`ConnectionCredentials`).
+
+    The binding settings (:class:`~cloud.tls.GatewayBinding`, from the environment; ``vigil cloud``
+    validates them at start through :func:`cloud.tls.uvicorn_tls_options`) are read once per app.
+    """
+
+    async def __call__(self, request: Request) -> ConnectionCredentials | None:  # type: ignore[override]
+        creds = await super().__call__(request)
+        if creds is None:
+            return None
+        binding: GatewayBinding | None = getattr(request.app.state, "vigil_gateway_binding", None)
+        if binding is None:
+            binding = GatewayBinding.from_env()
+            request.app.state.vigil_gateway_binding = binding
+        client_ca = get_state(request).settings.tls_client_ca is not None
+        cert = request_certificate(request.scope, request.headers, binding, client_ca=client_ca)
+        return ConnectionCredentials(scheme=creds.scheme, credentials=creds.credentials, certificate=cert)
+
+
+bearer = CertificateBearer(auto_error=False, description="`vgw_...` gateway token or `vus_...` user token")
 
 
 def get_state(request: Request) -> CloudState:
@@ -57,9 +107,82 @@ async def get_principal(
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise AuthenticationError("missing bearer token (Authorization: Bearer <token>)")
-    return await asyncio.to_thread(
+    principal = await asyncio.to_thread(
         state.credentials.principal_for_token, creds.credentials, now=state.clock.now()
     )
+    if principal.is_gateway:
+        cert = creds.certificate if isinstance(creds, ConnectionCredentials) else None
+        identity = cert.identity if cert is not None else None
+        try:
+            check_gateway_certificate(
+                principal,
+                identity.gateway_id if identity is not None else None,
+                identity.subject if identity is not None else None,
+                required=cert.required if cert is not None else False,
+            )
+        except GatewayCertificateError as exc:
+            await _refused(state, exc, identity.source if identity is not None else None)
+            raise
+    return principal
+
+
+#: one counter per app registry (several apps share a process in tests)
+_REFUSALS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+#: (gateway, reason, subject) -> when last audited; a gateway retrying a refused batch is audited once a
+#: minute per process, not on every attempt
+_AUDITED: dict[tuple[str, str, str], float] = {}
+_AUDIT_EVERY_S = 60.0
+_AUDIT_KEYS = 10_000
+
+
+async def _refused(state: CloudState, exc: GatewayCertificateError, source: str | None) -> None:
+    registry = state.metrics.registry
+    counter = _REFUSALS.get(registry)
+    if counter is None:
+        counter = Counter(
+            "vigil_cloud_gateway_certificate_refusals_total",
+            "Gateway tokens refused because the client certificate is another's or missing (docs/mtls.md)",
+            ["reason"],
+            registry=registry,
+        )
+        _REFUSALS[registry] = counter
+    counter.labels(exc.reason).inc()
+    log.warning(
+        "网关令牌与客户端证书不符，已拒绝 / gateway token refused: %s (gateway %s, certificate %s, via %s)",
+        exc.reason,
+        exc.gateway_id,
+        exc.subject,
+        source,
+    )
+    key = (exc.gateway_id, exc.reason, exc.subject or "")
+    mono = time.monotonic()
+    if mono - _AUDITED.get(key, -_AUDIT_EVERY_S) < _AUDIT_EVERY_S:
+        return
+    _AUDITED.pop(key, None)
+    _AUDITED[key] = mono
+    while len(_AUDITED) > _AUDIT_KEYS:
+        del _AUDITED[next(iter(_AUDITED))]
+    try:
+        await asyncio.to_thread(_audit, state, exc, source)
+    except CloudError as audit_exc:  # the refusal stands even when the audit log cannot be written
+        log.error("cannot audit the refused gateway token of %s: %s", exc.gateway_id, audit_exc)
+
+
+def _audit(state: CloudState, exc: GatewayCertificateError, source: str | None) -> None:
+    from cloud.loop.config import audit
+
+    with state.db.write() as s:
+        audit(
+            s,
+            actor=exc.gateway_id[:64],
+            role=Role.GATEWAY.value,
+            action="auth.gateway_certificate_refused",
+            target=f"gateway:{exc.gateway_id}"[:128],
+            now=state.clock.now(),
+            reason=exc.reason,
+            certificate=exc.subject,
+            via=source,
+        )
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

@@ -110,13 +110,18 @@ def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def _leaf(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, cn: str, *, server: bool
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    cn: str,
+    *,
+    server: bool,
+    subject: x509.Name | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     b = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
+        .subject_name(subject or _name(cn))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -148,8 +153,10 @@ def _leaf(
 
 
 def make_pki(d: Path) -> Pki:
-    """A CA, a server certificate for localhost / 127.0.0.1 and a client certificate, as PEM files."""
+    """A CA, a server certificate for localhost / 127.0.0.1 and a client certificate (CN ``gw-tls``, the
+    gateway :func:`running_cloud` provisions), as PEM files; the CA's key too, for :func:`issue_client`."""
     ca_key, ca_cert = _ca("Vigil test CA")
+    _write_key(d / "ca.key", ca_key)
     s_key, s_cert = _leaf(ca_key, ca_cert, "localhost", server=True)
     c_key, c_cert = _leaf(ca_key, ca_cert, "gw-tls", server=False)
     _, other = _ca("Some other CA")
@@ -168,6 +175,19 @@ def make_pki(d: Path) -> Pki:
         d / "client.key",
         d / "other-ca.pem",
     )
+
+
+def issue_client(pki: Pki, name: str, *, subject: x509.Name | None = None) -> tuple[Path, Path]:
+    """A further client certificate from the test CA (subject ``CN=<name>`` unless given), as PEM files
+    ``<name>.pem`` / ``<name>.key`` beside the CA; what docs/mtls.md's openssl commands make."""
+    ca_key = serialization.load_pem_private_key((pki.directory / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    key, cert = _leaf(ca_key, ca_cert, name, server=False, subject=subject)
+    cert_path, key_path = pki.directory / f"{name}.pem", pki.directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +222,16 @@ def _wait_https(port: int, proc: subprocess.Popen[bytes], ctx: ssl.SSLContext | 
 
 
 @contextlib.contextmanager
-def running_cloud(tmp: Path, pki: Pki, *, client_ca: Path | None = None, tls: bool = True) -> Iterator[Cloud]:
-    """`vigil cloud` as a subprocess on a free port, with gateway ``gw-tls`` and its device provisioned."""
+def running_cloud(
+    tmp: Path,
+    pki: Pki,
+    *,
+    client_ca: Path | None = None,
+    tls: bool = True,
+    env: dict[str, str] | None = None,
+) -> Iterator[Cloud]:
+    """`vigil cloud` as a subprocess on a free port, with gateway ``gw-tls`` and its device provisioned;
+    ``env`` adds settings (``VIGIL_CLOUD_*``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     db_path = tmp / "vigil.db"
     url = f"sqlite:///{db_path}"
@@ -219,24 +247,25 @@ def running_cloud(tmp: Path, pki: Pki, *, client_ca: Path | None = None, tls: bo
     finally:
         db.close()
     port = free_port()
-    env = {
+    env_all = {
         **os.environ,
         "VIGIL_CLOUD_DATABASE_URL": url,
         "VIGIL_CLOUD_TIMESERIES_URL": f"sqlite:///{tmp / 'ts.db'}",
         "VIGIL_CLOUD_SECRET_KEY_FILE": str(key_file),
         "VIGIL_CLOUD_CONNECTIVITY_CHECK_S": "0",
+        **(env or {}),
     }
     if tls:
-        env["VIGIL_CLOUD_TLS_CERT"] = str(pki.server_cert)
-        env["VIGIL_CLOUD_TLS_KEY"] = str(pki.server_key)
+        env_all["VIGIL_CLOUD_TLS_CERT"] = str(pki.server_cert)
+        env_all["VIGIL_CLOUD_TLS_KEY"] = str(pki.server_key)
     if client_ca is not None:
-        env["VIGIL_CLOUD_TLS_CLIENT_CA"] = str(client_ca)
+        env_all["VIGIL_CLOUD_TLS_CLIENT_CA"] = str(client_ca)
     log = tmp / "cloud.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", _MAIN, "cloud", "--port", str(port)],
             cwd=ROOT,
-            env=env,
+            env=env_all,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
