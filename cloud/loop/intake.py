@@ -22,6 +22,7 @@ from alerts.loop.incidents import (
     TIER,
     Context,
     GroupRule,
+    InhibitRule,
     Signal,
     Silence,
     Source,
@@ -35,41 +36,92 @@ from alerts.loop.incidents import matcher_from_dict as _matcher
 from alerts.loop.rosters import pick
 from alerts.loop.routing import Receiver, route
 from alerts.loop.sla import urgency_for
-from alerts.loop.stages import Action, Command, apply, new_order
+from alerts.loop.stages import Action, Command, WorkOrder, apply, new_order
 from cloud.db import Device
 from cloud.loop import rows
 from cloud.loop.config import LoopConfig
 from cloud.loop.models import AlertLink, Incident, SilenceRow
-from firmware_bridge.kernel.events import Severity
+from firmware_bridge.kernel.events import LIFE_SAFETY, EventType, Severity
 from firmware_bridge.kernel.locale import display_zone, event_label, kind_label
 from firmware_bridge.kernel.records import DeviceKind
 
 SYSTEM = "system"
+#: a person's life at stake now: taken first in a backlog
+DANGER_NOW: frozenset[str] = frozenset(
+    e.value
+    for e in (
+        EventType.FIRE,
+        EventType.CO,
+        EventType.GAS_COMBUSTIBLE,
+        EventType.GAS_TOXIC,
+        EventType.FALL,
+        EventType.SOS,
+    )
+)
+#: the kernel's other life-safety events (an open cover: a hole someone can fall into): taken next
+LIFE_SAFETY_OTHER: frozenset[str] = frozenset(e.value for e in LIFE_SAFETY) - DANGER_NOW
+TIERS = 3
+
+
+def priority(event: str) -> int:
+    """0: danger to a person now; 1: the other life-safety events; 2: the rest. A backlog is taken lowest
+    first: by the intake queue, inside each transaction (so a fire is dispatched first, while responders
+    are free) and by the reconcile pass."""
+    return 0 if event in DANGER_NOW else 1 if event in LIFE_SAFETY_OTHER else 2
+
+
+def step_priority(step: AlertEvent) -> int:
+    return priority(str(getattr(step.event_type, "value", step.event_type)))
 
 
 def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float) -> list[int | None]:
-    """Handle a batch in order; each signal sees the effects of the ones before it (``Batch``)."""
+    """Handle a batch in order, set-based: each signal sees the effects of the ones before it.
+
+    Three passes, so the statements do not grow with the signals (docs/loop.md, "Alarm storms"):
+
+    1. decide every signal in memory against what a few queries loaded up front (the alert links, the
+       groups' open incidents and the incidents those point to, locked in one global order on PostgreSQL);
+       incidents this batch opens are placeholders (negative ids) that later signals can attach to;
+    2. build the new incidents' rows (routing) and insert them in one flush, which gives their ids;
+    3. apply in signal order: links, attachments, timeline rows, dispatch, escalation, timers, intents,
+       all written by the commit's one flush (batched inserts, not one round trip per row).
+    """
     batch = batch_context(s, cfg, now)
-    keys = set()
+    prepared: list[_Prepared] = []
     for sig in signals:
-        labels = sig.labels(grade(sig))
-        keys.add(group_key(rule_for(cfg.grouping, labels), labels))
-    if s.get_bind().dialect.name == "postgresql":
-        # take every group's lock up front, in one global order: two workers with overlapping storms
-        # wait for each other instead of deadlocking
-        for key in sorted(keys):
-            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
-            batch.locked.add(key)
-    _prefetch(s, batch, [sig.alert_id for sig in signals], sorted(keys))
-    return [take(s, cfg, sig, now, batch) for sig in signals]
+        g = grade(sig)
+        labels = sig.labels(g)
+        rule = rule_for(cfg.grouping, labels)
+        prepared.append((sig, g, labels, rule, group_key(rule, labels)))
+    keys = sorted({p[4] for p in prepared})
+    if batch.lock:
+        # take every group's lock up front, in one statement and one global order (of the lock ids): two
+        # workers with overlapping storms wait for each other instead of deadlocking
+        s.execute(_GROUP_LOCKS, {"keys": keys})
+    _prefetch(s, batch, [sig.alert_id for sig in signals], keys)
+    ops = [_decide(s, cfg, p, batch, now) for p in prepared]
+    fresh = _insert_new(s, cfg, ops, now)
+    out: list[int | None] = []
+    for op in ops:
+        _apply(s, cfg, op, batch, fresh, now)
+        ref = op.target
+        out.append(fresh[ref].id if ref is not None and ref < 0 else ref)
+    return out
 
 
 _CHUNK = 500  # ids per IN (...) list
+_GROUP_LOCKS = text(
+    "SELECT count(pg_advisory_xact_lock(h)) FROM"
+    " (SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS ordered"
+)
+#: a signal with what pass 1 computes from it alone: grade, labels, grouping rule, group key
+_Prepared = tuple[Signal, Severity, dict[str, str], GroupRule, str]
 
 
 def _prefetch(s: Session, batch: Batch, alert_ids: Sequence[str], keys: Sequence[str]) -> None:
-    """Load the batch's alert links and its groups' open incidents in a few queries, not one per signal
-    (after the group locks, so what is read is what the locks protect)."""
+    """Load the batch's alert links, its groups' open incidents and the incidents those links belong to
+    in a few queries, not one per signal (after the group locks, so what is read is what the locks
+    protect; the incidents are locked in id order on PostgreSQL: no deadlock between two workers)."""
     ids = sorted(set(alert_ids))
     with s.no_autoflush:
         for i in range(0, len(ids), _CHUNK):
@@ -86,6 +138,15 @@ def _prefetch(s: Session, batch: Batch, alert_ids: Sequence[str], keys: Sequence
             ):
                 batch.open_by_key.setdefault(str(key), int(first))
             batch.keys_known.update(chunk)
+        ids_needed = sorted(
+            {lk.incident_id for lk in batch.links.values() if lk.incident_id is not None}
+            | set(batch.open_by_key.values())
+        )
+        for i in range(0, len(ids_needed), _CHUNK):
+            q = select(Incident).where(Incident.id.in_(ids_needed[i : i + _CHUNK])).order_by(Incident.id)
+            if batch.lock:
+                q = q.with_for_update()
+            batch.incidents.update((r.id, r) for r in s.scalars(q))
 
 
 def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> list[Signal]:
@@ -134,12 +195,18 @@ class Batch:
     silences: list[Silence]
     active: dict[str, dict[str, str]]  # alert id -> labels, for events that inhibit others
     source_events: frozenset[str]
+    inhibit: Sequence[InhibitRule] = ()
+    lock: bool = False  # PostgreSQL: incidents are read FOR UPDATE
     # what this transaction already knows, so a storm's signals need no flush and no re-query each
     links: dict[str, AlertLink] = field(default_factory=dict)  # alert id -> its link (pending or stored)
     open_by_key: dict[str, int] = field(default_factory=dict)  # group key -> open incident id
-    locked: set[str] = field(default_factory=set)  # group keys / incident ids locked in this transaction
     links_known: set[str] = field(default_factory=set)  # alert ids whose link (or its absence) is loaded
     keys_known: set[str] = field(default_factory=set)  # group keys whose open incident (or none) is loaded
+    incidents: dict[int, Incident] = field(default_factory=dict)  # loaded (and locked) incidents by id
+    placeholder: dict[str, int] = field(default_factory=dict)  # alert id -> incident it joined in this batch
+    opened: list[str] = field(
+        default_factory=list
+    )  # group keys of the incidents this batch opens (-1, -2...)
 
     def note(self, sig: Signal, labels: dict[str, str]) -> None:
         if sig.event in self.source_events:
@@ -165,69 +232,114 @@ def batch_context(s: Session, cfg: LoopConfig, now: float) -> Batch:
             select(SilenceRow).where(SilenceRow.ends_at > now, SilenceRow.expired_early_at.is_(None))
         )
     ]
-    return Batch(silences, active, source_events)
+    return Batch(
+        silences, active, source_events, cfg.grouping.inhibit, s.get_bind().dialect.name == "postgresql"
+    )
 
 
 def _context(
-    s: Session, sig: Signal, link: AlertLink | None, key: str, rule: GroupRule, batch: Batch, now: float
+    s: Session, sig: Signal, labels: dict[str, str], key: str, rule: GroupRule, batch: Batch, now: float
 ) -> Context:
-    if link is not None and link.incident_id is not None:
-        return Context(linked_incident=link.incident_id, now=now)
     if key in batch.open_by_key:
         open_id: int | None = batch.open_by_key[key]
     elif key in batch.keys_known:
         open_id = None
     else:
-        open_id = s.scalar(
-            select(Incident.id)
-            .where(Incident.group_key == key, Incident.is_open.is_(True))
-            .order_by(Incident.id)
-        )
+        with s.no_autoflush:
+            open_id = s.scalar(
+                select(Incident.id)
+                .where(Incident.group_key == key, Incident.is_open.is_(True))
+                .order_by(Incident.id)
+            )
+        if open_id is not None:
+            _incident(s, batch, open_id)
     recent = 0
     if rule.min_count > 1:
-        recent = int(
-            s.scalar(
-                select(func.count())
-                .select_from(AlertLink)
-                .where(
-                    AlertLink.group_key == key,
-                    AlertLink.first_seen >= sig.time - rule.window_s,
-                    AlertLink.alert_id != sig.alert_id,
+        with s.no_autoflush:
+            recent = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(AlertLink)
+                    .where(
+                        AlertLink.group_key == key,
+                        AlertLink.first_seen >= sig.time - rule.window_s,
+                        AlertLink.alert_id != sig.alert_id,
+                    )
                 )
+                or 0
             )
-            or 0
-        )
+    # only a signal some inhibition rule targets looks at the active alerts: in a storm thousands of
+    # open covers are active, and copying them for every signal made a batch quadratic
+    inhibitable = any(r.target.matches(labels) for r in batch.inhibit)
     return Context(
         open_incident=open_id,
         recent_in_group=recent,
-        active=[lab for a, lab in batch.active.items() if a != sig.alert_id],
+        active=[lab for a, lab in batch.active.items() if a != sig.alert_id] if inhibitable else (),
         silences=batch.silences,
         now=now,
     )
 
 
-def take(s: Session, cfg: LoopConfig, sig: Signal, now: float, batch: Batch | None = None) -> int | None:
-    """Handle one signal; returns the incident it belongs to (or ``None``). Idempotent per (alert, phase).
+def _incident(s: Session, batch: Batch, incident_id: int) -> Incident | None:
+    """An incident outside the prefetch (rare: a group opened by another process meanwhile), locked."""
+    row = batch.incidents.get(incident_id)
+    if row is None:
+        with s.no_autoflush:
+            row = s.get(Incident, incident_id, with_for_update=True if batch.lock else None)
+        if row is not None:
+            batch.incidents[incident_id] = row
+    return row
 
-    Lookups run without autoflush and consult ``batch`` first (links and open incidents this transaction
-    already made), so a batch of hundreds of signals is flushed once, at commit.
-    """
-    batch = batch or batch_context(s, cfg, now)
-    postgres = s.get_bind().dialect.name == "postgresql"
-    with s.no_autoflush:
-        link = batch.links.get(sig.alert_id)
-        if link is None and sig.alert_id not in batch.links_known:
+
+@dataclass
+class _Op:
+    """One signal's decision (pass 1), applied in pass 3. ``target`` is an incident id, or a placeholder
+    (< 0) for an incident this batch opens; ``new_link`` says whether the alert joined it just now."""
+
+    sig: Signal
+    grade: Severity
+    labels: dict[str, str]
+    rule: GroupRule
+    key: str
+    link: AlertLink
+    verdict: Verdict | None = None  # None: this phase of the alert was handled before (a replay)
+    reason: str = ""
+    target: int | None = None
+    new_link: bool = False
+    pending: list[AlertLink] = field(default_factory=list)  # min_count: links that join what it opens
+    row: Incident | None = None  # pass 2: the row of the incident it opens, its work order and policy
+    order: WorkOrder | None = None
+    policy: str = ""
+
+
+def _ref(batch: Batch, link: AlertLink | None) -> int | None:
+    """The incident an alert belongs to: stored, or a placeholder of this batch."""
+    if link is None:
+        return None
+    if link.incident_id is not None:
+        return link.incident_id
+    return batch.placeholder.get(link.alert_id)
+
+
+def _decide(
+    s: Session,
+    cfg: LoopConfig,
+    p: _Prepared,
+    batch: Batch,
+    now: float,
+) -> _Op:
+    sig, g, labels, rule, key = p
+    link = batch.links.get(sig.alert_id)
+    if link is None and sig.alert_id not in batch.links_known:
+        with s.no_autoflush:
             link = s.get(AlertLink, sig.alert_id)
-        if link is not None and link.phase == sig.phase and sig.phase != "updated":
-            return link.incident_id
-        g = grade(sig)
-        labels = sig.labels(g)
-        rule = rule_for(cfg.grouping, labels)
-        key = group_key(rule, labels)
-        if postgres and key not in batch.locked:  # two processes must not open the same group twice
-            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
-            batch.locked.add(key)
-        ctx = _context(s, sig, link, key, rule, batch, now)
+    if link is not None and link.phase == sig.phase and sig.phase != "updated":
+        return _Op(sig, g, labels, rule, key, link, target=_ref(batch, link))
+    linked = _ref(batch, link)
+    if linked is not None:
+        ctx = Context(linked_incident=linked, now=now)
+    else:
+        ctx = _context(s, sig, labels, key, rule, batch, now)
     d = decide(sig, cfg.grouping, ctx)
     batch.note(sig, labels)
     active = sig.phase != "cleared"
@@ -248,46 +360,75 @@ def take(s: Session, cfg: LoopConfig, sig: Signal, now: float, batch: Batch | No
         batch.links[sig.alert_id] = link
     else:
         link.phase, link.active, link.updated_at = sig.phase, active, now
-    incident: Incident | None = None
+    op = _Op(sig, g, labels, rule, key, link, d.verdict, d.reason[:300])
     if d.verdict is Verdict.ATTACH and d.incident_id is not None:
-        lock = postgres and f"incident:{d.incident_id}" not in batch.locked
-        with s.no_autoflush:
-            incident = s.get(Incident, d.incident_id, with_for_update=lock)
-        batch.locked.add(f"incident:{d.incident_id}")
-        if incident is not None:
-            _attach(s, incident, link, sig, now, cfg)
-            if incident.is_open and incident.group_key == key:
-                batch.open_by_key[key] = incident.id
+        op.target, op.new_link = d.incident_id, linked is None
+        if linked is None:
+            batch.placeholder[sig.alert_id] = d.incident_id
+        row = _incident(s, batch, d.incident_id) if d.incident_id > 0 else None
+        joined_key = batch.opened[-d.incident_id - 1] if d.incident_id < 0 else row.group_key if row else None
+        if joined_key == key and (d.incident_id < 0 or (row is not None and row.is_open)):
+            batch.open_by_key[key] = d.incident_id
     elif d.verdict is Verdict.OPEN:
-        incident = open_incident(s, cfg, sig, g, key, d.rule, now)
-        batch.open_by_key[key] = incident.id
-        batch.locked.add(f"incident:{incident.id}")
-        link.incident_id = incident.id
-        link.verdict = Verdict.OPEN.value
-        incident.alert_count, incident.alerts_open = 1, 1 if active else 0
-        # alerts of the group that were waiting for min_count join it now
-        pending = (
-            s.scalars(
-                select(AlertLink).where(
-                    AlertLink.group_key == key, AlertLink.verdict == Verdict.PENDING.value
+        batch.opened.append(key)
+        op.target = -len(batch.opened)
+        batch.open_by_key[key] = op.target
+        batch.placeholder[sig.alert_id] = op.target
+        if rule.min_count > 1:  # alerts of the group that were waiting for min_count join it now
+            with s.no_autoflush:
+                op.pending = list(
+                    s.scalars(
+                        select(AlertLink).where(
+                            AlertLink.group_key == key, AlertLink.verdict == Verdict.PENDING.value
+                        )
+                    )
                 )
-            )
-            if rule.min_count > 1
-            else ()
-        )
-        for pend in pending:
-            pend.incident_id, pend.verdict = incident.id, Verdict.ATTACH.value
-            incident.alert_count += 1
-            incident.alerts_open += 1 if pend.active else 0
+    return op
+
+
+def _insert_new(s: Session, cfg: LoopConfig, ops: Sequence[_Op], now: float) -> dict[int, Incident]:
+    """Pass 2: the rows of the incidents this batch opens, routed, inserted in one flush (their ids)."""
+    fresh: dict[int, Incident] = {}
+    for op in ops:
+        if op.verdict is Verdict.OPEN and op.target is not None:
+            op.row, op.order, op.policy = new_row(cfg, op.sig, op.grade, op.key, op.rule.name, now)
+            fresh[op.target] = op.row
+    if fresh:
+        s.add_all(fresh.values())
+        s.flush()
+    return fresh
+
+
+def _apply(
+    s: Session, cfg: LoopConfig, op: _Op, batch: Batch, fresh: dict[int, Incident], now: float
+) -> None:
+    """Pass 3: one decision's effects, in signal order."""
+    if op.verdict is None:
+        return
+    link, sig = op.link, op.sig
+    target = op.target
+    row: Incident | None = None
+    if target is not None:
+        row = fresh[target] if target < 0 else batch.incidents.get(target)
+    if op.verdict is Verdict.OPEN and row is not None and op.order is not None:
+        link.incident_id, link.verdict = row.id, Verdict.OPEN.value
+        started(s, cfg, row, op.order, op.policy, sig, op.grade, op.rule.name, now)
+        row.alert_count, row.alerts_open = 1, 1 if sig.phase != "cleared" else 0
+        for pend in op.pending:
+            pend.incident_id, pend.verdict = row.id, Verdict.ATTACH.value
+            row.alert_count += 1
+            row.alerts_open += 1 if pend.active else 0
+    elif op.verdict is Verdict.ATTACH:
+        if row is not None:
+            if op.new_link:
+                link.incident_id, link.verdict = row.id, Verdict.ATTACH.value
+            _attach(s, row, op.new_link, sig, now)
     else:
-        link.verdict, link.reason = d.verdict.value, d.reason[:300]
-    return incident.id if incident is not None else None
+        link.verdict, link.reason = op.verdict.value, op.reason
 
 
-def _attach(s: Session, row: Incident, link: AlertLink, sig: Signal, now: float, cfg: LoopConfig) -> None:
-    new_link = link.incident_id is None
+def _attach(s: Session, row: Incident, new_link: bool, sig: Signal, now: float) -> None:
     if new_link:
-        link.incident_id, link.verdict = row.id, Verdict.ATTACH.value
         row.alert_count += 1
         row.alerts_open += 1 if sig.phase != "cleared" else 0
         rows.add_event(
@@ -325,6 +466,29 @@ def open_incident(
     address: str = "",
 ) -> Incident:
     """Create, route, dispatch and start escalating an incident (a manual report waits for 立案)."""
+    row, order, policy_name = new_row(
+        cfg, sig, g, key, rule, now, title=title, description=description, reporter=reporter, address=address
+    )
+    s.add(row)
+    s.flush()
+    started(s, cfg, row, order, policy_name, sig, g, rule, now)
+    return row
+
+
+def new_row(
+    cfg: LoopConfig,
+    sig: Signal,
+    g: Severity,
+    key: str,
+    rule: str,
+    now: float,
+    *,
+    title: str | None = None,
+    description: str = "",
+    reporter: str = "",
+    address: str = "",
+) -> tuple[Incident, WorkOrder, str]:
+    """An incident's row, routed (receivers, department), not yet added; its work order and policy."""
     manual = sig.source is Source.MANUAL
     order = new_order(now, registered=not manual)
     labels = sig.labels(g)
@@ -379,8 +543,22 @@ def open_incident(
         row_version=1,
         updated_at=now,
     )
-    s.add(row)
-    s.flush()
+    return row, order, policy_name
+
+
+def started(
+    s: Session,
+    cfg: LoopConfig,
+    row: Incident,
+    order: WorkOrder,
+    policy_name: str,
+    sig: Signal,
+    g: Severity,
+    rule: str,
+    now: float,
+) -> None:
+    """A new incident's row has its id: its work order, timeline, dispatch, escalation and timers."""
+    rows.created_here(s, row)
     rows.store_order(row, order, cfg.sla, now)
     rows.add_event(
         s,
@@ -405,11 +583,10 @@ def open_incident(
         receivers=row.receivers,
         escalation=policy_name,
     )
-    if not manual:
+    if sig.source is not Source.MANUAL:
         start_work(s, cfg, row, policy_name, now)
     else:
         sla_timer(s, row, now)
-    return row
 
 
 def start_work(s: Session, cfg: LoopConfig, row: Incident, policy_name: str | None, now: float) -> None:

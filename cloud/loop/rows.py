@@ -161,6 +161,7 @@ FIRST_STEP_PEOPLE, LATER_STEP_PEOPLE = 1, 2
 
 _TX_RECENT_PAGES = "vigil.loop.recent_pages"
 _TX_INTENT_KEYS = "vigil.loop.intent_keys"
+_TX_NEW_INCIDENTS = "vigil.loop.new_incidents"
 RECENT_PAGES_S = 3600.0
 
 
@@ -227,20 +228,28 @@ def _retarget(it: NotificationIntent, row: Incident, kind: TargetKind, target: s
     )
 
 
+def created_here(s: Session, row: Incident) -> None:
+    """Note that ``row`` was inserted by this transaction: no stored intent can carry its id yet, so
+    :func:`write_intents` needs no look-up for it (a storm opens hundreds per transaction)."""
+    s.info.setdefault(_TX_NEW_INCIDENTS, set()).add(row.id)
+
+
 def write_intents(s: Session, row: Incident, intents: list[NotificationIntent], now: float) -> int:
     """Insert intents whose dedup key is new (a replay writes nothing); returns how many were new."""
     if not intents:
         return 0
     keys = [i.dedup_key for i in intents]
     written: set[str] = s.info.setdefault(_TX_INTENT_KEYS, set())  # pending in this transaction
-    with s.no_autoflush:  # what this transaction wrote is in ``written``: no flush per incident
-        existing = written.intersection(keys) | set(
-            s.scalars(
-                NotificationIntentRow.__table__.select()
-                .with_only_columns(NotificationIntentRow.dedup_key)
-                .where(NotificationIntentRow.dedup_key.in_(keys))
+    existing = written.intersection(keys)
+    if row.id not in s.info.get(_TX_NEW_INCIDENTS, ()):
+        with s.no_autoflush:  # what this transaction wrote is in ``written``: no flush per incident
+            existing |= set(
+                s.scalars(
+                    NotificationIntentRow.__table__.select()
+                    .with_only_columns(NotificationIntentRow.dedup_key)
+                    .where(NotificationIntentRow.dedup_key.in_(keys))
+                )
             )
-        )
     pages = s.info.get(_TX_RECENT_PAGES)
     new = 0
     for it in intents:

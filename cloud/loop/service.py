@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -91,8 +91,8 @@ class LoopService:
         """Hand several sinks' worth of steps (``(steps, source)`` pairs) to the loop in one transaction.
 
         The drain task of :class:`cloud.loop.wiring.LoopSink` calls this with many ingest batches at once:
-        one configuration load, one device lookup per source, one commit. Signals are handled in time
-        order across the whole batch.
+        one configuration load, one device lookup per source, one commit. Signals are handled most urgent
+        first (:func:`cloud.loop.intake.priority`), then in time order across the whole batch.
         """
         now = self.clock.now()
         with self.db.write() as s:
@@ -100,7 +100,8 @@ class LoopService:
             signals: list[Signal] = []
             for steps, source in batch:
                 signals.extend(intake.signals_from_steps(s, steps, source))
-            return intake.take_all(s, cfg, sorted(signals, key=lambda x: x.time), now)
+            signals.sort(key=lambda x: (intake.priority(x.event), x.time))
+            return intake.take_all(s, cfg, signals, now)
 
     def take_signals(self, signals: Sequence[Signal]) -> list[int | None]:
         now = self.clock.now()
@@ -134,7 +135,14 @@ class LoopService:
                         Alert.alert_id.in_(recent),
                         (AlertLink.alert_id.is_(None)) | (AlertLink.phase != Alert.phase),
                     )
-                    .order_by(Alert.updated_time)
+                    .order_by(  # most urgent first (as the intake queue takes them), then oldest
+                        case(
+                            (Alert.event_type.in_(sorted(intake.DANGER_NOW)), 0),
+                            (Alert.event_type.in_(sorted(intake.LIFE_SAFETY_OTHER)), 1),
+                            else_=2,
+                        ),
+                        Alert.updated_time,
+                    )
                     .limit(limit)
                 ).scalars()
             )
@@ -142,7 +150,8 @@ class LoopService:
             self._reconciled_until = upto
         if not missed:
             return 0
-        by_source: dict[str, list[AlertEvent]] = {}
+        # one transaction per (priority tier, source), most urgent first: a fire is not held up by covers
+        by_source: dict[tuple[int, str], list[AlertEvent]] = {}
         for a in missed:
             step = AlertEvent.model_construct(
                 alert_id=a.alert_id,
@@ -157,8 +166,9 @@ class LoopService:
                 value=a.value,
                 message=a.message,
             )
-            by_source.setdefault("cloud" if a.source == "cloud" else a.source, []).append(step)
-        for source, steps in by_source.items():
+            key = (intake.step_priority(step), "cloud" if a.source == "cloud" else a.source)
+            by_source.setdefault(key, []).append(step)
+        for (_, source), steps in sorted(by_source.items(), key=lambda kv: kv[0][0]):
             self.take_steps(steps, source)
         log.warning("loop reconciled alerts the sink had not handled", extra={"count": len(missed)})
         return len(missed)

@@ -12,6 +12,12 @@ ingest committed them and the ``loop`` job's reconcile pass picks them up (count
 ``vigil_cloud_loop_queue_overflow_total``). Without a running drain task (no lifespan) the sink hands
 steps to the loop inline, as before.
 
+Priority: a backlog is taken most urgent first (:func:`cloud.loop.intake.priority`). Danger to a person
+now (fire, CO, gas, a fall, SOS) is taken before the other life-safety events (an open cover), and those
+before the rest: one FIFO per tier, and a transaction is filled from the most urgent tier down. A fire
+alarm that arrives behind 5,000 cover alarms waits for at most the one batch being handled, then is the
+first signal of the next transaction.
+
 After each drained batch the ``on_handled`` callbacks run (the notify worker's wake-up: intents are
 waiting). Tests wait for the queue with ``await sink.drained()`` (``Cloud.drained()`` in the test kit).
 """
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -31,6 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from alerts.contract import AlertEvent
 from cloud.ingest import AlertSink, NullAlertSink
+from cloud.loop.intake import TIERS, step_priority
 from cloud.loop.service import LoopService
 
 log = logging.getLogger(__name__)
@@ -63,7 +71,8 @@ class LoopSink:
         self.on_handled: list[Callable[[], None]] = []
         self.overflowed = 0  # steps left to the reconcile pass because the queue was full
         self.overflow_counter: Counter | None = None
-        self._queue: deque[tuple[list[AlertEvent], str]] = deque()
+        # one FIFO per priority tier: (steps, source, monotonic time queued)
+        self._queues: list[deque[tuple[list[AlertEvent], str, float]]] = [deque() for _ in range(TIERS)]
         self._queued = 0  # steps in the queue
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -73,6 +82,11 @@ class LoopSink:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest waiting step has been queued (0 when empty): a backlog shows here first."""
+        heads = [q[0][2] for q in self._queues if q]
+        return max(0.0, time.monotonic() - min(heads)) if heads else 0.0
 
     async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
         try:
@@ -96,18 +110,29 @@ class LoopSink:
                 extra={"count": len(steps), "queued": self._queued},
             )
             return
-        self._queue.append((steps, source))
+        at = time.monotonic()
+        tiers: list[list[AlertEvent]] = [[] for _ in range(TIERS)]
+        for st in steps:
+            tiers[step_priority(st)].append(st)
+        for tier, part in enumerate(tiers):
+            if part:
+                self._queues[tier].append((part, source, at))
         self._queued += len(steps)
         self._idle.clear()
         self._wake.set()
 
     def _take(self) -> list[tuple[list[AlertEvent], str]]:
+        """The next transaction's steps, up to ``batch_steps``: most urgent tier first, then the next
+        ones while they fit (never a less urgent step ahead of a more urgent one that did not fit)."""
         out: list[tuple[list[AlertEvent], str]] = []
         n = 0
-        while self._queue and (not out or n + len(self._queue[0][0]) <= self.batch_steps):
-            steps, source = self._queue.popleft()
-            out.append((steps, source))
-            n += len(steps)
+        for queue in self._queues:
+            while queue and (not out or n + len(queue[0][0]) <= self.batch_steps):
+                steps, source, _ = queue.popleft()
+                out.append((steps, source))
+                n += len(steps)
+            if queue:
+                break
         return out
 
     def _handled(self) -> None:
@@ -128,7 +153,7 @@ class LoopSink:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._queue:
+                while any(self._queues):
                     batch = self._take()
                     n = sum(len(steps) for steps, _ in batch)
                     try:
@@ -141,12 +166,13 @@ class LoopSink:
                     finally:
                         self._queued -= n
                     self._handled()
-                if not self._queue:
+                if not any(self._queues):
                     self._idle.set()
         finally:
             # stopped: later steps go inline; what is still queued is left to the reconcile pass
             self._running = False
-            self._queue.clear()
+            for q in self._queues:
+                q.clear()
             self._queued = 0
             self._idle.set()
 
@@ -182,6 +208,13 @@ def install(app: FastAPI, sink: LoopSink) -> LoopService:
         registry=state.metrics.registry,
     )
     queued.set_function(lambda: float(sink.queued))
+    oldest = Gauge(
+        "vigil_cloud_loop_queue_oldest_seconds",
+        "Seconds the oldest alert step in the loop's intake queue has waited (0 when empty): alert -> "
+        "incident lag under a storm",
+        registry=state.metrics.registry,
+    )
+    oldest.set_function(sink.oldest_age)
     tick = float(os.environ.get("VIGIL_CLOUD_LOOP_TICK_S", DEFAULT_TICK_S))
     if tick > 0:
         state.jobs.register(JOB_NAME, tick, service.job)

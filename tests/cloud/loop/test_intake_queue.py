@@ -3,6 +3,8 @@ leaves steps to the reconcile pass (counted, never lost), and the notify worker 
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 
 from cloud.alertstore import store_alert_steps
@@ -10,7 +12,7 @@ from cloud.loop.models import AlertLink
 from cloud.loop.wiring import LoopSink
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
-from tests.cloud.cloudkit import GW1, MANHOLE_1, MANHOLE_2, SMOKE_1, T0, Cloud, alert_step, batch
+from tests.cloud.cloudkit import GW1, GW2, MANHOLE_1, MANHOLE_2, SMOKE_1, T0, Cloud, alert_step, batch
 from tests.cloud.loop.test_end_to_end import drained, loop
 
 
@@ -85,3 +87,93 @@ async def test_the_notify_worker_wakes_after_the_drain_handled_a_batch(lc_sqlite
     await c.state.ingest.ingest(batch("batch-wake-1", alerts=[step]), gateway_id=GW1)
     await drained(c)
     assert woken and links(c) == {step.alert_id}
+
+
+def incident_of(c: Cloud, alert: str) -> int:
+    with c.state.db.read() as s:
+        link = s.get(AlertLink, alert)
+        assert link is not None and link.incident_id is not None, alert
+        return int(link.incident_id)
+
+
+async def test_a_fire_behind_thousands_of_cover_alarms_becomes_an_incident_first(lc_sqlite: Cloud) -> None:
+    c = lc_sqlite
+    c.clock.t = T0
+    tiers: list[set[str]] = []  # the event types of each loop transaction, in order
+    svc = loop(c)
+    real = svc.take_batch
+
+    def recording(b):  # type: ignore[no-untyped-def]
+        tiers.append({str(st.event_type) for steps, _ in b for st in steps})
+        return real(b)
+
+    svc.take_batch = recording  # type: ignore[method-assign]
+    overflow = [
+        alert_step(MANHOLE_2, DeviceKind.MANHOLE, EventType.OVERFLOW, AlertPhase.RAISED, T0 - 100 + i / 100)
+        for i in range(2500)
+    ]
+    covers = [
+        alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 50 + i / 100)
+        for i in range(2500)
+    ]
+    fire = alert_step(SMOKE_1, DeviceKind.SMOKE_ALARM, EventType.FIRE, AlertPhase.RAISED, T0 - 1)
+    for k in range(0, 2500, 500):  # a storm: ingest hands off cover alarms, oldest first ...
+        await sink(c).alerts_committed(overflow[k : k + 500], source=GW2)
+        await sink(c).alerts_committed(covers[k : k + 500], source=GW1)
+    await sink(c).alerts_committed([fire], source=GW1)  # ... and the fire arrives last
+    assert sink(c).queued == 5001
+    await drained(c)
+    assert tiers[0] == {"fire"}  # a transaction of its own, before any cover alarm
+    last_cover = max(i for i, t in enumerate(tiers) if "cover_open" in t)
+    first_overflow = min(i for i, t in enumerate(tiers) if "overflow" in t)
+    assert last_cover < first_overflow and all(len(t) == 1 for t in tiers)  # open covers before floods
+    assert (
+        incident_of(c, fire.alert_id)
+        < incident_of(c, covers[0].alert_id)
+        < incident_of(c, overflow[0].alert_id)
+    )
+    assert len(links(c)) == 5001
+
+
+async def test_the_reconcile_pass_takes_life_safety_first(lc_sqlite: Cloud) -> None:
+    c = lc_sqlite
+    c.clock.t = T0
+    cover = alert_step(MANHOLE_2, DeviceKind.MANHOLE, EventType.OVERFLOW, AlertPhase.RAISED, T0 - 9)
+    fire = alert_step(SMOKE_1, DeviceKind.SMOKE_ALARM, EventType.FIRE, AlertPhase.RAISED, T0 - 1)
+    with c.state.db.write() as s:  # committed by ingest; the process died before the sink call
+        store_alert_steps(s, [cover, fire], source=GW1, received_at=T0)
+    c.clock.advance(6)
+    assert loop(c).reconcile(limit=1) == 1  # one at a time: the newer fire before the older flood
+    assert links(c) == {fire.alert_id}
+    assert loop(c).reconcile(limit=1) == 1
+    assert links(c) == {fire.alert_id, cover.alert_id}
+
+
+async def test_one_batch_opens_an_incident_and_attaches_its_later_steps(lc_sqlite: Cloud) -> None:
+    c = lc_sqlite
+    c.clock.t = T0
+    first = alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 30)
+    again = alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 20)
+    cleared = alert_step(
+        MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.CLEARED, T0 - 10, episode_t=T0 - 30
+    )
+    ids = loop(c).take_steps([first, again, cleared, first], GW1)  # the replayed step changes nothing
+    assert ids[0] is not None and ids == [ids[0]] * 4
+    d = (await c.client.get(f"/api/v1/incidents/{ids[0]}", headers=c.dispatcher)).json()
+    assert d["incident"]["alert_count"] == 2 and d["incident"]["alerts_open"] == 1
+    actions = [e["action"] for e in d["timeline"]]
+    assert actions.count("opened") == 1 and actions.count("alert_attached") == 1
+    assert actions.count("alert_cleared") == 1 and actions.index("opened") < actions.index("alert_attached")
+
+
+async def test_the_oldest_waiting_step_is_a_metric(lc_sqlite: Cloud) -> None:
+    c = lc_sqlite
+    assert "vigil_cloud_loop_queue_oldest_seconds 0.0" in (await c.client.get("/metrics")).text
+    # what a loop falling behind would show (queued without waking the drain task)
+    sink(c)._queues[2].append(([], GW1, time.monotonic() - 42))
+    text = (await c.client.get("/metrics")).text
+    sink(c)._queues[2].clear()
+    age = float(
+        next(ln.split()[1] for ln in text.splitlines() if ln.startswith("vigil_cloud_loop_queue_oldest"))
+    )
+    assert 42 <= age < 600
