@@ -79,6 +79,24 @@ class CloudSettings(BaseModel):
     tls_key: Path | None = None
     #: require client certificates signed by this CA (mutual TLS for gateways); needs ``tls_cert``
     tls_client_ca: Path | None = None
+    #: the ``retention`` job (cloud/retention.py, docs/privacy.md "Retention"): how often it runs (0 = off)
+    retention_interval_s: float = Field(default=3600.0, ge=0)
+    #: rows per delete / update transaction, and at most this many batches per rule per run
+    retention_batch: int = Field(default=5000, ge=1)
+    retention_max_batches: int = Field(default=20, ge=1)
+    #: days a wristband's raw readings (heart rate, SpO2, position) stay in the time-series store (0 = keep)
+    retention_wristband_readings_days: float = Field(default=180.0, ge=0)
+    #: days after an incident closes that its resident reporter's sealed contact is kept (0 = keep)
+    retention_incident_personal_days: float = Field(default=365.0, ge=0)
+    #: days audit rows (logins with client address, administrative actions) are kept (0 = keep; >= 180)
+    retention_audit_days: float = Field(default=730.0, ge=0)
+
+    @model_validator(mode="after")
+    def _audit_kept_six_months(self) -> CloudSettings:
+        # network logs are kept at least six months (Cybersecurity Law of the PRC, art. 21)
+        if 0 < self.retention_audit_days < 180:
+            raise ValueError("retention_audit_days must be 0 (keep) or at least 180 (six months of logs)")
+        return self
 
     @model_validator(mode="after")
     def _tls_complete(self) -> CloudSettings:

@@ -1,0 +1,207 @@
+"""Automatic retention (cloud/retention.py, docs/privacy.md "Retention"): exactly what is due goes.
+
+Operational database on SQLite and PostgreSQL, time-series store on SQLite and PostgreSQL: a wristband's
+readings past their days are deleted (other devices' and newer ones are not), closed incidents past
+theirs lose the reporter's contact (open and recent ones keep it), old audit rows are deleted; batches
+are bounded and the rest follows at the next run; the job runs under the job lease and audits itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+
+from cloud.crypto import SecretBox, load_or_create_key
+from cloud.db import Database, upgrade_head
+from cloud.jobs import JobRunner
+from cloud.lease import open_lease
+from cloud.loop.models import AuditEntry, Incident
+from cloud.retention import DAY_S, JOB_NAME, Retention, RetentionPolicy
+from cloud.timeseries import TimeSeriesStore, open_timeseries
+from firmware_bridge.kernel.records import DeviceKind
+from tests.cloud.cloudkit import *  # noqa: F403
+from tests.cloud.cloudkit import make_settings, readings, start_cloud
+
+NOW = 1_800_000_000.0
+POLICY = RetentionPolicy(wristband_readings_days=180, incident_personal_days=365, audit_days=730)
+BANDS = ("band-a", "band-b", "band-c")
+
+
+class World:
+    def __init__(self, db: Database, store: TimeSeriesStore, ts_url: str) -> None:
+        self.db, self.store, self.ts_url = db, store, ts_url
+
+    def count(self, kind: DeviceKind, device_id: str) -> int:
+        return len(self.store.query(device_id, kind, 0.0, NOW + DAY_S, max_points=100_000))
+
+    def contacts(self) -> dict[str, bool]:
+        with self.db.read() as s:
+            rows = s.execute(select(Incident.group_key, Incident.reporter_contact_enc)).all()
+        return {k: enc is not None for k, enc in rows}
+
+    def audit_ats(self) -> list[float]:
+        with self.db.read() as s:
+            return sorted(s.scalars(select(AuditEntry.at).where(AuditEntry.action != "retention.run")))
+
+
+@pytest.fixture(params=["ts-sqlite", "ts-postgres"])
+def world(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterator[World]:
+    """Readings of three bands (one a day for 400 days) and a manhole, incidents and audit rows."""
+    ts_url = (
+        f"sqlite:///{tmp_path}/ts.db"
+        if request.param == "ts-sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    key_file = tmp_path / "key"
+    upgrade_head(db_url, secret_key_file=key_file)
+    db = Database(db_url)
+    store = open_timeseries(ts_url)
+    days = [NOW - d * DAY_S for d in range(400, 0, -1)]  # 400 .. 1 days old
+    for band in BANDS:
+        store.write(readings(DeviceKind.WRISTBAND, band, range(400), t0=days[0], step=DAY_S))
+    store.write(readings(DeviceKind.MANHOLE, "manhole-1", range(400), t0=days[0], step=DAY_S))
+    box = SecretBox(load_or_create_key(key_file))
+    with db.write() as s:
+        for key, is_open, closed_days in (
+            ("closed-long-ago", False, 400), ("closed-366", False, 366), ("closed-recently", False, 30),
+            ("open-old", True, None),
+        ):  # fmt: skip
+            s.add(
+                Incident(
+                    group_key=key, group_rule="r", stage="closed" if not is_open else "dispatched",
+                    source="manual", kind="report", event_type="report", grade=3, urgency="normal",
+                    created_at=NOW - 500 * DAY_S, stage_entered_at=NOW, updated_at=NOW, is_open=is_open,
+                    closed_at=None if closed_days is None else NOW - closed_days * DAY_S,
+                    reporter_contact_enc=box.seal({"phone": "13900001111"}),
+                )
+            )  # fmt: skip
+        for age in (1000, 800, 731, 729, 10):
+            s.add(AuditEntry(at=NOW - age * DAY_S, actor="u", role="admin", action="x", target="", detail={}))
+    yield World(db, store, ts_url)
+    store.close()
+    db.close()
+
+
+def _retention(w: World, policy: RetentionPolicy = POLICY) -> Retention:
+    return Retention(w.db, timeseries_url=w.ts_url, policy=policy, registry=CollectorRegistry())
+
+
+def test_deletes_exactly_what_is_due(world: World) -> None:
+    job = _retention(world)
+    try:
+        done = job.run(NOW)
+    finally:
+        job.close()
+    # readings 400..181 days old go (220 per band); 180..1 days old stay; the manhole is not personal
+    assert done == {"wristband_readings": 3 * 220, "incident_personal": 2, "audit": 3}
+    for band in BANDS:
+        assert world.count(DeviceKind.WRISTBAND, band) == 180
+        oldest = world.store.query(band, DeviceKind.WRISTBAND, 0.0, NOW, max_points=1000).time.min()
+        assert oldest == NOW - 180 * DAY_S
+    assert world.count(DeviceKind.MANHOLE, "manhole-1") == 400
+    assert world.contacts() == {
+        "closed-long-ago": False,
+        "closed-366": False,
+        "closed-recently": True,
+        "open-old": True,  # an open case keeps its reporter's contact, however old
+    }
+    assert world.audit_ats() == [NOW - 729 * DAY_S, NOW - 10 * DAY_S]
+    with world.db.read() as s:
+        runs = s.scalars(select(AuditEntry.detail).where(AuditEntry.action == "retention.run")).all()
+    assert runs == [done]
+    assert job.metrics.rows.labels("wristband_readings")._value.get() == 660
+
+    again = _retention(world)  # a second run (another process taking over) finds nothing more
+    try:
+        assert again.run(NOW) == {"wristband_readings": 0, "incident_personal": 0, "audit": 0}
+    finally:
+        again.close()
+
+
+def test_batches_are_bounded_and_the_rest_follows(world: World) -> None:
+    policy = RetentionPolicy(
+        wristband_readings_days=180, incident_personal_days=365, audit_days=730, batch=100, max_batches=3
+    )
+    job = _retention(world, policy)
+    try:
+        first = job.run(NOW)
+        # three batches of at most 100: band-a's 220 due readings (100 + 100 + 20)
+        assert first == {"wristband_readings": 220, "incident_personal": 2, "audit": 3}
+        assert [world.count(DeviceKind.WRISTBAND, b) for b in BANDS] == [180, 400, 400]
+        runs = [first["wristband_readings"]]
+        while runs[-1]:
+            runs.append(job.run(NOW)["wristband_readings"])
+    finally:
+        job.close()
+    assert runs == [220, 220, 220, 0]
+    assert [world.count(DeviceKind.WRISTBAND, b) for b in BANDS] == [180, 180, 180]
+
+
+def test_zero_days_keeps_everything(world: World) -> None:
+    job = _retention(
+        world, RetentionPolicy(wristband_readings_days=0, incident_personal_days=0, audit_days=0)
+    )
+    try:
+        assert job.run(NOW) == {"wristband_readings": 0, "incident_personal": 0, "audit": 0}
+    finally:
+        job.close()
+    assert world.count(DeviceKind.WRISTBAND, "band-a") == 400
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_runs_as_a_leased_job_and_audits_each_run(db_url: str, tmp_path: Path) -> None:
+    upgrade_head(db_url)
+    db = Database(db_url)
+    now = time.time()
+    with db.write() as s:
+        s.add(AuditEntry(at=now - 800 * DAY_S, actor="u", role="admin", action="x", target="", detail={}))
+    job = Retention(
+        db, timeseries_url=f"sqlite:///{tmp_path}/ts.db", policy=POLICY, registry=CollectorRegistry()
+    )
+    runner = JobRunner(open_lease(db), ttl_s=1.0, poll_s=0.01)
+    runner.register(JOB_NAME, 0.05, job.job)
+    task = asyncio.create_task(runner.run())
+    try:
+        await _until(lambda: runner.metrics.runs.labels(JOB_NAME, "ok")._value.get() >= 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        job.close()
+    with db.read() as s:
+        actions = s.scalars(select(AuditEntry.action)).all()
+    db.close()
+    assert actions == ["retention.run"]  # the old row went, once; empty runs are not audited
+
+
+async def test_the_app_registers_the_job_from_settings(tmp_path: Path, sqlite_url: str) -> None:
+    on = make_settings(tmp_path, sqlite_url, run_jobs=False)
+    async with start_cloud(on) as c:
+        assert JOB_NAME in c.state.jobs.jobs
+    (tmp_path / "off").mkdir()
+    off = make_settings(
+        tmp_path / "off", f"sqlite:///{tmp_path}/off/vigil.db", run_jobs=False, retention_interval_s=0
+    )
+    async with start_cloud(off) as c:
+        assert JOB_NAME not in c.state.jobs.jobs
+
+
+def test_audit_is_kept_at_least_six_months(tmp_path: Path) -> None:
+    from cloud.errors import ConfigError
+    from cloud.settings import CloudSettings
+
+    with pytest.raises(ConfigError, match="at least 180"):
+        CloudSettings.from_env({"VIGIL_CLOUD_RETENTION_AUDIT_DAYS": "90"})
+    assert CloudSettings.from_env({"VIGIL_CLOUD_RETENTION_AUDIT_DAYS": "0"}).retention_audit_days == 0
