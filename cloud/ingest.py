@@ -45,7 +45,7 @@ from cloud.db import Database, Gateway
 from cloud.errors import CloudError, ConflictError, PermissionDeniedError, StorageError
 from cloud.limits import GatewayQuota, GuardMetrics, IngestLimits, RateLimitedError
 from cloud.metrics import CloudMetrics
-from cloud.screening import Screened, canonical_ids, screen
+from cloud.screening import DeviceCache, Screened, canonical_ids, screen
 from cloud.sequence import SEQ_MODULUS, SeqSummary, sequence_summary
 from cloud.timeseries import TimeSeriesError, TimeSeriesStore
 from firmware_bridge.kernel.clock import Clock, SystemClock
@@ -91,6 +91,7 @@ class IngestService:
         self.quota = GatewayQuota(self.limits)
         self.guard = GuardMetrics.for_registry(self.metrics.registry)
         self._last_refusal_log: dict[str, float] = {}
+        self.devices = DeviceCache()  # devices' gateway and kind, per registry generation
 
     async def ingest(
         self, batch: UplinkBatch, *, gateway_id: str, allow_unassigned: bool = False
@@ -295,6 +296,7 @@ class IngestService:
             gateway_id,
             window=self.limits.time_window(self.clock.now()),
             allow_unassigned=allow_unassigned,
+            cache=self.devices,
         )
         if out.refused:
             for (record, reason), n in out.by_reason.items():

@@ -1,7 +1,17 @@
 """Operational database: models, sessions and migrations (``cloud/migrations``)."""
 
 from cloud.db.migrate import upgrade_head
-from cloud.db.models import Alert, AlertStep, ApiToken, Base, Device, Gateway, IngestedBatch, User
+from cloud.db.models import (
+    Alert,
+    AlertStep,
+    ApiToken,
+    Base,
+    Device,
+    Gateway,
+    IngestedBatch,
+    RegistryGeneration,
+    User,
+)
 from cloud.db.session import Database
 
 __all__ = [
@@ -13,6 +23,7 @@ __all__ = [
     "Device",
     "Gateway",
     "IngestedBatch",
+    "RegistryGeneration",
     "User",
     "upgrade_head",
 ]

@@ -97,6 +97,21 @@ class Device(Base):
     readings_total: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class RegistryGeneration(Base):
+    """One row: a counter that every change of a device's identity, gateway or kind moves on.
+
+    Bumped by database triggers (migration ``0017_registry_generation``) in the transaction that inserts,
+    deletes or re-assigns a device, whoever makes the change (the API, the CLI, a migration, SQL by hand).
+    Ingest workers cache the devices' ``(gateway, kind)`` and read this one row per batch: an unchanged
+    generation means the cache is current, in every worker process (:class:`cloud.screening.DeviceCache`).
+    """
+
+    __tablename__ = "registry_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class IngestedBatch(Base):
     """One row per accepted batch: the idempotency record (a retry finds it and gets ``duplicate=true``)."""
 
