@@ -14,6 +14,7 @@ from cloud.ingest import AlertSink, IngestService, NullAlertSink
 from cloud.jobs import JobMetrics, JobRunner
 from cloud.lease import open_lease
 from cloud.metrics import CloudMetrics
+from cloud.privacy import MinimisingStore
 from cloud.registry import Registry
 from cloud.settings import CloudSettings
 from cloud.timeseries import TimeSeriesStore, open_timeseries
@@ -52,7 +53,8 @@ class CloudState:
         try:
             if settings.should_migrate:
                 upgrade_head(settings.database_url, secret_key_file=settings.secret_key_file)
-            store = open_timeseries(settings.timeseries_url)
+            # a wristband's GPS fix on the ~100 m grid except SOS / fall readings (docs/privacy.md)
+            store: TimeSeriesStore = MinimisingStore(open_timeseries(settings.timeseries_url))
             if settings.detect_gateway_ids:  # cloud-side detection: queue those devices' readings
                 store = InboxTap(store, db, gateways=settings.detect_gateway_ids)
         except Exception:

@@ -1,0 +1,99 @@
+"""A wristband's live position in the time-series store is minimised (cloud/privacy.py, docs/privacy.md).
+
+Ordinary readings keep the GPS fix on the ~100 m grid; the readings the band sends at once on SOS or a
+fall keep the exact fix (where the responder goes); vitals and other kinds are stored as sent; the
+shipped Grafana dashboards query no position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from cloud.privacy import EXACT_FIX_FLAGS, minimise
+from firmware_bridge import wristband
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
+from tests.cloud.cloudkit import *  # noqa: F403
+from tests.cloud.cloudkit import BAND_1, GW1, T0, Cloud, batch, readings
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = [c.name for c in wristband.CHANNELS]
+LAT, LON = 39.971234, 116.305678
+SOS = 1 << next(f.bit for f in wristband.FLAGS if f.name == "sos")
+FALL = 1 << next(f.bit for f in wristband.FLAGS if f.name == "fall")
+GPS = 1 << next(f.bit for f in wristband.FLAGS if f.name == "gps_valid")
+
+
+def _band(flags: list[int], lat: float = LAT, lon: float = LON) -> ReadingBatch:
+    values = dict.fromkeys(NAMES, 0.0) | {"heart_rate_bpm": 72.0, "spo2_pct": 97.0, "lat": lat, "lon": lon}
+    rs = [
+        Reading(
+            kind=DeviceKind.WRISTBAND, device_id=str(BAND_1), seq=i, time=T0 + 60.0 * i, battery_pct=80.0,
+            flags=f, values=tuple(values[n] for n in NAMES), fw_version=0x0106,
+        )
+        for i, f in enumerate(flags)
+    ]  # fmt: skip
+    return ReadingBatch.from_readings(DeviceKind.WRISTBAND, rs)
+
+
+def test_ordinary_fixes_go_on_the_grid_sos_and_fall_keep_theirs() -> None:
+    b = _band([GPS, GPS | SOS, GPS | FALL, GPS | SOS | FALL, 0])
+    out = minimise(b)
+    lat, lon = out.values[:, NAMES.index("lat")], out.values[:, NAMES.index("lon")]
+    assert lat.tolist() == [39.971, LAT, LAT, LAT, 39.971]
+    assert lon.tolist() == [116.306, LON, LON, LON, 116.306]
+    # vitals and every other column as sent; the input batch is not changed
+    rest = [j for j, n in enumerate(NAMES) if n not in ("lat", "lon")]
+    assert np.array_equal(out.values[:, rest], b.values[:, rest])
+    assert b.values[0, NAMES.index("lat")] == LAT
+    assert (out.flags == b.flags).all() and (out.time == b.time).all()
+    assert EXACT_FIX_FLAGS == SOS | FALL
+
+
+def test_no_fix_stays_missing_and_other_kinds_are_untouched() -> None:
+    out = minimise(_band([0], lat=math.nan, lon=math.nan))
+    assert math.isnan(out.values[0, NAMES.index("lat")])
+    manhole = readings(DeviceKind.MANHOLE, "manhole-1", [1, 2])
+    assert minimise(manhole) is manhole
+
+
+async def test_the_store_behind_ingest_holds_the_coarse_track(cloud_sqlite: Cloud, tmp_path: Path) -> None:
+    c = cloud_sqlite
+    ack = await c.state.ingest.ingest(batch("batch-track-01", _band([GPS, GPS, GPS | FALL])), gateway_id=GW1)
+    assert ack.telemetry_stored == 3 and not ack.refused
+    with sqlite3.connect(tmp_path / "vigil-ts.db") as conn:
+        rows = conn.execute("SELECT seq, lat, lon, heart_rate_bpm FROM ts_wristband ORDER BY seq").fetchall()
+    assert rows == [(0, 39.971, 116.306, 72.0), (1, 39.971, 116.306, 72.0), (2, LAT, LON, 72.0)]
+    r = await c.client.get(
+        f"/api/v1/devices/{BAND_1}/readings",
+        params={"start": T0 - 1, "end": T0 + 3600, "channels": "lat,lon"},
+        headers=c.dispatcher,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["values"]["lat"] == [39.971, 39.971, LAT]  # the fall's exact fix for the dispatcher
+
+
+def test_grafana_dashboards_query_no_position() -> None:
+    for path in sorted((ROOT / "dashboards" / "grafana").glob("*.json")):
+        doc = json.loads(path.read_text("utf-8"))
+        queries: list[str] = []
+
+        def walk(node: object, queries: list[str] = queries) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k in ("expr", "query", "rawSql") and isinstance(v, str):
+                        queries.append(v)
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        walk(doc)
+        assert queries, path
+        for q in queries:
+            assert not re.search(r"\b(lat|lon)\b|_(lat|lon)\b|\"(lat|lon)\"", q), (path.name, q)
