@@ -14,7 +14,7 @@ from cloud.ingest import AlertSink, IngestService, NullAlertSink
 from cloud.jobs import JobMetrics, JobRunner
 from cloud.lease import open_lease
 from cloud.metrics import CloudMetrics
-from cloud.privacy import MinimisingStore
+from cloud.privacy import MinimisingStore, OpenAlarms
 from cloud.registry import Registry
 from cloud.settings import CloudSettings
 from cloud.timeseries import TimeSeriesStore, open_timeseries
@@ -53,8 +53,8 @@ class CloudState:
         try:
             if settings.should_migrate:
                 upgrade_head(settings.database_url, secret_key_file=settings.secret_key_file)
-            # a wristband's GPS fix on the ~100 m grid except SOS / fall readings (docs/privacy.md)
-            store: TimeSeriesStore = MinimisingStore(open_timeseries(settings.timeseries_url))
+            # a wristband's GPS fix on the ~100 m grid unless a responder may need it (docs/privacy.md)
+            store: TimeSeriesStore = MinimisingStore(open_timeseries(settings.timeseries_url), OpenAlarms(db))
             if settings.detect_gateway_ids:  # cloud-side detection: queue those devices' readings
                 store = InboxTap(store, db, gateways=settings.detect_gateway_ids)
         except Exception:

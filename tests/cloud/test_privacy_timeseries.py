@@ -1,8 +1,8 @@
 """A wristband's live position in the time-series store is minimised (cloud/privacy.py, docs/privacy.md).
 
-Ordinary readings keep the GPS fix on the ~100 m grid; the readings the band sends at once on SOS or a
-fall keep the exact fix (where the responder goes); vitals and other kinds are stored as sent; the
-shipped Grafana dashboards query no position.
+Ordinary readings keep the GPS fix on the ~100 m grid; SOS / fall readings, impacts and every reading of
+a band with an alarm open keep the exact fix (where the responder goes); vitals and other kinds are
+stored as sent; the shipped Grafana dashboards query no position.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.privacy import EXACT_FIX_FLAGS, minimise
+from cloud.db import Database
+from cloud.db.models import Alert
+from cloud.privacy import EXACT_FIX_FLAGS, IMPACT_G, OpenAlarms, minimise
 from firmware_bridge import wristband
+from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from tests.cloud.cloudkit import *  # noqa: F403
-from tests.cloud.cloudkit import BAND_1, GW1, T0, Cloud, batch, readings
+from tests.cloud.cloudkit import BAND_1, GW1, T0, Cloud, alert_step, batch, readings
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [c.name for c in wristband.CHANNELS]
@@ -29,12 +32,15 @@ FALL = 1 << next(f.bit for f in wristband.FLAGS if f.name == "fall")
 GPS = 1 << next(f.bit for f in wristband.FLAGS if f.name == "gps_valid")
 
 
-def _band(flags: list[int], lat: float = LAT, lon: float = LON) -> ReadingBatch:
+def _band(
+    flags: list[int], lat: float = LAT, lon: float = LON, peak_g: float = 1.0, seq0: int = 0
+) -> ReadingBatch:
     values = dict.fromkeys(NAMES, 0.0) | {"heart_rate_bpm": 72.0, "spo2_pct": 97.0, "lat": lat, "lon": lon}
+    values["accel_peak_g"] = peak_g
     rs = [
         Reading(
-            kind=DeviceKind.WRISTBAND, device_id=str(BAND_1), seq=i, time=T0 + 60.0 * i, battery_pct=80.0,
-            flags=f, values=tuple(values[n] for n in NAMES), fw_version=0x0106,
+            kind=DeviceKind.WRISTBAND, device_id=str(BAND_1), seq=seq0 + i, time=T0 + 60.0 * (seq0 + i),
+            battery_pct=80.0, flags=f, values=tuple(values[n] for n in NAMES), fw_version=0x0106,
         )
         for i, f in enumerate(flags)
     ]  # fmt: skip
@@ -53,6 +59,36 @@ def test_ordinary_fixes_go_on_the_grid_sos_and_fall_keep_theirs() -> None:
     assert b.values[0, NAMES.index("lat")] == LAT
     assert (out.flags == b.flags).all() and (out.time == b.time).all()
     assert EXACT_FIX_FLAGS == SOS | FALL
+
+
+def test_an_impact_or_an_open_alarm_keeps_the_exact_fix() -> None:
+    lat = NAMES.index("lat")
+    assert minimise(_band([GPS], peak_g=IMPACT_G)).values[0, lat] == LAT  # a fall Vigil may confirm
+    assert minimise(_band([GPS], peak_g=1.2)).values[0, lat] == 39.971
+    assert minimise(_band([GPS]), frozenset({str(BAND_1)})).values[0, lat] == LAT
+    assert minimise(_band([GPS]), frozenset({"another-band"})).values[0, lat] == 39.971
+
+
+def test_open_alarms_are_the_bands_with_an_alert_not_cleared(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    try:
+        alarms = OpenAlarms(db, ttl_s=0.0)
+        assert alarms() == frozenset()
+        with db.write() as s:
+            for dev, kind, phase in (
+                ("band-open", "wristband", "raised"), ("band-updated", "wristband", "updated"),
+                ("band-cleared", "wristband", "cleared"), ("manhole-open", "manhole", "raised"),
+            ):  # fmt: skip
+                s.add(
+                    Alert(
+                        alert_id=f"a-{dev}", device_id=dev, kind=kind, event_type="fall", severity=3,
+                        phase=phase, episode_ms=1, raised_time=T0, raised_frame_time=T0, updated_time=T0,
+                        frame_time=T0, source=GW1, received_at=T0,
+                    )
+                )  # fmt: skip
+        assert alarms() == {"band-open", "band-updated"}
+    finally:
+        db.close()
 
 
 def test_no_fix_stays_missing_and_other_kinds_are_untouched() -> None:
@@ -76,6 +112,16 @@ async def test_the_store_behind_ingest_holds_the_coarse_track(cloud_sqlite: Clou
     )
     assert r.status_code == 200, r.text
     assert r.json()["values"]["lat"] == [39.971, 39.971, LAT]  # the fall's exact fix for the dispatcher
+
+
+async def test_a_band_with_an_open_alarm_is_tracked_exactly(cloud_sqlite: Cloud, tmp_path: Path) -> None:
+    c = cloud_sqlite
+    exit_ = alert_step(str(BAND_1), DeviceKind.WRISTBAND, EventType.GEOFENCE_EXIT, AlertPhase.RAISED, T0)
+    await c.state.ingest.ingest(batch("batch-exit-01", alerts=[exit_]), gateway_id=GW1)
+    await c.state.ingest.ingest(batch("batch-exit-02", _band([GPS, GPS], seq0=10)), gateway_id=GW1)
+    with sqlite3.connect(tmp_path / "vigil-ts.db") as conn:
+        rows = conn.execute("SELECT lat, lon FROM ts_wristband ORDER BY seq").fetchall()
+    assert rows == [(LAT, LON), (LAT, LON)]  # a wandering wearer: the dispatcher sees where, exactly
 
 
 def test_grafana_dashboards_query_no_position() -> None:
