@@ -36,7 +36,7 @@ from edge.outbox import Outbox, PendingBatch
 from edge.uplink import UplinkAuthError
 from edge.uplink.http import HttpUplink
 from tests.cloud.test_tls import Pki, issue_client, make_pki, running_cloud
-from tests.cloud.test_tls_binding import alert_batch, client_ctx, provision
+from tests.cloud.test_tls_binding import client_ctx, json_batch, provision
 from tests.edge.helpers import alert, device_id
 from tests.servers import free_port, wait_for_port
 
@@ -182,14 +182,14 @@ async def test_the_proxy_binds_the_certificate_to_the_gateway_and_forged_headers
     token_b = provision(proxy.db_path, "gw-b", 2)
     b_cert, b_key = issue_client(pki, "gw-b")
     url = f"https://localhost:{proxy.https_port}"
-    batch_b = alert_batch(tmp_path, "gw-b", 2)
+    body_b = json_batch("gw-b", 2)
     forged = {"X-Vigil-Client-Verify": "SUCCESS", "X-Vigil-Client-Subject": "CN=gw-b"}
 
     def post(
         client: httpx.Client, base: str, token: str, extra: dict[str, str] | None = None
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", **(extra or {})}
-        return client.post(base + HTTP_PATH, content=batch_b.body, headers=headers)
+        return client.post(base + HTTP_PATH, content=body_b, headers=headers)
 
     # gw-tls's certificate with gw-b's token, even claiming gw-b's subject in the headers: nginx states the
     # verified subject, the cloud refuses
