@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from alerts.contract import AlertEvent
@@ -101,11 +101,20 @@ def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float)
     _prefetch(s, batch, [sig.alert_id for sig in signals], keys)
     ops = [_decide(s, cfg, p, batch, now) for p in prepared]
     fresh = _insert_new(s, cfg, ops, now)
+    rows.bulk_begin(s)
     out: list[int | None] = []
     for op in ops:
         _apply(s, cfg, op, batch, fresh, now)
         ref = op.target
         out.append(fresh[ref].id if ref is not None and ref < 0 else ref)
+    new_links = [
+        {f: getattr(lk, f) for f in NewLink.__slots__}
+        for lk in batch.links.values()
+        if isinstance(lk, NewLink)
+    ]
+    for i in range(0, len(new_links), _CHUNK):
+        s.execute(insert(cast(Table, AlertLink.__table__)), new_links[i : i + _CHUNK])
+    rows.bulk_end(s)
     return out
 
 
@@ -189,16 +198,20 @@ class Batch:
     """What every signal of one batch shares: the silences in force and the active inhibiting alerts.
 
     Loaded once per transaction (not once per signal: an alarm storm arrives in batches of hundreds) and
-    kept current as the batch's own signals raise or clear inhibiting alerts.
+    kept current as the batch's own signals raise or clear inhibiting alerts. The active alerts are
+    loaded only when a signal some inhibition rule targets arrives (:meth:`active_alerts`): a storm of
+    open covers makes thousands of them active, and a batch of covers and floods never needs them.
     """
 
     silences: list[Silence]
-    active: dict[str, dict[str, str]]  # alert id -> labels, for events that inhibit others
+    active: dict[str, dict[str, str]] | None  # alert id -> labels, for events that inhibit others
     source_events: frozenset[str]
     inhibit: Sequence[InhibitRule] = ()
     lock: bool = False  # PostgreSQL: incidents are read FOR UPDATE
     # what this transaction already knows, so a storm's signals need no flush and no re-query each
-    links: dict[str, AlertLink] = field(default_factory=dict)  # alert id -> its link (pending or stored)
+    links: dict[str, AlertLink | NewLink] = field(
+        default_factory=dict
+    )  # alert id -> its link (new or stored)
     open_by_key: dict[str, int] = field(default_factory=dict)  # group key -> open incident id
     links_known: set[str] = field(default_factory=set)  # alert ids whose link (or its absence) is loaded
     keys_known: set[str] = field(default_factory=set)  # group keys whose open incident (or none) is loaded
@@ -207,25 +220,38 @@ class Batch:
     opened: list[str] = field(
         default_factory=list
     )  # group keys of the incidents this batch opens (-1, -2...)
+    noted: dict[str, dict[str, str] | None] = field(default_factory=dict)  # before ``active`` was loaded
 
     def note(self, sig: Signal, labels: dict[str, str]) -> None:
         if sig.event in self.source_events:
-            if sig.phase == "cleared":
+            if self.active is None:
+                self.noted[sig.alert_id] = None if sig.phase == "cleared" else labels
+            elif sig.phase == "cleared":
                 self.active.pop(sig.alert_id, None)
             else:
                 self.active[sig.alert_id] = labels
 
+    def active_alerts(self, s: Session) -> dict[str, dict[str, str]]:
+        if self.active is None:
+            with s.no_autoflush:
+                self.active = {
+                    alert: dict(lab)
+                    for alert, lab in s.execute(
+                        select(AlertLink.alert_id, AlertLink.labels).where(
+                            AlertLink.active.is_(True), AlertLink.event.in_(sorted(self.source_events))
+                        )
+                    )
+                }
+            for alert, lab in self.noted.items():  # this batch's own steps are newer than the table
+                if lab is None:
+                    self.active.pop(alert, None)
+                else:
+                    self.active[alert] = lab
+        return self.active
+
 
 def batch_context(s: Session, cfg: LoopConfig, now: float) -> Batch:
     source_events = frozenset(e for r in cfg.grouping.inhibit for e in r.source.labels.get("event", ()))
-    active = {
-        alert: dict(lab)
-        for alert, lab in s.execute(
-            select(AlertLink.alert_id, AlertLink.labels).where(
-                AlertLink.active.is_(True), AlertLink.event.in_(sorted(source_events))
-            )
-        )
-    }
     silences = [
         Silence(r.id, _matcher(r.matchers, "silence"), r.starts_at, r.ends_at, r.created_by, r.reason)
         for r in s.scalars(
@@ -233,7 +259,7 @@ def batch_context(s: Session, cfg: LoopConfig, now: float) -> Batch:
         )
     ]
     return Batch(
-        silences, active, source_events, cfg.grouping.inhibit, s.get_bind().dialect.name == "postgresql"
+        silences, None, source_events, cfg.grouping.inhibit, s.get_bind().dialect.name == "postgresql"
     )
 
 
@@ -255,8 +281,16 @@ def _context(
             _incident(s, batch, open_id)
     recent = 0
     if rule.min_count > 1:
+        recent = sum(  # this batch's own, not yet written
+            1
+            for a, lk in batch.links.items()
+            if isinstance(lk, NewLink)
+            and lk.group_key == key
+            and lk.first_seen >= sig.time - rule.window_s
+            and a != sig.alert_id
+        )
         with s.no_autoflush:
-            recent = int(
+            recent += int(
                 s.scalar(
                     select(func.count())
                     .select_from(AlertLink)
@@ -274,7 +308,7 @@ def _context(
     return Context(
         open_incident=open_id,
         recent_in_group=recent,
-        active=[lab for a, lab in batch.active.items() if a != sig.alert_id] if inhibitable else (),
+        active=[lab for a, lab in batch.active_alerts(s).items() if a != sig.alert_id] if inhibitable else (),
         silences=batch.silences,
         now=now,
     )
@@ -291,6 +325,27 @@ def _incident(s: Session, batch: Batch, incident_id: int) -> Incident | None:
     return row
 
 
+@dataclass(slots=True)
+class NewLink:
+    """A ``loop_alert_links`` row this batch creates: a plain object, inserted with the others in one
+    statement (pass 3) instead of one ORM object each."""
+
+    alert_id: str
+    incident_id: int | None
+    verdict: str
+    event: str
+    group_key: str
+    reason: str
+    labels: dict[str, str]
+    phase: str
+    active: bool
+    first_seen: float
+    updated_at: float
+
+
+Link = AlertLink | NewLink
+
+
 @dataclass
 class _Op:
     """One signal's decision (pass 1), applied in pass 3. ``target`` is an incident id, or a placeholder
@@ -301,18 +356,18 @@ class _Op:
     labels: dict[str, str]
     rule: GroupRule
     key: str
-    link: AlertLink
+    link: Link
     verdict: Verdict | None = None  # None: this phase of the alert was handled before (a replay)
     reason: str = ""
     target: int | None = None
     new_link: bool = False
-    pending: list[AlertLink] = field(default_factory=list)  # min_count: links that join what it opens
+    pending: list[Link] = field(default_factory=list)  # min_count: links that join what it opens
     row: Incident | None = None  # pass 2: the row of the incident it opens, its work order and policy
     order: WorkOrder | None = None
     policy: str = ""
 
 
-def _ref(batch: Batch, link: AlertLink | None) -> int | None:
+def _ref(batch: Batch, link: Link | None) -> int | None:
     """The incident an alert belongs to: stored, or a placeholder of this batch."""
     if link is None:
         return None
@@ -329,7 +384,7 @@ def _decide(
     now: float,
 ) -> _Op:
     sig, g, labels, rule, key = p
-    link = batch.links.get(sig.alert_id)
+    link: Link | None = batch.links.get(sig.alert_id)
     if link is None and sig.alert_id not in batch.links_known:
         with s.no_autoflush:
             link = s.get(AlertLink, sig.alert_id)
@@ -344,8 +399,9 @@ def _decide(
     batch.note(sig, labels)
     active = sig.phase != "cleared"
     if link is None:
-        link = AlertLink(
+        link = NewLink(
             alert_id=sig.alert_id,
+            incident_id=None,
             verdict=d.verdict.value,
             event=sig.event,
             group_key=key,
@@ -356,7 +412,6 @@ def _decide(
             first_seen=sig.time,
             updated_at=now,
         )
-        s.add(link)
         batch.links[sig.alert_id] = link
     else:
         link.phase, link.active, link.updated_at = sig.phase, active, now
@@ -376,13 +431,25 @@ def _decide(
         batch.placeholder[sig.alert_id] = op.target
         if rule.min_count > 1:  # alerts of the group that were waiting for min_count join it now
             with s.no_autoflush:
-                op.pending = list(
+                stored = list(
                     s.scalars(
                         select(AlertLink).where(
                             AlertLink.group_key == key, AlertLink.verdict == Verdict.PENDING.value
                         )
                     )
                 )
+            waiting: dict[str, Link] = {lk.alert_id: lk for lk in stored}
+            waiting.update(  # this batch's own, not yet written
+                (a, lk) for a, lk in batch.links.items() if isinstance(lk, NewLink) and lk.group_key == key
+            )
+            op.pending = [
+                lk
+                for a, lk in waiting.items()
+                if a != sig.alert_id
+                and lk.verdict == Verdict.PENDING.value
+                and lk.incident_id is None
+                and a not in batch.placeholder
+            ]
     return op
 
 

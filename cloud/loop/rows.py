@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from alerts.loop.escalation import EscalationPolicy, EscalationSnapshot, EscalationState, EscalationStep
@@ -107,6 +107,30 @@ def store_esc_state(row: Incident, st: EscalationState) -> None:
 
 
 # -- effects ----------------------------------------------------------------------------------------------
+_TX_BULK = "vigil.loop.bulk"
+_BULK_ROWS = 1000
+
+
+def bulk_begin(s: Session) -> None:
+    """From here on, timeline rows, timers and intents of this transaction are collected as plain rows
+    and written by :func:`bulk_end` in one multi-row INSERT per table (a storm's batch writes tens of
+    thousands of them; as ORM objects their bookkeeping cost more than the database did)."""
+    s.info.setdefault(_TX_BULK, {IncidentEvent: [], Timer: [], NotificationIntentRow: []})
+
+
+def bulk_end(s: Session) -> None:
+    """Write what :func:`bulk_begin` collected (inside the transaction: it commits or rolls back with it)."""
+    pending: dict[Any, list[dict[str, Any]]] = s.info.pop(_TX_BULK, {})
+    for model, values in pending.items():
+        for i in range(0, len(values), _BULK_ROWS):  # Core, not the ORM's bulk path: plain executemany
+            s.execute(insert(model.__table__), values[i : i + _BULK_ROWS])
+
+
+def _bulk(s: Session, model: Any) -> list[dict[str, Any]] | None:
+    pending: dict[Any, list[dict[str, Any]]] | None = s.info.get(_TX_BULK)
+    return pending[model] if pending is not None else None
+
+
 def add_event(
     s: Session,
     row: Incident,
@@ -120,37 +144,44 @@ def add_event(
     idempotency_key: str | None = None,
     **detail: Any,
 ) -> None:
-    s.add(
-        IncidentEvent(
-            incident_id=row.id,
-            at=now,
-            actor=actor,
-            channel=channel,
-            action=action,
-            from_stage=from_stage,
-            to_stage=row.stage,
-            reason=reason[:1000],
-            detail=detail,
-            idempotency_key=idempotency_key,
-        )
+    values = dict(
+        incident_id=row.id,
+        at=now,
+        actor=actor,
+        channel=channel,
+        action=action,
+        from_stage=from_stage,
+        to_stage=row.stage,
+        reason=reason[:1000],
+        detail=detail,
+        idempotency_key=idempotency_key,
     )
+    bulk = _bulk(s, IncidentEvent)
+    if bulk is not None:
+        bulk.append(values)
+    else:
+        s.add(IncidentEvent(**values))
 
 
 def add_timer(
     s: Session, row: Incident, purpose: str, due: float, now: float, *, step: int = 0, loop: int = 0
 ) -> None:
-    s.add(
-        Timer(
-            incident_id=row.id,
-            purpose=purpose,
-            step=step,
-            loop=loop,
-            snapshot_version=row.snapshot_version,
-            due_at=due,
-            state="pending",
-            created_at=now,
-        )
+    values = dict(
+        incident_id=row.id,
+        purpose=purpose,
+        step=step,
+        loop=loop,
+        snapshot_version=row.snapshot_version,
+        due_at=due,
+        state="pending",
+        created_at=now,
+        fired_at=None,
     )
+    bulk = _bulk(s, Timer)
+    if bulk is not None:
+        bulk.append(values)
+    else:
+        s.add(Timer(**values))
 
 
 #: how many on-call people one role intent reaches: the dispatched responder alone at the first step,
@@ -184,6 +215,8 @@ def recent_pages(s: Session, now: float) -> dict[str, int]:
             for obj in s.new:
                 if isinstance(obj, NotificationIntentRow):
                     pages[obj.target_id] = pages.get(obj.target_id, 0) + 1
+            for values in _bulk(s, NotificationIntentRow) or ():
+                pages[values["target_id"]] = pages.get(values["target_id"], 0) + 1
         s.info[_TX_RECENT_PAGES] = pages
     return pages
 
@@ -251,6 +284,7 @@ def write_intents(s: Session, row: Incident, intents: list[NotificationIntent], 
                 )
             )
     pages = s.info.get(_TX_RECENT_PAGES)
+    bulk = _bulk(s, NotificationIntentRow)
     new = 0
     for it in intents:
         if it.dedup_key in existing:
@@ -259,21 +293,23 @@ def write_intents(s: Session, row: Incident, intents: list[NotificationIntent], 
         written.add(it.dedup_key)
         if pages is not None:
             pages[it.target_id] = pages.get(it.target_id, 0) + 1
-        s.add(
-            NotificationIntentRow(
-                incident_id=row.id,
-                step=it.step,
-                target_kind=it.target_kind.value,
-                target_id=it.target_id,
-                channel_hint=it.channel_hint[:64],
-                department=it.department,
-                summary=(it.summary or row.title)[:300],
-                dedup_key=it.dedup_key,
-                created_at=now,
-                state=IntentState.PENDING.value,
-                updated_at=now,
-            )
+        values = dict(
+            incident_id=row.id,
+            step=it.step,
+            target_kind=it.target_kind.value,
+            target_id=it.target_id,
+            channel_hint=it.channel_hint[:64],
+            department=it.department,
+            summary=(it.summary or row.title)[:300],
+            dedup_key=it.dedup_key,
+            created_at=now,
+            state=IntentState.PENDING.value,
+            updated_at=now,
         )
+        if bulk is not None:
+            bulk.append(values)
+        else:
+            s.add(NotificationIntentRow(**values))
         new += 1
     if new and row.first_notified_at is None:
         row.first_notified_at = now

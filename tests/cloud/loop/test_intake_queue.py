@@ -177,3 +177,31 @@ async def test_the_oldest_waiting_step_is_a_metric(lc_sqlite: Cloud) -> None:
         next(ln.split()[1] for ln in text.splitlines() if ln.startswith("vigil_cloud_loop_queue_oldest"))
     )
     assert 42 <= age < 600
+
+
+async def test_an_open_cover_inhibits_its_displaced_alert_within_and_across_batches(lc_sqlite: Cloud) -> None:
+    c = lc_sqlite
+    c.clock.t = T0
+    svc = loop(c)
+
+    def step(etype: EventType, phase: AlertPhase, t: float, episode_t: float | None = None):  # type: ignore[no-untyped-def]
+        return alert_step(MANHOLE_1, DeviceKind.MANHOLE, etype, phase, t, episode_t=episode_t)
+
+    def verdict(alert: str) -> str:
+        with c.state.db.read() as s:
+            link = s.get(AlertLink, alert)
+            assert link is not None
+            return str(link.verdict)
+
+    opened = step(EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 50)
+    same_batch = step(EventType.COVER_DISPLACED, AlertPhase.RAISED, T0 - 60)  # older, still inhibited
+    svc.take_steps([same_batch, opened], GW1)
+    assert verdict(opened.alert_id) == "open" and verdict(same_batch.alert_id) == "inhibited"
+    later = step(EventType.COVER_DISPLACED, AlertPhase.RAISED, T0 - 40)  # the open cover is in the table
+    svc.take_steps([later], GW1)
+    assert verdict(later.alert_id) == "inhibited"
+    # the cover is reseated: its cleared step and a new displaced alert in one batch; the clear counts
+    cleared = step(EventType.COVER_OPEN, AlertPhase.CLEARED, T0 - 30, episode_t=T0 - 50)
+    after = step(EventType.COVER_DISPLACED, AlertPhase.RAISED, T0 - 20)
+    svc.take_steps([after, cleared], GW1)
+    assert verdict(after.alert_id) == "open"
