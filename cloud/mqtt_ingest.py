@@ -34,6 +34,13 @@ Why it is built this way:
   ``vigil/v1/gw/{gateway_id}/ack`` before the PUBACK of the batch, at QoS 0 (see
   ``_Connection.publish``; a lost ack only makes the gateway re-send, and a re-sent batch is
   answered ``duplicate=true``).
+- **Two payload formats, told apart by the first byte** (:func:`alerts.uplink_body.sniff`): a JSON
+  document starts with ``{``, the columnar binary body (``application/vnd.vigil.uplink+msgpack``) with a
+  msgpack map header (``0x80``-``0x8f``, ``0xde``, ``0xdf``); the two sets cannot overlap. Not the MQTT 5
+  content-type property: gateways publish with MQTT 3.1.1 clients too, and a broker bridge may drop
+  properties. Not a topic suffix: every broker ACL (``pattern write vigil/v1/gw/%u/up``) and the shared
+  subscription would have to change. Both formats go through :func:`alerts.uplink_body.decode_batch`, the
+  decoder the HTTP route uses.
 - **Poison messages do not loop.** A payload that is not a valid ``UplinkBatch``, a topic without a valid
   gateway id, a batch whose ``gateway_id`` differs from the topic's, or a batch the service refuses (4xx
   class :class:`~cloud.errors.CloudError`) is counted, logged with the first bytes of the payload,
@@ -67,9 +74,9 @@ from typing import Any, Protocol, runtime_checkable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic
+from alerts.uplink_body import BodyError, decode_batch, sniff
 from cloud.errors import CloudError, StorageError
 from cloud.limits import RateLimitedError, install_log_throttle, uninstall_log_throttle
 from firmware_bridge.backoff import Backoff
@@ -628,15 +635,26 @@ class IngestWorker:
         if gateway_id is None:
             self._poison(d, None, None, "bad_topic", f"topic {d.topic!r} is not vigil/v1/gw/<gateway_id>/up")
             return None
-        try:
-            batch = UplinkBatch.model_validate_json(d.payload)
-        except ValidationError as exc:
+        media = sniff(d.payload)
+        if media is None:
             self._poison(
                 d,
                 gateway_id,
-                _batch_id_of(d.payload),
+                None,
                 "validation",
-                f"not a valid UplinkBatch: {exc.error_count()} error(s): {_first_error(exc)}",
+                "payload is neither a JSON object nor the binary body "
+                f"(first byte {d.payload[:1].hex() or 'none'})",
+            )
+            return None
+        try:
+            batch = decode_batch(d.payload, media)
+        except BodyError as exc:
+            self._poison(
+                d,
+                gateway_id,
+                exc.batch_id,
+                "validation",
+                f"not a valid UplinkBatch: {len(exc.errors)} error(s): {exc.detail}",
             )
             return None
         if batch.gateway_id != gateway_id:
@@ -781,24 +799,6 @@ class IngestWorker:
             if retry_after_s is not None:
                 body["retry_after_s"] = round(retry_after_s, 1)
             conn.publish(mqtt_ack_topic(gateway_id), json.dumps(body).encode())
-
-
-def _batch_id_of(payload: bytes) -> str | None:
-    """Best effort: the batch id of an invalid document, so the gateway can match the error to a batch."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    bid = doc.get("batch_id") if isinstance(doc, dict) else None
-    return bid if isinstance(bid, str) and len(bid) <= 64 else None
-
-
-def _first_error(exc: ValidationError) -> str:
-    errs = exc.errors(include_url=False, include_input=False)
-    if not errs:
-        return ""
-    e = errs[0]
-    return f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"[:300]
 
 
 async def serve(settings: Any, config: MqttIngestConfig, *, workers: int = 1, registry: Any = None) -> None:
