@@ -91,7 +91,11 @@ class CertificateBearer(HTTPBearer):
         return ConnectionCredentials(scheme=creds.scheme, credentials=creds.credentials, certificate=cert)
 
 
-bearer = CertificateBearer(auto_error=False, description="`vgw_...` gateway token or `vus_...` user token")
+bearer = CertificateBearer(
+    auto_error=False,
+    scheme_name="HTTPBearer",  # the OpenAPI name it had as a plain HTTPBearer
+    description="`vgw_...` gateway token or `vus_...` user token",
+)
 
 
 def get_state(request: Request) -> CloudState:

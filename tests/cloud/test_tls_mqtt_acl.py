@@ -40,13 +40,26 @@ DEPLOY = ROOT / "deploy" / "mosquitto"
 WORKER, WORKER_PASSWORD = "vigil-ingest", "worker-secret-for-tests"
 
 
-def render(conf: str, *, plain_port: int, tls_port: int, pki: Pki, d: Path) -> str:
-    """The shipped listener file with this test's ports and files; nothing else changed."""
+def render(
+    conf: str,
+    *,
+    plain_port: int,
+    tls_port: int,
+    pki: Pki,
+    d: Path,
+    client_ca: Path | None = None,
+    crl: Path | None = None,
+) -> str:
+    """The shipped listener file with this test's ports and files (the gateway CA is ``client_ca``, else the
+    test CA); with ``crl`` its commented ``crlfile`` line is switched on. Nothing else changed."""
     out = conf.replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
     out = out.replace("listener 8883\n", f"listener {tls_port} 127.0.0.1\n")
     out = out.replace("/etc/mosquitto/certs/broker.pem", str(pki.server_cert))
     out = out.replace("/etc/mosquitto/certs/broker.key", str(pki.server_key))
-    out = out.replace("/etc/vigil/tls/gateway-ca.pem", str(pki.ca))
+    out = out.replace("/etc/vigil/tls/gateway-ca.pem", str(client_ca or pki.ca))
+    if crl is not None:
+        assert "\n# crlfile /etc/vigil/tls/gateway-ca.crl\n" in out
+        out = out.replace("\n# crlfile /etc/vigil/tls/gateway-ca.crl\n", f"\ncrlfile {crl}\n")
     for name in ("vigil-passwd", "vigil-cloud.acl", "vigil-gateways.acl"):
         out = out.replace(f"/etc/mosquitto/{name}", str(d / name))
     assert "/etc/" not in re.sub(r"(?m)^#.*$", "", out), out  # every path replaced
