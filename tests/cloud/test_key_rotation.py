@@ -9,7 +9,11 @@ and the message-link / blind-index root does not change (links in flight keep wo
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from cloud.notify.models import Contact
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import T0
 
+ROOT = Path(__file__).resolve().parents[2]
 N_DEVICES, N_USERS, N_INCIDENTS = 7, 3, 4
 TOTAL = N_DEVICES + N_USERS + N_INCIDENTS
 
@@ -183,6 +188,65 @@ def test_interrupted_rotation_leaves_every_row_readable_and_resumes(sealed: Seal
     assert sum(report.already.values()) == 4
     _, retired = privacy.retire_old_keys(sealed.db, sealed.key_file)
     assert retired == [first_id]
+    sealed.assert_all_open(load_or_create_key(sealed.key_file))
+
+
+def test_kill_9_mid_rotation_leaves_every_row_readable(sealed: Sealed, tmp_path: Path) -> None:
+    """``vigil cloud key rotate`` killed with SIGKILL half-way, one row per transaction."""
+    box = SecretBox(load_or_create_key(sealed.key_file))
+    n_more = 3000
+    with sealed.db.write() as s:
+        for i in range(n_more):
+            doc = {"wearer_name": f"王{i}", "wearer_phone": f"1350000{i:04d}"}
+            s.add(
+                Device(
+                    device_id=f"bulk-{i:05d}", kind="wristband", interval_s=300.0, created_at=T0,
+                    seq_gaps_total=0, readings_total=0, private_enc=box.seal(doc),
+                )
+            )  # fmt: skip
+            sealed.expected[("devices.private_enc", f"bulk-{i:05d}")] = doc
+    privacy.add_next_key(sealed.key_file)
+    ring = load_or_create_key(sealed.key_file)
+    new = Fernet(next(e.key for e in ring.entries if e.role == "next"))
+
+    def resealed() -> int:
+        n = 0
+        for tok in sealed.values().values():
+            try:
+                new.decrypt(tok.encode())
+            except InvalidToken:
+                continue
+            n += 1
+        return n
+
+    argv = ["cloud", "key", "rotate", "--batch", "1", "--database-url", sealed.url]
+    argv += ["--secret-key-file", str(sealed.key_file)]
+    code = "import sys, vigil_cli; sys.exit(vigil_cli.main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "rotate.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *argv], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 60.0
+        while resealed() < 20:  # well under way (a few thousand one-row transactions to go)
+            assert proc.poll() is None, (tmp_path / "rotate.log").read_text()
+            assert time.monotonic() < deadline, "rotation made no progress"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = resealed()
+    assert 20 <= done < TOTAL + n_more  # killed half-way: some rows under each key
+    ring = load_or_create_key(sealed.key_file)  # the file was replaced whole before the re-seal began
+    assert [e.role for e in ring.entries] == ["primary", "old", "hmac"]
+    sealed.assert_all_open(ring)
+    report = privacy.reseal(sealed.db, ring)
+    assert report.total == TOTAL + n_more - done
+    privacy.retire_old_keys(sealed.db, sealed.key_file)
     sealed.assert_all_open(load_or_create_key(sealed.key_file))
 
 
