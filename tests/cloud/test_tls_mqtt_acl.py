@@ -1,7 +1,8 @@
 """Gateways on MQTT are bound to their certificate: the shipped Mosquitto files (deploy/mosquitto/).
 
 ``vigil-gateways.conf`` with ``vigil-cloud.acl`` and ``vigil-gateways.acl`` is used as shipped, only ports
-and paths replaced, on the real Mosquitto (tests/servers.py). Certificates come from a throw-away CA
+and paths replaced, after ``vigil-durability.conf`` as in ``/etc/mosquitto/conf.d/``, on the real Mosquitto
+(tests/servers.py). Certificates come from a throw-away CA
 (tests/cloud/test_tls.py ``make_pki`` / ``issue_client``): CN ``gw-a`` and ``gw-b``. The cloud's MQTT ingest
 worker (cloud/mqtt_ingest.py) logs in on the loopback listener with its password; gateways use the TLS
 listener with their certificate. Gateway A's certificate cannot publish on B's topic (the message never
@@ -77,7 +78,7 @@ class ShippedMosquitto(MosquittoServer):
         conf = self.directory / "mosquitto.conf"
         user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
-            f"{self.listeners}\npersistence false\nlog_dest file {self.log_path}\n"
+            f"{self.listeners}\nlog_dest file {self.log_path}\n"
             f"log_type error\nlog_type warning\nlog_type notice\n{user}"
         )
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -131,7 +132,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     listeners = render(
         (DEPLOY / "vigil-gateways.conf").read_text(), plain_port=plain, tls_port=tls_port, pki=pki, d=d
     )
-    server = ShippedMosquitto("127.0.0.1", plain, d, listeners=listeners)
+    # as in /etc/mosquitto/conf.d/: vigil-durability.conf is read first and combines with the listeners
+    durability = (DEPLOY / "vigil-durability.conf").read_text()
+    assert "persistence_location /var/lib/mosquitto/\n" in durability
+    durability = durability.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {d}/")
+    server = ShippedMosquitto("127.0.0.1", plain, d, listeners=durability + "\n" + listeners)
     server.start()
     try:
         yield Broker(server, tls_port, pki, certs)
