@@ -127,6 +127,13 @@ def test_add_rotate_retire_reseals_everything_and_keeps_the_link_root(
     new_id = key_id(next(e.key for e in ring.entries if e.role == "next"))
     assert key_id(ring.primary) == first_id  # an added key does not seal yet
     sealed.assert_all_open(ring)
+    code, out, _ = _cli(capsys, sealed, "status")
+    assert code == 0
+    assert out.splitlines() == [
+        f"primary\t{first_id}\tsealed values: {TOTAL}",
+        f"hmac\t{first_id}\tsealed values: -",
+        f"next\t{new_id}\tsealed values: 0",
+    ]
 
     code, out, err = _cli(capsys, sealed, "rotate", "--batch", "3")
     assert code == 0, err
