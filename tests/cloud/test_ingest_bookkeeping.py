@@ -1,0 +1,85 @@
+"""Device bookkeeping of many devices in one batch: every device's own counts, newest reading, lost frames.
+
+The bookkeeping is one statement for all the batch's devices (arrays on PostgreSQL, one prepared UPDATE
+stepped per device on SQLite), so a misaligned column would give one device another's figures. Each
+device here has its own history, sequence numbers around the 16-bit wrap, and either newer or only late
+readings in the second batch; the expected values are worked out per device, independently of
+:mod:`cloud.sequence`, on SQLite and PostgreSQL, through ``ingest`` and ``ingest_many``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
+from firmware_bridge.registry import spec
+from tests.cloud.cloudkit import *  # noqa: F403
+from tests.cloud.cloudkit import CSV_HEADER, GW1, T0, Cloud, batch
+
+M = DeviceKind.MANHOLE
+N_DEV = 40
+DEVICES = [f"70b3d57ee{i:07x}" for i in range(N_DEV)]
+
+
+def block(rows: list[tuple[str, int, float, float]]) -> ReadingBatch:
+    """Readings ``(device, seq, time, battery)`` of manholes."""
+    n_ch = len(spec(M).channels)
+    rs = [
+        Reading(
+            kind=M, device_id=d, seq=q, time=t, battery_pct=b, flags=0, values=(1.0,) * n_ch, fw_version=1
+        )
+        for d, q, t, b in rows
+    ]
+    return ReadingBatch.from_readings(M, rs)
+
+
+def first_rows(i: int) -> list[tuple[str, int, float, float]]:
+    """Device i: three frames ending at seq 65533 + i (wrapping past 65535 for i >= 3), one lost between."""
+    last = (65533 + i) % 65536
+    seqs = [(last - 3) % 65536, (last - 1) % 65536, last]  # last - 2 lost
+    return [(DEVICES[i], q, T0 + 1000 * i + 60 * k, 50.0 + i) for k, q in enumerate(seqs)]
+
+
+def second_rows(i: int) -> list[tuple[str, int, float, float]]:
+    """Even devices: two newer frames, the first continuing across the wrap, then i % 4 lost. Odd devices:
+    two late frames (older than the first batch's newest): counted, but last seen / seq stay."""
+    d, last = DEVICES[i], (65533 + i) % 65536
+    if i % 2 == 0:
+        t = T0 + 1000 * i + 600
+        return [(d, (last + 1) % 65536, t, 10.0 + i), (d, (last + 2 + i % 4) % 65536, t + 60, 20.0 + i)]
+    return [
+        (d, (last - 5) % 65536, T0 + 1000 * i - 300, 1.0),
+        (d, (last - 4) % 65536, T0 + 1000 * i - 240, 2.0),
+    ]
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["ingest", "ingest_many"])
+async def test_each_device_of_a_batch_gets_its_own_bookkeeping(cloud: Cloud, many: bool) -> None:
+    rows = [f"{d},manhole,,39.9,116.3,,,,,false,{GW1},,,,,,," for d in DEVICES]
+    cloud.state.registry.import_csv("\n".join([CSV_HEADER, *rows]) + "\n", now=cloud.clock.now())
+    order = np.random.default_rng(7).permutation(N_DEV)  # devices interleaved, not in id order
+    b1 = batch("batch-book-01", block([r for i in order for r in first_rows(int(i))]))
+    b2 = batch("batch-book-02", block([r for i in order for r in second_rows(int(i))]))
+    svc = cloud.state.ingest
+    if many:
+        out = [await svc.ingest_many([(b1, GW1)]), await svc.ingest_many([(b2, GW1)])]
+        acks = [o[0] for o in out]
+    else:
+        acks = [await svc.ingest(b1, gateway_id=GW1), await svc.ingest(b2, gateway_id=GW1)]
+    assert [a.telemetry_stored for a in acks] == [3 * N_DEV, 2 * N_DEV]
+    total_gaps = 0
+    for i, dev_id in enumerate(DEVICES):
+        dev = cloud.state.registry.get(dev_id, "admin")
+        last = (65533 + i) % 65536
+        if i % 2 == 0:  # newest frames in the second batch: 1 lost before + i % 4 lost between them
+            gaps = 1 + i % 4
+            want = ((last + 2 + i % 4) % 65536, T0 + 1000 * i + 660, 20.0 + i)
+        else:  # late frames: no gap counted (older than the stored last seen), nothing moves back
+            gaps = 1
+            want = (last, T0 + 1000 * i + 120, 50.0 + i)
+        total_gaps += gaps
+        assert (dev.last_seq, dev.last_seen, dev.last_battery_pct) == want, dev_id
+        assert (dev.readings_total, dev.seq_gaps_total) == (5, gaps), dev_id
+        assert dev.last_received_at == cloud.clock.now()
+    assert f"vigil_cloud_seq_gaps_total {float(total_gaps)}" in (await cloud.client.get("/metrics")).text
