@@ -195,6 +195,8 @@ class GatewayBinding:
             addr = ipaddress.ip_address(host)
         except ValueError:
             return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
         return any(addr in net for net in self.trusted_proxies)
 
 

@@ -214,6 +214,8 @@ def test_certificate_headers_count_only_from_a_trusted_proxy() -> None:
         {"VIGIL_CLOUD_TLS_BIND_GATEWAY": "true", "VIGIL_CLOUD_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"}
     )
     assert strict.trusts("10.2.3.4") and strict.trusts("192.0.2.1") and not strict.trusts("127.0.0.1")
+    assert strict.trusts("::ffff:10.2.3.4") and default.trusts("::ffff:127.0.0.1") and default.trusts("::1")
+    assert not default.trusts("::ffff:192.0.2.1") and not default.trusts("localhost")
     assert request_certificate(_scope("198.51.100.7"), {}, strict, client_ca=False).required
     off = GatewayBinding.from_env({"VIGIL_CLOUD_TLS_BIND_GATEWAY": "false"})
     assert not request_certificate(_scope("127.0.0.1"), {VERIFY_HEADER: "NONE"}, off, client_ca=True).required
