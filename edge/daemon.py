@@ -131,6 +131,7 @@ class Gateway:
                 backoff_max_s=u.backoff_max_s,
                 backlog_records_per_s=u.backlog_records_per_s,
                 status=self.status_snapshot,
+                committed=self._readings_committed,
             )
         )
         self.actions = ActionRunner(
@@ -172,6 +173,10 @@ class Gateway:
                 client_key=u.client_key,
             )
         return None
+
+    def _readings_committed(self) -> int:
+        """Readings committed to the outbox so far (the sender's linger ends when a batch's worth waits)."""
+        return self.pipeline.frames_total
 
     def _cloud_up(self) -> bool | None:
         return False if self.sender is None else self.sender.up

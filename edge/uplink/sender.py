@@ -25,6 +25,24 @@ No batch is retried forever (issue 11), and nothing is given up during an outage
 Backoff is jittered and exponential (:class:`firmware_bridge.backoff.Backoff`); while the cloud is merely
 unreachable it is capped at ``recovery_probe_s`` so the gateway notices within seconds that it is back.
 A cloud that answers 422 naming ``contract_version`` gets version-1 batches (it predates version 2).
+
+**Heartbeat.** The cloud judges a gateway online from its batches (``gateway_offline_s``, default 300 s),
+and a gateway whose devices are quiet (manhole covers report every 12-24 h) may have nothing to send for
+hours. When nothing was acknowledged for ``heartbeat_s`` and the outbox has nothing to send, the sender
+sends a status-only batch (no records, the gateway's status, a fresh batch id), acknowledged like any
+batch. It is never persisted (nothing to retry: the next heartbeat replaces it), it is only sent when the
+outbox has nothing (so it never queues before a pending batch), a new alert cancels one in flight, and a
+failed one is followed by the next only after the same jittered probe pause as a failed batch: an outage
+costs one small request per pause, never a pile of heartbeats. It doubles as the recovery probe of an
+idle gateway.
+
+**Linger** (Kafka's ``linger.ms``). Under load the sender would send whatever committed while the last
+batch was in flight: many small batches, each one cloud transaction and fsync. After an acknowledged
+telemetry batch that was not full and held only readings committed since the batch before (not a backlog
+drain, not a retry), the next batch is formed no sooner than ``linger_s`` after it, unless a batch's worth
+(``max_records``) of fresh readings is waiting first or an alert step arrives (:meth:`notify`). So a
+steady load gives one batch per ``max(round trip, linger_s)``; an alert, a retry, a backlog drain and the
+first reading after a quiet spell never wait.
 """
 
 from __future__ import annotations
@@ -34,11 +52,12 @@ import contextlib
 import functools
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
-from alerts.contract import UplinkAck
+from alerts.contract import UplinkAck, UplinkBatch
 from edge.metrics import GatewayMetrics
 from edge.outbox import LANE_ALERT, Outbox, PendingBatch
 from edge.quarantine import QuarantineMetrics
@@ -55,6 +74,10 @@ from firmware_bridge.backoff import Backoff
 
 #: failures that may come from a batch's content (a cloud bug); others are outages or throttling
 _CONTENT_5XX = frozenset({"http_500", "internal"})
+#: how often a linger looks at the pipeline's commit counter (a batch's worth waiting ends it early)
+_LINGER_LOOK_S = 0.02
+#: how often an idle sender looks at the outbox
+_IDLE_LOOK_S = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +101,14 @@ class UplinkSender:
         max_attempts: int = 20,
         max_refusals: int = 3,
         dead_letter_after_s: float = 3600.0,
+        heartbeat_s: float = 60.0,
+        linger_s: float = 0.25,
+        committed: Callable[[], int] | None = None,
     ) -> None:
+        """``committed``: a running count of readings committed to the outbox (the pipeline's); with it a
+        linger ends as soon as a batch's worth is waiting, and a batch holding more than was committed
+        since the one before (a backlog or a restart's leftovers) is known to be a drain. Without it a
+        linger always lasts ``linger_s``."""
         self.outbox, self.uplink, self.metrics, self.gateway_id = outbox, uplink, metrics, gateway_id
         self.max_records, self.max_bytes = max_records, max_bytes
         self.backoff_max_s = backoff_max_s
@@ -95,6 +125,13 @@ class UplinkSender:
         self.last_error = ""
         self.batches_acked = 0
         self.last_ack_at: float | None = None  # wall clock of the last acknowledgement (any batch)
+        self.heartbeat_s, self.linger_s, self.committed = heartbeat_s, linger_s, committed
+        self.heartbeats_acked = 0
+        self.last_heartbeat_at: float | None = None  # wall clock of the last acknowledged heartbeat
+        self._acked_mono: float | None = None  # monotonic time of the last ack, batch or heartbeat
+        self._heartbeat_after = 0.0  # monotonic: no heartbeat before (a failed one waits a probe pause)
+        self.linger_until: float | None = None  # monotonic: form the next batch no sooner (None: at once)
+        self._committed_mark = 0  # ``committed()`` when the last batch was formed
         self._tokens = backlog_records_per_s
         self._t_tokens = time.monotonic()
         self.qmetrics = QuarantineMetrics.for_registry(
@@ -156,8 +193,13 @@ class UplinkSender:
         probe = Backoff(initial=self.backoff_initial_s, maximum=self.recovery_probe_s)
         refused = Backoff(initial=self.backoff_initial_s, maximum=self.backoff_max_s)
         while True:
+            woken = self.wake.is_set()  # an alert committed while the last batch was in flight
             self.wake.clear()  # before looking: an alert committed after this point wakes any pause
+            if self.linger_until is not None and not woken:
+                await self._linger(self.linger_until)
+            self.linger_until = None
             status = self._status()
+            mark = self.committed() if self.committed is not None else 0
             pending = await self.outbox.call(
                 functools.partial(
                     self.outbox.next_batch,
@@ -169,8 +211,15 @@ class UplinkSender:
                 )
             )
             if pending is None:
-                await self._pause(0.25)
+                if self._heartbeat_due():
+                    await self._heartbeat(probe, refused)
+                else:
+                    await self._pause(_IDLE_LOOK_S)
                 continue
+            fresh = mark - self._committed_mark  # readings committed since the last telemetry batch
+            if pending.n_readings:
+                self._committed_mark = mark
+            formed = time.monotonic()
             await self.outbox.call(self.outbox.note_attempt, pending.batch_id)
             try:
                 ack = await self.uplink.send(pending)
@@ -206,11 +255,89 @@ class UplinkSender:
             self._tokens -= pending.n_readings if pending.n_alerts == 0 else 0
             self.batches_acked += 1
             self.last_ack_at = self._now()
+            self._acked_mono = time.monotonic()
             self.metrics.uplink_batches.inc()
             if self.up is not True:
                 await self.outbox.call(self._mark, True)
             probe.reset()
             refused.reset()
+            if self._may_linger(pending, fresh):
+                self.linger_until = formed + self.linger_s
+
+    def _may_linger(self, pending: PendingBatch, fresh: int) -> bool:
+        """After this acknowledged batch, may the next one wait for more? Only after live telemetry that
+        did not fill the batch and held nothing older than what was committed since the batch before."""
+        if self.linger_s <= 0 or pending.n_alerts or not pending.n_readings:
+            return False
+        full = pending.n_readings >= self.max_records or len(pending.body) * 10 >= self.max_bytes * 9
+        drain = self.committed is not None and pending.n_readings > fresh
+        return not (full or drain)
+
+    async def _linger(self, until: float) -> None:
+        """Wait for a fuller batch: until ``until``, until a batch's worth of readings was committed since
+        the last batch, or until an alert step arrives (:meth:`notify`)."""
+        while not self.wake.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            if self.committed is None:
+                await self._pause(left)
+                return
+            if self.committed() - self._committed_mark >= self.max_records:
+                return
+            await self._pause(min(left, _LINGER_LOOK_S))
+
+    def _heartbeat_due(self) -> bool:
+        t = time.monotonic()
+        if t < self._heartbeat_after:
+            return False
+        return self._acked_mono is None or t - self._acked_mono >= self.heartbeat_s
+
+    async def _heartbeat(self, probe: Backoff, refused: Backoff) -> None:
+        """Send one status-only batch (the outbox is empty). Not persisted: a failed or cancelled one is
+        simply replaced by the next. An alert committed meanwhile (:meth:`notify`) cancels it at once."""
+        batch_id = f"{self.gateway_id[:24]}-{secrets.token_hex(12)}".replace(".", "_").replace(":", "_")
+        body = UplinkBatch.wire(
+            contract_version=self.outbox.contract_version,
+            batch_id=batch_id,
+            gateway_id=self.gateway_id,
+            sent_at=self._now(),
+            status=self._status(),
+        )
+        send = asyncio.ensure_future(self.uplink.send(PendingBatch(batch_id, body, 0, 0, ())))
+        woken = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait((send, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not send.done():
+                send.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UplinkError):
+                    await send
+        if send.cancelled():
+            return  # an alert goes first; the next heartbeat replaces this one
+        exc = send.exception()
+        if exc is None:
+            self.heartbeats_acked += 1
+            self.last_heartbeat_at = self._now()
+            self._acked_mono = time.monotonic()
+            if self.up is not True:
+                await self.outbox.call(self._mark, True)
+            probe.reset()
+            refused.reset()
+            return
+        if not isinstance(exc, UplinkError):
+            raise exc
+        self.metrics.uplink_errors.labels(exc.reason).inc()
+        if not isinstance(exc, UplinkInvalid):
+            await self.outbox.call(self._mark, False, str(exc))
+        else:
+            log.warning("the cloud refused a heartbeat (status-only batch): %s", str(exc)[:200])
+        slow = isinstance(exc, UplinkRejected | UplinkAuthError)
+        delay = refused.next() if slow else probe.next()
+        if isinstance(exc, UplinkThrottled):
+            delay = max(delay, min(exc.retry_after_s, self.backoff_max_s))
+        self._heartbeat_after = time.monotonic() + delay
 
     def _count_refusals(self, ack: UplinkAck, pending: PendingBatch) -> None:
         if not (ack.telemetry_refused or ack.alerts_refused):
