@@ -5,8 +5,8 @@ Rules (defaults and why: docs/privacy.md "Retention"; settings ``VIGIL_CLOUD_RET
 ==========================  ==========================================================================
 ``wristband_readings``      a wristband's readings (heart rate, SpO2, position) older than
                             ``retention_wristband_readings_days`` are deleted from the time-series store
-``incident_personal``       the resident reporter's sealed contact of an incident closed more than
-                            ``retention_incident_personal_days`` ago is erased (the case itself stays)
+``incident_personal``       the resident reporter's sealed contact of an incident closed (or dismissed)
+                            more than ``retention_incident_personal_days`` ago is erased (the case stays)
 ``audit``                   audit rows older than ``retention_audit_days`` are deleted
 ==========================  ==========================================================================
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Engine, create_engine, delete, select, text, update
+from sqlalchemy import Engine, create_engine, delete, func, select, text, update
 from sqlalchemy.pool import NullPool
 
 from cloud.db import Database
@@ -198,7 +198,8 @@ class Retention:
                         select(Incident.id)
                         .where(
                             Incident.is_open.is_(False),
-                            Incident.closed_at < cutoff_s,
+                            # closed; a dismissed case has no closed_at: its last change counts
+                            func.coalesce(Incident.closed_at, Incident.updated_at) < cutoff_s,
                             Incident.reporter_contact_enc.is_not(None),
                         )
                         .order_by(Incident.id)

@@ -68,15 +68,17 @@ def world(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterat
     store.write(readings(DeviceKind.MANHOLE, "manhole-1", range(400), t0=days[0], step=DAY_S))
     box = SecretBox(load_or_create_key(key_file))
     with db.write() as s:
-        for key, is_open, closed_days in (
-            ("closed-long-ago", False, 400), ("closed-366", False, 366), ("closed-recently", False, 30),
-            ("open-old", True, None),
+        for key, stage, closed_days, updated_days in (
+            ("closed-long-ago", "closed", 400, 400), ("closed-366", "closed", 366, 1),
+            ("closed-recently", "closed", 30, 30), ("open-old", "dispatched", None, 400),
+            ("dismissed-old", "dismissed", None, 400), ("dismissed-recently", "dismissed", None, 30),
         ):  # fmt: skip
             s.add(
                 Incident(
-                    group_key=key, group_rule="r", stage="closed" if not is_open else "dispatched",
-                    source="manual", kind="report", event_type="report", grade=3, urgency="normal",
-                    created_at=NOW - 500 * DAY_S, stage_entered_at=NOW, updated_at=NOW, is_open=is_open,
+                    group_key=key, group_rule="r", stage=stage, source="manual", kind="report",
+                    event_type="report", grade=3, urgency="normal", created_at=NOW - 500 * DAY_S,
+                    stage_entered_at=NOW, updated_at=NOW - updated_days * DAY_S,
+                    is_open=stage == "dispatched",
                     closed_at=None if closed_days is None else NOW - closed_days * DAY_S,
                     reporter_contact_enc=box.seal({"phone": "13900001111"}),
                 )
@@ -99,7 +101,7 @@ def test_deletes_exactly_what_is_due(world: World) -> None:
     finally:
         job.close()
     # readings 400..181 days old go (220 per band); 180..1 days old stay; the manhole is not personal
-    assert done == {"wristband_readings": 3 * 220, "incident_personal": 2, "audit": 3}
+    assert done == {"wristband_readings": 3 * 220, "incident_personal": 3, "audit": 3}
     for band in BANDS:
         assert world.count(DeviceKind.WRISTBAND, band) == 180
         oldest = world.store.query(band, DeviceKind.WRISTBAND, 0.0, NOW, max_points=1000).time.min()
@@ -110,6 +112,8 @@ def test_deletes_exactly_what_is_due(world: World) -> None:
         "closed-366": False,
         "closed-recently": True,
         "open-old": True,  # an open case keeps its reporter's contact, however old
+        "dismissed-old": False,  # no closed_at: its last change counts
+        "dismissed-recently": True,
     }
     assert world.audit_ats() == [NOW - 729 * DAY_S, NOW - 10 * DAY_S]
     with world.db.read() as s:
@@ -132,7 +136,7 @@ def test_batches_are_bounded_and_the_rest_follows(world: World) -> None:
     try:
         first = job.run(NOW)
         # three batches of at most 100: band-a's 220 due readings (100 + 100 + 20)
-        assert first == {"wristband_readings": 220, "incident_personal": 2, "audit": 3}
+        assert first == {"wristband_readings": 220, "incident_personal": 3, "audit": 3}
         assert [world.count(DeviceKind.WRISTBAND, b) for b in BANDS] == [180, 400, 400]
         runs = [first["wristband_readings"]]
         while runs[-1]:
