@@ -28,6 +28,7 @@ All blocking work (SQL, the time-series write) runs in a worker thread: the even
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time as _time
 from collections.abc import Sequence
@@ -35,13 +36,12 @@ from contextlib import nullcontext
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import func, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from alerts.contract import AlertEvent, UplinkAck, UplinkBatch
 from cloud.alertstore import store_alert_steps
-from cloud.db import Database, Gateway
+from cloud.db import Database
 from cloud.errors import CloudError, ConflictError, PermissionDeniedError, StorageError
 from cloud.limits import GatewayQuota, GuardMetrics, IngestLimits, RateLimitedError
 from cloud.metrics import CloudMetrics
@@ -381,14 +381,15 @@ class IngestService:
                 f"AND batch_id = {mark}",
                 (len(new_steps), gateway_id, batch.batch_id),
             )
-        # the gateway's row: one UPDATE (the row lock is the UPDATE's own; no ORM load and flush)
-        values: dict[str, object] = {
-            "last_seen": now,
-            "batches_total": func.coalesce(Gateway.batches_total, 0) + 1,
-        }
+        # the gateway's row: one UPDATE (the row lock is the UPDATE's own), at the driver level like the
+        # rest: the ORM's UPDATE cost ~1 ms of CPU per batch (statement cache key, session synchronisation)
+        sql = f"UPDATE gateways SET last_seen = {mark}, batches_total = COALESCE(batches_total, 0) + 1"
+        args: tuple[object, ...] = (now,)
         if batch.status is not None:
-            values["last_status"] = batch.status.model_dump()
-        s.execute(update(Gateway).where(Gateway.gateway_id == gateway_id).values(**values))
+            json_mark = mark if mark == "?" else f"CAST({mark} AS JSON)"
+            sql += f", last_status = {json_mark}"
+            args += (json.dumps(batch.status.model_dump()),)
+        conn.exec_driver_sql(f"{sql} WHERE gateway_id = {mark}", (*args, gateway_id))
         return gaps, new_steps
 
     def _acked(
