@@ -33,11 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts.contract import AlertEvent
-from alerts.detection.episodes import Transitions
 from alerts.detection.kindstate import KindState
 from alerts.detection.profiles import ProfileSet
 from alerts.detection.registry import RULES
-from alerts.detection.rulekit import RuleContext
+from alerts.detection.rulekit import RuleContext, Verdict
+from alerts.detection.segments import Segments
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 
@@ -48,6 +48,18 @@ SEQ_REPLAY_WINDOW = 16
 DEFAULT_GRACE_PERIOD = 4  # calm readings before a learned baseline is trusted (2 days of heartbeats)
 _MAX_TIME = 4_102_444_800.0
 _SEVERITY: dict[int, Severity] = {int(s): s for s in Severity}
+_PHASE_ORDER = {AlertPhase.RAISED: 0, AlertPhase.UPDATED: 1, AlertPhase.CLEARED: 2}
+# the steps of one event type in a batch: (type, its position among the kind's verdicts, reading index,
+# phase, severity, episode id, the per-reading values the steps report)
+_Steps = tuple[
+    EventType,
+    int,
+    npt.NDArray[np.int64],
+    list[AlertPhase],
+    npt.NDArray[np.int8],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+]
 
 
 class EngineError(Exception):
@@ -96,7 +108,13 @@ class DetectionEngine:
 
     # -- readings --------------------------------------------------------------------------------------
     def process(self, batch: ReadingBatch, now: float) -> list[AlertEvent]:
-        """Run one batch (one kind) through every rule; returns the alert steps it caused."""
+        """Run one batch (one kind) through every rule; returns the alert steps it caused.
+
+        The batch is sorted once by (device, time, seq); each device's readings are then a segment and
+        every per-device recurrence a scan over segments (:mod:`alerts.detection.segments`), so the
+        rules run once per batch whatever the number of readings per device. The steps come out in
+        the order frame-by-frame ranks produced them (rank, event type, phase, device).
+        """
         n = len(batch)
         self.counters.frames_total += n
         if n == 0:
@@ -104,111 +122,95 @@ class DetectionEngine:
         ks = self.kinds[batch.kind]
         rows = ks.rows_for(batch.device_id)
         t = batch.time
+        seq = batch.seq.astype(np.int64)
         ok = (rows >= 0) & np.isfinite(t) & (t >= 0) & (t <= _MAX_TIME)
-        if not ok.all():
+        if ok.all():
+            order = _device_order(rows, t, seq, ks.scratch)
+        else:
             bad = int((~ok).sum())
             self.counters.rejected_total += bad
             _log.warning("rejected %d %s readings with an invalid device id or time", bad, batch.kind.value)
-        idx = np.flatnonzero(ok)
-        seq = batch.seq.astype(np.int64)
-        order = idx[np.lexsort((seq[idx], t[idx], rows[idx]))]
-        r_sorted = rows[order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = r_sorted[1:] != r_sorted[:-1]
-        pos = np.arange(len(order))
-        rank = pos - np.maximum.accumulate(np.where(first, pos, 0))
-        by_rank = order[np.argsort(rank, kind="stable")]
-        bounds = np.cumsum(np.bincount(rank)) if len(rank) else np.zeros(0, dtype=np.int64)
-        events: list[AlertEvent] = []
-        lo = 0
-        for hi in bounds.tolist():
-            events += self._process_rank(ks, batch, rows, by_rank[lo:hi], now)
-            lo = hi
-        self.counters.alerts_total += len(events)
-        return events
-
-    def _process_rank(
-        self,
-        ks: KindState,
-        batch: ReadingBatch,
-        rows_all: npt.NDArray[np.int64],
-        sel: npt.NDArray[np.int64],
-        now: float,
-    ) -> list[AlertEvent]:
-        rows = rows_all[sel]
-        t = batch.time[sel]
-        seq = batch.seq[sel].astype(np.int64)
+            idx = np.flatnonzero(ok)
+            order = idx[_device_order(rows[idx], t[idx], seq[idx], ks.scratch)]
+        r, ts, sq = rows[order], t[order], seq[order]
+        seg = Segments(r)
         c = ks.common
-        last_t = c["last_time"][rows]
-        last_seq = c["last_seq"][rows]
-        back = (last_seq - seq) & 0xFFFF
-        dup = (last_seq >= 0) & ((seq == last_seq) | (back < SEQ_REPLAY_WINDOW))
-        stale = ~dup & (t < last_t)
-        keep = ~(dup | stale)
-        if not keep.all():
-            self.counters.duplicates_total += int(dup.sum())
-            self.counters.stale_total += int(stale.sum())
-            sel, rows, t, seq, last_t = sel[keep], rows[keep], t[keep], seq[keep], last_t[keep]
-            if len(rows) == 0:
+        keep, last_t, ndup, nstale = _accept(seg, ts, sq, c["last_time"], c["last_seq"])
+        self.counters.duplicates_total += ndup
+        self.counters.stale_total += nstale
+        rank = np.zeros(len(r), dtype=np.int64) if seg.single else seg.pos - seg.start
+        if keep is not None:
+            order, r, ts, sq, last_t, rank = (
+                order[keep],
+                r[keep],
+                ts[keep],
+                sq[keep],
+                last_t[keep],
+                rank[keep],
+            )
+            if len(r) == 0:
                 return []
-        self.counters.accepted_total += len(rows)
-        dt = t - last_t
-        c["last_time"][rows] = t
-        c["last_seq"][rows] = seq
-        c["frames"][rows] += 1
-        fresh = ~np.isfinite(c["first_time"][rows])
-        c["first_time"][rows[fresh]] = t[fresh]
+            seg = Segments(r)
+        self.counters.accepted_total += len(r)
+        dt = ts - last_t
+        seg.store_last(c["last_time"], ts)
+        seg.store_last(c["last_seq"], sq)
+        devs = seg.seg_rows
+        c["frames"][devs] += seg.lengths
+        fresh = ~np.isfinite(c["first_time"][devs])
+        c["first_time"][devs[fresh]] = ts[seg.starts[fresh]]
 
-        events: list[AlertEvent] = []
+        steps: list[_Steps] = []
         silent = ks.episodes[EventType.DEVICE_SILENT]
-        if silent.arrays["open_sev"][rows].any():
-            i, sev = silent.close_rows(rows, t)
-            for j, s in zip(i.tolist(), sev.tolist(), strict=True):
-                events.append(
-                    self._event(
-                        ks,
-                        EventType.DEVICE_SILENT,
-                        int(rows[j]),
-                        AlertPhase.CLEARED,
-                        s,
-                        now,
-                        float(t[j]),
-                        float(dt[j]),
-                    )
-                )
+        if silent.arrays["open_sev"][devs].any():
+            firsts = seg.starts
+            i, sev = silent.close_rows(devs, ts[firsts])
+            j = firsts[i]
+            ep = silent.arrays["episode_ms"][devs[i]]
+            steps.append((EventType.DEVICE_SILENT, -1, j, [AlertPhase.CLEARED] * len(j), sev, ep, dt))
         ctx = RuleContext(
             spec=ks.spec,
-            rows=rows,
-            t=t,
+            rows=r,
+            t=ts,
             dt=dt,
-            values=batch.values[sel],
-            flags=batch.flags[sel],
-            battery=batch.battery_pct[sel],
-            p=ks.params.view(rows),
+            values=batch.values[order],
+            flags=batch.flags[order],
+            battery=batch.battery_pct[order],
+            p=ks.params.view(r),
             state=ks.state,
             det=ks.det,
+            seg=seg,
+            batch_rank=rank,
         )
-        verdicts = ks.module.evaluate(ctx)
-        for et, v in verdicts.items():
-            tr = ks.episodes[et].step(rows, t, v.level, v.value, v.immediate, v.since, v.confirm_after)
-            if len(tr.idx):
-                events += self._emit(ks, et, tr, rows, t, v.value, now)
+        verdicts = _evaluate(ks.module, ctx)
+        for pos, (et, v) in enumerate(verdicts.items()):
+            bs = ks.episodes[et].step_batch(seg, ts, v.level, v.value, v.immediate, v.since, v.confirm_after)
+            if bs is not None:
+                steps.append((et, pos, bs.idx, bs.phase, bs.severity, bs.episode_ms, v.value))
+        if not steps:
+            return []
+        events = self._emit(ks, steps, r, ts, rank, now)
+        self.counters.alerts_total += len(events)
         return events
 
     def _emit(
         self,
         ks: KindState,
-        et: EventType,
-        tr: Transitions,
+        steps: list[_Steps],
         rows: npt.NDArray[np.int64],
         t: npt.NDArray[np.float64],
-        value: npt.NDArray[np.float64],
+        rank: npt.NDArray[np.int64],
         now: float,
     ) -> list[AlertEvent]:
-        return [
-            self._event(ks, et, int(rows[i]), ph, int(s), now, float(t[i]), float(value[i]))
-            for i, ph, s in zip(tr.idx.tolist(), tr.phase, tr.severity.tolist(), strict=True)
-        ]
+        """Alert steps in the order frame-by-frame ranks gave them: rank, event type, phase, device."""
+        todo: list[tuple[tuple[int, int, int, int], EventType, int, AlertPhase, int, int, float, float]] = []
+        for et, pos, idx, phases, sev, ep, value in steps:
+            for i, ph, s, e in zip(idx.tolist(), phases, sev.tolist(), ep.tolist(), strict=True):
+                row = int(rows[i])
+                key = (int(rank[i]), pos, _PHASE_ORDER[ph], row)
+                todo.append((key, et, row, ph, s, e, float(t[i]), float(value[i])))
+        todo.sort(key=lambda x: x[0])
+        return [self._event(ks, et, row, ph, s, now, ft, val, e) for _k, et, row, ph, s, e, ft, val in todo]
 
     def _event(
         self,
@@ -220,9 +222,11 @@ class DetectionEngine:
         now: float,
         frame_time: float,
         value: float,
+        episode_ms: int | None = None,
     ) -> AlertEvent:
+        """One step; ``episode_ms`` as it was when the step happened (default: the table's now)."""
         device = ks.ids[row]
-        ep = int(ks.episodes[et].arrays["episode_ms"][row])
+        ep = int(ks.episodes[et].arrays["episode_ms"][row]) if episode_ms is None else int(episode_ms)
         aid = f"{device}/{et.value}/{ep}"  # alert_id(device, et, ep) for a member, without the enum call
         v = float(value) if math.isfinite(value) else None
         named = _SEVERITY.get(sev)
@@ -258,9 +262,8 @@ class DetectionEngine:
             last = ks.common["last_time"][:n]
             limit = np.asarray(p.silent_after_heartbeats, dtype=np.float64) * ks.spec.heartbeat_s
             silent_tab = ks.episodes[EventType.DEVICE_SILENT]
-            due = np.flatnonzero(
-                np.isfinite(last) & (now - last >= limit) & (silent_tab.arrays["open_sev"][:n] == 0)
-            )
+            late = np.flatnonzero(now - last >= limit)  # never for NaN: a device not heard yet
+            due = late[silent_tab.arrays["open_sev"][late] == 0]
             if len(due):
                 sev_all = np.broadcast_to(np.asarray(p.silent_severity, dtype=np.int64), (n,))
                 for s in np.unique(sev_all[due]).tolist():
@@ -389,6 +392,95 @@ class DetectionEngine:
         ) as exc:
             raise SnapshotError(f"unreadable detection snapshot: {exc}") from exc
         return eng
+
+
+def _device_order(
+    rows: npt.NDArray[np.int64],
+    t: npt.NDArray[np.float64],
+    seq: npt.NDArray[np.int64],
+    scratch: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """An order grouping each device's readings, in (time, seq) order within the device.
+
+    Every device once (the common case): the batch as it is, checked with one scatter into ``scratch``
+    (an int array of at least the kind's capacity). A batch in time order: a stable sort by device.
+    Otherwise, or with two readings of one device at the same time, the full (device, time, seq) sort.
+    """
+    n = len(rows)
+    pos = np.arange(n, dtype=np.int64)
+    scratch[rows] = pos
+    if (scratch[rows] == pos).all():
+        return pos
+    if n > 1 and bool((t[1:] >= t[:-1]).all()):
+        order = np.argsort(rows, kind="stable")
+        r, ts = rows[order], t[order]
+        if not ((r[1:] == r[:-1]) & (ts[1:] == ts[:-1])).any():
+            return order
+    return np.lexsort((seq, t, rows))
+
+
+def _evaluate(module: Any, ctx: RuleContext) -> dict[EventType, Verdict]:
+    """The module's verdicts on a batch. A module that does not declare ``BATCH = True`` (one written for
+    readings of unique devices, like the frozen rule sets benchmarks compare with) sees it rank by rank:
+    the k-th frame of every device at once, as the engine always fed it."""
+    if getattr(module, "BATCH", False) or ctx.seg.single:
+        out: dict[EventType, Verdict] = module.evaluate(ctx)
+        return out
+    n = len(ctx.rows)
+    parts = [(ix, module.evaluate(ctx.sub(ix))) for ix in _rank_groups(ctx.batch_rank)]
+    merged: dict[EventType, Verdict] = {}
+    for et in parts[0][1]:
+        level, value = np.empty(n, dtype=np.int8), np.empty(n)
+        extra: dict[str, Any] = {}
+        for name, fill in (("immediate", False), ("since", math.nan), ("confirm_after", math.nan)):
+            if any(getattr(v[et], name) is not None for _ix, v in parts):
+                extra[name] = np.full(n, fill, dtype=type(fill))
+        for ix, v in parts:
+            level[ix], value[ix] = v[et].level, v[et].value
+            for name, arr in extra.items():
+                got = getattr(v[et], name)
+                if got is not None:
+                    arr[ix] = got
+        merged[et] = Verdict(level, value, **extra)
+    return merged
+
+
+def _rank_groups(rank: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+    order = np.argsort(rank, kind="stable")
+    bounds = np.cumsum(np.bincount(rank))
+    return np.split(order, bounds[:-1])
+
+
+def _accept(
+    seg: Segments,
+    t: npt.NDArray[np.float64],
+    seq: npt.NDArray[np.int64],
+    last_time: npt.NDArray[np.float64],
+    last_seq: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.bool_] | None, npt.NDArray[np.float64], int, int]:
+    """Which readings are new (not a duplicate, a replay or older than the device's last accepted one),
+    and per reading the time of its device's previous accepted reading.
+
+    A reading is judged against the latest *accepted* reading before it, which depends on which earlier
+    ones were accepted: a fixed point. Starting from "all accepted", each pass settles at least the next
+    reading of every device (the first one is judged against the state alone), so it ends after at most
+    the longest segment's length; in practice one pass confirms the first guess. Returns the mask
+    (``None``: all new), the previous times, and how many were duplicates and how many stale.
+    """
+    acc = np.ones(len(seq), dtype=bool)
+    while True:
+        ls = seg.prev_where(acc, seq, last_seq)
+        lt = seg.prev_where(acc, t, last_time)
+        back = (ls - seq) & 0xFFFF
+        dup = (ls >= 0) & ((seq == ls) | (back < SEQ_REPLAY_WINDOW))
+        stale = ~dup & (t < lt)
+        new = ~(dup | stale)
+        if seg.single or (new == acc).all():
+            break
+        acc = new
+    if new.all():
+        return None, lt, 0, 0
+    return new, lt, int(np.count_nonzero(dup)), int(np.count_nonzero(stale))
 
 
 def _load(dst: npt.NDArray[Any], files: dict[str, npt.NDArray[Any]], key: str, n: int) -> None:

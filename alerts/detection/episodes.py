@@ -18,8 +18,11 @@ whether the reading is proof enough on its own (``immediate``). This module turn
   :data:`HOLD` (the hysteresis band between the raise and clear thresholds) keeps an episode open and
   resets a pending one; :data:`UNKNOWN` (not measured) changes nothing.
 
-``step`` takes the readings of unique devices (the engine feeds the k-th reading of every device in one
-call) and returns the transitions as index arrays; only emitted steps cost Python work.
+``step`` takes the readings of unique devices and returns the transitions as index arrays; only emitted
+steps cost Python work. ``step_batch`` takes a whole batch sorted by device
+(:mod:`alerts.detection.segments`): a device with nothing open or pending ignores its readings until its
+first active one (they change nothing), so only the devices where something goes on are stepped, rank
+by rank.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts.detection.detectors.base import grow
+from alerts.detection.segments import Segments
 from firmware_bridge.kernel.events import AlertPhase, Severity
 
 UNKNOWN = -2
@@ -80,6 +84,17 @@ class Transitions:
 _EMPTY = Transitions(np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.int8))
 
 
+@dataclass(frozen=True)
+class BatchSteps:
+    """Steps of one :meth:`EpisodeTable.step_batch`: reading index, phase, severity and the episode id
+    the step belongs to (read when it happened: a device may clear and raise again in one batch)."""
+
+    idx: npt.NDArray[np.int64]
+    phase: list[AlertPhase]
+    severity: npt.NDArray[np.int8]
+    episode_ms: npt.NDArray[np.int64]
+
+
 class EpisodeTable:
     """Episode state of one event type for every device of a kind (arrays indexed by device row)."""
 
@@ -92,6 +107,12 @@ class EpisodeTable:
         self.arrays: dict[str, npt.NDArray[Any]] = {
             k: np.full(0, fill, dtype=dt) for k, (dt, fill) in _STATE.items()
         }
+        # the rows ``due`` looks at: every row open or pending is in ``_watch`` (ascending) or ``_new``
+        # (rows a step or a time-raise may have opened or made pending since). None: not known yet (a
+        # new or restored table), the next ``due`` scans every row. A tick then costs the few rows
+        # where something goes on, not the whole table.
+        self._watch: npt.NDArray[np.int64] | None = None
+        self._new: list[npt.NDArray[np.int64]] = []
 
     def resize(self, capacity: int) -> None:
         if capacity <= self.capacity:
@@ -156,6 +177,7 @@ class EpisodeTable:
             reset = None
         cont = closed & active
         if np.count_nonzero(cont):
+            self._note(rows[cont])
             start = cont & (pending_count == 0)
             a["pending_since"][rows[start]] = t[start]
             rc = rows[cont]
@@ -243,7 +265,83 @@ class EpisodeTable:
             return Transitions(idx_parts[0], phases, sev_parts[0])
         return Transitions(np.concatenate(idx_parts), phases, np.concatenate(sev_parts))
 
+    def step_batch(
+        self,
+        seg: Segments,
+        t: npt.NDArray[np.float64],
+        level: npt.NDArray[np.int8],
+        value: npt.NDArray[np.float64],
+        immediate: npt.NDArray[np.bool_] | None = None,
+        since: npt.NDArray[np.float64] | None = None,
+        confirm_after: npt.NDArray[np.float64] | None = None,
+    ) -> BatchSteps | None:
+        """Advance the machines over a batch sorted by device (``seg``); None when nothing happened.
+
+        Exactly :meth:`step` reading by reading of each device: a device with nothing open or pending
+        skips its readings before its first active one (``step`` would change nothing for them), and
+        the rest run rank by rank.
+        """
+        active = level > 0
+        if not (self.busy or np.count_nonzero(active)):
+            return None
+        rows = seg.rows
+        if seg.single:
+            tr = self.step(rows, t, level, value, immediate, since, confirm_after)
+            if not len(tr.idx):
+                return None
+            return BatchSteps(tr.idx, tr.phase, tr.severity, self.arrays["episode_ms"][rows[tr.idx]])
+        a = self.arrays
+        quiet = (a["open_sev"][rows] == 0) & (a["pending_count"][rows] == 0)
+        todo = np.flatnonzero(~quiet | seg.seen(active))
+        if not len(todo):
+            return None
+        sub = Segments(rows[todo])
+        idx: list[npt.NDArray[np.int64]] = []
+        phases: list[AlertPhase] = []
+        sev: list[npt.NDArray[np.int8]] = []
+        ep: list[npt.NDArray[np.int64]] = []
+        for k in sub.ranks():
+            ix = todo[k]
+            tr = self.step(
+                rows[ix],
+                t[ix],
+                level[ix],
+                value[ix],
+                None if immediate is None else immediate[ix],
+                None if since is None else since[ix],
+                None if confirm_after is None else confirm_after[ix],
+            )
+            if len(tr.idx):
+                j = ix[tr.idx]
+                idx.append(j)
+                phases += tr.phase
+                sev.append(tr.severity)
+                ep.append(a["episode_ms"][rows[j]])
+        if not idx:
+            return None
+        return BatchSteps(np.concatenate(idx), phases, np.concatenate(sev), np.concatenate(ep))
+
     # -- time ------------------------------------------------------------------------------------------
+    def _note(self, rows: npt.NDArray[np.int64]) -> None:
+        """``rows`` may have become open or pending: ``due`` must look at them."""
+        self._new.append(rows)
+        if len(self._new) >= 64:  # no tick for a long while: keep the list short
+            self._new = [np.unique(np.concatenate(self._new))]
+
+    def _watched(self) -> npt.NDArray[np.int64]:
+        """The rows open or pending now, ascending."""
+        a = self.arrays
+        n = self.capacity
+        if self._watch is None:
+            cand = np.arange(n, dtype=np.int64)
+        elif self._new:
+            cand = np.union1d(self._watch, np.concatenate(self._new)).astype(np.int64)
+        else:
+            cand = self._watch
+        w = cand[(a["open_sev"][cand] > 0) | (a["pending_count"][cand] > 0)]
+        self._watch, self._new = w, []
+        return w
+
     def due(self, now: float) -> Transitions:
         """Time-driven steps over all devices: escalation of persisting MEDIUM episodes and reminders.
 
@@ -251,24 +349,23 @@ class EpisodeTable:
         """
         a = self.arrays
         r = self.rule
-        n = self.capacity
-        if n == 0:
+        if self.capacity == 0 or not self.busy:
             return _EMPTY
-        if self.busy and not ((a["open_sev"][:n] > 0).any() or (a["pending_count"][:n] > 0).any()):
+        w = self._watched()
+        if not len(w):
             self.busy = False
-        if not self.busy:
             return _EMPTY
-        confirmed = self._confirm_due(now)
+        confirmed = self._confirm_due(now, w)
         if math.isinf(r.escalate_after_s) and math.isinf(r.remind_every_s):
             return confirmed
-        sev = a["open_sev"][:n]
+        sev = a["open_sev"][w]
         if not sev.any():
             return confirmed  # nothing open for this event type (only pending ones)
-        opened = a["opened_at"][:n]
+        opened = a["opened_at"][w]
         esc = (sev > 0) & (sev < Severity.HIGH) & ((now - opened) >= r.escalate_after_s)
-        rem = (sev > 0) & ~esc & ((now - a["last_step_at"][:n]) >= r.remind_every_s)
-        rows_e = np.flatnonzero(esc)
-        rows_r = np.flatnonzero(rem)
+        rem = (sev > 0) & ~esc & ((now - a["last_step_at"][w]) >= r.remind_every_s)
+        rows_e = w[esc]
+        rows_r = w[rem]
         if len(rows_e) == 0 and len(rows_r) == 0:
             return confirmed
         a["open_sev"][rows_e] = int(Severity.HIGH)
@@ -284,12 +381,10 @@ class EpisodeTable:
         )
         return Transitions(idx, confirmed.phase + [AlertPhase.UPDATED] * (len(rows_e) + len(rows_r)), sev_out)
 
-    def _confirm_due(self, now: float) -> Transitions:
+    def _confirm_due(self, now: float, w: npt.NDArray[np.int64]) -> Transitions:
         """Raise pending episodes whose ``confirm_after`` deadline passed with no contradicting reading."""
         a = self.arrays
-        n = self.capacity
-        dl = a["deadline"][:n]
-        hit = np.flatnonzero((a["open_sev"][:n] == 0) & (a["pending_count"][:n] > 0) & (dl <= now))
+        hit = w[(a["open_sev"][w] == 0) & (a["pending_count"][w] > 0) & (a["deadline"][w] <= now)]
         if len(hit) == 0:
             return _EMPTY
         sev = np.maximum(a["pending_sev"][hit], 1).astype(np.int8)
@@ -314,6 +409,7 @@ class EpisodeTable:
         new = rows[sel]
         a["open_sev"][new] = severity
         self.busy = True
+        self._note(new)
         a["episode_ms"][new] = np.floor(episode_s[sel] * 1000.0)
         a["opened_at"][new] = now
         a["last_step_at"][new] = now

@@ -9,7 +9,6 @@ gets row -1 and is counted as rejected by the engine.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,8 @@ from firmware_bridge.kernel.events import EventType
 from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
+_ID_CHARS = np.zeros(128, dtype=bool)  # the identifier alphabet as a table of code points (valid_ids)
+_ID_CHARS[[ord(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"]] = True
 # odd 64-bit multipliers, one per 8 bytes of an id (two UCS-4 characters): the id hash of id_hashes
 _MULT = np.random.default_rng(0x5EED).integers(1, 2**63, size=8, dtype=np.uint64) | np.uint64(1)
 _COMMON: dict[str, tuple[str, float]] = {
@@ -65,6 +65,7 @@ class KindState:
         rules[EventType.DEVICE_SILENT] = EpisodeRule(remind_every_s=float(default.silent_remind_s))
         self.episodes = {et: EpisodeTable(rule) for et, rule in rules.items()}
         self.params = ParamTable(self.profiles, self.kind)
+        self.scratch = np.zeros(0, dtype=np.int64)  # one int per row, free for the engine's bookkeeping
 
     @property
     def n(self) -> int:
@@ -79,53 +80,90 @@ class KindState:
             d.resize(capacity)
         for e in self.episodes.values():
             e.resize(capacity)
+        self.scratch = np.zeros(capacity, dtype=np.int64)
         self.capacity = capacity
 
-    def add(self, device_ids: list[str]) -> npt.NDArray[np.int64]:
+    def add(self, device_ids: list[str] | npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
+        """Give rows to new devices (ids not known yet, unique), in the order given."""
+        arr = np.asarray(device_ids, dtype=np.str_)
+        ids = arr.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
         start = self.n
-        self.ids.extend(device_ids)
-        for i, d in enumerate(device_ids):
-            self.index[d] = start + i
+        self.ids.extend(ids)
+        self.index.update(zip(ids, range(start, self.n), strict=True))
         if self.n > self.capacity:
             self._resize(max(64, self.capacity * 2, self.n))
         rows = np.arange(start, self.n, dtype=np.int64)
-        self._id_arr = np.concatenate([self._id_arr, np.asarray(device_ids, dtype=np.str_)])
-        short = [i for i, d in enumerate(device_ids) if len(d) <= 16]  # longer ids: the dict only
-        h = id_hashes(np.asarray([device_ids[i] for i in short], dtype="U16"))
+        self._id_arr = np.concatenate([self._id_arr, arr])
+        new_rows = rows
+        if arr.dtype.itemsize > 64:  # some ids past 16 characters: the dict only finds those
+            short = np.flatnonzero(np.char.str_len(arr) <= 16)
+            arr, new_rows = arr[short], rows[short]
+        h = id_hashes(arr.astype("U16"))
         if h is not None and len(h):
-            all_h = np.concatenate([self._hashes, h])
-            all_rows = np.concatenate([self._hash_rows, rows[short]])
-            order = np.argsort(all_h, kind="stable")
-            self._hashes, self._hash_rows = all_h[order], all_rows[order]
-        self.params.add(rows, device_ids, self.capacity)
+            o = np.argsort(h, kind="stable")
+            h, new_rows = h[o], new_rows[o]
+            at = np.searchsorted(self._hashes, h, side="right")  # after equal old hashes, as a stable sort
+            self._hashes = np.insert(self._hashes, at, h)
+            self._hash_rows = np.insert(self._hash_rows, at, new_rows)
+        self.params.add(rows, ids, self.capacity)
         return rows
 
     def rows_for(self, device_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
-        """Row per reading; -1 for an invalid device id. New valid ids get rows."""
+        """Row per reading; -1 for an invalid device id. New valid ids get rows (in order of appearance)."""
         get = self.index.get
-        h = id_hashes(device_ids) if len(self._hashes) else None
+        h = None
+        if len(self._hashes) and device_ids.dtype.kind == "U" and device_ids.dtype.itemsize <= 64:
+            w = device_ids.dtype.itemsize // 4
+            h = id_hashes(device_ids if w % 2 == 0 else device_ids.astype(f"U{w + 1}"))
         if h is not None:
             pos = np.minimum(np.searchsorted(self._hashes, h), len(self._hashes) - 1)
             cand = self._hash_rows[pos]
             rows = np.where(self._id_arr[cand] == device_ids, cand, -1)
-            if not (rows >= 0).all():  # new devices, or ids hashed alike: ask the dict
-                miss = np.flatnonzero(rows < 0)
-                rows[miss] = np.fromiter(
-                    (get(d, -1) for d in device_ids[miss].tolist()), dtype=np.int64, count=len(miss)
-                )
+            if not (rows >= 0).all():
+                # a hash not in the table is an id never seen (every known id of <= 16 characters is
+                # hashed, and these are); an equal hash with another id is a collision: ask the dict
+                miss = np.flatnonzero((rows < 0) & (self._hashes[pos] == h))
+                if len(miss):
+                    rows[miss] = np.fromiter(
+                        (get(d, -1) for d in device_ids[miss].tolist()), dtype=np.int64, count=len(miss)
+                    )
         else:
             rows = np.fromiter(
                 (get(d, -1) for d in device_ids.tolist()), dtype=np.int64, count=len(device_ids)
             )
-        missing = rows < 0
-        if missing.any():
-            new = [d for d in dict.fromkeys(device_ids[missing].tolist()) if _ID_RE.match(d)]
-            if new:
-                self.add(new)
-                rows[missing] = np.fromiter(
-                    (get(d, -1) for d in device_ids[missing].tolist()), dtype=np.int64
-                )
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            cand_ids = device_ids[missing]
+            uniq, first = np.unique(cand_ids, return_index=True)
+            uniq = uniq[np.argsort(first, kind="stable")]  # order of first appearance
+            new = uniq[valid_ids(uniq)]
+            if len(new):
+                added = self.add(new)
+                # the new ids' rows, found like known ones: sorted ids -> rows
+                o = np.argsort(new)
+                j = np.searchsorted(new[o], cand_ids)
+                j = np.minimum(j, len(new) - 1)
+                hit = new[o][j] == cand_ids
+                rows[missing[hit]] = added[o][j[hit]]
         return rows
+
+
+def valid_ids(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:
+    """Which ids are contract identifiers (``[A-Za-z0-9_.:-]{1,64}``), for a whole array at once."""
+    n = len(ids)
+    width = ids.dtype.itemsize // 4
+    if n == 0 or width == 0:
+        return np.zeros(n, dtype=bool)
+    codes = np.ascontiguousarray(ids).view(np.uint32).reshape(n, width)
+    ok_char = _ID_CHARS[np.minimum(codes, 127)] & (codes < 128)
+    nz = codes != 0
+    # numpy pads with NULs: characters must be allowed up to the first NUL and NULs only trailing
+    out: npt.NDArray[np.bool_] = (ok_char | ~nz).all(axis=1) & nz[:, 0]
+    if width > 1:
+        out &= (nz[:, 1:] <= nz[:, :-1]).all(axis=1)
+    if width > 64:
+        out &= ~nz[:, 64:].any(axis=1)
+    return out
 
 
 def id_hashes(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.uint64] | None:

@@ -39,6 +39,8 @@ from firmware_bridge.kernel.records import DeviceKind
 
 KIND = DeviceKind.MANHOLE
 PROFILE = ManholeProfile
+# evaluate takes a whole batch sorted by device (segments), not only readings of unique devices
+BATCH = True
 STATE: dict[str, tuple[str, float]] = {}
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
@@ -67,11 +69,7 @@ def make_detectors(p: ManholeProfile, grace_period: int) -> dict[str, Detector]:
 
 def _frozen(ctx: RuleContext) -> np.ndarray:
     """How many readings in a row *every* noisy analogue channel repeated itself (stuck firmware/ADC)."""
-    runs = []
-    for c in FROZEN_CHANNELS:
-        det, x = ctx.det[f"flat_{c}"], ctx.col(c)
-        runs.append(det.score_many(ctx.rows, x, ctx.t))
-        det.learn_many(ctx.rows, x, ctx.t)
+    runs = [ctx.det[f"flat_{c}"].score_learn(ctx.seg, ctx.col(c), ctx.t) for c in FROZEN_CHANNELS]
     frozen: np.ndarray = np.min(np.stack(runs), axis=0)
     return frozen
 

@@ -291,6 +291,10 @@ class ParamView:
         self._table = table
         self._rows = rows
 
+    def take(self, ix: npt.NDArray[np.int64]) -> ParamView:
+        """The view of the readings ``ix`` of this one."""
+        return ParamView(self._table, self._rows[ix])
+
     def __getattr__(self, name: str) -> Any:
         arr = self._table.arrays.get(name)
         if arr is None:

@@ -2,8 +2,10 @@
 
 Why: the three kinds (and the fourth someone adds later) write their rules against the same small
 vocabulary, so a rule reads like the standard it implements (``band(ch4, 25, 50, clear=20)``) and the
-engine can run every kind the same vectorised way. All inputs are arrays over the readings of *unique*
-devices (the engine hands the k-th reading of every device at once, in time order).
+engine can run every kind the same vectorised way. All inputs are arrays over a whole batch sorted by
+device row and time (:mod:`alerts.detection.segments`): several readings of one device are one segment,
+and per-device state is read through the segment scans (``ctx.seg``), or rank by rank on a sub-context
+(``ctx.sub``) for the few recurrences that are not scans.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy.typing as npt
 from alerts.detection.detectors.base import Detector
 from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN
 from alerts.detection.profiles import ParamView
+from alerts.detection.segments import Segments
 from firmware_bridge.kernel.events import Severity
 from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import KindSpec
@@ -72,9 +75,33 @@ class RuleContext:
     p: ParamView
     state: dict[str, npt.NDArray[Any]]  # the kind's extra per-device arrays (index with rows)
     det: dict[str, Detector]
+    seg: Segments  # the readings grouped by device (rows sorted)
+    # per reading: its position among its device's frames in the batch as received (duplicates included);
+    # groups cross-device state the way frame-by-frame ranks always have (neighbour alarms)
+    batch_rank: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def sub(self, ix: npt.NDArray[np.int64] | slice) -> RuleContext:
+        """The context of the readings ``ix`` (unique devices when ``ix`` is one rank)."""
+        if isinstance(ix, slice):
+            return self
+        rows = self.rows[ix]
+        return RuleContext(
+            spec=self.spec,
+            rows=rows,
+            t=self.t[ix],
+            dt=self.dt[ix],
+            values=self.values[ix],
+            flags=self.flags[ix],
+            battery=self.battery[ix],
+            p=self.p.take(ix),
+            state=self.state,
+            det=self.det,
+            seg=Segments(rows),
+            batch_rank=self.batch_rank[ix],
+        )
 
     def col(self, name: str) -> FloatArray:
         return self.values[:, _channel_index(self.spec, name)]

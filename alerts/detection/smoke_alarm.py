@@ -51,6 +51,8 @@ from firmware_bridge.kernel.records import DeviceKind
 
 KIND = DeviceKind.SMOKE_ALARM
 PROFILE = SmokeAlarmProfile
+# evaluate takes a whole batch sorted by device (segments), not only readings of unique devices
+BATCH = True
 STATE: dict[str, tuple[str, float]] = {
     "hush_start": ("f8", np.nan),
     "hush_seen": ("?", 0),
@@ -93,7 +95,27 @@ def _rise(det: Detector, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _neighbours(ctx: RuleContext, smoky: np.ndarray) -> np.ndarray:
-    """Smoke at another alarm of the same ``neighbour_group`` within ``neighbour_window_s``."""
+    """Smoke at another alarm of the same ``neighbour_group`` within ``neighbour_window_s``.
+
+    Cross-device state: with groups in the batch it runs by ``batch_rank`` (the k-th frame of every
+    device at once, as frame-by-frame ranks always have); without, it only records the devices' state.
+    """
+    group = np.broadcast_to(np.asarray(ctx.p.neighbour_group, dtype=np.float64), ctx.rows.shape)
+    if not np.isfinite(group).any():
+        st, seg = ctx.state, ctx.seg
+        seg.store_last(st["group"], group)
+        seg.store_last(st["smoke_last"], ctx.t, smoky)
+        return np.zeros(len(ctx.rows), dtype=bool)
+    out = np.zeros(len(ctx.rows), dtype=bool)
+    rank = ctx.batch_rank
+    for k in np.unique(rank).tolist():
+        ix = np.flatnonzero(rank == k)
+        out[ix] = _neighbours_rank(ctx.sub(ix), smoky[ix])
+    return out
+
+
+def _neighbours_rank(ctx: RuleContext, smoky: np.ndarray) -> np.ndarray:
+    """:func:`_neighbours` for readings of unique devices."""
     p, rows, t, st = ctx.p, ctx.rows, ctx.t, ctx.state
     group = np.broadcast_to(np.asarray(p.neighbour_group, dtype=np.float64), rows.shape)
     st["group"][rows] = group
@@ -112,37 +134,65 @@ def _neighbours(ctx: RuleContext, smoky: np.ndarray) -> np.ndarray:
     return out
 
 
+def _baselines(
+    ctx: RuleContext, temp: np.ndarray, hum: np.ndarray, busy: np.ndarray, ror_rising: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rise of temperature and humidity over the room's baselines, and the warm mask, per reading.
+
+    The baselines learn only calm readings, and calm depends on the rise: not a scan, so rank by rank
+    (one pass when every device has one reading in the batch).
+    """
+    rows, t, n = ctx.rows, ctx.t, len(ctx.rows)
+    tb, hb = ctx.det["temp_base"], ctx.det["hum_base"]
+    thr = np.broadcast_to(np.asarray(ctx.p.temp_rise_c, dtype=np.float64), (n,))
+    rise, hum_rise = np.empty(n), np.empty(n)
+    warm = np.empty(n, dtype=bool)
+    for ix in ctx.seg.ranks():
+        r, tk, hk, tt = rows[ix], temp[ix], hum[ix], t[ix]
+        rise_k, warm_k = _rise(tb, r, tk)
+        hum_k, _ = _rise(hb, r, hk)
+        rise[ix], warm[ix], hum_rise[ix] = rise_k, warm_k, hum_k
+        calm = ~(busy[ix] | (rise_k >= thr[ix]) | ror_rising[ix])
+        tb.learn_many(r[calm], tk[calm], tt[calm])
+        hb.learn_many(r[calm], hk[calm], tt[calm])
+    return rise, warm, hum_rise
+
+
+def _hush(ctx: RuleContext, hush: np.ndarray) -> np.ndarray:
+    """Within ``hush_max_s`` of the press (the flag's rising edge), however long frames say "hush"."""
+    seg, st, t = ctx.seg, ctx.state, ctx.t
+    start = hush & ~seg.prev(hush, st["hush_seen"])
+    hs = seg.prev_where(start, t, st["hush_start"], inclusive=True)
+    seg.store_last(st["hush_start"], t, start)
+    seg.store_last(st["hush_seen"], hush)
+    in_hush: np.ndarray = t - hs < ctx.p.hush_max_s
+    return in_hush
+
+
 def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
-    p = ctx.p
-    rows, t = ctx.rows, ctx.t
+    p, t = ctx.p, ctx.t
     smoke, temp = ctx.col("smoke_db_m"), ctx.col("temperature_c")
     co, hum = ctx.col("co_ppm"), ctx.col("humidity_pct")
     test = ctx.flag("test")
 
-    rise, warm = _rise(ctx.det["temp_base"], rows, temp)
-    hum_rise, _ = _rise(ctx.det["hum_base"], rows, hum)
-    ror_det = ctx.det["temp_ror"]
-    ror = ror_det.score_many(rows, temp, t)
+    ror = ctx.det["temp_ror"].score_learn(ctx.seg, temp, t)
 
     heat_bit = ctx.flag("heat_alarm") & ~test
     heat = heat_bit | (temp >= p.heat_fixed_c) | (ror >= p.heat_ror_c_per_min)
-    rising = (rise >= p.temp_rise_c) | (ror >= 0.5 * p.heat_ror_c_per_min)
     smoke_bit = ctx.flag("smoke_alarm") & ~test
     dense = (smoke >= p.smoke_density_db_m) & ~test
     smoky = smoke_bit | dense
     co_bit = ctx.flag("co_alarm") & ~test
+    hush = ctx.flag("hush")
+    # the baselines learn only calm readings: not heat, rising, smoky, a test or a hush
+    ror_rising = ror >= 0.5 * p.heat_ror_c_per_min
+    rise, warm, hum_rise = _baselines(ctx, temp, hum, heat | smoky | test | hush, ror_rising)
+    rising = (rise >= p.temp_rise_c) | ror_rising
     # steam or cooking: humid, or humidity jumped over the room's usual; unknown room = assume a kitchen
     steam = (hum >= p.steam_humidity_pct) | np.where(
         warm, hum_rise >= p.humidity_rise_pct, hum >= p.steam_humidity_unlearned_pct
     )
-
-    # hush: lasts at most hush_max_s from the press (the flag's rising edge), however long frames say "hush"
-    hs, seen = ctx.state["hush_start"], ctx.state["hush_seen"]
-    hush = ctx.flag("hush")
-    start = hush & ~seen[rows]
-    hs[rows[start]] = t[start]
-    seen[rows] = hush
-    in_hush = t - hs[rows] < p.hush_max_s
+    in_hush = _hush(ctx, hush)
 
     neighbour = _neighbours(ctx, smoky)
     evidence = (
@@ -161,17 +211,10 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     ).astype(np.int8)
     persist = np.where(smoke_only & ~steam, p.fire_persist_s, np.nan)
 
-    dose = ctx.det["co_dose"].score_many(rows, co, t)
+    dose = ctx.det["co_dose"].score_learn(ctx.seg, co, t)
     co_on = (co_bit & p.co_bit_confirm) | (dose >= 1.0)
     co_lvl = np.where(co_on, HIGH, np.where(co >= p.co_clear_ppm, HOLD, CLEAR))
     co_lvl = np.where(test & ~co_on, HOLD, co_lvl).astype(np.int8)
-
-    # learning: the dose integrates everything; the baseline learns only calm readings
-    ctx.det["co_dose"].learn_many(rows, co, t)
-    calm = ~(heat | rising | smoky | test | hush)
-    ctx.det["temp_base"].learn_many(rows[calm], temp[calm], t[calm])
-    ctx.det["hum_base"].learn_many(rows[calm], hum[calm], t[calm])
-    ror_det.learn_many(rows, temp, t)
 
     nan = ctx.battery * math.nan
     return {

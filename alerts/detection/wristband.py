@@ -33,11 +33,14 @@ from alerts.detection.detectors.base import Detector
 from alerts.detection.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
 from alerts.detection.profiles import WristbandProfile
 from alerts.detection.rulekit import RuleContext, Verdict, band, band_low, battery_verdict, select
+from alerts.detection.segments import Segments
 from firmware_bridge.kernel.events import EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
 
 KIND = DeviceKind.WRISTBAND
 PROFILE = WristbandProfile
+# evaluate takes a whole batch sorted by device (segments), not only readings of unique devices
+BATCH = True
 STATE: dict[str, tuple[str, float]] = {
     "impact_t": ("f8", np.nan),
     "impact_orient": ("f8", 0.0),
@@ -73,6 +76,52 @@ def make_detectors(p: WristbandProfile, grace_period: int) -> dict[str, Detector
 
 
 def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
+    """FALL over a batch: a device with no impact pending and none in the batch is stateless (only its
+    flag edge is remembered); the rest, rarely more than a few, run rank by rank (:func:`_fall_rank`)."""
+    seg, st = ctx.seg, ctx.state
+    band_fall = ctx.flag("fall")
+    hot_reading = worn & ((ctx.col("accel_peak_g") >= ctx.p.fall_impact_g) | band_fall)
+    hot = seg.any(hot_reading) | np.isfinite(st["impact_t"][seg.seg_rows])
+    n = len(ctx.rows)
+    if hot.any():
+        level = np.empty(n, dtype=np.int8)
+        value, since = np.empty(n), np.empty(n)
+        lying = np.empty(n, dtype=bool)
+        hot_i = seg.in_segments(hot)
+        for k in Segments(ctx.rows[hot_i]).ranks():
+            ix = hot_i[k]
+            v = _fall_rank(ctx.sub(ix), worn[ix])
+            assert v.immediate is not None and v.since is not None
+            level[ix], value[ix], lying[ix], since[ix] = v.level, v.value, v.immediate, v.since
+        if hot.all():
+            return Verdict(level, value, lying, since)
+        cold_i = seg.in_segments(~hot)
+        cv = _fall_quiet(ctx.sub(cold_i), band_fall[cold_i])
+        assert cv.immediate is not None and cv.since is not None
+        level[cold_i], value[cold_i], lying[cold_i], since[cold_i] = (
+            cv.level,
+            cv.value,
+            cv.immediate,
+            cv.since,
+        )
+        return Verdict(level, value, lying, since)
+    return _fall_quiet(ctx, band_fall)
+
+
+def _fall_quiet(ctx: RuleContext, band_fall: np.ndarray) -> Verdict:
+    """:func:`_fall_rank` for devices with no impact pending and none in these readings."""
+    p = ctx.p
+    ctx.seg.store_last(ctx.state["fall_seen"], band_fall)
+    still, steps = ctx.col("stillness_s"), ctx.col("steps")
+    still0 = np.where(np.isfinite(still), still, 0.0)
+    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
+    lvl = np.where(moving, np.int8(CLEAR), np.int8(HOLD)).astype(np.int8)
+    n = len(ctx.rows)
+    return Verdict(lvl, ctx.col("accel_peak_g").copy(), np.zeros(n, dtype=bool), np.full(n, np.nan))
+
+
+def _fall_rank(ctx: RuleContext, worn: np.ndarray) -> Verdict:
+    """FALL for readings of unique devices (one rank), with the impact state machine."""
     p, rows, t = ctx.p, ctx.rows, ctx.t
     st = ctx.state
     acc, still = ctx.col("accel_peak_g"), ctx.col("stillness_s")
@@ -122,6 +171,21 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
 
 
 def _geofence(ctx: RuleContext) -> Verdict:
+    """GEOFENCE_EXIT over a batch: the learned home learns only readings inside the fence, and inside
+    depends on the home: not a scan, so rank by rank (one pass when every band has one reading)."""
+    seg = ctx.seg
+    if seg.single:
+        return _geofence_rank(ctx)
+    n = len(ctx.rows)
+    level, value = np.empty(n, dtype=np.int8), np.empty(n)
+    for ix in seg.ranks():
+        v = _geofence_rank(ctx.sub(ix))
+        level[ix], value[ix] = v.level, v.value
+    return Verdict(level, value)
+
+
+def _geofence_rank(ctx: RuleContext) -> Verdict:
+    """GEOFENCE_EXIT for readings of unique devices."""
     p, rows, t = ctx.p, ctx.rows, ctx.t
     lat, lon = ctx.col("lat"), ctx.col("lon")
     fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)

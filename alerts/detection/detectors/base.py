@@ -11,6 +11,10 @@ them all to the same contract (river style):
 * ``learn_many(rows, x, t)`` updates the baseline; rows in one call are unique devices (the engine feeds
   the k-th reading of every device in one call, in time order);
 * a device scores 0 until it has been learned ``grace_period`` times (warm-up);
+* ``score_learn(seg, x, t)`` does both for a whole batch sorted by device (several readings of a
+  device allowed, see :mod:`alerts.detection.segments`): each reading scored against the state its
+  device's earlier readings left, exactly as ``score_many`` then ``learn_many`` reading by reading;
+  detectors whose recurrence is a scan override it with one;
 * thresholding is a separate filter (:class:`Threshold`), so the engine can keep anomalous readings out
   of the baseline: ``learn_many(rows[~alarm], ...)``.
 """
@@ -22,6 +26,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+
+from alerts.detection.segments import Segments
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -105,6 +111,24 @@ class Detector(ABC):
         if np.count_nonzero(ok):
             s = self._score(r[ok], xa[ok], ta[ok])
             out[ok] = np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)
+        return out
+
+    def score_learn(self, seg: Segments, x: FloatArray, t: FloatArray) -> FloatArray:
+        """Score then learn every reading of a batch in segment order (see the module docstring).
+
+        This form runs rank by rank (the k-th reading of every device at once); it is exact for any
+        detector.
+        """
+        rows = seg.rows
+        if seg.single:
+            out = self.score_many(rows, x, t)
+            self.learn_many(rows, x, t)
+            return out
+        out = np.zeros(len(rows), dtype=np.float64)
+        for ix in seg.ranks():
+            r, xi, ti = rows[ix], x[ix], t[ix]
+            out[ix] = self.score_many(r, xi, ti)
+            self.learn_many(r, xi, ti)
         return out
 
     def warm(self, rows: npt.ArrayLike) -> npt.NDArray[np.bool_]:

@@ -23,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from alerts.detection.detectors.base import Detector, FloatArray, IntArray
+from alerts.detection.segments import Segments
 
 #: (ppm, minutes to alarm); inside the EN 50291 windows quoted above (see /work/shared/REFERENCES.md)
 EN50291_CURVE: tuple[tuple[float, float], ...] = (
@@ -76,3 +77,28 @@ class FractionalDose(Detector):
 
     def _score(self, rows: IntArray, x: FloatArray, t: FloatArray) -> FloatArray:
         return self._next(rows, x, t)
+
+    def score_learn(self, seg: Segments, x: FloatArray, t: FloatArray) -> FloatArray:
+        """Devices with no dose and nothing on the curve in the batch stay at 0 (a scan of their last
+        time); the others, rarely more than a few, run reading by reading (the clip is not a scan)."""
+        rows, xa = self._check(seg.rows, x)
+        a = self.arrays
+        learned = np.isfinite(xa) & np.isfinite(t)
+        on_curve = learned & (xa >= self.min_ppm)
+        hot = seg.any(on_curve) | (a["dose"][seg.seg_rows] != 0.0)
+        out = np.zeros(len(rows), dtype=np.float64)
+        if not hot.any():
+            seg.store_last(a["last_t"], t, learned)
+            a["n_learned"][seg.seg_rows] += seg.count(learned)
+            return out
+        if hot.all():
+            return super().score_learn(seg, xa, t)
+        cold = ~hot
+        cold_i = seg.in_segments(cold)
+        cold_seg = Segments(rows[cold_i])
+        cold_learned = learned[cold_i]
+        cold_seg.store_last(a["last_t"], t[cold_i], cold_learned)
+        a["n_learned"][cold_seg.seg_rows] += cold_seg.count(cold_learned)
+        hot_i = seg.in_segments(hot)
+        out[hot_i] = super().score_learn(Segments(rows[hot_i]), xa[hot_i], t[hot_i])
+        return out

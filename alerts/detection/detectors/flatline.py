@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from alerts.detection.detectors.base import Detector, FloatArray, IntArray
+from alerts.detection.segments import Segments
 
 
 class Flatline(Detector):
@@ -39,3 +40,29 @@ class Flatline(Detector):
 
     def _score(self, rows: IntArray, x: FloatArray, t: FloatArray) -> FloatArray:
         return np.where(self._same(rows, x), self.arrays["run"][rows] + 1.0, 0.0)
+
+    def score_learn(self, seg: Segments, x: FloatArray, t: FloatArray) -> FloatArray:
+        """A scan: the run after each learned reading is the device's repeats since its latest change
+        (a cumulative sum with resets), continuing the state's run while there was no change."""
+        rows, xa = self._check(seg.rows, x)
+        a = self.arrays
+        learned = np.isfinite(xa) & np.isfinite(t)
+        last = seg.prev_where(learned, xa, a["last_x"])
+        same = learned & np.isfinite(last) & (np.abs(xa - last) <= self.tolerance)
+        reset = learned & ~same
+        c = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(same, out=c[1:])
+        if seg.single:
+            run_after = np.where(same, a["run"][rows] + 1.0, 0.0)
+        else:
+            start = seg.start
+            j = seg.latest(reset, True)  # the latest change at or before each reading
+            since_reset = c[1:] - c[np.maximum(j, 0) + 1]
+            run_after = np.where(j >= start, since_reset, a["run"][rows] + (c[1:] - c[start]))
+        n_before = a["n_learned"][rows] + seg.count_before(learned)
+        ok = learned & (n_before >= self.grace_period) & same
+        out: FloatArray = np.where(ok, run_after, 0.0).astype(np.float64)
+        seg.store_last(a["run"], run_after.astype(np.float64), learned)
+        seg.store_last(a["last_x"], xa, learned)
+        a["n_learned"][seg.seg_rows] += seg.count(learned)
+        return out

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from alerts.detection.detectors.base import Detector, FloatArray, IntArray
+from alerts.detection.segments import Segments
 
 
 class RateOfRise(Detector):
@@ -42,3 +43,25 @@ class RateOfRise(Detector):
         ok = np.isfinite(dt) & (dt >= self.min_dt) & (dt <= self.max_dt) & (dx >= self.min_delta)
         slope = np.divide(dx, dt, out=np.zeros_like(x), where=ok) * 60.0
         return np.where(ok, np.maximum(slope, 0.0), 0.0)
+
+    def score_learn(self, seg: Segments, x: FloatArray, t: FloatArray) -> FloatArray:
+        """A scan: each reading against the latest earlier learned (finite) reading of its device."""
+        rows, xa = self._check(seg.rows, x)
+        a = self.arrays
+        learned = np.isfinite(xa) & np.isfinite(t)
+        n_before = a["n_learned"][rows] + seg.count_before(learned)
+        ok = learned & (n_before >= self.grace_period)
+        out = np.zeros(len(rows), dtype=np.float64)
+        if np.count_nonzero(ok):
+            lx = seg.prev_where(learned, xa, a["last_x"])
+            lt = seg.prev_where(learned, t, a["last_t"])
+            dt = t[ok] - lt[ok]
+            dx = xa[ok] - lx[ok]
+            good = np.isfinite(dt) & (dt >= self.min_dt) & (dt <= self.max_dt) & (dx >= self.min_delta)
+            slope = np.divide(dx, dt, out=np.zeros_like(dx), where=good) * 60.0
+            s = np.where(good, np.maximum(slope, 0.0), 0.0)
+            out[ok] = np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)
+        seg.store_last(a["last_x"], xa, learned)
+        seg.store_last(a["last_t"], t, learned)
+        a["n_learned"][seg.seg_rows] += seg.count(learned)
+        return out
