@@ -19,6 +19,14 @@ Bounds: ``max_bytes`` and ``max_age_s`` drop the oldest telemetry (counted in ``
 are never dropped for space, only after ``alert_max_age_s``. The ``alert_journal`` keeps every alert step
 ever produced (acked or not) for scoring and audit (:func:`iter_alert_events`).
 
+Storage format: telemetry records are binary blocks (:func:`alerts.uplink_body.encode_block`: typed columns,
+about 10x cheaper to write than the JSON block and 2x smaller), alert steps are JSON (``alert_pending``
+reads them with ``json_extract``). Records written by an older gateway (JSON blocks, first byte ``{``) are
+read either way. A batch is rendered when it is loaded (:meth:`Outbox.next_batch`), in ``body_format``:
+``msgpack`` merges each kind's records into one block (one block per kind is what the cloud validates,
+screens and stores fastest) and writes the envelope around them; its JSON form, for a cloud that does not
+read the binary body, is rendered from the same records on demand (:attr:`PendingBatch.json_body`).
+
 Records the cloud refused (``UplinkAck.refused``) go to ``quarantine`` in the same transaction as the ack;
 a batch the cloud keeps refusing whole is split (:meth:`Outbox.split`) and a lone bad record goes to
 ``dead_letter`` (:meth:`Outbox.dead_letter`). Both tables are bounded and counted (:mod:`edge.quarantine`).
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
@@ -38,9 +47,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+import msgpack
 
 from alerts.contract import CONTRACT_VERSION, AlertEvent, TelemetryBlock, UplinkAck, UplinkBatch
+from alerts.uplink_body import (
+    JSON_CONTENT_TYPE,
+    MSGPACK_CONTENT_TYPE,
+    block_batch,
+    decode_block,
+    encode_block,
+    msgpack_wire,
+)
 from edge.errors import OutboxError as OutboxError  # the gateway's one exception tree
 from edge.quarantine import MAX_ROWS, quarantine_rows
 from firmware_bridge.kernel.records import ReadingBatch
@@ -89,15 +108,36 @@ def frame_key(device_id: str, payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=16, key=device_id.encode()[:64]).digest()
 
 
+BodyFormat = Literal["msgpack", "json"]
+
+
 @dataclass(frozen=True)
 class PendingBatch:
-    """An uplink batch whose id and records are already persisted; ``body`` is the UplinkBatch JSON."""
+    """An uplink batch whose id and records are already persisted.
+
+    ``body`` is the UplinkBatch in ``content_type`` (JSON unless said otherwise, so a batch built from
+    ``UplinkBatch.wire`` alone is complete). A binary body comes with ``json_body``, which renders the same
+    batch as JSON, for a cloud that does not read the binary body (:meth:`as_json`).
+    """
 
     batch_id: str
     body: bytes
     n_alerts: int
     n_readings: int
     record_ids: tuple[int, ...]
+    content_type: str = JSON_CONTENT_TYPE
+    json_body: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.content_type != JSON_CONTENT_TYPE and self.json_body is None:
+            raise ValueError(f"a {self.content_type} batch needs json_body (its JSON rendering)")
+
+    def as_json(self) -> bytes:
+        """The batch as a JSON body (rendered on demand when ``body`` is binary)."""
+        if self.content_type == JSON_CONTENT_TYPE:
+            return self.body
+        assert self.json_body is not None  # checked in __post_init__
+        return self.json_body()
 
 
 @dataclass(frozen=True)
@@ -165,6 +205,8 @@ class Outbox:
             self.dead_lettered: dict[str, int] = json.loads(self._kv_get("dead_letter") or b"{}")
             #: the contract version written into batches; the sender lowers it for a version-1 cloud
             self.contract_version: int = CONTRACT_VERSION
+            #: the body :meth:`next_batch` renders (``uplink.body``); either form can render the other
+            self.body_format: BodyFormat = "msgpack"
         except (sqlite3.Error, OutboxError) as exc:
             self._executor.shutdown(wait=False)
             with contextlib.suppress(AttributeError):
@@ -231,7 +273,7 @@ class Outbox:
         rows: list[tuple[int, float, int, int, bytes]] = []
         for b in telemetry:
             if len(b):
-                body = TelemetryBlock.from_batch(b).model_dump_json().encode()
+                body = encode_block(b)
                 rows.append((LANE_TELEMETRY, now, len(b), len(body), body))
         journal = []
         for a in alerts:
@@ -397,7 +439,8 @@ class Outbox:
             else:
                 tele.append(bytes(body))
                 n_read += n
-        body = UplinkBatch.wire(  # the contract's one serialiser
+        render = functools.partial(
+            _render,
             contract_version=self.contract_version,
             batch_id=batch_id,
             gateway_id=gateway_id,
@@ -406,7 +449,17 @@ class Outbox:
             alerts=alerts,
             status=status,
         )
-        return PendingBatch(batch_id, body, len(alerts), n_read, tuple(ids))
+        if self.body_format == "json":
+            return PendingBatch(batch_id, render(binary=False), len(alerts), n_read, tuple(ids))
+        return PendingBatch(
+            batch_id,
+            render(binary=True),
+            len(alerts),
+            n_read,
+            tuple(ids),
+            content_type=MSGPACK_CONTENT_TYPE,
+            json_body=functools.partial(render, binary=False),
+        )
 
     def ack(self, ack: UplinkAck) -> int:
         """The cloud stored the batch durably: delete its records. Returns how many records left.
@@ -431,8 +484,8 @@ class Outbox:
             return cur.rowcount
 
     def _quarantine_locked(self, ack: UplinkAck) -> None:
-        records = [
-            (int(lane) == LANE_ALERT, bytes(body))
+        records = [  # the quarantine keeps JSON (readable with sqlite3 and jq)
+            (int(lane) == LANE_ALERT, bytes(body) if int(lane) == LANE_ALERT else _record_json(bytes(body)))
             for lane, body in self._db.execute(
                 "SELECT lane, body FROM records WHERE batch_id=? ORDER BY id", (ack.batch_id,)
             )
@@ -609,6 +662,74 @@ class Outbox:
         )
 
 
+# -- records and bodies ---------------------------------------------------------------------------------
+def _record_block(body: bytes) -> TelemetryBlock:
+    """A stored telemetry record: a binary block, or a JSON block written by an older gateway."""
+    if body[:1] == b"{":
+        return TelemetryBlock.model_validate_json(body)
+    return decode_block(msgpack.unpackb(body, raw=False))
+
+
+def _record_json(body: bytes) -> bytes:
+    if body[:1] == b"{":
+        return body
+    return _record_block(body).model_dump_json().encode()
+
+
+def _block_kind(body: bytes) -> str | None:
+    """The kind of a stored binary block, read from its first entry (``encode_block`` writes it first)
+    without decoding the columns; ``None`` for a JSON record."""
+    if body[:1] == b"{":
+        return None
+    head = msgpack.Unpacker(raw=False)
+    head.feed(body[:80])
+    head.read_map_header()
+    key, value = head.unpack(), head.unpack()
+    return value if key == "kind" and isinstance(value, str) else None
+
+
+def merged_blocks(records: Sequence[bytes]) -> list[ReadingBatch]:
+    """The telemetry records of a batch as one :class:`ReadingBatch` per kind, in record order."""
+    by_kind: dict[str, list[ReadingBatch]] = {}
+    for body in records:
+        rb = _record_block(body).to_batch() if body[:1] == b"{" else block_batch(body)
+        by_kind.setdefault(rb.kind.value, []).append(rb)
+    return [parts[0] if len(parts) == 1 else ReadingBatch.concat(parts) for parts in by_kind.values()]
+
+
+def _render(
+    *,
+    binary: bool,
+    contract_version: int,
+    batch_id: str,
+    gateway_id: str,
+    sent_at: float,
+    telemetry: Sequence[bytes],
+    alerts: Sequence[bytes],
+    status: dict[str, Any] | None,
+) -> bytes:
+    """A loaded batch's body (alert records are JSON, telemetry records binary or, from an older gateway,
+    JSON). Binary: the stored blocks go out as they are when each kind has one; else merged per kind."""
+    head: dict[str, Any] = {
+        "contract_version": contract_version,
+        "batch_id": batch_id,
+        "gateway_id": gateway_id,
+        "sent_at": sent_at,
+    }
+    if not binary:
+        blocks = [TelemetryBlock.from_batch(b).model_dump_json().encode() for b in merged_blocks(telemetry)]
+        return UplinkBatch.wire(**head, telemetry=blocks, alerts=alerts, status=status)
+    kinds = [_block_kind(b) for b in telemetry]
+    if None in kinds or len(set(kinds)) != len(kinds):
+        telemetry = [encode_block(b) for b in merged_blocks(telemetry)]
+    return msgpack_wire(
+        **head,
+        telemetry=telemetry,
+        alerts=[msgpack.packb(json.loads(a)) for a in alerts],
+        status=status,
+    )
+
+
 # -- read-only access for tools (vigil score --outbox, vigil gateway alerts/status) ------------------------
 def _ro(path: Path | str) -> sqlite3.Connection:
     p = Path(path)
@@ -632,7 +753,7 @@ def iter_telemetry(path: Path | str) -> Iterator[TelemetryBlock]:
     db = _ro(path)
     try:
         for (body,) in db.execute("SELECT body FROM records WHERE lane=? ORDER BY id", (LANE_TELEMETRY,)):
-            yield TelemetryBlock.model_validate_json(body)
+            yield _record_block(bytes(body))
     finally:
         db.close()
 

@@ -4,6 +4,12 @@ A broker PUBACK only means the broker has the message; the record leaves the out
 :class:`~alerts.contract.UplinkAck` arrives on ``vigil/v1/gw/{id}/ack`` (after its database commit). The
 session is persistent (``clean_session=False``, fixed client id) and the ack topic is re-subscribed on every
 reconnect; reconnects back off with jitter. aiomqtt errors are translated into uplink errors here.
+
+Payload: the columnar binary body (``uplink.body = "msgpack"``, the default; the cloud's workers tell it from
+JSON by its first byte) or JSON. A cloud whose workers predate the binary body answer it with an error
+document ``{"batch_id": null, "error": "validation", "detail": "... Invalid JSON ..."}`` (they could not even
+read the batch id): the waiting batch is then re-published as JSON at once, and this uplink publishes JSON
+from then on (until the gateway restarts).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from urllib.parse import urlparse
 import aiomqtt
 
 from alerts.contract import UplinkAck, mqtt_ack_topic, mqtt_up_topic
-from edge.outbox import PendingBatch
+from alerts.uplink_body import MSGPACK_CONTENT_TYPE
+from edge.outbox import BodyFormat, PendingBatch
 from edge.uplink.base import (
     UplinkAuthError,
     UplinkError,
@@ -36,6 +43,10 @@ from firmware_bridge.transports.mqtt import close_on_failed_handshake
 log = logging.getLogger(__name__)
 
 
+class _BinaryNotRead(Exception):
+    """The cloud's worker tried to read the binary payload as JSON: it predates the binary body."""
+
+
 class MqttUplink:
     def __init__(
         self,
@@ -48,8 +59,11 @@ class MqttUplink:
         ca_file: Path | None = None,
         client_cert: Path | None = None,
         client_key: Path | None = None,
+        body: BodyFormat = "msgpack",
     ) -> None:
         u = urlparse(url)
+        #: the payload format sent; becomes "json" when the cloud does not read the binary body
+        self.body: BodyFormat = body
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
         self.tls: ssl.SSLContext | None = None
@@ -67,6 +81,7 @@ class MqttUplink:
         self.ack_topic = mqtt_ack_topic(gateway_id)
         self._client: aiomqtt.Client | None = None
         self._waiting: dict[str, asyncio.Future[UplinkAck]] = {}
+        self._binary: set[str] = set()  # waiting batches that were published as the binary body
         self.connected = asyncio.Event()
         self.reconnects_total = 0
 
@@ -109,6 +124,12 @@ class MqttUplink:
         """An ack, or an error document ``{"batch_id", "error", "detail"}`` (docs/contract.md)."""
         try:
             doc = json.loads(body)
+            if isinstance(doc, dict) and "error" in doc and _json_parse_failure(doc):
+                for bid in self._binary:  # no batch id: the cloud could not read ours as JSON
+                    fut = self._waiting.get(bid)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(_BinaryNotRead(str(doc.get("detail", ""))[:200]))
+                return
             if isinstance(doc, dict) and "error" in doc:
                 fut = self._waiting.get(str(doc.get("batch_id")))
                 if fut is not None and not fut.done():
@@ -145,6 +166,17 @@ class MqttUplink:
             fut.set_result(ack)
 
     async def send(self, batch: PendingBatch) -> UplinkAck:
+        if self.body == "msgpack" and batch.content_type == MSGPACK_CONTENT_TYPE:
+            try:
+                return await self._publish(batch, batch.body, binary=True)
+            except _BinaryNotRead as exc:
+                log.warning(
+                    "the cloud does not read the binary uplink body (%s); publishing JSON from now on", exc
+                )
+                self.body = "json"
+        return await self._publish(batch, batch.as_json(), binary=False)
+
+    async def _publish(self, batch: PendingBatch, payload: bytes, *, binary: bool) -> UplinkAck:
         client = self._client
         if client is None:
             raise UplinkUnavailable(
@@ -152,8 +184,10 @@ class MqttUplink:
             )
         fut: asyncio.Future[UplinkAck] = asyncio.get_running_loop().create_future()
         self._waiting[batch.batch_id] = fut
+        if binary:
+            self._binary.add(batch.batch_id)
         try:
-            await client.publish(self.up_topic, batch.body, qos=1, timeout=self.timeout_s)
+            await client.publish(self.up_topic, payload, qos=1, timeout=self.timeout_s)
             ack = await asyncio.wait_for(fut, self.timeout_s)
         except aiomqtt.MqttError as exc:
             raise UplinkUnavailable(f"publish failed: {exc}", reason="publish") from exc
@@ -163,9 +197,19 @@ class MqttUplink:
             ) from exc
         finally:
             self._waiting.pop(batch.batch_id, None)
+            self._binary.discard(batch.batch_id)
         if ack.batch_id != batch.batch_id:
             raise UplinkProtocolError("ack for the wrong batch")
         return parse_ack(ack.model_dump_json().encode(), batch.batch_id)
 
     async def aclose(self) -> None:
         return None
+
+
+def _json_parse_failure(doc: dict[str, object]) -> bool:
+    """An error document of a worker that could not parse the payload as JSON at all (no batch id)."""
+    return (
+        doc.get("batch_id") is None
+        and doc.get("error") == "validation"
+        and "Invalid JSON" in str(doc.get("detail"))
+    )

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from alerts.contract import HTTP_PATH, UplinkAck, UplinkBatch
+from alerts.uplink_body import decode_batch, media_type
 
 
 @dataclass
@@ -47,7 +48,7 @@ class CloudStub:
             return JSONResponse({"error": "payload_too_large", "detail": "over the limit"}, status_code=413)
         if self.mode == "garbage":
             return Response(b"<html>proxy says hi</html>", status_code=200)
-        batch = UplinkBatch.model_validate_json(body)
+        batch = decode_batch(body, media_type(request.headers.get("content-type")) or "")
         dup = batch.batch_id in self.batches
         if not dup:
             self.batches[batch.batch_id] = batch

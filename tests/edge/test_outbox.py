@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from alerts.contract import UplinkAck, UplinkBatch
+from alerts.contract import UplinkAck
+from alerts.uplink_body import decode_batch
 from edge.outbox import Outbox, OutboxError, frame_key, iter_alert_events, iter_telemetry
 from tests.edge.helpers import alert, manhole_batch
 
@@ -33,14 +34,14 @@ def test_commit_batch_ack_roundtrip(tmp_path: Path) -> None:
         ob.commit([manhole_batch(10)], [alert(1)])
         pb = ob.next_batch("gw-1")
         assert pb is not None and pb.n_alerts == 1 and pb.n_readings == 0  # alerts travel first, alone
-        doc = UplinkBatch.model_validate_json(pb.body)  # the body is a valid contract document
+        doc = decode_batch(pb.body, pb.content_type)  # the body is a valid contract document
         assert doc.batch_id == pb.batch_id and doc.alerts[0].device_id == alert(1).device_id
         assert ob.alert_pending(alert(1).alert_id)
         assert ob.ack(ack_of(pb.batch_id)) == 1
         assert not ob.alert_pending(alert(1).alert_id)
         pb2 = ob.next_batch("gw-1")
         assert pb2 is not None and pb2.n_readings == 10
-        doc2 = UplinkBatch.model_validate_json(pb2.body)
+        doc2 = decode_batch(pb2.body, pb2.content_type)
         assert doc2.telemetry[0].to_batch().seq.tolist() == list(range(10))
         ob.ack(ack_of(pb2.batch_id))
         assert ob.next_batch("gw-1") is None

@@ -14,6 +14,7 @@ import aiomqtt
 import pytest
 
 from alerts.contract import UplinkAck, UplinkBatch, mqtt_ack_topic, mqtt_up_topic
+from alerts.uplink_body import decode_batch, sniff
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox
 from edge.uplink import UplinkAuthError, UplinkSender, UplinkUnavailable
@@ -37,7 +38,7 @@ async def fake_cloud(
             ready.set()
         async for msg in c.messages:
             assert isinstance(msg.payload, bytes)
-            batch = UplinkBatch.model_validate_json(msg.payload)
+            batch = decode_batch(msg.payload, sniff(msg.payload) or "")
             dup = any(b.batch_id == batch.batch_id for b in seen)
             if not dup:
                 seen.append(batch)
@@ -139,7 +140,7 @@ async def test_error_document_on_the_ack_topic(tmp_path: Path, mosquitto: Mosqui
                 ready.set()
                 async for msg in c.messages:
                     assert isinstance(msg.payload, bytes)
-                    bid = json.loads(msg.payload)["batch_id"]
+                    bid = decode_batch(msg.payload, sniff(msg.payload) or "").batch_id
                     doc = {"batch_id": bid, "error": "forbidden", "detail": "device not assigned"}
                     await c.publish(mqtt_ack_topic(gw), json.dumps(doc), qos=1)
 

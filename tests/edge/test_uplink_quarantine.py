@@ -162,7 +162,9 @@ async def test_a_batch_only_5xx_dead_letters_once_the_cloud_takes_others(
     outbox.commit([], [poison])
 
     def fail(b: PendingBatch) -> Exception | None:
-        return UplinkUnavailable("500", reason="http_500") if poison.alert_id.encode() in b.body else None
+        return (
+            UplinkUnavailable("500", reason="http_500") if poison.alert_id.encode() in b.as_json() else None
+        )
 
     up = Wrapped(http_uplink(c), fail)
     async with sending(outbox, up, max_attempts=4) as s:
@@ -246,7 +248,7 @@ async def test_cloud_without_contract_v2_gets_version_1_batches(cloud_sqlite: Cl
     c = cloud_sqlite
 
     def old_cloud(b: PendingBatch) -> Exception | None:
-        if json.loads(b.body)["contract_version"] != 1:
+        if json.loads(b.as_json())["contract_version"] != 1:
             return UplinkInvalid("422: [{'loc': ['body', 'contract_version'], ...}]", reason="http_422")
         return None
 
@@ -296,7 +298,7 @@ async def test_throttled_or_storage_down_telemetry_is_never_given_up(
     failing = [True]
 
     def fail(b: PendingBatch) -> Exception | None:
-        return failure() if failing[0] and b'"telemetry":[]' not in b.body else None
+        return failure() if failing[0] and b'"telemetry":[]' not in b.as_json() else None
 
     up = Wrapped(http_uplink(c), fail)
     outbox.commit([readings(M, MANHOLE_1, [1]), readings(M, MANHOLE_1, [2], t0=T0 + 60)], [])

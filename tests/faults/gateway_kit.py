@@ -27,7 +27,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from alerts.contract import UplinkBatch
+from alerts.uplink_body import decode_batch, media_type
 from edge.outbox import OutboxError, iter_telemetry
 from tests.edge.cloudstub import CloudStub
 from tests.edge.helpers import device_id
@@ -191,7 +191,8 @@ class FaultyCloud(CloudStub):
         if self.mode in ("500", "503") and request.headers.get("authorization") == f"Bearer {self.token}":
             self.requests += 1
             self.failed_requests += 1
-            batch = UplinkBatch.model_validate_json(await request.body())
+            body = await request.body()
+            batch = decode_batch(body, media_type(request.headers.get("content-type")) or "")
             self.failed_alerts.update(a.alert_id for a in batch.alerts)
             return Response(status_code=int(self.mode))
         before = len(self.order)
