@@ -4,6 +4,7 @@ JSON body, every malformed body refused with a reason naming the field, and the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,32 @@ def test_a_refused_body_stores_nothing_because_nothing_is_returned() -> None:
     doc = doc_of(sample(telemetry=[TelemetryBlock.from_batch(readings(M, ["a", "b"]))] * 3))
     doc["telemetry"][2]["flags"] = ["<u4", b"\0"]
     assert refused(doc).errors[0]["loc"] == ("telemetry", 2, "flags")
+
+
+# -- the worked example in the docs ------------------------------------------------------------------------
+def example_body() -> bytes:
+    """The docs' worked example: one manhole reading, no alert, no status."""
+    rb = readings(M, ["70b3d57ed0000001"])
+    batch = UplinkBatch(
+        batch_id="gw-1-00000042", gateway_id="gw-1", sent_at=T0, telemetry=[TelemetryBlock.from_batch(rb)]
+    )
+    return encode_batch(batch)
+
+
+def hexdump(data: bytes) -> str:
+    lines = []
+    for off in range(0, len(data), 16):
+        chunk = data[off : off + 16]
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{off:08x}  {chunk[:8].hex(' '):<23}  {chunk[8:].hex(' '):<23}  |{text}|")
+    return "\n".join(lines)
+
+
+def test_the_docs_worked_example_is_what_the_encoder_writes() -> None:
+    """docs/contract.md shows the hex dump of :func:`example_body`: regenerate it with
+    ``python -c 'from tests.alerts.test_uplink_body import *; print(hexdump(example_body()))'``."""
+    doc = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
+    m = re.search(r"<!-- hexdump:begin -->\n```text\n(.*?)\n```\n<!-- hexdump:end -->", doc, re.S)
+    assert m is not None, "docs/contract.md lost its worked example"
+    assert m.group(1) == hexdump(example_body())
+    assert decode_batch(example_body(), MSGPACK_CONTENT_TYPE).telemetry[0].to_batch().seq.tolist() == [65530]
