@@ -7,6 +7,9 @@ Rules (defaults and why: docs/privacy.md "Retention"; settings ``VIGIL_CLOUD_RET
                             ``retention_wristband_readings_days`` are deleted from the time-series store
 ``incident_personal``       the resident reporter's sealed contact of an incident closed (or dismissed)
                             more than ``retention_incident_personal_days`` ago is erased (the case stays)
+``wristband_alert_values``  the value and message (e.g. "heart rate 35") of a wristband's cleared alert
+                            and of its steps older than ``retention_wristband_alert_values_days`` are
+                            erased; the alert's type and times stay (the record of what happened)
 ``audit``                   audit rows older than ``retention_audit_days`` are deleted
 ==========================  ==========================================================================
 
@@ -33,10 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Engine, create_engine, delete, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, func, or_, select, text, update
 from sqlalchemy.pool import NullPool
 
 from cloud.db import Database
+from cloud.db.models import Alert, AlertStep
 from cloud.db.session import normalise_url
 from cloud.jobs import JobContext
 from cloud.loop.config import audit
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 JOB_NAME = "retention"
 DAY_S = 86400.0
 WRISTBAND_TABLE = "ts_wristband"
+WRISTBAND = "wristband"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class RetentionPolicy:
 
     wristband_readings_days: float = 180.0
     incident_personal_days: float = 365.0
+    wristband_alert_values_days: float = 365.0
     audit_days: float = 730.0
     batch: int = 5000
     max_batches: int = 20
@@ -65,6 +71,7 @@ class RetentionPolicy:
         return cls(
             wristband_readings_days=s.retention_wristband_readings_days,
             incident_personal_days=s.retention_incident_personal_days,
+            wristband_alert_values_days=s.retention_wristband_alert_values_days,
             audit_days=s.retention_audit_days,
             batch=s.retention_batch,
             max_batches=s.retention_max_batches,
@@ -132,6 +139,9 @@ class Retention:
             else 0,
             "incident_personal": self._incidents(now - p.incident_personal_days * DAY_S)
             if p.incident_personal_days > 0
+            else 0,
+            "wristband_alert_values": self._alert_values(now - p.wristband_alert_values_days * DAY_S)
+            if p.wristband_alert_values_days > 0
             else 0,
             "audit": self._audit(now - p.audit_days * DAY_S) if p.audit_days > 0 else 0,
         }
@@ -216,6 +226,42 @@ class Retention:
             total += len(ids)
             if len(ids) < self.policy.batch:
                 break
+        return total
+
+    def _alert_values(self, cutoff_s: float) -> int:
+        cleared = select(Alert.alert_id).where(Alert.kind == WRISTBAND, Alert.phase == "cleared")
+        targets = (
+            (Alert.alert_id, Alert.updated_time < cutoff_s, Alert.phase == "cleared"),
+            (AlertStep.id, AlertStep.time < cutoff_s, AlertStep.alert_id.in_(cleared)),
+        )
+        total = 0
+        for pk, older, done_with in targets:
+            model = pk.class_
+            for _ in range(self.policy.max_batches):
+                with self.db.write() as s:
+                    ids = (
+                        s.execute(
+                            select(pk)
+                            .where(
+                                model.kind == WRISTBAND,
+                                older,
+                                done_with,
+                                or_(model.value.is_not(None), model.message != ""),
+                            )
+                            .order_by(pk)
+                            .limit(self.policy.batch)
+                        )
+                        .scalars()
+                        .all()
+                    )
+                    if ids:
+                        s.execute(
+                            update(model).where(pk.in_(ids)).values(value=None, message=""),
+                            execution_options={"synchronize_session": False},
+                        )
+                total += len(ids)
+                if len(ids) < self.policy.batch:
+                    break
         return total
 
     def _audit(self, cutoff_s: float) -> int:

@@ -88,6 +88,8 @@ class CloudSettings(BaseModel):
     retention_wristband_readings_days: float = Field(default=180.0, ge=0)
     #: days after an incident closes that its resident reporter's sealed contact is kept (0 = keep)
     retention_incident_personal_days: float = Field(default=365.0, ge=0)
+    #: days a wristband's cleared alert keeps its value and message (e.g. heart rate 35) (0 = keep)
+    retention_wristband_alert_values_days: float = Field(default=365.0, ge=0)
     #: days audit rows (logins with client address, administrative actions) are kept (0 = keep; >= 180)
     retention_audit_days: float = Field(default=730.0, ge=0)
 

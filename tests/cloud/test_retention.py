@@ -2,7 +2,8 @@
 
 Operational database on SQLite and PostgreSQL, time-series store on SQLite and PostgreSQL: a wristband's
 readings past their days are deleted (other devices' and newer ones are not), closed incidents past
-theirs lose the reporter's contact (open and recent ones keep it), old audit rows are deleted; batches
+theirs lose the reporter's contact (open and recent ones keep it), a wristband's cleared alerts past theirs
+lose their health values (open ones and other kinds keep them), old audit rows are deleted; batches
 are bounded and the rest follows at the next run; the job runs under the job lease and audits itself.
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy import select
 
 from cloud.crypto import SecretBox, load_or_create_key
 from cloud.db import Database, upgrade_head
+from cloud.db.models import Alert, AlertStep
 from cloud.jobs import JobRunner
 from cloud.lease import open_lease
 from cloud.loop.models import AuditEntry, Incident
@@ -44,6 +46,18 @@ class World:
         with self.db.read() as s:
             rows = s.execute(select(Incident.group_key, Incident.reporter_contact_enc)).all()
         return {k: enc is not None for k, enc in rows}
+
+    def alert_values(self) -> dict[str, tuple[int, int]]:
+        """Per alert: (alert row with a value, steps with a value)."""
+        with self.db.read() as s:
+            rows = {
+                a.alert_id: (int(a.value is not None and a.message != ""), 0)
+                for a in s.scalars(select(Alert))
+            }
+            for st in s.scalars(select(AlertStep)):
+                if st.value is not None or st.message:
+                    rows[st.alert_id] = (rows[st.alert_id][0], rows[st.alert_id][1] + 1)
+        return rows
 
     def audit_ats(self) -> list[float]:
         with self.db.read() as s:
@@ -83,6 +97,22 @@ def world(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Iterat
                     reporter_contact_enc=box.seal({"phone": "13900001111"}),
                 )
             )  # fmt: skip
+        for alert_id, kind, phase, age in (
+            ("band-cleared-old", "wristband", "cleared", 400),
+            ("band-open-old", "wristband", "raised", 400),
+            ("band-cleared-recently", "wristband", "cleared", 30),
+            ("manhole-cleared-old", "manhole", "cleared", 400),
+        ):  # fmt: skip
+            t = NOW - age * DAY_S
+            common = dict(
+                alert_id=alert_id, device_id=alert_id, kind=kind, event_type="heart_rate_low", severity=2,
+                episode_ms=1, frame_time=t, source="gw", value=35.0, message="heart rate 35",
+            )  # fmt: skip
+            s.add(Alert(phase=phase, raised_time=t - 60, raised_frame_time=t - 60, updated_time=t,
+                        received_at=t, **common))  # fmt: skip
+            s.add(AlertStep(phase="raised", time=t - 60, received_at=t - 60, **common))
+            if phase == "cleared":
+                s.add(AlertStep(phase="cleared", time=t, received_at=t, **common))
         for age in (1000, 800, 731, 729, 10):
             s.add(AuditEntry(at=NOW - age * DAY_S, actor="u", role="admin", action="x", target="", detail={}))
     yield World(db, store, ts_url)
@@ -101,7 +131,12 @@ def test_deletes_exactly_what_is_due(world: World) -> None:
     finally:
         job.close()
     # readings 400..181 days old go (220 per band); 180..1 days old stay; the manhole is not personal
-    assert done == {"wristband_readings": 3 * 220, "incident_personal": 3, "audit": 3}
+    assert done == {
+        "wristband_readings": 3 * 220,
+        "incident_personal": 3,
+        "wristband_alert_values": 3,
+        "audit": 3,
+    }
     for band in BANDS:
         assert world.count(DeviceKind.WRISTBAND, band) == 180
         oldest = world.store.query(band, DeviceKind.WRISTBAND, 0.0, NOW, max_points=1000).time.min()
@@ -115,6 +150,14 @@ def test_deletes_exactly_what_is_due(world: World) -> None:
         "dismissed-old": False,  # no closed_at: its last change counts
         "dismissed-recently": True,
     }
+    assert world.alert_values() == {
+        "band-cleared-old": (0, 0),  # its value (heart rate 35) erased from the alert and both steps
+        "band-open-old": (1, 1),  # still open: kept however old
+        "band-cleared-recently": (1, 2),
+        "manhole-cleared-old": (1, 2),  # not health data
+    }
+    with world.db.read() as s:
+        assert s.get(Alert, "band-cleared-old").event_type == "heart_rate_low"  # type: ignore[union-attr]
     assert world.audit_ats() == [NOW - 729 * DAY_S, NOW - 10 * DAY_S]
     with world.db.read() as s:
         runs = s.scalars(select(AuditEntry.detail).where(AuditEntry.action == "retention.run")).all()
@@ -123,7 +166,7 @@ def test_deletes_exactly_what_is_due(world: World) -> None:
 
     again = _retention(world)  # a second run (another process taking over) finds nothing more
     try:
-        assert again.run(NOW) == {"wristband_readings": 0, "incident_personal": 0, "audit": 0}
+        assert not any(again.run(NOW).values())
     finally:
         again.close()
 
@@ -136,7 +179,12 @@ def test_batches_are_bounded_and_the_rest_follows(world: World) -> None:
     try:
         first = job.run(NOW)
         # three batches of at most 100: band-a's 220 due readings (100 + 100 + 20)
-        assert first == {"wristband_readings": 220, "incident_personal": 3, "audit": 3}
+        assert first == {
+            "wristband_readings": 220,
+            "incident_personal": 3,
+            "wristband_alert_values": 3,
+            "audit": 3,
+        }
         assert [world.count(DeviceKind.WRISTBAND, b) for b in BANDS] == [180, 400, 400]
         runs = [first["wristband_readings"]]
         while runs[-1]:
@@ -148,11 +196,12 @@ def test_batches_are_bounded_and_the_rest_follows(world: World) -> None:
 
 
 def test_zero_days_keeps_everything(world: World) -> None:
-    job = _retention(
-        world, RetentionPolicy(wristband_readings_days=0, incident_personal_days=0, audit_days=0)
+    keep = RetentionPolicy(
+        wristband_readings_days=0, incident_personal_days=0, wristband_alert_values_days=0, audit_days=0
     )
+    job = _retention(world, keep)
     try:
-        assert job.run(NOW) == {"wristband_readings": 0, "incident_personal": 0, "audit": 0}
+        assert not any(job.run(NOW).values())
     finally:
         job.close()
     assert world.count(DeviceKind.WRISTBAND, "band-a") == 400
