@@ -58,6 +58,7 @@ from alerts.uplink_body import (
     block_batch,
     decode_block,
     encode_block,
+    merge_blocks,
     msgpack_wire,
 )
 from edge.errors import OutboxError as OutboxError  # the gateway's one exception tree
@@ -678,9 +679,7 @@ def _record_json(body: bytes) -> bytes:
 
 def _block_kind(body: bytes) -> str | None:
     """The kind of a stored binary block, read from its first entry (``encode_block`` writes it first)
-    without decoding the columns; ``None`` for a JSON record."""
-    if body[:1] == b"{":
-        return None
+    without decoding the columns."""
     head = msgpack.Unpacker(raw=False)
     head.feed(body[:80])
     head.read_map_header()
@@ -709,7 +708,8 @@ def _render(
     status: dict[str, Any] | None,
 ) -> bytes:
     """A loaded batch's body (alert records are JSON, telemetry records binary or, from an older gateway,
-    JSON). Binary: the stored blocks go out as they are when each kind has one; else merged per kind."""
+    JSON); each kind's records become one block (binary ones by :func:`~alerts.uplink_body.merge_blocks`,
+    which joins their column bytes without decoding the values)."""
     head: dict[str, Any] = {
         "contract_version": contract_version,
         "batch_id": batch_id,
@@ -719,9 +719,11 @@ def _render(
     if not binary:
         blocks = [TelemetryBlock.from_batch(b).model_dump_json().encode() for b in merged_blocks(telemetry)]
         return UplinkBatch.wire(**head, telemetry=blocks, alerts=alerts, status=status)
-    kinds = [_block_kind(b) for b in telemetry]
-    if None in kinds or len(set(kinds)) != len(kinds):
-        telemetry = [encode_block(b) for b in merged_blocks(telemetry)]
+    by_kind: dict[str | None, list[bytes]] = {}
+    for body in telemetry:  # an older gateway's JSON record is re-encoded; binary ones stay bytes
+        rec = body if body[:1] != b"{" else encode_block(_record_block(body).to_batch())
+        by_kind.setdefault(_block_kind(rec), []).append(rec)
+    telemetry = [parts[0] if len(parts) == 1 else merge_blocks(parts) for parts in by_kind.values()]
     return msgpack_wire(
         **head,
         telemetry=telemetry,

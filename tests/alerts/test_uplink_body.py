@@ -21,9 +21,11 @@ from alerts.uplink_body import (
     BodyError,
     block_batch,
     decode_batch,
+    decode_block,
     encode_batch,
     encode_block,
     media_type,
+    merge_blocks,
     sniff,
 )
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
@@ -172,6 +174,16 @@ def test_block_batch_reads_back_what_encode_block_wrote() -> None:
     )
     empty = block_batch(encode_block(readings(M, [])))
     assert len(empty) == 0 and empty.values.shape == (0, len(spec(M).channels))
+
+
+def test_merge_blocks_equals_encoding_the_concatenation() -> None:
+    """Joining stored blocks' column bytes and re-mapping their dictionaries gives the block of all rows."""
+    parts = [readings(M, ["a", "b", "a"]), readings(M, []), readings(M, ["c", "a"], t0=T0 + 600)]
+    merged = decode_block(msgpack.unpackb(merge_blocks([encode_block(p) for p in parts])))
+    whole = TelemetryBlock.from_batch(ReadingBatch.concat(parts))
+    assert merged == whole and list(merged.device_id) == ["a", "b", "a", "c", "a"]
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge_blocks([encode_block(parts[0]), encode_block(readings(DeviceKind.WRISTBAND, ["a"]))])
 
 
 # -- formats -----------------------------------------------------------------------------------------------
