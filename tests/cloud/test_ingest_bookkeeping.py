@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cloud.sequence import sequence_summary
 from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
 from tests.cloud.cloudkit import *  # noqa: F403
@@ -83,3 +84,62 @@ async def test_each_device_of_a_batch_gets_its_own_bookkeeping(cloud: Cloud, man
         assert (dev.readings_total, dev.seq_gaps_total) == (5, gaps), dev_id
         assert dev.last_received_at == cloud.clock.now()
     assert f"vigil_cloud_seq_gaps_total {float(total_gaps)}" in (await cloud.client.get("/metrics")).text
+
+
+def reference_summary(
+    rows: list[tuple[str, int, float, float]],
+    last_seq: dict[str, int | None],
+    last_seen: dict[str, float | None],
+) -> dict[str, tuple[int, int, float, int, float]]:
+    """Per device, one frame at a time in (time, seq, arrival) order: (count, gaps, last time, last seq,
+    last battery)."""
+    out = {}
+    for dev in sorted({r[0] for r in rows}):
+        frames = [
+            (t, q, b)
+            for _t, _q, _i, t, q, b in sorted(
+                (t, q, i, t, q, b) for i, (d, q, t, b) in enumerate(rows) if d == dev
+            )
+        ]
+        prev = last_seq.get(dev)
+        seen = last_seen.get(dev)
+        if prev is not None and seen is not None and frames[0][0] < seen:
+            prev = None  # the batch starts before the stored newest frame: no comparison
+        gaps = 0
+        for _t, q, _b in frames:
+            if prev is not None:
+                d = (q - prev) % 65536
+                gaps += d - 1 if 1 < d < 32768 else 0
+            prev = q
+        t, q, b = frames[-1]
+        out[dev] = (len(frames), gaps, t, q, b)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sequence_summary_matches_a_frame_by_frame_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    devs = [f"dev{i:03d}" for i in range(30)]
+    n = 600
+    ids = rng.choice(devs, n)
+    seq = (65500 + rng.integers(0, 120, n)) % 65536  # around the wrap, with repeats
+    t = T0 + rng.integers(0, 50, n) * 60.0  # equal times too: then seq orders them
+    batt = rng.random(n) * 100
+    stored_q: dict[str, int | None] = {d: int(rng.integers(0, 65536)) for d in devs[:20]}
+    stored_t: dict[str, float | None] = {d: T0 + float(rng.integers(-5, 55)) * 60.0 for d in devs[:20]}
+    stored_q["dev005"] = None  # never heard from, but with a last seen (registry import)
+    summ = sequence_summary(ids, seq, t, batt, stored_q, stored_t)
+    got = {
+        d: (int(c), int(g), float(lt), int(q), float(b))
+        for d, c, g, lt, q, b in zip(
+            summ.device_id,
+            summ.count,
+            summ.gaps,
+            summ.last_time,
+            summ.last_seq,
+            summ.last_battery,
+            strict=True,
+        )
+    }
+    rows = list(zip(ids.tolist(), seq.tolist(), t.tolist(), batt.tolist(), strict=True))
+    assert got == reference_summary(rows, stored_q, stored_t)
