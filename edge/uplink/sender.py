@@ -102,7 +102,7 @@ class UplinkSender:
         max_refusals: int = 3,
         dead_letter_after_s: float = 3600.0,
         heartbeat_s: float = 60.0,
-        linger_s: float = 0.25,
+        linger_s: float = 0.5,
         committed: Callable[[], int] | None = None,
     ) -> None:
         """``committed``: a running count of readings committed to the outbox (the pipeline's); with it a
