@@ -84,9 +84,22 @@ class TelemetryBlock(_Strict):
     flags: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]]
     fw_version: list[Annotated[int, Field(ge=0, le=0xFFFF)]]
     channels: dict[str, list[float | None]] = Field(description="channel name -> values; null = not measured")
-    #: ``(device_id list, its numpy array)`` of a block built from arrays: reused by :meth:`to_batch` only
-    #: while ``device_id`` is that very list (``model_copy(update={"device_id": ...})`` replaces it)
-    _ids: tuple[list[str], npt.NDArray[np.str_]] | None = PrivateAttr(default=None)
+    #: ``(the column objects, the ReadingBatch over them)`` of a block built from arrays: :meth:`to_batch`
+    #: returns that batch only while every column is still the very same object (``model_copy(update=...)``
+    #: replaces the ones it updates, and the batch is then built again from the columns)
+    _built: tuple[tuple[object, ...], ReadingBatch] | None = PrivateAttr(default=None)
+
+    def _columns(self) -> tuple[object, ...]:
+        return (
+            self.kind,
+            self.device_id,
+            self.seq,
+            self.time,
+            self.battery_pct,
+            self.flags,
+            self.fw_version,
+            self.channels,
+        )
 
     @model_validator(mode="after")
     def _columns_agree(self) -> Self:
@@ -171,21 +184,21 @@ class TelemetryBlock(_Strict):
             fw_version=batch.fw_version,
             channels={name: batch.values[:, j] for j, name in enumerate(names)},
         )
-        block._ids = (device_ids, batch.device_id)
+        block._built = (block._columns(), batch)
         return block
 
     def to_batch(self) -> ReadingBatch:
+        built = self._built
+        if built is not None and all(a is b for a, b in zip(built[0], self._columns(), strict=True)):
+            return built[1]
         names = spec(self.kind).channel_names
         n = len(self.device_id)
         values = np.empty((n, len(names)), dtype=np.float64)
         for j, name in enumerate(names):
             values[:, j] = np.asarray(self.channels[name], dtype=np.float64)  # None -> nan
-        cached = self._ids
         return ReadingBatch(
             kind=self.kind,
-            device_id=cached[1]
-            if cached is not None and cached[0] is self.device_id
-            else np.array(self.device_id, dtype=np.str_),
+            device_id=np.array(self.device_id, dtype=np.str_),
             seq=np.asarray(self.seq, dtype=np.uint32),
             time=np.asarray(self.time, dtype=np.float64),
             battery_pct=np.asarray(self.battery_pct, dtype=np.float64),

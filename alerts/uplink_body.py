@@ -268,8 +268,9 @@ def _count(value: object, loc: Loc) -> int:
     return value
 
 
-def _column(value: object, loc: Loc, n: int, column: str) -> npt.NDArray[Any]:
-    """A ``[dtype, bin]`` column of ``n`` values, as the in-memory dtype (a writable native copy)."""
+def _column(value: object, loc: Loc, n: int, column: str, *, copy: bool = True) -> npt.NDArray[Any]:
+    """A ``[dtype, bin]`` column of ``n`` values, as the in-memory dtype: a writable native copy, or with
+    ``copy=False`` the zero-copy view when it already is that dtype (the caller copies it)."""
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], bytes)):
         raise _error(loc, "a column must be a 2-array [dtype, bin]", "column_type")
     code, data = value
@@ -284,7 +285,7 @@ def _column(value: object, loc: Loc, n: int, column: str) -> npt.NDArray[Any]:
             "length_mismatch",
         )
     view = np.frombuffer(data, dtype=dtype)  # zero-copy: checks run on the body's own bytes
-    return view.astype(_NATIVE[column])
+    return view.astype(_NATIVE[column], copy=copy)
 
 
 def _finite_in(arr: npt.NDArray[np.float64], loc: Loc, lo: float, hi: float) -> None:
@@ -346,11 +347,11 @@ def decode_block(blk: object, loc: Loc = ()) -> TelemetryBlock:
         )
     values = np.empty((n, len(names)), dtype=np.float64)
     for j, name in enumerate(names):
-        col = _column(channels[name], (*loc, "channels", name), n, "channel")
-        if np.isinf(col).any():  # NaN = not measured (JSON null); Infinity is refused as in JSON
-            i = int(np.flatnonzero(np.isinf(col))[0])
-            raise _error((*loc, "channels", name, i), f"{col[i]!r} is not finite", "finite_number")
-        values[:, j] = col
+        values[:, j] = _column(channels[name], (*loc, "channels", name), n, "channel", copy=False)
+    inf = np.isinf(values)
+    if inf.any():  # NaN = not measured (JSON null); Infinity is refused as in JSON
+        i, j = (int(x) for x in np.argwhere(inf)[0])
+        raise _error((*loc, "channels", names[j], i), f"{values[i, j]!r} is not finite", "finite_number")
     lookup = np.array(ids, dtype=object)
     batch = ReadingBatch(
         kind=kind,
