@@ -245,7 +245,8 @@ class IncidentWatch:
         import threading
 
         self.url = db_url.replace("postgresql+psycopg", "postgresql")
-        self.seen: dict[int, tuple[str, float, float]] = {}  # id -> (device_id, created_at, first seen)
+        # id -> (device_id, created_at, first seen, event type)
+        self.seen: dict[int, tuple[str, float, float, str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="incident-watch", daemon=True)
         self._thread.start()
@@ -258,13 +259,13 @@ class IncidentWatch:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self._stop.is_set():
                 rows = conn.execute(
-                    "SELECT id, device_id, created_at FROM loop_incidents"
+                    "SELECT id, device_id, created_at, event_type FROM loop_incidents"
                     " WHERE event_type IN ('cover_open', 'overflow')"
                 ).fetchall()
                 now = time.time()
-                for iid, dev, created in rows:
+                for iid, dev, created, event in rows:
                     if int(iid) not in self.seen:
-                        self.seen[int(iid)] = (str(dev), float(created), now)
+                        self.seen[int(iid)] = (str(dev), float(created), now, str(event))
                 self._stop.wait(0.2)
 
     def wait(self, expected: int, timeout: float = 300.0, quiet_s: float = 3.0) -> float:
@@ -586,8 +587,11 @@ def main(argv: list[str] | None = None) -> int:
             return float(res["storm_sent"][f"gw-{int(dev[8:12], 16):04d}"])
 
         seen = list(watch.seen.values())
-        inc_created = np.asarray([created - sent_of(dev) for dev, created, _ in seen]) * 1000
-        inc_visible = np.asarray([first - sent_of(dev) for dev, _, first in seen]) * 1000
+        inc_created = np.asarray([created - sent_of(dev) for dev, created, _, _ in seen]) * 1000
+        inc_visible = np.asarray([first - sent_of(dev) for dev, _, first, _ in seen]) * 1000
+
+        def visible_of(event: str) -> np.ndarray:
+            return np.asarray([first - sent_of(dev) for dev, _, first, ev in seen if ev == event]) * 1000
 
         def pct(a: np.ndarray, q: float) -> float | None:
             return round(float(np.percentile(a, q)), 1) if len(a) else None
@@ -618,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
             "alert_to_incident_visible_ms_p99": pct(inc_visible, 99),
             "alert_to_incident_created_at_ms_p50": pct(inc_created, 50),
             "alert_to_incident_created_at_ms_p99": pct(inc_created, 99),
+            # the loop takes life-safety events first (docs/loop.md): an open cover before a flood
+            "visible_ms_p50_p99_by_event": {
+                ev: [pct(visible_of(ev), 50), pct(visible_of(ev), 99)] for ev in ("cover_open", "overflow")
+            },
             "peak_memory_mb": {k: round(v, 1) for k, v in peaks.items()},
             "batches_sent": args.gateways * (args.rounds + 1),
             "batches_committed": batches[0] if batches else None,

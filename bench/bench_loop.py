@@ -4,11 +4,18 @@ Run: ``.venv/bin/python bench/bench_loop.py [--alerts 10000] [--open 100000] [--
 
 * **storm**: a rainstorm floods a district's wells: ``--alerts`` overflow / cover alerts from
   ``--devices`` covers on ``--streets`` streets arrive in batches of 500 (as ingest hands them to the
-  sink). Measured: alert steps handled per second, incidents formed (grouping by street), the most
-  notification intents any one responder received (nobody is flooded), peak RSS, and how long each
-  hand-off to the sink took (``ack_wait_ms``: what a gateway's ack waits for after ingest's commit).
-  ``--sink queue`` (default) is the intake queue drained off the request in batches of 2,000 steps;
-  ``--sink inline`` runs the loop inside the hand-off, as before the queue.
+  sink). ``--mix covers`` (default): three in four overflow (one incident per street), one in four a
+  displaced cover (one per cover, repeated episodes attach); ``--mix district``: as
+  ``bench_district.py``'s storm, every alert another device, half an open cover (one incident each),
+  half overflow (one per street). Measured: alert steps handled per second (wall, and the process's CPU
+  seconds), incidents formed, the most notification intents any one responder received (nobody is
+  flooded), peak RSS, how long each hand-off to the sink took (``ack_wait_ms``: what a gateway's ack
+  waits for after ingest's commit), and **a fire alarm handed off last, behind the whole storm**: seconds
+  from its hand-off until its incident was committed (``fire_incident_s``) and how many transactions ran
+  before it. ``--sink queue`` (default) is the intake queue drained off the request in batches of
+  ``--drain-steps``; ``--sink inline`` runs the loop inside the hand-off, as before the queue.
+  To measure older code with the same bench, copy this file into that checkout's ``bench/`` and run it
+  there.
 * **timers**: ``--open`` open work orders, each with a pending escalation and SLA timer far in the
   future; the cost of one ``run_due`` tick when nothing is due, and of one full tick (500 timers) when 1 %
   (plus the storm's own escalations) is due.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import resource
 import sys
@@ -61,10 +69,38 @@ class Clock:
         return seconds
 
 
+FIRE_DEVICE = "F000000000000001"
+
+
 def setup(url: str, devices: int, streets: int) -> None:
     upgrade_head(url)
     db = Database(url)
     with db.write() as s:
+        s.execute(
+            insert(Device),
+            [
+                dict(
+                    device_id=FIRE_DEVICE,
+                    kind="smoke_alarm",
+                    name="smoke 3-201",
+                    grid="G000",
+                    street="street-0",
+                    community="c",
+                    on_road=False,
+                    gateway_id="gw",
+                    profile="default",
+                    interval_s=3600.0,
+                    thresholds={},
+                    dev_addr="",
+                    created_at=T0,
+                    lat=39.9,
+                    lon=116.3,
+                    address="",
+                    seq_gaps_total=0,
+                    readings_total=0,
+                )
+            ],
+        )
         s.execute(
             insert(Device),
             [
@@ -129,11 +165,16 @@ def storm(
     devices: int,
     mode: str = "queue",
     batch_steps: int = DRAIN_BATCH_STEPS,
+    mix: str = "covers",
 ) -> dict[str, Any]:
     steps = []
     for i in range(n):
-        dev = f"{i % devices:016X}"
-        ev = EventType.OVERFLOW if i % 4 else EventType.COVER_DISPLACED
+        if mix == "district":
+            dev = f"{i % devices:016X}"
+            ev = EventType.COVER_OPEN if i % 2 == 0 else EventType.OVERFLOW
+        else:
+            dev = f"{i % devices:016X}"
+            ev = EventType.OVERFLOW if i % 4 else EventType.COVER_DISPLACED
         t = T0 + 10.0 * i / n
         ep = round(t * 1000)
         steps.append(
@@ -149,9 +190,35 @@ def storm(
                 frame_time=t,
             )
         )
+    te = T0 + 10.0
+    fire = AlertEvent(
+        alert_id=alert_id(FIRE_DEVICE, EventType.FIRE, round(te * 1000)),
+        device_id=FIRE_DEVICE,
+        kind=DeviceKind.SMOKE_ALARM,
+        event_type=EventType.FIRE,
+        severity=Severity.HIGH,
+        phase=AlertPhase.RAISED,
+        episode_ms=round(te * 1000),
+        time=te,
+        frame_time=te,
+    )
     acks: list[float] = []
+    transactions: list[float] = []  # when each loop transaction finished (perf_counter)
+    fire_done: list[tuple[float, int]] = []  # (when, transactions before it) for the fire's transaction
+    real = svc.take_batch
+
+    def recording(batch: Any) -> Any:
+        out = real(batch)
+        if any(st.alert_id == fire.alert_id for steps, _ in batch for st in steps):
+            fire_done.append((time.perf_counter(), len(transactions)))
+        transactions.append(time.perf_counter())
+        return out
+
+    svc.take_batch = recording  # type: ignore[method-assign]
+    fire_sent = 0.0
 
     async def drive() -> float:
+        nonlocal fire_sent
         # ingest hands each committed batch of 500 to the sink; the gateway's ack waits for that call
         sink = LoopSink(batch_steps=batch_steps)
         sink.service = svc
@@ -164,6 +231,8 @@ def storm(
             await sink.alerts_committed(steps[k : k + 500], source="gw")
             acks.append(time.perf_counter() - a0)
             await asyncio.sleep(0)  # the next request: let the drain task run between them
+        fire_sent = time.perf_counter()  # a fire alarm arrives behind the whole storm
+        await sink.alerts_committed([fire], source="gw")
         await sink.drained()
         elapsed = time.perf_counter() - t0
         if drain is not None:
@@ -171,21 +240,31 @@ def storm(
         assert sink.overflowed == 0, "queue overflowed: the bench would under-count"
         return elapsed
 
+    c0 = time.process_time()
     elapsed = asyncio.run(drive())
+    cpu = time.process_time() - c0
+    svc.take_batch = real  # type: ignore[method-assign]
     acks.sort()
     with svc.db.read() as s:
         incidents = len(s.scalars(select(Incident.id)).all())
         per_target = Counter(s.scalars(select(NotificationIntentRow.target_id)).all())
     return {
         "sink": mode,
+        "mix": mix,
+        "drain_steps": batch_steps,
         "alerts": n,
         "seconds": round(elapsed, 2),
+        "cpu_seconds": round(cpu, 2),
+        "alerts_per_cpu_s": round(n / cpu),
         "ack_wait_ms_p50": round(acks[len(acks) // 2] * 1000, 2),
         "ack_wait_ms_max": round(acks[-1] * 1000, 2),
         "alerts_per_s": round(n / elapsed),
         "incidents": incidents,
         "max_intents_one_responder": max(per_target.values(), default=0),
         "responders_paged": len(per_target),
+        "transactions": len(transactions),
+        "fire_incident_s": round(fire_done[0][0] - fire_sent, 3) if fire_done else None,
+        "fire_transactions_before": fire_done[0][1] if fire_done else None,
     }
 
 
@@ -283,6 +362,8 @@ def main() -> None:
     ap.add_argument("--streets", type=int, default=40)
     ap.add_argument("--open", type=int, default=100_000)
     ap.add_argument("--database", default="")
+    ap.add_argument("--mix", choices=["covers", "district"], default="covers", help="the storm (see above)")
+    ap.add_argument("--out", type=Path, help="result file (default bench/results/bench_loop.json)")
     ap.add_argument(
         "--drain-steps", type=int, default=DRAIN_BATCH_STEPS, help="steps per loop transaction (queue sink)"
     )
@@ -302,12 +383,13 @@ def main() -> None:
         result = {
             "machine": platform.platform(),
             "database": db.engine.url.get_backend_name(),
-            "storm": storm(svc, clock, args.alerts, args.devices, args.sink, args.drain_steps),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "storm": storm(svc, clock, args.alerts, args.devices, args.sink, args.drain_steps, args.mix),
             "timers": timers(svc, args.open),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
         db.close()
-    out = Path(__file__).resolve().parent / "results" / "bench_loop.json"
+    out = args.out or Path(__file__).resolve().parent / "results" / "bench_loop.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

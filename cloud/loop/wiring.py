@@ -123,12 +123,16 @@ class LoopSink:
 
     def _take(self) -> list[tuple[list[AlertEvent], str]]:
         """The next transaction's steps, up to ``batch_steps``: most urgent tier first, then the next
-        ones while they fit (never a less urgent step ahead of a more urgent one that did not fit)."""
+        ones while they fit (never a less urgent step ahead of a more urgent one that did not fit). A
+        hand-off larger than a batch is split: its first part now, the rest stays at the head."""
         out: list[tuple[list[AlertEvent], str]] = []
         n = 0
         for queue in self._queues:
             while queue and (not out or n + len(queue[0][0]) <= self.batch_steps):
-                steps, source, _ = queue.popleft()
+                steps, source, at = queue.popleft()
+                if len(steps) > self.batch_steps:
+                    queue.appendleft((steps[self.batch_steps :], source, at))
+                    steps = steps[: self.batch_steps]
                 out.append((steps, source))
                 n += len(steps)
             if queue:

@@ -205,3 +205,26 @@ async def test_an_open_cover_inhibits_its_displaced_alert_within_and_across_batc
     after = step(EventType.COVER_DISPLACED, AlertPhase.RAISED, T0 - 20)
     svc.take_steps([after, cleared], GW1)
     assert verdict(after.alert_id) == "open"
+
+
+async def test_a_hand_off_larger_than_a_batch_is_split_across_transactions(lc_sqlite: Cloud) -> None:
+    c = lc_sqlite
+    c.clock.t = T0
+    calls: list[int] = []
+    svc = loop(c)
+    real = svc.take_batch
+
+    def counting(b):  # type: ignore[no-untyped-def]
+        calls.append(sum(len(steps) for steps, _ in b))
+        return real(b)
+
+    svc.take_batch = counting  # type: ignore[method-assign]
+    sink(c).batch_steps = 2  # each transaction commits (and shows its incidents) after 2 steps
+    steps = [
+        alert_step(MANHOLE_2, DeviceKind.MANHOLE, EventType.OVERFLOW, AlertPhase.RAISED, T0 - 10 + i)
+        for i in range(5)
+    ]
+    await sink(c).alerts_committed(steps, source=GW1)
+    await drained(c)
+    assert calls == [2, 2, 1]
+    assert links(c) == {st.alert_id for st in steps}
