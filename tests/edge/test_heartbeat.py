@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from alerts.contract import UplinkAck, UplinkBatch
@@ -21,11 +22,13 @@ from edge.config import GatewayConfig, parse_config
 from edge.daemon import Gateway
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox, PendingBatch
+from edge.status import diagnose_metrics
 from edge.uplink import UplinkSender, UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
 from firmware_bridge.kernel.events import EventType
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import GW1, Cloud, make_settings, start_cloud
+from tests.edge.cloudstub import CloudStub
 from tests.edge.helpers import alert, manhole_batch
 from tests.servers import MosquittoServer, free_port
 
@@ -165,6 +168,38 @@ enabled = false
         tmp_path / "gateway.toml",
     )
     return cfg
+
+
+async def test_an_idle_gateway_status_says_at_once_whether_the_cloud_takes_its_credential(
+    tmp_path: Path,
+) -> None:
+    """Right after an install, with no device reporting yet, ``vigil gateway status`` already knows."""
+    cloud = CloudStub(port=free_port())
+    await cloud.start()
+    try:
+        for token, expected in (("wrong", "refuses this gateway's credential"), ("tok", "cloud reachable")):
+            cfg = gateway_config(tmp_path / token, cloud.url, token, 60.0)
+            cfg = cfg.model_copy(
+                update={"metrics": cfg.metrics.model_copy(update={"enabled": True, "port": 0})}
+            )
+            gw = Gateway(cfg)
+            stop = asyncio.Event()
+            running = asyncio.create_task(gw.run(stop), name="gateway")
+            try:
+                await asyncio.wait_for(gw.started.wait(), 10)
+                url = f"http://127.0.0.1:{gw.metrics_server.port}/metrics"
+                async with httpx.AsyncClient() as client, asyncio.timeout(20):
+                    while True:  # the first heartbeat goes at start: no device has to report first
+                        report = diagnose_metrics((await client.get(url)).text)
+                        if any(expected in line for line in report.lines):
+                            break
+                        await asyncio.sleep(0.05)
+                assert report.exit_code == (1 if token == "wrong" else 0), report.lines
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, 20)
+    finally:
+        await cloud.stop()
 
 
 async def gateway_view(cloud: Cloud) -> dict[str, object]:
