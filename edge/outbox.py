@@ -19,7 +19,8 @@ Bounds: ``max_bytes`` and ``max_age_s`` drop the oldest telemetry (counted in ``
 are never dropped for space, only after ``alert_max_age_s``. The ``alert_journal`` keeps every alert step
 ever produced (acked or not) for scoring and audit (:func:`iter_alert_events`).
 
-Storage format: telemetry records are binary blocks (:func:`alerts.uplink_body.encode_block`: typed columns,
+Storage format (the quarantine and the dead letter keep JSON, readable with sqlite3 and jq): telemetry
+records are binary blocks (:func:`alerts.uplink_body.encode_block`: typed columns,
 about 10x cheaper to write than the JSON block and 2x smaller), alert steps are JSON (``alert_pending``
 reads them with ``json_extract``). Records written by an older gateway (JSON blocks, first byte ``{``) are
 read either way. A batch is rendered when it is loaded (:meth:`Outbox.next_batch`), in ``body_format``:
@@ -486,7 +487,7 @@ class Outbox:
 
     def _quarantine_locked(self, ack: UplinkAck) -> None:
         records = [  # the quarantine keeps JSON (readable with sqlite3 and jq)
-            (int(lane) == LANE_ALERT, bytes(body) if int(lane) == LANE_ALERT else _record_json(bytes(body)))
+            (int(lane) == LANE_ALERT, _kept(int(lane), bytes(body)))
             for lane, body in self._db.execute(
                 "SELECT lane, body FROM records WHERE batch_id=? ORDER BY id", (ack.batch_id,)
             )
@@ -562,7 +563,10 @@ class Outbox:
                 self._db.executemany(
                     "INSERT INTO dead_letter(time,batch_id,lane,n,reason,attempts,body)"
                     " VALUES(?,?,?,?,?,?,?)",
-                    [(now, batch_id, lane, n, reason[:300], attempts, body) for _, lane, n, _, body in moved],
+                    [  # kept as JSON, like the quarantine: readable with sqlite3 and jq
+                        (now, batch_id, lane, n, reason[:300], attempts, _kept(lane, bytes(body)))
+                        for _, lane, n, _, body in moved
+                    ],
                 )
                 self._db.execute("DELETE FROM records WHERE batch_id=?", (batch_id,))
                 self._db.execute("DELETE FROM batches WHERE batch_id=?", (batch_id,))
@@ -669,6 +673,11 @@ def _record_block(body: bytes) -> TelemetryBlock:
     if body[:1] == b"{":
         return TelemetryBlock.model_validate_json(body)
     return decode_block(msgpack.unpackb(body, raw=False))
+
+
+def _kept(lane: int, body: bytes) -> bytes:
+    """A record as the quarantine and the dead letter keep it (JSON; alert steps already are)."""
+    return body if lane == LANE_ALERT else _record_json(body)
 
 
 def _record_json(body: bytes) -> bytes:

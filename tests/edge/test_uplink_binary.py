@@ -197,6 +197,23 @@ def test_outbox_stores_binary_records_and_merges_each_kind_into_one_block(tmp_pa
     assert [len(b) for b in iter_telemetry(tmp_path / "o.db")] == [2, 1, 1, 2]
 
 
+def test_dead_letter_keeps_json_and_requeued_records_are_sent_again(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as ob:
+        ob.commit([readings(M, MANHOLE_1, [1, 2])], [])
+        pb = ob.next_batch(GW1)
+        assert pb is not None
+        assert ob.dead_letter(pb.batch_id, "http_422: test") == 2
+        with sqlite3.connect(path) as db:
+            (body,) = db.execute("SELECT body FROM dead_letter").fetchone()
+        assert json.loads(body)["seq"] == [1, 2]  # an operator reads it with sqlite3 and jq
+        assert ob.requeue_dead_letter() == 1
+        pb = ob.next_batch(GW1)
+        assert pb is not None and pb.content_type == MSGPACK_CONTENT_TYPE
+        (block,) = decode_batch(pb.body, pb.content_type).telemetry
+        assert block.to_batch().seq.tolist() == [1, 2]
+
+
 def test_an_older_gateways_json_records_are_still_sent(tmp_path: Path) -> None:
     """An outbox written by a gateway before the binary body holds JSON telemetry records; after the
     upgrade they go out in either body, merged with the new binary ones."""
