@@ -72,7 +72,7 @@ async def show_link(token: str, request: Request, state: State) -> dict[str, Any
     claims = notify.links.verify(token, now=now)
     if claims.purpose is Purpose.CASE:
         return {"purpose": "case", **await asyncio.to_thread(notify.residents.case, token, now=now)}
-    return await asyncio.to_thread(notify.responders.link_state, token, now=now)
+    return await asyncio.to_thread(notify.responders.link_state, token, now=now, store=state.store)
 
 
 @router.post("/links/{token}", summary="Do what a responder link says (accept, arrived, resolved ...)")

@@ -9,6 +9,11 @@ Links are single-use: the nonce is claimed (``notify_link_uses``, primary key) b
 a second use answers ``link_used`` and changes nothing. SMS replies (GoAlert style): ``1`` accept,
 ``2`` decline, ``3`` on my way, ``4`` arrived, optionally followed by the case number (``1 37``); the
 sender must be a bound phone that was paged for that case.
+
+A link page (:meth:`ResponderDesk.link_state`) shows the case. For an open wristband case and a link sent
+to one person (``user:<id>``), the place is the wearer's home and, given the time-series store, the
+wearer's latest exact position (:meth:`IncidentPort.whereabouts`); a group's link keeps the grid, and a
+closed case shows neither (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from cloud.notify.models import Delivery, InboundSms, LinkUse, Report, Responder
 from cloud.notify.outbox import Outbox
 from cloud.notify.photos import PhotoStore
 from cloud.notify.render import REPLY_CODES
+from cloud.timeseries import TimeSeriesStore
 
 _REPLY = re.compile(r"^\s*([1-4])\s*[-#,.\s]?\s*(\d{1,8})?\s*$")
 #: actions after which the incident's remaining queued pages are pointless
@@ -48,6 +54,12 @@ class IncidentPort(Protocol):
 
     def describe(self, incident_id: str) -> dict[str, Any] | None: ...
 
+    def whereabouts(
+        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float
+    ) -> dict[str, Any] | None:
+        """Where an open wristband case's wearer is, for ``viewer``'s personal link (audited); else None."""
+        ...
+
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None: ...
 
 
@@ -66,6 +78,11 @@ class NullIncidentPort:
         return None
 
     def describe(self, incident_id: str) -> dict[str, Any] | None:
+        return None
+
+    def whereabouts(
+        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float
+    ) -> dict[str, Any] | None:
         return None
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None:
@@ -111,18 +128,30 @@ class ResponderDesk:
         self.port = port
 
     # -- links ---------------------------------------------------------------------------------------------
-    def link_state(self, token: str, *, now: float) -> dict[str, Any]:
-        """What a link page shows: its action, whether it can still be used, and the case (role-filtered)."""
+    def link_state(self, token: str, *, now: float, store: TimeSeriesStore | None = None) -> dict[str, Any]:
+        """What a link page shows: its action, whether it can still be used, and the case (role-filtered).
+
+        With ``store`` (the time-series store), a personal link to an open wristband case also gets
+        ``incident.position``: where the wearer is (:func:`cloud.notify.loopbridge.position_view`).
+        """
         claims = self.links.verify(token, now=now)
         with self.db.read() as s:
             used = s.get(LinkUse, claims.nonce)
         info = self.port.describe(claims.incident_id) or {}
-        incident = {k: info[k] for k in ("title", "status", "place", "opened_at", "department") if k in info}
+        incident: dict[str, Any] = {
+            k: info[k] for k in ("title", "status", "place", "opened_at", "department") if k in info
+        }
         personal = claims.purpose in RESPONDER_PURPOSES and claims.actor.startswith("user:")
         if personal and info.get("home_address"):
             # an open wristband case: the one person it was sent to goes to the wearer's home
             # (docs/privacy.md); a group's link (a chat robot, many readers) keeps the grid
             incident["place"] = info["home_address"]
+            incident["home"] = info["home_address"]
+            if store is not None:
+                # outdoors the wearer is not at home: the alarm's exact fix, for this one person only
+                position = self.port.whereabouts(claims.incident_id, store, viewer=claims.actor, now=now)
+                if position is not None:
+                    incident["position"] = position
         return {
             "purpose": claims.purpose.value,
             "incident_id": claims.incident_id,

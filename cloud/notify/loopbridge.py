@@ -8,19 +8,36 @@
   loop's work-order commands: accept -> ``accept``, decline -> ``return`` (with the reason), arrived ->
   ``arrive``, resolved -> ``handle`` (the note as reason, photos copied to the incident), on the way ->
   recorded only; a resident's rating -> ``rate``, reopen -> ``reopen``. The loop refuses what its stage
-  does not allow, and then nothing changes here either.
+  does not allow, and then nothing changes here either. :meth:`LoopPort.whereabouts` is where an open
+  wristband case's wearer is, for the one responder a link was sent to (below).
+
+**Where the wearer is** (docs/notifications.md, docs/privacy.md). The exact position of a wristband wearer
+reaches the cloud only in the time-series store, and only where :class:`cloud.privacy.MinimisingStore` kept
+it exact: SOS / fall / impact readings and every reading while the band has an alarm open. The alert step
+carries no position. So the link page reads the store at view time (no copy of the position is made
+anywhere else) and shows the latest exact fix from shortly before the alarm on: fixes on the ~100 m grid
+are passed over, as are readings without a position. Each view that shows a fix is written to the audit
+log (``link.position_view``: the link's actor, the incident, the fix's time; never the coordinates).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import and_, or_, select, update
 
 from alerts.loop.stages import Action, Command
+from cloud.crypto import COARSE_DECIMALS
 from cloud.db import Database, Device
 from cloud.loop import rows
+from cloud.loop.config import audit
 from cloud.loop.models import Incident, NotificationIntentRow
 from cloud.loop.service import LoopService
 from cloud.loop.service import Report as LoopReport
@@ -29,7 +46,11 @@ from cloud.notify.photos import PhotoStore
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
 from cloud.registry import PERSONAL_KINDS
+from cloud.timeseries import TimeSeriesError, TimeSeriesStore
+from firmware_bridge import wristband
 from firmware_bridge.kernel.events import Severity
+from firmware_bridge.kernel.locale import iso
+from firmware_bridge.kernel.records import DeviceKind
 
 _ACTIONS = {
     "accept": Action.ACCEPT,
@@ -39,6 +60,20 @@ _ACTIONS = {
 }
 WORN_KINDS = frozenset(k.value for k in PERSONAL_KINDS)
 _CATEGORY_SEVERITY = {"fire": Severity.HIGH, "gas": Severity.HIGH, "manhole": Severity.HIGH}
+log = logging.getLogger(__name__)
+
+#: a fix this close to the wearer's home reads "near home" (GPS error outdoors, a building's size)
+NEAR_HOME_M = 150.0
+#: a fix this long before the alarm still belongs to it: one heartbeat (a fall is confirmed a frame after
+#: its impact reading, which holds the exact fix)
+FIX_LEAD_S = wristband.HEARTBEAT_S
+#: windows searched back from now for the latest exact fix, longest first; a window the store answers
+#: downsampled (bucket means are not fixes) gives way to the next. 24 h of per-minute uplinks = 1,440 rows.
+FIX_SPANS_S = (86_400.0, 3_600.0, 600.0)
+_FIX_POINTS = 5_000
+#: a band's clock may run ahead of the cloud's by the ingest's skew allowance (IngestLimits.max_future_s)
+_FIX_AHEAD_S = 300.0
+EARTH_RADIUS_M = 6_371_000.0
 
 
 def facts_of(row: Incident, summary: str = "") -> IncidentFacts:
@@ -51,6 +86,128 @@ def facts_of(row: Incident, summary: str = "") -> IncidentFacts:
         summary=summary or row.title,
         department=row.department,
     )
+
+
+# -- where the wearer is ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """One GPS fix of a band: WGS-84 degrees and the reading's time (UTC seconds)."""
+
+    lat: float
+    lon: float
+    time: float
+
+
+def _on_grid(v: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    scaled = v * 10.0**COARSE_DECIMALS
+    return np.abs(scaled - np.round(scaled)) < 1e-6
+
+
+def latest_exact_fix(store: TimeSeriesStore, device_id: str, *, since: float, now: float) -> Fix | None:
+    """The band's latest exact fix from ``since`` on, or ``None``.
+
+    Exact means not on the ~100 m grid :class:`cloud.privacy.MinimisingStore` writes everything else on
+    (a real fix lands on that grid in both coordinates once in a million readings: it is then passed over).
+    Missing and (0, 0) positions are no fix. The store protocol does not return the ``gps_valid`` flag, so
+    a band that repeats its last fix without that flag is taken at its word.
+    """
+    end = now + _FIX_AHEAD_S
+    for span in FIX_SPANS_S:
+        start = max(since, now - span)
+        if start >= end:
+            return None
+        series = store.query(
+            device_id, DeviceKind.WRISTBAND, start, end, channels=("lat", "lon"), max_points=_FIX_POINTS
+        )
+        if series.downsampled:
+            continue
+        lat, lon = series.values["lat"], series.values["lon"]
+        ok = np.isfinite(lat) & np.isfinite(lon) & ((lat != 0.0) | (lon != 0.0))
+        ok &= ~(_on_grid(lat) & _on_grid(lon))
+        hits = np.flatnonzero(ok)
+        if hits.size == 0:
+            return None
+        i = int(hits[-1])
+        return Fix(float(lat[i]), float(lon[i]), float(series.time[i]))
+    return None
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres (haversine, mean Earth radius): plenty for "how far from home"."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+# GCJ-02 ("Mars coordinates", 火星坐标): Chinese map apps (Amap, Tencent) take positions shifted by this
+# published obfuscation of WGS-84 (Krasovsky 1940 ellipsoid). The formula is the one every open
+# implementation uses, e.g. googollee/eviltransform (go/transform.go) and wandergis/coordtransform; its
+# published test vectors are checked in tests/cloud/notify/test_responder_position.py.
+_KRASOVSKY_A = 6_378_245.0
+_KRASOVSKY_EE = 0.00669342162296594323
+
+
+def _gcj_delta(lat: float, lon: float) -> tuple[float, float]:
+    x, y = lon - 105.0, lat - 35.0
+    d = 20.0 * math.sin(6.0 * x * math.pi) + 20.0 * math.sin(2.0 * x * math.pi)
+    dlat = d + 20.0 * math.sin(y * math.pi) + 40.0 * math.sin(y / 3.0 * math.pi)
+    dlon = d + 20.0 * math.sin(x * math.pi) + 40.0 * math.sin(x / 3.0 * math.pi)
+    dlat += 160.0 * math.sin(y / 12.0 * math.pi) + 320.0 * math.sin(y * math.pi / 30.0)
+    dlon += 150.0 * math.sin(x / 12.0 * math.pi) + 300.0 * math.sin(x / 30.0 * math.pi)
+    dlat = dlat * 2.0 / 3.0 - 100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * math.sqrt(abs(x))
+    dlon = dlon * 2.0 / 3.0 + 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * math.sqrt(abs(x))
+    rad = lat / 180.0 * math.pi
+    magic = 1.0 - _KRASOVSKY_EE * math.sin(rad) ** 2
+    sqrt_magic = math.sqrt(magic)
+    dlat = (dlat * 180.0) / ((_KRASOVSKY_A * (1.0 - _KRASOVSKY_EE)) / (magic * sqrt_magic) * math.pi)
+    dlon = (dlon * 180.0) / (_KRASOVSKY_A / sqrt_magic * math.cos(rad) * math.pi)
+    return dlat, dlon
+
+
+def wgs84_to_gcj02(lat: float, lon: float) -> tuple[float, float]:
+    """WGS-84 -> GCJ-02 (lat, lon); outside mainland China's box the position is returned unchanged."""
+    if not (72.004 <= lon <= 137.8347 and 0.8293 <= lat <= 55.8271):
+        return lat, lon
+    dlat, dlon = _gcj_delta(lat, lon)
+    return lat + dlat, lon + dlon
+
+
+def position_view(fix: Fix, home: dict[str, Any]) -> dict[str, Any]:
+    """What the link page shows of a fix: WGS-84 coordinates, the fix's time (ISO-8601 in the display
+    zone, Asia/Shanghai), how far from home, and two links that open it in a map app.
+
+    ``geo:`` (RFC 5870, WGS-84) opens whatever map app the phone has (Android); Amap's URI API
+    (``uri.amap.com/marker``, GCJ-02, ``callnative=1`` opens the Amap app when installed) works on
+    every phone's browser. Our page loads neither: they are plain links the responder may tap.
+    """
+    glat, glon = wgs84_to_gcj02(fix.lat, fix.lon)
+    amap = urlencode(
+        {
+            "position": f"{glon:.6f},{glat:.6f}",
+            "name": "呼救位置",
+            "src": "vigil",
+            "coordinate": "gaode",
+            "callnative": "1",
+        }
+    )
+    out: dict[str, Any] = {
+        "lat": round(fix.lat, 6),
+        "lon": round(fix.lon, 6),
+        "at": iso(fix.time),
+        "distance_m": None,
+        "near_home": None,
+        "geo_uri": f"geo:{fix.lat:.6f},{fix.lon:.6f}?q={fix.lat:.6f},{fix.lon:.6f}",
+        "amap_uri": f"https://uri.amap.com/marker?{amap}",
+    }
+    try:
+        hlat, hlon = float(home["lat"]), float(home["lon"])
+    except (KeyError, TypeError, ValueError):
+        return out  # no home position sealed: the coordinates alone
+    d = distance_m(fix.lat, fix.lon, hlat, hlon)
+    out["distance_m"] = round(d)
+    out["near_home"] = d <= NEAR_HOME_M
+    return out
 
 
 class LoopIntents:
@@ -186,6 +343,41 @@ class LoopPort:
                 if home:
                     out["home_address"] = str(home)
             return out
+
+    def whereabouts(
+        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float
+    ) -> dict[str, Any] | None:
+        """Where the wearer of an open wristband case is (:func:`position_view`), for ``viewer``'s link.
+
+        ``None`` for any other case, a closed one, or no exact fix since shortly before the alarm. A fix
+        shown is audited (``link.position_view``). The store being down costs the position, not the page.
+        """
+        if not incident_id.isdigit() or self.loop.box is None:
+            return None
+        with self.loop.db.read() as s:
+            row = s.get(Incident, int(incident_id))
+            if row is None or not row.is_open or row.kind not in WORN_KINDS or not row.device_id:
+                return None
+            dev = s.get(Device, row.device_id)
+            sealed = dev.private_enc if dev is not None else None
+            device_id, alarm = row.device_id, row.event_start or row.created_at
+        home = self.loop.box.open(sealed)
+        try:
+            fix = latest_exact_fix(store, device_id, since=alarm - FIX_LEAD_S, now=now)
+        except TimeSeriesError as exc:
+            log.warning(
+                "wearer position unavailable",
+                extra={"incident_id": incident_id, "device_id": device_id, "error": str(exc)},
+            )
+            return None
+        if fix is None:
+            return None
+        with self.loop.db.write() as s:
+            audit(
+                s, actor=viewer[:64], role="responder_link", action="link.position_view",
+                target=f"incident:{incident_id}", now=now, device_id=device_id, fix_at=iso(fix.time),
+            )  # fmt: skip
+        return position_view(fix, home)
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None:
         category = str(report["category"])
