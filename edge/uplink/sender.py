@@ -31,10 +31,10 @@ and a gateway whose devices are quiet (manhole covers report every 12-24 h) may 
 hours. When nothing was acknowledged for ``heartbeat_s`` and the outbox has nothing to send, the sender
 sends a status-only batch (no records, the gateway's status, a fresh batch id), acknowledged like any
 batch. It is never persisted (nothing to retry: the next heartbeat replaces it), it is only sent when the
-outbox has nothing (so it never queues before a pending batch), a new alert cancels one in flight, and a
-failed one is followed by the next only after the same jittered probe pause as a failed batch: an outage
-costs one small request per pause, never a pile of heartbeats. It doubles as the recovery probe of an
-idle gateway.
+outbox has nothing (so it never queues before a pending batch), and a new alert cancels one in flight. In
+an outage one heartbeat is in flight at a time, failed ones are spaced by a jittered exponential pause up
+to ``heartbeat_s``, and each keeps the failed one's id until one is acknowledged: the cloud stores at most
+one per outage, even when a broker queued copies for a cloud worker that was down.
 
 **Linger** (Kafka's ``linger.ms``). Under load the sender would send whatever committed while the last
 batch was in flight: many small batches, each one cloud transaction and fsync. After an acknowledged
@@ -129,7 +129,13 @@ class UplinkSender:
         self.heartbeats_acked = 0
         self.last_heartbeat_at: float | None = None  # wall clock of the last acknowledged heartbeat
         self._acked_mono: float | None = None  # monotonic time of the last ack, batch or heartbeat
-        self._heartbeat_after = 0.0  # monotonic: no heartbeat before (a failed one waits a probe pause)
+        self._heartbeat_after = 0.0  # monotonic: no heartbeat before (a failed one waits a backoff pause)
+        self._heartbeat_id: str | None = None  # the unacknowledged heartbeat's id, reused until acked
+        #: pauses after failed heartbeats: nothing waits to be sent, so up to heartbeat_s apart
+        self._heartbeat_backoff = Backoff(
+            initial=self.backoff_initial_s,
+            maximum=max(self.backoff_initial_s, min(heartbeat_s, backoff_max_s)),
+        )
         self.linger_until: float | None = None  # monotonic: form the next batch no sooner (None: at once)
         self._committed_mark = 0  # ``committed()`` when the last batch was formed
         self._tokens = backlog_records_per_s
@@ -212,7 +218,7 @@ class UplinkSender:
             )
             if pending is None:
                 if self._heartbeat_due():
-                    await self._heartbeat(probe, refused)
+                    await self._heartbeat(probe)
                 else:
                     await self._pause(_IDLE_LOOK_S)
                 continue
@@ -293,10 +299,16 @@ class UplinkSender:
             return False
         return self._acked_mono is None or t - self._acked_mono >= self.heartbeat_s
 
-    async def _heartbeat(self, probe: Backoff, refused: Backoff) -> None:
-        """Send one status-only batch (the outbox is empty). Not persisted: a failed or cancelled one is
-        simply replaced by the next. An alert committed meanwhile (:meth:`notify`) cancels it at once."""
-        batch_id = f"{self.gateway_id[:24]}-{secrets.token_hex(12)}".replace(".", "_").replace(":", "_")
+    async def _heartbeat(self, probe: Backoff) -> None:
+        """Send one status-only batch (the outbox is empty); an alert committed meanwhile (:meth:`notify`)
+        cancels it at once. Not persisted: nothing is retried. Until one is acknowledged the next keeps its
+        id, so however long an outage lasts the cloud stores at most one (a copy queued by a broker while
+        the cloud's worker was down is answered ``duplicate``), and failed ones are spaced by a jittered
+        exponential pause up to ``heartbeat_s``."""
+        if self._heartbeat_id is None:
+            token = secrets.token_hex(12)
+            self._heartbeat_id = f"{self.gateway_id[:24]}-{token}".replace(".", "_").replace(":", "_")
+        batch_id = self._heartbeat_id
         body = UplinkBatch.wire(
             contract_version=self.outbox.contract_version,
             batch_id=batch_id,
@@ -315,26 +327,26 @@ class UplinkSender:
                 with contextlib.suppress(asyncio.CancelledError, UplinkError):
                     await send
         if send.cancelled():
-            return  # an alert goes first; the next heartbeat replaces this one
+            return  # an alert goes first
         exc = send.exception()
         if exc is None:
+            self._heartbeat_id = None
             self.heartbeats_acked += 1
             self.last_heartbeat_at = self._now()
             self._acked_mono = time.monotonic()
             if self.up is not True:
                 await self.outbox.call(self._mark, True)
             probe.reset()
-            refused.reset()
+            self._heartbeat_backoff.reset()
             return
         if not isinstance(exc, UplinkError):
             raise exc
         self.metrics.uplink_errors.labels(exc.reason).inc()
-        if not isinstance(exc, UplinkInvalid):
-            await self.outbox.call(self._mark, False, str(exc))
-        else:
+        if isinstance(exc, UplinkInvalid):
             log.warning("the cloud refused a heartbeat (status-only batch): %s", str(exc)[:200])
-        slow = isinstance(exc, UplinkRejected | UplinkAuthError)
-        delay = refused.next() if slow else probe.next()
+        else:
+            await self.outbox.call(self._mark, False, str(exc))
+        delay = self._heartbeat_backoff.next()
         if isinstance(exc, UplinkThrottled):
             delay = max(delay, min(exc.retry_after_s, self.backoff_max_s))
         self._heartbeat_after = time.monotonic() + delay
