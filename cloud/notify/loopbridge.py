@@ -189,7 +189,8 @@ def position_view(fix: Fix, home: dict[str, Any]) -> dict[str, Any]:
             "src": "vigil",
             "coordinate": "gaode",
             "callnative": "1",
-        }
+        },
+        safe=",",  # "lon,lat" as Amap's documentation writes it
     )
     out: dict[str, Any] = {
         "lat": round(fix.lat, 6),
@@ -356,7 +357,7 @@ class LoopPort:
             return None
         with self.loop.db.read() as s:
             row = s.get(Incident, int(incident_id))
-            if row is None or not row.is_open or row.kind not in WORN_KINDS or not row.device_id:
+            if row is None or not row.is_open or row.kind != DeviceKind.WRISTBAND.value or not row.device_id:
                 return None
             dev = s.get(Device, row.device_id)
             sealed = dev.private_enc if dev is not None else None
