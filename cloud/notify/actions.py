@@ -148,7 +148,7 @@ class ResponderDesk:
             incident["place"] = info["home_address"]
             incident["home"] = info["home_address"]
             if store is not None:
-                # outdoors the wearer is not at home: the alarm's exact fix, for this one person only
+                # outdoors the wearer is not at home: the latest exact fix since the alarm, for this person
                 position = self.port.whereabouts(claims.incident_id, store, viewer=claims.actor, now=now)
                 if position is not None:
                     incident["position"] = position
