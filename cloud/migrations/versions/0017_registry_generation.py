@@ -44,8 +44,8 @@ def upgrade() -> None:
         )
         # once per statement, not per row: a 100,000-device import moves the counter once
         op.execute(
-            "CREATE TRIGGER devices_registry_bump AFTER INSERT OR DELETE OR UPDATE OF device_id, gateway_id, "
-            "kind ON devices FOR EACH STATEMENT EXECUTE FUNCTION vigil_registry_bump()"
+            "CREATE TRIGGER devices_registry_bump AFTER INSERT OR DELETE OR TRUNCATE OR UPDATE OF device_id, "
+            "gateway_id, kind ON devices FOR EACH STATEMENT EXECUTE FUNCTION vigil_registry_bump()"
         )
     else:  # SQLite has row triggers only
         for name, when in _SQLITE_TRIGGERS.items():
