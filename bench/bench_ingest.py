@@ -20,16 +20,18 @@ What is measured (every row says which):
     each batch vs 8 threads sharing commits (group commit), both with ``synchronous=FULL``.
 * ``store only .. the http rows' batches``: the same store call on batches shaped like the http rows'
   (2,000 readings, 200 devices): the denominator of "whole path / store" printed at the end.
-* ``http`` rows: the real cloud app (``cloud.app.create_app``, H6a's IngestService: JSON parsing and
+* ``http`` rows: the real cloud app (``cloud.app.create_app`` and its IngestService: body decoding and
   validation, device authorisation, time-series write, device bookkeeping, ack after commit) called as an
   ASGI app in-process (no HTTP server, no client library: neither is the app's cost), 2,000 readings per
-  batch; latency = POST sent -> ack received. ``x2 posters``
-  = two concurrent posters in one process (the app runs the blocking work in threads); ``N worker
-  process(es)`` = N separate app processes over one PostgreSQL (as N ``vigil cloud`` workers behind a
-  balancer), each with its own poster and gateway, started together: wall = start -> last ack.
+  batch, each row twice: the JSON body and the columnar msgpack body (``alerts.uplink_body``, rows named
+  ``.., msgpack body``; bodies encoded before the clock starts); latency = POST sent -> ack received.
+  ``x2 posters`` = two concurrent posters in one process (the app runs the blocking work in threads);
+  ``N worker process(es)`` = N separate app processes over one PostgreSQL (as N ``vigil cloud`` workers
+  behind a balancer), each with its own poster and gateway, started together: wall = start -> last ack.
 * every row also reports ``readings_per_client_cpu_s``: readings per CPU-second of this process and its
-  finished children (never the database server's). On a machine shared with other work, CPU time moves
-  far less than wall time, so it is the figure to compare code changes by.
+  finished children (never the database server's), and ``load_1m_at_start``, the machine's load average
+  when its best run started. On a machine shared with other work, CPU time moves far less than wall time,
+  so it is the figure to compare code changes by.
 
 PostgreSQL runs as our own child process in a temp dir (``tests.servers.start_postgres``) with
 ``fsync=off`` (test-server settings): PostgreSQL figures are therefore an upper bound for a production
@@ -304,9 +306,18 @@ def pg_executemany_baseline(dsn: str, batches: list[ReadingBatch]) -> tuple[floa
 
 # --- whole ingest path over HTTP ---------------------------------------------------------------------------
 def http_ingest(
-    tmp: Path, database_url: str, ts_url: str, n_batches: int, batch_size: int, n_devices: int, posters: int
+    tmp: Path,
+    database_url: str,
+    ts_url: str,
+    n_batches: int,
+    batch_size: int,
+    n_devices: int,
+    posters: int,
+    body: str = "json",
 ) -> tuple[float, list[float], int, float]:
-    return asyncio.run(_http_ingest(tmp, database_url, ts_url, n_batches, batch_size, n_devices, posters))
+    return asyncio.run(
+        _http_ingest(tmp, database_url, ts_url, n_batches, batch_size, n_devices, posters, body=body)
+    )
 
 
 async def _http_ingest(
@@ -321,9 +332,18 @@ async def _http_ingest(
     first: int = 0,
     ready: Any = None,
     start: Any = None,
+    body: str = "json",
 ) -> tuple[float, list[float], int, float]:
+    """``body``: ``json`` (application/json) or ``msgpack`` (the columnar binary body,
+    ``alerts.uplink_body``); encoded before the clock starts (the gateway's work, not the cloud's)."""
     from alerts.contract import HTTP_PATH, TelemetryBlock, UplinkBatch
+    from alerts.uplink_body import JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE, encode_batch
     from cloud.app import create_app
+
+    def encode(b: UplinkBatch) -> bytes:
+        return encode_batch(b) if body == "msgpack" else b.model_dump_json().encode()
+
+    content_type = (MSGPACK_CONTENT_TYPE if body == "msgpack" else JSON_CONTENT_TYPE).encode()
     from cloud.settings import CloudSettings
 
     settings = CloudSettings.model_validate(
@@ -356,14 +376,14 @@ async def _http_ingest(
             per = n_batches // posters
             bodies.append(
                 [
-                    UplinkBatch(
-                        batch_id=f"bench-{p}-{i:06d}",
-                        gateway_id=gw,
-                        sent_at=T0,
-                        telemetry=[TelemetryBlock.from_batch(b)],
+                    encode(
+                        UplinkBatch(
+                            batch_id=f"bench-{p}-{i:06d}",
+                            gateway_id=gw,
+                            sent_at=T0,
+                            telemetry=[TelemetryBlock.from_batch(b)],
+                        )
                     )
-                    .model_dump_json()
-                    .encode()
                     for i, b in enumerate(make_batches(per, batch_size, n_devices, prefix=prefix, seed=p))
                 ]
             )
@@ -385,7 +405,7 @@ async def _http_ingest(
                 "headers": [
                     (b"host", b"bench"),
                     (b"authorization", f"Bearer {token}".encode()),
-                    (b"content-type", b"application/json"),
+                    (b"content-type", content_type),
                     (b"content-length", str(len(body)).encode()),
                 ],
                 "client": ("127.0.0.1", 50000),
@@ -441,17 +461,27 @@ def _http_child(
     sizes: tuple[int, int],
     k: int,
     sync: tuple[Any, Any, Any],
+    body: str,
 ) -> None:
     """One cloud worker process with one poster (as two `vigil cloud` processes behind a balancer)."""
     ready, start, out = sync
     res = asyncio.run(
-        _http_ingest(tmp, database_url, ts_url, n_batches, *sizes, 1, first=k, ready=ready, start=start)
+        _http_ingest(
+            tmp, database_url, ts_url, n_batches, *sizes, 1, first=k, ready=ready, start=start, body=body
+        )
     )
     out.put((time.perf_counter(), res[1], res[2], res[3]))
 
 
 def http_ingest_procs(
-    tmp: Path, database_url: str, ts_url: str, n_batches: int, batch_size: int, n_devices: int, procs: int
+    tmp: Path,
+    database_url: str,
+    ts_url: str,
+    n_batches: int,
+    batch_size: int,
+    n_devices: int,
+    procs: int,
+    body: str = "json",
 ) -> tuple[float, list[float], int, float]:
     """``procs`` worker processes over one database, each with its own gateway; wall = start -> last ack."""
     from cloud.db import upgrade_head
@@ -463,7 +493,7 @@ def http_ingest_procs(
     ps = [
         ctx.Process(
             target=_http_child,
-            args=(tmp / f"p{k}", database_url, ts_url, n_batches, (batch_size, n_devices), k, sync),
+            args=(tmp / f"p{k}", database_url, ts_url, n_batches, (batch_size, n_devices), k, sync, body),
         )
         for k in range(procs)
     ]
@@ -481,17 +511,23 @@ def http_ingest_procs(
 
 
 # --- the three throughput aims of issue 12, beside the previous run's figures -------------------------------
+#: the whole-path rows' body formats: row-name suffix of each (JSON rows keep their earlier names)
+BODIES = {"json": "", "msgpack": ", msgpack body"}
 SAME_SQLITE = "store only, sqlite, the http rows' batches (2,000 readings)"
 HTTP_SQLITE_1 = "http ingest, sqlite db + sqlite ts, 1 poster"
 HTTP_SQLITE_2 = "http ingest, sqlite db + sqlite ts, x2 posters"
 PG_PROCS_1 = "http ingest, postgresql db + ts, 1 worker process(es), 1 poster each"
 PG_PROCS_2 = "http ingest, postgresql db + ts, 2 worker process(es), 1 poster each"
-AIMS = (
-    ("whole_over_store_wall", "whole path / store, sqlite, same batches (wall)", 0.70),
-    ("whole_over_store_cpu", "whole path / store, sqlite, same batches (CPU)", 0.70),
-    ("whole_path_readings_per_s", "whole path readings/s, embedded, 1 poster", 150_000),
-    ("whole_path_x2_readings_per_s", "whole path readings/s, embedded, x2 posters", 150_000),
-    ("postgres_2_over_1_workers", "postgresql whole path, 2 worker processes / 1", 1.8),
+AIMS = tuple(
+    (key + suffix.replace(", msgpack body", "_msgpack"), label + suffix, target)
+    for suffix in BODIES.values()
+    for key, label, target in (
+        ("whole_over_store_wall", "whole path / store, sqlite, same batches (wall)", 0.70),
+        ("whole_over_store_cpu", "whole path / store, sqlite, same batches (CPU)", 0.70),
+        ("whole_path_readings_per_s", "whole path readings/s, embedded, 1 poster", 150_000),
+        ("whole_path_x2_readings_per_s", "whole path readings/s, embedded, x2 posters", 150_000),
+        ("postgres_2_over_1_workers", "postgresql whole path, 2 worker processes / 1", 1.8),
+    )
 )
 
 
@@ -506,15 +542,17 @@ def issue12_aims(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     def div(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
 
-    return {
-        "whole_over_store_wall": div(get(HTTP_SQLITE_1), get(SAME_SQLITE)),
-        "whole_over_store_cpu": div(
-            get(HTTP_SQLITE_1, "readings_per_client_cpu_s"), get(SAME_SQLITE, "readings_per_client_cpu_s")
-        ),
-        "whole_path_readings_per_s": get(HTTP_SQLITE_1),
-        "whole_path_x2_readings_per_s": get(HTTP_SQLITE_2),
-        "postgres_2_over_1_workers": div(get(PG_PROCS_2), get(PG_PROCS_1)),
-    }
+    out: dict[str, float | None] = {}
+    for suffix in BODIES.values():
+        key = suffix.replace(", msgpack body", "_msgpack")
+        one, two = HTTP_SQLITE_1 + suffix, HTTP_SQLITE_2 + suffix
+        cpu = "readings_per_client_cpu_s"
+        out["whole_over_store_wall" + key] = div(get(one), get(SAME_SQLITE))
+        out["whole_over_store_cpu" + key] = div(get(one, cpu), get(SAME_SQLITE, cpu))
+        out["whole_path_readings_per_s" + key] = get(one)
+        out["whole_path_x2_readings_per_s" + key] = get(two)
+        out["postgres_2_over_1_workers" + key] = div(get(PG_PROCS_2 + suffix), get(PG_PROCS_1 + suffix))
+    return out
 
 
 def _previous_aims() -> dict[str, Any] | None:
@@ -540,12 +578,12 @@ def print_aims(
 
     prev = (previous or {}).get("aims") or {}
     pload = (previous or {}).get("load_average_1m") or ["?", "?"]
-    print(f"\n{'issue 12 aim':<50} {'target':>10} {'this run':>10} {'previous run':>13}")
+    print(f"\n{'issue 12 aim':<64} {'target':>10} {'this run':>10} {'previous run':>13}")
     for key, label, target in AIMS:
         v = aims.get(key)
         ok = "" if v is None else ("  met" if v >= target else "  NOT met")
         print(
-            f"{label:<50} {fmt(target, target):>10} {fmt(v, target):>10} {fmt(prev.get(key), target):>13}{ok}"
+            f"{label:<64} {fmt(target, target):>10} {fmt(v, target):>10} {fmt(prev.get(key), target):>13}{ok}"
         )
     print(
         f"load avg (1 min) before/after: {load[0]:.1f} / {load[1]:.1f} "
@@ -571,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     def add(name: str, what: str, fn: Callable[[int], tuple[Any, ...]], **extra: Any) -> None:
         best: dict[str, Any] | None = None
         for _ in range(max(1, args.repeat)):
+            load = os.getloadavg()[0]
             cpu0 = _cpu_seconds()
             res = fn(next(run_id))
             cpu = res[3] if len(res) > 3 else _cpu_seconds() - cpu0
@@ -579,12 +618,13 @@ def main(argv: list[str] | None = None) -> int:
             # machine's load, unlike wall time, and what the Python side of each path costs
             row["client_cpu_s"] = round(cpu, 3)
             row["readings_per_client_cpu_s"] = round(res[2] / cpu) if cpu > 0 else None
+            row["load_1m_at_start"] = round(load, 2)
             if best is None or row["readings_per_s"] > best["readings_per_s"]:
                 best = row
         assert best is not None
         rows.append(best)
         print(
-            f"  {name:<66} {best['readings_per_s']:>9,} readings/s   p50 {best['batch_p50_ms']:>7.1f} ms   "
+            f"  {name:<82} {best['readings_per_s']:>9,} readings/s   p50 {best['batch_p50_ms']:>7.1f} ms   "
             f"p99 {best['batch_p99_ms']:>7.1f} ms   {best['readings_per_client_cpu_s'] or 0:>9,} /cpu-s",
             flush=True,
         )
@@ -673,32 +713,28 @@ def main(argv: list[str] | None = None) -> int:
                     "store",
                     lambda i: run_store(f"sqlite:///{tmp}/same-{i}.db", same),
                 )
-                add(
-                    "http ingest, sqlite db + sqlite ts, 1 poster",
-                    "http",
-                    lambda i: http_ingest(
-                        tmp / f"h1-{i}",
-                        f"sqlite:///{tmp}/h1-{i}.db",
-                        f"sqlite:///{tmp}/h1-{i}-ts.db",
-                        n_http,
-                        hb,
-                        hn,
-                        1,
-                    ),
-                )
-                add(
-                    "http ingest, sqlite db + sqlite ts, x2 posters",
-                    "http",
-                    lambda i: http_ingest(
-                        tmp / f"h2-{i}",
-                        f"sqlite:///{tmp}/h2-{i}.db",
-                        f"sqlite:///{tmp}/h2-{i}-ts.db",
-                        n_http,
-                        hb,
-                        hn,
-                        2,
-                    ),
-                )
+                for body in BODIES:
+
+                    def run_sqlite(i: int, posters: int, body: str) -> tuple[float, list[float], int, float]:
+                        name = f"h{posters}{body[0]}-{i}"
+                        return http_ingest(
+                            tmp / name,
+                            f"sqlite:///{tmp}/{name}.db",
+                            f"sqlite:///{tmp}/{name}-ts.db",
+                            n_http,
+                            hb,
+                            hn,
+                            posters,
+                            body,
+                        )
+
+                    for posters, label in ((1, "1 poster"), (2, "x2 posters")):
+                        add(
+                            f"http ingest, sqlite db + sqlite ts, {label}{BODIES[body]}",
+                            "http",
+                            functools.partial(run_sqlite, posters=posters, body=body),
+                            body=body,
+                        )
                 if pg is not None:
                     srv = pg
                     add(
@@ -707,23 +743,27 @@ def main(argv: list[str] | None = None) -> int:
                         lambda i: run_store(srv.create_database(f"bench_same{i}"), same),
                     )
 
-                    def run_procs(i: int, procs: int) -> tuple[float, list[float], int, float]:
+                    def run_procs(i: int, procs: int, body: str) -> tuple[float, list[float], int, float]:
                         return http_ingest_procs(
-                            tmp / f"hp{procs}-{i}",
-                            srv.create_database(f"bench_hp{procs}_{i}"),
-                            srv.create_database(f"bench_hp{procs}_ts{i}"),
+                            tmp / f"hp{procs}{body[0]}-{i}",
+                            srv.create_database(f"bench_hp{procs}{body[0]}_{i}"),
+                            srv.create_database(f"bench_hp{procs}{body[0]}_ts{i}"),
                             n_http // 2 + 1,  # per process: 2 processes post twice as much in all
                             hb,
                             hn,
                             procs,
+                            body,
                         )
 
-                    for procs in (1, 2):
-                        add(
-                            f"http ingest, postgresql db + ts, {procs} worker process(es), 1 poster each",
-                            "http",
-                            functools.partial(run_procs, procs=procs),
-                        )
+                    for body in BODIES:
+                        for procs in (1, 2):
+                            add(
+                                f"http ingest, postgresql db + ts, {procs} worker process(es), 1 poster each"
+                                + BODIES[body],
+                                "http",
+                                functools.partial(run_procs, procs=procs, body=body),
+                                body=body,
+                            )
                     add(
                         "http ingest, postgresql db + postgresql ts, x2 posters",
                         "http",
