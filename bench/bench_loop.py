@@ -14,8 +14,9 @@ Run: ``.venv/bin/python bench/bench_loop.py [--alerts 10000] [--open 100000] [--
   from its hand-off until its incident was committed (``fire_incident_s``) and how many transactions ran
   before it. ``--sink queue`` (default) is the intake queue drained off the request in batches of
   ``--drain-steps``; ``--sink inline`` runs the loop inside the hand-off, as before the queue.
-  To measure older code with the same bench, copy this file into that checkout's ``bench/`` and run it
-  there.
+  ``--baseline DIR`` first runs the same bench, same arguments, against the code in ``DIR`` (an older
+  checkout, e.g. ``git archive <rev> | tar -x -C DIR``) in a subprocess, and puts its result under
+  ``"baseline"``: before and after measured in one run, under the same load.
 * **timers**: ``--open`` open work orders, each with a pending escalation and SLA timer far in the
   future; the cost of one ``run_due`` tick when nothing is due, and of one full tick (500 timers) when 1 %
   (plus the storm's own escalations) is due.
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, os.environ.get("VIGIL_BENCH_CODE") or str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import insert, select
 
@@ -52,6 +54,8 @@ from cloud.loop.wiring import DRAIN_BATCH_STEPS, LoopSink
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
 from firmware_bridge.kernel.records import DeviceKind
 
+#: the code under test: this checkout, or the older one ``--baseline`` points this same file at
+CODE = Path(os.environ.get("VIGIL_BENCH_CODE") or Path(__file__).resolve().parents[1])
 T0 = 1_790_000_000.0
 
 
@@ -364,6 +368,7 @@ def main() -> None:
     ap.add_argument("--database", default="")
     ap.add_argument("--mix", choices=["covers", "district"], default="covers", help="the storm (see above)")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/bench_loop.json)")
+    ap.add_argument("--baseline", type=Path, help="also run against the code in this directory, first")
     ap.add_argument(
         "--drain-steps", type=int, default=DRAIN_BATCH_STEPS, help="steps per loop transaction (queue sink)"
     )
@@ -374,13 +379,27 @@ def main() -> None:
         help="queue: drained off the request (default); inline: the loop runs in the request",
     )
     args = ap.parse_args()
+    baseline: dict[str, Any] | None = None
+    if args.baseline is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [a for a in sys.argv[1:] if a != "--baseline" and a != str(args.baseline)]
+            out_b = Path(tmp) / "baseline.json"
+            subprocess.run(
+                [sys.executable, __file__, *argv, "--out", str(out_b)],
+                env={**os.environ, "VIGIL_BENCH_CODE": str(args.baseline.resolve())},
+                stdout=subprocess.DEVNULL,
+                check=True,
+            )
+            baseline = json.loads(out_b.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database or f"sqlite:///{tmp}/bench-loop.db"
         setup(url, args.devices, args.streets)
         clock = Clock()
         db = Database(url)
         svc = LoopService(db, box=SecretBox(load_or_create_key(Path(tmp) / "k.key")), clock=clock)
-        result = {
+        result: dict[str, Any] = {
+            "code": str(CODE),
+            "command": " ".join(["bench/bench_loop.py", *sys.argv[1:]]),
             "machine": platform.platform(),
             "database": db.engine.url.get_backend_name(),
             "load_average_1m": round(os.getloadavg()[0], 2),
@@ -389,6 +408,8 @@ def main() -> None:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
         db.close()
+    if baseline is not None:
+        result["baseline"] = baseline
     out = args.out or Path(__file__).resolve().parent / "results" / "bench_loop.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -83,8 +83,9 @@ def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float)
        groups' open incidents and the incidents those point to, locked in one global order on PostgreSQL);
        incidents this batch opens are placeholders (negative ids) that later signals can attach to;
     2. build the new incidents' rows (routing) and insert them in one flush, which gives their ids;
-    3. apply in signal order: links, attachments, timeline rows, dispatch, escalation, timers, intents,
-       all written by the commit's one flush (batched inserts, not one round trip per row).
+    3. apply in signal order: links, attachments, timeline rows, dispatch, escalation, timers, intents;
+       the new rows are collected as plain rows and written as multi-row INSERTs at the end
+       (:func:`cloud.loop.rows.bulk_begin`), the changed incidents and links by the commit's flush.
     """
     batch = batch_context(s, cfg, now)
     prepared: list[_Prepared] = []
