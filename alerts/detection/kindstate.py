@@ -110,42 +110,58 @@ class KindState:
 
     def rows_for(self, device_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
         """Row per reading; -1 for an invalid device id. New valid ids get rows (in order of appearance)."""
-        get = self.index.get
-        h = None
-        if len(self._hashes) and device_ids.dtype.kind == "U" and device_ids.dtype.itemsize <= 64:
-            w = device_ids.dtype.itemsize // 4
-            h = id_hashes(device_ids if w % 2 == 0 else device_ids.astype(f"U{w + 1}"))
-        if h is not None:
-            pos = np.minimum(np.searchsorted(self._hashes, h), len(self._hashes) - 1)
-            cand = self._hash_rows[pos]
-            rows = np.where(self._id_arr[cand] == device_ids, cand, -1)
-            if not (rows >= 0).all():
-                # a hash not in the table is an id never seen (every known id of <= 16 characters is
-                # hashed, and these are); an equal hash with another id is a collision: ask the dict
-                miss = np.flatnonzero((rows < 0) & (self._hashes[pos] == h))
-                if len(miss):
-                    rows[miss] = np.fromiter(
-                        (get(d, -1) for d in device_ids[miss].tolist()), dtype=np.int64, count=len(miss)
-                    )
-        else:
-            rows = np.fromiter(
-                (get(d, -1) for d in device_ids.tolist()), dtype=np.int64, count=len(device_ids)
-            )
+        h = _hashable(device_ids)
+        rows = self._lookup(device_ids, h)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
-            cand_ids = device_ids[missing]
-            uniq, first = np.unique(cand_ids, return_index=True)
-            uniq = uniq[np.argsort(first, kind="stable")]  # order of first appearance
+            cand = device_ids[missing]
+            uniq = _first_appearances(cand, None if h is None else h[missing])
             new = uniq[valid_ids(uniq)]
             if len(new):
-                added = self.add(new)
-                # the new ids' rows, found like known ones: sorted ids -> rows
-                o = np.argsort(new)
-                j = np.searchsorted(new[o], cand_ids)
-                j = np.minimum(j, len(new) - 1)
-                hit = new[o][j] == cand_ids
-                rows[missing[hit]] = added[o][j[hit]]
+                self.add(new)
+                rows[missing] = self._lookup(cand, None if h is None else h[missing])
         return rows
+
+    def _lookup(self, ids: npt.NDArray[np.str_], h: npt.NDArray[np.uint64] | None) -> npt.NDArray[np.int64]:
+        """Known rows, -1 for ids not known: by hash (confirmed by comparing the ids), else the dict.
+
+        A hash not in the table is an id never seen (every known id of <= 16 characters is hashed, and
+        hashable ids are that short); an equal hash with another id is a collision: the dict decides.
+        """
+        get = self.index.get
+        if h is None:
+            return np.fromiter((get(d, -1) for d in ids.tolist()), dtype=np.int64, count=len(ids))
+        if not len(self._hashes):
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._hashes, h), len(self._hashes) - 1)
+        cand = self._hash_rows[pos]
+        rows = np.where(self._id_arr[cand] == ids, cand, -1)
+        clash = np.flatnonzero((rows < 0) & (self._hashes[pos] == h))
+        if len(clash):
+            rows[clash] = np.fromiter(
+                (get(d, -1) for d in ids[clash].tolist()), dtype=np.int64, count=len(clash)
+            )
+        return rows
+
+
+def _hashable(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.uint64] | None:
+    """:func:`id_hashes` of ids up to 16 characters (any width: odd ones are padded); None for longer."""
+    if ids.dtype.kind != "U" or ids.dtype.itemsize > 64:
+        return None
+    w = ids.dtype.itemsize // 4
+    return id_hashes(ids if w % 2 == 0 else ids.astype(f"U{w + 1}"))
+
+
+def _first_appearances(ids: npt.NDArray[np.str_], h: npt.NDArray[np.uint64] | None) -> npt.NDArray[np.str_]:
+    """The distinct ids in order of first appearance (unique by hash when no two ids share one)."""
+    if h is not None:
+        _u, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        if (ids[first][inv.reshape(-1)] == ids).all():
+            out: npt.NDArray[np.str_] = ids[np.sort(first)]
+            return out
+    _u, first = np.unique(ids, return_index=True)
+    out = ids[np.sort(first)]
+    return out
 
 
 def valid_ids(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:

@@ -171,40 +171,34 @@ def _fall_rank(ctx: RuleContext, worn: np.ndarray) -> Verdict:
 
 
 def _geofence(ctx: RuleContext) -> Verdict:
-    """GEOFENCE_EXIT over a batch: the learned home learns only readings inside the fence, and inside
-    depends on the home: not a scan, so rank by rank (one pass when every band has one reading)."""
-    seg = ctx.seg
-    if seg.single:
-        return _geofence_rank(ctx)
-    n = len(ctx.rows)
-    level, value = np.empty(n, dtype=np.int8), np.empty(n)
-    for ix in seg.ranks():
-        v = _geofence_rank(ctx.sub(ix))
-        level[ix], value[ix] = v.level, v.value
-    return Verdict(level, value)
-
-
-def _geofence_rank(ctx: RuleContext) -> Verdict:
-    """GEOFENCE_EXIT for readings of unique devices."""
+    """GEOFENCE_EXIT. The learned home learns only fixes inside the fence, and inside depends on the
+    home: not a scan, so rank by rank (one pass when every band has one reading in the batch)."""
     p, rows, t = ctx.p, ctx.rows, ctx.t
+    n = len(rows)
     lat, lon = ctx.col("lat"), ctx.col("lon")
     fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)
     dlat_det, dlon_det = ctx.det["home_lat"], ctx.det["home_lon"]
-    given = np.isfinite(p.home_lat) & np.isfinite(p.home_lon)
-    hlat = np.where(given, p.home_lat, dlat_det.baseline(rows))  # type: ignore[attr-defined]
-    hlon = np.where(given, p.home_lon, dlon_det.baseline(rows))  # type: ignore[attr-defined]
-    known = given | dlat_det.warm(rows)
-    dy = np.radians(lat - hlat)
-    dx = np.radians(lon - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
-    dist = EARTH_RADIUS_M * np.hypot(dx, dy)
-    ok = fix & known & np.isfinite(dist)
-    lvl = select(
-        [~ok, dist > p.geofence_radius_m, dist > 0.8 * p.geofence_radius_m], [UNKNOWN, MEDIUM, HOLD], CLEAR
-    ).astype(np.int8)
-    inside = fix & ~(ok & (dist > 0.8 * p.geofence_radius_m))
-    dlat_det.learn_many(rows[inside], lat[inside], t[inside])
-    dlon_det.learn_many(rows[inside], lon[inside], t[inside])
-    return Verdict(lvl, dist)
+    home_lat = np.broadcast_to(np.asarray(p.home_lat, dtype=np.float64), (n,))
+    home_lon = np.broadcast_to(np.asarray(p.home_lon, dtype=np.float64), (n,))
+    radius = np.broadcast_to(np.asarray(p.geofence_radius_m, dtype=np.float64), (n,))
+    given = np.isfinite(home_lat) & np.isfinite(home_lon)
+    level, dist = np.empty(n, dtype=np.int8), np.empty(n)
+    for ix in ctx.seg.ranks():
+        r, g, la, lo, f, rad = rows[ix], given[ix], lat[ix], lon[ix], fix[ix], radius[ix]
+        hlat = np.where(g, home_lat[ix], dlat_det.baseline(r))  # type: ignore[attr-defined]
+        hlon = np.where(g, home_lon[ix], dlon_det.baseline(r))  # type: ignore[attr-defined]
+        known = g | dlat_det.warm(r)
+        dy = np.radians(la - hlat)
+        dx = np.radians(lo - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
+        d = EARTH_RADIUS_M * np.hypot(dx, dy)
+        ok = f & known & np.isfinite(d)
+        level[ix] = select([~ok, d > rad, d > 0.8 * rad], [UNKNOWN, MEDIUM, HOLD], CLEAR)
+        dist[ix] = d
+        inside = f & ~(ok & (d > 0.8 * rad))
+        ti = t[ix]
+        dlat_det.learn_many(r[inside], la[inside], ti[inside])
+        dlon_det.learn_many(r[inside], lo[inside], ti[inside])
+    return Verdict(level, dist)
 
 
 def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:

@@ -1,0 +1,186 @@
+"""Detection rules for the smoke / heat / CO alarm (烟雾报警器).
+
+Why these rules (thresholds in :class:`alerts.detection.profiles.SmokeAlarmProfile`; ``docs/detection.md``
+has the evidence and the measurements):
+
+A smoke bit says "particles in the chamber". Cooking, burnt food and shower steam put them there as
+surely as a fire does, and residents near a kitchen see the bit several times a week, so **a smoke bit
+alone never pages at once** (unless a hallway/bedroom detector's profile sets ``smoke_bit_immediate``).
+FIRE (HIGH) needs something cooking lacks:
+
+* **heat**: the device's heat bit, a fixed 57 °C, or a rate of rise >= 8.3 °C/min over >= 20 s and
+  >= 2 °C (EN 54-5 A1) - a fire on its own, smoke or not;
+* smoke with **the room heating**: >= 8 °C over the room's learned baseline, or rising >= 4.15 °C/min
+  (flaming fires heat the ceiling within minutes; a hob under a ceiling detector adds a few degrees);
+* smoke with **CO** >= ``co_fire_ppm`` or the device's CO bit: smouldering fires (EN 54-7 TF2/TF3) make
+  CO long before heat, cooking barely any;
+* smoke **denser** than burnt food reaches at the ceiling (``fire_density_db_m``);
+* smoke **lasting beyond a meal** (``fire_persist_s``) without steam. On a detector that repeats its
+  uplink while in alarm the repeats show it; on one that uplinks only on state changes, silence does
+  (it must uplink when the bit clears, ``docs/payloads.md``), via the lifecycle's ``confirm_after``;
+* smoke at **a neighbouring dwelling's** alarm too (``neighbour_group``, when known).
+
+Thickening smoke and a smoke bit seen in several frames are *not* evidence (burnt toast does both).
+Steam (humidity >= 85 %, or risen over the room's baseline) holds an uncorroborated smoke bit at HOLD
+so a long shower never pages by persistence. The **test button** never pages (alarm bits in a test frame
+are the self-test's). **Hush** (at most ``hush_max_s`` from the press) never hides evidence and does not
+restart the persistence clock.
+
+**CO** (HIGH): the device's CO bit, or our own EN 50291 fractional dose reaching 1
+(:mod:`alerts.detection.detectors.dose`), so a detector whose bit logic failed is still covered.
+**CONTAMINATION** / **TAMPER** / **SENSOR_FAULT** from flags, **LOW_BATTERY** (GB 20517 checks it every
+24 h; reminders daily).
+
+The room's temperature and humidity baselines are EWMAs learned only from calm readings, so a fire never
+teaches the detector that 45 °C is normal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
+from tests.alerts.detection.reference.detectors import EWMAZScore, FractionalDose, RateOfRise
+from tests.alerts.detection.reference.detectors.base import Detector
+from tests.alerts.detection.reference.episodes import CLEAR, HOLD, EpisodeRule
+from tests.alerts.detection.reference.profiles import SmokeAlarmProfile
+from tests.alerts.detection.reference.rulekit import RuleContext, Verdict, battery_verdict, flag_level, select
+
+KIND = DeviceKind.SMOKE_ALARM
+PROFILE = SmokeAlarmProfile
+STATE: dict[str, tuple[str, float]] = {
+    "hush_start": ("f8", np.nan),
+    "hush_seen": ("?", 0),
+    "group": ("f8", np.nan),  # neighbour_group of the device (NaN: none)
+    "smoke_last": ("f8", np.nan),  # time of its latest frame showing smoke
+}
+
+HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
+
+
+def rules(p: SmokeAlarmProfile) -> dict[EventType, EpisodeRule]:
+    return {
+        # for_s applies to uncorroborated smoke only (persistence beyond a meal); evidence is immediate
+        EventType.FIRE: EpisodeRule(for_s=p.fire_persist_s, remind_every_s=600.0),
+        EventType.CO: EpisodeRule(need_count=1, remind_every_s=600.0),
+        EventType.CONTAMINATION: EpisodeRule(remind_every_s=7 * 86400.0),
+        EventType.TAMPER: EpisodeRule(),
+        EventType.SENSOR_FAULT: EpisodeRule(),
+        EventType.LOW_BATTERY: EpisodeRule(remind_every_s=86400.0),
+    }
+
+
+def make_detectors(p: SmokeAlarmProfile, grace_period: int) -> dict[str, Detector]:
+    return {
+        "temp_base": EWMAZScore(alpha=p.baseline_alpha, min_std=1.0, side="up", grace_period=grace_period),
+        "hum_base": EWMAZScore(alpha=p.baseline_alpha, min_std=2.0, side="up", grace_period=grace_period),
+        "temp_ror": RateOfRise(min_dt=20.0, max_dt=900.0, min_delta=2.0),
+        "co_dose": FractionalDose(max_dt=600.0),
+    }
+
+
+def _rise(det: Detector, rows: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rise of ``x`` over the device's learned baseline (0 while warming up) and the warm mask."""
+    if not isinstance(det, EWMAZScore):
+        raise TypeError("a room baseline must be an EWMAZScore")
+    warm = det.warm(rows)
+    base = det.baseline(rows)
+    ok = warm & np.isfinite(x) & np.isfinite(base)
+    return np.where(ok, x - np.where(ok, base, 0.0), 0.0), warm
+
+
+def _neighbours(ctx: RuleContext, smoky: np.ndarray) -> np.ndarray:
+    """Smoke at another alarm of the same ``neighbour_group`` within ``neighbour_window_s``."""
+    p, rows, t, st = ctx.p, ctx.rows, ctx.t, ctx.state
+    group = np.broadcast_to(np.asarray(p.neighbour_group, dtype=np.float64), rows.shape)
+    st["group"][rows] = group
+    st["smoke_last"][rows[smoky]] = t[smoky]
+    out = np.zeros(len(rows), dtype=bool)
+    mine = np.flatnonzero(smoky & np.isfinite(group))
+    if len(mine) == 0:
+        return out
+    window = np.broadcast_to(np.asarray(p.neighbour_window_s, dtype=np.float64), rows.shape)[mine]
+    others = np.flatnonzero(np.isin(st["group"], group[mine]) & np.isfinite(st["smoke_last"]))
+    # (mine x others): same group, another device, smoke within the window of this frame
+    same = st["group"][others][None, :] == group[mine][:, None]
+    recent = np.abs(t[mine][:, None] - st["smoke_last"][others][None, :]) <= window[:, None]
+    other = others[None, :] != rows[mine][:, None]
+    out[mine] = (same & recent & other).any(axis=1)
+    return out
+
+
+def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
+    p = ctx.p
+    rows, t = ctx.rows, ctx.t
+    smoke, temp = ctx.col("smoke_db_m"), ctx.col("temperature_c")
+    co, hum = ctx.col("co_ppm"), ctx.col("humidity_pct")
+    test = ctx.flag("test")
+
+    rise, warm = _rise(ctx.det["temp_base"], rows, temp)
+    hum_rise, _ = _rise(ctx.det["hum_base"], rows, hum)
+    ror_det = ctx.det["temp_ror"]
+    ror = ror_det.score_many(rows, temp, t)
+
+    heat_bit = ctx.flag("heat_alarm") & ~test
+    heat = heat_bit | (temp >= p.heat_fixed_c) | (ror >= p.heat_ror_c_per_min)
+    rising = (rise >= p.temp_rise_c) | (ror >= 0.5 * p.heat_ror_c_per_min)
+    smoke_bit = ctx.flag("smoke_alarm") & ~test
+    dense = (smoke >= p.smoke_density_db_m) & ~test
+    smoky = smoke_bit | dense
+    co_bit = ctx.flag("co_alarm") & ~test
+    # steam or cooking: humid, or humidity jumped over the room's usual; unknown room = assume a kitchen
+    steam = (hum >= p.steam_humidity_pct) | np.where(
+        warm, hum_rise >= p.humidity_rise_pct, hum >= p.steam_humidity_unlearned_pct
+    )
+
+    # hush: lasts at most hush_max_s from the press (the flag's rising edge), however long frames say "hush"
+    hs, seen = ctx.state["hush_start"], ctx.state["hush_seen"]
+    hush = ctx.flag("hush")
+    start = hush & ~seen[rows]
+    hs[rows[start]] = t[start]
+    seen[rows] = hush
+    in_hush = t - hs[rows] < p.hush_max_s
+
+    neighbour = _neighbours(ctx, smoky)
+    evidence = (
+        heat
+        | (smoke >= p.fire_density_db_m)
+        | (smoky & (rising | co_bit | (co >= p.co_fire_ppm) | neighbour))
+        | (smoke_bit & ~steam & ~in_hush & warm & p.smoke_bit_immediate)
+    )
+    smoke_only = smoky & ~evidence
+    # smoke without evidence pends (HIGH, not immediate): the lifecycle raises it when it has lasted
+    # fire_persist_s - by repeats, or by the absence of the "smoke cleared" uplink. Steam resets it.
+    fire_lvl = select(
+        [evidence, smoke_only & steam, smoke_only, temp >= p.heat_clear_c, test],
+        [HIGH, HOLD, HIGH, HOLD, HOLD],
+        CLEAR,
+    ).astype(np.int8)
+    persist = np.where(smoke_only & ~steam, p.fire_persist_s, np.nan)
+
+    dose = ctx.det["co_dose"].score_many(rows, co, t)
+    co_on = (co_bit & p.co_bit_confirm) | (dose >= 1.0)
+    co_lvl = np.where(co_on, HIGH, np.where(co >= p.co_clear_ppm, HOLD, CLEAR))
+    co_lvl = np.where(test & ~co_on, HOLD, co_lvl).astype(np.int8)
+
+    # learning: the dose integrates everything; the baseline learns only calm readings
+    ctx.det["co_dose"].learn_many(rows, co, t)
+    calm = ~(heat | rising | smoky | test | hush)
+    ctx.det["temp_base"].learn_many(rows[calm], temp[calm], t[calm])
+    ctx.det["hum_base"].learn_many(rows[calm], hum[calm], t[calm])
+    ror_det.learn_many(rows, temp, t)
+
+    nan = ctx.battery * math.nan
+    return {
+        EventType.FIRE: Verdict(
+            fire_lvl, np.where(np.isfinite(smoke), smoke, temp), evidence, confirm_after=persist
+        ),
+        EventType.CO: Verdict(co_lvl, co, co_on),
+        EventType.CONTAMINATION: Verdict(flag_level(ctx.flag("contamination"), Severity.LOW), smoke),
+        EventType.TAMPER: Verdict(flag_level(ctx.flag("tamper"), Severity.MEDIUM), nan),
+        EventType.SENSOR_FAULT: Verdict(flag_level(ctx.flag("fault"), Severity.LOW), nan),
+        EventType.LOW_BATTERY: battery_verdict(ctx),
+    }

@@ -1,0 +1,193 @@
+"""Detection rules for the wristband of an elderly person living alone (智能手环).
+
+Why these rules (thresholds in :class:`alerts.detection.profiles.WristbandProfile`):
+
+* **SOS** (HIGH, at once). Repeated presses within 5 minutes stay one episode.
+* **FALL** (HIGH): an impact above ~2.5 g (or the rising edge of the band's own fall flag) followed by
+  >= 30 s of stillness, with the wrist's orientation changed (ADI Analog Dialogue 43-07). The datasheet
+  defines ``stillness_s`` *from the impact peak* (counted until motion resumes), so the peak happened
+  ``stillness_s`` before the frame that carried it: ``peak_t = t - stillness_s``. A frame with the
+  impact and >= 30 s of stillness is a fall on its own (a band that reports falls only in its 5-min
+  summary); otherwise a later frame confirms it while its stillness still reaches back to the peak.
+  Evidence of having moved - steps after the impact frame, or a stillness that does not date from the
+  peak (shorter: it restarted after motion; longer: the impact frame's stillness had been cut short by
+  motion), or the band's ``rest_broken`` bit (firmware >= 1.6) - is judged *first* and cancels the
+  impact, so a person who got up and sat down is not paged. Only when the band is worn.
+* **HEART_RATE_HIGH/LOW**, **SPO2_LOW** (MEDIUM, HIGH past the critical bound; MEDIUM escalates if it
+  persists): at rest, worn, in two readings in a row spanning >= 4 min (two 5-min summaries, or four
+  minutes of the per-minute uplinks firmware >= 1.6 sends while out of range), with hysteresis. A
+  value of 0 means "not measured" and changes nothing.
+* **INACTIVITY**: worn, still for ``inactivity_s`` during local daytime (night stillness is sleep).
+* **GEOFENCE_EXIT**: farther than ``geofence_radius_m`` from home, twice in a row; home is the profile's
+  ``home_lat``/``home_lon`` or, when not given, learned per band as a slow EWMA of positions inside
+  the fence (excursions are kept out of the baseline).
+* **BAND_REMOVED** (off the wrist and not charging for ``band_removed_s``), **LOW_BATTERY**.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from firmware_bridge.kernel.events import EventType, Severity
+from firmware_bridge.kernel.records import DeviceKind
+from tests.alerts.detection.reference.detectors import EWMAZScore
+from tests.alerts.detection.reference.detectors.base import Detector
+from tests.alerts.detection.reference.episodes import CLEAR, HOLD, UNKNOWN, EpisodeRule
+from tests.alerts.detection.reference.profiles import WristbandProfile
+from tests.alerts.detection.reference.rulekit import (
+    RuleContext,
+    Verdict,
+    band,
+    band_low,
+    battery_verdict,
+    select,
+)
+
+KIND = DeviceKind.WRISTBAND
+PROFILE = WristbandProfile
+STATE: dict[str, tuple[str, float]] = {
+    "impact_t": ("f8", np.nan),
+    "impact_orient": ("f8", 0.0),
+    "impact_flag": ("?", 0),
+    "peak_t": ("f8", np.nan),  # estimated time of the impact peak (frame time - stillness_s)
+    "fall_seen": ("?", 0),  # the previous frame carried the band's fall flag (flag edges, not levels)
+}
+
+HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
+EARTH_RADIUS_M = 6_371_000.0
+
+
+def rules(p: WristbandProfile) -> dict[EventType, EpisodeRule]:
+    return {
+        EventType.SOS: EpisodeRule(min_open_s=300.0, remind_every_s=600.0),
+        EventType.FALL: EpisodeRule(min_open_s=60.0, remind_every_s=600.0),
+        EventType.HEART_RATE_HIGH: EpisodeRule(need_count=2, for_s=240.0, escalate_after_s=1800.0),
+        EventType.HEART_RATE_LOW: EpisodeRule(need_count=2, for_s=240.0, escalate_after_s=1800.0),
+        EventType.SPO2_LOW: EpisodeRule(need_count=2, for_s=240.0, escalate_after_s=1800.0),
+        EventType.INACTIVITY: EpisodeRule(remind_every_s=3600.0),
+        EventType.GEOFENCE_EXIT: EpisodeRule(need_count=2, escalate_after_s=1800.0),
+        EventType.BAND_REMOVED: EpisodeRule(need_count=2, for_s=p.band_removed_s),
+        EventType.LOW_BATTERY: EpisodeRule(remind_every_s=86400.0),
+    }
+
+
+def make_detectors(p: WristbandProfile, grace_period: int) -> dict[str, Detector]:
+    return {
+        # learned home (when the profile gives none): slow EWMA of the position, kept free of excursions
+        "home_lat": EWMAZScore(alpha=0.02, min_std=1e-3, grace_period=grace_period),
+        "home_lon": EWMAZScore(alpha=0.02, min_std=1e-3, grace_period=grace_period),
+    }
+
+
+def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
+    p, rows, t = ctx.p, ctx.rows, ctx.t
+    st = ctx.state
+    acc, still = ctx.col("accel_peak_g"), ctx.col("stillness_s")
+    orient, steps = ctx.col("orientation_change_deg"), ctx.col("steps")
+    still0 = np.where(np.isfinite(still), still, 0.0)
+    band_fall = ctx.flag("fall")
+    broken = ctx.flag("rest_broken")  # fw >= 1.6: the wearer moved again after the window's peak
+    flag_edge = band_fall & ~st["fall_seen"][rows]
+    st["fall_seen"][rows] = band_fall
+    since = t - st["impact_t"][rows]
+    had = np.isfinite(since) & (since <= p.fall_window_s)
+    # a new impact: a peak in this frame's window, or the band's fall flag newly set; one whose rest the
+    # band says ended before the stillness reached a fall's is someone who got up at once
+    impact = worn & ((acc >= p.fall_impact_g) | (flag_edge & ~had))
+    impact &= ~(broken & (still0 < p.fall_stillness_s))
+    ri = rows[impact]
+    st["impact_t"][ri] = t[impact]
+    st["peak_t"][ri] = t[impact] - still0[impact]  # stillness_s counts from the peak
+    st["impact_orient"][ri] = np.where(np.isfinite(orient[impact]), orient[impact], 0.0)
+    st["impact_flag"][ri] = band_fall[impact]
+    later = had & ~impact
+    st["impact_orient"][rows[later]] = np.fmax(st["impact_orient"][rows[later]], orient[later])
+    st["impact_flag"][rows[later & band_fall]] = True
+    since = t - st["impact_t"][rows]
+    recent = np.isfinite(since) & (since <= p.fall_window_s)
+    since_peak = t - st["peak_t"][rows]
+    turned = (st["impact_orient"][rows] >= p.fall_orientation_deg) | st["impact_flag"][rows]
+    # moved after the impact, judged first: steps after the impact frame (its own steps may predate the
+    # fall), or a stillness that does not date from the peak: shorter (it restarted after motion) or
+    # longer (the rest began before the impact frame was sent, so the impact frame's stillness had been
+    # cut short by motion: the wearer got up, then sat down)
+    off = still0 - since_peak
+    moved = ~impact & (
+        (steps >= p.fall_recovered_steps)
+        | broken
+        | (off < -p.fall_motion_slack_s)
+        | (off > p.fall_motion_slack_s)
+    )
+    lying = recent & worn & turned & ~moved & (still0 >= p.fall_stillness_s)
+    got_up = recent & ~impact & moved
+    st["impact_t"][rows[got_up]] = np.nan  # cancelled: never page a person who got up
+    expired = np.isfinite(since) & (since > p.fall_window_s)
+    st["impact_t"][rows[expired]] = np.nan
+    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
+    lvl = select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
+    return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
+
+
+def _geofence(ctx: RuleContext) -> Verdict:
+    p, rows, t = ctx.p, ctx.rows, ctx.t
+    lat, lon = ctx.col("lat"), ctx.col("lon")
+    fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)
+    dlat_det, dlon_det = ctx.det["home_lat"], ctx.det["home_lon"]
+    given = np.isfinite(p.home_lat) & np.isfinite(p.home_lon)
+    hlat = np.where(given, p.home_lat, dlat_det.baseline(rows))  # type: ignore[attr-defined]
+    hlon = np.where(given, p.home_lon, dlon_det.baseline(rows))  # type: ignore[attr-defined]
+    known = given | dlat_det.warm(rows)
+    dy = np.radians(lat - hlat)
+    dx = np.radians(lon - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
+    dist = EARTH_RADIUS_M * np.hypot(dx, dy)
+    ok = fix & known & np.isfinite(dist)
+    lvl = select(
+        [~ok, dist > p.geofence_radius_m, dist > 0.8 * p.geofence_radius_m], [UNKNOWN, MEDIUM, HOLD], CLEAR
+    ).astype(np.int8)
+    inside = fix & ~(ok & (dist > 0.8 * p.geofence_radius_m))
+    dlat_det.learn_many(rows[inside], lat[inside], t[inside])
+    dlon_det.learn_many(rows[inside], lon[inside], t[inside])
+    return Verdict(lvl, dist)
+
+
+def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
+    p, t = ctx.p, ctx.t
+    worn = ctx.flag("worn")
+    charging = ctx.flag("charging")
+    hr, spo2 = ctx.col("heart_rate_bpm"), ctx.col("spo2_pct")
+    steps, still = ctx.col("steps"), ctx.col("stillness_s")
+
+    sos = ctx.flag("sos")
+    hr_ok = worn & ~charging & (hr > 0)
+    rest = steps <= p.rest_steps
+    hr_m = np.where(hr_ok, hr, np.nan)
+    hi = band(hr_m, p.hr_high_bpm, p.hr_critical_high_bpm, p.hr_high_bpm - p.hr_hysteresis_bpm)
+    hi = np.where(hr_ok & ~rest & (hi > 0), HOLD, hi).astype(np.int8)  # exercising: not at rest
+    lo = band_low(hr_m, p.hr_low_bpm, p.hr_critical_low_bpm, p.hr_low_bpm + p.hr_hysteresis_bpm)
+    sp = band_low(
+        np.where(worn & ~charging & (spo2 > 0), spo2, np.nan),
+        p.spo2_low_pct,
+        p.spo2_critical_pct,
+        p.spo2_clear_pct,
+    )
+
+    # daytime inactivity: still for hours while awake hours (night stillness is sleep)
+    hour = ((t / 3600.0 + p.utc_offset_h) % 24.0 + 24.0) % 24.0
+    day = (hour >= p.day_start_h) & (hour < p.day_end_h)
+    idle = np.where(steps > p.rest_steps, 0.0, still)
+    inact = select(
+        [~worn, day & (idle >= p.inactivity_s), idle < 600.0], [UNKNOWN, MEDIUM, CLEAR], HOLD
+    ).astype(np.int8)
+
+    off = ~worn & ~charging
+    return {
+        EventType.SOS: Verdict(np.where(sos, HIGH, CLEAR).astype(np.int8), hr, sos),
+        EventType.FALL: _fall(ctx, worn),
+        EventType.HEART_RATE_HIGH: Verdict(hi, hr),
+        EventType.HEART_RATE_LOW: Verdict(lo, hr),
+        EventType.SPO2_LOW: Verdict(sp, spo2),
+        EventType.INACTIVITY: Verdict(inact, idle / 3600.0),
+        EventType.GEOFENCE_EXIT: _geofence(ctx),
+        EventType.BAND_REMOVED: Verdict(np.where(off, MEDIUM, CLEAR).astype(np.int8), ctx.battery),
+        EventType.LOW_BATTERY: battery_verdict(ctx),
+    }
