@@ -3,12 +3,14 @@ leaves steps to the reconcile pass (counted, never lost), and the notify worker 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from sqlalchemy import select
 
 from cloud.alertstore import store_alert_steps
-from cloud.loop.models import AlertLink
+from cloud.loop.models import AlertLink, Incident
+from cloud.loop.service import LoopService
 from cloud.loop.wiring import LoopSink
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
@@ -227,4 +229,25 @@ async def test_a_hand_off_larger_than_a_batch_is_split_across_transactions(lc_sq
     await sink(c).alerts_committed(steps, source=GW1)
     await drained(c)
     assert calls == [2, 2, 1]
+    assert links(c) == {st.alert_id for st in steps}
+
+
+async def test_two_workers_taking_the_same_storm_at_once_open_each_incident_once(lc: Cloud) -> None:
+    c = lc
+    c.clock.t = T0
+    one, two = LoopService(c.state.db, clock=c.clock), LoopService(c.state.db, clock=c.clock)
+    devices = [f"70b3d57ee{k:07x}" for k in range(60)]
+    steps = [
+        alert_step(dev, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, T0 - 100 + k + episode)
+        for episode in (0, 50)  # two episodes per cover: the second joins the first's incident
+        for k, dev in enumerate(devices)
+    ]
+    # two ingest workers hand the same committed steps to their loops at once (a redelivered batch)
+    await asyncio.gather(
+        asyncio.to_thread(one.take_steps, steps, GW1),
+        asyncio.to_thread(two.take_steps, list(reversed(steps)), GW1),
+    )
+    with c.state.db.read() as s:
+        incidents = s.execute(select(Incident.device_id, Incident.alert_count)).all()
+    assert sorted(incidents) == [(dev, 2) for dev in devices]
     assert links(c) == {st.alert_id for st in steps}
