@@ -703,7 +703,7 @@ def dispatch_auto(
         for role in rc["roles"]:
             if role.startswith("desk_") or role in ("resident", "family_contact", "call_taker"):
                 continue  # desks and relatives are paged, not dispatched a work order
-            people = cfg.roster.on_call(role, row.grid, now)
+            people = rows.on_call(s, cfg.roster, role, row.grid, now)
             load = open_load(s) if len(people) >= 2 else {}
             who = pick(people, lat=row.lat, lon=row.lon, load=load)
             if who is None:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from alerts.loop.escalation import EscalationPolicy, EscalationSnapshot, EscalationState, EscalationStep
 from alerts.loop.intents import IntentState, NotificationIntent, TargetKind, dedup_key
-from alerts.loop.rosters import Roster
+from alerts.loop.rosters import Responder, Roster
 from alerts.loop.routing import Receiver
 from alerts.loop.sla import SlaTable, Urgency
 from alerts.loop.stages import Action, Stage, WorkOrder
@@ -190,6 +190,20 @@ def add_timer(
 FIRST_STEP_PEOPLE, LATER_STEP_PEOPLE = 1, 2
 
 
+_TX_ON_CALL = "vigil.loop.on_call"
+
+
+def on_call(s: Session, roster: Roster, role: str, zone: str, now: float) -> list[Responder]:
+    """:meth:`Roster.on_call`, remembered for this transaction: a storm's incidents ask for the same few
+    (role, zone) pairs thousands of times, at one ``now``. Callers must not modify the list."""
+    cache: dict[tuple[int, str, str, float], list[Responder]] = s.info.setdefault(_TX_ON_CALL, {})
+    key = (id(roster), role, zone, now)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = roster.on_call(role, zone, now)
+    return found
+
+
 _TX_RECENT_PAGES = "vigil.loop.recent_pages"
 _TX_INTENT_KEYS = "vigil.loop.intent_keys"
 _TX_NEW_INCIDENTS = "vigil.loop.new_incidents"
@@ -234,7 +248,7 @@ def expand_intents(
         if it.target_id.startswith("desk_"):
             out.append(_retarget(it, row, TargetKind.GROUP, it.target_id))
             continue
-        people = [p.id for p in roster.on_call(it.target_id, row.grid, now)]
+        people = [p.id for p in on_call(s, roster, it.target_id, row.grid, now)]
         if not people:
             out.append(it)
             continue
