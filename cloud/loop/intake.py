@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.orm import Session
 
 from alerts.contract import AlertEvent
@@ -113,8 +113,7 @@ def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float)
         for lk in batch.links.values()
         if isinstance(lk, NewLink)
     ]
-    for i in range(0, len(new_links), _CHUNK):
-        s.execute(insert(cast(Table, AlertLink.__table__)), new_links[i : i + _CHUNK])
+    rows.insert_rows(s, cast(Table, AlertLink.__table__), new_links)
     rows.bulk_end(s)
     return out
 

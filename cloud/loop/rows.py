@@ -5,10 +5,11 @@ Everything here runs inside the caller's write session; nothing commits.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from alerts.loop.escalation import EscalationPolicy, EscalationSnapshot, EscalationState, EscalationStep
@@ -122,8 +123,38 @@ def bulk_end(s: Session) -> None:
     """Write what :func:`bulk_begin` collected (inside the transaction: it commits or rolls back with it)."""
     pending: dict[Any, list[dict[str, Any]]] = s.info.pop(_TX_BULK, {})
     for model, values in pending.items():
-        for i in range(0, len(values), _BULK_ROWS):  # Core, not the ORM's bulk path: plain executemany
-            s.execute(insert(model.__table__), values[i : i + _BULK_ROWS])
+        insert_rows(s, model.__table__, values)
+
+
+def insert_rows(s: Session, table: Table, values: list[dict[str, Any]]) -> None:
+    """Insert plain rows (dicts with the same keys) in as few statements as the database allows.
+
+    PostgreSQL: one statement per table, the rows travelling as one JSON parameter that
+    ``json_to_recordset`` expands (psycopg's executemany sends one INSERT per row, and building the
+    ORM's multi-VALUES statement for thousands of parameters cost more than the database did). SQLite:
+    ``executemany``, which sqlite3 runs in C.
+    """
+    if not values:
+        return
+    dialect = s.get_bind().dialect
+    if dialect.name != "postgresql":
+        for i in range(0, len(values), _BULK_ROWS):
+            s.execute(insert(table), values[i : i + _BULK_ROWS])
+        return
+    q = dialect.identifier_preparer.quote
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for v in values:
+        groups.setdefault(tuple(v), []).append(v)
+    for cols, rows_ in groups.items():
+        names = ", ".join(q(c) for c in cols)
+        spec = ", ".join(f"{q(c)} {table.c[c].type.compile(dialect=dialect)}" for c in cols)
+        s.execute(
+            text(
+                f"INSERT INTO {q(table.name)} ({names}) SELECT {names}"
+                f" FROM json_to_recordset(CAST(:rows AS json)) AS x({spec})"
+            ),
+            {"rows": json.dumps(rows_, allow_nan=False)},
+        )
 
 
 def _bulk(s: Session, model: Any) -> list[dict[str, Any]] | None:
