@@ -48,6 +48,10 @@ SEQ_REPLAY_WINDOW = 16
 DEFAULT_GRACE_PERIOD = 4  # calm readings before a learned baseline is trusted (2 days of heartbeats)
 _MAX_TIME = 4_102_444_800.0
 _SEVERITY: dict[int, Severity] = {int(s): s for s in Severity}
+_TEXT: dict[Any, str] = {
+    **{m: m.value for e in (EventType, AlertPhase, DeviceKind) for m in e},
+    **{m: m.name for m in Severity},
+}
 _PHASE_ORDER = {AlertPhase.RAISED: 0, AlertPhase.UPDATED: 1, AlertPhase.CLEARED: 2}
 # the steps of one event type in a batch: (type, its position among the kind's verdicts, reading index,
 # phase, severity, episode id, the per-reading values the steps report)
@@ -227,14 +231,16 @@ class DetectionEngine:
         """One step; ``episode_ms`` as it was when the step happened (default: the table's now)."""
         device = ks.ids[row]
         ep = int(ks.episodes[et].arrays["episode_ms"][row]) if episode_ms is None else int(episode_ms)
-        aid = f"{device}/{et.value}/{ep}"  # alert_id(device, et, ep) for a member, without the enum call
+        etv = _TEXT[et]  # enum .value/.name are properties: looked up once per member, not per step
+        aid = f"{device}/{etv}/{ep}"  # alert_id(device, et, ep) for a member, without the enum call
         v = float(value) if math.isfinite(value) else None
         named = _SEVERITY.get(sev)
         if named is None:
             named = Severity(sev)  # not a severity: raises as the contract would
-        what = "cleared" if phase is AlertPhase.CLEARED else named.name
-        msg = f"{ks.kind.value} {device}: {et.value} {what}" + (f" (value {v:.4g})" if v is not None else "")
-        _log.info("alert %s %s %s", aid, phase.value, named.name)
+        name = _TEXT[named]
+        what = "cleared" if phase is AlertPhase.CLEARED else name
+        msg = f"{_TEXT[ks.kind]} {device}: {etv} {what}" + (f" (value {v:.4g})" if v is not None else "")
+        _log.info("alert %s %s %s", aid, _TEXT[phase], name)
         return AlertEvent(
             alert_id=aid,
             device_id=device,

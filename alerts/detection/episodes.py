@@ -278,8 +278,9 @@ class EpisodeTable:
         """Advance the machines over a batch sorted by device (``seg``); None when nothing happened.
 
         Exactly :meth:`step` reading by reading of each device: a device with nothing open or pending
-        skips its readings before its first active one (``step`` would change nothing for them), and
-        the rest run rank by rank.
+        skips its readings before its first active one (``step`` would change nothing for them), one
+        with an episode open that its readings neither clear nor worsen is a scan, and the rest run
+        rank by rank.
         """
         active = level > 0
         if not (self.busy or np.count_nonzero(active)):
@@ -291,8 +292,23 @@ class EpisodeTable:
                 return None
             return BatchSteps(tr.idx, tr.phase, tr.severity, self.arrays["episode_ms"][rows[tr.idx]])
         a = self.arrays
-        quiet = (a["open_sev"][rows] == 0) & (a["pending_count"][rows] == 0)
-        todo = np.flatnonzero(~quiet | seg.seen(active))
+        open0 = a["open_sev"][rows]
+        quiet = (open0 == 0) & (a["pending_count"][rows] == 0)
+        any_active = np.count_nonzero(active) > 0
+        if not any_active and quiet.all():
+            return None  # nothing going on for these devices and nothing new
+        todo_m = ~quiet | seg.seen(active) if any_active else ~quiet
+        # an open episode whose readings neither clear nor worsen it (a long low battery, an ongoing
+        # inactivity) steps to no transition: only its clear count and reported value move
+        inert = ~seg.any((open0 <= 0) | (level == CLEAR) | (level > open0))
+        if inert.any():
+            ir = np.repeat(inert, seg.lengths)
+            held, _i = seg.last_where(ir & ((level == HOLD) | active))
+            a["clear_count"][held] = 0
+            seg.store_last(a["value"], value, ir & active)
+            self.busy = True
+            todo_m &= ~ir
+        todo = np.flatnonzero(todo_m)
         if not len(todo):
             return None
         sub = Segments(rows[todo])
