@@ -28,6 +28,9 @@ What is measured (every row says which):
   ``x2 posters`` = two concurrent posters in one process (the app runs the blocking work in threads);
   ``N worker process(es)`` = N separate app processes over one PostgreSQL (as N ``vigil cloud`` workers
   behind a balancer), each with its own poster and gateway, started together: wall = start -> last ack.
+  These rows also report the PostgreSQL server's CPU over the same span (``server_cpu_s``,
+  ``readings_per_server_cpu_s``: the postmaster and its backends, from ``/proc``): with one core per
+  worker's Python and the server needing about as much again, 2 workers on 2 cores are bound by CPU.
 * every row also reports ``readings_per_client_cpu_s``: readings per CPU-second of this process and its
   finished children (never the database server's), and ``load_1m_at_start``, the machine's load average
   when its best run started. On a machine shared with other work, CPU time moves far less than wall time,
@@ -119,6 +122,27 @@ def summarise(
         "batch_p99_ms": round(float(np.percentile(lat, 99)), 2),
         **extra,
     }
+
+
+def _server_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a server process and its children: the live ones, and those it has reaped (a
+    PostgreSQL backend's CPU moves into the postmaster's ``cutime`` when the connection closes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(p: int | str) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = sum(int(x) for x in fields(pid)[11:15])  # utime, stime, cutime, cstime
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                f = fields(d)
+            except OSError:
+                continue
+            if f[1] == str(pid):
+                total += int(f[11]) + int(f[12])
+    return total / tick
 
 
 def _cpu_seconds() -> float:
@@ -482,8 +506,10 @@ def http_ingest_procs(
     n_devices: int,
     procs: int,
     body: str = "json",
-) -> tuple[float, list[float], int, float]:
-    """``procs`` worker processes over one database, each with its own gateway; wall = start -> last ack."""
+    server_pid: int | None = None,
+) -> tuple[float, list[float], int, float, float | None]:
+    """``procs`` worker processes over one database, each with its own gateway; wall = start -> last ack.
+    With ``server_pid`` (the PostgreSQL postmaster) also the server's CPU seconds over the same span."""
     from cloud.db import upgrade_head
 
     upgrade_head(database_url)  # migrate once, before the workers race (as `vigil cloud migrate` does)
@@ -501,13 +527,16 @@ def http_ingest_procs(
         p.start()
     for _ in ps:
         sync[0].get(timeout=300)
+    s0 = _server_cpu_seconds(server_pid) if server_pid else 0.0
     t0 = time.perf_counter()
     sync[1].set()
     results = [sync[2].get(timeout=600) for _ in ps]
+    server = _server_cpu_seconds(server_pid) - s0 if server_pid else None
     for p in ps:
         p.join()
     wall = max(r[0] for r in results) - t0
-    return wall, [x for r in results for x in r[1]], sum(r[2] for r in results), sum(r[3] for r in results)
+    lat = [x for r in results for x in r[1]]
+    return wall, lat, sum(r[2] for r in results), sum(r[3] for r in results), server
 
 
 # --- the three throughput aims of issue 12, beside the previous run's figures -------------------------------
@@ -619,13 +648,17 @@ def main(argv: list[str] | None = None) -> int:
             row["client_cpu_s"] = round(cpu, 3)
             row["readings_per_client_cpu_s"] = round(res[2] / cpu) if cpu > 0 else None
             row["load_1m_at_start"] = round(load, 2)
+            if len(res) > 4 and res[4]:  # the database server's CPU over the same span (PostgreSQL rows)
+                row["server_cpu_s"] = round(res[4], 3)
+                row["readings_per_server_cpu_s"] = round(res[2] / res[4])
             if best is None or row["readings_per_s"] > best["readings_per_s"]:
                 best = row
         assert best is not None
         rows.append(best)
         print(
             f"  {name:<82} {best['readings_per_s']:>9,} readings/s   p50 {best['batch_p50_ms']:>7.1f} ms   "
-            f"p99 {best['batch_p99_ms']:>7.1f} ms   {best['readings_per_client_cpu_s'] or 0:>9,} /cpu-s",
+            f"p99 {best['batch_p99_ms']:>7.1f} ms   {best['readings_per_client_cpu_s'] or 0:>9,} /cpu-s"
+            + (f"  server {best['readings_per_server_cpu_s']:,} /cpu-s" if "server_cpu_s" in best else ""),
             flush=True,
         )
 
@@ -743,7 +776,9 @@ def main(argv: list[str] | None = None) -> int:
                         lambda i: run_store(srv.create_database(f"bench_same{i}"), same),
                     )
 
-                    def run_procs(i: int, procs: int, body: str) -> tuple[float, list[float], int, float]:
+                    def run_procs(
+                        i: int, procs: int, body: str
+                    ) -> tuple[float, list[float], int, float, float | None]:
                         return http_ingest_procs(
                             tmp / f"hp{procs}{body[0]}-{i}",
                             srv.create_database(f"bench_hp{procs}{body[0]}_{i}"),
@@ -753,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                             hn,
                             procs,
                             body,
+                            srv.proc.pid if srv.proc is not None else None,
                         )
 
                     for body in BODIES:
