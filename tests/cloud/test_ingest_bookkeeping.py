@@ -9,9 +9,14 @@ readings in the second batch; the expected values are worked out per device, ind
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
+from alerts.contract import UplinkAck
+from cloud.db import Database
+from cloud.ingest import IngestService
 from cloud.sequence import sequence_summary
 from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
@@ -143,3 +148,34 @@ def test_sequence_summary_matches_a_frame_by_frame_reference(seed: int) -> None:
     }
     rows = list(zip(ids.tolist(), seq.tolist(), t.tolist(), batt.tolist(), strict=True))
     assert got == reference_summary(rows, stored_q, stored_t)
+
+
+async def test_two_workers_sharing_devices_never_deadlock(cloud: Cloud) -> None:
+    """Two ingest services (two connection pools, as two worker processes) commit groups of batches over
+    the same 40 devices at once, each listing the devices in another order. The device rows are locked in
+    id order, so they wait for each other and never deadlock (PostgreSQL would abort one transaction:
+    a StorageError here); every reading is counted once."""
+    rows = [f"{d},manhole,,39.9,116.3,,,,,false,{GW1},,,,,,," for d in DEVICES]
+    cloud.state.registry.import_csv("\n".join([CSV_HEADER, *rows]) + "\n", now=cloud.clock.now())
+    other_db = Database(cloud.settings.database_url)
+    other = IngestService(other_db, cloud.state.store, clock=cloud.clock, limits=cloud.state.ingest.limits)
+    try:
+        rounds = 6
+        for r in range(rounds):
+            groups = []
+            for w, order in enumerate((DEVICES, DEVICES[::-1])):
+                group = []
+                for g in range(2):
+                    k = (r * 2 + w) * 2 + g  # every batch its own sequence numbers and times
+                    t = T0 + 60.0 * k
+                    group.append((batch(f"batch-dl-{k:04d}", block([(d, k, t, 50.0) for d in order])), GW1))
+                groups.append(group)
+            outs = await asyncio.gather(
+                cloud.state.ingest.ingest_many(groups[0]), other.ingest_many(groups[1])
+            )
+            assert all(isinstance(a, UplinkAck) and a.telemetry_stored == N_DEV for o in outs for a in o)
+    finally:
+        other_db.close()
+    for dev_id in DEVICES:
+        dev = cloud.state.registry.get(dev_id, "admin")
+        assert (dev.readings_total, dev.last_seq) == (rounds * 4, rounds * 4 - 1), dev_id
