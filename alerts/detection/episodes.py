@@ -294,21 +294,25 @@ class EpisodeTable:
         a = self.arrays
         open0 = a["open_sev"][rows]
         quiet = (open0 == 0) & (a["pending_count"][rows] == 0)
-        any_active = np.count_nonzero(active) > 0
-        if not any_active and quiet.all():
+        if quiet.all() and not np.count_nonzero(active):
             return None  # nothing going on for these devices and nothing new
-        todo_m = ~quiet | seg.seen(active) if any_active else ~quiet
+        # only the devices with an episode open or pending, or an active reading, can step: the rest
+        # of the batch is left out before any scan
+        live = np.flatnonzero(np.repeat(seg.any(~quiet | active), seg.lengths))
+        lseg = Segments(rows[live])
+        l_open, l_quiet, l_level, l_active = open0[live], quiet[live], level[live], active[live]
+        todo_m = ~l_quiet | lseg.seen(l_active)
         # an open episode whose readings neither clear nor worsen it (a long low battery, an ongoing
         # inactivity) steps to no transition: only its clear count and reported value move
-        inert = ~seg.any((open0 <= 0) | (level == CLEAR) | (level > open0))
+        inert = ~lseg.any((l_open <= 0) | (l_level == CLEAR) | (l_level > l_open))
         if inert.any():
-            ir = np.repeat(inert, seg.lengths)
-            held, _i = seg.last_where(ir & ((level == HOLD) | active))
+            ir = np.repeat(inert, lseg.lengths)
+            held, _i = lseg.last_where(ir & ((l_level == HOLD) | l_active))
             a["clear_count"][held] = 0
-            seg.store_last(a["value"], value, ir & active)
+            lseg.store_last(a["value"], value[live], ir & l_active)
             self.busy = True
             todo_m &= ~ir
-        todo = np.flatnonzero(todo_m)
+        todo = live[todo_m]
         if not len(todo):
             return None
         sub = Segments(rows[todo])
