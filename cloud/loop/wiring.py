@@ -84,8 +84,13 @@ class LoopSink:
         return self._queued
 
     def oldest_age(self) -> float:
-        """Seconds the oldest waiting step has been queued (0 when empty): a backlog shows here first."""
-        heads = [q[0][2] for q in self._queues if q]
+        """Seconds the oldest waiting step has been queued (0 when empty): a backlog shows here first.
+
+        Safe from the metrics server's thread: a head taken meanwhile is skipped, not an error."""
+        heads: list[float] = []
+        for q in self._queues:
+            with contextlib.suppress(IndexError):
+                heads.append(q[0][2])
         return max(0.0, time.monotonic() - min(heads)) if heads else 0.0
 
     async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
