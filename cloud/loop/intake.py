@@ -210,17 +210,15 @@ class Batch:
     inhibit: Sequence[InhibitRule] = ()
     lock: bool = False  # PostgreSQL: incidents are read FOR UPDATE
     # what this transaction already knows, so a storm's signals need no flush and no re-query each
-    links: dict[str, AlertLink | NewLink] = field(
-        default_factory=dict
-    )  # alert id -> its link (new or stored)
+    # alert id -> its link (stored, or new in this batch)
+    links: dict[str, AlertLink | NewLink] = field(default_factory=dict)
     open_by_key: dict[str, int] = field(default_factory=dict)  # group key -> open incident id
     links_known: set[str] = field(default_factory=set)  # alert ids whose link (or its absence) is loaded
     keys_known: set[str] = field(default_factory=set)  # group keys whose open incident (or none) is loaded
     incidents: dict[int, Incident] = field(default_factory=dict)  # loaded (and locked) incidents by id
     placeholder: dict[str, int] = field(default_factory=dict)  # alert id -> incident it joined in this batch
-    opened: list[str] = field(
-        default_factory=list
-    )  # group keys of the incidents this batch opens (-1, -2...)
+    # group keys of the incidents this batch opens (placeholders -1, -2, ...)
+    opened: list[str] = field(default_factory=list)
     noted: dict[str, dict[str, str] | None] = field(default_factory=dict)  # before ``active`` was loaded
 
     def note(self, sig: Signal, labels: dict[str, str]) -> None:
