@@ -9,6 +9,7 @@ gets row -1 and is counted as rejected by the engine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,11 @@ from firmware_bridge.kernel.events import EventType
 from firmware_bridge.kernel.records import DeviceKind
 from firmware_bridge.registry import spec
 
-_ID_CHARS = np.zeros(128, dtype=bool)  # the identifier alphabet as a table of code points (valid_ids)
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
+_ID_CHARS = np.zeros(128, dtype=bool)  # the same alphabet as a table of code points (valid_ids)
 _ID_CHARS[[ord(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"]] = True
 # odd 64-bit multipliers, one per 8 bytes of an id (two UCS-4 characters): the id hash of id_hashes
+_FEW = 64  # up to this many ids, Python's dict and re beat numpy's per-call cost
 _MULT = np.random.default_rng(0x5EED).integers(1, 2**63, size=8, dtype=np.uint64) | np.uint64(1)
 _COMMON: dict[str, tuple[str, float]] = {
     "last_time": ("f8", np.nan),
@@ -109,17 +112,36 @@ class KindState:
         return rows
 
     def rows_for(self, device_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
-        """Row per reading; -1 for an invalid device id. New valid ids get rows (in order of appearance)."""
-        h = _hashable(device_ids)
-        rows = self._lookup(device_ids, h)
+        """Row per reading; -1 for an invalid device id. New valid ids get rows (in order of appearance).
+
+        A few ids (a quiet gateway's batch) go through the dict and the pattern, which cost less than
+        the array operations' fixed cost; many go through the hash table and :func:`valid_ids`.
+        """
+        get = self.index.get
+        small = len(device_ids) <= _FEW
+        h = None if small else _hashable(device_ids)
+        if small:
+            rows = np.fromiter(
+                (get(d, -1) for d in device_ids.tolist()), dtype=np.int64, count=len(device_ids)
+            )
+        else:
+            rows = self._lookup(device_ids, h)
         missing = np.flatnonzero(rows < 0)
-        if len(missing):
-            cand = device_ids[missing]
-            uniq = _first_appearances(cand, None if h is None else h[missing])
-            new = uniq[valid_ids(uniq)]
-            if len(new):
-                self.add(new)
-                rows[missing] = self._lookup(cand, None if h is None else h[missing])
+        if len(missing) == 0:
+            return rows
+        cand = device_ids[missing]
+        if len(missing) <= _FEW:
+            ids = cand.tolist()
+            fresh = [d for d in dict.fromkeys(ids) if _ID_RE.match(d)]
+            if fresh:
+                self.add(fresh)
+                rows[missing] = np.fromiter((get(d, -1) for d in ids), dtype=np.int64, count=len(ids))
+            return rows
+        uniq = _first_appearances(cand, None if h is None else h[missing])
+        new = uniq[valid_ids(uniq)]
+        if len(new):
+            self.add(new)
+            rows[missing] = self._lookup(cand, None if h is None else h[missing])
         return rows
 
     def _lookup(self, ids: npt.NDArray[np.str_], h: npt.NDArray[np.uint64] | None) -> npt.NDArray[np.int64]:

@@ -33,19 +33,7 @@ class Segments:
     Sorted rows are one way to group; a batch where every device appears once is grouped as it is.
     """
 
-    __slots__ = (
-        "_pos",
-        "_start",
-        "ends",
-        "first",
-        "last",
-        "lengths",
-        "n",
-        "nranks",
-        "rows",
-        "single",
-        "starts",
-    )
+    __slots__ = ("_pos", "_start", "ends", "first", "lengths", "n", "nranks", "rows", "single", "starts")
 
     def __init__(self, rows: IntArray) -> None:
         n = len(rows)
@@ -55,17 +43,18 @@ class Segments:
         if n > 1:
             np.not_equal(rows[1:], rows[:-1], out=first[1:])
         self.first = first
-        self.starts: IntArray = np.flatnonzero(first)
-        self.single = len(self.starts) == n  # every device once: every scan is the state itself
-        self.lengths: IntArray = np.diff(np.append(self.starts, n)) if n else np.zeros(0, dtype=np.int64)
-        self.ends: IntArray = self.starts + self.lengths - 1
-        last = np.ones(n, dtype=bool)
-        if n > 1:
-            last[:-1] = first[1:]
-        self.last = last
-        self.nranks = int(self.lengths.max()) if n else 0
         self._start: IntArray | None = None
         self._pos: IntArray | None = None
+        self.single = bool(first.all())  # every device once: every scan is the state itself
+        if self.single:  # the common case, kept to a few operations (a small batch pays them)
+            self._pos = self.starts = self.ends = self._start = np.arange(n, dtype=np.int64)
+            self.lengths = np.ones(n, dtype=np.int64)
+            self.nranks = 1 if n else 0
+            return
+        self.starts = np.flatnonzero(first)
+        self.lengths = np.diff(np.append(self.starts, n))
+        self.ends = self.starts + self.lengths - 1
+        self.nranks = int(self.lengths.max())
 
     @property
     def seg_rows(self) -> IntArray:

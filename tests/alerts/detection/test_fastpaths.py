@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.contract import AlertEvent
+from alerts.detection import kindstate
 from alerts.detection.engine import DetectionEngine
 from alerts.detection.kindstate import KindState, id_hashes
 from alerts.detection.profiles import ProfileSet
@@ -35,13 +36,24 @@ ids_st = st.lists(
 @settings(max_examples=60)
 @given(st.lists(ids_st, min_size=1, max_size=4))
 def test_rows_by_hash_equal_rows_by_dict(batches: list[list[str]]) -> None:
-    ks = KindState(K.MANHOLE, ProfileSet(), 4)
-    for ids in batches:
-        rows = ks.rows_for(np.asarray(ids, dtype=np.str_))
-        for d, r in zip(ids, rows.tolist(), strict=True):
-            assert r == ks.index.get(d, -1)
-            assert (r >= 0) == (d in ks.index)
-        assert len(set(ks.ids)) == len(ks.ids)  # one row per device, never two
+    """Both ways a batch finds its rows (the dict for a few ids, hashes and arrays for many) give each
+    id its row, new valid ids one row each in order of appearance, invalid ids none."""
+    few = kindstate._FEW
+    tables = []
+    try:
+        for limit in (few, 0):  # 0: every batch takes the array path
+            kindstate._FEW = limit
+            ks = KindState(K.MANHOLE, ProfileSet(), 4)
+            for ids in batches:
+                rows = ks.rows_for(np.asarray(ids, dtype=np.str_))
+                for d, r in zip(ids, rows.tolist(), strict=True):
+                    assert r == ks.index.get(d, -1)
+                    assert (r >= 0) == (d in ks.index)
+                assert len(set(ks.ids)) == len(ks.ids)  # one row per device, never two
+            tables.append(ks.ids)
+    finally:
+        kindstate._FEW = few
+    assert tables[0] == tables[1]
 
 
 def test_id_hash_ignores_the_array_width_and_the_trailing_newline_id_is_rejected() -> None:
