@@ -29,8 +29,9 @@ What is measured (every row says which):
   ``N worker process(es)`` = N separate app processes over one PostgreSQL (as N ``vigil cloud`` workers
   behind a balancer), each with its own poster and gateway, started together: wall = start -> last ack.
   These rows also report the PostgreSQL server's CPU over the same span (``server_cpu_s``,
-  ``readings_per_server_cpu_s``: the postmaster and its backends, from ``/proc``): with one core per
-  worker's Python and the server needing about as much again, 2 workers on 2 cores are bound by CPU.
+  ``readings_per_server_cpu_s``: the backends serving the row's databases, from ``/proc``; background
+  work such as autovacuum is not in it): with one core per worker's Python and the server needing about
+  as much again, 2 workers on 2 cores are bound by CPU.
 * every row also reports ``readings_per_client_cpu_s``: readings per CPU-second of this process and its
   finished children (never the database server's), and ``load_1m_at_start``, the machine's load average
   when its best run started. On a machine shared with other work, CPU time moves far less than wall time,
@@ -124,25 +125,25 @@ def summarise(
     }
 
 
-def _server_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a server process and its children: the live ones, and those it has reaped (a
-    PostgreSQL backend's CPU moves into the postmaster's ``cutime`` when the connection closes)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _backend_cpu(server_dsn: str, databases: Sequence[str]) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to ``databases`` (from ``/proc``; the
+    backends of other rows' databases, and the server's own background work, are not counted)."""
+    import psycopg
 
-    def fields(p: int | str) -> list[str]:
-        with open(f"/proc/{p}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-
-    total = sum(int(x) for x in fields(pid)[11:15])  # utime, stime, cutime, cstime
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                f = fields(d)
-            except OSError:
-                continue
-            if f[1] == str(pid):
-                total += int(f[11]) + int(f[12])
-    return total / tick
+    with psycopg.connect(server_dsn, autocommit=True) as c:
+        pids = [
+            int(r[0])
+            for r in c.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", (list(databases),))
+        ]
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
 
 
 def _cpu_seconds() -> float:
@@ -356,6 +357,7 @@ async def _http_ingest(
     first: int = 0,
     ready: Any = None,
     start: Any = None,
+    done: tuple[Any, Any] | None = None,
     body: str = "json",
 ) -> tuple[float, list[float], int, float]:
     """``body``: ``json`` (application/json) or ``msgpack`` (the columnar binary body,
@@ -474,7 +476,11 @@ async def _http_ingest(
             for p in range(posters):
                 tg.create_task(post_all(tokens[p], bodies[p][1:]), name=f"poster-{p}")
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return wall, lat, sum(len(x) - 1 for x in bodies) * batch_size, cpu
+        n = sum(len(x) - 1 for x in bodies) * batch_size
+        if done is not None:  # a worker process: report while its connections are open, then wait
+            done[0].put((time.perf_counter(), lat, n, cpu))
+            await asyncio.to_thread(done[1].wait)
+    return wall, lat, n, cpu
 
 
 def _http_child(
@@ -484,17 +490,27 @@ def _http_child(
     n_batches: int,
     sizes: tuple[int, int],
     k: int,
-    sync: tuple[Any, Any, Any],
+    sync: tuple[Any, Any, Any, Any],
     body: str,
 ) -> None:
-    """One cloud worker process with one poster (as two `vigil cloud` processes behind a balancer)."""
-    ready, start, out = sync
-    res = asyncio.run(
+    """One cloud worker process with one poster (as two `vigil cloud` processes behind a balancer): it
+    reports (end time, latencies, readings, CPU) when its last ack arrived and closes only when released."""
+    ready, start, out, release = sync
+    asyncio.run(
         _http_ingest(
-            tmp, database_url, ts_url, n_batches, *sizes, 1, first=k, ready=ready, start=start, body=body
+            tmp,
+            database_url,
+            ts_url,
+            n_batches,
+            *sizes,
+            1,
+            first=k,
+            ready=ready,
+            start=start,
+            done=(out, release),
+            body=body,
         )
     )
-    out.put((time.perf_counter(), res[1], res[2], res[3]))
 
 
 def http_ingest_procs(
@@ -506,16 +522,17 @@ def http_ingest_procs(
     n_devices: int,
     procs: int,
     body: str = "json",
-    server_pid: int | None = None,
+    server_dsn: str | None = None,
 ) -> tuple[float, list[float], int, float, float | None]:
     """``procs`` worker processes over one database, each with its own gateway; wall = start -> last ack.
-    With ``server_pid`` (the PostgreSQL postmaster) also the server's CPU seconds over the same span."""
+    With ``server_dsn`` (PostgreSQL) also the CPU seconds of the backends serving these two databases
+    over the same span."""
     from cloud.db import upgrade_head
 
     upgrade_head(database_url)  # migrate once, before the workers race (as `vigil cloud migrate` does)
     open_timeseries(ts_url).close()
     ctx = mp.get_context("fork")
-    sync = (ctx.Queue(), ctx.Event(), ctx.Queue())
+    sync = (ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event())
     ps = [
         ctx.Process(
             target=_http_child,
@@ -527,11 +544,15 @@ def http_ingest_procs(
         p.start()
     for _ in ps:
         sync[0].get(timeout=300)
-    s0 = _server_cpu_seconds(server_pid) if server_pid else 0.0
+    names = [u.rsplit("/", 1)[-1].split("?")[0] for u in (database_url, ts_url)]
+    s0 = _backend_cpu(server_dsn, names) if server_dsn else {}
     t0 = time.perf_counter()
     sync[1].set()
     results = [sync[2].get(timeout=600) for _ in ps]
-    server = _server_cpu_seconds(server_pid) - s0 if server_pid else None
+    # read before the workers close their pools: a backend's CPU is only visible while it lives
+    s1 = _backend_cpu(server_dsn, names) if server_dsn else {}
+    server = sum(c - s0.get(pid, 0.0) for pid, c in s1.items()) if server_dsn else None
+    sync[3].set()
     for p in ps:
         p.join()
     wall = max(r[0] for r in results) - t0
@@ -788,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
                             hn,
                             procs,
                             body,
-                            srv.proc.pid if srv.proc is not None else None,
+                            srv.dsn(),
                         )
 
                     for body in BODIES:
