@@ -71,7 +71,8 @@ def generation(cloud: Cloud) -> int:
 async def send(cloud: Cloud, batch_id: str, seqs: list[int], gateway: str = GW1) -> UplinkAck:
     t0 = T0 + 60.0 * seqs[0]
     b = batch(batch_id, readings(M, MANHOLE_1, seqs, t0=t0), gateway_id=gateway)
-    return await cloud.state.ingest.ingest(b, gateway_id=gateway)
+    ack: UplinkAck = await cloud.state.ingest.ingest(b, gateway_id=gateway)
+    return ack
 
 
 async def test_device_reassigned_elsewhere_is_refused_on_the_next_batch(cloud: Cloud) -> None:
