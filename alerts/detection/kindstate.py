@@ -137,11 +137,16 @@ class KindState:
                 self.add(fresh)
                 rows[missing] = np.fromiter((get(d, -1) for d in ids), dtype=np.int64, count=len(ids))
             return rows
-        uniq = _first_appearances(cand, None if h is None else h[missing])
-        new = uniq[valid_ids(uniq)]
-        if len(new):
-            self.add(new)
-            rows[missing] = self._lookup(cand, None if h is None else h[missing])
+        hm = None if h is None else h[missing]
+        uniq, which = _first_appearances(cand, hm)
+        ok = valid_ids(uniq)
+        if ok.any():
+            start = self.n
+            self.add(uniq[ok])  # rows start, start + 1, ... in order of first appearance
+            if which is None:
+                rows[missing] = self._lookup(cand, hm)
+            else:
+                rows[missing] = np.where(ok, start + np.cumsum(ok) - 1, -1)[which]
         return rows
 
     def _lookup(self, ids: npt.NDArray[np.str_], h: npt.NDArray[np.uint64] | None) -> npt.NDArray[np.int64]:
@@ -174,16 +179,21 @@ def _hashable(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.uint64] | None:
     return id_hashes(ids if w % 2 == 0 else ids.astype(f"U{w + 1}"))
 
 
-def _first_appearances(ids: npt.NDArray[np.str_], h: npt.NDArray[np.uint64] | None) -> npt.NDArray[np.str_]:
-    """The distinct ids in order of first appearance (unique by hash when no two ids share one)."""
+def _first_appearances(
+    ids: npt.NDArray[np.str_], h: npt.NDArray[np.uint64] | None
+) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64] | None]:
+    """The distinct ids in order of first appearance and, when found by hash (no two ids sharing one),
+    the index of each input id among them."""
     if h is not None:
         _u, first, inv = np.unique(h, return_index=True, return_inverse=True)
-        if (ids[first][inv.reshape(-1)] == ids).all():
-            out: npt.NDArray[np.str_] = ids[np.sort(first)]
-            return out
+        inv = inv.reshape(-1)
+        if (ids[first][inv] == ids).all():
+            order = np.argsort(first)
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order), dtype=np.int64)
+            return ids[first[order]], rank[inv]
     _u, first = np.unique(ids, return_index=True)
-    out = ids[np.sort(first)]
-    return out
+    return ids[np.sort(first)], None
 
 
 def valid_ids(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:
