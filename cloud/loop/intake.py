@@ -102,6 +102,7 @@ def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float)
     _prefetch(s, batch, [sig.alert_id for sig in signals], keys)
     ops = [_decide(s, cfg, p, batch, now) for p in prepared]
     fresh = _insert_new(s, cfg, ops, now, postgres=batch.lock)
+    open_load(s, flush=False)  # before any dispatch of this batch: no flush needed, none made mid-way
     rows.bulk_begin(s)
     out: list[int | None] = []
     for op in ops:
@@ -113,6 +114,7 @@ def take_all(s: Session, cfg: LoopConfig, signals: Sequence[Signal], now: float)
         for lk in batch.links.values()
         if isinstance(lk, NewLink)
     ]
+    s.flush()  # the new incidents (PostgreSQL: not yet written) before the rows that refer to them
     rows.insert_rows(s, cast(Table, AlertLink.__table__), new_links)
     rows.bulk_end(s)
     return out
@@ -470,7 +472,10 @@ def _insert_new(
             row.id = int(new_id)
     if fresh:
         s.add_all(fresh.values())
-        s.flush()
+        if not postgres:
+            s.flush()  # SQLite: the INSERT gives the ids
+        # PostgreSQL: the rows are written by the first flush after pass 3 with their final values (one
+        # INSERT each, no UPDATE after it); nothing in pass 3 reads them back from the database
     return fresh
 
 
@@ -673,20 +678,24 @@ def start_work(s: Session, cfg: LoopConfig, row: Incident, policy_name: str | No
 _TX_LOAD = "vigil.loop.open_load"
 
 
-def open_load(s: Session) -> dict[str, int]:
+def open_load(s: Session, *, flush: bool = True) -> dict[str, int]:
     """Open incidents per assignee, loaded once per transaction and kept current by dispatches in it (a
-    storm's incidents are spread by load without a query and a flush for each)."""
+    storm's incidents are spread by load without a query and a flush for each). ``flush=False`` when
+    nothing was assigned yet in this transaction (the intake's pass 3 loads it before its first
+    dispatch, so the new incidents' rows can wait for the end of the batch)."""
     load: dict[str, int] | None = s.info.get(_TX_LOAD)
     if load is None:
-        s.flush()  # assignments made earlier in this transaction count
-        load = {
-            str(who): int(n)
-            for who, n in s.execute(
-                select(Incident.assignee, func.count())
-                .where(Incident.is_open.is_(True), Incident.assignee.is_not(None))
-                .group_by(Incident.assignee)
-            )
-        }
+        if flush:
+            s.flush()  # assignments made earlier in this transaction count
+        with s.no_autoflush:
+            load = {
+                str(who): int(n)
+                for who, n in s.execute(
+                    select(Incident.assignee, func.count())
+                    .where(Incident.is_open.is_(True), Incident.assignee.is_not(None))
+                    .group_by(Incident.assignee)
+                )
+            }
         s.info[_TX_LOAD] = load
     return load
 
