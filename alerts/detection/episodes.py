@@ -113,6 +113,12 @@ class EpisodeTable:
         # where something goes on, not the whole table.
         self._watch: npt.NDArray[np.int64] | None = None
         self._new: list[npt.NDArray[np.int64]] = []
+        # before this time no ``due`` can step anything (no deadline, escalation or reminder falls due),
+        # as the last ``due`` that stepped nothing found; -inf: not known. Only a row becoming open or
+        # pending (``_note``) can bring a due time earlier - a step that clears, resets or worsens an
+        # episode only removes or postpones them - so that is what forgets the bound. A small gateway
+        # ticks many times a second: most ticks of most tables then cost one comparison.
+        self._quiet_until = -math.inf
 
     def resize(self, capacity: int) -> None:
         if capacity <= self.capacity:
@@ -345,6 +351,7 @@ class EpisodeTable:
     def _note(self, rows: npt.NDArray[np.int64]) -> None:
         """``rows`` may have become open or pending: ``due`` must look at them."""
         self._new.append(rows)
+        self._quiet_until = -math.inf
         if len(self._new) >= 64:  # no tick for a long while: keep the list short
             self._new = [np.unique(np.concatenate(self._new))]
 
@@ -369,7 +376,7 @@ class EpisodeTable:
         """
         a = self.arrays
         r = self.rule
-        if self.capacity == 0 or not self.busy:
+        if self.capacity == 0 or not self.busy or now < self._quiet_until:
             return _EMPTY
         w = self._watched()
         if not len(w):
@@ -377,17 +384,17 @@ class EpisodeTable:
             return _EMPTY
         confirmed = self._confirm_due(now, w)
         if math.isinf(r.escalate_after_s) and math.isinf(r.remind_every_s):
-            return confirmed
+            return self._idle(confirmed, w)
         sev = a["open_sev"][w]
         if not sev.any():
-            return confirmed  # nothing open for this event type (only pending ones)
+            return self._idle(confirmed, w)  # nothing open for this event type (only pending ones)
         opened = a["opened_at"][w]
         esc = (sev > 0) & (sev < Severity.HIGH) & ((now - opened) >= r.escalate_after_s)
         rem = (sev > 0) & ~esc & ((now - a["last_step_at"][w]) >= r.remind_every_s)
         rows_e = w[esc]
         rows_r = w[rem]
         if len(rows_e) == 0 and len(rows_r) == 0:
-            return confirmed
+            return self._idle(confirmed, w)
         a["open_sev"][rows_e] = int(Severity.HIGH)
         a["last_step_at"][rows_e] = now
         a["last_step_at"][rows_r] = now
@@ -400,6 +407,25 @@ class EpisodeTable:
             ]
         )
         return Transitions(idx, confirmed.phase + [AlertPhase.UPDATED] * (len(rows_e) + len(rows_r)), sev_out)
+
+    def _idle(self, confirmed: Transitions, w: npt.NDArray[np.int64]) -> Transitions:
+        """``due``'s result when it escalated and reminded nothing; with nothing confirmed either, the
+        table notes the earliest time a later ``due`` could step the watched rows ``w``: a pending
+        deadline, an escalation or a reminder. A millisecond early, so that rounding in ``due``'s
+        ``now - opened >= after`` never steps before the bound says."""
+        if len(confirmed.idx):
+            return confirmed
+        a, r = self.arrays, self.rule
+        sev = a["open_sev"][w]
+        times = [a["deadline"][w][(sev == 0) & (a["pending_count"][w] > 0)]]
+        if not math.isinf(r.escalate_after_s):
+            times.append(a["opened_at"][w][(sev > 0) & (sev < Severity.HIGH)] + r.escalate_after_s)
+        if not math.isinf(r.remind_every_s):
+            times.append(a["last_step_at"][w][sev > 0] + r.remind_every_s)
+        at = np.concatenate(times)
+        at = at[~np.isnan(at)]  # NaN is never due
+        self._quiet_until = float(at.min()) - 1e-3 if len(at) else math.inf
+        return confirmed
 
     def _confirm_due(self, now: float, w: npt.NDArray[np.int64]) -> Transitions:
         """Raise pending episodes whose ``confirm_after`` deadline passed with no contradicting reading."""

@@ -79,6 +79,10 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     """FALL over a batch: a device with no impact pending and none in the batch is stateless (only its
     flag edge is remembered); the rest, rarely more than a few, run rank by rank (:func:`_fall_rank`)."""
     seg, st = ctx.seg, ctx.state
+    if seg.single:
+        # one rank: the state machine over every reading is exactly the split below (a cold device
+        # steps to no impact, CLEAR or HOLD by motion, and stores its flag), without the sub-contexts
+        return _fall_rank(ctx, worn)
     band_fall = ctx.flag("fall")
     hot_reading = worn & ((ctx.col("accel_peak_g") >= ctx.p.fall_impact_g) | band_fall)
     hot = seg.any(hot_reading) | np.isfinite(st["impact_t"][seg.seg_rows])
