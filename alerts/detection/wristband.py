@@ -86,36 +86,26 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     band_fall = ctx.flag("fall")
     hot_reading = worn & ((ctx.col("accel_peak_g") >= ctx.p.fall_impact_g) | band_fall)
     hot = seg.any(hot_reading) | np.isfinite(st["impact_t"][seg.seg_rows])
-    n = len(ctx.rows)
-    if hot.any():
-        level = np.empty(n, dtype=np.int8)
-        value, since = np.empty(n), np.empty(n)
-        lying = np.empty(n, dtype=bool)
-        hot_i = seg.in_segments(hot)
-        for k in Segments(ctx.rows[hot_i]).ranks():
-            ix = hot_i[k]
-            v = _fall_rank(ctx.sub(ix), worn[ix])
-            assert v.immediate is not None and v.since is not None
-            level[ix], value[ix], lying[ix], since[ix] = v.level, v.value, v.immediate, v.since
-        if hot.all():
-            return Verdict(level, value, lying, since)
-        cold_i = seg.in_segments(~hot)
-        cv = _fall_quiet(ctx.sub(cold_i), band_fall[cold_i])
-        assert cv.immediate is not None and cv.since is not None
-        level[cold_i], value[cold_i], lying[cold_i], since[cold_i] = (
-            cv.level,
-            cv.value,
-            cv.immediate,
-            cv.since,
-        )
-        return Verdict(level, value, lying, since)
-    return _fall_quiet(ctx, band_fall)
+    if not hot.any():
+        return _fall_quiet(ctx, band_fall, None)
+    # every reading as a cold one (the cold devices' flags stored), then the hot devices' overwritten
+    v = _fall_quiet(ctx, band_fall, np.repeat(~hot, seg.lengths))
+    assert v.immediate is not None and v.since is not None
+    level, value, lying, since = v.level, v.value, v.immediate, v.since
+    hot_i = seg.in_segments(hot)
+    for k in Segments(ctx.rows[hot_i]).ranks():
+        ix = hot_i[k]
+        h = _fall_rank(ctx.sub(ix), worn[ix])
+        assert h.immediate is not None and h.since is not None
+        level[ix], value[ix], lying[ix], since[ix] = h.level, h.value, h.immediate, h.since
+    return v
 
 
-def _fall_quiet(ctx: RuleContext, band_fall: np.ndarray) -> Verdict:
-    """:func:`_fall_rank` for devices with no impact pending and none in these readings."""
+def _fall_quiet(ctx: RuleContext, band_fall: np.ndarray, cold: np.ndarray | None) -> Verdict:
+    """:func:`_fall_rank` for devices with no impact pending and none in these readings; stores the flag
+    of the devices of the ``cold`` readings (None: all)."""
     p = ctx.p
-    ctx.seg.store_last(ctx.state["fall_seen"], band_fall)
+    ctx.seg.store_last(ctx.state["fall_seen"], band_fall, cold)
     still, steps = ctx.col("stillness_s"), ctx.col("steps")
     still0 = np.where(np.isfinite(still), still, 0.0)
     moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
