@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts.contract import AlertEvent
+from alerts.detection.episodes import EpisodeTable
 from alerts.detection.kindstate import KindState
 from alerts.detection.profiles import ProfileSet
 from alerts.detection.registry import RULES
@@ -160,6 +161,11 @@ class DetectionEngine:
         seg.store_last(c["last_time"], ts)
         seg.store_last(c["last_seq"], sq)
         devs = seg.seg_rows
+        if ks.silent_quiet_until > -math.inf:
+            lim = ks.params.view(devs).silent_after_heartbeats
+            ks.silent_quiet_until = min(
+                ks.silent_quiet_until, float(np.min(ts[seg.ends] + lim * ks.spec.heartbeat_s)) - 1e-3
+            )
         c["frames"][devs] += seg.lengths
         fresh = ~np.isfinite(c["first_time"][devs])
         c["first_time"][devs[fresh]] = ts[seg.starts[fresh]]
@@ -263,31 +269,10 @@ class DetectionEngine:
             n = ks.n
             if n == 0:
                 continue
-            rows = np.arange(n, dtype=np.int64)
-            p = ks.params.view(rows)
             last = ks.common["last_time"][:n]
-            limit = np.asarray(p.silent_after_heartbeats, dtype=np.float64) * ks.spec.heartbeat_s
             silent_tab = ks.episodes[EventType.DEVICE_SILENT]
-            late = np.flatnonzero(now - last >= limit)  # never for NaN: a device not heard yet
-            due = late[silent_tab.arrays["open_sev"][late] == 0]
-            if len(due):
-                sev_all = np.broadcast_to(np.asarray(p.silent_severity, dtype=np.int64), (n,))
-                for s in np.unique(sev_all[due]).tolist():
-                    grp = due[sev_all[due] == s]
-                    raised = grp[silent_tab.raise_rows(grp, now, int(s), last[grp])]
-                    for r in raised.tolist():
-                        events.append(
-                            self._event(
-                                ks,
-                                EventType.DEVICE_SILENT,
-                                r,
-                                AlertPhase.RAISED,
-                                int(s),
-                                now,
-                                float(last[r]),
-                                float(now - last[r]),
-                            )
-                        )
+            if not now < ks.silent_quiet_until:
+                events += self._silence(ks, now, last, silent_tab)
             for et, tab in ks.episodes.items():
                 tr = tab.due(now)
                 for r, ph, s in zip(tr.idx.tolist(), tr.phase, tr.severity.tolist(), strict=True):
@@ -298,6 +283,41 @@ class DetectionEngine:
                         self._event(ks, et, r, ph, int(s), now, float(tab.arrays["frame_time"][r]), val)
                     )
         self.counters.alerts_total += len(events)
+        return events
+
+    def _silence(
+        self, ks: KindState, now: float, last: npt.NDArray[np.float64], silent_tab: EpisodeTable
+    ) -> list[AlertEvent]:
+        """Raise DEVICE_SILENT for the kind's devices not heard for their limit, and note when the next
+        one can fall silent (the earliest among the rest; a millisecond early, as ``now - last >= limit``
+        rounds; a device not heard yet, NaN, never does)."""
+        events: list[AlertEvent] = []
+        n = len(last)
+        p = ks.params.view(np.arange(n, dtype=np.int64))
+        limit = np.asarray(p.silent_after_heartbeats, dtype=np.float64) * ks.spec.heartbeat_s
+        late = np.flatnonzero(now - last >= limit)  # never for NaN: a device not heard yet
+        due = late[silent_tab.arrays["open_sev"][late] == 0]
+        if len(due):
+            sev_all = np.broadcast_to(np.asarray(p.silent_severity, dtype=np.int64), (n,))
+            for s in np.unique(sev_all[due]).tolist():
+                grp = due[sev_all[due] == s]
+                raised = grp[silent_tab.raise_rows(grp, now, int(s), last[grp])]
+                for r in raised.tolist():
+                    events.append(
+                        self._event(
+                            ks,
+                            EventType.DEVICE_SILENT,
+                            r,
+                            AlertPhase.RAISED,
+                            int(s),
+                            now,
+                            float(last[r]),
+                            float(now - last[r]),
+                        )
+                    )
+        at = np.broadcast_to(last + limit, (n,))[silent_tab.arrays["open_sev"][:n] == 0]
+        at = at[~np.isnan(at)]
+        ks.silent_quiet_until = float(at.min()) - 1e-3 if len(at) else math.inf
         return events
 
     def open_alerts(self) -> list[AlertEvent]:

@@ -69,6 +69,10 @@ class KindState:
         self.episodes = {et: EpisodeTable(rule) for et, rule in rules.items()}
         self.params = ParamTable(self.profiles, self.kind)
         self.scratch = np.zeros(0, dtype=np.int64)  # one int per row, free for the engine's bookkeeping
+        # before this time no device of the kind falls silent (the engine's tick skips the check); -inf:
+        # not known. A reading only moves its device's silence later, so a batch lowers it at most to
+        # its own devices' (a new device, one whose silence just ended).
+        self.silent_quiet_until = -np.inf
 
     @property
     def n(self) -> int:
