@@ -49,6 +49,12 @@ def mqtt_up_topic(gateway_id: str) -> str:
     return f"vigil/v1/gw/{gateway_id}/up"
 
 
+def mqtt_alert_topic(gateway_id: str) -> str:
+    """The alert lane: batches carrying alert steps, consumed by the cloud's own alert session so they
+    never wait behind telemetry (docs/contract.md, "MQTT")."""
+    return f"vigil/v1/gw/{gateway_id}/alert"
+
+
 def mqtt_ack_topic(gateway_id: str) -> str:
     return f"vigil/v1/gw/{gateway_id}/ack"
 

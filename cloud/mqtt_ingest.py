@@ -24,6 +24,15 @@ Why it is built this way:
   ingested concurrently. Either way each gateway's ack is published as soon as its batch is committed,
   and the PUBACKs go out in the order the messages arrived, after their commits. ``receive_maximum`` is
   twice the group so the next group is already waiting while one is being committed.
+- **An alert lane that never waits behind telemetry.** Gateways publish batches carrying alert steps on
+  ``vigil/v1/gw/{id}/alert`` (:func:`alerts.contract.mqtt_alert_topic`). Each worker holds a second
+  session for it (client id ``<client_id>-alerts``, shared subscription
+  ``$share/<group>-alerts/vigil/v1/gw/+/alert``) with its own hand-off queue and consumer task, so an
+  alert batch is committed and acknowledged while the telemetry session still holds a backlog: on one
+  session the broker queues an alarm storm's alert batches behind the same round's telemetry (p50 10.6 s
+  publish -> ack at full district size). Same PUBACK-after-commit, idempotency and poison rules; alert
+  steps on ``.../up`` (older gateways) are still accepted. ``alert_lane=False`` runs the telemetry
+  session only.
 - **Falling behind is visible**: ``vigil_cloud_mqtt_backlog_messages`` (received, not yet acknowledged),
   ``vigil_cloud_mqtt_oldest_message_age_seconds`` (how long the oldest of them has waited),
   ``vigil_cloud_mqtt_saturated`` (1 while the worker holds its whole receive window or stopped reading,
@@ -53,8 +62,8 @@ Why it is built this way:
 - **Reconnect with jittered exponential backoff** and resubscribe on every connect.
 
 Security: on MQTT the broker authenticates gateways; configure an ACL such as
-``pattern write vigil/v1/gw/%u/up`` so a gateway can only publish under its own id, which is why the
-topic's gateway id is the authority here (``docs/timeseries.md``).
+``pattern write vigil/v1/gw/%u/up`` and ``pattern write vigil/v1/gw/%u/alert`` so a gateway can only
+publish under its own id, which is why the topic's gateway id is the authority here (``docs/timeseries.md``).
 """
 
 from __future__ import annotations
@@ -68,8 +77,8 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -85,7 +94,8 @@ log = logging.getLogger(__name__)
 
 SHARE_GROUP = "vigil-ingest"
 UP_FILTER = "vigil/v1/gw/+/up"
-_TOPIC = re.compile(r"^vigil/v1/gw/([A-Za-z0-9_.:\-]{1,64})/up$")
+ALERT_FILTER = "vigil/v1/gw/+/alert"
+_TOPIC = re.compile(r"^vigil/v1/gw/([A-Za-z0-9_.:\-]{1,64})/(?:up|alert)$")
 _LOG_BYTES = 200
 
 
@@ -139,10 +149,24 @@ class MqttIngestConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     unexpected_error_attempts: int = 3
+    #: which topic this session consumes: gateways' telemetry (``up``) or their alert lane (``alert``)
+    lane: Literal["up", "alert"] = "up"
+    #: a telemetry worker also runs the alert lane's session (:meth:`alert_config`)
+    alert_lane: bool = True
 
     @property
     def subscription(self) -> str:
-        return f"$share/{self.group}/{UP_FILTER}"
+        return f"$share/{self.group}/{ALERT_FILTER if self.lane == 'alert' else UP_FILTER}"
+
+    def alert_config(self) -> MqttIngestConfig:
+        """The alert lane's session: its own stable client id and share group, same broker and limits."""
+        return replace(
+            self,
+            client_id=f"{self.client_id}-alerts",
+            group=f"{self.group}-alerts",
+            lane="alert",
+            alert_lane=False,
+        )
 
 
 class MqttIngestMetrics:
@@ -231,7 +255,7 @@ class _BacklogCollector(Collector):
 
 
 def gateway_of_topic(topic: str) -> str | None:
-    """``vigil/v1/gw/{gateway_id}/up`` -> ``gateway_id``; ``None`` for any other topic."""
+    """``vigil/v1/gw/{gateway_id}/up`` or ``.../alert`` -> ``gateway_id``; ``None`` for any other topic."""
     m = _TOPIC.match(topic)
     return m.group(1) if m else None
 
@@ -475,7 +499,9 @@ class _Connection:
 
 class IngestWorker:
     """One MQTT ingest worker. ``await worker.run()`` until cancelled; ``worker.ready`` is set once the
-    shared subscription is active (for tests and health checks)."""
+    shared subscription is active (for tests and health checks). A telemetry worker with
+    ``config.alert_lane`` runs its alert lane as ``worker.alerts`` (a worker of its own, in the same
+    task group; its ``ready`` says when the alert subscription is active)."""
 
     def __init__(
         self,
@@ -501,6 +527,11 @@ class IngestWorker:
         # received and not yet acknowledged (queued or being handled), oldest first: the backlog gauges
         self._in_hand: dict[int, float] = {}
         self._poisoned: set[int] = set()  # deliveries answered with an error document, to acknowledge
+        self.alerts: IngestWorker | None = (
+            IngestWorker(config.alert_config(), service, metrics=self.metrics, sleep=sleep)
+            if config.alert_lane and config.lane == "up"
+            else None
+        )
 
     def backlog(self) -> tuple[int, float | None]:
         """``(messages received and not yet acknowledged, monotonic receipt time of the oldest)``."""
@@ -518,6 +549,8 @@ class IngestWorker:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._connection_loop(), name=f"mqtt-ingest-connect[{self.config.client_id}]")
             tg.create_task(self._consume_loop(), name=f"mqtt-ingest-consume[{self.config.client_id}]")
+            if self.alerts is not None:
+                tg.create_task(self.alerts.run(), name=f"mqtt-ingest-alerts[{self.config.client_id}]")
 
     # --- connection management --------------------------------------------------------------------------
     def _deliver(self, d: _Delivery) -> None:
@@ -633,7 +666,9 @@ class IngestWorker:
             return None
         gateway_id = gateway_of_topic(d.topic)
         if gateway_id is None:
-            self._poison(d, None, None, "bad_topic", f"topic {d.topic!r} is not vigil/v1/gw/<gateway_id>/up")
+            self._poison(
+                d, None, None, "bad_topic", f"topic {d.topic!r} is not vigil/v1/gw/<gateway_id>/up|alert"
+            )
             return None
         media = sniff(d.payload)
         if media is None:
@@ -809,8 +844,6 @@ async def serve(settings: Any, config: MqttIngestConfig, *, workers: int = 1, re
     same sessions. Runs until cancelled; the database and store are closed on the way out. For a
     ``vigil cloud mqtt-ingest`` command, call ``asyncio.run(serve(settings, config, workers=n))``.
     """
-    from dataclasses import replace
-
     from cloud.api.state import CloudState
 
     if workers < 1:

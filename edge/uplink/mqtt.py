@@ -10,6 +10,17 @@ JSON by its first byte) or JSON. A cloud whose workers predate the binary body a
 document ``{"batch_id": null, "error": "validation", "detail": "... Invalid JSON ..."}`` (they could not even
 read the batch id): the waiting batch is then re-published as JSON at once, and this uplink publishes JSON
 from then on (until the gateway restarts).
+
+Alert lane (``alert_topic=True``, the default; gateway setting ``uplink.mqtt_alert_topic``): a batch that
+carries alert steps goes to ``vigil/v1/gw/{id}/alert``, which the cloud's workers consume on a session of
+its own, so it is not queued behind telemetry at the broker. A cloud that predates the lane has no
+subscriber there, and a broker whose ACL lacks the ``.../alert`` line acknowledges and drops the publish;
+either way no ack comes. So an alert batch that got no ack within ``alert_fallback_s`` is re-published (same
+batch id, idempotent) on ``.../up``; if *that* one is acknowledged, this uplink publishes alert batches on
+``.../up`` for ``alert_reprobe_s`` and then tries the lane again (an ack cannot say which copy it answers,
+so a cloud whose lane was merely slower than ``alert_fallback_s``, e.g. during a database outage, gets it
+back). If neither is acknowledged the cloud is down, not old: the lane stays on and the sender retries as
+usual (docs/contract.md, "MQTT").
 """
 
 from __future__ import annotations
@@ -18,12 +29,13 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import aiomqtt
 
-from alerts.contract import UplinkAck, mqtt_ack_topic, mqtt_up_topic
+from alerts.contract import UplinkAck, mqtt_ack_topic, mqtt_alert_topic, mqtt_up_topic
 from alerts.uplink_body import MSGPACK_CONTENT_TYPE
 from edge.outbox import BodyFormat, PendingBatch
 from edge.uplink.base import (
@@ -60,6 +72,9 @@ class MqttUplink:
         client_cert: Path | None = None,
         client_key: Path | None = None,
         body: BodyFormat = "msgpack",
+        alert_topic: bool = True,
+        alert_fallback_s: float | None = None,
+        alert_reprobe_s: float = 900.0,
     ) -> None:
         u = urlparse(url)
         #: the payload format sent; becomes "json" when the cloud does not read the binary body
@@ -78,6 +93,12 @@ class MqttUplink:
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
         self.up_topic = mqtt_up_topic(gateway_id)
+        self.alert_topic = mqtt_alert_topic(gateway_id)
+        self.alert_lane_enabled = alert_topic
+        self.alert_fallback_s = timeout_s if alert_fallback_s is None else alert_fallback_s
+        self.alert_reprobe_s = alert_reprobe_s
+        self._lane_off_until = 0.0  # monotonic; the alert lane is not used before then
+        self.alert_fallbacks_total = 0
         self.ack_topic = mqtt_ack_topic(gateway_id)
         self._client: aiomqtt.Client | None = None
         self._waiting: dict[str, asyncio.Future[UplinkAck]] = {}
@@ -168,15 +189,60 @@ class MqttUplink:
     async def send(self, batch: PendingBatch) -> UplinkAck:
         if self.body == "msgpack" and batch.content_type == MSGPACK_CONTENT_TYPE:
             try:
-                return await self._publish(batch, batch.body, binary=True)
+                return await self._send_on_lane(batch, batch.body, binary=True)
             except _BinaryNotRead as exc:
                 log.warning(
                     "the cloud does not read the binary uplink body (%s); publishing JSON from now on", exc
                 )
                 self.body = "json"
-        return await self._publish(batch, batch.as_json(), binary=False)
+        return await self._send_on_lane(batch, batch.as_json(), binary=False)
 
-    async def _publish(self, batch: PendingBatch, payload: bytes, *, binary: bool) -> UplinkAck:
+    async def _send_on_lane(self, batch: PendingBatch, payload: bytes, *, binary: bool) -> UplinkAck:
+        """Alert batches on the alert lane, falling back to ``.../up`` if the cloud does not answer there."""
+        if batch.n_alerts == 0 or not self.alert_lane:
+            return await self._publish(
+                batch, payload, binary=binary, topic=self.up_topic, wait_s=self.timeout_s
+            )
+        try:
+            return await self._publish(
+                batch, payload, binary=binary, topic=self.alert_topic, wait_s=self.alert_fallback_s
+            )
+        except UplinkUnavailable as exc:
+            if exc.reason != "ack_timeout":
+                raise
+        try:
+            ack = await self._publish(
+                batch, payload, binary=binary, topic=self.up_topic, wait_s=self.timeout_s
+            )
+        except _BinaryNotRead:
+            self._alert_lane_off()  # a cloud that predates the binary body predates the alert lane too
+            raise
+        self._alert_lane_off()
+        return ack
+
+    @property
+    def alert_lane(self) -> bool:
+        """Alert batches go to ``alert_topic`` now (enabled, and not in a fallback period)."""
+        return self.alert_lane_enabled and time.monotonic() >= self._lane_off_until
+
+    def _alert_lane_off(self) -> None:
+        self._lane_off_until = time.monotonic() + self.alert_reprobe_s
+        self.alert_fallbacks_total += 1
+        log.warning(
+            "云端未在告警通道 %s 上确认，%g 秒内改用 %s 发送告警 / "
+            "the cloud did not answer on the alert topic %s; publishing alert batches on %s for %g s "
+            "(cloud predates the alert lane, or the broker ACL lacks the .../alert line)",
+            self.alert_topic,
+            self.alert_reprobe_s,
+            self.up_topic,
+            self.alert_topic,
+            self.up_topic,
+            self.alert_reprobe_s,
+        )
+
+    async def _publish(
+        self, batch: PendingBatch, payload: bytes, *, binary: bool, topic: str, wait_s: float
+    ) -> UplinkAck:
         client = self._client
         if client is None:
             raise UplinkUnavailable(
@@ -187,13 +253,13 @@ class MqttUplink:
         if binary:
             self._binary.add(batch.batch_id)
         try:
-            await client.publish(self.up_topic, payload, qos=1, timeout=self.timeout_s)
-            ack = await asyncio.wait_for(fut, self.timeout_s)
+            await client.publish(topic, payload, qos=1, timeout=self.timeout_s)
+            ack = await asyncio.wait_for(fut, wait_s)
         except aiomqtt.MqttError as exc:
             raise UplinkUnavailable(f"publish failed: {exc}", reason="publish") from exc
         except TimeoutError as exc:
             raise UplinkUnavailable(
-                f"no ack for batch {batch.batch_id} within {self.timeout_s} s", reason="ack_timeout"
+                f"no ack for batch {batch.batch_id} on {topic} within {wait_s} s", reason="ack_timeout"
             ) from exc
         finally:
             self._waiting.pop(batch.batch_id, None)
