@@ -180,6 +180,28 @@ def test_silent_device_raises_reminds_and_clears() -> None:
     assert [(e.alert_id, e.phase) for e in back] == [(ev[0].alert_id, AlertPhase.CLEARED)]
 
 
+def test_a_device_heard_later_with_an_older_frame_falls_silent_on_time() -> None:
+    """A tick skips the silence check until the earliest silence it found; a batch that brings a device
+    whose silence comes sooner (a new device with an older frame, one whose silence just ended) must
+    bring that time forward, or the device would page late."""
+    eng = DetectionEngine()
+    w = K.WRISTBAND  # silent after 660 s
+    feed(eng, [reading(w, "W1", 1, T0 + 500)])
+    assert eng.tick(T0 + 500) == []  # W1 silent at T0 + 1160 at the earliest
+    assert eng.process(batch([reading(w, "W2", 1, T0)]), now=T0 + 500) == []
+    ev = eng.tick(T0 + 700)
+    assert [(e.device_id, e.event_type, e.phase) for e in ev] == [
+        ("W2", EventType.DEVICE_SILENT, AlertPhase.RAISED)
+    ]
+    assert eng.tick(T0 + 1100) == []
+    assert [e.device_id for e in eng.tick(T0 + 1200)] == ["W1"]
+    # every device silent now: no silence to come, the check idles; W2 speaking again ends its silence
+    # and must bring the check back for its next one (T0 + 1660)
+    feed(eng, [reading(w, "W2", 2, T0 + 1000)])
+    assert eng.tick(T0 + 1600) == []
+    assert [e.device_id for e in eng.tick(T0 + 1700)] == ["W2"]
+
+
 def test_warning_escalates_to_critical_when_it_persists() -> None:
     eng = DetectionEngine()
     m = K.MANHOLE
