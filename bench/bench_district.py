@@ -7,7 +7,11 @@ simulated day of 4 heartbeat rounds, 3 ingest workers, one ``vigil cloud jobs`` 
 timers and reconcile pass) or ``--quick`` (10,000 devices, 20 gateways: the small size). ``--ts victoria``
 stores telemetry in VictoriaMetrics instead of PostgreSQL; ``--kill`` SIGKILLs one worker half-way and
 restarts it with the same client id; ``--profile`` samples every worker with py-spy and prints where the
-time goes.
+time goes. ``--body json|msgpack`` picks the gateways' payload (default the binary msgpack body,
+``alerts.uplink_body.encode_batch``, which the workers recognise by its first byte); ``--lane alert|up``
+where the storm's alert batches are published: ``alert`` (default) on ``vigil/v1/gw/{id}/alert``, consumed
+by the workers' alert sessions, ``up`` on the telemetry topic as gateways did before the alert lane (the
+baseline: there they queue at the broker behind the round's telemetry).
 
 What it reports (and writes to ``bench/results/bench_district[_quick][_kill].json``):
 
@@ -49,7 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from alerts.contract import AlertEvent, TelemetryBlock, UplinkBatch, mqtt_ack_topic, mqtt_up_topic
+from alerts.contract import (
+    AlertEvent,
+    TelemetryBlock,
+    UplinkBatch,
+    mqtt_ack_topic,
+    mqtt_alert_topic,
+    mqtt_up_topic,
+)
+from alerts.uplink_body import encode_batch
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity, alert_id
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 from firmware_bridge.registry import spec
@@ -125,7 +137,13 @@ def reading_times(g: int, n: int, rnd: int, interval_s: float) -> np.ndarray:
     return T0 + rnd * interval_s + np.random.default_rng(g * 1000 + rnd).random(n)
 
 
-def make_alert_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float) -> tuple[bytes, list[AlertEvent]]:
+def encode(ub: UplinkBatch, body: str) -> bytes:
+    return encode_batch(ub) if body == "msgpack" else ub.model_dump_json().encode()
+
+
+def make_alert_batch(
+    g: int, ids: np.ndarray, rnd: int, interval_s: float, body: str
+) -> tuple[bytes, list[AlertEvent]]:
     """The storm as a gateway sends it: an alert-only batch ahead of telemetry (the edge's alert lane)."""
     alerts = storm_alerts(g, ids, reading_times(g, len(ids), rnd, interval_s))
     ub = UplinkBatch(
@@ -134,10 +152,10 @@ def make_alert_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float) -> tu
         sent_at=T0 + rnd * interval_s + 1.0,
         alerts=alerts,
     )
-    return ub.model_dump_json().encode(), alerts
+    return encode(ub, body), alerts
 
 
-def make_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float) -> bytes:
+def make_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float, body: str) -> bytes:
     n = len(ids)
     rng = np.random.default_rng(g * 1000 + rnd + 7)
     t = reading_times(g, n, rnd, interval_s)
@@ -159,11 +177,20 @@ def make_batch(g: int, ids: np.ndarray, rnd: int, interval_s: float) -> bytes:
         sent_at=T0 + rnd * interval_s + 1.0,
         telemetry=[TelemetryBlock.from_batch(batch)],
     )
-    return ub.model_dump_json().encode()
+    return encode(ub, body)
 
 
 async def run_gateways(
-    host: str, port: int, gateways: int, per_gw: int, rounds: int, interval_s: float, on_half: Any
+    host: str,
+    port: int,
+    gateways: int,
+    per_gw: int,
+    rounds: int,
+    interval_s: float,
+    on_half: Any,
+    *,
+    body: str = "msgpack",
+    lane: str = "alert",
 ) -> dict[str, Any]:
     import aiomqtt
 
@@ -179,26 +206,27 @@ async def run_gateways(
         nonlocal done_half
         gw = f"gw-{g:04d}"
         ids = device_ids(g, per_gw)
+        alert_topic = mqtt_alert_topic(gw) if lane == "alert" else mqtt_up_topic(gw)
         async with aiomqtt.Client(host, port, identifier=f"sim-{gw}-{uuid.uuid4().hex[:6]}") as c:
             await c.subscribe(mqtt_ack_topic(gw), qos=1)
             it = c.messages.__aiter__()
 
-            async def send(batch_id: str, body: bytes) -> float:
+            async def send(batch_id: str, payload: bytes, topic: str) -> float:
                 """Publish, wait for this batch's ack (the outbox: one batch in flight), return the lag."""
                 sent = time.perf_counter()
-                await c.publish(mqtt_up_topic(gw), body, qos=1)
+                await c.publish(topic, payload, qos=1)
                 while True:  # re-send after 30 s without an ack
                     try:
                         m = await asyncio.wait_for(it.__anext__(), 30)
                     except TimeoutError:
-                        await c.publish(mqtt_up_topic(gw), body, qos=1)
+                        await c.publish(topic, payload, qos=1)
                         continue
                     ack = json.loads(bytes(m.payload))
                     if ack.get("batch_id") != batch_id:
                         continue  # an ack of an earlier re-send
                     if ack.get("error") == "rate_limited":  # over quota: wait as told, send again
                         await asyncio.sleep(float(ack.get("retry_after_s", 1.0)))
-                        await c.publish(mqtt_up_topic(gw), body, qos=1)
+                        await c.publish(topic, payload, qos=1)
                         continue
                     if ack.get("error"):
                         raise RuntimeError(f"batch refused: {ack}")
@@ -207,11 +235,12 @@ async def run_gateways(
 
             for rnd in range(rounds):
                 if rnd == rounds - 1:  # the storm: alerts first, as the edge's alert lane sends them
-                    body, steps = make_alert_batch(g, ids, rnd, interval_s)
+                    payload, steps = make_alert_batch(g, ids, rnd, interval_s, body)
                     alerts.extend(steps)
                     storm_sent[gw] = time.time()
-                    storm_lags.append(await send(f"dist-{g:04d}-{rnd:04d}-alerts", body))
-                lags.append(await send(f"dist-{g:04d}-{rnd:04d}", make_batch(g, ids, rnd, interval_s)))
+                    storm_lags.append(await send(f"dist-{g:04d}-{rnd:04d}-alerts", payload, alert_topic))
+                telemetry = make_batch(g, ids, rnd, interval_s, body)
+                lags.append(await send(f"dist-{g:04d}-{rnd:04d}", telemetry, mqtt_up_topic(gw)))
                 if rnd == rounds // 2:
                     done_half += 1
                     if done_half == gateways:
@@ -419,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         help="sample every worker with py-spy (.venv/bin/py-spy, $VIGIL_PYSPY or PATH) during the run "
         "and print where their time goes",
     )
+    ap.add_argument("--body", choices=("json", "msgpack"), default="msgpack", help="the gateways' payload")
+    ap.add_argument(
+        "--lane",
+        choices=("alert", "up"),
+        default="alert",
+        help="topic of the storm's alert batches: the alert lane, or .../up as before it (the baseline)",
+    )
     ap.add_argument(
         "--out", type=Path, help="result file (default bench/results/bench_district[_quick][_kill].json)"
     )
@@ -506,12 +542,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         def wait_subscribed(k: int, times: int = 1, timeout: float = 180.0) -> None:
-            """Until worker ``k`` logged its subscription ``times`` times: a batch published before any
-            member of the group subscribed would be dropped by the broker (no subscriber yet)."""
+            """Until worker ``k`` logged the subscription of both its sessions (telemetry and alert lane)
+            ``times`` times: a batch published before any member of the group subscribed would be dropped
+            by the broker (no subscriber yet)."""
             deadline = time.monotonic() + timeout
             while (logs / f"worker{k}.log").read_text(errors="replace").count(
                 "MQTT ingest worker subscribed"
-            ) < times:
+            ) < 2 * times:
                 if procs[k].poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"worker {k} did not subscribe: see {logs}/worker{k}.log")
                 time.sleep(0.2)
@@ -547,7 +584,17 @@ def main(argv: list[str] | None = None) -> int:
         spies = start_profilers(procs, logs) if args.profile else {}
         watch = IncidentWatch(db_url)
         res = asyncio.run(
-            run_gateways(mq.host, mq.port, args.gateways, per_gw, args.rounds, interval, on_half)
+            run_gateways(
+                mq.host,
+                mq.port,
+                args.gateways,
+                per_gw,
+                args.rounds,
+                interval,
+                on_half,
+                body=args.body,
+                lane=args.lane,
+            )
         )
         if spies:
             print_profile(stop_profilers(spies))
@@ -607,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             "ingest_workers": args.workers,
             "timeseries": args.ts,
             "killed_a_worker": args.kill,
+            "body": args.body,
+            "alert_batches_on": args.lane,
             "readings_sent": readings_sent,
             "seconds": round(res["wall"], 2),
             "readings_per_s": round(readings_sent / res["wall"]),
