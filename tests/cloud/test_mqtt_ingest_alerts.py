@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from alerts.contract import (
     UplinkAck,
     UplinkBatch,
@@ -21,6 +23,7 @@ from alerts.contract import (
 from cloud.errors import CloudError
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig, gateway_of_topic
 from edge.outbox import Outbox
+from edge.uplink import UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
 from tests.cloud.test_mqtt_ingest import T0, gateway_client, make_batch, running, uid, wait_until
 from tests.edge.helpers import alert
@@ -175,3 +178,54 @@ async def test_gateway_falls_back_to_up_when_the_cloud_has_no_alert_lane(
                 session.cancel()
                 await asyncio.gather(session, return_exceptions=True)
     assert service.commits == [first.batch_id, second.batch_id]
+
+
+async def test_gateway_tries_the_alert_lane_again_after_the_fallback_period(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    group, gw = f"g{uid()}", f"gw{uid()}"
+    service = GatedIngest()
+    old_cloud = IngestWorker(config(mosquitto, group, f"w-{uid()}", alert_lane=False), service)
+    up = MqttUplink(
+        f"mqtt://{mosquitto.host}:{mosquitto.port}",
+        gw,
+        "",
+        timeout_s=10,
+        alert_fallback_s=0.3,
+        alert_reprobe_s=0,
+    )
+    with Outbox(tmp_path / "o.db") as ob:
+        async with running(old_cloud):
+            session = asyncio.create_task(up.run(), name="uplink")
+            try:
+                await asyncio.wait_for(up.connected.wait(), 10)
+                for i in (6, 7):
+                    ob.commit([], [alert(i)])
+                    pb = ob.next_batch(gw)
+                    assert pb is not None
+                    ob.ack(await up.send(pb))
+            finally:
+                session.cancel()
+                await asyncio.gather(session, return_exceptions=True)
+    assert up.alert_fallbacks_total == 2 and len(service.commits) == 2  # the lane was tried each time
+
+
+async def test_a_cloud_that_answers_nowhere_keeps_the_alert_lane(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    gw = f"gw{uid()}"
+    up = MqttUplink(f"mqtt://{mosquitto.host}:{mosquitto.port}", gw, "", timeout_s=0.3, alert_fallback_s=0.3)
+    with Outbox(tmp_path / "o.db") as ob:
+        ob.commit([], [alert(8)])
+        pb = ob.next_batch(gw)
+        assert pb is not None
+        session = asyncio.create_task(up.run(), name="uplink")
+        try:
+            await asyncio.wait_for(up.connected.wait(), 10)
+            with pytest.raises(UplinkUnavailable) as e:  # no worker at all: the cloud is down, not old
+                await up.send(pb)
+            assert e.value.reason == "ack_timeout"
+        finally:
+            session.cancel()
+            await asyncio.gather(session, return_exceptions=True)
+    assert up.alert_lane and up.alert_fallbacks_total == 0
