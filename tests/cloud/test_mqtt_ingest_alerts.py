@@ -25,7 +25,7 @@ from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig, gateway_of_topic
 from edge.outbox import Outbox
 from edge.uplink import UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
-from tests.cloud.test_mqtt_ingest import T0, gateway_client, make_batch, running, uid, wait_until
+from tests.cloud.test_mqtt_ingest import T0, FakeIngest, gateway_client, make_batch, running, uid, wait_until
 from tests.edge.helpers import alert
 from tests.servers import MosquittoServer
 
@@ -229,3 +229,28 @@ async def test_a_cloud_that_answers_nowhere_keeps_the_alert_lane(
             session.cancel()
             await asyncio.gather(session, return_exceptions=True)
     assert up.alert_lane and up.alert_fallbacks_total == 0
+
+
+async def test_alert_batch_held_by_a_dead_worker_is_redelivered_to_its_alert_session(
+    mosquitto: MosquittoServer,
+) -> None:
+    group, gw, client_id = f"g{uid()}", f"gw{uid()}", f"w-{uid()}"
+    core = FakeIngest()
+    held = f"b-{gw}-00003"
+    batches = [make_batch(gw, i).model_copy(update={"alerts": [alert(i)]}) for i in range(6)]
+    crashing = core.for_worker("first", hang_on=held)
+    async with gateway_client(mosquitto, gw) as (pub, acks):
+        first = IngestWorker(config(mosquitto, group, client_id), crashing)
+        async with running(first):
+            assert first.alerts is not None
+            await asyncio.wait_for(first.alerts.ready.wait(), 10)
+            for b in batches:
+                await pub.publish(mqtt_alert_topic(gw), b.model_dump_json(), qos=1)
+            await asyncio.wait_for(crashing.hung.wait(), 10)
+        # dead: the alert batch is committed but neither acknowledged to the gateway nor PUBACKed
+        assert held in core.stored and all(a["batch_id"] != held for a in acks)
+        async with running(IngestWorker(config(mosquitto, group, client_id), core.for_worker("second"))):
+            await wait_until(lambda: {a["batch_id"] for a in acks} == {b.batch_id for b in batches})
+    assert core.calls[held] == 2  # redelivered to the same alert session (client id "<id>-alerts")...
+    assert [a["duplicate"] for a in acks if a["batch_id"] == held] == [True]  # ...and answered as stored
+    assert sorted(core.stored) == sorted(b.batch_id for b in batches)
