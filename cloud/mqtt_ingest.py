@@ -840,8 +840,9 @@ async def serve(settings: Any, config: MqttIngestConfig, *, workers: int = 1, re
     """Run ``workers`` ingest workers in this process in front of the cloud's own IngestService.
 
     ``settings`` is a :class:`cloud.settings.CloudSettings` (same database and time-series URLs as the HTTP
-    service). Worker ``k`` uses client id ``<config.client_id>-<k>``, so restarting the process resumes the
-    same sessions. Runs until cancelled; the database and store are closed on the way out. For a
+    service). Worker ``k`` uses client id ``<config.client_id>-<k>`` (``<config.client_id>-<k>-alerts`` for
+    its alert lane), so restarting the process resumes the same sessions. Runs until cancelled; the
+    database and store are closed on the way out. For a
     ``vigil cloud mqtt-ingest`` command, call ``asyncio.run(serve(settings, config, workers=n))``.
     """
     from cloud.api.state import CloudState
