@@ -12,7 +12,7 @@ Sections (full reference in ``docs/gateway.md``)::
     [[sources.mqtt]]     name, host, port, topics, format = "vigil" | "chirpstack" | "lorawan", username, ...
     [sources.udp]        name, bind, port            (Semtech UDP packet forwarder)
     [uplink]             mode = "http" | "mqtt" | "none", url, body = "msgpack" | "json", batch sizes,
-                         timeout, backoff, backlog rate,
+                         timeout, backoff, backlog rate, heartbeat_s, linger_s,
                          ca_file, client_cert, client_key, allow_plaintext (TLS: docs/security.md)
     [outbox]             max_bytes, max_age_s, alert_max_age_s, synchronous
     [detection]          batch_window_ms, batch_max_frames, queue_size, tick_interval_s, snapshot_interval_s
@@ -104,6 +104,11 @@ class UplinkSection(_Section):
     backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
     live_window_s: Annotated[float, Field(gt=0)] = 300.0
     backlog_records_per_s: Annotated[float, Field(gt=0)] = 5000.0
+    #: a status-only batch when nothing was acknowledged for this long, so the cloud keeps a quiet gateway
+    #: online: keep it well under the cloud's gateway_offline_s (300 s; docs/gateway.md "Heartbeat")
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    #: under load, wait up to this long for a fuller telemetry batch; 0 = at once (docs/gateway.md "Linger")
+    linger_s: Annotated[float, Field(ge=0, le=5)] = 0.5
     #: batch body: "msgpack" = the columnar binary body (docs/contract.md; about 10x less cloud CPU than
     #: JSON, half the bytes), "json" = JSON. A cloud that does not read the binary body gets JSON by itself.
     body: Literal["msgpack", "json"] = "msgpack"
