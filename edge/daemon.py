@@ -131,6 +131,8 @@ class Gateway:
                 backoff_max_s=u.backoff_max_s,
                 backlog_records_per_s=u.backlog_records_per_s,
                 status=self.status_snapshot,
+                heartbeat_s=u.heartbeat_s,
+                linger_s=u.linger_s,
                 committed=self._readings_committed,
             )
         )

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 
 from alerts.contract import UplinkAck, UplinkBatch
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
-from edge.config import GatewayConfig, parse_config
+from edge.config import ConfigError, GatewayConfig, parse_config
 from edge.daemon import Gateway
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox, PendingBatch
@@ -165,6 +166,7 @@ credential = "{token}"
 mode = "http"
 url = "{url}"
 backoff_max_s = 0.3
+heartbeat_s = {heartbeat_s}
 
 [metrics]
 enabled = false
@@ -206,6 +208,20 @@ async def test_an_idle_gateway_status_says_at_once_whether_the_cloud_takes_its_c
         await cloud.stop()
 
 
+def test_heartbeat_and_linger_settings_name_the_key_when_invalid(tmp_path: Path) -> None:
+    base = gateway_config(tmp_path, "http://127.0.0.1:1", "t", 30)
+    assert (base.uplink.heartbeat_s, base.uplink.linger_s) == (30, 0.5)
+    for line, key in (
+        ("heartbeat_s = 0", "uplink.heartbeat_s"),
+        ("linger_s = -0.1", "uplink.linger_s"),
+        ("linger_s = 60", "uplink.linger_s"),
+    ):
+        text = f'[gateway]\nid = "g"\n[uplink]\nmode = "none"\n{line}\n'
+        with pytest.raises(ConfigError) as e:
+            parse_config(text, tmp_path / "gateway.toml")
+        assert key in str(e.value) and "line 5" in str(e.value)
+
+
 async def gateway_view(cloud: Cloud) -> dict[str, object]:
     r = await cloud.client.get(f"/api/v1/gateways/{GW1}", headers=cloud.viewer)
     assert r.status_code == 200, r.text
@@ -225,8 +241,7 @@ async def test_a_quiet_gateway_stays_online_in_the_real_cloud_and_a_stopped_one_
         try:
             cfg = gateway_config(tmp_path, f"http://127.0.0.1:{port}", cloud.gw1_token, 0.05)
             gw = Gateway(cfg)
-            assert gw.sender is not None
-            gw.sender.heartbeat_s = 0.05  # seconds of real time; the cloud's clock is moved by hand
+            assert gw.sender is not None and gw.sender.heartbeat_s == 0.05  # real seconds; cloud time by hand
             stop = asyncio.Event()
             running = asyncio.create_task(gw.run(stop), name="gateway")
             offline_s = cloud.settings.gateway_offline_s
