@@ -12,7 +12,7 @@ Sections (full reference in ``docs/gateway.md``)::
     [[sources.mqtt]]     name, host, port, topics, format = "vigil" | "chirpstack" | "lorawan", username, ...
     [sources.udp]        name, bind, port            (Semtech UDP packet forwarder)
     [uplink]             mode = "http" | "mqtt" | "none", url, body = "msgpack" | "json", batch sizes,
-                         timeout, backoff, backlog rate, heartbeat_s, linger_s,
+                         timeout, backoff, backlog rate, heartbeat_s, linger_s, mqtt_alert_topic,
                          ca_file, client_cert, client_key, allow_plaintext (TLS: docs/security.md)
     [outbox]             max_bytes, max_age_s, alert_max_age_s, synchronous
     [detection]          batch_window_ms, batch_max_frames, queue_size, tick_interval_s, snapshot_interval_s
@@ -112,6 +112,10 @@ class UplinkSection(_Section):
     #: batch body: "msgpack" = the columnar binary body (docs/contract.md; about 10x less cloud CPU than
     #: JSON, half the bytes), "json" = JSON. A cloud that does not read the binary body gets JSON by itself.
     body: Literal["msgpack", "json"] = "msgpack"
+    #: MQTT only: alert batches on their own topic ``vigil/v1/gw/{id}/alert`` (the cloud reads them in a
+    #: session of their own, never behind telemetry; docs/contract.md "Alert lane"). A cloud or broker ACL
+    #: without the lane is detected (no ack) and the gateway falls back to ``.../up`` by itself.
+    mqtt_alert_topic: bool = True
     #: CA bundle (PEM) that signed the cloud's or broker's certificate, for https:// and mqtts:// to a
     #: private CA; unset = the system's trust store
     ca_file: Path | None = None

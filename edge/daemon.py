@@ -97,6 +97,7 @@ class Gateway:
             live_window_s=cfg.uplink.live_window_s,
             wallclock=self.clock.now,  # ages in the gateway's time (simulated when a clock file is set)
         )
+        self.outbox.body_format = cfg.uplink.body  # batches rendered once, in the body the uplink sends
         try:
             self.engine = make_engine(self.outbox, cfg)
             self.sessions = LoRaWANSessions(self.devices)
@@ -161,6 +162,7 @@ class Gateway:
                 ca_file=u.ca_file,
                 client_cert=u.client_cert,
                 client_key=u.client_key,
+                body=u.body,
             )
         if u.mode == "mqtt":
             from edge.uplink.mqtt import MqttUplink
@@ -173,6 +175,8 @@ class Gateway:
                 ca_file=u.ca_file,
                 client_cert=u.client_cert,
                 client_key=u.client_key,
+                body=u.body,
+                alert_topic=u.mqtt_alert_topic,
             )
         return None
 
