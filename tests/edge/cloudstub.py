@@ -89,7 +89,7 @@ class CloudStub:
             self.server = self.task = None
 
     def readings(self) -> list[tuple[str, int, float]]:
-        out = []
+        out: list[tuple[str, int, float]] = []
         for bid in self.order:
             for block in self.batches[bid].telemetry:
                 out += zip(block.device_id, block.seq, block.time, strict=True)
