@@ -11,7 +11,16 @@ Rules (defaults and why: docs/privacy.md "Retention"; settings ``VIGIL_CLOUD_RET
                             and of its steps older than ``retention_wristband_alert_values_days`` are
                             erased; the alert's type and times stay (the record of what happened)
 ``audit``                   audit rows older than ``retention_audit_days`` are deleted
+``batch_ids``               the idempotency records of ingested batches (``ingested_batches``): those
+                            that stored nothing (a gateway's heartbeat, a batch refused whole) after
+                            ``retention_empty_batch_ids_days``, all after ``retention_batch_ids_days``
 ==========================  ==========================================================================
+
+``batch_ids`` is not personal data but an idle gateway's heartbeat adds a row a minute (docs/gateway.md
+"Heartbeat"). A batch id must outlive every retry of its batch, or a late retry is stored twice: a gateway
+retries at most as long as its outbox keeps the batch (``outbox.alert_max_age_s``, 90 days by default),
+so ``retention_batch_ids_days`` (default 100) must stay above it. A retry of a batch that stored nothing
+stores nothing again (a heartbeat) or is refused again, so those rows may go after 2 days.
 
 Each rule works in transactions of ``retention_batch`` rows and at most ``retention_max_batches`` of them
 per run, so a first run over years of data neither holds a lock for minutes nor runs for hours: the rest
@@ -40,7 +49,7 @@ from sqlalchemy import Engine, create_engine, delete, func, or_, select, text, u
 from sqlalchemy.pool import NullPool
 
 from cloud.db import Database
-from cloud.db.models import Alert, AlertStep
+from cloud.db.models import Alert, AlertStep, IngestedBatch
 from cloud.db.session import normalise_url
 from cloud.jobs import JobContext
 from cloud.loop.config import audit
@@ -63,6 +72,8 @@ class RetentionPolicy:
     incident_personal_days: float = 365.0
     wristband_alert_values_days: float = 365.0
     audit_days: float = 730.0
+    batch_ids_days: float = 100.0
+    empty_batch_ids_days: float = 2.0
     batch: int = 5000
     max_batches: int = 20
 
@@ -73,6 +84,8 @@ class RetentionPolicy:
             incident_personal_days=s.retention_incident_personal_days,
             wristband_alert_values_days=s.retention_wristband_alert_values_days,
             audit_days=s.retention_audit_days,
+            batch_ids_days=s.retention_batch_ids_days,
+            empty_batch_ids_days=s.retention_empty_batch_ids_days,
             batch=s.retention_batch,
             max_batches=s.retention_max_batches,
         )
@@ -144,6 +157,10 @@ class Retention:
             if p.wristband_alert_values_days > 0
             else 0,
             "audit": self._audit(now - p.audit_days * DAY_S) if p.audit_days > 0 else 0,
+            "batch_ids": self._batch_ids(
+                now - p.batch_ids_days * DAY_S if p.batch_ids_days > 0 else None,
+                now - p.empty_batch_ids_days * DAY_S if p.empty_batch_ids_days > 0 else None,
+            ),
         }
         for rule, n in done.items():
             self.metrics.rows.labels(rule).inc(n)
@@ -287,6 +304,48 @@ class Retention:
             if len(ids) < self.policy.batch:
                 break
         return total
+
+    def _batch_ids(self, all_before: float | None, empty_before: float | None) -> int:
+        rule = _batch_ids_rule(all_before, empty_before)
+        if rule is None:
+            return 0
+        total = 0
+        for _ in range(self.policy.max_batches):
+            with self.db.write() as s:
+                ids = (
+                    s.execute(
+                        select(IngestedBatch.id)
+                        .where(rule)
+                        .order_by(IngestedBatch.id)
+                        .limit(self.policy.batch)
+                    )
+                    .scalars()
+                    .all()
+                )
+                if ids:
+                    s.execute(
+                        delete(IngestedBatch).where(IngestedBatch.id.in_(ids)),
+                        execution_options={"synchronize_session": False},
+                    )
+            total += len(ids)
+            if len(ids) < self.policy.batch:
+                break
+        return total
+
+
+def _batch_ids_rule(all_before: float | None, empty_before: float | None) -> Any:
+    """The ``ingested_batches`` rows ``batch_ids`` deletes (``None`` when both cutoffs are off)."""
+    parts = []
+    if all_before is not None:
+        parts.append(IngestedBatch.received_at < all_before)
+    if empty_before is not None:
+        parts.append(
+            (IngestedBatch.received_at < empty_before)
+            & (IngestedBatch.telemetry_stored == 0)
+            & (IngestedBatch.telemetry_duplicates == 0)
+            & (IngestedBatch.alerts_stored == 0)
+        )
+    return or_(*parts) if parts else None
 
 
 def _has_table(conn: Any, name: str) -> bool:

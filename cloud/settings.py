@@ -92,6 +92,10 @@ class CloudSettings(BaseModel):
     retention_wristband_alert_values_days: float = Field(default=365.0, ge=0)
     #: days audit rows (logins with client address, administrative actions) are kept (0 = keep; >= 180)
     retention_audit_days: float = Field(default=730.0, ge=0)
+    #: days a batch id is kept for idempotency (0 = keep): above the gateway's outbox.alert_max_age_s (90)
+    retention_batch_ids_days: float = Field(default=100.0, ge=0)
+    #: days a batch id that stored nothing (a heartbeat, a batch refused whole) is kept (0 = as above)
+    retention_empty_batch_ids_days: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _audit_kept_six_months(self) -> CloudSettings:

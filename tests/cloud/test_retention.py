@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from cloud.crypto import SecretBox, load_or_create_key
 from cloud.db import Database, upgrade_head
-from cloud.db.models import Alert, AlertStep
+from cloud.db.models import Alert, AlertStep, IngestedBatch
 from cloud.jobs import JobRunner
 from cloud.lease import open_lease
 from cloud.loop.models import AuditEntry, Incident
@@ -136,6 +136,7 @@ def test_deletes_exactly_what_is_due(world: World) -> None:
         "incident_personal": 3,
         "wristband_alert_values": 3,
         "audit": 3,
+        "batch_ids": 0,
     }
     for band in BANDS:
         assert world.count(DeviceKind.WRISTBAND, band) == 180
@@ -184,6 +185,7 @@ def test_batches_are_bounded_and_the_rest_follows(world: World) -> None:
             "incident_personal": 3,
             "wristband_alert_values": 3,
             "audit": 3,
+            "batch_ids": 0,
         }
         assert [world.count(DeviceKind.WRISTBAND, b) for b in BANDS] == [180, 400, 400]
         runs = [first["wristband_readings"]]
@@ -205,6 +207,46 @@ def test_zero_days_keeps_everything(world: World) -> None:
     finally:
         job.close()
     assert world.count(DeviceKind.WRISTBAND, "band-a") == 400
+
+
+def test_batch_ids_outlive_every_retry_and_empty_ones_go_soon(db_url: str, tmp_path: Path) -> None:
+    """Idempotency records: a heartbeat's (stored nothing) after 2 days, any after 100 days (beyond the
+    gateway's 90-day outbox), nothing younger; the rule is idempotent."""
+    upgrade_head(db_url, secret_key_file=tmp_path / "key")
+    db = Database(db_url)
+    rows = {  # batch id: (days old, telemetry stored, duplicates, alert steps stored)
+        "heartbeat-3d": (3, 0, 0, 0),
+        "heartbeat-1d": (1, 0, 0, 0),
+        "duplicates-only-3d": (3, 0, 5, 0),  # stored nothing new, but not empty: kept like any batch
+        "readings-50d": (50, 2000, 0, 0),
+        "alerts-99d": (99, 0, 0, 3),
+        "readings-101d": (101, 2000, 0, 0),
+        "heartbeat-200d": (200, 0, 0, 0),
+    }
+    with db.write() as s:
+        for bid, (days, stored, dups, alerts) in rows.items():
+            at = NOW - days * DAY_S
+            s.add(
+                IngestedBatch(
+                    gateway_id="gw-1",
+                    batch_id=f"{bid}-0000",
+                    received_at=at,
+                    sent_at=at,
+                    telemetry_stored=stored,
+                    telemetry_duplicates=dups,
+                    alerts_stored=alerts,
+                )
+            )
+    job = Retention(db, timeseries_url="sqlite:///:memory:", policy=RetentionPolicy(batch=2))
+    try:
+        assert job.run(NOW)["batch_ids"] == 3
+        assert job.run(NOW)["batch_ids"] == 0
+    finally:
+        job.close()
+    with db.read() as s:
+        left = sorted(b.removesuffix("-0000") for b in s.scalars(select(IngestedBatch.batch_id)))
+    db.close()
+    assert left == ["alerts-99d", "duplicates-only-3d", "heartbeat-1d", "readings-50d"]
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
