@@ -28,7 +28,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from alerts.contract import mqtt_ack_topic, mqtt_up_topic
+from alerts.contract import mqtt_ack_topic, mqtt_alert_topic, mqtt_up_topic
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
 from edge.uplink.mqtt import MqttUplink
 from firmware_bridge.transports.mqtt import close_on_failed_handshake
@@ -175,13 +175,14 @@ async def until(pred: object, timeout: float = 15.0) -> None:
 async def test_a_gateway_publishes_only_on_its_own_topic(broker: Broker) -> None:
     async with (
         broker.worker(identifier=f"observer-{uid()}") as observer,
-        collecting(observer, "vigil/v1/gw/+/up") as seen,
+        collecting(observer, "vigil/v1/gw/+/up", "vigil/v1/gw/+/alert") as seen,
     ):
         # A's certificate, claiming B's username and client id: the broker uses the CN for both
         async with broker.gateway(
             "gw-a", username="gw-b", password="gw-b-token", identifier="vigil-gw-gw-b"
         ) as a:
             await a.publish(mqtt_up_topic("gw-b"), b"forged", qos=1)  # acknowledged, and dropped
+            await a.publish(mqtt_alert_topic("gw-b"), b"forged alert", qos=1)
             await a.publish("vigil/v1/gw/gw-a/../gw-b/up", b"dots", qos=1)
             await a.publish(mqtt_up_topic("gw-a"), b"own", qos=1)
             # one publisher's QoS 1 messages reach a subscriber in order: "forged" would come before "own"
@@ -253,12 +254,15 @@ async def test_the_gateways_uplink_and_the_cloud_worker_through_the_shipped_acls
             async with asyncio.timeout(20):  # the uplink's session: its certificate, its ack topic
                 await up.connected.wait()
             # a batch on A's topic is stored by the worker and answered on A's ack topic, which A may read
-            batch = make_batch("gw-a", 1)
+            batch, alert_batch = make_batch("gw-a", 1), make_batch("gw-a", 2)
             async with broker.gateway("gw-a") as a, collecting(a, mqtt_ack_topic("gw-a")) as acks:
                 await a.publish(mqtt_up_topic("gw-a"), batch.model_dump_json(), qos=1)
                 await until(lambda: acks)
-        assert json.loads(acks[0][1])["batch_id"] == batch.batch_id
-        assert core.stored == {batch.batch_id: "w"}
+                # the alert lane (its own topic, read by the worker's second session) passes the ACLs too
+                await a.publish(mqtt_alert_topic("gw-a"), alert_batch.model_dump_json(), qos=1)
+                await until(lambda: len(acks) == 2)
+        assert [json.loads(p)["batch_id"] for _, p in acks] == [batch.batch_id, alert_batch.batch_id]
+        assert core.stored == {batch.batch_id: "w", alert_batch.batch_id: "w"}
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
