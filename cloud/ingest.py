@@ -237,7 +237,12 @@ class IngestService:
         for i, first in again:
             done = out[first]
             assert done is not None
-            out[i] = (done[0].model_copy(update={"duplicate": True}), [])
+            # as any duplicate answer (docs/contract.md): no counts, the first delivery's commit time
+            first_ack = done[0]
+            out[i] = (
+                UplinkAck(batch_id=first_ack.batch_id, duplicate=True, committed_at=first_ack.committed_at),
+                [],
+            )
         return [o for o in out if o is not None]
 
     def _commit_or_duplicate(

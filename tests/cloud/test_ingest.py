@@ -303,6 +303,7 @@ async def test_a_group_of_batches_is_committed_together_and_each_answered(cloud:
     assert (a2.duplicate, a2.telemetry_stored) == (False, 3)
     assert isinstance(a_old, UplinkAck) and a_old.duplicate
     assert isinstance(a1_again, UplinkAck) and a1_again.duplicate and a1_again.committed_at == a1.committed_at
+    assert (a1_again.telemetry_stored, a1_again.alerts_stored) == (0, 0)  # as any duplicate answer
     assert cloud.state.registry.get(MANHOLE_1, "admin").readings_total == 3  # bookkeeping once per batch
     assert cloud.state.registry.get(MANHOLE_2, "admin").readings_total == 3
     assert len(cloud.state.store.query(MANHOLE_2, M, T0 - 1, T0 + 3600)) == 3  # nothing of the refused one
