@@ -61,9 +61,9 @@ Why it is built this way:
   the message and retries with jittered backoff until it is stored or the connection is lost.
 - **Reconnect with jittered exponential backoff** and resubscribe on every connect.
 
-Security: on MQTT the broker authenticates gateways; configure an ACL such as
-``pattern write vigil/v1/gw/%u/up`` and ``pattern write vigil/v1/gw/%u/alert`` so a gateway can only
-publish under its own id, which is why the topic's gateway id is the authority here (``docs/timeseries.md``).
+Security: on MQTT the broker authenticates gateways; the shipped Mosquitto files
+(``deploy/mosquitto/vigil-gateways.acl``: the certificate's CN is the username, ``%u``) let a gateway
+publish only under its own id (``docs/mtls.md``), which is why the topic's gateway id is the authority here (``docs/timeseries.md``).
 """
 
 from __future__ import annotations
