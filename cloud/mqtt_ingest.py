@@ -63,7 +63,8 @@ Why it is built this way:
 
 Security: on MQTT the broker authenticates gateways; the shipped Mosquitto files
 (``deploy/mosquitto/vigil-gateways.acl``: the certificate's CN is the username, ``%u``) let a gateway
-publish only under its own id (``docs/mtls.md``), which is why the topic's gateway id is the authority here (``docs/timeseries.md``).
+publish only under its own id (``docs/mtls.md``), which is why the topic's gateway id is the authority
+here (``docs/timeseries.md``).
 """
 
 from __future__ import annotations
