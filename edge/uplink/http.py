@@ -133,8 +133,10 @@ class HttpUplink:
                 f"{self.endpoint} answered {r.status_code}", reason=f"http_{r.status_code}"
             )
         if r.status_code in (401, 403):
+            # the cloud's reason (e.g. certificate_mismatch: docs/mtls.md) is what an installer needs
             raise UplinkAuthError(
-                f"{self.endpoint} refused the credential ({r.status_code})", reason=f"http_{r.status_code}"
+                f"{self.endpoint} refused the credential ({r.status_code}){_why(r)}",
+                reason=f"http_{r.status_code}",
             )
         if r.status_code == 413:
             raise UplinkTooLarge(
@@ -155,3 +157,15 @@ class HttpUplink:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _why(r: httpx.Response) -> str:
+    """``": <reason>: <detail>"`` from the cloud's error body (``{"detail", "reason"}``), or ``""``."""
+    try:
+        body = r.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    parts = [str(body[k])[:200] for k in ("reason", "detail") if isinstance(body.get(k), str) and body[k]]
+    return ": " + ": ".join(parts) if parts else ""
