@@ -60,6 +60,14 @@ class CloudMetrics:
         self.sink_errors = Counter(
             "vigil_cloud_alert_sink_errors_total", "Failures of the post-commit alert sink", registry=r
         )
+        self.certificate_refusals = Counter(
+            "vigil_cloud_gateway_certificate_refusals_total",
+            "Gateway tokens refused because the client certificate is another's or missing (docs/mtls.md)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("certificate_mismatch", "certificate_required"):  # at 0 before the first refusal
+            self.certificate_refusals.labels(reason)
         self.connectivity_alerts = Counter(
             "vigil_cloud_connectivity_alerts_total",
             "DEVICE_SILENT / GATEWAY_OFFLINE steps raised",

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.state import CloudState
@@ -130,8 +128,6 @@ async def get_principal(
     return principal
 
 
-#: one counter per app registry (several apps share a process in tests)
-_REFUSALS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 #: (gateway, reason, subject) -> when last audited; a gateway retrying a refused batch is audited once a
 #: minute per process, not on every attempt
 _AUDITED: dict[tuple[str, str, str], float] = {}
@@ -140,17 +136,7 @@ _AUDIT_KEYS = 10_000
 
 
 async def _refused(state: CloudState, exc: GatewayCertificateError, source: str | None) -> None:
-    registry = state.metrics.registry
-    counter = _REFUSALS.get(registry)
-    if counter is None:
-        counter = Counter(
-            "vigil_cloud_gateway_certificate_refusals_total",
-            "Gateway tokens refused because the client certificate is another's or missing (docs/mtls.md)",
-            ["reason"],
-            registry=registry,
-        )
-        _REFUSALS[registry] = counter
-    counter.labels(exc.reason).inc()
+    state.metrics.certificate_refusals.labels(exc.reason).inc()
     log.warning(
         "网关令牌与客户端证书不符，已拒绝 / gateway token refused: %s (gateway %s, certificate %s, via %s)",
         exc.reason,
