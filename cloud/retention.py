@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,34 +217,33 @@ class Retention:
                     break
         return total
 
-    def _incidents(self, cutoff_s: float) -> int:
+    def _in_batches(self, pk: Any, where: Sequence[Any], change: Callable[[list[Any]], Any]) -> int:
+        """Rows matching ``where``, in transactions of ``policy.batch`` ids (in ``pk`` order), each changed by
+        the statement ``change(ids)`` returns; at most ``policy.max_batches`` per run. Returns the count."""
         total = 0
         for _ in range(self.policy.max_batches):
             with self.db.write() as s:
-                ids = (
-                    s.execute(
-                        select(Incident.id)
-                        .where(
-                            Incident.is_open.is_(False),
-                            # closed; a dismissed case has no closed_at: its last change counts
-                            func.coalesce(Incident.closed_at, Incident.updated_at) < cutoff_s,
-                            Incident.reporter_contact_enc.is_not(None),
-                        )
-                        .order_by(Incident.id)
-                        .limit(self.policy.batch)
-                    )
-                    .scalars()
-                    .all()
+                ids = list(
+                    s.execute(select(pk).where(*where).order_by(pk).limit(self.policy.batch)).scalars()
                 )
                 if ids:
-                    s.execute(
-                        update(Incident).where(Incident.id.in_(ids)).values(reporter_contact_enc=None),
-                        execution_options={"synchronize_session": False},
-                    )
+                    s.execute(change(ids), execution_options={"synchronize_session": False})
             total += len(ids)
             if len(ids) < self.policy.batch:
                 break
         return total
+
+    def _incidents(self, cutoff_s: float) -> int:
+        return self._in_batches(
+            Incident.id,
+            (
+                Incident.is_open.is_(False),
+                # closed; a dismissed case has no closed_at: its last change counts
+                func.coalesce(Incident.closed_at, Incident.updated_at) < cutoff_s,
+                Incident.reporter_contact_enc.is_not(None),
+            ),
+            lambda ids: update(Incident).where(Incident.id.in_(ids)).values(reporter_contact_enc=None),
+        )
 
     def _alert_values(self, cutoff_s: float) -> int:
         cleared = select(Alert.alert_id).where(Alert.kind == WRISTBAND, Alert.phase == "cleared")
@@ -254,83 +254,27 @@ class Retention:
         total = 0
         for pk, older, done_with in targets:
             model = pk.class_
-            for _ in range(self.policy.max_batches):
-                with self.db.write() as s:
-                    ids = (
-                        s.execute(
-                            select(pk)
-                            .where(
-                                model.kind == WRISTBAND,
-                                older,
-                                done_with,
-                                or_(model.value.is_not(None), model.message != ""),
-                            )
-                            .order_by(pk)
-                            .limit(self.policy.batch)
-                        )
-                        .scalars()
-                        .all()
-                    )
-                    if ids:
-                        s.execute(
-                            update(model).where(pk.in_(ids)).values(value=None, message=""),
-                            execution_options={"synchronize_session": False},
-                        )
-                total += len(ids)
-                if len(ids) < self.policy.batch:
-                    break
+
+            def erase(ids: list[Any], model: Any = model, pk: Any = pk) -> Any:
+                return update(model).where(pk.in_(ids)).values(value=None, message="")
+
+            has_value = or_(model.value.is_not(None), model.message != "")
+            total += self._in_batches(pk, (model.kind == WRISTBAND, older, done_with, has_value), erase)
         return total
 
     def _audit(self, cutoff_s: float) -> int:
-        total = 0
-        for _ in range(self.policy.max_batches):
-            with self.db.write() as s:
-                ids = (
-                    s.execute(
-                        select(AuditEntry.id)
-                        .where(AuditEntry.at < cutoff_s)
-                        .order_by(AuditEntry.id)
-                        .limit(self.policy.batch)
-                    )
-                    .scalars()
-                    .all()
-                )
-                if ids:
-                    s.execute(
-                        delete(AuditEntry).where(AuditEntry.id.in_(ids)),
-                        execution_options={"synchronize_session": False},
-                    )
-            total += len(ids)
-            if len(ids) < self.policy.batch:
-                break
-        return total
+        def drop(ids: list[Any]) -> Any:
+            return delete(AuditEntry).where(AuditEntry.id.in_(ids))
+
+        return self._in_batches(AuditEntry.id, (AuditEntry.at < cutoff_s,), drop)
 
     def _batch_ids(self, all_before: float | None, empty_before: float | None) -> int:
         rule = _batch_ids_rule(all_before, empty_before)
         if rule is None:
             return 0
-        total = 0
-        for _ in range(self.policy.max_batches):
-            with self.db.write() as s:
-                ids = (
-                    s.execute(
-                        select(IngestedBatch.id)
-                        .where(rule)
-                        .order_by(IngestedBatch.id)
-                        .limit(self.policy.batch)
-                    )
-                    .scalars()
-                    .all()
-                )
-                if ids:
-                    s.execute(
-                        delete(IngestedBatch).where(IngestedBatch.id.in_(ids)),
-                        execution_options={"synchronize_session": False},
-                    )
-            total += len(ids)
-            if len(ids) < self.policy.batch:
-                break
-        return total
+        return self._in_batches(
+            IngestedBatch.id, (rule,), lambda ids: delete(IngestedBatch).where(IngestedBatch.id.in_(ids))
+        )
 
 
 def _batch_ids_rule(all_before: float | None, empty_before: float | None) -> Any:
