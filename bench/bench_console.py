@@ -247,14 +247,15 @@ def main() -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 ctx = browser.new_context(base_url=cloud.url, viewport={"width": 1440, "height": 900})
-                ctx.route(
-                    "**/*",
-                    lambda r: (
+
+                def only_ours(r: Any) -> None:
+                    if r.request.url.startswith(cloud.url):
                         r.continue_()
-                        if r.request.url.startswith(cloud.url)
-                        else (foreign.append(r.request.url), r.abort())
-                    ),
-                )
+                    else:
+                        foreign.append(r.request.url)
+                        r.abort()
+
+                ctx.route("**/*", only_ours)
                 page = ctx.new_page()
                 login(page, "disp")
                 t = time.perf_counter()

@@ -25,6 +25,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from firmware_bridge.kernel.records import DeviceKind, Reading
 from firmware_bridge.registry import spec
@@ -104,7 +105,7 @@ def bench_naive(n: int, minutes: float, step_s: float = 60.0) -> dict[str, float
     """Per-device Python loop: what the vectorised models replace."""
     rnd = random.Random(1)
     counts = split(n)
-    devs = []
+    devs: list[dict[str, Any]] = []
     for kind, k in counts.items():
         hb = spec(kind).heartbeat_s
         for _i in range(k):
@@ -135,6 +136,7 @@ def bench_naive(n: int, minutes: float, step_s: float = 60.0) -> dict[str, float
             tau = d["next"]
             d["next"] += d["hb"]
             kind = d["kind"]
+            values: tuple[float, ...]
             if kind is DeviceKind.WRISTBAND:
                 values = (
                     65 + 40 * act + rnd.gauss(0, 2.5),

@@ -33,7 +33,9 @@ MANHOLE_1 = "70b3d57ed0000001"  # DevEUI-style ids (16 hex digits; canonical spe
 MANHOLE_2 = "70b3d57ed0000002"
 SMOKE_1 = "70b3d57ed0000101"
 BAND_1_IMEI = "861234567890123"
-BAND_1 = vigil_device_id(BAND_1_IMEI)  # an IMEI becomes the canonical 16-hex id (docs/formats.md)
+_band_1 = vigil_device_id(BAND_1_IMEI)  # an IMEI becomes the canonical 16-hex id (docs/formats.md)
+assert _band_1 is not None
+BAND_1: str = _band_1
 
 CSV_HEADER = (
     "device_id,kind,name,lat,lon,address,grid,community,street,on_road,gateway_id,profile,dev_addr,"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,7 +37,7 @@ async def risk_console(
             yield c, browser
 
 
-async def _layer(browser: httpx.AsyncClient, user: str, lang: str = "zh") -> dict[str, object]:
+async def _layer(browser: httpx.AsyncClient, user: str, lang: str = "zh") -> dict[str, Any]:
     browser.cookies.clear()
     r = await browser.post("/console/login", data={"username": user, "password": PASSWORD})
     assert r.status_code == 303
@@ -70,10 +71,10 @@ async def test_risk_overlay_ranks_cells_and_hides_health_from_operators(
 
     op = await _layer(browser, "op")
     assert op["health_included"] is False
-    assert not any("健康" in f["properties"]["tooltip"] for f in op["features"])  # type: ignore[union-attr]
+    assert not any("健康" in f["properties"]["tooltip"] for f in op["features"])
 
     en = await _layer(browser, "op", lang="en")
-    assert en["features"][0]["properties"]["tooltip"].startswith("Risk rank")  # type: ignore[index]
+    assert en["features"][0]["properties"]["tooltip"].startswith("Risk rank")
 
 
 async def test_risk_overlay_needs_a_user_and_survives_an_empty_history(

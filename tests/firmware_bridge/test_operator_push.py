@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -195,7 +196,7 @@ def test_onenet_msg_as_json_string_and_signature_key() -> None:
 
 
 def test_onenet_batch_keeps_good_messages_when_asked() -> None:
-    batch = [ONENET_MSG, {"type": "x"}, {**ONENET_MSG, "value": 5}]
+    batch: list[dict[str, Any]] = [ONENET_MSG, {"type": "x"}, {**ONENET_MSG, "value": 5}]
     body = build_onenet_push("t", "n", batch)
     rejects: list[DecodeError] = []
     msgs = parse_onenet(body, rejects)

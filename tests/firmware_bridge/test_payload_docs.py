@@ -90,7 +90,9 @@ def test_channel_tables_match_the_declarations(kind: str) -> None:
     assert [r["name"] for r in rows] == [c.name for c in codec.channels]
     for r, c in zip(rows, codec.channels, strict=True):
         dt = np.dtype(c.wire)
-        assert int(r["off"]) == codec.dtype.fields[c.name][1], c.name
+        fields = codec.dtype.fields
+        assert fields is not None
+        assert int(r["off"]) == fields[c.name][1], c.name
         assert int(r["size"]) == dt.itemsize, c.name
         assert r["type"] == f"{dt.kind}{8 * dt.itemsize}", c.name
         assert float(r["scale"]) == c.scale, c.name

@@ -17,6 +17,7 @@ examples of ``docs/payloads.md`` are checked by ``test_payload_docs.py``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import struct
 from decimal import Decimal
@@ -222,9 +223,7 @@ def test_nan_encodes_as_not_available_where_the_wire_has_room(
     k = data.draw(st.integers(0, len(codec.channels) - 1))
     values = list(r.values)
     values[k] = data.draw(st.sampled_from([math.nan, math.inf, -math.inf]))
-    d = codec.decode(
-        codec.encode(Reading(**{**_fields(r), "values": tuple(values)})), device_id="d", time=0.0
-    )
+    d = codec.decode(codec.encode(dataclasses.replace(r, values=tuple(values))), device_id="d", time=0.0)
     c = codec.channels[k]
     _, hi = _wire_range(c.wire)
     if c.valid(hi * c.scale):  # no spare pattern (steps, stillness_s): documented to encode as 0
@@ -246,13 +245,6 @@ def test_encode_never_raises_for_any_float(codec: PayloadCodec, data: st.DataObj
         assert math.isnan(v) or c.valid(v), c.name
         if c.valid(given_v):
             assert abs(v - given_v) <= _step(c.scale), c.name
-
-
-def _fields(r: Reading) -> dict[str, object]:
-    return {
-        f: getattr(r, f)
-        for f in ("kind", "device_id", "seq", "time", "battery_pct", "flags", "values", "fw_version")
-    }
 
 
 # -- scalar == batch == buffer ----------------------------------------------------------------------------
@@ -350,11 +342,11 @@ def test_decode_buffer_takes_a_2d_uint8_array_and_refuses_strided_views() -> Non
     p = codec.encode(Reading(codec.kind, "x", 7, 0.0, 50.0, 0, tuple(c.low for c in codec.channels)))
     rows = np.frombuffer(p * 3, dtype=np.uint8).reshape(3, codec.size).copy()
     rows[1, 0] = 9  # version 9
-    batch, rejects = codec.decode_buffer(rows, device_ids=["a", "b", "c"], times=0.0)
+    batch, rejects = codec.decode_buffer(rows.data, device_ids=["a", "b", "c"], times=0.0)
     assert batch.device_id.tolist() == ["a", "c"] and [(i, e.reason) for i, e in rejects] == [(1, "version")]
     assert rejects[0][1].data == bytes(rows[1])
     with pytest.raises(ValueError, match="contiguous"):
-        codec.decode_buffer(rows[::2], device_ids=["a", "c"], times=0.0)
+        codec.decode_buffer(rows[::2].data, device_ids=["a", "c"], times=0.0)
 
 
 def test_mismatched_columns_are_a_programming_error_not_a_decode_error() -> None:

@@ -9,14 +9,15 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.servers import MosquittoServer, PostgresServer, VictoriaServer
 
 
 def test_mosquitto_round_trips_a_message(mosquitto: MosquittoServer) -> None:
     got: list[bytes] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="infra-test")
-    client.on_message = lambda c, u, m: got.append(m.payload)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="infra-test")
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload))
     client.connect(mosquitto.host, mosquitto.port)
     client.subscribe("infra/test", qos=1)
     client.loop_start()

@@ -45,7 +45,7 @@ def test_every_fault_is_logged(run) -> None:  # type: ignore[no-untyped-def]
         assert logged[name] == on_frames[name], name
     assert logged["outage"] >= 1
     assert logged["clock_skew"] == len(fleet.gateway_ids)
-    held = sum(int(r["frames_held"]) for r in fleet.faults_log if r["fault"] == "outage")  # type: ignore[call-overload]
+    held = sum(int(r["frames_held"]) for r in fleet.faults_log if r["fault"] == "outage")
     assert held >= on_frames["outage_backlog"]
 
 

@@ -298,13 +298,13 @@ def test_manifest(run) -> None:  # type: ignore[no-untyped-def]
     assert all(tuple(r) == MANIFEST_COLUMNS for r in rows)
     ids = [r["device_id"] for r in rows]
     assert len(set(ids)) == len(ids)
-    assert all(len(i) == 16 and int(i, 16) >= 0 and i == i.lower() for i in ids)  # type: ignore[arg-type]
+    assert all(len(i) == 16 and int(i, 16) >= 0 and i == i.lower() for i in ids)
     assert len({r["dev_addr"] for r in rows}) == len(rows)
     wb = [r for r in rows if r["kind"] == "wristband"]
     assert all(r["wearer_name"] and r["emergency_contact_phone"] for r in wb)
     mh = [r for r in rows if r["kind"] == "manhole"]
     assert {r["on_road"] for r in mh} == {"true", "false"}
-    assert all(abs(float(r["lat"]) - 39.96) < 0.05 and abs(float(r["lon"]) - 116.30) < 0.05 for r in rows)  # type: ignore[arg-type]
+    assert all(abs(float(r["lat"]) - 39.96) < 0.05 and abs(float(r["lon"]) - 116.30) < 0.05 for r in rows)
     assert {r["role"] for r in fleet.neighbourhood.responders} == set(ROLES)
 
 

@@ -59,7 +59,7 @@ async def test_serial_pty_carries_link_frames(tmp_path: Path, fmt: str) -> None:
         assert path == sink.slave_path and path.startswith("/dev/pts/")
         reader = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)  # what the gateway opens
         try:
-            got = []
+            got: list[tuple[str, bytes]] = []
             for f in frames:
                 sink.offer(f)
                 data = read_all(reader)
@@ -144,7 +144,7 @@ async def test_mqtt_our_payloads_chirpstack_and_lorawan(tmp_path: Path, mosquitt
 
         async def collect() -> None:
             async for msg in sub.messages:
-                got.append((str(msg.topic), bytes(msg.payload)))  # type: ignore[arg-type]
+                got.append((str(msg.topic), bytes(msg.payload)))
                 if len(got) >= expected[0]:
                     ready.set()
 

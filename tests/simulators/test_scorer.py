@@ -173,14 +173,14 @@ def test_episode_without_its_raised_step_counts_at_its_earliest_step() -> None:
         alert(B, EventType.FALL, 5300, AlertPhase.UPDATED, episode=5020),
     ]
     r = score(FALLS, alerts, devices=10, duration_s=DAY).row(EventType.FALL)
-    assert (r.alerts, r.detected, r.delays) == (1, 1, [pytest.approx(300.0)])
+    assert (r.alerts, r.detected) == (1, 1) and r.delays == pytest.approx([300.0])
 
 
 def test_first_match_takes_the_earliest_open_episode() -> None:
     # two overlapping windows on one device: one alert detects only the first; a second alert the second
     two = [truth(A, EventType.SOS, 100, 200), truth(A, EventType.SOS, 250, 400)]
     r = score(two, [alert(A, EventType.SOS, 260)], devices=1, duration_s=DAY).row(EventType.SOS)
-    assert (r.detected, r.delays) == (1, [pytest.approx(160.0)])
+    assert r.detected == 1 and r.delays == pytest.approx([160.0])
     r = score(
         two, [alert(A, EventType.SOS, 260), alert(A, EventType.SOS, 270)], devices=1, duration_s=DAY
     ).row(EventType.SOS)
