@@ -158,7 +158,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id"),
     )
     op.create_index(op.f("ix_notify_contacts_phone_hash"), "notify_contacts", ["phone_hash"], unique=False)
-    op.create_index(op.f("ix_notify_contacts_responder_id"), "notify_contacts", ["responder_id"], unique=False)
+    op.create_index(
+        op.f("ix_notify_contacts_responder_id"), "notify_contacts", ["responder_id"], unique=False
+    )
     op.create_table(
         "notify_group_members",
         sa.Column("group", sa.String(length=64), nullable=False),
