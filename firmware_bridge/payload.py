@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -79,6 +80,36 @@ _STRUCT_CODES = {
 }
 
 BytesLike = bytes | bytearray | memoryview
+
+
+_UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"  # numpy's native UCS-4
+
+
+def _id_array(device_ids: Sequence[str] | npt.ArrayLike) -> npt.NDArray[np.str_]:
+    """``np.asarray(device_ids, dtype=np.str_)``, for a list of ``str`` in a few C passes.
+
+    numpy converts a list of strings one object at a time, twice (width, then copy): on a district's
+    batch that was half the decoding. Here the ids are joined and encoded to UCS-4 once and laid out at
+    the widest id's width (NUL-padded, as numpy does); anything else (not a list of ``str``, a lone
+    surrogate, only empty ids) goes through numpy itself, so the result is always numpy's.
+    """
+    if isinstance(device_ids, list) and device_ids:
+        try:
+            cp = np.frombuffer("".join(device_ids).encode(_UTF32), dtype=np.uint32)
+        except (TypeError, UnicodeEncodeError):
+            cp = None
+        if cp is not None:
+            n = len(device_ids)
+            lens = np.fromiter(map(len, device_ids), dtype=np.int64, count=n)
+            w = int(lens.max())
+            if w > 0:
+                if len(cp) == n * w:  # every id as wide as the widest: already laid out
+                    return cp.view(f"U{w}")
+                out = np.zeros(n * w, dtype=np.uint32)
+                starts = np.cumsum(lens) - lens
+                out[np.arange(len(cp)) + np.repeat(np.arange(0, n * w, w) - starts, lens)] = cp
+                return out.view(f"U{w}")
+    return np.asarray(device_ids, dtype=np.str_).reshape(-1)
 
 
 def _scale_parts(scale: float) -> tuple[float, float]:
@@ -330,7 +361,7 @@ class PayloadCodec:
     def _columns(
         n: int, device_ids: Sequence[str] | npt.ArrayLike, times: npt.ArrayLike
     ) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.float64]]:
-        ids = np.asarray(device_ids, dtype=np.str_).reshape(-1)
+        ids = _id_array(device_ids)
         if len(ids) != n:
             raise ValueError(f"{n} payloads but {len(ids)} device ids")
         t = np.asarray(times, dtype=np.float64)
@@ -368,11 +399,12 @@ class PayloadCodec:
         values *= self._mul
         values /= self._div
         np.copyto(values, np.nan, where=(values < self._low) | (values > self._high))
+        every = len(rows) == len(ids)  # rows ascend and are unique: then they are every input
         batch = ReadingBatch(
             kind=self.kind,
-            device_id=ids[rows],
+            device_id=ids.copy() if every else ids[rows],
             seq=recs["seq"].astype(np.uint32),
-            time=times[rows].copy(),
+            time=times.copy() if every else times[rows],
             battery_pct=recs["battery"].astype(np.float64),
             flags=recs["flags"].astype(np.uint32),
             values=values,
