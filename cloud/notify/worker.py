@@ -26,6 +26,13 @@ from firmware_bridge.kernel.clock import Clock
 
 log = logging.getLogger(__name__)
 
+#: "nobody to notify" is logged at most once per target per this many seconds (the worker's clock); the
+#: pages in between are counted and the next line carries the count. Every page is still settled failed and
+#: raised in-app to operators: only the journal is spared a line per page of a misconfigured target.
+NOBODY_LOG_EVERY_S = 600.0
+#: targets whose "nobody to notify" lines are remembered; past this, quiet entries are forgotten first
+NOBODY_LOG_TARGETS = 1024
+
 
 class IntentSource(Protocol):
     """Where requests come from (the loop's ``notification_intents`` table); blocking methods."""
@@ -81,6 +88,8 @@ class DeliveryWorker:
         self.send_timeout_s = send_timeout_s
         self.source = source
         self._wake = asyncio.Event()  # the loop handled committed alerts: intents are waiting
+        # target -> (when its last "nobody to notify" line was logged, pages suppressed since)
+        self._nobody: dict[str, tuple[float, int]] = {}
 
     def wake(self) -> None:
         """Take intents and send now (the loop just wrote intents), instead of at the next poll."""
@@ -102,7 +111,7 @@ class DeliveryWorker:
                 continue
             self.metrics.failures.inc()
             target = f"{req.target_kind}:{req.target_id}"
-            log.error("nobody to notify", extra={"incident": req.facts.incident_id, "target": target})
+            self._log_nobody(target, req.facts.incident_id, now)
             await asyncio.to_thread(
                 self.outbox.raise_unreachable,
                 req.facts.incident_id,
@@ -120,6 +129,27 @@ class DeliveryWorker:
                     detail=f"nobody to notify ({target})",
                 )
         return new
+
+    def _log_nobody(self, target: str, incident_id: str, now: float) -> None:
+        """One error line per target per :data:`NOBODY_LOG_EVERY_S`, with the pages suppressed since the
+        previous one: a misconfigured target stays loud without a line per page (the demo's empty roster
+        wrote 98 of them in two simulated hours)."""
+        last = self._nobody.get(target)
+        if last is not None and now - last[0] < NOBODY_LOG_EVERY_S:
+            self._nobody[target] = (last[0], last[1] + 1)
+            return
+        if last is None and len(self._nobody) >= NOBODY_LOG_TARGETS:
+            # forget targets with nothing left to report (their window is over, no count pending)
+            for t, (at, n) in list(self._nobody.items()):
+                if n == 0 and now - at >= NOBODY_LOG_EVERY_S:
+                    del self._nobody[t]
+        suppressed = last[1] if last is not None else 0
+        log.error(
+            "nobody to notify",
+            extra={"incident": incident_id, "target": target, "suppressed": suppressed},
+        )
+        if last is not None or len(self._nobody) < NOBODY_LOG_TARGETS:
+            self._nobody[target] = (now, 0)
 
     async def intake_once(self) -> int:
         """Claim the loop's pending intents and plan them; returns how many deliveries are new."""
