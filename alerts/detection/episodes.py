@@ -116,9 +116,14 @@ class EpisodeTable:
         # before this time no ``due`` can step anything (no deadline, escalation or reminder falls due),
         # as the last ``due`` that stepped nothing found; -inf: not known. Only a row becoming open or
         # pending (``_note``) can bring a due time earlier - a step that clears, resets or worsens an
-        # episode only removes or postpones them - so that is what forgets the bound. A small gateway
-        # ticks many times a second: most ticks of most tables then cost one comparison.
+        # episode only removes or postpones them - so the rows noted since lower it to their own due
+        # times (``_quiet_for_new``). A small gateway ticks many times a second: most ticks of most
+        # tables then cost one comparison.
         self._quiet_until = -math.inf
+        # how many arrays of ``_new`` the bound already accounts for: a row noted since only lowers the
+        # bound to its own due time, so a tick after a batch that opened or made something pending
+        # looks at those rows alone, not at the whole watch list
+        self._bounded = 0
 
     def resize(self, capacity: int) -> None:
         if capacity <= self.capacity:
@@ -351,9 +356,9 @@ class EpisodeTable:
     def _note(self, rows: npt.NDArray[np.int64]) -> None:
         """``rows`` may have become open or pending: ``due`` must look at them."""
         self._new.append(rows)
-        self._quiet_until = -math.inf
         if len(self._new) >= 64:  # no tick for a long while: keep the list short
             self._new = [np.unique(np.concatenate(self._new))]
+            self._bounded = 0  # (the bound may count some of them twice: a min, that is harmless)
 
     def _watched(self) -> npt.NDArray[np.int64]:
         """The rows open or pending now, ascending."""
@@ -366,8 +371,33 @@ class EpisodeTable:
         else:
             cand = self._watch
         w = cand[(a["open_sev"][cand] > 0) | (a["pending_count"][cand] > 0)]
-        self._watch, self._new = w, []
+        self._watch, self._new, self._bounded = w, [], 0
         return w
+
+    def _due_times(self, w: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """When ``due`` could step the rows ``w`` next (NaN-free): a pending deadline, an escalation or a
+        reminder."""
+        a, r = self.arrays, self.rule
+        sev = a["open_sev"][w]
+        times = [a["deadline"][w][(sev == 0) & (a["pending_count"][w] > 0)]]
+        if not math.isinf(r.escalate_after_s):
+            times.append(a["opened_at"][w][(sev > 0) & (sev < Severity.HIGH)] + r.escalate_after_s)
+        if not math.isinf(r.remind_every_s):
+            times.append(a["last_step_at"][w][sev > 0] + r.remind_every_s)
+        at = np.concatenate(times) if len(times) > 1 else times[0]
+        out: npt.NDArray[np.float64] = at[~np.isnan(at)]  # NaN is never due
+        return out
+
+    def _quiet_for_new(self, now: float) -> bool:
+        """With a known bound: lower it to the due times of the rows noted since, and say whether ``now``
+        is still before it (nothing can be due)."""
+        new = self._new[self._bounded :]
+        if new:
+            at = self._due_times(new[0] if len(new) == 1 else np.concatenate(new))
+            self._bounded = len(self._new)
+            if len(at):
+                self._quiet_until = min(self._quiet_until, float(at.min()) - 1e-3)
+        return now < self._quiet_until
 
     def due(self, now: float) -> Transitions:
         """Time-driven steps over all devices: escalation of persisting MEDIUM episodes and reminders.
@@ -376,7 +406,7 @@ class EpisodeTable:
         """
         a = self.arrays
         r = self.rule
-        if self.capacity == 0 or not self.busy or now < self._quiet_until:
+        if self.capacity == 0 or not self.busy or (now < self._quiet_until and self._quiet_for_new(now)):
             return _EMPTY
         w = self._watched()
         if not len(w):
@@ -415,15 +445,7 @@ class EpisodeTable:
         ``now - opened >= after`` never steps before the bound says."""
         if len(confirmed.idx):
             return confirmed
-        a, r = self.arrays, self.rule
-        sev = a["open_sev"][w]
-        times = [a["deadline"][w][(sev == 0) & (a["pending_count"][w] > 0)]]
-        if not math.isinf(r.escalate_after_s):
-            times.append(a["opened_at"][w][(sev > 0) & (sev < Severity.HIGH)] + r.escalate_after_s)
-        if not math.isinf(r.remind_every_s):
-            times.append(a["last_step_at"][w][sev > 0] + r.remind_every_s)
-        at = np.concatenate(times)
-        at = at[~np.isnan(at)]  # NaN is never due
+        at = self._due_times(w)
         self._quiet_until = float(at.min()) - 1e-3 if len(at) else math.inf
         return confirmed
 

@@ -255,6 +255,7 @@ class ParamTable:
         self.fields = sorted(profiles.overridden_fields(self.kind))
         self.dtypes = {f: bool if isinstance(getattr(self.default, f), bool) else float for f in self.fields}
         self.arrays: dict[str, npt.NDArray[Any]] = {f: np.zeros(0, dtype=self.dtypes[f]) for f in self.fields}
+        self._fixed: _FixedView | None = None  # the view when no device overrides anything
 
     def add(self, rows: npt.NDArray[np.int64], device_ids: list[str], capacity: int) -> None:
         """Fill the rows of newly seen devices from their overrides.
@@ -279,6 +280,11 @@ class ParamTable:
                 self.arrays[f][row] = self.dtypes[f](getattr(prof, f))
 
     def view(self, rows: npt.NDArray[np.int64]) -> ParamView:
+        if not self.fields:
+            fixed = self._fixed
+            if fixed is None:
+                fixed = self._fixed = _FixedView(self)
+            return fixed
         return ParamView(self, rows)
 
 
@@ -300,3 +306,16 @@ class ParamView:
         if arr is None:
             return getattr(self._table.default, name)
         return arr[self._rows]
+
+
+class _FixedView(ParamView):
+    """The view of a kind no device overrides: every field a plain attribute (a rule reads dozens per
+    batch, and ``__getattr__`` is the slow path of an attribute read), the same for every row."""
+
+    def __init__(self, table: ParamTable) -> None:
+        super().__init__(table, np.zeros(0, dtype=np.int64))
+        default = table.default
+        self.__dict__.update({f: getattr(default, f) for f in type(default).model_fields})
+
+    def take(self, ix: npt.NDArray[np.int64]) -> ParamView:
+        return self
