@@ -79,6 +79,10 @@ class CloudSettings(BaseModel):
     tls_key: Path | None = None
     #: require client certificates signed by this CA (mutual TLS for gateways); needs ``tls_cert``
     tls_client_ca: Path | None = None
+    #: certificate revocation list(s) of that CA (PEM, one or more CRLs; docs/mtls.md): a revoked client
+    #: certificate is refused (403 ``certificate_revoked``); re-read when the file changes, no restart.
+    #: Needs ``tls_client_ca``. Behind nginx use ``ssl_crl`` (deploy/nginx/vigil-cloud.conf) instead.
+    tls_crl: Path | None = None
     #: the ``retention`` job (cloud/retention.py, docs/privacy.md "Retention"): how often it runs (0 = off)
     retention_interval_s: float = Field(default=3600.0, ge=0)
     #: rows per delete / update transaction, and at most this many batches per rule per run
@@ -110,6 +114,10 @@ class CloudSettings(BaseModel):
             raise ValueError("set tls_cert and tls_key together (the certificate chain and its private key)")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (client certificates need HTTPS)")
+        if self.tls_crl is not None and self.tls_client_ca is None:
+            raise ValueError(
+                "tls_crl needs tls_client_ca (VIGIL_CLOUD_TLS_CLIENT_CA): a CRL revokes client certificates"
+            )
         return self
 
     @property

@@ -24,13 +24,19 @@ ASGI scope; :func:`request_certificate` reads them, or, from a trusted reverse p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import functools
 import ipaddress
+import json
+import logging
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from cryptography import x509
@@ -43,11 +49,250 @@ from cloud.settings import CloudSettings
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
 
 
-def server_context(s: CloudSettings, alpn_protocols: list[str] | None = None) -> ssl.SSLContext:
+# -- revoked client certificates (VIGIL_CLOUD_TLS_CRL) -------------------------------------------------
+_CRL_SETTING = "VIGIL_CLOUD_TLS_CRL"
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.S)
+#: how often a problem with the CRL (expired, unreadable replacement) is logged again while it lasts
+CRL_COMPLAINT_EVERY_S = 300.0
+#: a CRL whose nextUpdate is closer than this is announced at each (re)load: nginx and Mosquitto refuse
+#: every gateway once their copy expires (docs/mtls.md)
+CRL_EXPIRY_WARNING_S = 30 * 86400.0
+
+log = logging.getLogger(__name__)
+
+
+def _client_cas(path: Path) -> tuple[x509.Certificate, ...]:
+    try:
+        return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot load the client CA {path} (VIGIL_CLOUD_TLS_CLIENT_CA): "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked certificate, as its CRL says."""
+
+    serial: int
+    revoked_at: dt.datetime
+    issuer: str
+
+
+@dataclass(frozen=True, slots=True)
+class CrlSnapshot:
+    """What one reading of the CRL file says: revoked (issuer, serial) pairs and when it must be renewed."""
+
+    revoked: Mapping[tuple[bytes, int], Revocation]
+    #: the earliest nextUpdate of the file's CRLs (epoch seconds); ``None`` if none states one
+    next_update: float | None
+    issuers: tuple[str, ...]
+
+
+def load_crl(path: Path, cas: tuple[x509.Certificate, ...]) -> CrlSnapshot:
+    """Read and check a CRL file: PEM (one or more CRLs, e.g. one per CA during a CA change) or one DER CRL.
+
+    Every CRL must be signed by one of ``cas`` (the client CA file): a CRL of another CA, or a forged one,
+    is a :class:`ConfigError` naming ``VIGIL_CLOUD_TLS_CRL``, as is an unreadable or empty file. An
+    expired CRL is *not* an error here (see :class:`CrlCheck`).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CRL {path} ({_CRL_SETTING}): {exc.strerror or exc}") from exc
+    try:
+        blocks = _PEM_CRL.findall(data)
+        crls = [x509.load_pem_x509_crl(b) for b in blocks] if blocks else [x509.load_der_x509_crl(data)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"the CRL {path} ({_CRL_SETTING}) is not a PEM or DER certificate revocation list: {exc}"
+        ) from exc
+    revoked: dict[tuple[bytes, int], Revocation] = {}
+    next_updates: list[float] = []
+    issuers: list[str] = []
+    for crl in crls:
+        ca = next(
+            (c for c in cas if c.subject == crl.issuer and crl.is_signature_valid(c.public_key())),  # type: ignore[arg-type]
+            None,
+        )
+        if ca is None:
+            raise ConfigError(
+                f"the CRL {path} ({_CRL_SETTING}) of {crl.issuer.rfc4514_string()!r} is not signed by a CA "
+                "in VIGIL_CLOUD_TLS_CLIENT_CA (a CRL of another CA, or altered)"
+            )
+        issuer = crl.issuer.public_bytes()
+        issuers.append(crl.issuer.rfc4514_string())
+        if crl.next_update_utc is not None:
+            next_updates.append(crl.next_update_utc.timestamp())
+        for r in crl:
+            revoked[(issuer, r.serial_number)] = Revocation(
+                r.serial_number, r.revocation_date_utc, issuers[-1]
+            )
+    return CrlSnapshot(revoked, min(next_updates) if next_updates else None, tuple(issuers))
+
+
+class CrlCheck:
+    """The client certificates revoked by ``VIGIL_CLOUD_TLS_CRL``, re-read whenever the file changes.
+
+    :meth:`revoked` is asked on every request of a connection with a client certificate (so a connection
+    opened before a revocation is cut at its next request); it first compares the file's ``stat`` (mtime,
+    size, inode: ~1 us) with the last reading and re-reads the file when it changed. No restart.
+
+    Fail-safe rules (docs/mtls.md, "Revocation in the cloud's own TLS"): a replacement that cannot be read
+    or checked keeps the last good list (logged as an error every :data:`CRL_COMPLAINT_EVERY_S`); an
+    **expired** CRL (nextUpdate past) keeps refusing what it lists and lets the other certificates through,
+    logged as an error at the same interval and exported as ``vigil_cloud_tls_crl_expired 1``, because
+    refusing every gateway would silence every alarm of the community.
+    """
+
+    def __init__(
+        self, path: Path, cas: tuple[x509.Certificate, ...], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path, self._cas, self._clock = Path(path), cas, clock
+        self._stamp = self._file_stamp()
+        self.snapshot = load_crl(self.path, cas)  # a bad file at start stops the server (ConfigError)
+        self.reload_errors = 0
+        self.last_error: str | None = None
+        self._complained: dict[str, float] = {}
+        self._registered: set[int] = set()
+        self._announce()
+
+    def __repr__(self) -> str:
+        return f"CrlCheck({self.path}, {len(self.snapshot.revoked)} revoked)"
+
+    def _file_stamp(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+    def _complain(self, what: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._complained.get(what, -CRL_COMPLAINT_EVERY_S) >= CRL_COMPLAINT_EVERY_S:
+            self._complained[what] = now
+            log.error(message, *args)
+
+    def _announce(self) -> None:
+        snap = self.snapshot
+        log.info(
+            "证书吊销列表已加载 / certificate revocation list loaded: %s, %d revoked, next update %s",
+            self.path,
+            len(snap.revoked),
+            _when(snap.next_update),
+        )
+        if self.expired:
+            self._complained.pop("expired", None)
+            self._complain_expired()
+        elif snap.next_update is not None and snap.next_update - self._clock() < CRL_EXPIRY_WARNING_S:
+            log.warning(
+                "证书吊销列表即将过期，请尽快发布新的列表 / the certificate revocation list %s expires %s: "
+                "publish a new one (nginx and Mosquitto refuse every gateway once it expires)",
+                self.path,
+                _when(snap.next_update),
+            )
+
+    def _complain_expired(self) -> None:
+        self._complain(
+            "expired",
+            "证书吊销列表已过期（%s），仍拒绝其中列出的 %d 张证书，其余放行；请立即发布新的列表 / the "
+            "certificate revocation list %s expired at %s: the %d certificates it lists are still "
+            "refused, others are accepted (fail-open for alarms); publish a new CRL now",
+            _when(self.snapshot.next_update),
+            len(self.snapshot.revoked),
+            self.path,
+            _when(self.snapshot.next_update),
+            len(self.snapshot.revoked),
+        )
+
+    @property
+    def expired(self) -> bool:
+        nu = self.snapshot.next_update
+        return nu is not None and nu <= self._clock()
+
+    def refresh(self) -> None:
+        """Re-read the file if its stat changed; keep the last good list if the new one is bad."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            snap = load_crl(self.path, self._cas)
+        except ConfigError as exc:
+            self.reload_errors += 1
+            self.last_error = str(exc)
+            self._complained.pop("reload", None)
+            self._complain(
+                "reload",
+                "证书吊销列表无法重新加载，继续使用上一份 / cannot reload the certificate revocation list, "
+                "the last good one (%d revoked) stays in force: %s",
+                len(self.snapshot.revoked),
+                exc,
+            )
+            return
+        self.snapshot, self.last_error = snap, None
+        self._announce()
+
+    def revoked(self, cert: x509.Certificate) -> Revocation | None:
+        """The revocation of ``cert`` (a client certificate the TLS handshake verified), or ``None``."""
+        self.refresh()
+        if self.expired:
+            self._complain_expired()
+        return self.snapshot.revoked.get((cert.issuer.public_bytes(), cert.serial_number))
+
+    # a Prometheus collector: registered on the app's registry at the first request (see register_on)
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self.snapshot
+        yield GaugeMetricFamily(
+            "vigil_cloud_tls_crl_revoked_certificates",
+            "Client certificates listed in VIGIL_CLOUD_TLS_CRL (last good reading)",
+            value=len(snap.revoked),
+        )
+        yield GaugeMetricFamily(
+            "vigil_cloud_tls_crl_next_update_timestamp_seconds",
+            "nextUpdate of VIGIL_CLOUD_TLS_CRL (epoch seconds; publish a new CRL before it)",
+            value=snap.next_update if snap.next_update is not None else float("nan"),
+        )
+        yield GaugeMetricFamily(
+            "vigil_cloud_tls_crl_expired",
+            "1 when VIGIL_CLOUD_TLS_CRL is past its nextUpdate (still enforced, fail-open for the rest)",
+            value=1.0 if self.expired else 0.0,
+        )
+        yield CounterMetricFamily(
+            "vigil_cloud_tls_crl_reload_errors",
+            "Replacements of VIGIL_CLOUD_TLS_CRL that could not be read or checked (the last good one stays)",
+            value=self.reload_errors,
+        )
+
+    def register_on(self, registry: Any) -> None:
+        """Export :meth:`collect` on ``registry`` (once per registry)."""
+        if id(registry) in self._registered:
+            return
+        self._registered.add(id(registry))
+        with contextlib.suppress(ValueError):  # already registered by another CrlCheck of the same app
+            registry.register(self)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ServerContext(ssl.SSLContext):
+    """The server's TLS context, carrying the CRL check the request path applies to verified clients."""
+
+    vigil_crl: CrlCheck | None = None
+
+
+def server_context(s: CloudSettings, alpn_protocols: list[str] | None = None) -> ServerContext:
     """The server-side TLS context for settings with ``tls_cert`` set (TLS 1.2+, modern ciphers)."""
     if s.tls_cert is None:
         raise ConfigError("TLS is off: set VIGIL_CLOUD_TLS_CERT and VIGIL_CLOUD_TLS_KEY")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_ciphers(TLS12_CIPHERS)
@@ -67,6 +312,8 @@ def server_context(s: CloudSettings, alpn_protocols: list[str] | None = None) ->
                 f"{getattr(exc, 'strerror', None) or exc}"
             ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
+        if s.tls_crl is not None:
+            ctx.vigil_crl = CrlCheck(s.tls_crl, _client_cas(s.tls_client_ca))
     if alpn_protocols:
         ctx.set_alpn_protocols(alpn_protocols)
     return ctx
@@ -271,6 +518,71 @@ def connection_extensions(transport: asyncio.BaseTransport) -> dict[str, Any]:
     return out
 
 
+def _connection_crl(transport: asyncio.BaseTransport) -> tuple[CrlCheck, x509.Certificate] | None:
+    """The CRL check of this connection's server context and the verified client certificate, if both."""
+    sslobj = transport.get_extra_info("ssl_object")
+    crl = getattr(getattr(sslobj, "context", None), "vigil_crl", None)
+    if sslobj is None or not isinstance(crl, CrlCheck):
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    return (crl, x509.load_der_x509_certificate(der)) if der else None
+
+
+def _cloud_state(app: Any) -> Any:
+    """The :class:`~cloud.api.state.CloudState` behind uvicorn's middleware chain (``.app`` links), if any."""
+    for _ in range(8):
+        state = getattr(getattr(app, "state", None), "vigil", None)
+        if state is not None:
+            return state
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+async def _refuse_revoked(app: Any, cert: x509.Certificate, rev: Revocation, scope: Any, send: Any) -> None:
+    """Answer a request on a connection whose client certificate is revoked: 403 ``certificate_revoked``
+    (the connection is then closed), counted and audited as the other certificate refusals."""
+    identity = identity_of_name(cert.subject, "tls")
+    detail = (
+        f"the client certificate ({identity.subject}, serial {cert.serial_number:x}) was revoked on "
+        f"{rev.revoked_at:%Y-%m-%d %H:%M}Z by its CA ({_CRL_SETTING}); ask for a new certificate"
+    )
+    state = _cloud_state(app)
+    if state is not None:
+        from cloud.api.deps import _refused
+        from cloud.auth import GatewayCertificateError
+
+        exc = GatewayCertificateError(
+            detail,
+            reason="certificate_revoked",
+            gateway_id=identity.gateway_id or "-",
+            subject=identity.subject,
+        )
+        try:
+            await _refused(state, exc, "tls")
+        except Exception:  # never let bookkeeping turn a refusal into a 500
+            log.exception("cannot count or audit a revoked client certificate")
+    else:
+        log.warning("revoked client certificate refused: %s", identity.subject)
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": "certificate_revoked"})
+        return
+    body = json.dumps({"error": "forbidden", "reason": "certificate_revoked", "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def peer_identity_protocol(base: type[_P]) -> type[_P]:
     """A subclass of a uvicorn HTTP protocol that puts :func:`connection_extensions` into every scope.
 
@@ -290,9 +602,20 @@ def peer_identity_protocol(base: type[_P]) -> type[_P]:
                 return
             extensions = connection_extensions(transport)
             inner: _AsgiApp = self.app  # type: ignore[has-type]
+            revocable = _connection_crl(transport)
+            if revocable is not None:
+                registry = getattr(getattr(_cloud_state(inner), "metrics", None), "registry", None)
+                if registry is not None:
+                    revocable[0].register_on(registry)  # the CRL's gauges on the app's /metrics
 
             async def app(scope: Any, receive: Any, send: Any) -> None:
                 if scope["type"] in ("http", "websocket"):
+                    if revocable is not None:  # asked on every request: a CRL published later counts
+                        crl, cert = revocable
+                        rev = crl.revoked(cert)
+                        if rev is not None:
+                            await _refuse_revoked(inner, cert, rev, scope, send)
+                            return
                     ext = scope.setdefault("extensions", {})
                     for name, value in extensions.items():
                         ext.setdefault(name, value)
