@@ -15,7 +15,10 @@ and by anyone with database access, so a wristband's live GPS fix is written on 
 reading with the SOS or fall flag, a reading with an impact (``accel_peak_g`` at or above
 :data:`IMPACT_G`, a fall Vigil's own detector may confirm), and every reading of a band with an alarm
 open (fall, SOS, heart rate, SpO2, inactivity, geofence exit ...: :class:`OpenAlarms`). Those keep the
-exact fix. Why and what it costs: docs/privacy.md.
+exact fix. A reading without the ``gps_valid`` flag has no position at all, whatever its ``lat`` / ``lon``
+hold (a band without a fix repeats its last one, or sends zeros): they are stored as missing (NaN), so no
+reader (responder link, console, dispatcher, reports, exports, Grafana) can show a stale fix as current.
+Why and what it costs: docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -218,6 +221,8 @@ _LAT, _LON, _PEAK = _NAMES.index("lat"), _NAMES.index("lon"), _NAMES.index("acce
 _FLAG_BIT = {f.name: f.bit for f in wristband.FLAGS}
 #: readings that keep the exact fix: the band sends one at once on SOS and on a fall
 EXACT_FIX_FLAGS = (1 << _FLAG_BIT["sos"]) | (1 << _FLAG_BIT["fall"])
+#: lat/lon hold a fresh fix; without it they are no position (stored as missing)
+GPS_VALID = 1 << _FLAG_BIT["gps_valid"]
 #: an impact this hard keeps the exact fix (the fall rule's default ``fall_impact_g``, with margin)
 IMPACT_G = 2.0
 
@@ -236,6 +241,11 @@ class OpenAlarms:
         self._ids: frozenset[str] = frozenset()
         self._until = 0.0
         self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        """Forget the cached set: the next call reads ``alerts`` (e.g. right after a band's alarm opened)."""
+        with self._lock:
+            self._until = 0.0
 
     def __call__(self) -> frozenset[str]:
         now = time.monotonic()
@@ -259,7 +269,8 @@ class OpenAlarms:
 def minimise(batch: ReadingBatch, open_alarms: frozenset[str] = frozenset()) -> ReadingBatch:
     """A wristband batch with its GPS fixes on the ~100 m grid except where a responder may need them.
 
-    Exact stay: SOS / fall flags, impacts of :data:`IMPACT_G` or more, bands in ``open_alarms``. Other
+    Exact stay: SOS / fall flags, impacts of :data:`IMPACT_G` or more, bands in ``open_alarms``. A
+    reading without :data:`GPS_VALID` gets NaN for both coordinates (no fix, whatever it says). Other
     kinds are returned as they are.
     """
     if batch.kind is not DeviceKind.WRISTBAND or len(batch) == 0:
@@ -271,7 +282,9 @@ def minimise(batch: ReadingBatch, open_alarms: frozenset[str] = frozenset()) -> 
     values = batch.values.copy()
     pos = values[:, (_LAT, _LON)]
     coarse = np.round(pos, COARSE_DECIMALS)
-    values[:, (_LAT, _LON)] = np.where(keep[:, None], pos, coarse)
+    pos = np.where(keep[:, None], pos, coarse)
+    pos[(batch.flags & GPS_VALID) == 0] = np.nan  # a repeated old fix is no position
+    values[:, (_LAT, _LON)] = pos
     return replace(batch, values=values)
 
 
@@ -313,6 +326,7 @@ class MinimisingStore:
 
 
 __all__ = [
+    "GPS_VALID",
     "MinimisingStore",
     "OpenAlarms",
     "ResealReport",

@@ -4,6 +4,7 @@ Responder links (``accept`` / ``decline`` / ``on_the_way`` / ``arrived`` / ``res
 
     GET  /api/v1/links/{token}            what the link does, whether it can still be used, the case
     POST /api/v1/links/{token}            do it: {"note": "...", "photo_b64": "<base64 JPEG/PNG/WebP>"}
+    GET  /api/v1/links/{token}/position   a personal link's live wearer position (the page's refresh)
 
 Resident case links (``case``)::
 
@@ -24,6 +25,7 @@ import binascii
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import ERROR_RESPONSES, State
@@ -113,3 +115,16 @@ async def report(body: ReportIn, request: Request, state: State) -> dict[str, An
         photo=_photo(body.photo_b64),
         now=state.clock.now(),
     )
+
+
+@router.get(
+    "/links/{token}/position",
+    summary="Where the wearer of an open wristband case is now, for the personal link's page (refresh)",
+)
+async def link_position(token: str, request: Request, state: State) -> JSONResponse:
+    """``{"open", "live", "position", "refresh_s"}`` (:meth:`ResponderDesk.live_position`); never cached."""
+    notify = get_notify(request)
+    body = await asyncio.to_thread(
+        notify.responders.live_position, token, now=state.clock.now(), store=state.store
+    )
+    return JSONResponse(body, headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin"})

@@ -13,7 +13,9 @@ sender must be a bound phone that was paged for that case.
 A link page (:meth:`ResponderDesk.link_state`) shows the case. For an open wristband case and a link sent
 to one person (``user:<id>``), the place is the wearer's home and, given the time-series store, the
 wearer's latest exact position (:meth:`IncidentPort.whereabouts`); a group's link keeps the grid, and a
-closed case shows neither (docs/privacy.md).
+closed case shows neither (docs/privacy.md). The page re-reads that position with
+:meth:`ResponderDesk.live_position` every ``position_refresh_s`` seconds while it is open and visible,
+until the case closes or the link expires.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, select
 
 from cloud.db import Database
-from cloud.errors import BadRequestError, CloudError, ConflictError
+from cloud.errors import BadRequestError, CloudError, ConflictError, PermissionDeniedError
 from cloud.notify.contacts import Contacts
 from cloud.notify.links import RESPONDER_PURPOSES, LinkClaims, LinkError, LinkSigner, Purpose, require_purpose
 from cloud.notify.models import Delivery, InboundSms, LinkUse, Report, ResponderAction
@@ -36,6 +38,8 @@ from cloud.notify.photos import PhotoStore
 from cloud.notify.render import REPLY_CODES
 from cloud.timeseries import TimeSeriesStore
 
+#: seconds between two re-reads of the wearer's position by an open link page
+REFRESH_S = 30
 _REPLY = re.compile(r"^\s*([1-4])\s*[-#,.\s]?\s*(\d{1,8})?\s*$")
 #: actions after which the incident's remaining queued pages are pointless
 _STOPS_PAGING = (Purpose.ACCEPT, Purpose.ARRIVED, Purpose.RESOLVED, Purpose.ON_THE_WAY)
@@ -55,9 +59,10 @@ class IncidentPort(Protocol):
     def describe(self, incident_id: str) -> dict[str, Any] | None: ...
 
     def whereabouts(
-        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float
+        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float, refresh: bool = False
     ) -> dict[str, Any] | None:
-        """Where an open wristband case's wearer is, for ``viewer``'s personal link (audited); else None."""
+        """Where an open wristband case's wearer is, for ``viewer``'s personal link (audited; a
+        ``refresh`` of an open page at most every few minutes per viewer and case); else None."""
         ...
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None: ...
@@ -81,7 +86,7 @@ class NullIncidentPort:
         return None
 
     def whereabouts(
-        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float
+        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float, refresh: bool = False
     ) -> dict[str, Any] | None:
         return None
 
@@ -148,6 +153,7 @@ class ResponderDesk:
             incident["place"] = info["home_address"]
             incident["home"] = info["home_address"]
             if store is not None:
+                incident["position_refresh_s"] = REFRESH_S
                 # outdoors the wearer is not at home: the latest exact fix since the alarm, for this person
                 position = self.port.whereabouts(claims.incident_id, store, viewer=claims.actor, now=now)
                 if position is not None:
@@ -159,6 +165,34 @@ class ResponderDesk:
             "used_at": used.used_at if used else None,
             "usable": used is None,
             "incident": incident,
+        }
+
+    def live_position(self, token: str, *, now: float, store: TimeSeriesStore) -> dict[str, Any]:
+        """The position block of a personal responder link, re-read by the open page (phone.js).
+
+        ``open`` is false once the case is closed (the page then drops the position and stops asking);
+        ``position`` is :meth:`IncidentPort.whereabouts` (``None`` while there is no exact fix yet).
+        Only a link of a responder purpose sent to one person (``user:<id>``) may ask: a group's link
+        gets 403, a resident's case link 400, and nothing is read. Used links may ask (the responder
+        who accepted is on the way); a forged or expired link gets 403 like every other link endpoint.
+        """
+        claims = self.links.verify(token, now=now)
+        require_purpose(claims, *RESPONDER_PURPOSES)
+        if not claims.actor.startswith("user:"):
+            raise PermissionDeniedError("the wearer's position is only for a link sent to one person")
+        info = self.port.describe(claims.incident_id) or {}
+        live = bool(info.get("home_address"))  # an open wristband case (LoopPort.describe)
+        position = None
+        if live:
+            position = self.port.whereabouts(
+                claims.incident_id, store, viewer=claims.actor, now=now, refresh=True
+            )
+        return {
+            "incident_id": claims.incident_id,
+            "open": bool(info.get("open", live)),
+            "live": live,
+            "position": position,
+            "refresh_s": REFRESH_S,
         }
 
     def act_by_link(

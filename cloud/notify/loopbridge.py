@@ -13,11 +13,17 @@
 
 **Where the wearer is** (docs/notifications.md, docs/privacy.md). The exact position of a wristband wearer
 reaches the cloud only in the time-series store, and only where :class:`cloud.privacy.MinimisingStore` kept
-it exact: SOS / fall / impact readings and every reading while the band has an alarm open. The alert step
-carries no position. So the link page reads the store at view time (no copy of the position is made
-anywhere else) and shows the latest exact fix from shortly before the alarm on: fixes on the ~100 m grid
-are passed over, as are readings without a position. Each view that shows a fix is written to the audit
-log (``link.position_view``: the link's actor, the incident, the fix's time; never the coordinates).
+it exact: SOS / fall / impact readings and every reading while the band has an alarm open; a reading
+without the band's ``gps_valid`` flag is stored without coordinates (NaN), so a band repeating an old fix
+is never shown as where the wearer is now. The alert step carries no position. So the link page reads the
+store at view time (no copy of the position is made anywhere else) and shows the latest exact fix from
+shortly before the alarm on, with its age: fixes on the ~100 m grid are passed over, as are readings
+without a position. The page refreshes that block every 30 s while it is visible
+(:data:`cloud.notify.actions.REFRESH_S`, ``GET /api/v1/links/{token}/position``). A view that shows a
+fix is written to the audit log (``link.position_view``: the link's actor, the incident, the fix's time,
+``via`` page or refresh; never the coordinates): every page view, and a refresh only when that viewer
+has no such row for that case in the last :data:`REFRESH_AUDIT_EVERY_S` seconds (12 rows an hour for a
+page left open, not 120).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from cloud.crypto import COARSE_DECIMALS
 from cloud.db import Database, Device
 from cloud.loop import rows
 from cloud.loop.config import audit
-from cloud.loop.models import Incident, NotificationIntentRow
+from cloud.loop.models import AuditEntry, Incident, NotificationIntentRow
 from cloud.loop.service import LoopService
 from cloud.loop.service import Report as LoopReport
 from cloud.notify.contacts import Contacts
@@ -74,6 +80,10 @@ _FIX_POINTS = 5_000
 #: a band's clock may run ahead of the cloud's by the ingest's skew allowance (IngestLimits.max_future_s)
 _FIX_AHEAD_S = 300.0
 EARTH_RADIUS_M = 6_371_000.0
+#: a refresh writes a ``link.position_view`` audit row only if the same viewer has none for the same case
+#: this recent; every page view writes one
+REFRESH_AUDIT_EVERY_S = 300.0
+POSITION_VIEW = "link.position_view"
 
 
 def facts_of(row: Incident, summary: str = "") -> IncidentFacts:
@@ -108,8 +118,9 @@ def latest_exact_fix(store: TimeSeriesStore, device_id: str, *, since: float, no
 
     Exact means not on the ~100 m grid :class:`cloud.privacy.MinimisingStore` writes everything else on
     (a real fix lands on that grid in both coordinates once in a million readings: it is then passed over).
-    Missing and (0, 0) positions are no fix. The store protocol does not return the ``gps_valid`` flag, so
-    a band that repeats its last fix without that flag is taken at its word.
+    Missing and (0, 0) positions are no fix. Readings without the band's ``gps_valid`` flag have no
+    coordinates in the store (:func:`cloud.privacy.minimise` writes NaN), so a band repeating its last
+    fix without a new one leaves the earlier fix, with its own time, as the latest.
     """
     end = now + _FIX_AHEAD_S
     for span in FIX_SPANS_S:
@@ -173,9 +184,10 @@ def wgs84_to_gcj02(lat: float, lon: float) -> tuple[float, float]:
     return lat + dlat, lon + dlon
 
 
-def position_view(fix: Fix, home: dict[str, Any]) -> dict[str, Any]:
+def position_view(fix: Fix, home: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
     """What the link page shows of a fix: WGS-84 coordinates, the fix's time (ISO-8601 in the display
-    zone, Asia/Shanghai), how far from home, and two links that open it in a map app.
+    zone, Asia/Shanghai) and, given ``now``, its age in whole seconds (``age_s``, never negative: a band's
+    clock may run a little ahead), how far from home, and two links that open it in a map app.
 
     ``geo:`` (RFC 5870, WGS-84) opens whatever map app the phone has (Android); Amap's URI API
     (``uri.amap.com/marker``, GCJ-02, ``callnative=1`` opens the Amap app when installed) works on
@@ -196,6 +208,7 @@ def position_view(fix: Fix, home: dict[str, Any]) -> dict[str, Any]:
         "lat": round(fix.lat, 6),
         "lon": round(fix.lon, 6),
         "at": iso(fix.time),
+        "age_s": None if now is None else max(0, round(now - fix.time)),
         "distance_m": None,
         "near_home": None,
         "geo_uri": f"geo:{fix.lat:.6f},{fix.lon:.6f}?q={fix.lat:.6f},{fix.lon:.6f}",
@@ -336,6 +349,7 @@ class LoopPort:
                 "opened_at": row.created_at,
                 "department": row.department,
                 "closed_at": row.closed_at,
+                "open": bool(row.is_open),
             }
             if row.is_open and row.kind in WORN_KINDS and row.device_id and self.loop.box is not None:
                 # the wearer's home (sealed in the registry): for the assigned responder's link page only
@@ -346,12 +360,14 @@ class LoopPort:
             return out
 
     def whereabouts(
-        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float
+        self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float, refresh: bool = False
     ) -> dict[str, Any] | None:
         """Where the wearer of an open wristband case is (:func:`position_view`), for ``viewer``'s link.
 
         ``None`` for any other case, a closed one, or no exact fix since shortly before the alarm. A fix
-        shown is audited (``link.position_view``). The store being down costs the position, not the page.
+        shown is audited (``link.position_view``); a ``refresh`` (the page re-reading it) only when the
+        viewer has no such row for this case in the last :data:`REFRESH_AUDIT_EVERY_S`. The store being
+        down costs the position, not the page.
         """
         if not incident_id.isdigit() or self.loop.box is None:
             return None
@@ -373,12 +389,25 @@ class LoopPort:
             return None
         if fix is None:
             return None
-        with self.loop.db.write() as s:
-            audit(
-                s, actor=viewer[:64], role="responder_link", action="link.position_view",
-                target=f"incident:{incident_id}", now=now, device_id=device_id, fix_at=iso(fix.time),
-            )  # fmt: skip
-        return position_view(fix, home)
+        actor, target = viewer[:64], f"incident:{incident_id}"
+        if not (refresh and self._viewed_lately(actor, target, now=now)):
+            with self.loop.db.write() as s:
+                audit(
+                    s, actor=actor, role="responder_link", action=POSITION_VIEW, target=target, now=now,
+                    device_id=device_id, fix_at=iso(fix.time), via="refresh" if refresh else "page",
+                )  # fmt: skip
+        return position_view(fix, home, now=now)
+
+    def _viewed_lately(self, actor: str, target: str, *, now: float) -> bool:
+        """Whether ``actor`` has a position view of ``target`` audited in the last few minutes (indexed)."""
+        with self.loop.db.read() as s:
+            q = select(AuditEntry.id).where(
+                AuditEntry.action == POSITION_VIEW,
+                AuditEntry.actor == actor,
+                AuditEntry.at > now - REFRESH_AUDIT_EVERY_S,
+                AuditEntry.target == target,
+            )
+            return s.scalar(q.limit(1)) is not None
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None:
         category = str(report["category"])

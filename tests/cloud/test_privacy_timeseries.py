@@ -1,8 +1,9 @@
 """A wristband's live position in the time-series store is minimised (cloud/privacy.py, docs/privacy.md).
 
 Ordinary readings keep the GPS fix on the ~100 m grid; SOS / fall readings, impacts and every reading of
-a band with an alarm open keep the exact fix (where the responder goes); vitals and other kinds are
-stored as sent; the shipped Grafana dashboards query no position.
+a band with an alarm open keep the exact fix (where the responder goes); a reading without ``gps_valid``
+keeps no position at all (a band repeating its last fix is not where the wearer is now); vitals and
+other kinds are stored as sent; the shipped Grafana dashboards query no position.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _band(
 
 
 def test_ordinary_fixes_go_on_the_grid_sos_and_fall_keep_theirs() -> None:
-    b = _band([GPS, GPS | SOS, GPS | FALL, GPS | SOS | FALL, 0])
+    b = _band([GPS, GPS | SOS, GPS | FALL, GPS | SOS | FALL, GPS])
     out = minimise(b)
     lat, lon = out.values[:, NAMES.index("lat")], out.values[:, NAMES.index("lon")]
     assert lat.tolist() == [39.971, LAT, LAT, LAT, 39.971]
@@ -87,8 +88,60 @@ def test_open_alarms_are_the_bands_with_an_alert_not_cleared(sqlite_url: str) ->
                     )
                 )  # fmt: skip
         assert alarms() == {"band-open", "band-updated"}
+        cached = OpenAlarms(db, ttl_s=3600.0)
+        assert "band-late" not in cached()
+        with db.write() as s:
+            s.add(
+                Alert(
+                    alert_id="a-band-late", device_id="band-late", kind="wristband", event_type="sos",
+                    severity=3, phase="raised", episode_ms=1, raised_time=T0, raised_frame_time=T0,
+                    updated_time=T0, frame_time=T0, source=GW1, received_at=T0,
+                )
+            )  # fmt: skip
+        assert "band-late" not in cached()  # an hour's cache ...
+        cached.invalidate()
+        assert "band-late" in cached()  # ... forgotten on demand
     finally:
         db.close()
+
+
+def test_a_reading_without_gps_valid_stores_no_position_whatever_else_it_says() -> None:
+    """A band without a fix repeats its last one (or zeros): that is no position, even in an SOS, a fall,
+    an impact or while the band's alarm is open, where a real fix would be kept exact."""
+    lat, lon = NAMES.index("lat"), NAMES.index("lon")
+    alarm = frozenset({str(BAND_1)})
+    b = _band([0, SOS, FALL, SOS | FALL, GPS | SOS, GPS])
+    for out in (minimise(b), minimise(b, alarm)):
+        assert np.isnan(out.values[:4, [lat, lon]]).all()
+        assert out.values[4, lat] == LAT and out.values[4, lon] == LON  # the SOS with a fix: exact
+        rest = [j for j, n in enumerate(NAMES) if n not in ("lat", "lon")]
+        assert np.array_equal(out.values[:, rest], b.values[:, rest])  # vitals of no-fix readings kept
+        assert (out.flags == b.flags).all()
+    assert minimise(b).values[5, lat] == 39.971  # an ordinary fix: the grid, as before
+    assert minimise(b, alarm).values[5, lat] == LAT  # ... exact while the alarm is open
+    impact = minimise(_band([0, GPS], peak_g=IMPACT_G))
+    assert np.isnan(impact.values[0, lat]) and impact.values[1, lat] == LAT
+    zeros = minimise(_band([FALL], lat=0.0, lon=0.0))  # the "no fix yet" zeros some bands send
+    assert np.isnan(zeros.values[0, [lat, lon]]).all()
+
+
+async def test_the_store_holds_no_position_for_a_reading_without_a_fix(
+    cloud_sqlite: Cloud, tmp_path: Path
+) -> None:
+    c = cloud_sqlite
+    stale = _band([GPS | FALL, SOS, GPS])  # the SOS repeats the fall's fix without gps_valid
+    ack = await c.state.ingest.ingest(batch("batch-nofix-01", stale), gateway_id=GW1)
+    assert ack.telemetry_stored == 3 and not ack.refused
+    with sqlite3.connect(tmp_path / "vigil-ts.db") as conn:
+        rows = conn.execute("SELECT seq, lat, lon, heart_rate_bpm FROM ts_wristband ORDER BY seq").fetchall()
+    assert rows == [(0, LAT, LON, 72.0), (1, None, None, 72.0), (2, 39.971, 116.306, 72.0)]
+    r = await c.client.get(
+        f"/api/v1/devices/{BAND_1}/readings",
+        params={"start": T0 - 1, "end": T0 + 3600, "channels": "lat,lon"},
+        headers=c.dispatcher,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["values"]["lat"] == [LAT, None, 39.971]  # the dispatcher too sees no position
 
 
 def test_no_fix_stays_missing_and_other_kinds_are_untouched() -> None:

@@ -2,9 +2,12 @@
 
 Through the real app over HTTP: a wristband's fall or SOS is ingested with its readings (the exact fix is
 kept by the minimising store because of the SOS / fall flag); the loop opens the case; links are minted as
-the notifier mints them. A personal link on an open case shows the latest exact fix, its time, how far
-from home, map links and the home; a group's link shows the grid only; a closed case neither. The
-WGS-84 -> GCJ-02 conversion is checked against published vectors.
+the notifier mints them. A personal link on an open case shows the latest exact fix, its time and age, how far
+from home, map links and the home; a group's link shows the grid only; a closed case neither. A reading
+without ``gps_valid`` is no position (a band repeating an old fix). The page's refresh endpoint answers
+the same position, is refused to group and resident links, says when the case closed, and is audited at
+most once per viewer and case per few minutes. The WGS-84 -> GCJ-02 conversion is checked against
+published vectors.
 """
 
 from __future__ import annotations
@@ -195,7 +198,8 @@ async def test_no_exact_fix_shows_the_home_only_and_a_store_failure_keeps_the_pa
     incident_id = await open_case(c, band((1, T0 - 4000.0, *PARK, WORN_FIX | FLAG["sos"])), EventType.SOS)
     got, page = await view(c, incident_id, "user:7")  # the SOS fix 4000 s before the alarm is not its own
     assert got["incident"]["home"] == HOME and "position" not in got["incident"]
-    assert 'id="position"' not in page and HOME in page
+    assert 'id="coords"' not in page and f"{PARK[0]:.6f}" not in page and HOME in page
+    assert "尚未收到手环的新定位，请先前往住址" in page  # the page waits for one (it refreshes itself)
 
     class Down:
         def query(self, *a: object, **kw: object) -> object:
@@ -207,6 +211,104 @@ async def test_no_exact_fix_shows_the_home_only_and_a_store_failure_keeps_the_pa
     finally:
         c.state.store = real
     assert got["incident"]["home"] == HOME and "position" not in got["incident"]
+
+
+STALE = (39.975432, 116.311111)  # an exact fix from an earlier outing, still in the band's memory
+
+
+async def refresh(c: Cloud, token: str) -> Any:
+    """What the open page's self-refresh asks for (phone.js), with the cloud's answer."""
+    r = await c.client.get(f"/api/v1/links/{token}/position")
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    return r.json()
+
+
+async def test_a_later_reading_without_a_fix_is_not_where_the_wearer_is(cloud: Cloud) -> None:
+    """The band falls back to repeating its last fix without ``gps_valid`` (indoors, no sky): the page
+    keeps the fall's own fix, with its own time and age, instead of the stale one as "now"."""
+    c = cloud
+    c.state.store.open_alarms.ttl_s = 0.0  # the band's open alarm is known to every later write
+    incident_id = await open_case(c, band((1, T0 + 9.0, *PARK, WORN_FIX | FLAG["fall"])))
+    later = band(
+        (2, T0 + 100.0, *STALE, FLAG["worn"] | FLAG["sos"]),  # SOS pressed indoors: no fix, old one repeated
+        (3, T0 + 160.0, *STALE, FLAG["worn"] | FLAG["heartbeat"]),  # a summary, still no fix
+    )
+    r = await c.client.post(
+        HTTP_PATH,
+        content=body(batch("batch-where-0002", later)),
+        headers={**c.gw1, "content-type": "application/json"},
+    )
+    assert r.status_code == 200 and r.json()["telemetry_stored"] == 2, r.text
+    c.clock.advance(280.0)  # now T0 + 400: the fall's fix is 391 s old
+    stored = c.state.store.query(BAND_ID, DeviceKind.WRISTBAND, T0, T0 + 200, channels=("lat", "lon"))
+    assert np.isnan(stored.values["lat"][1:]).all() and stored.values["lat"][0] == PARK[0]
+    got, page = await view(c, incident_id, "user:7")
+    pos = got["incident"]["position"]
+    assert (pos["lat"], pos["lon"]) == PARK and pos["at"] == "2026-09-21T22:13:29+08:00"  # T0 + 9 s
+    assert pos["age_s"] == 391
+    assert "2026-09-21 22:13:29" in page and "6 分钟前" in page and f"{STALE[0]:.6f}" not in page
+    token = c.app.state.notify.links.token(Purpose.ARRIVED, str(incident_id), "user:7", now=c.clock.now())
+    live = await refresh(c, token)
+    assert live["open"] is True and live["live"] is True and live["refresh_s"] == 30
+    assert (live["position"]["lat"], live["position"]["lon"]) == PARK and live["position"]["age_s"] == 391
+    c.client.cookies.set("vigil_lang", "en")
+    _, page = await view(c, incident_id, "user:7")
+    assert "6 min ago" in page and "The position updates itself every 30 s" in page
+
+
+async def test_the_refresh_follows_the_wearer_and_audits_at_most_every_five_minutes(cloud: Cloud) -> None:
+    c = cloud
+    c.state.store.open_alarms.ttl_s = 0.0
+    incident_id = await open_case(c, band((1, T0 + 9.0, *PARK, WORN_FIX | FLAG["fall"])))
+    token = c.app.state.notify.links.token(Purpose.ON_THE_WAY, str(incident_id), "user:7", now=c.clock.now())
+    page = await c.client.get(f"/console/l/{token}")  # the responder opens the page: one audited view
+    assert page.status_code == 200 and f'data-url="/api/v1/links/{token}/position"' in page.text
+    walked = (39.983001, 116.319502)  # the wearer got up and walked ~100 m
+    moved = band((2, T0 + 125.0, *walked, WORN_FIX | FLAG["heartbeat"]))
+    r = await c.client.post(
+        HTTP_PATH,
+        content=body(batch("batch-where-0003", moved)),
+        headers={**c.gw1, "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    seen = []
+    for _ in range(12):  # six minutes of a page left open, a refresh every 30 s
+        c.clock.advance(30.0)
+        live = await refresh(c, token)
+        seen.append((live["position"]["lat"], live["position"]["lon"]))
+    assert set(seen) == {walked}  # the new fix, exact because the band's alarm is open
+    audited = sorted(await position_views(c), key=lambda e: e["at"])
+    assert [e["detail"]["via"] for e in audited] == ["page", "refresh"]  # not 1 + 12 rows
+    # the page at T0 + 120 s; refreshes at +150 ... +480 s: only the one 300 s after the page is audited
+    assert [e["at"] for e in audited] == ["2026-09-21T22:15:20+08:00", "2026-09-21T22:20:20+08:00"]
+    assert audited[1]["detail"]["fix_at"] == "2026-09-21T22:15:25+08:00"
+    assert "39.98" not in json.dumps(audited) and "116.31" not in json.dumps(audited)
+    # only a personal responder link may ask; a forged one is refused like every link endpoint
+    group = c.app.state.notify.links.token(Purpose.ACCEPT, str(incident_id), "group:g02", now=c.clock.now())
+    case = c.app.state.notify.links.token(Purpose.CASE, str(incident_id), "case", now=c.clock.now())
+    for bad, status in ((group, 403), (case, 400), (token[:-2] + "xx", 403)):
+        r = await c.client.get(f"/api/v1/links/{bad}/position")
+        assert r.status_code == status, r.text
+        no_whereabouts(r.text)
+        assert f"{walked[0]:.6f}" not in r.text
+    # the case closes: the refresh says so and shows nothing more
+    loop = c.app.state.loop
+    stage = (await c.client.get(f"/api/v1/incidents/{incident_id}", headers=c.dispatcher)).json()
+    if stage["incident"]["stage"] == "registered":
+        loop.act(incident_id, Command(Action.DISPATCH, "admin", assignee="worker-7"))
+    for step in (Action.ACCEPT, Action.ARRIVE, Action.HANDLE, Action.VERIFY, Action.CLOSE):
+        loop.act(incident_id, Command(step, "admin", reason="done"))
+    c.clock.advance(400.0)
+    live = await refresh(c, token)
+    assert live == {
+        "incident_id": str(incident_id),
+        "open": False,
+        "live": False,
+        "position": None,
+        "refresh_s": 30,
+    }
+    assert len(await position_views(c)) == 2
 
 
 def test_latest_exact_fix_never_returns_a_bucket_mean() -> None:
