@@ -13,6 +13,7 @@ Sections (full reference in ``docs/gateway.md``)::
     [sources.udp]        name, bind, port            (Semtech UDP packet forwarder)
     [uplink]             mode = "http" | "mqtt" | "none", url, body = "msgpack" | "json", batch sizes,
                          timeout, backoff, backlog rate, heartbeat_s, linger_s, mqtt_alert_topic,
+                         mqtt_alert_reprobe_min_s / _max_s,
                          ca_file, client_cert, client_key, allow_plaintext (TLS: docs/security.md)
     [outbox]             max_bytes, max_age_s, alert_max_age_s, synchronous
     [detection]          batch_window_ms, batch_max_frames, queue_size, tick_interval_s, snapshot_interval_s
@@ -116,6 +117,11 @@ class UplinkSection(_Section):
     #: session of their own, never behind telemetry; docs/contract.md "Alert lane"). A cloud or broker ACL
     #: without the lane is detected (no ack) and the gateway falls back to ``.../up`` by itself.
     mqtt_alert_topic: bool = True
+    #: MQTT only: after the alert lane was judged missing, alert batches go on ``.../up`` for this long, then
+    #: the lane is re-tried; each failed re-try doubles the period up to ``mqtt_alert_reprobe_max_s``, and
+    #: any answer on the lane (or a reconnect to the broker) re-tries at once (docs/gateway.md)
+    mqtt_alert_reprobe_min_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    mqtt_alert_reprobe_max_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
     #: CA bundle (PEM) that signed the cloud's or broker's certificate, for https:// and mqtts:// to a
     #: private CA; unset = the system's trust store
     ca_file: Path | None = None
@@ -132,6 +138,11 @@ class UplinkSection(_Section):
             raise ValueError('uplink.url must be an http:// or https:// URL when mode = "http"')
         if self.mode == "mqtt" and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.url):
             raise ValueError('uplink.url must look like mqtt://host:port when mode = "mqtt"')
+        if self.mqtt_alert_reprobe_min_s > self.mqtt_alert_reprobe_max_s:
+            raise ValueError(
+                f"uplink.mqtt_alert_reprobe_min_s ({self.mqtt_alert_reprobe_min_s:g}) must not exceed "
+                f"uplink.mqtt_alert_reprobe_max_s ({self.mqtt_alert_reprobe_max_s:g})"
+            )
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("set uplink.client_cert and uplink.client_key together")
         return self

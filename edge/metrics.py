@@ -14,11 +14,18 @@ import asyncio
 import errno
 import logging
 import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from edge.errors import MetricsPortInUse
+
+if TYPE_CHECKING:
+    from edge.uplink.alert_lane import AlertLane
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +106,50 @@ class GatewayMetrics:
             "vigil_gateway_start_time_seconds", "UTC epoch when the daemon started", registry=r
         )
 
+    def watch_alert_lane(self, lane: AlertLane) -> None:
+        """Export the MQTT alert lane's state, read when scraped (an expired fallback shows as ``probing``
+        without waiting for the next alert batch): ``vigil_gateway_alert_lane_state{state}`` (1 for the
+        current one of ``in_use``, ``probing``, ``fallback``, ``disabled``),
+        ``vigil_gateway_alert_lane_fallback_until_seconds`` (UTC epoch; 0 unless in fallback),
+        ``vigil_gateway_alert_lane_reprobe_seconds`` (the next fallback period if the lane fails again) and
+        ``vigil_gateway_alert_lane_fallbacks_total``. Absent with an HTTP uplink."""
+        self.registry.register(_AlertLaneCollector(lane))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AlertLaneCollector(Collector):
+    def __init__(self, lane: AlertLane) -> None:
+        self.lane = lane
+
+    def collect(self) -> Iterator[Metric]:
+        from edge.uplink.alert_lane import STATES
+
+        current = self.lane.state
+        state = GaugeMetricFamily(
+            "vigil_gateway_alert_lane_state",
+            "MQTT alert lane: 1 for the current state (in_use, probing, fallback to .../up, disabled)",
+            labels=["state"],
+        )
+        for name in STATES:
+            state.add_metric([name], 1.0 if name == current else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "vigil_gateway_alert_lane_fallback_until_seconds",
+            "UTC epoch until which alert batches go on .../up (0 = not in fallback)",
+            value=self.lane.fallback_until() or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "vigil_gateway_alert_lane_reprobe_seconds",
+            "The next fallback period if the alert lane is judged missing again",
+            value=self.lane.next_period_s,
+        )
+        yield CounterMetricFamily(
+            "vigil_gateway_alert_lane_fallbacks",
+            "Times the alert lane was judged missing (alert batches sent on .../up for a while)",
+            value=self.lane.fallbacks_total,
+        )
 
 
 class MetricsServer:

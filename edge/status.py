@@ -238,6 +238,7 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
             r.bad(f"cloud not reached yet{why}", f"尚未连上云端{why}")
         else:
             r.info("no batch sent to the cloud yet", "尚未向云端发送数据")
+    _alert_lane_lines(r, m, now)
     for lab, v in m.get("vigil_gateway_dropped_total", []):
         if v:
             r.bad(
@@ -266,6 +267,41 @@ def diagnose_metrics(text: str, now: float | None = None) -> Report:
             f"数据源 {src} 崩溃并重启了 {int(n)} 次：查看日志（journalctl -u vigil-gateway）",
         )
     return r
+
+
+def _alert_lane_lines(r: Report, m: dict[str, list[tuple[dict[str, str], float]]], now: float) -> None:
+    """The MQTT alert lane (edge/uplink/alert_lane.py); nothing with an HTTP uplink."""
+    state = next((lab["state"] for lab, v in m.get("vigil_gateway_alert_lane_state", []) if v), None)
+    fallbacks = int(sum(v for _, v in m.get("vigil_gateway_alert_lane_fallbacks_total", [])))
+    since = f"; judged missing {fallbacks} time(s) since start" if fallbacks else ""
+    since_zh = f"；启动以来 {fallbacks} 次判定告警通道不可用" if fallbacks else ""
+    if state == "in_use":
+        r.ok(
+            f"MQTT alert lane in use: alert batches go on .../alert, never behind telemetry{since}",
+            f"MQTT 告警通道使用中：告警批次走 .../alert，不排在遥测之后{since_zh}",
+        )
+    elif state == "probing":
+        r.info(
+            f"MQTT alert lane being re-tried: the next alert batch goes on .../alert{since}",
+            f"MQTT 告警通道重试中：下一批告警走 .../alert{since_zh}",
+        )
+    elif state == "fallback":
+        until = sum(v for _, v in m.get("vigil_gateway_alert_lane_fallback_until_seconds", []))
+        r.bad(
+            f"MQTT alert lane not answered while .../up is: alert batches go on .../up (behind any "
+            f"telemetry backlog) until {_utc(until)} (in {_ago(until - now)}), then the lane is re-tried"
+            f"{since}. Check that the cloud's ingest workers run the alert lane and that the broker ACL "
+            "has the line `pattern write vigil/v1/gw/%u/alert` (docs/contract.md, Alert lane)",
+            f"MQTT 告警通道无应答而 .../up 有应答：告警批次改走 .../up（排在遥测积压之后），"
+            f"直至 {_utc(until)}（{_ago_zh(until - now)}后），届时重试告警通道{since_zh}。"
+            "请检查云端接入进程是否启用告警通道，以及 MQTT 服务器 ACL 是否有 "
+            "`pattern write vigil/v1/gw/%u/alert` 一行（docs/contract.md，Alert lane）",
+        )
+    elif state == "disabled":
+        r.info(
+            "MQTT alert lane off (uplink.mqtt_alert_topic = false): alert batches go on .../up",
+            "MQTT 告警通道已关闭（uplink.mqtt_alert_topic = false）：告警批次走 .../up",
+        )
 
 
 def _refusal_lines(

@@ -16,11 +16,23 @@ carries alert steps goes to ``vigil/v1/gw/{id}/alert``, which the cloud's worker
 its own, so it is not queued behind telemetry at the broker. A cloud that predates the lane has no
 subscriber there, and a broker whose ACL lacks the ``.../alert`` line acknowledges and drops the publish;
 either way no ack comes. So an alert batch that got no ack within ``alert_fallback_s`` is re-published (same
-batch id, idempotent) on ``.../up``; if *that* one is acknowledged, this uplink publishes alert batches on
-``.../up`` for ``alert_reprobe_s`` and then tries the lane again (an ack cannot say which copy it answers,
-so a cloud whose lane was merely slower than ``alert_fallback_s``, e.g. during a database outage, gets it
-back). If neither is acknowledged the cloud is down, not old: the lane stays on and the sender retries as
-usual (docs/contract.md, "MQTT").
+batch id, idempotent) on ``.../up``, so it is delivered either way. The lane is judged missing only on
+evidence (docs/contract.md, "Alert lane"):
+
+- the lane copy got no answer, the ``.../up`` copy published after it on the *same connection* was
+  answered, and no copy on the lane has been answered so far;
+- and ``.../up`` was not silent on this connection before the lane copy was published: a connection made
+  after a lost one or a failed attempt (broker or network outage) is silent until something on ``.../up``
+  is answered, and so is one on which an ``.../up`` publish went unanswered (cloud or database down). An
+  ack that comes back when the cloud returns says nothing about the lane (the cloud's two sessions
+  reconnect independently), so it never switches the lane off.
+
+Otherwise the batch is delivered (or retried by the sender, on the lane) and the lane stays in use. An
+ack cannot say which copy it answers, so answers are counted per alert batch: an answer beyond the
+number of ``.../up`` copies published must come from a lane copy, and puts the lane back in use at once
+(a lane copy that was merely late, e.g. behind a database outage). A lane judged missing is re-probed
+after ``alert_reprobe_min_s`` (default 30 s), doubling up to ``alert_reprobe_s`` (900 s) while it keeps
+failing, reset by any lane answer, and at once after a reconnect (:class:`~edge.uplink.alert_lane.AlertLane`).
 """
 
 from __future__ import annotations
@@ -30,7 +42,10 @@ import json
 import logging
 import ssl
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -38,6 +53,7 @@ import aiomqtt
 from alerts.contract import UplinkAck, mqtt_ack_topic, mqtt_alert_topic, mqtt_up_topic
 from alerts.uplink_body import MSGPACK_CONTENT_TYPE
 from edge.outbox import BodyFormat, PendingBatch
+from edge.uplink.alert_lane import AlertLane
 from edge.uplink.base import (
     UplinkAuthError,
     UplinkError,
@@ -52,7 +68,23 @@ from edge.uplink.base import (
 from firmware_bridge.backoff import Backoff
 from firmware_bridge.transports.mqtt import close_on_failed_handshake
 
+if TYPE_CHECKING:
+    from edge.metrics import GatewayMetrics
+
 log = logging.getLogger(__name__)
+
+#: alert batches whose answers are counted (lane vs. ``.../up`` copies); older ones are forgotten first
+_TRACKED_BATCHES = 256
+
+
+class _Copies:
+    """Copies of one alert batch published on ``.../up``, and answers received for it (any copy)."""
+
+    __slots__ = ("answers", "up")
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.answers = 0
 
 
 class _BinaryNotRead(Exception):
@@ -75,7 +107,13 @@ class MqttUplink:
         alert_topic: bool = True,
         alert_fallback_s: float | None = None,
         alert_reprobe_s: float = 900.0,
+        alert_reprobe_min_s: float = 30.0,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``alert_reprobe_min_s`` / ``alert_reprobe_s``: the first and the longest fallback period of the
+        alert lane; ``metrics``: export the lane's state (``vigil_gateway_alert_lane_*``); ``clock`` (tests):
+        the monotonic clock of those periods."""
         u = urlparse(url)
         #: the payload format sent; becomes "json" when the cloud does not read the binary body
         self.body: BodyFormat = body
@@ -96,9 +134,20 @@ class MqttUplink:
         self.alert_topic = mqtt_alert_topic(gateway_id)
         self.alert_lane_enabled = alert_topic
         self.alert_fallback_s = timeout_s if alert_fallback_s is None else alert_fallback_s
-        self.alert_reprobe_s = alert_reprobe_s
-        self._lane_off_until = 0.0  # monotonic; the alert lane is not used before then
-        self.alert_fallbacks_total = 0
+        self.lane = AlertLane(
+            enabled=alert_topic,
+            reprobe_min_s=alert_reprobe_min_s,
+            reprobe_max_s=alert_reprobe_s,
+            clock=clock,
+            topic=self.alert_topic,
+            up_topic=self.up_topic,
+        )
+        if metrics is not None:
+            metrics.watch_alert_lane(self.lane)
+        self._epoch = 0  # connections made so far: a verdict needs the same connection throughout
+        self._silent = False  # .../up unanswered on this connection since it was made or last answered
+        self._copies: OrderedDict[str, _Copies] = OrderedDict()  # alert batches published on the lane
+        self._on_up: set[str] = set()  # batches waiting for an answer to a copy published on .../up
         self.ack_topic = mqtt_ack_topic(gateway_id)
         self._client: aiomqtt.Client | None = None
         self._waiting: dict[str, asyncio.Future[UplinkAck]] = {}
@@ -123,6 +172,10 @@ class MqttUplink:
                 ) as client:
                     await client.subscribe(self.ack_topic, qos=1)
                     self._client = client
+                    self._epoch += 1
+                    # after an outage (a lost session, a failed attempt) nothing is known of the cloud yet
+                    self._silent = self.reconnects_total > 0
+                    self.lane.reconnected()
                     self.connected.set()
                     backoff.reset()
                     log.info("uplink MQTT connected to %s:%d", self.host, self.port)
@@ -141,10 +194,22 @@ class MqttUplink:
             self.reconnects_total += 1
             await backoff.sleep()
 
+    def _answered(self, batch_id: str) -> None:
+        """The cloud answered a copy of ``batch_id`` (an ack or an error document naming it)."""
+        if batch_id in self._on_up:
+            self._silent = False  # .../up is answered on this connection
+        copies = self._copies.get(batch_id)
+        if copies is not None:
+            copies.answers += 1
+            if copies.answers > copies.up:  # more answers than copies on .../up: a lane copy was answered
+                self.lane.answered()
+
     def _dispatch(self, body: bytes) -> None:
         """An ack, or an error document ``{"batch_id", "error", "detail"}`` (docs/contract.md)."""
         try:
             doc = json.loads(body)
+            if isinstance(doc, dict) and isinstance(doc.get("batch_id"), str):
+                self._answered(doc["batch_id"])
             if isinstance(doc, dict) and "error" in doc and _json_parse_failure(doc):
                 for bid in self._binary:  # no batch id: the cloud could not read ours as JSON
                     fut = self._waiting.get(bid)
@@ -198,47 +263,62 @@ class MqttUplink:
         return await self._send_on_lane(batch, batch.as_json(), binary=False)
 
     async def _send_on_lane(self, batch: PendingBatch, payload: bytes, *, binary: bool) -> UplinkAck:
-        """Alert batches on the alert lane, falling back to ``.../up`` if the cloud does not answer there."""
+        """Alert batches on the alert lane; one the lane does not answer in time is re-published on
+        ``.../up``, and the lane is judged missing only on evidence (module docstring)."""
         if batch.n_alerts == 0 or not self.alert_lane:
             return await self._publish(
                 batch, payload, binary=binary, topic=self.up_topic, wait_s=self.timeout_s
             )
+        epoch, silent = self._epoch, self._silent
+        copies = self._track(batch.batch_id)
         try:
             return await self._publish(
                 batch, payload, binary=binary, topic=self.alert_topic, wait_s=self.alert_fallback_s
             )
         except UplinkUnavailable as exc:
             if exc.reason != "ack_timeout":
-                raise
+                raise  # disconnected, or refused by the cloud: nothing learnt about the lane
         try:
             ack = await self._publish(
                 batch, payload, binary=binary, topic=self.up_topic, wait_s=self.timeout_s
             )
-        except _BinaryNotRead:
-            self._alert_lane_off()  # a cloud that predates the binary body predates the alert lane too
+        except _BinaryNotRead:  # answered on .../up (a cloud that predates the binary body and the lane)
+            self._judge(copies, epoch, silent)
             raise
-        self._alert_lane_off()
+        self._judge(copies, epoch, silent)
         return ack
+
+    def _track(self, batch_id: str) -> _Copies:
+        copies = self._copies.get(batch_id)
+        if copies is None:
+            copies = self._copies[batch_id] = _Copies()
+            while len(self._copies) > _TRACKED_BATCHES:
+                self._copies.popitem(last=False)
+        return copies
+
+    def _judge(self, copies: _Copies, epoch: int, silent: bool) -> None:
+        """The ``.../up`` copy was answered, the lane copy was not (in time): is that evidence?"""
+        if epoch != self._epoch or silent:
+            log.debug(
+                "告警批次已改由 %s 送达；告警通道无应答发生在断线或云端无应答期间，"
+                "不作判定，继续使用告警通道 / "
+                "alert batch delivered on %s; the lane's silence fell in an outage (no evidence), lane kept",
+                self.up_topic,
+                self.up_topic,
+            )
+            return
+        if copies.answers <= copies.up:  # no answer to a lane copy so far
+            self.lane.missing()
 
     @property
     def alert_lane(self) -> bool:
         """Alert batches go to ``alert_topic`` now (enabled, and not in a fallback period)."""
-        return self.alert_lane_enabled and time.monotonic() >= self._lane_off_until
+        return self.alert_lane_enabled and self.lane.use_lane()
 
-    def _alert_lane_off(self) -> None:
-        self._lane_off_until = time.monotonic() + self.alert_reprobe_s
-        self.alert_fallbacks_total += 1
-        log.warning(
-            "云端未在告警通道 %s 上确认，%g 秒内改用 %s 发送告警 / "
-            "the cloud did not answer on the alert topic %s; publishing alert batches on %s for %g s "
-            "(cloud predates the alert lane, or the broker ACL lacks the .../alert line)",
-            self.alert_topic,
-            self.alert_reprobe_s,
-            self.up_topic,
-            self.alert_topic,
-            self.up_topic,
-            self.alert_reprobe_s,
-        )
+    @property
+    def alert_fallbacks_total(self) -> int:
+        """Times the lane was judged missing."""
+        return self.lane.fallbacks_total
 
     async def _publish(
         self, batch: PendingBatch, payload: bytes, *, binary: bool, topic: str, wait_s: float
@@ -252,18 +332,28 @@ class MqttUplink:
         self._waiting[batch.batch_id] = fut
         if binary:
             self._binary.add(batch.batch_id)
+        on_up = topic == self.up_topic
+        if on_up:
+            self._on_up.add(batch.batch_id)
+            copies = self._copies.get(batch.batch_id)
+            if copies is not None:
+                copies.up += 1
+        epoch = self._epoch
         try:
             await client.publish(topic, payload, qos=1, timeout=self.timeout_s)
             ack = await asyncio.wait_for(fut, wait_s)
         except aiomqtt.MqttError as exc:
             raise UplinkUnavailable(f"publish failed: {exc}", reason="publish") from exc
         except TimeoutError as exc:
+            if on_up and epoch == self._epoch:
+                self._silent = True  # the cloud does not answer on .../up: its lane cannot be judged
             raise UplinkUnavailable(
                 f"no ack for batch {batch.batch_id} on {topic} within {wait_s} s", reason="ack_timeout"
             ) from exc
         finally:
             self._waiting.pop(batch.batch_id, None)
             self._binary.discard(batch.batch_id)
+            self._on_up.discard(batch.batch_id)
         if ack.batch_id != batch.batch_id:
             raise UplinkProtocolError("ack for the wrong batch")
         return parse_ack(ack.model_dump_json().encode(), batch.batch_id)
