@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from playwright.sync_api import expect
@@ -83,6 +84,19 @@ def test_responder_sees_where_the_wearer_fell(contexts: Any, guarded: LiveCloud)
     assert phone.inner_text("#where") == "G02"
 
 
+VISIBILITY = """state => {
+    Object.defineProperty(document, "visibilityState", { value: state, configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+COUNT_FETCHES = """() => {
+    window.fetches = 0;
+    const fetch = window.fetch;
+    window.fetch = (...args) => { window.fetches += 1; return fetch(...args); };
+}"""
+
+
 def _incident_of(cloud: LiveCloud, device_id: str) -> int:
     """The open incident the loop made of the band's alarm (the loop takes alerts off the ingest path)."""
     deadline = time.monotonic() + 10.0
@@ -110,7 +124,9 @@ def test_the_position_follows_the_wearer_without_a_reload(contexts: Any, guarded
         guarded.ingest(_fall(time.time(), band))
         incident_id = _incident_of(guarded, band)
         phone = contexts(**PHONE).new_page()
-        phone.clock.install()  # the page's timers run when the test says so
+        start = datetime.now(UTC)
+        phone.clock.install(time=start)
+        phone.clock.pause_at(start + timedelta(seconds=1))  # the page's timers run only when the test says so
         phone.goto(f"/l/{_token(guarded, incident_id, 'user:7', Purpose.ARRIVED)}")
         assert phone.inner_text("#coords") == "39.982345, 116.308765"
         assert phone.inner_text("#fix-age") == "刚刚"
@@ -136,6 +152,15 @@ def test_the_position_follows_the_wearer_without_a_reload(contexts: Any, guarded
         assert phone.evaluate("window.sameDocument") is True
         assert phone.input_value("textarea[name=note]") == "已到楼下，正在上楼"
         assert phone.evaluate("document.scrollingElement.scrollWidth") <= 360  # no sideways scrolling
+
+        # a phone in a pocket (page hidden) asks nothing; back in hand it asks at once
+        phone.evaluate(COUNT_FETCHES)  # counted in the page, as the page's timers fire
+        phone.evaluate(VISIBILITY, "hidden")
+        phone.clock.run_for(120_000)
+        assert phone.evaluate("window.fetches") == 0
+        with phone.expect_response(lambda r: r.url.endswith("/position")):
+            phone.evaluate(VISIBILITY, "visible")
+        assert phone.evaluate("window.fetches") == 1
 
         loop = guarded.app.state.loop
         if (
