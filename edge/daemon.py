@@ -177,6 +177,9 @@ class Gateway:
                 client_key=u.client_key,
                 body=u.body,
                 alert_topic=u.mqtt_alert_topic,
+                alert_reprobe_min_s=u.mqtt_alert_reprobe_min_s,
+                alert_reprobe_s=u.mqtt_alert_reprobe_max_s,
+                metrics=self.metrics,
             )
         return None
 

@@ -1,7 +1,8 @@
 """The gateway's uplink settings reach the uplink and the outbox (edge/daemon.py ``_make_uplink``).
 
 ``uplink.body`` chooses the batch body (the outbox renders batches in it, the uplink labels them) and
-``uplink.mqtt_alert_topic`` the MQTT alert lane (docs/gateway.md): a setting accepted by the config but not
+``uplink.mqtt_alert_topic`` the MQTT alert lane, ``uplink.mqtt_alert_reprobe_min_s`` / ``_max_s`` its re-probe
+periods (docs/gateway.md): a setting accepted by the config but not
 passed on would do nothing, silently.
 """
 
@@ -56,5 +57,21 @@ def test_mqtt_uplink_alert_lane_follows_the_setting(tmp_path: Path, setting: str
         assert gw.uplink.alert_lane_enabled is lane  # type: ignore[attr-defined]
         assert gw.uplink.body == "json"  # type: ignore[attr-defined]
         assert gw.outbox.body_format == "json"
+    finally:
+        gw.outbox.close()
+
+
+def test_mqtt_alert_lane_reprobe_settings_and_metrics_reach_the_uplink(tmp_path: Path) -> None:
+    gw = _gateway(
+        tmp_path,
+        'mode = "mqtt"\nurl = "mqtt://127.0.0.1:9"\n'
+        "mqtt_alert_reprobe_min_s = 45\nmqtt_alert_reprobe_max_s = 600",
+    )
+    try:
+        lane = gw.uplink.lane  # type: ignore[union-attr]
+        assert (lane.reprobe_min_s, lane.reprobe_max_s) == (45.0, 600.0)
+        # the lane's state is exported by the daemon's own registry (what Prometheus scrapes)
+        text = gw.metrics.render().decode()
+        assert 'vigil_gateway_alert_lane_state{state="in_use"} 1.0' in text
     finally:
         gw.outbox.close()
