@@ -17,7 +17,7 @@ import pytest
 from alerts.contract import UplinkAck
 from cloud.db import Database
 from cloud.ingest import IngestService
-from cloud.sequence import sequence_summary
+from cloud.sequence import batch_sequences, first_frame_gaps, sequence_summary
 from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
 from tests.cloud.cloudkit import *  # noqa: F403
@@ -179,3 +179,32 @@ async def test_two_workers_sharing_devices_never_deadlock(cloud: Cloud) -> None:
     for dev_id in DEVICES:
         dev = cloud.state.registry.get(dev_id, "admin")
         assert (dev.readings_total, dev.last_seq) == (rounds * 4, rounds * 4 - 1), dev_id
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_step_summary_matches_the_reference(seed: int) -> None:
+    """What the ingest service does: the batch on its own first (devices in order of first appearance),
+    the first frames against the stored state after; the same figures as the frame-by-frame reference."""
+    rng = np.random.default_rng(100 + seed)
+    devs = [f"dev{i:03d}" for i in range(30)]
+    n = 600
+    ids = rng.choice(devs, n)
+    seq = (65500 + rng.integers(0, 120, n)) % 65536
+    t = T0 + rng.integers(0, 50, n) * 60.0
+    batt = rng.random(n) * 100
+    stored_q: dict[str, int | None] = {d: int(rng.integers(0, 65536)) for d in devs[:20]}
+    stored_t: dict[str, float | None] = {d: T0 + float(rng.integers(-5, 55)) * 60.0 for d in devs[:20]}
+    stored_q["dev005"] = None
+    b = batch_sequences(ids, seq.astype(np.uint32), t, batt)
+    assert b.device_id == list(dict.fromkeys(ids.tolist()))
+    prev = [-1 if (q := stored_q.get(d)) is None else q for d in b.device_id]
+    seen = [np.nan if (s := stored_t.get(d)) is None else s for d in b.device_id]
+    gaps = b.gaps + first_frame_gaps(b, prev, seen)
+    got = {
+        d: (int(c), int(g), float(lt), int(q), float(bt))
+        for d, c, g, lt, q, bt in zip(
+            b.device_id, b.count, gaps, b.last_time, b.last_seq, b.last_battery, strict=True
+        )
+    }
+    rows = list(zip(ids.tolist(), seq.tolist(), t.tolist(), batt.tolist(), strict=True))
+    assert got == reference_summary(rows, stored_q, stored_t)
