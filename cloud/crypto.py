@@ -12,15 +12,17 @@ Key rotation (``vigil cloud key ...``, :mod:`cloud.privacy`) keeps several keys 
 ``primary K``   seals new values (exactly one); also opens
 ``next K``      added ahead of a rotation: opens only, so every host can read what the new key will seal
 ``old K``       a former primary: opens only, until every value is re-sealed and it is retired
-``hmac K``      the root of the message-link and blind-index keys (``HMAC(K, "vigil/links/v1")`` ...):
-                never seals; kept when its Fernet key is retired, because changing it would void every
-                responder link in flight and every stored phone hash
+``hmac K``      the root of the blind-index key (``HMAC(K, "vigil/notify/blind-index/v1")``): never seals;
+                kept when its Fernet key is retired, because changing it would need every stored phone
+                hash recomputed (docs/privacy.md says why it stays and what that means)
 ==============  ===========================================================================================
 
 A file holding one bare key (what the first start writes, and every file before rotation existed) is that
 key as primary and as HMAC root. :func:`load_or_create_key` returns a :class:`KeyRing`: as ``bytes`` it is
-the HMAC root (what the link signer and the blind indexes derive their keys from, unchanged by a rotation),
-and :class:`SecretBox` opens with every key of the ring and seals with the primary (``MultiFernet``).
+the HMAC root (what the blind indexes derive their key from, unchanged by a rotation), and
+:class:`SecretBox` opens with every key of the ring and seals with the primary (``MultiFernet``). Message
+links rotate with the Fernet keys: :func:`cloud.notify.links.derive_link_key` of a ring signs with the
+primary's link key and verifies with those of every key in :attr:`KeyRing.fernet_keys`.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def write_key_file(path: Path, entries: tuple[KeyEntry, ...]) -> KeyRing:
     path = Path(path)
     lines = [
         "# Vigil secret keys (docs/privacy.md, Key management): the primary seals, primary/next/old open,",
-        "# hmac derives the link and blind-index keys. Copy this file to every cloud host; never edit it.",
+        "# hmac derives the blind-index key. Copy this file to every cloud host; never edit it.",
         *(f"{e.role} {e.key.decode('ascii')}" for e in entries),
     ]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vigil-key-")

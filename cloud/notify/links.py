@@ -1,13 +1,21 @@
 """Signed, expiring, single-purpose action links: the responder's and the resident's way in, no app.
 
 A link is ``{public_base_url}/l/{token}``; the token is ``base64url(claims) + "." + base64url(mac)`` with
-``mac = HMAC-SHA256(link_key, claims)``. ``link_key`` is derived from the cloud's secret key file
-(``HMAC(fernet_key, "vigil/links/v1")``), so there is no second secret to manage and rotating the key
-file invalidates every outstanding link. Claims are ids only (no name, phone, address or health data in a
+``mac = HMAC-SHA256(link_key, claims)``. Claims are ids only (no name, phone, address or health data in a
 URL: URLs end up in browser histories and proxy logs)::
 
     {"p": purpose, "i": incident id, "a": actor ("user:7", "group:g01", "case"), "e": expiry, "n": nonce,
-     "t": issued at}
+     "t": issued at, "k": key id}
+
+The link keys follow the key file's rotation (``vigil cloud key add | rotate | retire``, docs/privacy.md):
+every Fernet key ``K`` of the ring (``primary``, ``next``, ``old``) has its link key
+``HMAC(K, "vigil/links/v1")`` and key id ``k`` (the first 8 hex digits of SHA-256 of that link key, which
+names the key without revealing anything of it). Links are signed with the **primary**'s link key and
+verified with the key their ``k`` names, so a link sent before ``rotate`` keeps working until it expires,
+and ``retire`` (which drops the ``old`` keys) voids the links signed under them. A token without ``k``
+(issued before key ids existed, always under the key file's first key) is tried against every link key
+of the ring: valid while that first key is in the ring, void once it is retired. The ``hmac`` root
+(blind indexes) no longer signs links.
 
 Purposes: ``accept``, ``decline``, ``on_the_way``, ``arrived``, ``resolved`` (one action each, single use)
 and ``case`` (a resident's link: follow, rate once, reopen within the window). Verification answers why a
@@ -25,6 +33,7 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cloud.crypto import KeyRing
 from cloud.errors import AuthenticationError, BadRequestError
 
 
@@ -60,8 +69,46 @@ class LinkClaims:
     issued_at: float
 
 
+#: the derivation label of a link key (``HMAC(K, LINK_LABEL)``); unchanged since the first links
+LINK_LABEL = b"vigil/links/v1"
+
+
+def _link_key(fernet_key: bytes) -> bytes:
+    return hmac.new(bytes(fernet_key), LINK_LABEL, hashlib.sha256).digest()
+
+
+def link_key_id(link_key: bytes) -> str:
+    """The ``k`` claim naming a link key: 8 hex digits of its SHA-256 (reveals nothing of the key)."""
+    return hashlib.sha256(bytes(link_key)).hexdigest()[:8]
+
+
+class LinkKeys(bytes):
+    """The link keys of a key file: ``bytes(self)`` signs (the primary's), :attr:`verifiers` (key id ->
+    link key) verify: the primary's and those of the ``next`` and ``old`` keys."""
+
+    verifiers: dict[str, bytes]
+
+    def __new__(cls, signing: bytes, others: tuple[bytes, ...] = ()) -> LinkKeys:
+        keys = super().__new__(cls, signing)
+        keys.verifiers = {link_key_id(k): bytes(k) for k in (signing, *others)}
+        return keys
+
+    def __repr__(self) -> str:  # never show a key
+        return f"LinkKeys(signing={self.kid}, verifiers={sorted(self.verifiers)})"
+
+    @property
+    def kid(self) -> str:
+        return link_key_id(self)
+
+
 def derive_link_key(fernet_key: bytes) -> bytes:
-    return hmac.new(fernet_key, b"vigil/links/v1", hashlib.sha256).digest()
+    """The link keys of ``fernet_key``: for a :class:`~cloud.crypto.KeyRing` (the key file), a
+    :class:`LinkKeys` signing with its primary and verifying with every key of the ring; for one key, its
+    link key."""
+    if isinstance(fernet_key, KeyRing):
+        others = tuple(_link_key(k) for k in fernet_key.fernet_keys[1:])
+        return LinkKeys(_link_key(fernet_key.primary), others)
+    return _link_key(fernet_key)
 
 
 def _b64(data: bytes) -> str:
@@ -73,13 +120,18 @@ def _unb64(text: str) -> bytes:
 
 
 class LinkSigner:
+    """Signs links with the current key and verifies them with every key of the ring (:class:`LinkKeys`);
+    ``key`` may also be one link key (it then signs and verifies alone)."""
+
     def __init__(self, key: bytes, *, base_url: str, ttl_s: float) -> None:
-        self._key = key
+        keys = key if isinstance(key, LinkKeys) else LinkKeys(bytes(key))
+        self._key, self._kid = bytes(keys), keys.kid
+        self._verifiers = dict(keys.verifiers)
         self.base_url = base_url.rstrip("/")
         self.ttl_s = ttl_s
 
     def __repr__(self) -> str:
-        return f"LinkSigner(base_url={self.base_url!r}, ttl_s={self.ttl_s})"
+        return f"LinkSigner(base_url={self.base_url!r}, ttl_s={self.ttl_s}, key={self._kid})"
 
     def token(
         self, purpose: Purpose, incident_id: str, actor: str, *, now: float, ttl_s: float | None = None
@@ -91,6 +143,7 @@ class LinkSigner:
             "e": round(now + (ttl_s if ttl_s is not None else self.ttl_s), 3),
             "n": secrets.token_hex(8),
             "t": round(now, 3),
+            "k": self._kid,
         }
         body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
         mac = hmac.new(self._key, body, hashlib.sha256).digest()
@@ -98,6 +151,23 @@ class LinkSigner:
 
     def url(self, token: str) -> str:
         return f"{self.base_url}/l/{token}"
+
+    def _keys_for(self, body: bytes) -> list[bytes]:
+        """The link keys that may have signed ``body``: the one its ``k`` names, or every key (no ``k``)."""
+        try:
+            kid = json.loads(body).get("k")
+        except (ValueError, AttributeError, RecursionError):  # not a JSON object: no key will match
+            kid = None
+        if kid is None:
+            return list(self._verifiers.values())
+        key = self._verifiers.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise LinkError(
+                "forged",
+                "this link was signed with a key this Vigil server no longer holds (retired) or never held; "
+                "ask the dispatcher for a new one",
+            )
+        return [key]
 
     def verify(self, token: str, *, now: float) -> LinkClaims:
         """The claims of a genuine, unexpired token; :class:`LinkError` saying why not otherwise."""
@@ -108,7 +178,10 @@ class LinkSigner:
             body, mac = _unb64(body_b64), _unb64(mac_b64)
         except (binascii.Error, ValueError) as exc:
             raise LinkError("malformed", "this is not a Vigil link (malformed token)") from exc
-        if not hmac.compare_digest(mac, hmac.new(self._key, body, hashlib.sha256).digest()):
+        genuine = False
+        for key in self._keys_for(body):  # every candidate is computed: no early exit on a match
+            genuine |= hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest())
+        if not genuine:
             raise LinkError("forged", "this link was not issued by this Vigil server (signature mismatch)")
         try:
             raw = json.loads(body)
