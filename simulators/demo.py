@@ -150,6 +150,9 @@ class DemoReport:
     hints: list[str] = field(default_factory=list)  # the closing "what next" lines, commands included
     outbox: Path = Path()
     console_url: str | None = None
+    seeded_roles: set[str] = field(default_factory=set)  # the roles the demo's roster and desks cover
+    dispatch: list[str] = field(default_factory=list)  # the "paged" lines, one per incident
+    loop: Any = None  # simulators.demo_loop.LoopSummary, read from the cloud's API at the end
 
 
 def _prepare_workdir(workdir: Path) -> None:
@@ -236,6 +239,7 @@ async def run_demo(
     import uvicorn
 
     from alerts.contract import AlertEvent
+    from alerts.loop.routing import ROLES
     from cloud.app import create_app
     from cloud.auth import Credentials
     from cloud.crypto import SecretBox, load_or_create_key
@@ -246,6 +250,7 @@ async def run_demo(
     from edge.daemon import Gateway
     from firmware_bridge.kernel.clock import AcceleratedClock
     from simulators.config import parse_config as parse_fleet_config
+    from simulators.demo_loop import DispatchStory, demo_people, seed_people, seeded_roles
     from simulators.fleet import Fleet
     from simulators.outputs import SerialSink
     from simulators.runner import run_simulation
@@ -274,8 +279,11 @@ async def run_demo(
     fleet.write_manifest(simdir)
     n_devices = fleet.device_count()
 
-    # --- cloud: schema, one gateway credential, an operator, the device registry -----------------------
+    # --- cloud: schema, one gateway credential, an operator, the people on call, the device registry ---
     port = _free_port(port)
+    url = f"http://127.0.0.1:{port}"
+    # the signed links in every notice point at this cloud, whatever port it got
+    (clouddir / "notify.toml").write_text(f'public_base_url = "{url}"\n', encoding="utf-8")
     settings = CloudSettings(
         database_url=f"sqlite:///{clouddir / 'vigil.db'}",
         timeseries_url=f"sqlite:///{clouddir / 'vigil-ts.db'}",
@@ -284,6 +292,7 @@ async def run_demo(
         port=port,
         json_logs=False,
         connectivity_check_s=5.0,
+        notify_config_file=clouddir / "notify.toml",
     )
     clock = AcceleratedClock.starting_now(start, speedup)
     upgrade_head(settings.database_url)
@@ -293,8 +302,16 @@ async def run_demo(
         creds = Credentials(db, rotation_grace_s=0)
         gw_token = creds.add_gateway(GATEWAY_ID, name="demo street cabinet", now=clock.now())
         op_token = creds.add_user("demo-dispatcher", "dispatcher", password=op_password, now=clock.now())
+        # the administrator who loads the roster through the API below (no password: no console login)
+        admin_token = creds.add_user("demo-admin", "admin", now=clock.now())
+        devices_text = (simdir / "devices.csv").read_text(encoding="utf-8")
+        people = demo_people(
+            (simdir / "responders.csv").read_text(encoding="utf-8"), devices_text, start=clock.now()
+        )
+        for person in people.people:  # responders sign in through their signed links, not a password
+            creds.add_user(person.username, person.console_role, now=clock.now())
         registry = Registry(db, SecretBox(load_or_create_key(settings.secret_key_file)))
-        csv_text = _one_gateway_csv((simdir / "devices.csv").read_text(encoding="utf-8"))
+        csv_text = _one_gateway_csv(devices_text)
         (clouddir / "devices-import.csv").write_text(csv_text, encoding="utf-8")
         registry.import_csv(csv_text, now=clock.now())
     finally:
@@ -309,7 +326,6 @@ async def run_demo(
             yield
 
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
-    url = f"http://127.0.0.1:{port}"
 
     # --- the radio: a pseudo-terminal pair; the simulator writes SLIP frames, the gateway reads -------
     class _DemoSerial(SerialSink):
@@ -386,6 +402,18 @@ async def run_demo(
                 f"  console     {report.console_url}  (user demo-dispatcher, password {op_password})",
             )
         )
+    report.seeded_roles = seeded_roles(people)
+    teams = Counter(r for p in people.people for r in p.roles)
+    say(
+        _t(
+            f"  值班     {len(people.people)} 人全天轮班，站内信通知（"
+            + "、".join(f"{ROLES[r][0]} {n}" for r, n in teams.items())
+            + "；119/120 由值班接警员转达）",
+            f"  on call     {len(people.people)} people in round-the-clock shifts, paged in-app ("
+            + ", ".join(f"{ROLES[r][1]} {n}" for r, n in teams.items())
+            + "; the 119/120 desks relayed by the call takers)",
+        )
+    )
     say(
         _t(
             f"  文件     {workdir}（真值在 sim/truth.jsonl）",
@@ -416,7 +444,8 @@ async def run_demo(
             addresses[device_id] = str(body.get("address") or body.get("name") or "")
         return addresses[device_id]
 
-    async def print_new_alerts(client: httpx.AsyncClient) -> None:
+    async def new_alert_lines(client: httpx.AsyncClient) -> list[tuple[float, str]]:
+        out: list[tuple[float, str]] = []
         for a in sorted(await fetch_alerts(client), key=lambda a: a.time):
             key = (a.alert_id, a.phase.value, a.time)
             if key in seen_steps:
@@ -427,10 +456,14 @@ async def run_demo(
             last_phase[a.alert_id] = a.phase.value
             where = await address(client, a.device_id) if a.kind != "gateway" else ""
             phase = _t(*_PHASE.get(a.phase.value, (a.phase.value,) * 2))
-            say(
-                f"  [{_fmt_time(a.time)}] {_pad(phase, 7)} {_pad(locale.severity_label(a.severity), 6)} "
-                f"{_pad(locale.event_label(a.event_type), 16)} {a.device_id}  {where}"
+            out.append(
+                (
+                    a.time,
+                    f"  [{_fmt_time(a.time)}] {_pad(phase, 7)} {_pad(locale.severity_label(a.severity), 6)} "
+                    f"{_pad(locale.event_label(a.event_type), 16)} {a.device_id}  {where}",
+                )
             )
+        return out
 
     def status_line() -> str:
         snap = gateway.status_snapshot()
@@ -445,6 +478,15 @@ async def run_demo(
             f"cloud alert steps {len(seen_steps)}",
         )
 
+    story = DispatchStory(None, t=_t, when=_fmt_time, parse_time=locale.parse_iso)
+
+    async def tell(client: httpx.AsyncClient, *, final: bool = False) -> None:
+        """New alert steps and new pages, in time order (an incident is paged just after its alert)."""
+        lines = await new_alert_lines(client) + await story.new_lines(final=final)
+        for _, line in sorted(lines, key=lambda tl: tl[0]):
+            say(line)
+        report.dispatch = story.lines
+
     async def reporter(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -453,7 +495,7 @@ async def run_demo(
                 return
             report.frames_sent = serial.stats.sent
             with contextlib.suppress(httpx.HTTPError):
-                await print_new_alerts(client)
+                await tell(client)
             say(status_line())
 
     async def simulate() -> None:
@@ -489,6 +531,12 @@ async def run_demo(
         tg.create_task(server.serve(), name="cloud")
         while not server.started:
             await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=10
+        ) as admin:
+            await seed_people(admin.put, people)
+        story.bind(client.get)
+        await story.load_names()
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
         await asyncio.wait_for(gateway.started.wait(), 20)
         with contextlib.suppress(NotImplementedError):  # after the gateway's own handler: ours wins
@@ -499,7 +547,13 @@ async def run_demo(
         await stop.wait()
         sim_task.cancel()
         with contextlib.suppress(httpx.HTTPError):
-            await print_new_alerts(client)
+            # the last incidents' first pages: give the notify worker a moment to settle them
+            settle_by = time.monotonic() + 10
+            await tell(client)
+            while await story.untold() and time.monotonic() < settle_by:
+                await asyncio.sleep(0.5)
+                await tell(client)
+            await tell(client, final=True)
             report.alerts = await fetch_alerts(client)
             r = await client.get("/metrics")
             for line in r.text.splitlines():
@@ -517,6 +571,10 @@ async def run_demo(
                 f"cloud stored {report.readings_stored:,} readings; {len(report.alerts)} alert steps",
             )
         )
+        with contextlib.suppress(httpx.HTTPError):
+            report.loop = await story.summary()
+            for line in story.summary_lines(report.loop):
+                say(line)
         if rejects:
             shown = ", ".join(f"{k} {v}" for k, v in sorted(rejects.items(), key=lambda kv: -kv[1]))
             say(

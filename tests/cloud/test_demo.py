@@ -5,15 +5,23 @@ scored against the simulator's ground truth."""
 from __future__ import annotations
 
 import io
+import logging
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from firmware_bridge.kernel.events import AlertPhase
 from simulators.demo import run_demo
+from simulators.demo_loop import NOT_SEEDED
 from tests.servers import free_port
 
 
-async def test_demo_closes_the_loop_from_frame_to_scored_alert(tmp_path: Path) -> None:
+async def test_demo_closes_the_loop_from_frame_to_scored_alert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIGIL_LANG", "en")  # the assertions read English
+    caplog.set_level(logging.ERROR, logger="cloud.notify.worker")
     out = io.StringIO()
     # 120x: a wristband's 5-minute interval is 2.5 real seconds; much faster and ordinary scheduling
     # latency of one shared event loop starts to look like a silent device (docs/demo.md)
@@ -38,3 +46,24 @@ async def test_demo_closes_the_loop_from_frame_to_scored_alert(tmp_path: Path) -
     # what an operator sees: the cloud URL, alerts with addresses in CST, and the score table
     assert "/docs" in text and "raised" in text and "recall" in text
     assert (tmp_path / "demo" / "sim" / "truth.jsonl").exists()
+
+    # the closed loop pages the demo's roster: who was paged by which channel, per incident, and a summary
+    # read back from the cloud's API. Only the two per-person roles the demo leaves out (docs/demo.md) may
+    # be "nobody to notify"; every seeded role (grid worker, crew, police, doctor, the 120 desk ...) is not.
+    loop = report.loop
+    assert loop is not None and loop.incidents >= 1 and loop.paged >= 1, text
+    assert loop.delivered_by_channel["inapp"] >= 1, loop
+    assert {t.partition(":")[2] for t in loop.failed_by_target} <= set(NOT_SEEDED), loop
+    assert loop.pages == loop.pages_sent + loop.pages_failed + loop.pages_pending
+    nobody = [getattr(r, "target", "") for r in caplog.records if r.getMessage() == "nobody to notify"]
+    assert all(t.partition(":")[2] in NOT_SEEDED for t in nobody), nobody
+    assert {"grid_worker", "municipal_crew", "call_taker", "desk_120"} <= report.seeded_roles
+    assert report.dispatch and all(
+        line.strip().startswith("[") and "paged  #" in line for line in report.dispatch
+    )
+    assert any(" (in-app" in line for line in report.dispatch), report.dispatch
+    assert report.dispatch[0] in text
+    assert f"closed loop: {loop.incidents} incidents opened, {loop.paged} paged, " in text, text
+    with sqlite3.connect(tmp_path / "demo" / "cloud" / "vigil.db") as db:  # loaded as an admin would
+        audited = db.execute("SELECT actor FROM loop_audit WHERE action = 'roster.update'").fetchall()
+    assert audited == [("demo-admin",)]

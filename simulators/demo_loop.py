@@ -1,0 +1,425 @@
+"""The demo's closed loop: the community's people on call, and the dispatch story read back from the cloud.
+
+**People** (:func:`demo_people`): a small roster for the simulated community, built from the fleet's
+own ``responders.csv`` (``simulators/neighbourhood.py``: 网格员1, 市政抢修1队, 交警1组, 物业1处, 王医生,
+志愿者1 and their bases) and ``devices.csv`` (the grid cells). For every role the shipped routing tree
+pages, two or three people hand over in 12-hour shifts (call takers: 8-hour), so someone is on call around
+the clock; each grid cell has its two nearest grid workers. Everyone is a console user bound to the
+in-app channel, the one channel that needs no external service; every notice also carries the
+responder's signed links (accept, decline, arrived, resolved). The 119 / 120 desks are groups whose
+members are the call takers: no robot is configured in the demo, so a desk's page reaches the call
+takers in-app and they relay it by phone.
+
+Not seeded, and said so in ``docs/demo.md``: the wearer's family (``family_contact``) and the flat's
+resident (``resident``). The registry holds each wearer's emergency contact, but the roster can only
+express "on call for a role in a grid cell", which would page a neighbour's family; those pages stay
+"nobody to notify" and reach the operators in-app.
+
+**Story** (:class:`DispatchStory`): one line per incident once its first page is settled (who, by which
+channel), and a closing summary, all read from the cloud's API (incidents, their intents, the delivery
+log), not from counters in this process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from alerts.loop.rosters import distance_m
+from alerts.loop.routing import ROLES
+from simulators.neighbourhood import SURNAMES, fake_phone
+
+ZONE = "Asia/Shanghai"
+SHIFT_S = 12 * 3600.0
+DESK_SHIFT_S = 8 * 3600.0
+#: roles a person in the community holds around the clock, two per role; the name of the n-th person
+STAFF: tuple[tuple[str, Callable[[int], str]], ...] = (
+    ("municipal_crew", lambda n: f"市政抢修{n}队"),
+    ("traffic_police", lambda n: f"交警{n}组"),
+    ("property_management", lambda n: f"物业{n}处"),
+    ("community_doctor", lambda n: f"{SURNAMES[(n - 1) % len(SURNAMES)]}医生"),
+    ("volunteer", lambda n: f"志愿者{n}"),
+    ("maintenance", lambda n: f"设备运维{n}"),
+)
+CALL_TAKERS = 3
+#: the desks' group titles (no robot in the demo: the call takers relay by phone)
+DESKS = {
+    "desk_119": "119 消防指挥中心（演示未接入：值班接警员电话转达）",
+    "desk_120": "120 急救中心（演示未接入：值班接警员电话转达）",
+}
+#: roles the demo leaves unseeded on purpose (module docstring)
+NOT_SEEDED = ("family_contact", "resident")
+CHANNEL_LABELS = {
+    "inapp": ("站内信", "in-app"),
+    "inapp_ops": ("值班员站内信", "operators' in-app"),
+    "sms": ("短信", "SMS"),
+    "voice": ("语音电话", "voice call"),
+    "wecom": ("企业微信", "WeCom"),
+    "email": ("邮件", "e-mail"),
+    "dingtalk_robot": ("钉钉群", "DingTalk group"),
+    "wecom_robot": ("企业微信群", "WeCom group"),
+    "webhook": ("Webhook", "webhook"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """One responder: a console user (``username`` = responder id) bound to the in-app channel."""
+
+    username: str
+    name: str
+    roles: tuple[str, ...]
+    phone: str
+    console_role: str  # operator (field staff) or dispatcher (call takers)
+    zones: tuple[str, ...] = ("*",)
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPeople:
+    roster: dict[str, Any]  # the loop's roster document (alerts/loop/rosters.py)
+    people: list[Person]
+    groups: dict[str, tuple[str, list[str]]]  # desk group -> (title, member usernames)
+
+
+def _rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v else None
+    except ValueError:
+        return None
+
+
+def shift_anchor(start: float, zone: str = ZONE) -> float:
+    """08:00 local on the day before ``start``: shifts hand over at 08:00 and 20:00 (16:00, 00:00 for the
+    desk's 8-hour shifts), as a community's duty plan does."""
+    local = datetime.fromtimestamp(start, ZoneInfo(zone))
+    return (local.replace(hour=8, minute=0, second=0, microsecond=0) - timedelta(days=1)).timestamp()
+
+
+def demo_people(responders_csv: str, devices_csv: str, *, start: float) -> DemoPeople:
+    """The demo community's roster, people and desk groups (pure: the two CSV texts and an instant)."""
+    anchor = shift_anchor(start)
+    fleet = _rows(responders_csv)
+    people: list[Person] = []
+    rotations: list[dict[str, Any]] = []
+
+    def rotate(rid: str, role: str, zone: str, who: Sequence[Person], shift_s: float) -> None:
+        rotations.append(
+            {
+                "id": rid,
+                "role": role,
+                "zone": zone,
+                "participants": [p.username for p in who],
+                "start": anchor,
+                "shift_s": shift_s if len(who) > 1 else 0,
+            }
+        )
+
+    # grid workers: every grid cell of the fleet's devices, its two nearest workers day and night
+    workers = [r for r in fleet if r["role"] == "grid_worker"]
+    cells: dict[str, list[tuple[float, float]]] = {}
+    for d in _rows(devices_csv):
+        lat, lon = _float(d.get("lat")), _float(d.get("lon"))
+        if d.get("grid") and lat is not None and lon is not None:
+            cells.setdefault(d["grid"], []).append((lat, lon))
+    duty: dict[str, list[str]] = {}  # worker id -> grid cells
+    plan: dict[str, list[str]] = {}
+    for grid, pts in sorted(cells.items()):
+        clat, clon = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+        near = sorted(
+            workers,
+            key=lambda r: distance_m(clat, clon, _float(r["lat"]) or clat, _float(r["lon"]) or clon),
+        )[:2]
+        plan[grid] = [r["responder_id"] for r in near]
+        for r in near:
+            duty.setdefault(r["responder_id"], []).append(grid)
+    by_id: dict[str, Person] = {}
+    for r in workers:
+        if r["responder_id"] in duty:
+            p = Person(
+                r["responder_id"], r["name"], ("grid_worker",), r["phone"], "operator",
+                tuple(duty[r["responder_id"]]), _float(r["lat"]), _float(r["lon"]),
+            )  # fmt: skip
+            by_id[p.username] = p
+            people.append(p)
+    for grid, ids in plan.items():
+        rotate(f"grid-{grid}", "grid_worker", grid, [by_id[i] for i in ids], SHIFT_S)
+
+    # the other field roles: the fleet's responder of the role and a partner at the same base
+    extra = 0
+    for role, name in STAFF:
+        have = [r for r in fleet if r["role"] == role]
+        team: list[Person] = []
+        for n in range(1, 3):
+            if n <= len(have):
+                r = have[n - 1]
+                rid, who, phone, lat, lon = (
+                    r["responder_id"], r["name"], r["phone"], _float(r["lat"]), _float(r["lon"])
+                )  # fmt: skip
+            else:
+                extra += 1
+                base = team[0] if team else None
+                rid, who, phone = f"d-{role}-{n}", name(n), fake_phone(9000 + extra)
+                lat, lon = (base.lat, base.lon) if base else (None, None)
+            team.append(Person(rid, who, (role,), phone, "operator", ("*",), lat, lon))
+        people.extend(team)
+        rotate(role, role, "*", team, SHIFT_S)
+
+    # the community's duty desk: call takers in three 8-hour shifts; the 119 / 120 desks relay through them
+    desk = [
+        Person(f"d-call_taker-{n}", f"值班接警员{n}", ("call_taker",), fake_phone(9100 + n), "dispatcher")
+        for n in range(1, CALL_TAKERS + 1)
+    ]
+    people.extend(desk)
+    rotate("call_taker", "call_taker", "*", desk, DESK_SHIFT_S)
+    groups = {name: (title, [p.username for p in desk]) for name, title in DESKS.items()}
+
+    roster = {
+        "zone": ZONE,
+        "responders": [
+            {
+                "id": p.username,
+                "name": p.name,
+                "roles": list(p.roles),
+                "zones": list(p.zones),
+                **({"lat": p.lat, "lon": p.lon} if p.lat is not None and p.lon is not None else {}),
+                "channels": ["inapp"],
+            }
+            for p in people
+        ],
+        "rotations": rotations,
+        "overrides": [],
+    }
+    return DemoPeople(roster, people, groups)
+
+
+def seeded_roles(people: DemoPeople) -> set[str]:
+    return {r["role"] for r in people.roster["rotations"]} | set(people.groups)
+
+
+# -- the story, read back from the cloud's API -----------------------------------------------------------
+@dataclass
+class LoopSummary:
+    """What the closed loop did, from the cloud's API at the end of the run."""
+
+    incidents: int = 0
+    paged: int = 0
+    acknowledged: int = 0
+    pages: int = 0  # notification intents
+    pages_sent: int = 0
+    pages_failed: int = 0
+    pages_pending: int = 0
+    failed_by_target: Counter[str] = field(default_factory=Counter)
+    delivered_by_channel: Counter[str] = field(default_factory=Counter)
+
+
+class DispatchStory:
+    """Tells each incident's first page once it is settled, and the summary; ``t(zh, en)`` picks the
+    language, ``when(epoch)`` formats a time, ``get`` is an authenticated ``httpx.AsyncClient.get``."""
+
+    def __init__(
+        self,
+        get: Callable[..., Any] | None,
+        *,
+        t: Callable[[str, str], str],
+        when: Callable[[float], str],
+        parse_time: Callable[[str], float],
+    ) -> None:
+        self._get = get
+        self._t = t
+        self._when = when
+        self._parse = parse_time
+        self.names: dict[str, str] = {}
+        self.told: set[int] = set()
+        self.lines: list[str] = []
+
+    def bind(self, get: Callable[..., Any]) -> None:
+        self._get = get
+
+    async def _fetch(self, path: str, **kw: Any) -> Any:
+        if self._get is None:
+            raise RuntimeError("DispatchStory.bind(client.get) first")
+        r = await self._get(path, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    async def load_names(self) -> None:
+        body = await self._fetch("/api/v1/loop/config/roster")
+        self.names = {str(x["id"]): str(x.get("name") or x["id"]) for x in body["body"]["responders"]}
+
+    def _role(self, role: str) -> str:
+        zh, en = ROLES.get(role, (role, role))
+        return self._t(zh, en)
+
+    def _who(self, kind: str, target: str) -> str:
+        if kind == "user":
+            return self.names.get(target, target)
+        return self._role(target)
+
+    async def _incidents(self) -> list[dict[str, Any]]:
+        return list((await self._fetch("/api/v1/incidents", params={"limit": 1000}))["incidents"])
+
+    async def _intents(self, incident_id: int) -> list[dict[str, Any]]:
+        return list((await self._fetch(f"/api/v1/incidents/{incident_id}/intents"))["intents"])
+
+    async def _deliveries(self, incident_id: int) -> list[dict[str, Any]]:
+        return list((await self._fetch(f"/api/v1/notify/incidents/{incident_id}/log"))["deliveries"])
+
+    async def untold(self) -> int:
+        """Incidents paged but not told yet (their first page still in flight)."""
+        n = 0
+        for inc in await self._incidents():
+            if int(inc["id"]) not in self.told and await self._intents(int(inc["id"])):
+                n += 1
+        return n
+
+    def _channel(self, channel: str) -> str:
+        zh, en = CHANNEL_LABELS.get(channel, (channel, channel))
+        return self._t(zh, en)
+
+    async def new_lines(self, *, final: bool = False) -> list[tuple[float, str]]:
+        """(time of the page, line) for incidents whose first page is settled (``final``: also those still
+        in flight), each incident once."""
+        out: list[tuple[float, str]] = []
+        for inc in sorted(await self._incidents(), key=lambda i: int(i["id"])):
+            iid = int(inc["id"])
+            if iid in self.told:
+                continue
+            intents = await self._intents(iid)
+            if not intents:
+                continue
+            first_at = min(i["created_at"] for i in intents)
+            first = [i for i in intents if i["created_at"] == first_at]
+            if not final and any(i["state"] in ("pending", "claimed") for i in first):
+                continue
+            deliveries = await self._deliveries(iid)
+            parts = []
+            for it in first:
+                who = self._who(it["target_kind"], it["target_id"])
+                mine = [d for d in deliveries if str(d["dedup_key"]).startswith(it["dedup_key"] + "/")]
+                if it["state"] == "failed" and not mine:
+                    parts.append(self._t(f"{who}（无人可通知）", f"{who} (nobody to notify)"))
+                elif mine:
+                    chans = "、".join(dict.fromkeys(self._channel(d["channel"]) for d in mine))
+                    n = f" ×{len(mine)}" if len(mine) > 1 else ""
+                    parts.append(self._t(f"{who}（{chans}{n}）", f"{who} ({chans}{n})"))
+                else:
+                    parts.append(self._t(f"{who}（发送中）", f"{who} (sending)"))
+            self.told.add(iid)
+            label = inc.get("event_label") or inc.get("event_type", "")
+            when = self._parse(first_at)
+            at = self._when(when)
+            line = self._t(
+                f"  [{at}] 派单 #{iid} {label} → " + "、".join(parts),
+                f"  [{at}] paged  #{iid} {label} → " + ", ".join(parts),
+            )
+            out.append((when, line))
+        self.lines.extend(line for _, line in out)
+        return out
+
+    async def summary(self) -> LoopSummary:
+        s = LoopSummary()
+        for inc in await self._incidents():
+            iid = int(inc["id"])
+            s.incidents += 1
+            if inc.get("accepted_at"):
+                s.acknowledged += 1
+            intents = await self._intents(iid)
+            if intents:
+                s.paged += 1
+            for it in intents:
+                s.pages += 1
+                state = it["state"]
+                if state == "sent":
+                    s.pages_sent += 1
+                elif state == "failed":
+                    s.pages_failed += 1
+                    s.failed_by_target[f"{it['target_kind']}:{it['target_id']}"] += 1
+                else:
+                    s.pages_pending += 1
+            for d in await self._deliveries(iid):
+                if d["status"] == "delivered":
+                    s.delivered_by_channel[d["channel"]] += 1
+        return s
+
+    def summary_lines(self, s: LoopSummary) -> list[str]:
+        t = self._t
+        delivered = sum(s.delivered_by_channel.values())
+        chans = "、".join(f"{self._channel(c)} {n}" for c, n in s.delivered_by_channel.most_common())
+        chans_en = ", ".join(f"{self._channel(c)} {n}" for c, n in s.delivered_by_channel.most_common())
+        lines = [
+            t(
+                f"闭环：开立事件 {s.incidents} 起，已通知 {s.paged} 起，已接单 {s.acknowledged} 起；"
+                f"通知 {s.pages} 次：送达 {s.pages_sent}，失败 {s.pages_failed}，处理中 {s.pages_pending}；"
+                f"投递 {delivered} 条（{chans or '无'}）",
+                f"closed loop: {s.incidents} incidents opened, {s.paged} paged, "
+                f"{s.acknowledged} acknowledged; {s.pages} pages: {s.pages_sent} sent, "
+                f"{s.pages_failed} failed, {s.pages_pending} in flight; "
+                f"{delivered} deliveries ({chans_en or 'none'})",
+            )
+        ]
+        if s.failed_by_target:
+            roles = Counter[str]()
+            for target, n in s.failed_by_target.items():
+                kind, _, who = target.partition(":")
+                roles[self._who(kind, who)] += n
+            zh = "、".join(f"{k} {n}" for k, n in roles.most_common())
+            en = ", ".join(f"{k} {n}" for k, n in roles.most_common())
+            known = all(t.partition(":")[2] in NOT_SEEDED for t in s.failed_by_target)
+            why = ("", "")
+            if known:
+                why = (
+                    "家属和住户因人而异，演示未配置；",
+                    "a wearer's family and a flat's resident are per person, not configured in the demo; ",
+                )
+            lines.append(
+                t(
+                    f"  无人可收的通知：{zh}（{why[0]}已转值班员站内信，见 docs/demo.md）",
+                    f"  pages nobody could receive: {en} ({why[1]}raised to the operators in-app; "
+                    "see docs/demo.md)",
+                )
+            )
+        return lines
+
+
+async def seed_people(put: Callable[..., Any], people: DemoPeople) -> None:
+    """Load the people the way an administrator does, through the API (validated and audited): the roster
+    document, each person's contact binding (in-app; the phone for the dispatcher to call), the desk groups.
+    ``put`` is an admin's ``httpx.AsyncClient.put``; the users exist already (``Credentials.add_user``)."""
+    r = await put("/api/v1/loop/config/roster", json=people.roster)
+    r.raise_for_status()
+    for p in people.people:
+        body = {
+            "display_name": p.name,
+            "responder_id": p.username,
+            "phone": p.phone,
+            "channels": ["inapp"],
+            "duty_roles": list(p.roles),
+        }
+        r = await put(f"/api/v1/notify/contacts/{p.username}", json=body)
+        r.raise_for_status()
+    for name, (title, members) in people.groups.items():
+        r = await put(f"/api/v1/notify/groups/{name}", json={"title": title, "members": members})
+        r.raise_for_status()
+
+
+__all__ = [
+    "DemoPeople",
+    "DispatchStory",
+    "LoopSummary",
+    "Person",
+    "demo_people",
+    "seed_people",
+    "seeded_roles",
+]
