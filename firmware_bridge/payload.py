@@ -367,7 +367,8 @@ class PayloadCodec:
         t = np.asarray(times, dtype=np.float64)
         if t.ndim > 1 or (t.ndim == 1 and len(t) != n):
             raise ValueError(f"{n} payloads but times has shape {t.shape}")
-        return ids, np.broadcast_to(t, (n,))
+        # (np.broadcast_to costs more than a small batch's decoding; the batch copies the times anyway)
+        return ids, (t if t.ndim == 1 else np.full(n, t, dtype=np.float64))
 
     def _decode_records(
         self,

@@ -275,6 +275,8 @@ class DetectionEngine:
                 events += self._silence(ks, now, last, silent_tab)
             for et, tab in ks.episodes.items():
                 tr = tab.due(now)
+                if not tr.phase:
+                    continue
                 for r, ph, s in zip(tr.idx.tolist(), tr.phase, tr.severity.tolist(), strict=True):
                     val = float(tab.arrays["value"][r])
                     if et is EventType.DEVICE_SILENT:

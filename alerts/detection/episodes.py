@@ -124,12 +124,18 @@ class EpisodeTable:
         # bound to its own due time, so a tick after a batch that opened or made something pending
         # looks at those rows alone, not at the whole watch list
         self._bounded = 0
+        # per row: may be open or pending (every such row is; set with ``_note``, made exact by
+        # ``_watched``). None: not known yet, derived from the arrays when first needed. A batch with no
+        # active reading for this event type and none of its devices engaged steps nothing: one gather
+        self._engaged: npt.NDArray[np.bool_] | None = None
 
     def resize(self, capacity: int) -> None:
         if capacity <= self.capacity:
             return
         for k, (_dt, fill) in _STATE.items():
             self.arrays[k] = grow(self.arrays[k], capacity, fill)
+        if self._engaged is not None:
+            self._engaged = grow(self._engaged, capacity, False)
         self.capacity = capacity
 
     def open_rows(self) -> npt.NDArray[np.int64]:
@@ -294,9 +300,17 @@ class EpisodeTable:
         rank by rank.
         """
         active = level > 0
-        if not (self.busy or np.count_nonzero(active)):
+        any_active = np.count_nonzero(active)
+        if not (self.busy or any_active):
             return None
         rows = seg.rows
+        if not any_active:
+            engaged = self._engaged
+            if engaged is None:
+                a = self.arrays
+                engaged = self._engaged = (a["open_sev"] > 0) | (a["pending_count"] > 0)
+            if not engaged[rows].any():
+                return None  # nothing going on for these devices and nothing new
         if seg.single:
             tr = self.step(rows, t, level, value, immediate, since, confirm_after)
             if not len(tr.idx):
@@ -356,6 +370,8 @@ class EpisodeTable:
     def _note(self, rows: npt.NDArray[np.int64]) -> None:
         """``rows`` may have become open or pending: ``due`` must look at them."""
         self._new.append(rows)
+        if self._engaged is not None:
+            self._engaged[rows] = True
         if len(self._new) >= 64:  # no tick for a long while: keep the list short
             self._new = [np.unique(np.concatenate(self._new))]
             self._bounded = 0  # (the bound may count some of them twice: a min, that is harmless)
@@ -372,6 +388,9 @@ class EpisodeTable:
             cand = self._watch
         w = cand[(a["open_sev"][cand] > 0) | (a["pending_count"][cand] > 0)]
         self._watch, self._new, self._bounded = w, [], 0
+        engaged = np.zeros(n, dtype=bool)
+        engaged[w] = True
+        self._engaged = engaged
         return w
 
     def _due_times(self, w: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:

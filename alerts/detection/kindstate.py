@@ -49,12 +49,15 @@ class KindState:
     ids: list[str] = field(default_factory=list)
     capacity: int = 0
     module: Any = None  # the kind's rule module; the registry's when not given
-    # ids hashed to uint64 and sorted -> rows, and the ids as one array: a batch finds its rows with one
-    # searchsorted and one string comparison that confirms each hit, not a dict lookup per reading. The
-    # dict stays the source of truth: a miss or a collision goes through it.
-    _hashes: npt.NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    _hash_rows: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # ids hashed to uint64 in an open-addressing table (slot -> hash, row; row -1 empty), and the ids as
+    # one array: a batch finds its rows with a probe or two per id and one string comparison that
+    # confirms each hit, not a dict lookup per reading. The dict stays the source of truth: a miss or a
+    # collision goes through it.
+    _table: _HashTable = field(default_factory=lambda: _HashTable())
     _id_arr: npt.NDArray[np.str_] = field(default_factory=lambda: np.zeros(0, dtype="U16"))
+    # ids added since the hash table was last brought up to date, in row order: only a big batch
+    # looks rows up by hash (``_lookup``), so a quiet gateway's new devices never pay for the table
+    _unhashed: list[list[str] | npt.NDArray[np.str_]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -92,14 +95,26 @@ class KindState:
 
     def add(self, device_ids: list[str] | npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
         """Give rows to new devices (ids not known yet, unique), in the order given."""
-        arr = np.asarray(device_ids, dtype=np.str_)
-        ids = arr.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
+        ids = device_ids.tolist() if isinstance(device_ids, np.ndarray) else list(device_ids)
         start = self.n
         self.ids.extend(ids)
         self.index.update(zip(ids, range(start, self.n), strict=True))
         if self.n > self.capacity:
             self._resize(max(64, self.capacity * 2, self.n))
         rows = np.arange(start, self.n, dtype=np.int64)
+        self._unhashed.append(device_ids if isinstance(device_ids, np.ndarray) else ids)
+        self.params.add(rows, ids, self.capacity)
+        return rows
+
+    def _sync_hashes(self) -> None:
+        """Bring the hash table and the id array up to the rows added since (``add`` defers them)."""
+        if not self._unhashed:
+            return
+        parts = [np.asarray(p, dtype=np.str_) for p in self._unhashed]
+        self._unhashed = []
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        start = len(self._id_arr)
+        rows = np.arange(start, start + len(arr), dtype=np.int64)
         self._id_arr = np.concatenate([self._id_arr, arr])
         new_rows = rows
         if arr.dtype.itemsize > 64:  # some ids past 16 characters: the dict only finds those
@@ -107,13 +122,7 @@ class KindState:
             arr, new_rows = arr[short], rows[short]
         h = id_hashes(arr.astype("U16"))
         if h is not None and len(h):
-            o = np.argsort(h, kind="stable")
-            h, new_rows = h[o], new_rows[o]
-            at = np.searchsorted(self._hashes, h, side="right")  # after equal old hashes, as a stable sort
-            self._hashes = np.insert(self._hashes, at, h)
-            self._hash_rows = np.insert(self._hash_rows, at, new_rows)
-        self.params.add(rows, ids, self.capacity)
-        return rows
+            self._table.insert(h, new_rows)
 
     def rows_for(self, device_ids: npt.NDArray[np.str_]) -> npt.NDArray[np.int64]:
         """Row per reading; -1 for an invalid device id. New valid ids get rows (in order of appearance).
@@ -162,17 +171,98 @@ class KindState:
         get = self.index.get
         if h is None:
             return np.fromiter((get(d, -1) for d in ids.tolist()), dtype=np.int64, count=len(ids))
-        if not len(self._hashes):
+        self._sync_hashes()
+        if not len(self._id_arr):
             return np.full(len(ids), -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self._hashes, h), len(self._hashes) - 1)
-        cand = self._hash_rows[pos]
-        rows = np.where(self._id_arr[cand] == ids, cand, -1)
-        clash = np.flatnonzero((rows < 0) & (self._hashes[pos] == h))
+        cand = self._table.find(h)  # the row holding each hash, -1 for a hash not in the table
+        rows = np.where((self._id_arr[cand] == ids) & (cand >= 0), cand, -1)
+        clash = np.flatnonzero((rows < 0) & (cand >= 0))
         if len(clash):
             rows[clash] = np.fromiter(
                 (get(d, -1) for d in ids[clash].tolist()), dtype=np.int64, count=len(clash)
             )
         return rows
+
+
+class _HashTable:
+    """uint64 hash -> row, open addressing with linear probing, at most half full; vectorised.
+
+    The slot of a hash is its top bits (:func:`id_hashes` mixes into the high bits; the low bits of a
+    product see only the low bits of the id). A hash already in the table keeps its first row (another id
+    with the same hash is a collision the dict resolves). Every operation is a few whole-array steps per
+    probe round, and rounds shrink fast: at half load most ids are found in their home slot.
+    """
+
+    __slots__ = ("_bits", "_count", "_hashes", "_keys", "_row_of", "_rows")
+
+    def __init__(self) -> None:
+        self._bits = 0
+        self._count = 0
+        self._keys = np.zeros(1, dtype=np.uint64)
+        self._rows = np.full(1, -1, dtype=np.int64)
+        self._hashes = np.zeros(0, dtype=np.uint64)  # every hash inserted, and its row (a rebuild's input)
+        self._row_of = np.zeros(0, dtype=np.int64)
+
+    def _home(self, h: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        if self._bits == 0:
+            return np.zeros(len(h), dtype=np.int64)
+        return (h >> np.uint64(64 - self._bits)).astype(np.int64)
+
+    def find(self, h: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        out = np.full(len(h), -1, dtype=np.int64)
+        if self._count == 0:
+            return out
+        mask = len(self._keys) - 1
+        idx = np.arange(len(h), dtype=np.int64)
+        slot, want = self._home(h), h
+        while len(idx):
+            r = self._rows[slot]
+            hit = (r >= 0) & (self._keys[slot] == want)
+            out[idx[hit]] = r[hit]
+            go = (r >= 0) & ~hit  # an occupied slot of another hash: probe on; an empty one: not there
+            idx, slot, want = idx[go], (slot[go] + 1) & mask, want[go]
+        return out
+
+    def insert(self, h: npt.NDArray[np.uint64], rows: npt.NDArray[np.int64]) -> None:
+        self._hashes = np.concatenate([self._hashes, h])
+        self._row_of = np.concatenate([self._row_of, rows])
+        if 2 * (self._count + len(h)) > len(self._keys):
+            size = 1 << max(10, int(2 * len(self._hashes) - 1).bit_length())
+            self._bits = size.bit_length() - 1
+            self._keys = np.zeros(size, dtype=np.uint64)
+            self._rows = np.full(size, -1, dtype=np.int64)
+            self._count = 0
+            h, rows = self._hashes, self._row_of
+        self._place(h, rows)
+
+    def _place(self, h: npt.NDArray[np.uint64], rows: npt.NDArray[np.int64]) -> None:
+        mask = len(self._keys) - 1
+        keys, table_rows = self._keys, self._rows
+        claim = np.empty(len(keys), dtype=np.int64)  # per slot: which pending hash takes it this round
+        idx = np.arange(len(h), dtype=np.int64)
+        slot = self._home(h)
+        while len(idx):
+            r = table_rows[slot]
+            taken = r >= 0
+            known = taken & (keys[slot] == h[idx])  # this hash is in already: its first row stays
+            free = np.flatnonzero(~taken)
+            if len(free):
+                fs, fi = slot[free], idx[free]
+                claim[fs[::-1]] = fi[::-1]  # several hashes aiming at one free slot: one of them wins
+                won = claim[fs] == fi
+                ws, wi = fs[won], fi[won]
+                keys[ws] = h[wi]
+                table_rows[ws] = rows[wi]
+                self._count += len(wi)
+                done = known.copy()
+                done[free[won]] = True
+                # a loser tries the same slot again: it holds a hash now (maybe its own: then known)
+                go = ~done
+                nxt = np.where(taken, (slot + 1) & mask, slot)
+            else:
+                go = ~known
+                nxt = (slot + 1) & mask
+            idx, slot = idx[go], nxt[go]
 
 
 def _hashable(ids: npt.NDArray[np.str_]) -> npt.NDArray[np.uint64] | None:
