@@ -365,9 +365,17 @@ class UplinkAck(BaseModel):
     telemetry_refused: int = 0
     alerts_refused: int = 0
     refused: list[Refusal] = Field(default_factory=list)
+    #: the topic the answered copy arrived on: ``up`` (``vigil/v1/gw/{id}/up``), ``alert`` (the alert lane,
+    #: ``.../alert``) or ``http``; ``None`` from a cloud that predates the field (and on HTTP). A gateway
+    #: that published one batch on both MQTT topics learns from it which copy an ack answers.
+    via: Literal["up", "alert", "http"] | None = None
 
     def for_version(self, contract_version: int) -> dict[str, object]:
-        """The ack as a JSON-ready dict for a gateway speaking ``contract_version``."""
+        """The ack as a JSON-ready dict for a gateway speaking ``contract_version``. ``via`` is left out
+        when ``None`` and always for version 1 (whose gateways refuse unknown keys)."""
+        exclude = set() if self.via is not None else {"via"}
         if contract_version >= 2:
-            return self.model_dump(mode="json")
-        return self.model_dump(mode="json", exclude={"telemetry_refused", "alerts_refused", "refused"})
+            return self.model_dump(mode="json", exclude=exclude)
+        return self.model_dump(
+            mode="json", exclude=exclude | {"telemetry_refused", "alerts_refused", "refused", "via"}
+        )

@@ -710,7 +710,9 @@ class IngestWorker:
         if conn is None:  # stored, but the connection went: the redelivery will be answered duplicate=true
             self.metrics.messages.labels("abandoned").inc()
             return False
-        # a version-1 gateway gets a version-1 ack (no refusal fields), as on HTTP
+        # a version-1 gateway gets a version-1 ack (no refusal fields, no via), as on HTTP; ``via`` names
+        # this session's topic, so a gateway that sent the batch on both knows which copy is answered
+        ack = ack.model_copy(update={"via": self.config.lane})
         conn.publish(mqtt_ack_topic(gateway_id), json.dumps(ack.for_version(batch.contract_version)).encode())
         self.metrics.messages.labels("duplicate" if ack.duplicate else "stored").inc()
         return True
