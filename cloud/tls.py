@@ -11,6 +11,11 @@ makes uvicorn serve HTTPS with the context built here:
   connection must present a certificate signed by that CA (mutual TLS for gateways; a browser console
   then needs one too, so put the console behind a proxy or a second listener if that matters).
 
+* optional revocation (``VIGIL_CLOUD_TLS_CRL``, needs the client CA): a client certificate listed in that
+  CRL gets 403 ``certificate_revoked`` on every request, whatever the token (:class:`CrlCheck`: re-read
+  when the file changes, no restart; the last good list is kept if a replacement is bad; an expired CRL
+  still refuses what it lists and is reported loudly; docs/mtls.md says why it does not refuse everyone).
+
 A missing or unreadable file is a :class:`~cloud.errors.ConfigError` naming the setting, raised before the
 server starts. See docs/security.md ("Transport security").
 
@@ -515,17 +520,18 @@ def connection_extensions(transport: asyncio.BaseTransport) -> dict[str, Any]:
     }
     if cert is not None:  # only verified certificates get here: verify_mode is CERT_REQUIRED with a CA
         out[PEER_EXTENSION]["identity"] = identity_of_name(cert.subject, "tls")
+        out[PEER_EXTENSION]["certificate"] = cert
     return out
 
 
-def _connection_crl(transport: asyncio.BaseTransport) -> tuple[CrlCheck, x509.Certificate] | None:
+def _connection_crl(
+    transport: asyncio.BaseTransport, extensions: Mapping[str, Any]
+) -> tuple[CrlCheck, x509.Certificate] | None:
     """The CRL check of this connection's server context and the verified client certificate, if both."""
     sslobj = transport.get_extra_info("ssl_object")
     crl = getattr(getattr(sslobj, "context", None), "vigil_crl", None)
-    if sslobj is None or not isinstance(crl, CrlCheck):
-        return None
-    der = sslobj.getpeercert(binary_form=True)
-    return (crl, x509.load_der_x509_certificate(der)) if der else None
+    cert = extensions[PEER_EXTENSION].get("certificate")
+    return (crl, cert) if isinstance(crl, CrlCheck) and cert is not None else None
 
 
 def _cloud_state(app: Any) -> Any:
@@ -602,7 +608,7 @@ def peer_identity_protocol(base: type[_P]) -> type[_P]:
                 return
             extensions = connection_extensions(transport)
             inner: _AsgiApp = self.app  # type: ignore[has-type]
-            revocable = _connection_crl(transport)
+            revocable = _connection_crl(transport, extensions)
             if revocable is not None:
                 registry = getattr(getattr(_cloud_state(inner), "metrics", None), "registry", None)
                 if registry is not None:
