@@ -187,6 +187,15 @@ class CrlCheck:
             len(snap.revoked),
             _when(snap.next_update),
         )
+        unchecked = [c.subject.rfc4514_string() for c in self._cas]
+        unchecked = [name for name in unchecked if name not in snap.issuers]
+        if unchecked:
+            log.warning(
+                "这些 CA 在证书吊销列表中没有 CRL，其证书不做吊销检查 / no CRL in %s for the client CA(s) "
+                "%s: their certificates are not checked for revocation (nginx and Mosquitto refuse them)",
+                self.path,
+                "; ".join(unchecked),
+            )
         if self.expired:
             self._complained.pop("expired", None)
             self._complain_expired()

@@ -195,7 +195,9 @@ def test_vigil_cloud_with_a_bad_crl_fails_before_serving(
 
 
 # -- the rules, without a server -----------------------------------------------------------------------
-def test_a_crl_must_be_signed_by_a_client_ca_and_needs_one(tmp_path: Path) -> None:
+def test_a_crl_must_be_signed_by_a_client_ca_and_needs_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     pki = make_pki(tmp_path)
     (tmp_path / "other").mkdir()
     other = make_pki(tmp_path / "other")
@@ -229,6 +231,15 @@ def test_a_crl_must_be_signed_by_a_client_ca_and_needs_one(tmp_path: Path) -> No
     )
     snap = load_crl(der, cas(pki.ca))
     assert len(snap.revoked) == 1
+    # a client CA without a CRL in the file: its certificates are not checked, and that is said
+    with caplog.at_level(logging.WARNING, logger="cloud.tls"):
+        CrlCheck(der, cas(pki.ca, pki.other_ca))
+    assert any(
+        "CN=Some other CA" in r.getMessage() and "not checked" in r.getMessage() for r in caplog.records
+    )
+    assert "CN=Vigil test CA" not in " ".join(
+        r.getMessage() for r in caplog.records if "not checked" in r.getMessage()
+    )
 
     with pytest.raises(ConfigError, match="tls_crl needs tls_client_ca"):
         CloudSettings.from_env(
