@@ -130,14 +130,19 @@ class DetectionEngine:
         seq = batch.seq.astype(np.int64)
         ok = (rows >= 0) & np.isfinite(t) & (t >= 0) & (t <= _MAX_TIME)
         if ok.all():
-            order = _device_order(rows, t, seq, ks.scratch)
+            order, same = _device_order(rows, t, seq, ks.scratch)
         else:
             bad = int((~ok).sum())
             self.counters.rejected_total += bad
             _log.warning("rejected %d %s readings with an invalid device id or time", bad, batch.kind.value)
             idx = np.flatnonzero(ok)
-            order = idx[_device_order(rows[idx], t[idx], seq[idx], ks.scratch)]
-        r, ts, sq = rows[order], t[order], seq[order]
+            if not len(idx):
+                return []  # nothing valid (before: an empty batch crashed the silence bookkeeping)
+            order = idx[_device_order(rows[idx], t[idx], seq[idx], ks.scratch)[0]]
+            same = False
+        # every device once and every reading valid (a quiet gateway's batch): the batch's own order,
+        # so its columns are used as they are (nothing here writes into them)
+        r, ts, sq = (rows, t, seq) if same else (rows[order], t[order], seq[order])
         seg = Segments(r)
         c = ks.common
         keep, last_t, ndup, nstale = _accept(seg, ts, sq, c["last_time"], c["last_seq"])
@@ -145,6 +150,7 @@ class DetectionEngine:
         self.counters.stale_total += nstale
         rank = np.zeros(len(r), dtype=np.int64) if seg.single else seg.pos - seg.start
         if keep is not None:
+            same = False
             order, r, ts, sq, last_t, rank = (
                 order[keep],
                 r[keep],
@@ -183,9 +189,9 @@ class DetectionEngine:
             rows=r,
             t=ts,
             dt=dt,
-            values=batch.values[order],
-            flags=batch.flags[order],
-            battery=batch.battery_pct[order],
+            values=batch.values if same else batch.values[order],
+            flags=batch.flags if same else batch.flags[order],
+            battery=batch.battery_pct if same else batch.battery_pct[order],
             p=ks.params.view(r),
             state=ks.state,
             det=ks.det,
@@ -427,8 +433,9 @@ def _device_order(
     t: npt.NDArray[np.float64],
     seq: npt.NDArray[np.int64],
     scratch: npt.NDArray[np.int64],
-) -> npt.NDArray[np.int64]:
-    """An order grouping each device's readings, in (time, seq) order within the device.
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """An order grouping each device's readings, in (time, seq) order within the device, and whether
+    it is the batch's own order.
 
     Every device once (the common case): the batch as it is, checked with one scatter into ``scratch``
     (an int array of at least the kind's capacity). A batch in time order: a stable sort by device.
@@ -438,13 +445,13 @@ def _device_order(
     pos = np.arange(n, dtype=np.int64)
     scratch[rows] = pos
     if (scratch[rows] == pos).all():
-        return pos
+        return pos, True
     if n > 1 and bool((t[1:] >= t[:-1]).all()):
         order = np.argsort(rows, kind="stable")
         r, ts = rows[order], t[order]
         if not ((r[1:] == r[:-1]) & (ts[1:] == ts[:-1])).any():
-            return order
-    return np.lexsort((seq, t, rows))
+            return order, False
+    return np.lexsort((seq, t, rows)), False
 
 
 def _evaluate(module: Any, ctx: RuleContext) -> dict[EventType, Verdict]:

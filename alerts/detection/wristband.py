@@ -176,12 +176,18 @@ def _geofence(ctx: RuleContext) -> Verdict:
     home_lon = np.broadcast_to(np.asarray(p.home_lon, dtype=np.float64), (n,))
     radius = np.broadcast_to(np.asarray(p.geofence_radius_m, dtype=np.float64), (n,))
     given = np.isfinite(home_lat) & np.isfinite(home_lon)
+    any_given = bool(given.any())  # usually no band has a configured home: the learned one for all
     level, dist = np.empty(n, dtype=np.int8), np.empty(n)
     for ix in ctx.seg.ranks():
         r, g, la, lo, f, rad = rows[ix], given[ix], lat[ix], lon[ix], fix[ix], radius[ix]
-        hlat = np.where(g, home_lat[ix], dlat_det.baseline(r))  # type: ignore[attr-defined]
-        hlon = np.where(g, home_lon[ix], dlon_det.baseline(r))  # type: ignore[attr-defined]
-        known = g | dlat_det.warm(r)
+        if any_given:
+            hlat = np.where(g, home_lat[ix], dlat_det.baseline(r))  # type: ignore[attr-defined]
+            hlon = np.where(g, home_lon[ix], dlon_det.baseline(r))  # type: ignore[attr-defined]
+            known = g | dlat_det.warm(r)
+        else:
+            hlat = dlat_det.baseline(r)  # type: ignore[attr-defined]
+            hlon = dlon_det.baseline(r)  # type: ignore[attr-defined]
+            known = dlat_det.warm(r)
         dy = np.radians(la - hlat)
         dx = np.radians(lo - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
         d = EARTH_RADIUS_M * np.hypot(dx, dy)

@@ -13,6 +13,7 @@ checks never fire; the only symptom is a value that stops moving. The score is t
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -47,22 +48,38 @@ class Flatline(Detector):
         rows, xa = self._check(seg.rows, x)
         a = self.arrays
         learned = np.isfinite(xa) & np.isfinite(t)
+        if seg.single:
+            return self._score_learn_single(rows, xa, learned)
         last = seg.prev_where(learned, xa, a["last_x"])
         same = learned & np.isfinite(last) & (np.abs(xa - last) <= self.tolerance)
         reset = learned & ~same
         c = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(same, out=c[1:])
-        if seg.single:
-            run_after = np.where(same, a["run"][rows] + 1.0, 0.0)
-        else:
-            start = seg.start
-            j = seg.latest(reset, True)  # the latest change at or before each reading
-            since_reset = c[1:] - c[np.maximum(j, 0) + 1]
-            run_after = np.where(j >= start, since_reset, a["run"][rows] + (c[1:] - c[start]))
+        start = seg.start
+        j = seg.latest(reset, True)  # the latest change at or before each reading
+        since_reset = c[1:] - c[np.maximum(j, 0) + 1]
+        run_after = np.where(j >= start, since_reset, a["run"][rows] + (c[1:] - c[start]))
         n_before = a["n_learned"][rows] + seg.count_before(learned)
         ok = learned & (n_before >= self.grace_period) & same
         out: FloatArray = np.where(ok, run_after, 0.0).astype(np.float64)
         seg.store_last(a["run"], run_after.astype(np.float64), learned)
         seg.store_last(a["last_x"], xa, learned)
         a["n_learned"][seg.seg_rows] += seg.count(learned)
+        return out
+
+    def _score_learn_single(self, rows: IntArray, xa: FloatArray, learned: np.ndarray) -> FloatArray:
+        """:meth:`score_learn` when every device has one reading (a quiet gateway's batch): the same
+        values with half the array operations (a comparison with a NaN last value is False; a repeat
+        implies a learned reading)."""
+        a = self.arrays
+        last = a["last_x"][rows]
+        same = learned & (np.abs(xa - last) <= self.tolerance)  # False for a NaN (never learned) last
+        if not math.isfinite(self.tolerance):
+            same &= np.isfinite(last)
+        run_after = np.where(same, a["run"][rows] + 1.0, 0.0)
+        out: FloatArray = np.where(same & (a["n_learned"][rows] >= self.grace_period), run_after, 0.0)
+        rl = rows[learned]
+        a["run"][rl] = run_after[learned]
+        a["last_x"][rl] = xa[learned]
+        a["n_learned"][rl] += 1
         return out
