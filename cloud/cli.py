@@ -27,6 +27,7 @@ def _settings(args: argparse.Namespace) -> Any:
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
         tls_client_ca=getattr(args, "tls_client_ca", None),
+        tls_crl=getattr(args, "tls_crl", None),
     )
 
 
@@ -384,6 +385,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--tls-client-ca",
         type=Path,
         help="require client certificates signed by this CA (mutual TLS; env VIGIL_CLOUD_TLS_CLIENT_CA)",
+    )
+    p.add_argument(
+        "--tls-crl",
+        type=Path,
+        help="refuse client certificates this CRL revokes, re-read when it changes (env VIGIL_CLOUD_TLS_CRL)",
     )
     p.add_argument(
         "--clock", type=Path, help="accelerated clock file written by `vigil simulate` (simulations)"

@@ -62,11 +62,15 @@ class CloudMetrics:
         )
         self.certificate_refusals = Counter(
             "vigil_cloud_gateway_certificate_refusals_total",
-            "Gateway tokens refused because the client certificate is another's or missing (docs/mtls.md)",
+            "Gateway requests refused: client certificate another's, missing or revoked (docs/mtls.md)",
             ["reason"],
             registry=r,
         )
-        for reason in ("certificate_mismatch", "certificate_required"):  # at 0 before the first refusal
+        for reason in (
+            "certificate_mismatch",
+            "certificate_required",
+            "certificate_revoked",
+        ):  # at 0 before the first refusal
             self.certificate_refusals.labels(reason)
         self.connectivity_alerts = Counter(
             "vigil_cloud_connectivity_alerts_total",

@@ -565,7 +565,7 @@ async def _refuse_revoked(app: Any, cert: x509.Certificate, rev: Revocation, sco
     )
     state = _cloud_state(app)
     if state is not None:
-        from cloud.api.deps import _refused
+        from cloud.api.deps import record_certificate_refusal
         from cloud.auth import GatewayCertificateError
 
         exc = GatewayCertificateError(
@@ -575,7 +575,7 @@ async def _refuse_revoked(app: Any, cert: x509.Certificate, rev: Revocation, sco
             subject=identity.subject,
         )
         try:
-            await _refused(state, exc, "tls")
+            await record_certificate_refusal(state, exc, "tls")
         except Exception:  # never let bookkeeping turn a refusal into a 500
             log.exception("cannot count or audit a revoked client certificate")
     else:

@@ -123,7 +123,7 @@ async def get_principal(
                 required=cert.required if cert is not None else False,
             )
         except GatewayCertificateError as exc:
-            await _refused(state, exc, identity.source if identity is not None else None)
+            await record_certificate_refusal(state, exc, identity.source if identity is not None else None)
             raise
     return principal
 
@@ -135,7 +135,9 @@ _AUDIT_EVERY_S = 60.0
 _AUDIT_KEYS = 10_000
 
 
-async def _refused(state: CloudState, exc: GatewayCertificateError, source: str | None) -> None:
+async def record_certificate_refusal(
+    state: CloudState, exc: GatewayCertificateError, source: str | None
+) -> None:
     state.metrics.certificate_refusals.labels(exc.reason).inc()
     log.warning(
         "网关令牌与客户端证书不符，已拒绝 / gateway token refused: %s (gateway %s, certificate %s, via %s)",

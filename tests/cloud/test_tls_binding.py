@@ -153,8 +153,9 @@ async def test_a_stolen_token_is_refused_with_another_gateways_certificate(tmp_p
         with httpx.Client(verify=client_ctx(pki, b_cert, b_key), timeout=10) as c:
             metrics = c.get(f"{cloud.url}/metrics").text
         assert 'vigil_cloud_gateway_certificate_refusals_total{reason="certificate_mismatch"} 3.0' in metrics
-        # the other reason is exported at 0 before it ever happens (an alert rule can use it from the start)
+        # the other reasons are exported at 0 before they ever happen (an alert rule can use it from the start)
         assert 'vigil_cloud_gateway_certificate_refusals_total{reason="certificate_required"} 0.0' in metrics
+        assert 'vigil_cloud_gateway_certificate_refusals_total{reason="certificate_revoked"} 0.0' in metrics
         with contextlib.closing(sqlite3.connect(cloud.db_path)) as db:
             rows = db.execute(
                 "SELECT actor, target, detail FROM loop_audit WHERE action = ?",

@@ -297,3 +297,21 @@ def test_crl_check_reloads_keeps_the_last_good_list_and_shouts_when_expired(
     assert len(expired_logs) == 1 and expired_logs[0].levelno == logging.ERROR
     check.revoked(b)  # not repeated on every request (every 5 minutes while it lasts)
     assert len([r for r in caplog.records if "expired" in r.getMessage()]) == 1
+
+
+def test_the_tls_crl_flag_reaches_the_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vigil cloud --tls-crl FILE`` is the same setting as the variable (a flag parsed but not passed on
+    would serve without revocation, silently)."""
+    import vigil_cli
+
+    pki = make_pki(tmp_path)
+    db = tmp_path / "never.db"
+    argv = [
+        *("cloud", "--port", str(free_port()), "--tls-cert", str(pki.server_cert)),
+        *("--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca)),
+        *("--database-url", f"sqlite:///{db}", "--tls-crl", str(tmp_path / "missing.crl")),
+    ]
+    assert vigil_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "VIGIL_CLOUD_TLS_CRL" in err and "cannot read the CRL" in err, err
+    assert not db.exists()

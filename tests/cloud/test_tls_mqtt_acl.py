@@ -32,6 +32,7 @@ from alerts.contract import mqtt_ack_topic, mqtt_alert_topic, mqtt_up_topic
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
 from edge.uplink.mqtt import MqttUplink
 from firmware_bridge.transports.mqtt import close_on_failed_handshake
+from tests.cloud.crlkit import empty_crl
 from tests.cloud.test_mqtt_ingest import FakeIngest, make_batch, running, uid
 from tests.cloud.test_tls import Pki, issue_client, make_pki
 from tests.servers import MosquittoServer, free_port, wait_for_port
@@ -52,15 +53,14 @@ def render(
     crl: Path | None = None,
 ) -> str:
     """The shipped listener file with this test's ports and files (the gateway CA is ``client_ca``, else the
-    test CA); with ``crl`` its commented ``crlfile`` line is switched on. Nothing else changed."""
+    test CA; the CRL is ``crl``, else the test CA's empty one). Nothing else changed."""
     out = conf.replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
     out = out.replace("listener 8883\n", f"listener {tls_port} 127.0.0.1\n")
     out = out.replace("/etc/mosquitto/certs/broker.pem", str(pki.server_cert))
     out = out.replace("/etc/mosquitto/certs/broker.key", str(pki.server_key))
     out = out.replace("/etc/vigil/tls/gateway-ca.pem", str(client_ca or pki.ca))
-    if crl is not None:
-        assert "\n# crlfile /etc/vigil/tls/gateway-ca.crl\n" in out
-        out = out.replace("\n# crlfile /etc/vigil/tls/gateway-ca.crl\n", f"\ncrlfile {crl}\n")
+    # crlfile is shipped on (the file must exist): the test CA's empty CRL unless ``crl`` is given
+    out = out.replace("\ncrlfile /etc/vigil/tls/gateway-ca.crl\n", f"\ncrlfile {crl or empty_crl(pki)}\n")
     for name in ("vigil-passwd", "vigil-cloud.acl", "vigil-gateways.acl"):
         out = out.replace(f"/etc/mosquitto/{name}", str(d / name))
     assert "/etc/" not in re.sub(r"(?m)^#.*$", "", out), out  # every path replaced

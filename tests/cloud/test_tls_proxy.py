@@ -35,6 +35,7 @@ from alerts.contract import HTTP_PATH
 from edge.outbox import Outbox, PendingBatch
 from edge.uplink import UplinkAuthError
 from edge.uplink.http import HttpUplink
+from tests.cloud.crlkit import empty_crl
 from tests.cloud.test_tls import Pki, issue_client, make_pki, running_cloud
 from tests.cloud.test_tls_binding import client_ctx, json_batch, provision
 from tests.edge.helpers import alert, device_id
@@ -56,6 +57,7 @@ def render(conf: str, *, http_port: int, https_port: int, upstream_port: int, pk
     out = out.replace("/etc/vigil/tls/fullchain.pem", str(pki.server_cert))
     out = out.replace("/etc/vigil/tls/privkey.pem", str(pki.server_key))
     out = out.replace("/etc/vigil/tls/gateway-ca.pem", str(pki.ca))
+    out = out.replace("/etc/vigil/tls/gateway-ca.crl", str(empty_crl(pki)))  # ssl_crl: must exist
     out = out.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};")
     assert str(https_port) in out and str(upstream_port) in out and str(pki.server_cert) in out
     assert f"ssl_client_certificate {pki.ca};" in out
