@@ -18,10 +18,14 @@ import functools
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.db import ApiToken, Database, Gateway, User
 from cloud.errors import (
@@ -30,6 +34,7 @@ from cloud.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    StorageError,
 )
 
 GATEWAY_TOKEN_PREFIX = "vgw_"
@@ -150,23 +155,24 @@ class Credentials:
 
         Every uplink batch asks this, so it is one indexed driver-level ``SELECT`` of three columns rather
         than an ORM load of the whole row (its status document included): 1.2 ms -> ~0.1 ms per request
-        in the whole-path profile (bench/bench_ingest.py). Never cached: a revocation counts at once, in
-        every worker."""
+        in the whole-path profile (bench/bench_ingest.py), on a pooled driver connection rather than a
+        session (59 -> 9 us per lookup). Never cached: a revocation counts at once, in every worker."""
         h = token_hash(token)
-        with self.db.read() as s:
-            conn = s.connection()
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            head = "SELECT gateway_id, revoked_at, prev_token_expires_at FROM gateways WHERE "
-            row = conn.exec_driver_sql(f"{head}token_hash = {mark}", (h,)).first()
+        mark = "?" if self.db.is_sqlite else "%s"
+        head = "SELECT gateway_id, revoked_at, prev_token_expires_at FROM gateways WHERE "
+        with _driver_cursor(self.db) as cur:
+            cur.execute(f"{head}token_hash = {mark}", (h,))
+            row = cur.fetchone()
             if row is None:
-                row = conn.exec_driver_sql(f"{head}prev_token_hash = {mark}", (h,)).first()
+                cur.execute(f"{head}prev_token_hash = {mark}", (h,))
+                row = cur.fetchone()
                 if row is not None and (row[2] or 0) <= now:
                     raise AuthenticationError("this gateway token was rotated and its grace period is over")
-            if row is None:
-                raise AuthenticationError("unknown token")
-            if row[1] is not None:
-                raise AuthenticationError(f"gateway {row[0]!r} is revoked")
-            return str(row[0])
+        if row is None:
+            raise AuthenticationError("unknown token")
+        if row[1] is not None:
+            raise AuthenticationError(f"gateway {row[0]!r} is revoked")
+        return str(row[0])
 
     # -- users ----------------------------------------------------------------------------------------
     def add_user(self, username: str, role: Role | str, *, password: str | None = None, now: float) -> str:
@@ -421,3 +427,21 @@ class LoginThrottle:
     def succeeded(self, keys: tuple[str, ...]) -> None:
         for k in keys:
             self._fails.pop(k, None)
+
+
+@contextmanager
+def _driver_cursor(db: Database) -> Iterator[Any]:
+    """A cursor on a pooled driver connection, for a read of a few rows on the hot path (no ORM session:
+    ~50 us less per request); the connection goes back to the pool rolled back. Driver and pool errors
+    become :class:`StorageError`, as :meth:`Database.read` translates them."""
+    dbapi_error = db.engine.dialect.loaded_dbapi.Error
+    try:
+        conn = db.engine.raw_connection()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database read failed: {type(exc).__name__}") from exc
+    try:
+        yield conn.cursor()
+    except dbapi_error as exc:
+        raise StorageError(f"database read failed: {type(exc).__name__}") from exc
+    finally:
+        conn.close()

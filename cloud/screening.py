@@ -185,8 +185,8 @@ def screen(
 
     ``cache`` (the ingest service's) spares the device query while the registry is unchanged."""
     lo, hi = window
-    readings = [b.to_batch() for b in batch.telemetry if len(b)]
-    ids = sorted({d for b in batch.telemetry for d in set(b.device_id)} | {a.device_id for a in batch.alerts})
+    blocks = [(b.to_batch(), set(b.device_id)) for b in batch.telemetry if len(b)]
+    ids = sorted(set().union(*(u for _, u in blocks), (a.device_id for a in batch.alerts)))
     devices = cache.lookup(s, ids) if cache is not None else _device_table(s, ids)
     allowed_gw = {gateway_id, None} if allow_unassigned else {gateway_id}
 
@@ -202,11 +202,11 @@ def screen(
 
     out = Screened(telemetry=[], alerts=[])
     tele_tally: Tally[tuple[str, RefusalReason]] = Tally()
-    for rb in readings:
+    for rb, block_ids in blocks:
         n = len(rb)
         dev, tm = rb.device_id, rb.time
         kind = rb.kind.value
-        reasons = {d: device_reason(d, kind) for d in set(dev.tolist())}
+        reasons = {d: device_reason(d, kind) for d in block_ids}
         bad_dev = np.array([d for d, r in reasons.items() if r is not None], dtype=np.str_)
         dev_ok = ~np.isin(dev, bad_dev) if len(bad_dev) else np.ones(n, dtype=bool)
         keep = dev_ok & (tm >= lo) & (tm <= hi)
