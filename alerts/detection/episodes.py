@@ -455,18 +455,21 @@ class EpisodeTable:
                 a["open_sev"][rows_r].astype(np.int8),
             ]
         )
+        self._settle(w)
         return Transitions(idx, confirmed.phase + [AlertPhase.UPDATED] * (len(rows_e) + len(rows_r)), sev_out)
 
     def _idle(self, confirmed: Transitions, w: npt.NDArray[np.int64]) -> Transitions:
-        """``due``'s result when it escalated and reminded nothing; with nothing confirmed either, the
-        table notes the earliest time a later ``due`` could step the watched rows ``w``: a pending
-        deadline, an escalation or a reminder. A millisecond early, so that rounding in ``due``'s
-        ``now - opened >= after`` never steps before the bound says."""
-        if len(confirmed.idx):
-            return confirmed
+        """``due``'s result when it escalated and reminded nothing (see :meth:`_settle`)."""
+        self._settle(w)
+        return confirmed
+
+    def _settle(self, w: npt.NDArray[np.int64]) -> None:
+        """After ``due`` stepped what was due: note the earliest time a later ``due`` could step the
+        watched rows ``w`` (their state as it is now): a pending deadline, an escalation or a reminder.
+        A millisecond early, so that rounding in ``due``'s ``now - opened >= after`` never steps before
+        the bound says. (A step just taken only moves its row's times later.)"""
         at = self._due_times(w)
         self._quiet_until = float(at.min()) - 1e-3 if len(at) else math.inf
-        return confirmed
 
     def _confirm_due(self, now: float, w: npt.NDArray[np.int64]) -> Transitions:
         """Raise pending episodes whose ``confirm_after`` deadline passed with no contradicting reading."""
