@@ -12,9 +12,10 @@ class keeps what follows from it:
   the next alert batch tries the lane again; the next period is the doubled one if it fails again.
 - ``disabled``: the setting ``uplink.mqtt_alert_topic = false``.
 
-Any answer the cloud sends for a copy published on the lane (:meth:`answered`) puts the lane back in use
-and the next period back to ``reprobe_min_s``. Each change of state is logged once (Chinese, then English),
-never per batch.
+Any answer the cloud sends for a copy published on the lane (:meth:`answered`: an ack saying
+``via="alert"``, or, from a cloud that does not say, one answer more than the copies on ``.../up``) puts
+the lane back in use and the next period back to ``reprobe_min_s``. Each change of state is logged once
+(Chinese, then English), never per batch.
 
 >>> t = [0.0]
 >>> lane = AlertLane(reprobe_min_s=30, reprobe_max_s=900, clock=lambda: t[0], wallclock=lambda: t[0])

@@ -27,12 +27,26 @@ evidence (docs/contract.md, "Alert lane"):
   ack that comes back when the cloud returns says nothing about the lane (the cloud's two sessions
   reconnect independently), so it never switches the lane off.
 
-Otherwise the batch is delivered (or retried by the sender, on the lane) and the lane stays in use. An
-ack cannot say which copy it answers, so answers are counted per alert batch: an answer beyond the
-number of ``.../up`` copies published must come from a lane copy, and puts the lane back in use at once
-(a lane copy that was merely late, e.g. behind a database outage). A lane judged missing is re-probed
-after ``alert_reprobe_min_s`` (default 30 s), doubling up to ``alert_reprobe_s`` (900 s) while it keeps
-failing, reset by any lane answer, and at once after a reconnect (:class:`~edge.uplink.alert_lane.AlertLane`).
+Otherwise the batch is delivered (or retried by the sender, on the lane) and the lane stays in use.
+
+Which copy an ack answers: a current cloud says so (``UplinkAck.via``: ``"up"`` or ``"alert"``).
+
+- ``via="alert"`` proves the lane: back in use at once (a lane copy that was merely late), and the lane is
+  *proven on this connection* (the broker's ACL and the cloud's alert session both carry it).
+- ``via="up"`` answering the ``.../up`` copy while the lane copy is unanswered is evidence under the rules
+  above, except on a connection where the lane was proven: then the lane's silence is its session lagging
+  (the cloud restarted its alert sessions alone, or they reconnect later than telemetry), like an outage,
+  and the lane is kept, for at most ``alert_reprobe_min_s`` counted from the first lane copy left
+  unanswered since the last lane answer. Past that it is judged missing as usual (a cloud reconfigured
+  without the lane), and a new connection needs a new proof.
+- an answer without ``via`` (a cloud that predates the field, or rolled back to one; error documents)
+  falls back to counting, whatever was proven before: answers are counted per alert batch, and an answer
+  beyond the number of ``.../up`` copies published must come from a lane copy, which puts the lane back
+  in use; the ``.../up`` copy answered so while no lane copy was is evidence under the rules above.
+
+A lane judged missing is re-probed after ``alert_reprobe_min_s`` (default 30 s), doubling up to
+``alert_reprobe_s`` (900 s) while it keeps failing, reset by any lane answer, and at once after a reconnect
+(:class:`~edge.uplink.alert_lane.AlertLane`).
 """
 
 from __future__ import annotations
@@ -45,7 +59,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -77,14 +91,20 @@ log = logging.getLogger(__name__)
 _TRACKED_BATCHES = 256
 
 
-class _Copies:
-    """Copies of one alert batch published on ``.../up``, and answers received for it (any copy)."""
+#: ``UplinkAck.via`` as read from a document (``None``: absent, or not a value this gateway knows)
+Via = Literal["up", "alert"] | None
 
-    __slots__ = ("answers", "up")
+
+class _Copies:
+    """Copies of one alert batch published on ``.../up``, answers received for it (any copy), and whether
+    an answer named the lane (``via="alert"``)."""
+
+    __slots__ = ("answers", "lane", "up")
 
     def __init__(self) -> None:
         self.up = 0
         self.answers = 0
+        self.lane = False
 
 
 class _BinaryNotRead(Exception):
@@ -146,6 +166,10 @@ class MqttUplink:
             metrics.watch_alert_lane(self.lane)
         self._epoch = 0  # connections made so far: a verdict needs the same connection throughout
         self._silent = False  # .../up unanswered on this connection since it was made or last answered
+        self._clock = clock
+        self._lane_proof: int | None = None  # the connection (epoch) on which an ack named the lane
+        self._lane_quiet_since: float | None = None  # clock(): first lane copy unanswered since a lane ack
+        self._lag_logged: float | None = None  # the silence last logged as the lane's session lagging
         self._copies: OrderedDict[str, _Copies] = OrderedDict()  # alert batches published on the lane
         self._on_up: set[str] = set()  # batches waiting for an answer to a copy published on .../up
         self.ack_topic = mqtt_ack_topic(gateway_id)
@@ -175,6 +199,7 @@ class MqttUplink:
                     self._epoch += 1
                     # after an outage (a lost session, a failed attempt) nothing is known of the cloud yet
                     self._silent = self.reconnects_total > 0
+                    self._lane_quiet_since = None  # the proof was for the old connection
                     self.lane.reconnected()
                     self.connected.set()
                     backoff.reset()
@@ -194,22 +219,34 @@ class MqttUplink:
             self.reconnects_total += 1
             await backoff.sleep()
 
-    def _answered(self, batch_id: str) -> None:
-        """The cloud answered a copy of ``batch_id`` (an ack or an error document naming it)."""
-        if batch_id in self._on_up:
-            self._silent = False  # .../up is answered on this connection
+    def _answered(self, batch_id: str, via: Via) -> None:
+        """The cloud answered a copy of ``batch_id`` (an ack, or an error document naming it), on the
+        topic ``via`` names (``None``: not said)."""
         copies = self._copies.get(batch_id)
         if copies is not None:
             copies.answers += 1
-            if copies.answers > copies.up:  # more answers than copies on .../up: a lane copy was answered
-                self.lane.answered()
+        if via == "alert":  # the lane answered: proven on this connection, in use at once
+            self._lane_proof, self._lane_quiet_since = self._epoch, None
+            if copies is not None:
+                copies.lane = True
+            self.lane.answered()
+            return
+        if via == "up":
+            if batch_id in self._on_up:  # a copy waiting on .../up (not a stale one): answered
+                self._silent = False
+            return
+        if batch_id in self._on_up:
+            self._silent = False  # .../up is answered on this connection (or the lane, late: unknown)
+        if copies is not None and copies.answers > copies.up:  # beyond the copies on .../up: the lane's
+            self.lane.answered()
 
     def _dispatch(self, body: bytes) -> None:
         """An ack, or an error document ``{"batch_id", "error", "detail"}`` (docs/contract.md)."""
         try:
             doc = json.loads(body)
             if isinstance(doc, dict) and isinstance(doc.get("batch_id"), str):
-                self._answered(doc["batch_id"])
+                via = doc.get("via")
+                self._answered(doc["batch_id"], via if via in ("up", "alert") else None)
             if isinstance(doc, dict) and "error" in doc and _json_parse_failure(doc):
                 for bid in self._binary:  # no batch id: the cloud could not read ours as JSON
                     fut = self._waiting.get(bid)
@@ -243,6 +280,8 @@ class MqttUplink:
                         cls(f"cloud refused the batch: {code}: {doc.get('detail', '')}"[:300], reason=code)
                     )
                 return
+            if isinstance(doc, dict) and doc.get("via") not in (None, "up", "alert", "http"):
+                doc = {k: v for k, v in doc.items() if k != "via"}  # a later cloud's value: not ours to read
             ack = UplinkAck.model_validate(doc)
         except ValueError:
             log.warning("ignoring a malformed ack message: %r", body[:200])
@@ -269,7 +308,7 @@ class MqttUplink:
             return await self._publish(
                 batch, payload, binary=binary, topic=self.up_topic, wait_s=self.timeout_s
             )
-        epoch, silent = self._epoch, self._silent
+        epoch, silent, sent_at = self._epoch, self._silent, self._clock()
         copies = self._track(batch.batch_id)
         try:
             return await self._publish(
@@ -278,14 +317,16 @@ class MqttUplink:
         except UplinkUnavailable as exc:
             if exc.reason != "ack_timeout":
                 raise  # disconnected, or refused by the cloud: nothing learnt about the lane
+        if epoch == self._epoch and self._lane_quiet_since is None and not copies.lane:
+            self._lane_quiet_since = sent_at  # the lane's first unanswered copy since it last answered
         try:
             ack = await self._publish(
                 batch, payload, binary=binary, topic=self.up_topic, wait_s=self.timeout_s
             )
         except _BinaryNotRead:  # answered on .../up (a cloud that predates the binary body and the lane)
-            self._judge(copies, epoch, silent)
+            self._judge(copies, epoch, silent, None)
             raise
-        self._judge(copies, epoch, silent)
+        self._judge(copies, epoch, silent, ack.via if ack.via in ("up", "alert") else None)
         return ack
 
     def _track(self, batch_id: str) -> _Copies:
@@ -296,8 +337,9 @@ class MqttUplink:
                 self._copies.popitem(last=False)
         return copies
 
-    def _judge(self, copies: _Copies, epoch: int, silent: bool) -> None:
-        """The ``.../up`` copy was answered, the lane copy was not (in time): is that evidence?"""
+    def _judge(self, copies: _Copies, epoch: int, silent: bool, via: Via) -> None:
+        """The ``.../up`` copy was answered (by an ack naming ``via``), the lane copy was not (in time): is
+        that evidence?"""
         if epoch != self._epoch or silent:
             log.debug(
                 "告警批次已改由 %s 送达；告警通道无应答发生在断线或云端无应答期间，"
@@ -307,8 +349,29 @@ class MqttUplink:
                 self.up_topic,
             )
             return
-        if copies.answers <= copies.up:  # no answer to a lane copy so far
-            self.lane.missing()
+        if via is None:  # a cloud that does not say which copy it answers: count
+            if copies.answers <= copies.up:  # no answer to a lane copy so far
+                self.lane.missing()
+            return
+        if copies.lane:  # the lane answered this batch after all (late): proven, nothing missing
+            return
+        quiet = self._lane_quiet_since
+        if (
+            self._lane_proof == self._epoch
+            and quiet is not None
+            and self._clock() - quiet < self.lane.reprobe_min_s
+        ):
+            lag_log = log.info if self._lag_logged != quiet else log.debug  # once per silence
+            self._lag_logged = quiet
+            lag_log(
+                "告警通道在本连接上已确认过，其无应答 %.1f 秒视为云端告警会话滞后，继续使用告警通道 / "
+                "the lane answered earlier on this connection; silent for %.1f s, taken as the cloud's "
+                "alert session lagging (no evidence), lane kept",
+                self._clock() - quiet,
+                self._clock() - quiet,
+            )
+            return
+        self.lane.missing()
 
     @property
     def alert_lane(self) -> bool:

@@ -300,9 +300,10 @@ async def test_reprobe_periods_double_reset_on_a_lane_answer_and_a_reconnect_rep
     tmp_path: Path,
 ) -> None:
     """An injected clock drives the fallback periods (30 s, 60 s, then the 100 s cap) against a cloud
-        whose alert session is absent: an alert batch before the period ends goes straight to ``.../up``, one
-        at its end tries the lane again. When the alert session appears the lane answers and the next period
-        is back to 30 s; a reconnect to the broker re-probes at once, keeping the doubled period (a lane
+    whose alert session is absent: an alert batch before the period ends goes straight to ``.../up``, one
+    at its end tries the lane again. When the alert session appears the lane answers and the next period
+    is back to 30 s; when it goes again the lane, proven on this connection, is kept for 30 s and then
+    judged missing; a reconnect to the broker re-probes at once, keeping the doubled period (a lane
     silence on the new connection counts only once ``.../up`` answered on it)."""
     broker = await asyncio.to_thread(start_mosquitto, tmp_path / "broker")
     gw, ledger, metrics, now = f"gw{secrets.token_hex(3)}", Ledger(), GatewayMetrics(), [1000.0]
@@ -356,15 +357,20 @@ async def test_reprobe_periods_double_reset_on_a_lane_answer_and_a_reconnect_rep
                         "fallbacks": 4,
                         "until": 0,
                     }
-                assert await send_alert(1290) == ("fallback", 60, 5)  # the lane is gone again: 30 s
-                assert await send_alert(1300) == ("fallback", 60, 5)  # within the 30 s: not tried
+                # the lane is gone again; it answered on this connection (via="alert"), so its silence
+                # is taken for its session lagging for reprobe_min_s (30 s), then judged as usual
+                assert await send_alert(1290) == ("in_use", 30, 4)
+                assert await send_alert(1319.9) == ("in_use", 30, 4)
+                assert await send_alert(1320) == ("fallback", 60, 5)  # judged missing: 30 s
+                assert await send_alert(1330) == ("fallback", 60, 5)  # within the 30 s: not tried
                 await asyncio.to_thread(broker.restart)
                 await until(lambda: up.reconnects_total >= 1 and up.connected.is_set())
                 assert lane_metrics(metrics)["probing"] == 1  # re-probed at once after the reconnect...
                 # the first lane silence on a new connection is no evidence (delivered on .../up)...
-                assert await send_alert(1300) == ("probing", 60, 5)
-                # ...once .../up answered on it, the next one is: the doubled period was kept
-                assert await send_alert(1300) == ("fallback", 100, 6)
+                assert await send_alert(1330) == ("probing", 60, 5)
+                # ...once .../up answered on it, the next one is (the lane's proof was for the old
+                # connection): the doubled period was kept
+                assert await send_alert(1330) == ("fallback", 100, 6)
         assert sorted(ledger.alerts) == sorted(alert(k).alert_id for k in range(1, i + 1))
         assert set(ledger.alerts.values()) == {1}
     finally:
@@ -415,9 +421,9 @@ async def test_a_late_answer_on_the_lane_puts_it_back_in_use_at_once(
     tmp_path: Path, mosquitto: MosquittoServer
 ) -> None:
     """The lane's commit stalls past the ack timeout while ``.../up`` answers: the lane is judged missing
-    (an ack cannot say which copy it answers). When the stalled lane copy is answered after all (its ack
-    is one more than the copies published on ``.../up``) the lane is back in use at once, not after the
-    fallback period, and the next alert goes on it."""
+    (it never answered on this connection, and the ack says it answers the ``.../up`` copy). When the
+    stalled lane copy is answered after all (its ack says ``via="alert"``) the lane is back in use at once,
+    not after the fallback period, and the next alert goes on it."""
     gw, ledger, metrics, gate = f"gw{secrets.token_hex(3)}", Ledger(), GatewayMetrics(), asyncio.Event()
     telemetry_cfg = cloud_config(mosquitto, alert_lane=False)
     up = MqttUplink(
