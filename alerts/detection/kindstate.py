@@ -174,9 +174,12 @@ class KindState:
         self._sync_hashes()
         if not len(self._id_arr):
             return np.full(len(ids), -1, dtype=np.int64)
-        cand = self._table.find(h)  # the row holding each hash, -1 for a hash not in the table
+        # the row holding each hash (-1: not in the table), and the ids whose probe ran long: the dict
+        cand, slow = self._table.find(h)
         rows = np.where((self._id_arr[cand] == ids) & (cand >= 0), cand, -1)
         clash = np.flatnonzero((rows < 0) & (cand >= 0))
+        if len(slow):
+            clash = np.concatenate([clash, slow])
         if len(clash):
             rows[clash] = np.fromiter(
                 (get(d, -1) for d in ids[clash].tolist()), dtype=np.int64, count=len(clash)
@@ -208,20 +211,27 @@ class _HashTable:
             return np.zeros(len(h), dtype=np.int64)
         return (h >> np.uint64(64 - self._bits)).astype(np.int64)
 
-    def find(self, h: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+    def find(
+        self, h: npt.NDArray[np.uint64], rounds: int = 4
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The row of each hash (-1: not in the table) after at most ``rounds`` probes, and the indices
+        of the hashes not settled by then (their row says -1: the caller asks the dict). A few long
+        probe chains would otherwise cost a round of array operations each."""
         out = np.full(len(h), -1, dtype=np.int64)
-        if self._count == 0:
-            return out
-        mask = len(self._keys) - 1
         idx = np.arange(len(h), dtype=np.int64)
+        if self._count == 0:
+            return out, idx[:0]
+        mask = len(self._keys) - 1
         slot, want = self._home(h), h
-        while len(idx):
+        for _ in range(rounds):
+            if not len(idx):
+                break
             r = self._rows[slot]
             hit = (r >= 0) & (self._keys[slot] == want)
             out[idx[hit]] = r[hit]
             go = (r >= 0) & ~hit  # an occupied slot of another hash: probe on; an empty one: not there
             idx, slot, want = idx[go], (slot[go] + 1) & mask, want[go]
-        return out
+        return out, idx
 
     def insert(self, h: npt.NDArray[np.uint64], rows: npt.NDArray[np.int64]) -> None:
         self._hashes = np.concatenate([self._hashes, h])
