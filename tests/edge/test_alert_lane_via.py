@@ -4,9 +4,11 @@ needs no guessing (edge/uplink/mqtt.py, docs/contract.md "Alert lane").
 Against the real Mosquitto of the test session and the real cloud ingest workers (cloud/mqtt_ingest.py)
 storing into the idempotent ledger of ``test_alert_lane_outage.py``: the cloud's alert sessions restarted
 alone while its telemetry session keeps answering no longer switch the lane off (with ``via`` ignored, i.e.
-counting answers, this case falls back); a cloud whose acks carry no ``via`` (an old cloud, simulated by
-stripping the field where the workers publish) still gets today's counting fallback, including a cloud
-rolled back after the lane was proven. An ack with fields the gateway does not know still parses.
+counting answers, this case falls back); a late lane answer that ends the gateway's wait on ``.../up``
+is not taken for the ``.../up`` copy's (counting did); a cloud whose acks carry no ``via`` (an old
+cloud, simulated by stripping the field where the workers publish) still gets today's counting fallback,
+including a cloud rolled back after the lane was proven. An ack with fields the gateway does not know
+still parses.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.contract import Refusal, UplinkAck, UTCSeconds
+from alerts.contract import Refusal, UplinkAck, UplinkBatch, UTCSeconds
 from cloud import mqtt_ingest
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox
@@ -30,6 +32,7 @@ from tests.edge.helpers import alert
 from tests.edge.test_alert_lane_outage import (
     T0,
     Ledger,
+    _View,
     background,
     cloud_config,
     lane_metrics,
@@ -197,3 +200,62 @@ async def test_a_cloud_without_via_gets_the_counting_fallback(
                 assert ledger.stored[b4] == "lane" and ledger.copies[b4] == 1
     assert up.alert_fallbacks_total == 1
     assert ledger.alerts == Counter({alert(i).alert_id: 1 for i in (1, 2, 3, 4)})
+
+
+class _Held(_View):
+    """A worker session whose commits wait on ``gate``; ``entered`` is set once a copy reached it."""
+
+    def __init__(self, ledger: Ledger, name: str, gate: asyncio.Event) -> None:
+        super().__init__(ledger, name, gate)
+        self.entered = asyncio.Event()
+
+    async def ingest(self, batch: UplinkBatch, *, gateway_id: str) -> UplinkAck:
+        self.entered.set()
+        return await super().ingest(batch, gateway_id=gateway_id)
+
+
+async def test_a_late_lane_answer_that_ends_the_up_wait_is_not_taken_for_the_up_copy(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    """The lane's commit stalls past the ack timeout; the ``.../up`` copy is published and its commit stalls
+    too; then the lane copy is committed first, and its ack is the one that ends the gateway's wait on
+    ``.../up`` (one wait per batch id). It says ``via="alert"``, so the lane is kept (no fallback).
+    Counting answers took that ack for the ``.../up`` copy's and switched the lane off."""
+    gw, ledger, metrics = f"gw{secrets.token_hex(3)}", Ledger(), GatewayMetrics()
+    lane_gate, up_gate = asyncio.Event(), asyncio.Event()
+    telemetry_cfg = cloud_config(mosquitto, alert_lane=False)
+    up_view = _Held(ledger, "up", up_gate)
+    up = MqttUplink(
+        f"mqtt://{mosquitto.host}:{mosquitto.port}",
+        gw,
+        "",
+        timeout_s=10.0,
+        alert_fallback_s=0.3,
+        alert_reprobe_min_s=600,
+        metrics=metrics,
+    )
+    with Outbox(tmp_path / "o.db") as ob:
+        async with (
+            worker(telemetry_cfg, up_view),
+            worker(telemetry_cfg.alert_config(), ledger.worker("lane", lane_gate)),
+            background(up.run()),
+        ):
+            await asyncio.wait_for(up.connected.wait(), 10)
+            ob.commit([], [alert(1)])
+            pb = ob.next_batch(gw)
+            assert pb is not None
+            sending = asyncio.ensure_future(up.send(pb))
+            await asyncio.wait_for(up_view.entered.wait(), 10)  # both copies are at the cloud, stalled
+            lane_gate.set()
+            ack = await asyncio.wait_for(sending, 10)
+            assert ack.via == "alert" and ledger.stored[pb.batch_id] == "lane"
+            ob.ack(ack)
+            assert up.lane.state == "in_use" and up.alert_fallbacks_total == 0
+            up_gate.set()  # the .../up copy's answer (duplicate, via="up") comes later: nothing changes
+            await until(lambda: ledger.copies[pb.batch_id] == 2)
+            ob.commit([], [alert(2)])
+            pb2 = ob.next_batch(gw)
+            assert pb2 is not None
+            ob.ack(await up.send(pb2))
+            assert ledger.stored[pb2.batch_id] == "lane" and ledger.copies[pb2.batch_id] == 1
+    assert lane_metrics(metrics)["fallbacks"] == 0 and lane_metrics(metrics)["in_use"] == 1
