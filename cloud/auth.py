@@ -437,7 +437,7 @@ def _driver_cursor(db: Database) -> Iterator[Any]:
     dbapi_error = db.engine.dialect.loaded_dbapi.Error
     try:
         conn = db.engine.raw_connection()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, dbapi_error) as exc:  # the pool hands a failed connect on unwrapped
         raise StorageError(f"database read failed: {type(exc).__name__}") from exc
     try:
         yield conn.cursor()

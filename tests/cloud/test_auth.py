@@ -156,3 +156,19 @@ async def test_logout_revokes_only_that_token(cloud_sqlite: Cloud) -> None:
     assert (await c.client.get("/api/v1/auth/whoami", headers=c.viewer)).status_code == 401
     assert (await c.client.get("/api/v1/auth/whoami", headers=c.admin)).status_code == 200
     assert (await c.client.post("/api/v1/auth/logout", headers=c.gw1)).status_code == 403
+
+
+def test_token_lookup_with_the_database_unreachable_is_a_storage_error() -> None:
+    """The gateway-token lookup runs on a pooled driver connection: a refused connect (a PostgreSQL being
+    restarted) must be the 503 ``StorageError`` a session gives, never an unhandled driver error (500)."""
+    from cloud.auth import Credentials
+    from cloud.db import Database
+    from cloud.errors import StorageError
+    from tests.servers import free_port
+
+    db = Database(f"postgresql+psycopg://vigil@127.0.0.1:{free_port()}/nowhere?connect_timeout=2")
+    try:
+        with pytest.raises(StorageError):
+            Credentials(db, rotation_grace_s=0).gateway_for_token("vgw_" + "x" * 43, now=0.0)
+    finally:
+        db.close()
