@@ -320,11 +320,15 @@ def _key(args: argparse.Namespace) -> int:
         if action == "status":
             ring = load_or_create_key(path)
             counts = privacy.census(db, ring)
+            indexes = privacy.index_census(db, ring)
             for e in ring.entries:
                 n = counts.get(key_id(e.key), 0) if e.role != "hmac" else "-"
-                print(f"{e.role}\t{key_id(e.key)}\tsealed values: {n}")
+                m = indexes.get(key_id(e.key), 0)
+                print(f"{e.role}\t{key_id(e.key)}\tsealed values: {n}\tphone indexes: {m}")
             if counts.get("unreadable"):
                 print(f"无法解密 unreadable\t-\tsealed values: {counts['unreadable']}")
+            stale = sum(n for k, n in indexes.items() if k != key_id(ring.primary))
+            print(f"旧密钥下的电话索引 phone indexes not under the primary: {stale}")
             return 0
         if action == "add":
             ring = privacy.add_next_key(path)
@@ -350,21 +354,39 @@ def _key(args: argparse.Namespace) -> int:
                 after_batch=lambda col, n: print(f"  {col}: +{n}", file=sys.stderr),
             )
             privacy.audit_key_action(
-                db, actor=actor, action="key.reseal", target=key_id(ring.primary), resealed=report.total
+                db,
+                actor=actor,
+                action="key.reseal",
+                target=key_id(ring.primary),
+                resealed=report.total,
+                reindexed=report.reindexed,
             )
             for col, n in report.resealed.items():
                 print(f"{col}\tresealed {n}\talready {report.already[col]}")
+            print(
+                f"notify_contacts.phone_hash\treindexed {report.reindexed}\t"
+                f"(sms log {report.inbound_rehashed}, report hashes blanked {report.reports_forgotten})"
+            )
             print(f"下一步：复制 {path} 到每台主机并重启，再 `key reseal` 与 `key retire`。")
             print(
                 f"next: copy {path} to every host and restart them, then `key reseal` again and `key retire`."
             )
             return 0
-        ring, retired = privacy.retire_old_keys(db, path)
+        from cloud.notify.config import NotifyConfig
+
+        notify = NotifyConfig.load(s.notify_config_file)
+        ring, retired = privacy.retire_old_keys(
+            db, path, links_live_s=notify.link_ttl_s + notify.reopen_window_s, void_links=args.void_links
+        )
         if not retired:
             print("没有旧密钥可退役 / no old key to retire")
             return 0
         for k in retired:
-            privacy.audit_key_action(db, actor=actor, action="key.retire", target=k)
+            privacy.audit_key_action(
+                db, actor=actor, action="key.retire", target=k, void_links=bool(args.void_links)
+            )
+        if args.void_links:
+            print("用旧密钥签发的消息链接已作废 / links signed with the retired key are void")
         print(f"已退役 retired: {', '.join(retired)}; copy {path} to every cloud host and restart them.")
         return 0
     finally:
@@ -461,10 +483,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("add", "add a new key that opens but does not seal yet; copy the file to every host next"),
         ("rotate", "make the added key primary and re-seal every value under it (resumable; audited)"),
         ("reseal", "re-seal what is still under an old key (resumes an interrupted rotation)"),
-        ("retire", "remove old keys from the file; refused while any value is sealed under one"),
+        ("retire", "remove old keys; refused while a value or phone index needs one, or links may be live"),
     ):
         ka = ksub.add_parser(action, help=text)
         if action in ("rotate", "reseal"):
             ka.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+        if action == "retire":
+            ka.add_argument(
+                "--void-links",
+                action="store_true",
+                help="retire within the longest link lifetime after the last rotate (link_ttl_s + "
+                "reopen_window_s, 8 days by default), voiding the links the old key signed (after a leak)",
+            )
         _common(ka)
         ka.set_defaults(handler=_guard(_key))

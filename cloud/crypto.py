@@ -9,25 +9,28 @@ the encrypted columns unreadable, so back it up with the database (``docs/cloud.
 Key rotation (``vigil cloud key ...``, :mod:`cloud.privacy`) keeps several keys in the file, one per line:
 
 ==============  ===========================================================================================
-``primary K``   seals new values (exactly one); also opens
+``primary K``   seals new values (exactly one); also opens; its blind-index key computes new blind indexes
 ``next K``      added ahead of a rotation: opens only, so every host can read what the new key will seal
 ``old K``       a former primary: opens only, until every value is re-sealed and it is retired
-``hmac K``      the root of the blind-index key (``HMAC(K, "vigil/notify/blind-index/v1")``): never seals;
-                kept when its Fernet key is retired, because changing it would need every stored phone
-                hash recomputed (docs/privacy.md says why it stays and what that means)
+``hmac K``      written by versions before the blind index rotated: the key the blind indexes were computed
+                under (the file's first key). Only looked up with, until ``reseal`` recomputed every index
+                under the primary and ``retire`` drops it; never written any more
 ==============  ===========================================================================================
 
 A file holding one bare key (what the first start writes, and every file before rotation existed) is that
-key as primary and as HMAC root. :func:`load_or_create_key` returns a :class:`KeyRing`: as ``bytes`` it is
-the HMAC root (what the blind indexes derive their key from, unchanged by a rotation), and
-:class:`SecretBox` opens with every key of the ring and seals with the primary (``MultiFernet``). Message
-links rotate with the Fernet keys: :func:`cloud.notify.links.derive_link_key` of a ring signs with the
-primary's link key and verifies with those of every key in :attr:`KeyRing.fernet_keys`.
+key as primary. :func:`load_or_create_key` returns a :class:`KeyRing` (``bytes(ring)`` is its primary):
+:class:`SecretBox` opens with every key of the ring and seals with the primary (``MultiFernet``);
+:class:`BlindIndex` hashes with the primary's blind-index key ``HMAC(K, "vigil/notify/blind-index/v1")`` and
+looks up with those of every key of the ring (:attr:`KeyRing.blind_keys`; the first key's is the one every
+index was computed under before the index rotated). Message links rotate with the Fernet keys:
+:func:`cloud.notify.links.derive_link_key` of a ring signs with the primary's link key and verifies with
+those of every key in :attr:`KeyRing.fernet_keys`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -56,8 +59,17 @@ class KeyEntry:
         return f"KeyEntry({self.role}, {key_id(self.key)})"
 
 
+#: the derivation label of a blind-index key (``HMAC(K, BLIND_LABEL)``); unchanged since the first index
+BLIND_LABEL = b"vigil/notify/blind-index/v1"
+
+
+def blind_key(key: bytes) -> bytes:
+    """The blind-index key of the Fernet key ``key`` (as written in the key file)."""
+    return hmac.new(bytes(key), BLIND_LABEL, hashlib.sha256).digest()
+
+
 class KeyRing(bytes):
-    """The key file: ``bytes(self)`` is the HMAC root; ``entries`` every key line in file order."""
+    """The key file: ``bytes(self)`` is the primary key; ``entries`` every key line in file order."""
 
     entries: tuple[KeyEntry, ...]
 
@@ -69,7 +81,7 @@ class KeyRing(bytes):
                 f"a key file needs exactly one primary key and at most one hmac key, "
                 f"got {len(primaries)} and {len(roots)}"
             )
-        ring = super().__new__(cls, roots[0] if roots else primaries[0])
+        ring = super().__new__(cls, primaries[0])
         ring.entries = entries
         return ring
 
@@ -85,6 +97,19 @@ class KeyRing(bytes):
         """The keys that open, primary first (the order ``MultiFernet`` seals and tries them in)."""
         rest = tuple(e.key for e in self.entries if e.role in ("next", "old"))
         return (self.primary, *rest)
+
+    @property
+    def hmac_root(self) -> bytes | None:
+        """The ``hmac`` line's key (blind indexes of versions before they rotated), if the file has one."""
+        return next((e.key for e in self.entries if e.role == "hmac"), None)
+
+    @property
+    def index_keys(self) -> tuple[bytes, ...]:
+        """The keys a blind index may have been computed under, primary first: the Fernet keys, then the
+        ``hmac`` root if it is none of them."""
+        root = self.hmac_root
+        keys = self.fernet_keys
+        return keys if root is None or root in keys else (*keys, root)
 
     def role_of(self, key: bytes) -> str:
         return next(e.role for e in self.entries if e.key == key)
@@ -142,7 +167,7 @@ def write_key_file(path: Path, entries: tuple[KeyEntry, ...]) -> KeyRing:
     path = Path(path)
     lines = [
         "# Vigil secret keys (docs/privacy.md, Key management): the primary seals, primary/next/old open,",
-        "# hmac derives the blind-index key. Copy this file to every cloud host; never edit it.",
+        "# hmac: blind indexes of before they rotated. Copy this file to every cloud host; never edit it.",
         *(f"{e.role} {e.key.decode('ascii')}" for e in entries),
     ]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vigil-key-")
@@ -163,11 +188,34 @@ def write_key_file(path: Path, entries: tuple[KeyEntry, ...]) -> KeyRing:
     return ring
 
 
-def with_hmac_root(ring: KeyRing) -> tuple[KeyEntry, ...]:
-    """The ring's entries with its HMAC root written out (a one-key file has it only implicitly)."""
-    if any(e.role == "hmac" for e in ring.entries):
-        return ring.entries
-    return (*ring.entries, KeyEntry("hmac", bytes(ring)))
+class BlindIndex:
+    """Keyed hashes (blind indexes) that find a row by a value not stored in clear (a phone number).
+
+    ``hash`` computes under the primary's blind-index key (what is written); ``candidates`` under every key
+    of the ring (what a lookup must try while a rotation is under way: rows written by a host that has
+    not restarted yet, or not yet recomputed by ``vigil cloud key reseal``). ``key`` is a :class:`KeyRing`
+    or one Fernet key.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        keys = key.index_keys if isinstance(key, KeyRing) else (bytes(key),)
+        self._keys = tuple(blind_key(k) for k in keys)
+        self._ids = tuple(key_id(k) for k in keys)
+
+    def __repr__(self) -> str:  # never show a key
+        return f"BlindIndex({', '.join(self._ids)})"
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Ids (:func:`key_id`) of the ring's keys, in the order of :meth:`candidates`."""
+        return self._ids
+
+    def hash(self, value: str) -> str:
+        return hmac.new(self._keys[0], value.encode(), hashlib.sha256).hexdigest()
+
+    def candidates(self, value: str) -> list[str]:
+        """``value``'s hash under every key of the ring, primary first (one per key)."""
+        return [hmac.new(k, value.encode(), hashlib.sha256).hexdigest() for k in self._keys]
 
 
 class SecretBox:

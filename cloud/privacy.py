@@ -7,7 +7,15 @@ under the primary key every value that another key opened. A token is replaced o
 read (``UPDATE ... WHERE pk = ? AND col = <old token>``), so a value the service re-wrote meanwhile is left
 alone. A kill at any point leaves every row sealed under one key of the ring or the other, readable by
 every process that has both; running it again skips what is done (there is no progress record to lose).
-:func:`retire` drops the old keys from the file only when no value needs them.
+The same pass recomputes the **blind index** (:class:`cloud.crypto.BlindIndex`) of every contact whose
+``phone_hash`` is not the primary key's hash of its (unsealed) phone, compare-and-set on the hash and the
+sealed value read, and re-points the inbound-SMS log rows of that number to the new hash in the same
+transaction; it blanks the client hash of residents' reports older than the rate-limit hour (the address
+is not stored, so it cannot be recomputed, and nothing reads it after that hour). Lookups try every key
+of the ring meanwhile (:meth:`cloud.notify.contacts.Contacts.user_by_phone`).
+:func:`retire_old_keys` drops the old keys (and the ``hmac`` line of earlier versions) from the file only
+when no sealed value and no blind index needs them, and, when asked to guard links, not within the
+longest link lifetime after the last ``rotate`` (links signed with a retired key are void).
 
 **Minimising wristband readings** (:class:`MinimisingStore`): the time-series store is read by Grafana
 and by anyone with database access, so a wristband's live GPS fix is written on the ~100 m grid
@@ -27,28 +35,30 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.fernet import Fernet
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import InstrumentedAttribute
 
 from cloud.crypto import (
     COARSE_DECIMALS,
+    BlindIndex,
     KeyEntry,
     KeyRing,
     SecretBox,
     key_id,
     load_or_create_key,
-    with_hmac_root,
     write_key_file,
 )
 from cloud.db import Database
 from cloud.errors import ConflictError
 from cloud.timeseries import Series, TimeSeriesStore, WriteResult
 from firmware_bridge import wristband
+from firmware_bridge.kernel.locale import display_zone
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
 
 # -- key rotation --------------------------------------------------------------------------------------
@@ -80,6 +90,9 @@ class ResealReport:
     resealed: dict[str, int] = field(default_factory=dict)
     already: dict[str, int] = field(default_factory=dict)
     changed_meanwhile: int = 0  # tokens the service re-wrote between our read and our update (left alone)
+    reindexed: int = 0  # contacts' phone_hash recomputed under the primary key
+    inbound_rehashed: int = 0  # notify_sms_inbound rows re-pointed to their sender's new hash
+    reports_forgotten: int = 0  # notify_reports client hashes blanked (older than the rate-limit hour)
 
     @property
     def total(self) -> int:
@@ -105,6 +118,113 @@ def census(db: Database, ring: KeyRing) -> dict[str, int]:
     return out
 
 
+#: the rate-limit window of residents' reports (cloud/notify/residents.py counts the last hour)
+REPORT_WINDOW_S = 3600.0
+
+
+def _contact_page(db: Database, after: int | None, n: int) -> list[tuple[int, str | None, str | None]]:
+    from cloud.notify.models import Contact
+
+    q = select(Contact.user_id, Contact.private_enc, Contact.phone_hash).order_by(Contact.user_id).limit(n)
+    if after is not None:
+        q = q.where(Contact.user_id > after)
+    with db.read() as s:
+        return [(int(r[0]), r[1], r[2]) for r in s.execute(q).all()]
+
+
+def _phone(box: SecretBox, token: str | None) -> str:
+    from cloud.notify.contacts import normalise_phone
+
+    phone = str(box.open(token).get("phone", "") or "")
+    return normalise_phone(phone) if phone else ""
+
+
+def index_census(db: Database, ring: KeyRing) -> dict[str, int]:
+    """How many contacts' phone blind indexes each key of ``ring`` computed (by key id, the ``hmac`` root's
+    included); ``unmatched`` counts hashes no key of the ring gives for the row's phone (a key already gone,
+    or a hash without a phone): ``reseal`` recomputes those too."""
+    box, index = SecretBox(ring), BlindIndex(ring)
+    out = dict.fromkeys(index.key_ids, 0)
+    last: int | None = None
+    while True:
+        rows = _contact_page(db, last, 2000)
+        if not rows:
+            break
+        last = rows[-1][0]
+        for _, tok, stored in rows:
+            if stored is None:
+                continue
+            phone = _phone(box, tok)
+            hashes = index.candidates(phone) if phone else []
+            k = index.key_ids[hashes.index(stored)] if stored in hashes else "unmatched"
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+def _reindex(
+    db: Database,
+    ring: KeyRing,
+    report: ResealReport,
+    *,
+    batch: int,
+    now: float,
+    after_batch: Callable[[str, int], None] | None,
+) -> None:
+    """The blind-index part of :func:`reseal` (see the module doc)."""
+    from cloud.notify.models import Contact, InboundSms, Report
+
+    box, index = SecretBox(ring), BlindIndex(ring)
+    name = "notify_contacts.phone_hash"
+    last: int | None = None
+    while True:
+        rows = _contact_page(db, last, batch)
+        if not rows:
+            break
+        last = rows[-1][0]
+        todo = []
+        for uid, tok, stored in rows:
+            phone = _phone(box, tok)
+            want = index.hash(phone) if phone else None
+            if stored != want:
+                same_number = phone != "" and stored in index.candidates(phone)
+                todo.append((uid, tok, stored, want, same_number))
+        if not todo:
+            continue
+        done = 0
+        with db.write() as s:
+            for uid, tok, stored, want, same_number in todo:
+                res = s.execute(
+                    update(Contact)
+                    .where(
+                        Contact.user_id == uid,
+                        Contact.private_enc.is_(None) if tok is None else Contact.private_enc == tok,
+                        Contact.phone_hash.is_(None) if stored is None else Contact.phone_hash == stored,
+                    )
+                    .values(phone_hash=want),
+                    execution_options={"synchronize_session": False},
+                )
+                n = res.rowcount  # type: ignore[attr-defined]
+                done += n
+                if n and same_number and want is not None:
+                    moved = s.execute(
+                        update(InboundSms).where(InboundSms.phone_hash == stored).values(phone_hash=want),
+                        execution_options={"synchronize_session": False},
+                    )
+                    report.inbound_rehashed += moved.rowcount  # type: ignore[attr-defined]
+        report.reindexed += done
+        report.changed_meanwhile += len(todo) - done
+        if after_batch is not None:
+            after_batch(name, done)
+    with db.write() as s:
+        res = s.execute(
+            update(Report)
+            .where(Report.created_at < now - REPORT_WINDOW_S, Report.client_hash != "")
+            .values(client_hash=""),
+            execution_options={"synchronize_session": False},
+        )
+        report.reports_forgotten = res.rowcount  # type: ignore[attr-defined]
+
+
 def _page(db: Database, pk: Column, col: Column, after: object, n: int) -> list[tuple[object, str]]:
     q = select(pk, col).where(col.is_not(None), col != "").order_by(pk).limit(n)
     if after is not None:
@@ -119,11 +239,14 @@ def reseal(
     *,
     batch: int = 500,
     after_batch: Callable[[str, int], None] | None = None,
+    now: float | None = None,
 ) -> ResealReport:
-    """Re-seal under ``ring``'s primary every value another of its keys opens (resumable; see the module doc).
+    """Re-seal under ``ring``'s primary every value another of its keys opens, then recompute the blind
+    indexes under it (resumable; see the module doc).
 
-    ``after_batch(column, rows_resealed)`` is called after each committed batch (progress output; tests
-    use it to interrupt a rotation half-way).
+    ``after_batch(column, rows_done)`` is called after each committed batch (progress output; tests
+    use it to interrupt a rotation half-way); the blind-index batches are named
+    ``notify_contacts.phone_hash``.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -154,6 +277,7 @@ def reseal(
             report.changed_meanwhile += len(todo) - done
             if after_batch is not None:
                 after_batch(name, done)
+    _reindex(db, ring, report, batch=batch, now=time.time() if now is None else now, after_batch=after_batch)
     return report
 
 
@@ -165,7 +289,7 @@ def add_next_key(path: Path) -> KeyRing:
         raise ConflictError(
             f"key {key_id(nxt.key)} is already waiting as next: run `vigil cloud key rotate` first"
         )
-    return write_key_file(path, (*with_hmac_root(ring), KeyEntry("next", Fernet.generate_key())))
+    return write_key_file(path, (*ring.entries, KeyEntry("next", Fernet.generate_key())))
 
 
 def promote_next_key(path: Path) -> tuple[KeyRing, str, str]:
@@ -178,7 +302,7 @@ def promote_next_key(path: Path) -> tuple[KeyRing, str, str]:
         )
     old, new = ring.primary, next(e.key for e in ring.entries if e.role == "next")
     entries = []
-    for e in with_hmac_root(ring):
+    for e in ring.entries:
         role = {"primary": "old", "next": "primary"}.get(e.role, e.role)
         entries.append(KeyEntry(role, e.key))
     # primary first, so a reader of the file sees the sealing key on top
@@ -186,24 +310,70 @@ def promote_next_key(path: Path) -> tuple[KeyRing, str, str]:
     return write_key_file(path, tuple(entries)), key_id(old), key_id(new)
 
 
-def retire_old_keys(db: Database, path: Path) -> tuple[KeyRing, list[str]]:
-    """Drop every ``old`` key from the file, refusing while a sealed value opens only with one of them."""
+def last_rotation(db: Database, path: Path) -> tuple[float, str]:
+    """When the primary last changed: the newest ``key.rotate`` in the audit log (``"audit"``), else the
+    key file's modification time (``"key file"``: at or after the rotation, so never too early)."""
+    from cloud.loop.models import AuditEntry
+
+    with db.read() as s:
+        at = s.scalar(select(func.max(AuditEntry.at)).where(AuditEntry.action == "key.rotate"))
+    if at is not None:
+        return float(at), "audit"
+    return Path(path).stat().st_mtime, "key file"
+
+
+def retire_old_keys(
+    db: Database,
+    path: Path,
+    *,
+    links_live_s: float | None = None,
+    void_links: bool = False,
+    now: float | None = None,
+) -> tuple[KeyRing, list[str]]:
+    """Drop every ``old`` key (and an ``hmac`` line) from the file; returns the new ring and dropped ids.
+
+    Refused (:class:`ConflictError`) while a sealed value opens only with one of them or a contact's blind
+    index is not under the primary (run ``reseal``); and, with ``links_live_s`` (the longest link
+    lifetime), while a link signed with an old key may still be valid: within ``links_live_s`` of the last
+    rotation (:func:`last_rotation`), unless ``void_links``.
+    """
     ring = load_or_create_key(path)
     olds = [e.key for e in ring.entries if e.role == "old"]
-    if not olds:
+    root = ring.hmac_root
+    if not olds and root is None:
         return ring, []
     counts = census(db, ring)
-    blocking = {
-        k: n for k, n in counts.items() if n and (k == "unreadable" or k in {key_id(o) for o in olds})
-    }
-    if blocking:
+    gone = {key_id(o) for o in olds}
+    blocking = {k: n for k, n in counts.items() if n and (k == "unreadable" or k in gone)}
+    primary = key_id(ring.primary)
+    stale = {k: n for k, n in index_census(db, ring).items() if n and k != primary}
+    if blocking or stale:
         raise ConflictError(
             "old key still needed: "
-            + ", ".join(f"{n} value(s) sealed under {k}" for k, n in sorted(blocking.items()))
+            + ", ".join(
+                [f"{n} value(s) sealed under {k}" for k, n in sorted(blocking.items())]
+                + [f"{n} phone index(es) under {k}" for k, n in sorted(stale.items())]
+            )
             + "; run `vigil cloud key reseal` (after every host runs with the current key file) and retry"
         )
-    kept = tuple(e for e in ring.entries if e.role != "old")
-    return write_key_file(path, kept), [key_id(o) for o in olds]
+    if olds and links_live_s is not None and not void_links:
+        at, source = last_rotation(db, path)
+        safe = at + links_live_s
+        t = time.time() if now is None else now
+        if t < safe:
+            when = datetime.fromtimestamp(safe, display_zone()).strftime("%Y-%m-%d %H:%M %Z")
+            raise ConflictError(
+                f"退役旧密钥会使其签发、仍在有效期内的消息链接失效：请在 {when} 之后再退役，"
+                f"或加 --void-links 立即退役（链接作废）。 / retiring would void the message links signed "
+                f"with the old key that are still valid (last rotation per the {source}; links live "
+                f"{links_live_s / 86400:g} days): retire after {when}, or pass --void-links to retire now "
+                f"and void them"
+            )
+    kept = tuple(e for e in ring.entries if e.role not in ("old", "hmac"))
+    dropped = [key_id(o) for o in olds]
+    if root is not None and key_id(root) not in dropped and root != ring.primary:
+        dropped.append(key_id(root))
+    return write_key_file(path, kept), dropped
 
 
 def audit_key_action(db: Database, *, actor: str, action: str, target: str, **detail: object) -> None:
@@ -332,6 +502,8 @@ __all__ = [
     "ResealReport",
     "add_next_key",
     "census",
+    "index_census",
+    "last_rotation",
     "minimise",
     "promote_next_key",
     "reseal",

@@ -9,21 +9,22 @@ A target of the loop (``alerts.loop.intents.TargetKind``) resolves to recipients
 - ``webhook``: a configured outgoing webhook by name.
 
 Phones and e-mail addresses are sealed with :class:`cloud.crypto.SecretBox`; ``phone_hash`` is
-``HMAC-SHA256(key, normalised number)`` so an inbound SMS finds its sender with one indexed lookup.
+``HMAC-SHA256(blind-index key, normalised number)`` (:class:`cloud.crypto.BlindIndex`, the primary key's)
+so an inbound SMS finds its sender with one indexed lookup; the lookup tries the hash under every key of
+the ring (``phone_hash IN (...)``), so a number is found during a key rotation whichever key its row's
+hash was computed under (``vigil cloud key reseal`` recomputes them under the new primary).
 Blocking (call from a worker thread).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from cloud.crypto import SecretBox, mask_phone
+from cloud.crypto import BlindIndex, SecretBox, mask_phone
 from cloud.db import Database, User
 from cloud.errors import BadRequestError, NotFoundError
 from cloud.notify.models import Contact, Group, GroupMember
@@ -66,13 +67,18 @@ class ContactView:
 
 
 class Contacts:
-    def __init__(self, db: Database, box: SecretBox, *, hash_key: bytes) -> None:
+    def __init__(self, db: Database, box: SecretBox, *, index: BlindIndex) -> None:
         self.db = db
         self.box = box
-        self._hash_key = hash_key
+        self.index = index
 
     def phone_hash(self, phone: str) -> str:
-        return hmac.new(self._hash_key, normalise_phone(phone).encode(), hashlib.sha256).hexdigest()
+        """The blind index of ``phone`` as written now (under the primary key)."""
+        return self.index.hash(normalise_phone(phone))
+
+    def phone_hashes(self, phone: str) -> list[str]:
+        """Every blind index ``phone`` may be stored under (one per key of the ring, primary first)."""
+        return self.index.candidates(normalise_phone(phone))
 
     # -- binding -----------------------------------------------------------------------------------------
     def bind(
@@ -249,8 +255,15 @@ class Contacts:
 
     def user_by_phone(self, phone: str) -> int | None:
         with self.db.read() as s:
-            c = s.scalars(select(Contact).where(Contact.phone_hash == self.phone_hash(phone))).first()
-            return c.user_id if c else None
+            hashes = self.phone_hashes(phone)
+            rows = s.execute(
+                select(Contact.user_id, Contact.phone_hash)
+                .where(Contact.phone_hash.in_(hashes))
+                .order_by(Contact.user_id)
+            ).all()
+        # the primary's hash first: a number re-bound since the rotation wins over a stale row
+        best = min(rows, key=lambda r: hashes.index(str(r[1])), default=None)
+        return int(best[0]) if best is not None else None
 
     def user_id(self, username: str) -> int:
         with self.db.read() as s:

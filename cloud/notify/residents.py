@@ -4,7 +4,9 @@
   first-response time (``report_promise_s`` per category, 2 h by default) back, plus a case link. The
   promise is kept measurable: the first responder action on the case stamps ``first_response_at``.
 - Abuse limits are counted in the database (so they hold across workers): ``report_limit_per_hour``
-  per client (its address only as a keyed hash) and ``report_limit_global_per_hour`` overall. A location
+  per client (its address only as a keyed hash, :class:`cloud.crypto.BlindIndex`: written under the
+  primary key, counted under every key of the ring; ``vigil cloud key reseal`` blanks the hashes of
+  reports older than the hour the limit looks at) and ``report_limit_global_per_hour`` overall. A location
   outside the community (``report_area``, else the registered devices' box plus 0.02°) is refused.
 - A case link (purpose ``case``) lets its holder rate once (1-5 and a comment; the rating is filed under
   the incident's department, the Nanjing rule) and reopen within ``reopen_window_s`` of the case's
@@ -13,14 +15,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
+from cloud.crypto import BlindIndex
 from cloud.db import Database, Device
 from cloud.errors import BadRequestError, CloudError, ConflictError, NotFoundError
 from cloud.notify.actions import IncidentPort
@@ -47,14 +48,14 @@ class ResidentDesk:
         photos: PhotoStore,
         port: IncidentPort,
         config: NotifyConfig,
-        hash_key: bytes,
+        index: BlindIndex,
     ) -> None:
         self.db = db
         self.links = links
         self.photos = photos
         self.port = port
         self.config = config
-        self._hash_key = hash_key
+        self.index = index
 
     def case_link(self, incident_id: str, *, now: float) -> str:
         ttl = self.config.reopen_window_s + self.config.link_ttl_s
@@ -98,10 +99,13 @@ class ResidentDesk:
             )
         if photo is not None:
             self.photos.check(photo)
-        client_hash = hmac.new(self._hash_key, client.encode(), hashlib.sha256).hexdigest()
+        # written under the primary key; counted under every key of the ring (a rotation mid-hour)
+        client_hash = self.index.hash(client)
         with self.db.read() as s:
             mine = s.scalar(
-                select(func.count()).where(Report.client_hash == client_hash, Report.created_at > now - 3600)
+                select(func.count()).where(
+                    Report.client_hash.in_(self.index.candidates(client)), Report.created_at > now - 3600
+                )
             )
             total = s.scalar(select(func.count()).where(Report.created_at > now - 3600))
         if int(mine or 0) >= self.config.report_limit_per_hour:

@@ -9,8 +9,6 @@ to stand-ins until the loop is wired (``docs/notifications.md``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 import socket
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING
 import httpx
 from prometheus_client import CollectorRegistry
 
-from cloud.crypto import SecretBox, load_or_create_key
+from cloud.crypto import BlindIndex, SecretBox, load_or_create_key
 from cloud.db import Database
 from cloud.notify.actions import IncidentPort, NullIncidentPort, ResponderDesk
 from cloud.notify.aliyun import AliyunRpc, AliyunSms, AliyunVoice
@@ -147,11 +145,11 @@ class NotifyService:
         worker_id: str | None = None,
     ) -> NotifyService:
         key = load_or_create_key(Path(key_file))
-        hash_key = hmac.new(key, b"vigil/notify/blind-index/v1", hashlib.sha256).digest()
+        index = BlindIndex(key)  # hashes under the primary, looks up under every key of the ring
         box = SecretBox(key)
         port = port or NullIncidentPort()
         links = LinkSigner(derive_link_key(key), base_url=config.public_base_url, ttl_s=config.link_ttl_s)
-        contacts = Contacts(db, box, hash_key=hash_key)
+        contacts = Contacts(db, box, index=index)
         outbox = Outbox(
             db,
             worker=worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
@@ -190,9 +188,7 @@ class NotifyService:
             responders=ResponderDesk(
                 db, links=links, contacts=contacts, outbox=outbox, photos=photos, port=port
             ),
-            residents=ResidentDesk(
-                db, links=links, photos=photos, port=port, config=config, hash_key=hash_key
-            ),
+            residents=ResidentDesk(db, links=links, photos=photos, port=port, config=config, index=index),
             photos=photos,
             http=http,
             clock=clock,
