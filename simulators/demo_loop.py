@@ -242,6 +242,7 @@ class DispatchStory:
         self._parse = parse_time
         self.names: dict[str, str] = {}
         self.told: set[int] = set()
+        self.only: set[int] | None = None  # after freeze(): the incidents of the run
         self.lines: list[str] = []
 
     def bind(self, get: Callable[..., Any]) -> None:
@@ -268,7 +269,12 @@ class DispatchStory:
         return self._role(target)
 
     async def _incidents(self) -> list[dict[str, Any]]:
-        return list((await self._fetch("/api/v1/incidents", params={"limit": 1000}))["incidents"])
+        found = (await self._fetch("/api/v1/incidents", params={"limit": 1000}))["incidents"]
+        return [i for i in found if self.only is None or int(i["id"]) in self.only]
+
+    async def freeze(self) -> None:
+        """From now on tell and count only the incidents that exist now (the end of the run)."""
+        self.only = {int(i["id"]) for i in await self._incidents()}
 
     async def _intents(self, incident_id: int) -> list[dict[str, Any]]:
         return list((await self._fetch(f"/api/v1/incidents/{incident_id}/intents"))["intents"])
@@ -311,20 +317,24 @@ class DispatchStory:
                 if it["state"] == "failed" and not mine:
                     parts.append(self._t(f"{who}（无人可通知）", f"{who} (nobody to notify)"))
                 elif mine:
-                    chans = "、".join(dict.fromkeys(self._channel(d["channel"]) for d in mine))
-                    n = f" ×{len(mine)}" if len(mine) > 1 else ""
-                    parts.append(self._t(f"{who}（{chans}{n}）", f"{who} ({chans}{n})"))
+                    chans = list(dict.fromkeys(self._channel(d["channel"]) for d in mine))
+                    n = len({d["recipient"] for d in mine})  # a role's or a desk's members
+                    zh, en = (f"{who} {n} 人", f"{who} ×{n}") if n > 1 else (who, who)
+                    parts.append(self._t(f"{zh}（{'、'.join(chans)}）", f"{en} ({', '.join(chans)})"))
                 else:
                     parts.append(self._t(f"{who}（发送中）", f"{who} (sending)"))
             self.told.add(iid)
             label = inc.get("event_label") or inc.get("event_type", "")
             when = self._parse(first_at)
             at = self._when(when)
+            # told after the alert step that opened the incident, even when the page's time is earlier
+            # (the alert's time is the gateway's; the page's the cloud's)
+            order = max(when, self._parse(inc["alert_time"]) if inc.get("alert_time") else when)
             line = self._t(
                 f"  [{at}] 派单 #{iid} {label} → " + "、".join(parts),
                 f"  [{at}] paged  #{iid} {label} → " + ", ".join(parts),
             )
-            out.append((when, line))
+            out.append((order + 1e-3, line))
         self.lines.extend(line for _, line in out)
         return out
 

@@ -3,6 +3,8 @@ around the clock, or is one of the two the demo leaves out on purpose (and says 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 import tomllib
 from pathlib import Path
@@ -12,8 +14,9 @@ from alerts.loop.rosters import coverage_gaps, roster_from_dict
 from alerts.loop.routing import default_routes
 from simulators.config import parse_config
 from simulators.demo import DEMO_FLEET
-from simulators.demo_loop import NOT_SEEDED, demo_people, seeded_roles, shift_anchor
+from simulators.demo_loop import NOT_SEEDED, demo_people, seed_people, seeded_roles, shift_anchor
 from simulators.fleet import Fleet
+from tests.cloud.cloudkit import make_settings, start_cloud
 
 START = 1_790_000_000.0  # 2026-09-21 22:13 in Asia/Shanghai
 
@@ -60,3 +63,30 @@ def test_every_routed_role_is_on_call_around_the_clock_for_a_week(tmp_path: Path
     for _, members in people.groups.values():
         assert members and set(members) <= users  # the desks relay through people who exist
     assert all(r["channels"] == ["inapp"] for r in people.roster["responders"])
+
+
+async def test_the_seeded_people_and_desks_receive_pages_in_app(tmp_path: Path) -> None:
+    """Loaded through the API as the demo does, a responder (by responder id) and the 120 desk group are
+    paged in-app; before the demo created the desk groups, ``group:desk_120`` was "nobody to notify"."""
+    responders, devices = the_demo_fleet(tmp_path / "fleet")
+    people = demo_people(responders, devices, start=START)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path}/vigil.db")
+    async with start_cloud(settings) as c:
+        c.clock.t = START
+        for p in people.people:
+            await asyncio.to_thread(c.state.credentials.add_user, p.username, p.console_role, now=START)
+        await seed_people(functools.partial(c.client.put, headers=c.admin), people)
+
+        worker = c.app.state.notify.worker
+        for kind, target in (("group", "desk_120"), ("user", "r-0010")):
+            body = {"incident_id": f"T-{target}", "target_kind": kind, "target_id": target, "severity": 3}
+            r = await c.client.post("/api/v1/notify/send", json=body, headers=c.dispatcher)
+            assert r.status_code == 200, r.text
+        await worker.run_once()
+        r = await c.client.get("/api/v1/notify/incidents/T-desk_120/log", headers=c.dispatcher)
+        desk = r.json()["deliveries"]
+        assert [(d["channel"], d["status"]) for d in desk] == [("inapp", "delivered")] * 3  # 3 call takers
+        r = await c.client.get("/api/v1/notify/incidents/T-r-0010/log", headers=c.dispatcher)
+        assert [(d["channel"], d["status"]) for d in r.json()["deliveries"]] == [("inapp", "delivered")]
+        r = await c.client.get("/api/v1/loop/oncall", params={"role": "municipal_crew"}, headers=c.dispatcher)
+        assert r.status_code == 200 and "市政抢修" in r.text, r.text
