@@ -9,10 +9,11 @@ alone. A kill at any point leaves every row sealed under one key of the ring or 
 every process that has both; running it again skips what is done (there is no progress record to lose).
 The same pass recomputes the **blind index** (:class:`cloud.crypto.BlindIndex`) of every contact whose
 ``phone_hash`` is not the primary key's hash of its (unsealed) phone, compare-and-set on the hash and the
-sealed value read, and re-points the inbound-SMS log rows of that number to the new hash in the same
-transaction; it blanks the client hash of residents' reports older than the rate-limit hour (the address
-is not stored, so it cannot be recomputed, and nothing reads it after that hour). Lookups try every key
-of the ring meanwhile (:meth:`cloud.notify.contacts.Contacts.user_by_phone`).
+sealed value read, then re-points the inbound-SMS log rows of every bound number to its new hash (one
+pass over the log, compare-and-set per row); it blanks the client hash of residents' reports older than
+the rate-limit hour (the address is not stored, so it cannot be recomputed, and nothing reads it after
+that hour). Lookups try every key of the ring meanwhile
+(:meth:`cloud.notify.contacts.Contacts.user_by_phone`).
 :func:`retire_old_keys` drops the old keys (and the ``hmac`` line of earlier versions) from the file only
 when no sealed value and no blind index needs them, and, when asked to guard links, not within the
 longest link lifetime after the last ``rotate`` (links signed with a retired key are void).
@@ -175,6 +176,7 @@ def _reindex(
 
     box, index = SecretBox(ring), BlindIndex(ring)
     name = "notify_contacts.phone_hash"
+    remap: dict[str, str] = {}  # a bound number's hash under another key of the ring -> under the primary
     last: int | None = None
     while True:
         rows = _contact_page(db, last, batch)
@@ -184,15 +186,16 @@ def _reindex(
         todo = []
         for uid, tok, stored in rows:
             phone = _phone(box, tok)
-            want = index.hash(phone) if phone else None
+            hashes = index.candidates(phone) if phone else []
+            want = hashes[0] if hashes else None
+            remap.update((h, hashes[0]) for h in hashes[1:])
             if stored != want:
-                same_number = phone != "" and stored in index.candidates(phone)
-                todo.append((uid, tok, stored, want, same_number))
+                todo.append((uid, tok, stored, want))
         if not todo:
             continue
         done = 0
         with db.write() as s:
-            for uid, tok, stored, want, same_number in todo:
+            for uid, tok, stored, want in todo:
                 res = s.execute(
                     update(Contact)
                     .where(
@@ -203,18 +206,40 @@ def _reindex(
                     .values(phone_hash=want),
                     execution_options={"synchronize_session": False},
                 )
-                n = res.rowcount  # type: ignore[attr-defined]
-                done += n
-                if n and same_number and want is not None:
-                    moved = s.execute(
-                        update(InboundSms).where(InboundSms.phone_hash == stored).values(phone_hash=want),
-                        execution_options={"synchronize_session": False},
-                    )
-                    report.inbound_rehashed += moved.rowcount  # type: ignore[attr-defined]
+                done += res.rowcount  # type: ignore[attr-defined]
         report.reindexed += done
         report.changed_meanwhile += len(todo) - done
         if after_batch is not None:
             after_batch(name, done)
+    # the inbound-SMS log: a row whose hash is a bound number's under another key follows the number (one
+    # pass in id order, compare-and-set per row; an unbound sender's hash cannot be recomputed)
+    remap.pop("", None)
+    after_id = 0
+    while remap:
+        with db.read() as s:
+            page = s.execute(
+                select(InboundSms.id, InboundSms.phone_hash)
+                .where(InboundSms.id > after_id)
+                .order_by(InboundSms.id)
+                .limit(batch)
+            ).all()
+        if not page:
+            break
+        after_id = int(page[-1][0])
+        moves = [(int(i), str(h), remap[str(h)]) for i, h in page if str(h) in remap]
+        if not moves:
+            continue
+        with db.write() as s:
+            for i, old, new in moves:
+                res = s.execute(
+                    update(InboundSms)
+                    .where(InboundSms.id == i, InboundSms.phone_hash == old)
+                    .values(phone_hash=new),
+                    execution_options={"synchronize_session": False},
+                )
+                report.inbound_rehashed += res.rowcount  # type: ignore[attr-defined]
+        if after_batch is not None:
+            after_batch("notify_sms_inbound.phone_hash", len(moves))
     with db.write() as s:
         res = s.execute(
             update(Report)
