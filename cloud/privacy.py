@@ -56,7 +56,7 @@ from cloud.crypto import (
     write_key_file,
 )
 from cloud.db import Database
-from cloud.errors import ConflictError
+from cloud.errors import ConflictError, StorageError
 from cloud.timeseries import Series, TimeSeriesStore, WriteResult
 from firmware_bridge import wristband
 from firmware_bridge.kernel.locale import display_zone
@@ -143,7 +143,8 @@ def _phone(box: SecretBox, token: str | None) -> str:
 def index_census(db: Database, ring: KeyRing) -> dict[str, int]:
     """How many contacts' phone blind indexes each key of ``ring`` computed (by key id, the ``hmac`` root's
     included); ``unmatched`` counts hashes no key of the ring gives for the row's phone (a key already gone,
-    or a hash without a phone): ``reseal`` recomputes those too."""
+    or a hash without a phone): ``reseal`` recomputes those too; ``unreadable`` rows whose phone no key of
+    the ring opens."""
     box, index = SecretBox(ring), BlindIndex(ring)
     out = dict.fromkeys(index.key_ids, 0)
     last: int | None = None
@@ -155,7 +156,11 @@ def index_census(db: Database, ring: KeyRing) -> dict[str, int]:
         for _, tok, stored in rows:
             if stored is None:
                 continue
-            phone = _phone(box, tok)
+            try:
+                phone = _phone(box, tok)
+            except StorageError:  # sealed under no key of the ring: status says so, retire refuses
+                out["unreadable"] = out.get("unreadable", 0) + 1
+                continue
             hashes = index.candidates(phone) if phone else []
             k = index.key_ids[hashes.index(stored)] if stored in hashes else "unmatched"
             out[k] = out.get(k, 0) + 1

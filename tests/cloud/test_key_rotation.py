@@ -534,6 +534,32 @@ def test_a_key_file_of_before_the_index_rotated_keeps_its_hmac_line_until_retire
     _all_found(contacts_of(sealed, final), sealed.phones())
 
 
+def test_the_residents_rate_limit_counts_reports_hashed_under_the_old_key(sealed: Sealed) -> None:
+    """A rotation in the middle of the hour does not give a client a fresh allowance."""
+    from cloud.notify.actions import NullIncidentPort
+    from cloud.notify.config import NotifyConfig
+    from cloud.notify.links import LinkSigner
+    from cloud.notify.photos import PhotoStore
+    from cloud.notify.residents import ResidentDesk, TooManyRequestsError
+
+    def desk(index: BlindIndex) -> ResidentDesk:
+        config = NotifyConfig(report_limit_per_hour=2, report_area=[-90.0, -180.0, 90.0, 180.0])
+        links = LinkSigner(b"k" * 32, base_url="https://v.example", ttl_s=3600.0)
+        return ResidentDesk(sealed.db, links=links, photos=PhotoStore(sealed.db, max_bytes=1 << 20),
+                            port=NullIncidentPort(), config=config, index=index)  # fmt: skip
+
+    report = {"category": "other", "description": "井盖松动", "lat": 39.98, "lon": 116.31}
+    first = load_or_create_key(sealed.key_file)
+    for i in range(2):
+        desk(BlindIndex(first)).report(**report, client="203.0.113.9", now=T0 + i)
+    privacy.add_next_key(sealed.key_file)
+    ring, _, _ = privacy.promote_next_key(sealed.key_file)
+    with pytest.raises(TooManyRequestsError):
+        desk(BlindIndex(ring)).report(**report, client="203.0.113.9", now=T0 + 60)
+    desk(BlindIndex(ring.primary)).report(**report, client="203.0.113.9", now=T0 + 60)  # primary alone: not
+    desk(BlindIndex(ring)).report(**report, client="198.51.100.1", now=T0 + 61)  # another client: its own
+
+
 # -- retire and links in flight --------------------------------------------------------------------------
 
 
@@ -587,3 +613,17 @@ def test_retire_without_an_audited_rotation_counts_from_the_key_file(sealed: Sea
         sealed.db, sealed.key_file, links_live_s=3600.0, now=mtime + 10, void_links=True
     )
     assert len(retired) == 1
+
+
+def test_status_names_a_phone_index_whose_contact_no_key_opens(
+    sealed: Sealed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stranger = SecretBox(Fernet.generate_key())  # a key this file never held
+    with sealed.db.write() as s:
+        c = s.get(Contact, 1)
+        assert c is not None
+        c.private_enc = stranger.seal({"phone": "13700000001"})
+    code, out, err = _cli(capsys, sealed, "status")
+    assert code == 0, err
+    assert "无法解密 unreadable\t-\tsealed values: 1" in out
+    assert out.splitlines()[-1].endswith("not under the primary: 1")
