@@ -76,7 +76,7 @@ async def test_a_responder_link_survives_rotation_until_retire(
         new = links_in(fake_wecom.messages[-1]["text"]["content"])
         assert claims_of(new["接单"])["k"] != claims_of(old["接单"])["k"]
 
-    key(settings, "retire")
+    key(settings, "retire", "--void-links")  # at once: voiding the old key's links is what is tested
     async with restarted(settings) as (client, app):
         for token in (old["出发"], legacy):
             r = await client.get(f"/api/v1/links/{token}")
