@@ -221,10 +221,18 @@ class DetectionEngine:
         """Alert steps in the order frame-by-frame ranks gave them: rank, event type, phase, device."""
         todo: list[tuple[tuple[int, int, int, int], EventType, int, AlertPhase, int, int, float, float]] = []
         for et, pos, idx, phases, sev, ep, value in steps:
-            for i, ph, s, e in zip(idx.tolist(), phases, sev.tolist(), ep.tolist(), strict=True):
-                row = int(rows[i])
-                key = (int(rank[i]), pos, _PHASE_ORDER[ph], row)
-                todo.append((key, et, row, ph, s, e, float(t[i]), float(value[i])))
+            # the step's columns as Python values in one call each, not a numpy scalar per alert
+            for row, rk, ft, val, ph, s, e in zip(
+                rows[idx].tolist(),
+                rank[idx].tolist(),
+                t[idx].tolist(),
+                value[idx].tolist(),
+                phases,
+                sev.tolist(),
+                ep.tolist(),
+                strict=True,
+            ):
+                todo.append(((rk, pos, _PHASE_ORDER[ph], row), et, row, ph, s, e, ft, val))
         todo.sort(key=lambda x: x[0])
         return [self._event(ks, et, row, ph, s, now, ft, val, e) for _k, et, row, ph, s, e, ft, val in todo]
 

@@ -195,9 +195,10 @@ def _geofence(ctx: RuleContext) -> Verdict:
         level[ix] = select([~ok, d > rad, d > 0.8 * rad], [UNKNOWN, MEDIUM, HOLD], CLEAR)
         dist[ix] = d
         inside = f & ~(ok & (d > 0.8 * rad))
-        ti = t[ix]
-        dlat_det.learn_many(r[inside], la[inside], ti[inside])
-        dlon_det.learn_many(r[inside], lo[inside], ti[inside])
+        ri, ti = r[inside], t[ix][inside]
+        # a fix has a finite position and the engine takes only finite times: nothing to filter
+        dlat_det.learn_known(ri, la[inside], ti)
+        dlon_det.learn_known(ri, lo[inside], ti)
     return Verdict(level, dist)
 
 

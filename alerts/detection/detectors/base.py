@@ -102,6 +102,12 @@ class Detector(ABC):
         self._learn(r, xa, ta)
         self.arrays["n_learned"][r] += 1
 
+    def learn_known(self, rows: IntArray, x: FloatArray, t: FloatArray) -> None:
+        """:meth:`learn_many` for rows already within capacity and values and times the caller knows are
+        finite (a filtered selection): the same state, without the checks and the filtering."""
+        self._learn(rows, x, t)
+        self.arrays["n_learned"][rows] += 1
+
     def score_many(self, rows: npt.ArrayLike, x: npt.ArrayLike, t: npt.ArrayLike) -> FloatArray:
         """Anomaly score per row: >= 0, higher = more anomalous, 0 during warm-up or for NaN input."""
         r, xa = self._check(np.asarray(rows), x)
