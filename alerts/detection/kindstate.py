@@ -28,7 +28,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")  # \Z: "$" would let a trailin
 _ID_CHARS = np.zeros(128, dtype=bool)  # the same alphabet as a table of code points (valid_ids)
 _ID_CHARS[[ord(c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"]] = True
 # odd 64-bit multipliers, one per 8 bytes of an id (two UCS-4 characters): the id hash of id_hashes
-_FEW = 64  # up to this many ids, Python's dict and re beat numpy's per-call cost
+_FEW = 512  # up to this many ids, Python's dict and re beat numpy's per-call cost (crossover ~500-700)
 _MULT = np.random.default_rng(0x5EED).integers(1, 2**63, size=8, dtype=np.uint64) | np.uint64(1)
 _COMMON: dict[str, tuple[str, float]] = {
     "last_time": ("f8", np.nan),

@@ -49,18 +49,25 @@ class RateOfRise(Detector):
         rows, xa = self._check(seg.rows, x)
         a = self.arrays
         learned = np.isfinite(xa) & np.isfinite(t)
-        n_before = a["n_learned"][rows] + seg.count_before(learned)
+        single = seg.single  # every device once: the previous values are the state's, no scans
+        n_before = a["n_learned"][rows] if single else a["n_learned"][rows] + seg.count_before(learned)
         ok = learned & (n_before >= self.grace_period)
         out = np.zeros(len(rows), dtype=np.float64)
         if np.count_nonzero(ok):
-            lx = seg.prev_where(learned, xa, a["last_x"])
-            lt = seg.prev_where(learned, t, a["last_t"])
+            lx = a["last_x"][rows] if single else seg.prev_where(learned, xa, a["last_x"])
+            lt = a["last_t"][rows] if single else seg.prev_where(learned, t, a["last_t"])
             dt = t[ok] - lt[ok]
             dx = xa[ok] - lx[ok]
             good = np.isfinite(dt) & (dt >= self.min_dt) & (dt <= self.max_dt) & (dx >= self.min_delta)
             slope = np.divide(dx, dt, out=np.zeros_like(dx), where=good) * 60.0
             s = np.where(good, np.maximum(slope, 0.0), 0.0)
             out[ok] = np.where(np.isfinite(s), np.maximum(s, 0.0), 0.0)
+        if single:
+            rl = rows[learned]
+            a["last_x"][rl] = xa[learned]
+            a["last_t"][rl] = t[learned]
+            a["n_learned"][rl] += 1
+            return out
         seg.store_last(a["last_x"], xa, learned)
         seg.store_last(a["last_t"], t, learned)
         a["n_learned"][seg.seg_rows] += seg.count(learned)
