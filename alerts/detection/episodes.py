@@ -116,13 +116,16 @@ class EpisodeTable:
         # before this time no ``due`` can step anything (no deadline, escalation or reminder falls due),
         # as the last ``due`` that stepped nothing found; -inf: not known. Only a row becoming open or
         # pending (``_note``) can bring a due time earlier - a step that clears, resets or worsens an
-        # episode only removes or postpones them - so the rows noted since lower it to their own due
-        # times (``_quiet_for_new``). A small gateway ticks many times a second: most ticks of most
-        # tables then cost one comparison.
+        # episode only removes or postpones them - so that is what forgets the bound. A small gateway
+        # ticks many times a second: most ticks of most tables then cost one comparison.
         self._quiet_until = -math.inf
-        # how many arrays of ``_new`` the bound already accounts for: a row noted since only lowers the
-        # bound to its own due time, so a tick after a batch that opened or made something pending
-        # looks at those rows alone, not at the whole watch list
+        # Without reminders that holds exactly (a worsening step sets ``last_step_at`` to its reading's
+        # time, which may be earlier than a tick's reminder; only reminders read it), so such a table
+        # keeps its bound exact instead of forgetting it: the rows noted since lower it to their own due
+        # times (``_quiet_for_new``, ``_bounded`` of ``_new`` already counted), and a ``due`` that
+        # stepped something notes the next time too (``_settle``). Either way, as before, it is a true
+        # bound and ``due`` steps exactly what is due; a table with reminders keeps the rules above.
+        self._exact = math.isinf(rule.remind_every_s)
         self._bounded = 0
         # per row: may be open or pending (every such row is; set with ``_note``, made exact by
         # ``_watched``). None: not known yet, derived from the arrays when first needed. A batch with no
@@ -370,6 +373,8 @@ class EpisodeTable:
     def _note(self, rows: npt.NDArray[np.int64]) -> None:
         """``rows`` may have become open or pending: ``due`` must look at them."""
         self._new.append(rows)
+        if not self._exact:
+            self._quiet_until = -math.inf
         if self._engaged is not None:
             self._engaged[rows] = True
         if len(self._new) >= 64:  # no tick for a long while: keep the list short
@@ -425,7 +430,9 @@ class EpisodeTable:
         """
         a = self.arrays
         r = self.rule
-        if self.capacity == 0 or not self.busy or (now < self._quiet_until and self._quiet_for_new(now)):
+        if self.capacity == 0 or not self.busy:
+            return _EMPTY
+        if now < self._quiet_until and (not self._exact or self._quiet_for_new(now)):
             return _EMPTY
         w = self._watched()
         if not len(w):
@@ -455,12 +462,15 @@ class EpisodeTable:
                 a["open_sev"][rows_r].astype(np.int8),
             ]
         )
-        self._settle(w)
+        if self._exact:
+            self._settle(w)
         return Transitions(idx, confirmed.phase + [AlertPhase.UPDATED] * (len(rows_e) + len(rows_r)), sev_out)
 
     def _idle(self, confirmed: Transitions, w: npt.NDArray[np.int64]) -> Transitions:
-        """``due``'s result when it escalated and reminded nothing (see :meth:`_settle`)."""
-        self._settle(w)
+        """``due``'s result when it escalated and reminded nothing; with nothing confirmed either (or in
+        an exact table), the table notes when it can step next (:meth:`_settle`)."""
+        if self._exact or not len(confirmed.idx):
+            self._settle(w)
         return confirmed
 
     def _settle(self, w: npt.NDArray[np.int64]) -> None:
