@@ -28,6 +28,7 @@ async def test_healthz_openapi_and_metric_names(cloud_sqlite: Cloud) -> None:
     assert HTTP_PATH in spec["paths"] and "/api/v1/alerts" in spec["paths"]
     assert "UplinkBatch" in spec["components"]["schemas"]
     await c.client.get("/api/v1/devices/70B3D57ED0000001", headers=c.viewer)
+    assert (await c.client.get("/no/such/path")).status_code == 404
     text = (await c.client.get("/metrics")).text
     names = {
         line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
@@ -35,6 +36,33 @@ async def test_healthz_openapi_and_metric_names(cloud_sqlite: Cloud) -> None:
     assert names and all(n.startswith("vigil_cloud_") for n in names)
     # labelled by route template, not by raw path
     assert 'route="/api/v1/devices/{device_id}",status="200"' in text
+    assert 'vigil_cloud_http_requests_total{route="unmatched",status="404"} 1.0' in text
+    assert 'vigil_cloud_http_request_seconds_count{route="/api/v1/devices/{device_id}"} 1.0' in text
+
+
+async def test_request_metrics_count_a_handler_that_raised_as_500() -> None:
+    from cloud.app import RequestMetrics
+    from cloud.metrics import CloudMetrics
+
+    async def broken(scope: object, receive: object, send: object) -> None:
+        raise RuntimeError("handler bug")
+
+    metrics = CloudMetrics()
+    mw = RequestMetrics(broken, metrics=metrics)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: object) -> None:
+        return None
+
+    try:
+        await mw({"type": "http", "path": "/x"}, receive, send)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the middleware must not swallow the handler's error")
+    assert metrics.http_requests.labels("unmatched", "500")._value.get() == 1
 
 
 async def test_oversized_body_is_413_by_header_and_by_stream(tmp_path: Path, sqlite_url: str) -> None:

@@ -86,6 +86,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "GET /api/v1/notify/photos/{photo_id}": USERS,
     "POST /api/v1/notify/sms/inbound/{provider}": PUBLIC,
     "GET /api/v1/links/{token}": PUBLIC,
+    "GET /api/v1/links/{token}/position": PUBLIC,
     "POST /api/v1/links/{token}": PUBLIC,
     "POST /api/v1/links/{token}/rating": PUBLIC,
     "POST /api/v1/links/{token}/reopen": PUBLIC,
