@@ -45,6 +45,10 @@ DEPARTMENTS: dict[str, tuple[str, str]] = {
     "emergency": ("急救中心", "emergency medical service"),
     "operations": ("设备运维", "device operations"),
 }
+#: the role paged per wearer, not per place: ``family_contact`` for an incident on a worn device becomes one
+#: ``role`` target per device, :func:`family_target`, resolved by the notifier to THAT device's registered
+#: emergency contact (docs/notifications.md); a roster's ``family_contact`` cells are never used for it
+FAMILY_ROLE = "family_contact"
 MATCH_KEYS = ("kind", "event", "grade", "grid", "street", "community", "on_road", "lives_alone", "source")
 
 
@@ -112,6 +116,17 @@ def _walk(
             if not child.continue_:
                 break
     return out or [RouteMatch(path, receivers, escalation)]
+
+
+def family_target(device_id: str) -> str:
+    """The ``role`` target id that pages the emergency contact registered for ``device_id``."""
+    return f"{FAMILY_ROLE}/{device_id}"
+
+
+def family_device(target_id: str) -> str | None:
+    """The device of a :func:`family_target` id, or ``None`` for any other target."""
+    prefix = f"{FAMILY_ROLE}/"
+    return target_id[len(prefix) :] or None if target_id.startswith(prefix) else None
 
 
 # -- parsing and validation -------------------------------------------------------------------------------
@@ -203,7 +218,13 @@ def parse_hours(raw: object, path: str) -> tuple[int, int] | None:
 
 
 def default_routes() -> dict[str, object]:
-    """The defaults for the three kinds (MISSION.md): who must act on what."""
+    """The defaults for the three kinds (MISSION.md): who must act on what.
+
+    Infrastructure: an offline gateway has no grid cell (it serves many), so the root's grid workers
+    would all be paged for what only device maintenance can fix; it goes to ``operations`` /
+    ``maintenance`` (a silent device, grade low, goes there by the ``maintenance`` rule). It is the last rule
+    so the indexes of the others stay as they were (configurations and tests name rules by position).
+    """
     street = {"department": "street_office", "roles": ["grid_worker"]}
     return {
         "name": "root",
@@ -284,6 +305,12 @@ def default_routes() -> dict[str, object]:
                         ],
                     },
                 ],
+            },
+            {
+                "name": "infrastructure",
+                "match": {"event": ["gateway_offline"]},
+                "receivers": [{"department": "operations", "roles": ["maintenance"]}],
+                "escalation": "maintenance",
             },
         ],
     }

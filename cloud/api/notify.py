@@ -11,6 +11,12 @@
     PUT  /api/v1/notify/contacts/{username}              bind WeCom / DingTalk / phone / e-mail (admin)
     GET  /api/v1/notify/contacts/{username}              (phone masked unless admin / dispatcher)
     PUT  /api/v1/notify/groups/{name}                    group: title, robot, members (admin)
+    GET  /api/v1/notify/incidents/{incident_id}/family   a wearer's emergency contact for the call task
+                                                         (masked; ?reveal=true: admin / dispatcher, audited)
+
+Every administrative change here (contacts, groups) and every reveal of a family's number is written to
+the audit log (``loop_audit``: actor, role, action, target, detail); the detail never holds a phone number
+or an e-mail address, only whether one is bound.
     GET  /api/v1/notify/reports                          residents' reports, promise kept or not
     GET  /api/v1/notify/ratings                          ratings by department
     GET  /api/v1/notify/photos/{id}
@@ -29,8 +35,12 @@ from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
 from cloud.api.deps import ERROR_RESPONSES, Admin, State, User
-from cloud.auth import PERSONAL_DATA_ROLES, Role, require
+from cloud.api.state import CloudState
+from cloud.auth import PERSONAL_DATA_ROLES, Principal, Role, require
 from cloud.errors import AuthenticationError, BadRequestError, NotFoundError
+from cloud.loop.config import audit
+from cloud.loop.models import Incident
+from cloud.loop.rows import incident_devices
 from cloud.notify.inapp import list_for, mark_read
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
@@ -145,10 +155,24 @@ async def case_link(incident_id: str, request: Request, caller: User, state: Sta
     return {"url": notify.residents.case_link(incident_id, now=state.clock.now())}
 
 
+def _audit(state: CloudState, caller: Principal, action: str, target: str, **detail: Any) -> None:
+    """One audit row (``loop_audit``), written after the change succeeded; never a phone or an e-mail."""
+    with state.db.write() as s:
+        audit(
+            s, actor=caller.name[:64], role=caller.role.value, action=action, target=target[:128],
+            now=state.clock.now(), **detail,
+        )  # fmt: skip
+
+
 @router.put("/contacts/{username}", status_code=204)
 async def bind(username: str, body: ContactIn, request: Request, caller: Admin, state: State) -> Response:
     notify = get_notify(request)
     await asyncio.to_thread(notify.contacts.bind, username, now=state.clock.now(), **body.model_dump())
+    detail = body.model_dump(exclude={"phone", "email"})
+    await asyncio.to_thread(
+        _audit, state, caller, "notify.contact.bind", f"user:{username}",
+        **detail, phone_bound=bool(body.phone), email_bound=bool(body.email),
+    )  # fmt: skip
     return Response(status_code=204)
 
 
@@ -161,7 +185,7 @@ async def contact(username: str, request: Request, caller: User) -> dict[str, An
 
 
 @router.put("/groups/{name}", status_code=204)
-async def group(name: str, body: GroupIn, request: Request, caller: Admin) -> Response:
+async def group(name: str, body: GroupIn, request: Request, caller: Admin, state: State) -> Response:
     notify = get_notify(request)
     if body.robot and body.robot not in notify.config.robots:
         raise BadRequestError(
@@ -170,7 +194,50 @@ async def group(name: str, body: GroupIn, request: Request, caller: Admin) -> Re
     await asyncio.to_thread(
         notify.contacts.set_group, name, title=body.title, robot=body.robot, members=body.members
     )
+    await asyncio.to_thread(
+        _audit, state, caller, "notify.group.set", f"group:{name}",
+        title=body.title, robot=body.robot, members=list(dict.fromkeys(body.members)),
+    )  # fmt: skip
     return Response(status_code=204)
+
+
+@router.get(
+    "/incidents/{incident_id}/family",
+    summary="The emergency contacts of a wristband case's devices, for the 请致电家属 call task",
+)
+async def family(
+    incident_id: Annotated[int, FastPath(ge=1, le=2**62)],
+    request: Request,
+    caller: User,
+    state: State,
+    reveal: bool = False,
+) -> list[dict[str, Any]]:
+    """Masked for everyone; ``reveal=true`` shows the full numbers to admin / dispatcher only
+    (``PERSONAL_DATA_ROLES``, as the registry does) and writes one audit row per reveal."""
+    notify = get_notify(request)
+    if reveal and caller.role not in PERSONAL_DATA_ROLES:
+        require(caller, *PERSONAL_DATA_ROLES)
+
+    def devices() -> list[str]:
+        with state.db.read() as s:
+            row = s.get(Incident, incident_id)
+            if row is None:
+                raise NotFoundError(f"no incident {incident_id}")
+            return incident_devices(s, row)
+
+    out = []
+    for device in await asyncio.to_thread(devices):
+        try:
+            view = await asyncio.to_thread(notify.contacts.family_view, device, reveal=reveal)
+        except NotFoundError:
+            continue  # no contact registered for this device
+        out.append(dataclasses.asdict(view))
+    if reveal and out:
+        await asyncio.to_thread(
+            _audit, state, caller, "notify.family.reveal", f"incident:{incident_id}",
+            devices=[v["device_id"] for v in out],
+        )  # fmt: skip
+    return out
 
 
 @router.get("/reports")

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 from alerts.loop.escalation import EscalationPolicy, EscalationSnapshot, EscalationState, EscalationStep
 from alerts.loop.intents import IntentState, NotificationIntent, TargetKind, dedup_key
 from alerts.loop.rosters import Responder, Roster
-from alerts.loop.routing import Receiver
+from alerts.loop.routing import FAMILY_ROLE, Receiver, family_target
 from alerts.loop.sla import SlaTable, Urgency
 from alerts.loop.stages import Action, Stage, WorkOrder
-from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow, Timer
+from cloud.loop.models import AlertLink, Incident, IncidentEvent, NotificationIntentRow, Timer
+from firmware_bridge.kernel.records import DeviceKind
 
 _ORDER_FIELDS = [f.name for f in fields(WorkOrder)]
 
@@ -273,12 +274,24 @@ def expand_intents(
 
     The 119 / 120 desks are ``group`` targets; a role with nobody on call stays a ``role`` intent (the
     notifier falls back to everyone with that duty role) and the timeline records the coverage gap.
+
+    ``family_contact`` of an incident on worn devices is per wearer, not per place: one
+    :func:`~alerts.loop.routing.family_target` per device of the incident (a grouped incident pages each
+    device's family), keyed so that each family is paged once per incident whatever the step, loop or
+    snapshot (a relative is told, not escalated to); the notifier resolves it to the device's registered
+    emergency contact. An incident without a worn device keeps the roster's ``family_contact`` (if any).
     """
     out: list[NotificationIntent] = []
+    devices: list[str] | None = None
     for it in intents:
         if it.target_id.startswith("desk_"):
             out.append(_retarget(it, row, TargetKind.GROUP, it.target_id))
             continue
+        if it.target_id == FAMILY_ROLE and row.kind in _WORN_KINDS:
+            devices = incident_devices(s, row) if devices is None else devices
+            if devices:
+                out.extend(_retarget(it, row, TargetKind.ROLE, family_target(d), once=True) for d in devices)
+                continue
         people = [p.id for p in on_call(s, roster, it.target_id, row.grid, now)]
         if not people:
             out.append(it)
@@ -290,9 +303,27 @@ def expand_intents(
     return out
 
 
-def _retarget(it: NotificationIntent, row: Incident, kind: TargetKind, target: str) -> NotificationIntent:
+#: kinds worn by a person (``cloud.registry.PERSONAL_KINDS``): their family is paged per device
+_WORN_KINDS = frozenset({DeviceKind.WRISTBAND.value})
+
+
+def incident_devices(s: Session, row: Incident) -> list[str]:
+    """The devices of an incident: its first device, then those of the alerts grouped into it."""
+    found = [row.device_id] if row.device_id else []
+    if row.id is not None:
+        with s.no_autoflush:
+            labels = s.scalars(select(AlertLink.labels).where(AlertLink.incident_id == row.id))
+            found += [str(lab.get("device_id") or "") for lab in labels if isinstance(lab, dict)]
+    return [d for d in dict.fromkeys(found) if d]
+
+
+def _retarget(
+    it: NotificationIntent, row: Incident, kind: TargetKind, target: str, *, once: bool = False
+) -> NotificationIntent:
     prefix = it.dedup_key.rsplit(":", 2)[0]  # incident:version:step:loop
     inc, ver, step, loop = prefix.split(":")
+    if once:  # one page per incident and target, ever
+        ver = step = loop = "0"
     return NotificationIntent(
         incident_id=it.incident_id,
         step=it.step,

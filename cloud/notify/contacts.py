@@ -6,7 +6,16 @@ A target of the loop (``alerts.loop.intents.TargetKind``) resolves to recipients
 - ``role``: every bound user whose ``duty_roles`` holds the role (the loop usually resolves on-call
   people itself and sends ``user`` targets; this is the fallback);
 - ``group``: a named group: its robot (one group message), or each member when it has no robot;
-- ``webhook``: a configured outgoing webhook by name.
+- ``webhook``: a configured outgoing webhook by name;
+- ``role`` ``family_contact/<device_id>`` (:func:`alerts.loop.routing.family_target`): the emergency
+  contact registered for that device (``emergency_contact_phone``, sealed in the device registry); the
+  recipient is ``family:<device_id>``, reached by SMS / voice and, failing those, by the operators'
+  in-app "请致电家属" task. The number is unsealed only by :meth:`Contacts.family_address` (at send time)
+  and :meth:`Contacts.family_view` with ``reveal`` (the console's audited reveal), never stored elsewhere.
+
+A group that does not exist, or has neither a robot nor members, resolves to the operators' in-app queue
+(``fallback`` says why; the planner warns once per group per 10 minutes): a desk page always reaches a
+human, on a fresh install too.
 
 Phones and e-mail addresses are sealed with :class:`cloud.crypto.SecretBox`; ``phone_hash`` is
 ``HMAC-SHA256(blind-index key, normalised number)`` (:class:`cloud.crypto.BlindIndex`, the primary key's)
@@ -24,8 +33,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from cloud.crypto import BlindIndex, SecretBox, mask_phone
-from cloud.db import Database, User
+from alerts.loop.routing import family_device
+from cloud.crypto import BlindIndex, SecretBox, mask_name, mask_phone
+from cloud.db import Database, Device, User
 from cloud.errors import BadRequestError, NotFoundError
 from cloud.notify.models import Contact, Group, GroupMember
 
@@ -50,6 +60,22 @@ class Recipient:
     lang: str
     channels: tuple[str, ...]
     target: str = ""  # robot name for a group
+    #: why this recipient stands in for the target: "" (it is the target), "no_group", "empty_group"
+    fallback: str = ""
+
+
+#: a device's family: the recipient key's prefix and the channels that can reach a phone number
+FAMILY_PREFIX = "family:"
+FAMILY_CHANNELS = ("sms", "voice")
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyView:
+    """A device's emergency contact as the console shows it: ``phone`` masked unless revealed."""
+
+    device_id: str
+    wearer: str  # masked always: the call taker needs whose family it is, not the wearer's full name
+    phone: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +227,12 @@ class Contacts:
                     # a platform user without a binding still sees it in the console
                     return [Recipient(key=f"user:{user.id}", lang="zh", channels=("inapp",))] if user else []
                 return [self._recipient(row, default_channels)]
+            if kind == "role" and (device := family_device(target)) is not None:
+                dev = s.get(Device, device)
+                private = self.box.open(dev.private_enc) if dev is not None else {}
+                if not private.get("emergency_contact_phone"):
+                    return []  # no contact registered: "nobody to notify", raised to operators
+                return [Recipient(key=f"{FAMILY_PREFIX}{device}", lang="zh", channels=FAMILY_CHANNELS)]
             if kind == "role":
                 rows = [c for c in s.scalars(select(Contact)) if target in (c.duty_roles or [])]
                 return [self._recipient(c, default_channels) for c in rows]
@@ -209,7 +241,7 @@ class Contacts:
             if kind == "group":
                 group = s.get(Group, target)
                 if group is None:
-                    return []
+                    return [_ops_fallback(target, "no_group")]
                 if group.robot:
                     return [
                         Recipient(
@@ -221,6 +253,8 @@ class Contacts:
                     .join(GroupMember, GroupMember.user_id == Contact.user_id)
                     .where(GroupMember.group == target)
                 ).all()
+                if not members:
+                    return [_ops_fallback(target, "empty_group")]
                 return [self._recipient(c, default_channels) for c in members]
         raise BadRequestError(f"unknown target kind {kind!r} (user, role or group)")
 
@@ -253,6 +287,37 @@ class Contacts:
             return str(private["email"]) if private.get("email") else None
         return None
 
+    # -- a device's family (the registry's sealed emergency contact) ------------------------------------
+    def _family_private(self, device_id: str) -> dict[str, object] | None:
+        with self.db.read() as s:
+            dev = s.get(Device, device_id)
+            sealed = dev.private_enc if dev is not None else None
+        return dict(self.box.open(sealed)) if dev is not None else None
+
+    def family_address(self, recipient: str, channel: str) -> str | None:
+        """The phone that ``channel`` (sms / voice) reaches ``family:<device_id>`` at, unsealed at send time
+        (the delivery worker's call; the number is never stored, logged or put in a URL)."""
+        if channel not in FAMILY_CHANNELS or not recipient.startswith(FAMILY_PREFIX):
+            return None
+        private = self._family_private(recipient.removeprefix(FAMILY_PREFIX))
+        phone = normalise_phone(str((private or {}).get("emergency_contact_phone") or ""))
+        return phone or None
+
+    def family_view(self, device_id: str, *, reveal: bool) -> FamilyView:
+        """The emergency contact of ``device_id``; the caller decides ``reveal`` and audits it."""
+        private = self._family_private(device_id)
+        if private is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        phone = normalise_phone(str(private.get("emergency_contact_phone") or ""))
+        if not phone:
+            raise NotFoundError(f"device {device_id!r} has no emergency contact registered")
+        wearer = str(private.get("wearer_name") or "")
+        return FamilyView(
+            device_id=device_id,
+            wearer=mask_name(wearer) if wearer else "",
+            phone=phone if reveal else mask_phone(phone),
+        )
+
     def user_by_phone(self, phone: str) -> int | None:
         with self.db.read() as s:
             hashes = self.phone_hashes(phone)
@@ -276,3 +341,8 @@ class Contacts:
         with self.db.read() as s:
             user = s.get(User, user_id)
             return user.username if user else f"user:{user_id}"
+
+
+def _ops_fallback(group: str, why: str) -> Recipient:
+    """A desk or group nobody can be paged through: the operators' in-app queue instead."""
+    return Recipient(key=f"group:{group}", lang="zh", channels=("inapp_ops",), fallback=why)

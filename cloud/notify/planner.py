@@ -6,20 +6,39 @@ moment, as an escalation snapshot is), picks each recipient's channel chain (the
 then the user's own order; voice only for life-safety severity; only configured channels), signs one
 link per action for that recipient, renders the notice in the recipient's language and returns one
 :class:`~cloud.notify.outbox.NewDelivery` per recipient (the first channel; the rest is its fallback).
+
+Two recipients stand in for a target (docs/notifications.md):
+
+- a desk or group that does not exist or has nobody in it: the operators' in-app queue (``inapp_ops``),
+  with a warning logged once per group per :data:`FALLBACK_LOG_EVERY_S`;
+- a wearer's family (``family:<device_id>``): SMS, then voice (life-safety severity), when configured,
+  and always last the operators' in-app "请致电家属" call task, which carries the device, whose family it
+  is (masked name) and the masked number; the console reveals the number to admin / dispatcher, audited.
+  No action links: a relative is told, not dispatched, and a text message reply from them means nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from cloud.errors import NotFoundError
 from cloud.notify.config import NotifyConfig
-from cloud.notify.contacts import Contacts, Recipient
+from cloud.notify.contacts import FAMILY_PREFIX, Contacts, Recipient
 from cloud.notify.links import RESPONDER_PURPOSES, LinkSigner, Purpose
 from cloud.notify.outbox import NewDelivery
 from cloud.notify.render import IncidentFacts, render
 from firmware_bridge.kernel.events import Severity
+
+log = logging.getLogger(__name__)
+
+#: "group falls back to the operators" is logged at most once per group per this many seconds
+FALLBACK_LOG_EVERY_S = 600.0
+#: groups whose last warning is remembered (a typo'd target per page cannot grow this without bound)
+FALLBACK_LOG_GROUPS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +66,8 @@ class Planner:
         self.contacts = contacts
         self.links = links
         self.config = config
+        self._warned: dict[str, float] = {}  # group -> when its fallback was last logged
+        self._warned_lock = threading.Lock()  # plan() runs in worker threads
 
     def configured(self, channel: str) -> bool:
         c = self.config
@@ -79,8 +100,16 @@ class Planner:
         base = req.intent_key or f"{req.facts.incident_id}/{req.step}/{req.target_kind}:{req.target_id}"
         out: list[NewDelivery] = []
         for r in recipients:
+            if r.key.startswith(FAMILY_PREFIX):
+                family = self._family(req, r, base)
+                if family is not None:
+                    out.append(family)
+                continue
             channels: tuple[str, ...]
-            if r.channels == ("webhook",):
+            if r.fallback:
+                self._warn_fallback(r, req, now)
+                channels = ("inapp_ops",)
+            elif r.channels == ("webhook",):
                 channels = ("webhook",) if r.target in self.config.webhooks else ("inapp_ops",)
             elif r.target:  # a group robot
                 robot = self.config.robots.get(r.target)
@@ -111,6 +140,55 @@ class Planner:
                 )
             )
         return out
+
+    def _family(self, req: NotifyRequest, r: Recipient, base: str) -> NewDelivery | None:
+        """SMS / voice to the device's emergency contact when configured, else (and as the last fallback)
+        the operators' in-app call task. The number is not in the row: the worker unseals it at send."""
+        device = r.key.removeprefix(FAMILY_PREFIX)
+        try:
+            view = self.contacts.family_view(device, reveal=False)
+        except NotFoundError:
+            return None  # the contact was removed since it was resolved: "nobody to notify"
+        channels = (*self.chain(r, req), "inapp_ops")
+        notice = render(req.facts, lang="zh")
+        whose = f"{view.wearer}的家属" if view.wearer else "佩戴者家属"
+        task = replace(
+            notice,
+            title=f"请致电家属 / call the family: {notice.title}"[:200],
+            lines=(
+                f"紧急联系人：{whose} {view.phone}（完整号码：控制台「家属联系」，管理员/调度员可见并留痕）",
+                f"设备 / device: {device}",
+                *notice.lines,
+            ),
+        )
+        return NewDelivery(
+            dedup_key=f"{base}/{r.key}/{channels[0]}",
+            intent_key=req.intent_key,
+            incident_id=req.facts.incident_id,
+            step=req.step,
+            recipient=r.key,
+            channel=channels[0],
+            fallback=channels[1:],
+            notice=task.to_json(),
+            priority=int(req.facts.severity),
+        )
+
+    def _warn_fallback(self, r: Recipient, req: NotifyRequest, now: float) -> None:
+        """Loud but not per page: one warning per group per :data:`FALLBACK_LOG_EVERY_S`."""
+        with self._warned_lock:
+            last = self._warned.get(r.key)
+            if last is not None and now - last < FALLBACK_LOG_EVERY_S:
+                return
+            if last is None and len(self._warned) >= FALLBACK_LOG_GROUPS:
+                for k, at in list(self._warned.items()):
+                    if now - at >= FALLBACK_LOG_EVERY_S:
+                        del self._warned[k]
+            if last is not None or len(self._warned) < FALLBACK_LOG_GROUPS:
+                self._warned[r.key] = now
+        log.warning(
+            "group has nobody to page, operators get it in-app",
+            extra={"target": r.key, "reason": r.fallback, "incident": req.facts.incident_id},
+        )
 
     def plan_many(self, reqs: Sequence[NotifyRequest], *, now: float) -> list[NewDelivery]:
         return [d for _, ds in self.plan_each(reqs, now=now) for d in ds]

@@ -53,6 +53,19 @@ def labels(**kw: str) -> dict[str, str]:
             "wellbeing",
         ),
         (labels(event="low_battery", grade="low"), "root/maintenance", ["operations"], "maintenance"),
+        # an offline gateway has no grid cell: device maintenance, not every grid worker of the root
+        (
+            {"kind": "gateway", "event": "gateway_offline", "grade": "medium", "grid": ""},
+            "root/infrastructure",
+            ["operations"],
+            "maintenance",
+        ),
+        (
+            labels(kind="gateway", event="device_silent", grade="low"),
+            "root/maintenance",
+            ["operations"],
+            "maintenance",
+        ),
         (
             labels(kind="report", event="broken_streetlight", grade="medium"),
             "root",

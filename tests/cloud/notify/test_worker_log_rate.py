@@ -61,9 +61,9 @@ async def test_nobody_to_notify_is_logged_once_per_target_per_window_with_a_coun
             assert await w.intake_once() == 0
             kit.clock.advance(60)
         # another target is logged on its own, even inside the first one's window
-        intents.add("200", "group", "desk_120")
+        intents.add("200", "role", "traffic_police")  # (a missing desk group now goes to operators)
         await w.intake_once()
-        assert nobody_lines(caplog) == [("role:municipal_crew", "100", 0), ("group:desk_120", "200", 0)]
+        assert nobody_lines(caplog) == [("role:municipal_crew", "100", 0), ("role:traffic_police", "200", 0)]
 
         # the window is over: the next page is logged again, with the four pages not logged since
         kit.clock.advance(NOBODY_LOG_EVERY_S)
