@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -499,6 +499,14 @@ class MinimisingStore:
     ) -> None:
         self.inner = inner
         self.open_alarms = open_alarms
+
+    def alert_steps_committed(self, kinds: Iterable[DeviceKind]) -> None:
+        """Alert steps of these kinds were just committed: if a wristband's is among them, the next write
+        reads the open alarms afresh, so the readings right after a band's alarm opens keep their exact fix
+        (instead of up to ``OpenAlarms.ttl_s`` on the grid)."""
+        invalidate = getattr(self.open_alarms, "invalidate", None)
+        if invalidate is not None and DeviceKind.WRISTBAND in kinds:
+            invalidate()
 
     def write(self, batch: ReadingBatch) -> WriteResult:
         if batch.kind is not DeviceKind.WRISTBAND:

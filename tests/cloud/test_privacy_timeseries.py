@@ -177,6 +177,21 @@ async def test_a_band_with_an_open_alarm_is_tracked_exactly(cloud_sqlite: Cloud,
     assert rows == [(LAT, LON), (LAT, LON)]  # a wandering wearer: the dispatcher sees where, exactly
 
 
+async def test_readings_right_after_an_alarm_opens_keep_the_exact_fix(
+    cloud_sqlite: Cloud, tmp_path: Path
+) -> None:
+    """The open-alarm set is cached (5 s); a committed wristband alert step refreshes it at once, so the
+    band's next readings are exact, not on the grid for up to the cache's lifetime."""
+    c = cloud_sqlite
+    await c.state.ingest.ingest(batch("batch-early-01", _band([GPS])), gateway_id=GW1)  # caches "no alarm"
+    exit_ = alert_step(str(BAND_1), DeviceKind.WRISTBAND, EventType.GEOFENCE_EXIT, AlertPhase.RAISED, T0)
+    await c.state.ingest.ingest(batch("batch-early-02", alerts=[exit_]), gateway_id=GW1)
+    await c.state.ingest.ingest(batch("batch-early-03", _band([GPS], seq0=10)), gateway_id=GW1)
+    with sqlite3.connect(tmp_path / "vigil-ts.db") as conn:
+        rows = conn.execute("SELECT seq, lat, lon FROM ts_wristband ORDER BY seq").fetchall()
+    assert rows == [(0, 39.971, 116.306), (10, LAT, LON)]
+
+
 def test_grafana_dashboards_query_no_position() -> None:
     for path in sorted((ROOT / "dashboards" / "grafana").glob("*.json")):
         doc = json.loads(path.read_text("utf-8"))
