@@ -373,3 +373,36 @@ def test_bad_declarations_are_refused_at_import_time() -> None:
         PayloadCodec(DeviceKind.MANHOLE, 9, (ok,), (Flag("x", 16),))
     with pytest.raises(ValueError, match="scale"):
         PayloadCodec(DeviceKind.MANHOLE, 9, (Channel("a", "u", 0.0, 1.0, ">u2", 0.0),), ())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=20),  # any code point but lone surrogates, embedded NULs included
+            st.sampled_from(["", "\x00", "a\x00", "70b3d57ed0000001", "井盖-07", "\U0001f525x"]),
+        ),
+        max_size=40,
+    )
+)
+def test_id_array_is_exactly_what_numpy_makes(ids: list[str]) -> None:
+    """``payload._id_array`` (one join + UCS-4 encode, issue 12) must give numpy's own array: same dtype
+    width, same code points, same trailing-NUL stripping on read."""
+    from firmware_bridge.payload import _id_array
+
+    got, want = _id_array(ids), np.asarray(ids, dtype=np.str_)
+    assert got.dtype == want.dtype
+    assert got.tobytes() == want.tobytes()
+    assert got.tolist() == want.tolist()
+
+
+def test_id_array_falls_back_to_numpy_for_what_it_does_not_lay_out_itself() -> None:
+    from firmware_bridge.payload import _id_array
+
+    for ids in (["a", "\ud800"], ("a", "bc"), np.array(["x", "yz"]), []):
+        try:
+            want = np.asarray(ids, dtype=np.str_)
+        except (UnicodeEncodeError, ValueError):
+            continue
+        got = _id_array(ids)
+        assert got.dtype == want.dtype and got.tolist() == want.tolist()

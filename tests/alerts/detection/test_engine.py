@@ -163,6 +163,19 @@ def test_invalid_device_id_or_time_is_counted_not_fatal() -> None:
     assert eng.counters.rejected_total == 2
 
 
+def test_a_batch_of_only_invalid_readings_after_a_tick_is_counted_not_fatal() -> None:
+    """Regression: once a tick had run, a batch whose every reading was invalid crashed ``process``
+    (the minimum of an empty array); it must return nothing and count the readings."""
+    eng = DetectionEngine()
+    w = K.WRISTBAND
+    feed(eng, [reading(w, "W1", 1, T0)])
+    eng.tick(T0 + 60)
+    bad = [reading(w, "bad id with spaces", 2, T0 + 61), reading(w, "W1", 2, float("nan"))]
+    assert eng.process(batch(bad), now=T0 + 61) == []
+    assert eng.counters.rejected_total == 2
+    assert eng.tick(T0 + 120) == []  # and the engine carries on
+
+
 def test_silent_device_raises_reminds_and_clears() -> None:
     eng = DetectionEngine()
     w = K.WRISTBAND  # heartbeat 300 s; silent after 2.2 intervals; reminder hourly (profiles.py)
