@@ -475,7 +475,7 @@ file = "{self.clock_file}"
 
     def _provision(self, rows: list[dict[str, object]], key_file: Path) -> list[str]:
         from cloud.auth import Credentials
-        from cloud.crypto import SecretBox, load_or_create_key
+        from cloud.crypto import BlindIndex, SecretBox, load_or_create_key
         from cloud.db import Database, upgrade_head
         from cloud.loop.config import save
         from cloud.notify.contacts import Contacts
@@ -500,7 +500,7 @@ file = "{self.clock_file}"
             with db.write() as s:  # someone on call for every role, so the loop dispatches and pages
                 save(s, "roster", roster, actor="soak", role="admin", now=self.sim_start)
             # each responder is a platform user reached in the console (in-app), on duty for its role
-            contacts = Contacts(db, box, hash_key=b"unused: no phone numbers are bound")
+            contacts = Contacts(db, box, index=BlindIndex(load_or_create_key(key_file)))
             for r in cast(list[dict[str, Any]], roster["responders"]):
                 creds.add_user(r["id"], "operator", now=self.sim_start)
                 contacts.bind(

@@ -565,8 +565,8 @@ async def _refuse_revoked(app: Any, cert: x509.Certificate, rev: Revocation, sco
     )
     state = _cloud_state(app)
     if state is not None:
-        from cloud.api.deps import record_certificate_refusal
         from cloud.auth import GatewayCertificateError
+        from cloud.certrefusals import record_certificate_refusal
 
         exc = GatewayCertificateError(
             detail,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -27,7 +26,8 @@ from cloud.auth import (
     check_gateway_certificate,
     require,
 )
-from cloud.errors import AuthenticationError, CloudError
+from cloud.certrefusals import record_certificate_refusal
+from cloud.errors import AuthenticationError
 from cloud.tls import ConnectionCertificate, GatewayBinding, request_certificate
 
 log = logging.getLogger(__name__)
@@ -126,55 +126,6 @@ async def get_principal(
             await record_certificate_refusal(state, exc, identity.source if identity is not None else None)
             raise
     return principal
-
-
-#: (gateway, reason, subject) -> when last audited; a gateway retrying a refused batch is audited once a
-#: minute per process, not on every attempt
-_AUDITED: dict[tuple[str, str, str], float] = {}
-_AUDIT_EVERY_S = 60.0
-_AUDIT_KEYS = 10_000
-
-
-async def record_certificate_refusal(
-    state: CloudState, exc: GatewayCertificateError, source: str | None
-) -> None:
-    state.metrics.certificate_refusals.labels(exc.reason).inc()
-    log.warning(
-        "网关令牌与客户端证书不符，已拒绝 / gateway token refused: %s (gateway %s, certificate %s, via %s)",
-        exc.reason,
-        exc.gateway_id,
-        exc.subject,
-        source,
-    )
-    key = (exc.gateway_id, exc.reason, exc.subject or "")
-    mono = time.monotonic()
-    if mono - _AUDITED.get(key, -_AUDIT_EVERY_S) < _AUDIT_EVERY_S:
-        return
-    _AUDITED.pop(key, None)
-    _AUDITED[key] = mono
-    while len(_AUDITED) > _AUDIT_KEYS:
-        del _AUDITED[next(iter(_AUDITED))]
-    try:
-        await asyncio.to_thread(_audit, state, exc, source)
-    except CloudError as audit_exc:  # the refusal stands even when the audit log cannot be written
-        log.error("cannot audit the refused gateway token of %s: %s", exc.gateway_id, audit_exc)
-
-
-def _audit(state: CloudState, exc: GatewayCertificateError, source: str | None) -> None:
-    from cloud.loop.config import audit
-
-    with state.db.write() as s:
-        audit(
-            s,
-            actor=exc.gateway_id[:64],
-            role=Role.GATEWAY.value,
-            action="auth.gateway_certificate_refused",
-            target=f"gateway:{exc.gateway_id}"[:128],
-            now=state.clock.now(),
-            reason=exc.reason,
-            certificate=exc.subject,
-            via=source,
-        )
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

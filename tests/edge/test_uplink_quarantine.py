@@ -221,9 +221,13 @@ async def test_cloud_back_is_noticed_within_the_probe_interval(cloud_sqlite: Clo
         down[0] = False
         t0 = time.monotonic()
         await wait_until(lambda: empty(outbox))
-        noticed = time.monotonic() - t0
+    # the retry cadence stays at the probe interval (an uncapped backoff would be past 1 s by now), and
+    # the first attempt after the cloud came back is within one probe interval of it; how long the
+    # cloud then takes to store the batch is the cloud's time, not the gateway's noticing (on a loaded
+    # CI machine that was up to 2 s)
     gaps = [b[0] - a[0] for a, b in zip(up.attempts, up.attempts[1:], strict=False)]
-    assert max(gaps) <= 0.3 + 0.25 and noticed < 1.0
+    first_after = min(t for t, _ in up.attempts if t >= t0)
+    assert max(gaps) <= 0.3 + 0.25 and first_after - t0 <= 0.3 + 0.25
 
 
 async def test_new_alert_cuts_short_a_refusal_pause(cloud_sqlite: Cloud, outbox: Outbox) -> None:

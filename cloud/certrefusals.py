@@ -1,0 +1,75 @@
+"""Gateway certificate refusals: counted, logged and audited alike wherever they happen.
+
+A gateway token that arrives with another gateway's certificate or none where one is required
+(:func:`cloud.api.deps.get_principal`), and a revoked certificate (:mod:`cloud.tls`, checked against the
+CRL) are each counted in ``vigil_cloud_gateway_certificate_refusals_total{reason}``, logged, and audited
+as ``auth.gateway_certificate_refused`` at most once a minute per (gateway, reason, certificate) and
+process: a gateway retrying a refused batch must not flood the audit log. A module of its own so that
+both callers use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from cloud.auth import GatewayCertificateError, Role
+from cloud.errors import CloudError
+
+if TYPE_CHECKING:
+    from cloud.api.state import CloudState
+
+log = logging.getLogger(__name__)
+
+#: (gateway, reason, subject) -> when last audited; a gateway retrying a refused batch is audited once a
+#: minute per process, not on every attempt
+_AUDITED: dict[tuple[str, str, str], float] = {}
+_AUDIT_EVERY_S = 60.0
+_AUDIT_KEYS = 10_000
+
+
+async def record_certificate_refusal(
+    state: CloudState, exc: GatewayCertificateError, source: str | None
+) -> None:
+    state.metrics.certificate_refusals.labels(exc.reason).inc()
+    log.warning(
+        "网关客户端证书被拒绝 / gateway certificate refused: %s (gateway %s, certificate %s, via %s)",
+        exc.reason,
+        exc.gateway_id,
+        exc.subject,
+        source,
+    )
+    key = (exc.gateway_id, exc.reason, exc.subject or "")
+    mono = time.monotonic()
+    if mono - _AUDITED.get(key, -_AUDIT_EVERY_S) < _AUDIT_EVERY_S:
+        return
+    _AUDITED.pop(key, None)
+    _AUDITED[key] = mono
+    while len(_AUDITED) > _AUDIT_KEYS:
+        del _AUDITED[next(iter(_AUDITED))]
+    try:
+        await asyncio.to_thread(_audit, state, exc, source)
+    except CloudError as audit_exc:  # the refusal stands even when the audit log cannot be written
+        log.error("cannot audit the refused gateway token of %s: %s", exc.gateway_id, audit_exc)
+
+
+def _audit(state: CloudState, exc: GatewayCertificateError, source: str | None) -> None:
+    from cloud.loop.config import audit
+
+    with state.db.write() as s:
+        audit(
+            s,
+            actor=exc.gateway_id[:64],
+            role=Role.GATEWAY.value,
+            action="auth.gateway_certificate_refused",
+            target=f"gateway:{exc.gateway_id}"[:128],
+            now=state.clock.now(),
+            reason=exc.reason,
+            certificate=exc.subject,
+            via=source,
+        )
+
+
+__all__ = ["record_certificate_refusal"]
