@@ -215,6 +215,7 @@ async def family(
     """Masked for everyone; ``reveal=true`` shows the full numbers to admin / dispatcher only
     (``PERSONAL_DATA_ROLES``, as the registry does) and writes one audit row per reveal."""
     notify = get_notify(request)
+    require(caller, Role.ADMIN, Role.DISPATCHER, Role.OPERATOR)  # the desk's staff, not read-only viewers
     if reveal and caller.role not in PERSONAL_DATA_ROLES:
         require(caller, *PERSONAL_DATA_ROLES)
 

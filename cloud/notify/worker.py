@@ -18,7 +18,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cloud.notify.channel import Channel, GiveUp, Notice, Outcome, Retry
-from cloud.notify.contacts import Contacts
+from cloud.notify.contacts import FAMILY_PREFIX, Contacts
 from cloud.notify.outbox import NAMED_TARGET_CHANNELS, Claimed, Outbox, Settled
 from cloud.notify.planner import NotifyRequest, Planner
 from cloud.notify.render import digest
@@ -182,10 +182,21 @@ class DeliveryWorker:
             if u[0].recipient.startswith("user:") and u[0].channel not in NAMED_TARGET_CHANNELS
         ]
         found = await asyncio.to_thread(self.contacts.addresses, wanted) if wanted else {}
+        # a wearer's family (SMS / voice): the registered number is unsealed here, at send time, and
+        # lives only in this round's memory (never stored with the delivery, logged or put in a URL)
+        family = {
+            (u[0].recipient, u[0].channel)
+            for u in rounds
+            if u[0].recipient.startswith(FAMILY_PREFIX)
+            and u[0].channel != "inapp_ops"
+            and u[0].channel not in NAMED_TARGET_CHANNELS
+        }
+        family_found = await asyncio.to_thread(self._family_addresses, family) if family else {}
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(
-                    self._send(u, self._address(u[0], found)), name=f"notify-{u[0].channel}-{u[0].id}"
+                    self._send(u, self._address(u[0], found, family_found)),
+                    name=f"notify-{u[0].channel}-{u[0].id}",
                 )
                 for u in rounds
             ]
@@ -226,12 +237,21 @@ class DeliveryWorker:
                 raise asyncio.CancelledError
 
     @staticmethod
-    def _address(c: Claimed, found: Mapping[tuple[int, str], str | None]) -> str | None:
+    def _address(
+        c: Claimed,
+        found: Mapping[tuple[int, str], str | None],
+        family: Mapping[tuple[str, str], str | None],
+    ) -> str | None:
         if c.channel in NAMED_TARGET_CHANNELS:
             return c.target
+        if c.channel != "inapp_ops" and c.recipient.startswith(FAMILY_PREFIX):
+            return family.get((c.recipient, c.channel))
         if c.channel == "inapp_ops" or not c.recipient.startswith("user:"):
             return ""
         return found.get((int(c.recipient.removeprefix("user:")), c.channel))
+
+    def _family_addresses(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        return {(r, ch): self.contacts.family_address(r, ch) for r, ch in wanted}
 
     def _channel(self, c: Claimed) -> Channel | None:
         if c.channel in NAMED_TARGET_CHANNELS:

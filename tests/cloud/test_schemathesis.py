@@ -76,6 +76,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "GET /api/v1/notify/inapp": USERS,
     "POST /api/v1/notify/inapp/{item_id}/read": USERS,
     "GET /api/v1/notify/incidents/{incident_id}/log": USERS,
+    "GET /api/v1/notify/incidents/{incident_id}/family": STAFF,
     "POST /api/v1/notify/send": STAFF,
     "POST /api/v1/notify/incidents/{incident_id}/case-link": STAFF,
     "PUT /api/v1/notify/contacts/{username}": ADMIN,

@@ -3,6 +3,7 @@ of a wearer's family number for the "请致电家属" call task (actor, action, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -81,12 +82,17 @@ async def test_the_family_number_is_masked_and_revealed_to_dispatchers_only_audi
         s.flush()
         incident_id = inc.id
     url = f"/api/v1/notify/incidents/{incident_id}/family"
-    r = await cloud.client.get(url, headers=cloud.viewer)
+    assert (
+        await cloud.client.get(url, headers=cloud.viewer)
+    ).status_code == 403  # read-only: not even masked
+    op_token = await asyncio.to_thread(cloud.state.credentials.add_user, "op", "operator", now=T0)
+    operator = {"Authorization": f"Bearer {op_token}"}
+    r = await cloud.client.get(url, headers=operator)
     assert r.status_code == 200 and r.json() == [
         {"device_id": "a1b2c3d4e5f60001", "wearer": "张**", "phone": "139****4321"}
     ]
     assert audit_rows(cloud, "notify.family.reveal") == []  # a masked view is not a reveal
-    r = await cloud.client.get(url, params={"reveal": "true"}, headers=cloud.viewer)
+    r = await cloud.client.get(url, params={"reveal": "true"}, headers=operator)
     assert r.status_code == 403
     r = await cloud.client.get(url, params={"reveal": "true"}, headers=cloud.dispatcher)
     assert r.status_code == 200 and r.json()[0]["phone"] == CONTACT

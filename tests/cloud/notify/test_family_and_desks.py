@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,8 @@ from sqlalchemy import select
 from alerts.loop.routing import family_target
 from cloud.db import Device
 from cloud.notify.models import Delivery, InApp
-from cloud.notify.outbox import Claimed
 from cloud.notify.planner import FALLBACK_LOG_EVERY_S, NotifyRequest
 from cloud.notify.render import IncidentFacts
-from cloud.notify.worker import DeliveryWorker
 from tests.cloud.notify.kit import T0, Kit, fake_config, notify_kit, page
 from tests.fakes.aliyun import FakeAliyun
 
@@ -55,19 +52,6 @@ def fall(incident_id: str = "41", device_id: str = DEVICE) -> NotifyRequest:
     )
 
 
-def unseal_family_at_send(worker: DeliveryWorker) -> None:
-    """The delivery worker's side of the family page (the change proposed for cloud/notify/worker.py):
-    a ``family:<device>`` recipient's number is unsealed by ``Contacts.family_address`` at send time."""
-    original = worker._address
-
-    def address(c: Claimed, found: Mapping[tuple[int, str], str | None]) -> str | None:
-        if c.recipient.startswith("family:") and c.channel != "inapp_ops":
-            return worker.contacts.family_address(c.recipient, c.channel)
-        return original(c, found)
-
-    worker._address = address  # type: ignore[method-assign]
-
-
 def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
     out = []
     for r in caplog.records:
@@ -84,7 +68,6 @@ async def test_a_fall_texts_the_wearers_registered_emergency_contact_once(
     async with notify_kit(tmp_path, sqlite_url, fake_config(aliyun=fake_aliyun)) as kit:
         register_wearer(kit)
         w = kit.service.worker
-        unseal_family_at_send(w)
         assert await w.submit([fall()]) == 1
         assert await w.submit([fall()]) == 0  # a repeated intent pages nobody twice
         await w.send_once()
@@ -111,7 +94,6 @@ async def test_without_sms_the_call_takers_get_a_call_task_with_the_masked_numbe
     async with notify_kit(tmp_path, sqlite_url, fake_config()) as kit:
         register_wearer(kit)
         w = kit.service.worker
-        unseal_family_at_send(w)
         assert await w.submit([fall()]) == 1
         await w.send_once()
         with kit.db.read() as s:
@@ -142,7 +124,6 @@ async def test_each_device_of_a_grouped_incident_pages_its_own_family(
         register_wearer(kit)
         register_wearer(kit, "a1b2c3d4e5f60002", "13700001111")
         w = kit.service.worker
-        unseal_family_at_send(w)
         assert await w.submit([fall("42"), fall("42", "a1b2c3d4e5f60002")]) == 2
         await w.send_once()
         assert sorted(m["PhoneNumbers"] for m in fake_aliyun.sms) == ["13700001111", CONTACT]
