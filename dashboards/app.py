@@ -49,10 +49,15 @@ def create_console(
     events_url: str = "/api/v1/events/stream",
     zone: ZoneInfo | None = None,
     map_file: Path | None = None,
+    reveal_seconds: int = 60,
 ) -> Starlette:
     """The console as an ASGI app to mount at ``base``; ``http`` reaches the cloud's ``/api/v1``."""
     cfg = ConsoleConfig(
-        base=base.rstrip("/"), events_url=events_url, zone=zone or locale.display_zone(), map_file=map_file
+        base=base.rstrip("/"),
+        events_url=events_url,
+        zone=zone or locale.display_zone(),
+        map_file=map_file,
+        reveal_seconds=reveal_seconds,
     )
     web = Web(http, cfg)
     routes: list[BaseRoute] = [

@@ -138,6 +138,14 @@ class CloudAPI:
         intents: list[dict[str, Any]] = body["intents"]
         return intents
 
+    async def family(self, incident_id: int, *, reveal: bool = False) -> list[dict[str, Any]]:
+        """A wristband case's family contacts, masked; ``reveal`` (admin / dispatcher) is audited."""
+        params = {"reveal": "true"} if reveal else {}
+        body: list[dict[str, Any]] = await self.get(
+            f"/api/v1/notify/incidents/{incident_id}/family", **params
+        )
+        return body
+
     async def on_call(self, role: str, zone: str) -> list[dict[str, Any]]:
         body = await self.get("/api/v1/loop/oncall", role=role, zone=zone or "*")
         people: list[dict[str, Any]] = body["on_call"]

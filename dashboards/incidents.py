@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dashboards import geo
@@ -24,6 +24,8 @@ from dashboards.web import FormError, Session, Web, read_form, same_origin
 #: actions that need a written reason (mirrors alerts.loop.stages.NEEDS_REASON, checked again by the cloud)
 NEEDS_REASON = frozenset({"return", "park", "reject", "reopen", "dismiss"})
 SILENCE_HOURS = (1, 4, 24, 72)
+#: the wristband kind whose incidents carry a "请致电家属" call task (the wearer's emergency contact)
+FAMILY_KINDS = frozenset({"wristband"})
 REPORT_TYPES = ("cover_damaged", "cover_missing", "smoke_smell", "water_logging", "elder_help", "other")
 
 
@@ -100,6 +102,12 @@ def routes(web: Web) -> list[BaseRoute]:
             except ApiError:
                 intents = []
         people = await suggestions(s, inc) if s.is_staff and "dispatch" in inc["allowed_actions"] else []
+        family: list[dict[str, Any]] = []
+        if s.is_staff and inc.get("kind") in FAMILY_KINDS:
+            try:  # masked for every staff role; a viewer gets nothing of it (the cloud says 403 too)
+                family = await s.api.family(incident_id)
+            except ApiError:
+                family = []
         return web.render(
             request,
             "incident.html",
@@ -110,6 +118,8 @@ def routes(web: Web) -> list[BaseRoute]:
             photos=detail.get("photos", []),
             intents=intents,
             people=people,
+            family=family,
+            reveal_seconds=web.cfg.reveal_seconds,
             message=message,
             error=error,
             nonce=secrets.token_hex(8),
@@ -179,6 +189,31 @@ def routes(web: Web) -> list[BaseRoute]:
                 )
             raise
         return RedirectResponse(f"{base}/incidents/{incident_id}?done={action}", status_code=303)
+
+    async def family_reveal(request: Request, s: Session) -> Response:
+        """The full numbers of a wristband case's family contacts, for admin / dispatcher only.
+
+        A POST from the page's own script (never a link: the number must not sit in a URL, a history or
+        a proxy's log); the cloud checks the role again and writes the ``notify.family.reveal`` audit row.
+        The answer is JSON, ``no-store``, and nothing of it is logged here.
+        """
+        incident_id = _int(request.path_params["incident_id"]) or 0
+        t = web.translator(request)
+        headers = {"Cache-Control": "no-store"}
+        if not same_origin(request):
+            return JSONResponse({"error": "cross-origin"}, status_code=403, headers=headers)
+        if not s.sees_personal_data:  # operators and viewers: refused before the cloud is asked
+            return JSONResponse({"error": t("error.forbidden")}, status_code=403, headers=headers)
+        try:
+            rows = await s.api.family(incident_id, reveal=True)
+        except ApiError as exc:
+            status = exc.status if exc.status in (403, 404) else 502
+            return JSONResponse({"error": web.api_message(request, exc)}, status_code=status, headers=headers)
+        contacts = [{"device_id": str(r["device_id"]), "phone": str(r["phone"])} for r in rows]
+        return JSONResponse(
+            {"contacts": contacts, "seconds": web.cfg.reveal_seconds, "recorded": t("family.recorded")},
+            headers=headers,
+        )
 
     async def incident_photo(request: Request, s: Session) -> Response:
         incident_id, photo_id = request.path_params["incident_id"], request.path_params["photo_id"]
@@ -255,6 +290,7 @@ def routes(web: Web) -> list[BaseRoute]:
         Route("/incidents/{incident_id:int}", web.page(incident_page)),
         Route("/incidents/{incident_id:int}/act", web.page(incident_act), methods=["POST"]),
         Route("/incidents/{incident_id:int}/photos/{photo_id:int}", web.page(incident_photo)),
+        Route("/incidents/{incident_id:int}/family/reveal", web.page(family_reveal), methods=["POST"]),
         Route("/reports/new", web.page(report_form)),
         Route("/reports/new", web.page(report_submit), methods=["POST"]),
     ]

@@ -48,6 +48,7 @@ class ConsoleConfig:
     events_url: str  # the cloud's server-sent events stream
     zone: ZoneInfo
     map_file: Path | None
+    reveal_seconds: int = 60  # how long a revealed family number stays on screen before it is masked again
 
 
 @dataclass(frozen=True, slots=True)
