@@ -14,9 +14,9 @@
     GET  /api/v1/notify/incidents/{incident_id}/family   a wearer's emergency contact for the call task
                                                          (masked; ?reveal=true: admin / dispatcher, audited)
 
-Every administrative change here (contacts, groups) and every reveal of a family's number is written to
-the audit log (``loop_audit``: actor, role, action, target, detail); the detail never holds a phone number
-or an e-mail address, only whether one is bound.
+Every administrative change here (contacts, groups), every manual send and every reveal of a family's
+number is written to the audit log (``loop_audit``: actor, role, action, target, detail); the detail never
+holds a phone number, an e-mail address or a message's words, only whether one is bound / its length.
     GET  /api/v1/notify/reports                          residents' reports, promise kept or not
     GET  /api/v1/notify/ratings                          ratings by department
     GET  /api/v1/notify/photos/{id}
@@ -34,6 +34,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
+from alerts.loop.routing import family_device
 from cloud.api.deps import ERROR_RESPONSES, Admin, State, User
 from cloud.api.state import CloudState
 from cloud.auth import PERSONAL_DATA_ROLES, Principal, Role, require
@@ -80,7 +81,7 @@ class SendIn(BaseModel):
     target_id: str = Field(min_length=1, max_length=96)
     step: int = Field(default=0, ge=-1, le=1000)
     severity: int = Field(default=3, ge=0, le=3)
-    event_type: str = ""
+    event_type: str = Field(default="", max_length=64)
     place: str = Field(default="", max_length=128)
     summary: str = Field(default="", max_length=200)
     department: str = Field(default="", max_length=64)
@@ -126,7 +127,13 @@ async def incident_log(incident_id: str, request: Request, caller: User) -> dict
 
 @router.post("/send", summary="Page a target about an incident now (idempotent per incident/step/target)")
 async def send(body: SendIn, request: Request, caller: User, state: State) -> dict[str, Any]:
+    """Every manual page is audited (``notify.send``: who, which target, the channel hint, the lengths of
+    the free text, never its words or a number) before it is planned: a send that cannot be audited is
+    not sent. Paging a wearer's family (``role`` ``family_contact/<device>``) needs admin / dispatcher."""
     require(caller, Role.ADMIN, Role.DISPATCHER, Role.OPERATOR)
+    family = body.target_kind == "role" and family_device(body.target_id) is not None
+    if family and caller.role not in PERSONAL_DATA_ROLES:
+        require(caller, *PERSONAL_DATA_ROLES)
     notify = get_notify(request)
     now = state.clock.now()
     req = NotifyRequest(
@@ -144,6 +151,12 @@ async def send(body: SendIn, request: Request, caller: User, state: State) -> di
         step=body.step,
         channel_hint=tuple(body.channels),
     )
+    await asyncio.to_thread(
+        _audit, state, caller, "notify.send", f"{body.target_kind}:{body.target_id}",
+        incident_id=body.incident_id[:128], step=body.step, severity=body.severity,
+        event_type=body.event_type[:64], channels=[c[:32] for c in body.channels], family=family,
+        summary_len=len(body.summary), place_len=len(body.place),
+    )  # fmt: skip
     added = await notify.worker.submit([req])
     return {"enqueued": added}
 

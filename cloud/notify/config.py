@@ -21,6 +21,7 @@ an error names the key. Example (``docs/notifications.md`` has all keys)::
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ChannelName = Literal["wecom", "dingtalk_robot", "wecom_robot", "sms", "voice", "email", "webhook", "inapp"]
 
@@ -50,11 +53,23 @@ class RobotConfig(_Strict):
     per_minute: int = Field(default=20, ge=1, le=1000)
 
 
+class SmsTemplates(_Strict):
+    """Templates other than the responders' (each approved by the provider in advance).
+
+    ``family``: the text a wearer's registered emergency contact receives (docs/notifications.md, "A
+    wearer's family"): parameters ``event``, ``wearer``, ``time`` and, when ``service_phone`` is set,
+    ``phone``. Empty: the family gets no SMS (never the responders' template), only the desk's call task.
+    """
+
+    family: str = ""
+
+
 class AliyunSmsConfig(_Strict):
     access_key_id: str
     access_key_secret: str = Field(repr=False)
     sign_name: str
     template_code: str
+    templates: SmsTemplates = SmsTemplates()
     endpoint: str = "https://dysmsapi.aliyuncs.com/"
     region: str = "cn-hangzhou"
 
@@ -65,6 +80,8 @@ class AliyunVoiceConfig(_Strict):
     tts_code: str
     called_show_number: str = ""
     play_times: int = Field(default=3, ge=1, le=3)
+    #: ``family``: the TTS template a wearer's family is called with (same parameters as the SMS)
+    templates: SmsTemplates = SmsTemplates()
     endpoint: str = "https://dyvmsapi.aliyuncs.com/"
     region: str = "cn-hangzhou"
 
@@ -77,6 +94,8 @@ class TencentSmsConfig(_Strict):
     template_id: str
     endpoint: str = "https://sms.tencentcloudapi.com"
     region: str = "ap-guangzhou"
+    #: ``family``: the family's template id; positional parameters event, wearer, time[, phone]
+    templates: SmsTemplates = SmsTemplates()
 
 
 class SmtpConfig(_Strict):
@@ -120,6 +139,8 @@ class NotifyConfig(_Strict):
     report_limit_per_hour: int = Field(default=5, ge=1)
     report_limit_global_per_hour: int = Field(default=500, ge=1)
     photo_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    #: the community's service number a family may call back (the family SMS's ``phone``); empty = none
+    service_phone: str = Field(default="", pattern=r"^$|^\+?[0-9][0-9 -]{2,19}$")
     wecom: WeComAppConfig | None = None
     robots: dict[str, RobotConfig] = {}
     aliyun_sms: AliyunSmsConfig | None = None
@@ -127,6 +148,35 @@ class NotifyConfig(_Strict):
     tencent_sms: TencentSmsConfig | None = None
     smtp: SmtpConfig | None = None
     webhooks: dict[str, WebhookConfig] = {}
+
+    def sms_provider_in_use(self) -> Literal["aliyun", "tencent"] | None:
+        """The provider that sends the ``sms`` channel (``cloud.notify.service.build_channels``' rule)."""
+        if self.tencent_sms is not None and (self.sms_provider == "tencent" or self.aliyun_sms is None):
+            return "tencent"
+        return "aliyun" if self.aliyun_sms is not None else None
+
+    def family_template(self, channel: str) -> tuple[str, str]:
+        """``(template, its config key)`` the family is reached with on ``channel`` (``sms`` / ``voice``);
+        the template is "" when that channel is configured without one (or is not configured)."""
+        if channel == "sms":
+            provider = self.sms_provider_in_use()
+            if provider == "tencent" and self.tencent_sms is not None:
+                return self.tencent_sms.templates.family, "tencent_sms.templates.family"
+            if provider == "aliyun" and self.aliyun_sms is not None:
+                return self.aliyun_sms.templates.family, "aliyun_sms.templates.family"
+        if channel == "voice" and self.aliyun_voice is not None:
+            return self.aliyun_voice.templates.family, "aliyun_voice.templates.family"
+        return "", ""
+
+    def missing_family_templates(self) -> list[str]:
+        """The config keys of family templates a configured SMS / voice channel lacks (logged at load;
+        without them a family gets the desk's call task only, never a responder's template)."""
+        out = []
+        for channel in ("sms", "voice"):
+            template, key = self.family_template(channel)
+            if key and not template:
+                out.append(key)
+        return out
 
     @classmethod
     def load(cls, path: Path | None) -> NotifyConfig:
@@ -143,8 +193,14 @@ class NotifyConfig(_Strict):
     @classmethod
     def from_mapping(cls, raw: dict[str, object], *, source: str = "notify config") -> NotifyConfig:
         try:
-            return cls.model_validate(raw)
+            config = cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             key = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{source}: invalid key {key!r}: {first['msg']}") from exc
+        for key in config.missing_family_templates():
+            log.warning(
+                "no family template: a wearer's family gets no text or call, only the desk's call task",
+                extra={"key": key, "source": source},
+            )
+        return config

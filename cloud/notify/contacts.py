@@ -67,6 +67,8 @@ class Recipient:
 #: a device's family: the recipient key's prefix and the channels that can reach a phone number
 FAMILY_PREFIX = "family:"
 FAMILY_CHANNELS = ("sms", "voice")
+#: the channels a family row is actually sent on (their own templates: cloud.notify.family)
+FAMILY_SEND_CHANNELS = ("sms_family", "voice_family")
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +299,7 @@ class Contacts:
     def family_address(self, recipient: str, channel: str) -> str | None:
         """The phone that ``channel`` (sms / voice) reaches ``family:<device_id>`` at, unsealed at send time
         (the delivery worker's call; the number is never stored, logged or put in a URL)."""
-        if channel not in FAMILY_CHANNELS or not recipient.startswith(FAMILY_PREFIX):
+        if channel not in FAMILY_SEND_CHANNELS or not recipient.startswith(FAMILY_PREFIX):
             return None
         private = self._family_private(recipient.removeprefix(FAMILY_PREFIX))
         phone = normalise_phone(str((private or {}).get("emergency_contact_phone") or ""))
@@ -317,6 +319,40 @@ class Contacts:
             wearer=mask_name(wearer) if wearer else "",
             phone=phone if reveal else mask_phone(phone),
         )
+
+    # -- who is on duty (the loop's roster) ------------------------------------------------------------
+    def on_duty_users(self, role: str, incident_id: str, device_id: str, now: float) -> list[int]:
+        """Platform users on call for ``role`` at ``now`` in the incident's zone (its grid; the device's
+        registered grid when the incident is not in this database), through the loop's roster
+        (``alerts.loop.rosters.Roster.on_call``, overrides applied). A roster entry is a platform user by
+        its contact binding's ``responder_id`` or by username; entries that are neither are skipped.
+        Empty when nobody is on call (the caller falls back to every operator)."""
+        from cloud.loop.config import load as load_loop_config  # the loop's tables; imported lazily
+        from cloud.loop.models import Incident
+
+        with self.db.read() as s:
+            zone = ""
+            if incident_id.isdigit() and len(incident_id) <= 18:
+                row = s.get(Incident, int(incident_id))
+                zone = (row.grid or "") if row is not None else ""
+            if not zone and device_id:
+                dev = s.get(Device, device_id)
+                zone = (dev.grid or "") if dev is not None else ""
+            people = [p.id for p in load_loop_config(s).roster.on_call(role, zone, now)]
+            if not people:
+                return []
+            by_responder = {
+                str(rid): int(uid)
+                for rid, uid in s.execute(
+                    select(Contact.responder_id, Contact.user_id).where(Contact.responder_id.in_(people))
+                )
+            }
+            by_name = {
+                str(name): int(uid)
+                for name, uid in s.execute(select(User.username, User.id).where(User.username.in_(people)))
+            }
+        found = [by_responder.get(p, by_name.get(p)) for p in people]
+        return list(dict.fromkeys(u for u in found if u is not None))
 
     def user_by_phone(self, phone: str) -> int | None:
         with self.db.read() as s:

@@ -11,10 +11,13 @@ Two recipients stand in for a target (docs/notifications.md):
 
 - a desk or group that does not exist or has nobody in it: the operators' in-app queue (``inapp_ops``),
   with a warning logged once per group per :data:`FALLBACK_LOG_EVERY_S`;
-- a wearer's family (``family:<device_id>``): SMS, then voice (life-safety severity), when configured,
-  and always last the operators' in-app "请致电家属" call task, which carries the device, whose family it
-  is (masked name) and the masked number; the console reveals the number to admin / dispatcher, audited.
-  No action links: a relative is told, not dispatched, and a text message reply from them means nothing.
+- a wearer's family (``family:<device_id>``): SMS, then voice (life-safety severity), each only when
+  configured *with a family template* (``cloud.notify.family``; without one the family is not texted,
+  warned once per 10 minutes naming the missing key), and always the in-app "请致电家属" call task, which
+  carries the device, whose family it is (masked name) and the masked number, addressed to the call
+  takers on duty in the incident's zone (the loop's roster), or to every operator when nobody is on
+  call; the console reveals the number to admin / dispatcher, audited. No action links: a relative is
+  told, not dispatched, and a text message reply from them means nothing.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from dataclasses import dataclass, replace
 from cloud.errors import NotFoundError
 from cloud.notify.config import NotifyConfig
 from cloud.notify.contacts import FAMILY_PREFIX, Contacts, Recipient
+from cloud.notify.family import FAMILY_CHANNEL_OF
 from cloud.notify.links import RESPONDER_PURPOSES, LinkSigner, Purpose
 from cloud.notify.outbox import NewDelivery
-from cloud.notify.render import IncidentFacts, render
+from cloud.notify.render import IncidentFacts, family_notice, render
 from firmware_bridge.kernel.events import Severity
 
 log = logging.getLogger(__name__)
 
 #: "group falls back to the operators" is logged at most once per group per this many seconds
 FALLBACK_LOG_EVERY_S = 600.0
+#: the loop's duty role that answers the desk (alerts.loop.routing.ROLES): the family call task's audience
+CALL_TAKER_ROLE = "call_taker"
 #: groups whose last warning is remembered (a typo'd target per page cannot grow this without bound)
 FALLBACK_LOG_GROUPS = 1024
 
@@ -101,9 +107,7 @@ class Planner:
         out: list[NewDelivery] = []
         for r in recipients:
             if r.key.startswith(FAMILY_PREFIX):
-                family = self._family(req, r, base)
-                if family is not None:
-                    out.append(family)
+                out.extend(self._family(req, r, base, now))
                 continue
             channels: tuple[str, ...]
             if r.fallback:
@@ -141,42 +145,90 @@ class Planner:
             )
         return out
 
-    def _family(self, req: NotifyRequest, r: Recipient, base: str) -> NewDelivery | None:
-        """SMS / voice to the device's emergency contact when configured, else (and as the last fallback)
-        the operators' in-app call task. The number is not in the row: the worker unseals it at send."""
+    def _family(self, req: NotifyRequest, r: Recipient, base: str, now: float) -> list[NewDelivery]:
+        """The family's own text / call (its approved family templates, when configured) and the desk's
+        请致电家属 call task, addressed to the call takers on duty in the incident's zone, or to every
+        operator when nobody is on call. The number is in no row: the worker unseals it at send time."""
         device = r.key.removeprefix(FAMILY_PREFIX)
         try:
             view = self.contacts.family_view(device, reveal=False)
         except NotFoundError:
-            return None  # the contact was removed since it was resolved: "nobody to notify"
-        channels = (*self.chain(r, req), "inapp_ops")
+            return []  # the contact was removed since it was resolved: "nobody to notify"
+        phones: list[str] = []
+        for ch in self.chain(r, req):  # sms, voice (life-safety): only configured ones
+            template, key = self.config.family_template(ch)
+            if template:
+                phones.append(FAMILY_CHANNEL_OF[ch])
+            else:  # never the responders' template: the desk's call task reaches the family instead
+                self._warn_once(
+                    f"family-template:{key}",
+                    now,
+                    "no family template configured: the family is not texted or called, the desk calls",
+                    key=key,
+                    incident=req.facts.incident_id,
+                )
+        out: list[NewDelivery] = []
+        if phones:
+            words = family_notice(req.facts, wearer=view.wearer, service_phone=self.config.service_phone)
+            out.append(
+                NewDelivery(
+                    dedup_key=f"{base}/{r.key}/{phones[0]}",
+                    intent_key=req.intent_key,
+                    incident_id=req.facts.incident_id,
+                    step=req.step,
+                    recipient=r.key,
+                    channel=phones[0],
+                    fallback=tuple(phones[1:]),
+                    notice=words.to_json(),
+                    priority=int(req.facts.severity),
+                )
+            )
         notice = render(req.facts, lang="zh")
         whose = f"{view.wearer}的家属" if view.wearer else "佩戴者家属"
+        texted = "已发短信/语音通知家属，请致电确认" if phones else "未配置家属短信，请致电告知"
         task = replace(
             notice,
             title=f"请致电家属 / call the family: {notice.title}"[:200],
             lines=(
                 f"紧急联系人：{whose} {view.phone}（完整号码：控制台「家属联系」，管理员/调度员可见并留痕）",
                 f"设备 / device: {device}",
+                texted,
                 *notice.lines,
             ),
         )
-        return NewDelivery(
-            dedup_key=f"{base}/{r.key}/{channels[0]}",
-            intent_key=req.intent_key,
-            incident_id=req.facts.incident_id,
-            step=req.step,
-            recipient=r.key,
-            channel=channels[0],
-            fallback=channels[1:],
-            notice=task.to_json(),
-            priority=int(req.facts.severity),
-        )
+        on_duty = self.contacts.on_duty_users(CALL_TAKER_ROLE, req.facts.incident_id, device, now)
+        for uid in on_duty:  # each call taker on duty gets it in their own in-app list
+            out.append(
+                NewDelivery(
+                    dedup_key=f"{base}/{r.key}/call/user:{uid}/inapp",
+                    intent_key=req.intent_key,
+                    incident_id=req.facts.incident_id,
+                    step=req.step,
+                    recipient=f"user:{uid}",
+                    channel="inapp",
+                    notice=task.to_json(),
+                    priority=int(req.facts.severity),
+                )
+            )
+        if not on_duty:  # nobody on call: every operator's queue
+            out.append(
+                NewDelivery(
+                    dedup_key=f"{base}/{r.key}/inapp_ops",
+                    intent_key=req.intent_key,
+                    incident_id=req.facts.incident_id,
+                    step=req.step,
+                    recipient=r.key,
+                    channel="inapp_ops",
+                    notice=task.to_json(),
+                    priority=int(req.facts.severity),
+                )
+            )
+        return out
 
-    def _warn_fallback(self, r: Recipient, req: NotifyRequest, now: float) -> None:
-        """Loud but not per page: one warning per group per :data:`FALLBACK_LOG_EVERY_S`."""
+    def _warn_once(self, what: str, now: float, message: str, **extra: str) -> None:
+        """``message`` at most once per ``what`` per :data:`FALLBACK_LOG_EVERY_S`."""
         with self._warned_lock:
-            last = self._warned.get(r.key)
+            last = self._warned.get(what)
             if last is not None and now - last < FALLBACK_LOG_EVERY_S:
                 return
             if last is None and len(self._warned) >= FALLBACK_LOG_GROUPS:
@@ -184,10 +236,18 @@ class Planner:
                     if now - at >= FALLBACK_LOG_EVERY_S:
                         del self._warned[k]
             if last is not None or len(self._warned) < FALLBACK_LOG_GROUPS:
-                self._warned[r.key] = now
-        log.warning(
+                self._warned[what] = now
+        log.warning(message, extra=extra)
+
+    def _warn_fallback(self, r: Recipient, req: NotifyRequest, now: float) -> None:
+        """Loud but not per page: one warning per group per :data:`FALLBACK_LOG_EVERY_S`."""
+        self._warn_once(
+            r.key,
+            now,
             "group has nobody to page, operators get it in-app",
-            extra={"target": r.key, "reason": r.fallback, "incident": req.facts.incident_id},
+            target=r.key,
+            reason=r.fallback,
+            incident=req.facts.incident_id,
         )
 
     def plan_many(self, reqs: Sequence[NotifyRequest], *, now: float) -> list[NewDelivery]:

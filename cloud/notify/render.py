@@ -108,6 +108,38 @@ def render(
     )
 
 
+#: the family SMS's parameters in order (Tencent's positional {1}..{4}); ``phone`` only with service_phone
+FAMILY_PARAMS = ("event", "wearer", "time", "phone")
+#: the family's word for an event the locale does not name (never the loop's summary: it may say more)
+FAMILY_EVENT_FALLBACK = "紧急情况"
+
+
+def family_notice(facts: IncidentFacts, *, wearer: str, service_phone: str = "") -> Notice:
+    """The text a wearer's family receives (template parameters; the title and lines are what the
+    delivery log shows): the event in Chinese (跌倒, 紧急呼救), whose it is (the masked name, or 您的家人),
+    the time in Asia/Shanghai, the community's service number when there is one. Nothing else: no
+    address, no health value, no case link, no reply code (a relative's reply acts on nothing)."""
+    what = "" if not facts.event_type else event_text(facts, "zh")
+    if not what or what == facts.event_type:  # not an event the locale knows: do not echo raw text
+        what = FAMILY_EVENT_FALLBACK
+    who = wearer or "您的家人"
+    when = show(facts.opened_at)[5:16]  # MM-DD HH:MM, Asia/Shanghai
+    params = {"event": what[:20], "wearer": who[:20], "time": when}
+    if service_phone:
+        params["phone"] = service_phone[:20]
+    lines = [f"时间：{when}"]
+    if service_phone:
+        lines.append(f"社区服务电话：{service_phone}")
+    return Notice(
+        title=f"{who}：{what}",
+        lines=tuple(lines),
+        severity=int(facts.severity),
+        lang="zh",
+        params=params,
+        incident_id=facts.incident_id,
+    )
+
+
 def digest(notices: Sequence[Notice], *, lang: Lang) -> Notice:
     """Several notices to one group robot as one message (a robot takes ~20 messages a minute)."""
     if len(notices) == 1:

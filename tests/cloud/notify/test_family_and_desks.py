@@ -3,7 +3,8 @@
 Found in ``vigil demo``: ``role:family_contact`` resolved to nobody (a roster says "on call for a role in
 a grid cell", not "this wearer's relative"), and every desk_119 / desk_120 page of a fresh install failed
 because the group did not exist. SMS goes over real HTTP to the local Aliyun fake, which checks the
-signature v1 of every request (tests/fakes/aliyun.py, as tests/cloud/notify/test_channels.py does).
+signature v1 of every request (tests/fakes/aliyun.py, as tests/cloud/notify/test_channels.py does). The
+family's own template, the on-duty call takers and the manual send's audit: test_family_words_and_duty.py.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from alerts.loop.routing import family_target
 from cloud.db import Device
+from cloud.notify.config import NotifyConfig
+from cloud.notify.family import family_channels
 from cloud.notify.models import Delivery, InApp
 from cloud.notify.planner import FALLBACK_LOG_EVERY_S, NotifyRequest
 from cloud.notify.render import IncidentFacts
+from firmware_bridge.kernel.locale import show
 from tests.cloud.notify.kit import T0, Kit, fake_config, notify_kit, page
 from tests.fakes.aliyun import FakeAliyun
 
@@ -61,29 +66,58 @@ def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
     return out
 
 
+def with_family_templates(config: NotifyConfig, **extra: Any) -> NotifyConfig:
+    """``config`` plus the family's approved templates (``[aliyun_sms.templates] family`` etc.)."""
+    raw = config.model_dump()
+    for section, code in (
+        ("aliyun_sms", "SMS_FAMILY"),
+        ("aliyun_voice", "TTS_FAMILY"),
+        ("tencent_sms", "200002"),
+    ):
+        if raw.get(section):
+            raw[section]["templates"] = {"family": code}
+    return NotifyConfig.from_mapping({**raw, **extra})
+
+
+def wire_family(kit: Kit) -> None:
+    """The family channels as cloud.notify.service.build_channels is to add them (cloud.notify.family)."""
+    w = kit.service.worker
+    w.channels = {**w.channels, **family_channels(kit.service.config, client=kit.service.http)}
+
+
 async def test_a_fall_texts_the_wearers_registered_emergency_contact_once(
     tmp_path: Path, sqlite_url: str, fake_aliyun: FakeAliyun, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with notify_kit(tmp_path, sqlite_url, fake_config(aliyun=fake_aliyun)) as kit:
+    config = with_family_templates(fake_config(aliyun=fake_aliyun))
+    async with notify_kit(tmp_path, sqlite_url, config) as kit:
         register_wearer(kit)
+        wire_family(kit)
         w = kit.service.worker
-        assert await w.submit([fall()]) == 1
+        assert await w.submit([fall()]) == 2  # the family's text and the desk's call task
         assert await w.submit([fall()]) == 0  # a repeated intent pages nobody twice
         await w.send_once()
         assert len(fake_aliyun.sms) == 1, fake_aliyun.sms
         sms = fake_aliyun.sms[0]
         assert sms["PhoneNumbers"] == CONTACT
         assert sms["SignName"] == "平安社区"
-        params = json.loads(sms["TemplateParam"])
-        assert params["event"] == "跌倒" and params["place"] == "G01" and params["ref"] == ""
+        assert sms["TemplateCode"] == "SMS_FAMILY"  # the family's template, not the responders' SMS_1
+        assert json.loads(sms["TemplateParam"]) == {"event": "跌倒", "wearer": "张**", "time": show(T0)[5:16]}
         assert fake_aliyun.calls == []  # delivered by SMS: no voice call
         with kit.db.read() as s:
-            (d,) = s.scalars(select(Delivery)).all()
-            assert (d.recipient, d.channel, d.status) == (f"family:{DEVICE}", "sms", "delivered")
-            stored = json.dumps(d.notice, ensure_ascii=False) + d.dedup_key + d.recipient + (d.target or "")
+            rows = {d.channel: d for d in s.scalars(select(Delivery))}
+            assert {c: (d.recipient, d.status) for c, d in rows.items()} == {
+                "sms_family": (f"family:{DEVICE}", "delivered"),
+                "inapp_ops": (f"family:{DEVICE}", "delivered"),
+            }
+            stored = "".join(
+                json.dumps(d.notice, ensure_ascii=False) + d.dedup_key + d.recipient + (d.target or "")
+                for d in rows.values()
+            )
             assert "139****4321" in stored and CONTACT not in stored  # only the masked number is stored
-            assert s.scalars(select(InApp)).all() == []  # no call task when the family got the text
+            (task,) = s.scalars(select(InApp)).all()  # nobody on duty: every operator's call task
+            assert task.user_id is None and task.notice["title"].startswith("请致电家属")
+            assert "已发短信/语音通知家属" in json.dumps(task.notice, ensure_ascii=False)
     assert leaked(caplog, CONTACT) == []
 
 
@@ -98,7 +132,7 @@ async def test_without_sms_the_call_takers_get_a_call_task_with_the_masked_numbe
         await w.send_once()
         with kit.db.read() as s:
             (item,) = s.scalars(select(InApp)).all()
-        assert item.user_id is None  # every operator's queue, call takers and dispatchers included
+        assert item.user_id is None  # nobody on duty (empty roster): every operator's queue
         assert item.notice["title"].startswith("请致电家属")
         text = json.dumps(item.notice, ensure_ascii=False)
         assert "139****4321" in text and "张**的家属" in text and DEVICE in text
@@ -120,11 +154,13 @@ async def test_a_device_without_a_registered_contact_is_raised_as_nobody_to_noti
 async def test_each_device_of_a_grouped_incident_pages_its_own_family(
     tmp_path: Path, sqlite_url: str, fake_aliyun: FakeAliyun
 ) -> None:
-    async with notify_kit(tmp_path, sqlite_url, fake_config(aliyun=fake_aliyun)) as kit:
+    config = with_family_templates(fake_config(aliyun=fake_aliyun))
+    async with notify_kit(tmp_path, sqlite_url, config) as kit:
         register_wearer(kit)
         register_wearer(kit, "a1b2c3d4e5f60002", "13700001111")
+        wire_family(kit)
         w = kit.service.worker
-        assert await w.submit([fall("42"), fall("42", "a1b2c3d4e5f60002")]) == 2
+        assert await w.submit([fall("42"), fall("42", "a1b2c3d4e5f60002")]) == 4  # 2 texts, 2 call tasks
         await w.send_once()
         assert sorted(m["PhoneNumbers"] for m in fake_aliyun.sms) == ["13700001111", CONTACT]
 
