@@ -9,8 +9,10 @@ A target of the loop (``alerts.loop.intents.TargetKind``) resolves to recipients
 - ``webhook``: a configured outgoing webhook by name;
 - ``role`` ``family_contact/<device_id>`` (:func:`alerts.loop.routing.family_target`): the emergency
   contact registered for that device (``emergency_contact_phone``, sealed in the device registry); the
-  recipient is ``family:<device_id>``, reached by SMS / voice and, failing those, by the operators'
-  in-app "请致电家属" task. The number is unsealed only by :meth:`Contacts.family_address` (at send time)
+  recipient is ``family:<device_id>``, reached by SMS / voice with the family's own templates
+  (``sms_family`` / ``voice_family``, :mod:`cloud.notify.family`), and always by the in-app "请致电家属"
+  task of the call takers on duty (:meth:`Contacts.on_duty_users`) or, with nobody on call, every
+  operator. The number is unsealed only by :meth:`Contacts.family_address` (at send time)
   and :meth:`Contacts.family_view` with ``reveal`` (the console's audited reveal), never stored elsewhere.
 
 A group that does not exist, or has neither a robot nor members, resolves to the operators' in-app queue
