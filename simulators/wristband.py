@@ -6,6 +6,11 @@ The daily life a detector must not mistake for an emergency:
 - at night the wearer lies still for hours (``stillness_s`` grows): that is sleep, not inactivity;
 - a knock of the band on a table gives a 2-3.2 g peak with no fall flag and no stillness (unlabelled);
 - daytime walks move the position up to half the geofence radius from home;
+- GNSS is an outdoor sensor: indoors (asleep, at home, the band on the table or the charger) most
+  uplinks carry no fresh fix (``gps_valid`` clear); outdoors (beyond ``OUTDOOR_M`` on a walk, a geofence
+  exit, a fall in the park) fixes are valid after a per-band time to first fix. Without a fix the band
+  repeats its last fix, sends 0/0 or sends "not available" (NaN), one behaviour per band (its vendor's
+  firmware, ``GPS_VENDORS``); docs/simulators.md "GNSS fixes".
 - in the evening the band sits on its charger for 0.5-2 h: ``worn`` clear and HR 0 like a removed band,
   but with the ``charging`` flag (unlabelled: a band_removed alert for it is a false alarm).
 
@@ -35,6 +40,17 @@ from simulators.truth import TruthRecord
 H = 3600.0
 D = 86400.0
 GEOFENCE_M = 300.0  # home geofence radius (profile "default"; docs/simulators.md)
+WALK_PERIOD_S = 7200.0  # the daytime activity wave: out and back home every two hours
+WALK_MAX_M = GEOFENCE_M * 0.5  # how far the daytime walk goes at full activity
+OUTDOOR_M = 0.3 * GEOFENCE_M  # further than this from home the wearer is out of doors (sky in view)
+# what a band puts in lat/lon without a fresh fix (docs/simulators.md "GNSS fixes")
+GPS_REPEAT, GPS_ZERO, GPS_NAN = 0, 1, 2
+GPS_VENDORS = ("repeat last fix", "0/0", "not available")
+GPS_VENDOR_P = (0.5, 0.25, 0.25)
+TTFF_S = (15.0, 60.0)  # time to first fix after stepping outside (warm/hot start, assisted), per band
+P_FIX_OUTDOORS = 0.95  # after the first fix: uplinks with a fix outdoors (trees, high-rise canyons)
+P_FIX_INDOORS = (0.0, 0.08)  # per band: share of indoor uplinks with a fix (by a window, single storey)
+GPS_STREAM = 0x475053  # "GPS": spawn key of the GNSS random stream (the others' draws stay unchanged)
 
 
 class WristbandModel(KindModel):
@@ -143,6 +159,39 @@ class WristbandModel(KindModel):
         self.walk_dir = rng.uniform(0, 2 * np.pi, n)
         self.batt_phase = rng.uniform(0, 75.0 / 0.6 * H, n)
         self.m_per_deg_lon = M_PER_DEG_LAT * np.cos(np.radians(self.sites.lat if n else np.zeros(0)))
+        # a walk is out of doors while sin(wave) >= w0: out_r >= OUTDOOR_M (the clip at 1 only caps the
+        # walk at WALK_MAX_M > OUTDOOR_M); the outdoor spell starts at phase phi0 and lasts pi - 2 phi0
+        w0 = np.sqrt(np.minimum(OUTDOOR_M / (WALK_MAX_M * 1.5 * self.activity), 1.0))
+        self.walk_phi0 = np.arcsin(w0)
+        self.walk_out_span = np.pi - 2 * self.walk_phi0
+        # GNSS draws come from their own stream, spawned from the fleet's seed for this kind: adding them
+        # leaves every other draw (schedule, vital signs, noise) of a seed exactly as it was
+        self.gps_rng = np.random.default_rng(_child_seed(self.rng, GPS_STREAM))
+        g = self.gps_rng
+        self.gps_vendor = g.choice(len(GPS_VENDORS), size=n, p=GPS_VENDOR_P).astype(np.int64)
+        self.gps_rep = self.gps_vendor == GPS_REPEAT
+        self.gps_fill = np.where(self.gps_vendor == GPS_ZERO, 0.0, np.nan)  # what "zero" / "n/a" bands send
+        self.ttff = g.uniform(*TTFF_S, n)
+        self.p_fix_in = g.uniform(*P_FIX_INDOORS, n)
+        # the last fix each band holds (vendor "repeat"): from before the run, near home
+        self.fix_lat = self.sites.lat + g.normal(0, 15.0, n) / M_PER_DEG_LAT if n else np.zeros(0)
+        self.fix_lon = self.sites.lon + g.normal(0, 15.0, n) / self.m_per_deg_lon if n else np.zeros(0)
+
+    def _walk(self, idx: I64, tau: F64, hour: F64 | None = None) -> tuple[F64, F64, F64]:
+        """Daytime walk at ``tau``: activity, distance from home (m), and seconds since the wearer stepped
+        out of doors (NaN when indoors). Closed form: out of doors while ``sin`` of the activity wave is
+        above ``w0``; the spell began where it crossed ``w0`` (or at 06:00 when the day began mid-spell)."""
+        if hour is None:
+            hour = ((tau + 8 * 3600.0) % 86400.0) / 3600.0
+        asleep = (hour >= 22.0) | (hour < 6.0)
+        theta = 2 * np.pi * tau / WALK_PERIOD_S + self.phase[idx]
+        wave = np.clip(np.sin(theta), 0, 1)
+        act = np.where(asleep, 0.0, self.activity[idx] * wave**2)
+        out_r = WALK_MAX_M * np.clip(act * 1.5, 0, 1)
+        dth = np.mod(theta - self.walk_phi0[idx], 2 * np.pi)
+        outside = ~asleep & (dth <= self.walk_out_span[idx])
+        since = np.minimum(dth * (WALK_PERIOD_S / (2 * np.pi)), (hour - 6.0) * 3600.0)
+        return act, out_r, np.where(outside, since, np.nan)
 
     def truth_of(self, row: int, s: Schedule, run_end: float) -> TruthRecord | None:
         if self.EFFECTS[int(s.eff[row])].name == "geofence_exit":
@@ -172,8 +221,7 @@ class WristbandModel(KindModel):
         hour = ((tau + 8 * 3600.0) % 86400.0) / 3600.0
         asleep = (hour >= 22.0) | (hour < 6.0)
         since_bed = np.where(hour >= 22.0, hour - 22.0, hour + 2.0) * 3600.0
-        wave = np.clip(np.sin(2 * np.pi * tau / 7200.0 + self.phase[idx]), 0, 1)
-        act = np.where(asleep, 0.0, self.activity[idx] * wave**2)
+        act, out_r, out_since = self._walk(idx, tau, hour)
         rest = self.rest_hr[idx]
         prev = self.prev_up_of(idx)
         gap = np.clip(tau - prev, 0, 300.0)
@@ -185,12 +233,12 @@ class WristbandModel(KindModel):
         )
         orient = np.where(asleep, rng.uniform(0, 15, m), rng.uniform(0, 40, m))
         steps = np.rint(act * 1.6 * gap * rng.uniform(0.7, 1.0, m))
-        out_r = GEOFENCE_M * 0.5 * np.clip(act * 1.5, 0, 1)
         bearing = self.walk_dir[idx] + tau / 3600.0
-        dx = out_r * np.cos(bearing) + rng.normal(0, 8.0, m)
-        dy = out_r * np.sin(bearing) + rng.normal(0, 8.0, m)
+        nx, ny = rng.normal(0, 8.0, m), rng.normal(0, 8.0, m)
+        dx = out_r * np.cos(bearing) + nx
+        dy = out_r * np.sin(bearing) + ny
         battery = 100.0 - ((tau - self.t0 + self.batt_phase[idx]) * 0.6 / H) % 75.0
-        flags = np.full(m, f("worn").mask | f("gps_valid").mask, dtype=np.int64)
+        flags = np.full(m, f("worn").mask, dtype=np.int64)
 
         a = self.since_last_uplink("bump", idx, tau)
         peak = np.where(a, np.maximum(peak, self.param("bump", idx, 0)), peak)
@@ -209,6 +257,13 @@ class WristbandModel(KindModel):
         steps = np.where(a, 0.0, steps)
         hr = np.where(a, rest + 15.0 + rng.normal(0, 3, m), hr)
         flags |= np.where(a, f("fall").mask, 0)
+        if a.any():  # lying where they fell: position and sky view of the impact, the fix keeps coming
+            fs = np.where(a, self.act_start[self.eidx["fall"], idx], tau)
+            _, r_f, since_f = self._walk(idx, fs)
+            b_f = self.walk_dir[idx] + fs / 3600.0
+            dx = np.where(a, r_f * np.cos(b_f) + nx, dx)
+            dy = np.where(a, r_f * np.sin(b_f) + ny, dy)
+            out_since = np.where(a, since_f + el, out_since)
         fr = self.act_end[self.eidx["fall_recovered"], idx]
         got_up = (fr <= tau) & (fr > prev)  # first uplink after getting up
         still = np.where(got_up, fr - self.act_start[self.eidx["fall_recovered"], idx], still)
@@ -237,6 +292,7 @@ class WristbandModel(KindModel):
         dx = np.where(a, dist * np.cos(g_b) + rng.normal(0, 8.0, m), dx)
         dy = np.where(a, dist * np.sin(g_b) + rng.normal(0, 8.0, m), dy)
         steps = np.where(a, np.maximum(steps, np.rint(1.2 * gap)), steps)
+        out_since = np.where(a, self.elapsed("geofence_exit", idx, tau), out_since)  # walked out of home
         removed = self.active("band_removed", idx, tau)
         charging = self.active("charging", idx, tau)
         a = removed | charging
@@ -250,12 +306,84 @@ class WristbandModel(KindModel):
         still = np.where(a, off_since, still)
         peak = np.where(a, 1.0, peak)
         flags &= np.where(a, ~f("worn").mask, -1)
+        out_since = np.where(a, np.nan, out_since)  # the band lies on the table or the charger at home
         a = self.active("low_battery", idx, tau)
         battery = np.where(a, self.param("low_battery", idx, 0), battery)
         flags |= np.where(battery < 15.0, f("low_battery").mask, 0)
         lat = self.sites.lat[idx] + dy / M_PER_DEG_LAT
         lon = self.sites.lon[idx] + dx / self.m_per_deg_lon[idx]
+        lat, lon, valid = self._gnss(idx, tau, lat, lon, out_since)
+        flags |= np.where(valid, f("gps_valid").mask, 0)
         hr = np.where(hr > 0, np.clip(hr, 25, 220), 0.0)
         spo2 = np.where(spo2 > 0, np.clip(spo2, 70, 100), 0.0)
         values = np.stack([hr, spo2, peak, np.clip(still, 0, 65535), orient, steps, lat, lon], axis=1)
         return values, flags, battery
+
+    def _gnss(self, idx: I64, tau: F64, lat: F64, lon: F64, out_since: F64) -> tuple[F64, F64, F64]:
+        """What the band reports for position: ``(lat, lon, gps_valid)``.
+
+        A fix is valid outdoors once ``ttff`` has passed since stepping out (then with ``P_FIX_OUTDOORS``),
+        indoors with the band's small ``p_fix_in``. Without one the band's vendor behaviour fills lat/lon:
+        the last fix it holds (earlier in this tick or before it), 0/0, or NaN ("not available")."""
+        m = len(idx)
+        g = self.gps_rng
+        u = g.uniform(0, 1, m)
+        # NaN (indoors) compares False: indoors the threshold is the band's indoor fix share instead
+        outdoors = out_since >= 0.0
+        fix_out = (out_since >= self.ttff[idx]) & (u < P_FIX_OUTDOORS)
+        valid = np.where(outdoors, fix_out, u < self.p_fix_in[idx])
+        in_fix = np.flatnonzero(valid & ~outdoors)
+        if len(in_fix):  # a fix taken indoors is poorer (multipath, few satellites): ~20 m more scatter
+            lat[in_fix] += g.normal(0, 20.0, len(in_fix)) / M_PER_DEG_LAT
+        # the fix each band holds before this uplink: its stored one, or an earlier one in this tick
+        rep_lat, rep_lon = self.fix_lat[idx], self.fix_lon[idx]
+        later = self.prev_up_of(idx) > self.last_up[idx]  # not the band's first uplink of this tick
+        several = np.zeros(m, dtype=bool)
+        if later.any():  # bands with several uplinks in this tick: in time order, on their rows only
+            mark = np.zeros(self.n, dtype=bool)
+            mark[idx[later]] = True
+            several = mark[idx]
+            rows = np.flatnonzero(several)
+            r_lat, r_lon = rep_lat[rows], rep_lon[rows]
+            self._fill_within_tick(idx[rows], tau[rows], lat[rows], lon[rows], valid[rows], r_lat, r_lon)
+            rep_lat[rows], rep_lon[rows] = r_lat, r_lon
+        v = np.flatnonzero(valid & ~several)  # one uplink per band: no order to respect
+        self.fix_lat[idx[v]] = lat[v]
+        self.fix_lon[idx[v]] = lon[v]
+        rep = self.gps_rep[idx]
+        fill_lat = np.where(rep, rep_lat, self.gps_fill[idx])
+        fill_lon = np.where(rep, rep_lon, self.gps_fill[idx])
+        return np.where(valid, lat, fill_lat), np.where(valid, lon, fill_lon), valid
+
+    def _fill_within_tick(
+        self, idx: I64, tau: F64, lat: F64, lon: F64, valid: npt.NDArray[np.bool_], rep_lat: F64, rep_lon: F64
+    ) -> None:
+        """Bands with several uplinks in one tick: forward-fill each one's latest fix in time order, and
+        keep the last one as the band's held fix (in place on ``rep_*`` and the model's state)."""
+        m = len(idx)
+        order = np.lexsort((tau, idx))
+        d_s, v_s = idx[order], valid[order]
+        first = np.r_[True, d_s[1:] != d_s[:-1]]
+        pos = np.arange(m)
+        g0 = np.maximum.accumulate(np.where(first, pos, 0))
+        # the latest fix strictly before each uplink, within the band's own uplinks of this tick
+        lastv = np.maximum.accumulate(np.where(v_s, pos, -1))
+        before = np.r_[-1, lastv[:-1]]
+        have = before >= g0
+        src = order[np.maximum(before, 0)]
+        rep_lat[order[have]] = lat[src[have]]
+        rep_lon[order[have]] = lon[src[have]]
+        end = ~np.r_[~first[1:], False]  # each band's last uplink of the tick
+        held = end & (lastv >= g0)
+        k = order[np.maximum(lastv, 0)][held]
+        self.fix_lat[d_s[held]] = lat[k]
+        self.fix_lon[d_s[held]] = lon[k]
+
+
+def _child_seed(rng: np.random.Generator, key: int) -> np.random.SeedSequence:
+    """A seed sequence independent of ``rng``'s stream, derived from the seed ``rng`` was made from."""
+    ss = getattr(rng.bit_generator, "seed_seq", None) or getattr(rng.bit_generator, "_seed_seq", None)
+    if isinstance(ss, np.random.SeedSequence):
+        return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, key))
+    # a generator not made from a SeedSequence: take one draw (deterministic, shifts its stream once)
+    return np.random.SeedSequence(int(rng.integers(0, 2**63)), spawn_key=(key,))
