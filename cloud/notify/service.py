@@ -27,6 +27,7 @@ from cloud.notify.channel import Channel
 from cloud.notify.config import NotifyConfig
 from cloud.notify.contacts import Contacts
 from cloud.notify.dingtalk import DingTalkRobot
+from cloud.notify.family import family_channels
 from cloud.notify.inapp import InAppChannel
 from cloud.notify.links import LinkSigner, derive_link_key
 from cloud.notify.outbox import Outbox, RetryPolicy
@@ -106,6 +107,7 @@ def build_channels(
             password=m.password,
             timeout_s=config.http_timeout_s * 2,
         )
+    channels.update(family_channels(config, client=client))  # the family's own templates (sms/voice)
     named: dict[str, Channel] = {}
     for name, robot in config.robots.items():
         if robot.kind == "dingtalk_robot":

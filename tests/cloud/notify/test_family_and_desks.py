@@ -20,7 +20,6 @@ from sqlalchemy import select
 from alerts.loop.routing import family_target
 from cloud.db import Device
 from cloud.notify.config import NotifyConfig
-from cloud.notify.family import family_channels
 from cloud.notify.models import Delivery, InApp
 from cloud.notify.planner import FALLBACK_LOG_EVERY_S, NotifyRequest
 from cloud.notify.render import IncidentFacts
@@ -79,12 +78,6 @@ def with_family_templates(config: NotifyConfig, **extra: Any) -> NotifyConfig:
     return NotifyConfig.from_mapping({**raw, **extra})
 
 
-def wire_family(kit: Kit) -> None:
-    """The family channels as cloud.notify.service.build_channels is to add them (cloud.notify.family)."""
-    w = kit.service.worker
-    w.channels = {**w.channels, **family_channels(kit.service.config, client=kit.service.http)}
-
-
 async def test_a_fall_texts_the_wearers_registered_emergency_contact_once(
     tmp_path: Path, sqlite_url: str, fake_aliyun: FakeAliyun, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -92,7 +85,6 @@ async def test_a_fall_texts_the_wearers_registered_emergency_contact_once(
     config = with_family_templates(fake_config(aliyun=fake_aliyun))
     async with notify_kit(tmp_path, sqlite_url, config) as kit:
         register_wearer(kit)
-        wire_family(kit)
         w = kit.service.worker
         assert await w.submit([fall()]) == 2  # the family's text and the desk's call task
         assert await w.submit([fall()]) == 0  # a repeated intent pages nobody twice
@@ -158,7 +150,6 @@ async def test_each_device_of_a_grouped_incident_pages_its_own_family(
     async with notify_kit(tmp_path, sqlite_url, config) as kit:
         register_wearer(kit)
         register_wearer(kit, "a1b2c3d4e5f60002", "13700001111")
-        wire_family(kit)
         w = kit.service.worker
         assert await w.submit([fall("42"), fall("42", "a1b2c3d4e5f60002")]) == 4  # 2 texts, 2 call tasks
         await w.send_once()

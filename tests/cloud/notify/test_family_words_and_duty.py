@@ -35,7 +35,6 @@ from tests.cloud.notify.test_family_and_desks import (
     DEVICE,
     fall,
     register_wearer,
-    wire_family,
     with_family_templates,
 )
 from tests.fakes.aliyun import FakeAliyun
@@ -83,7 +82,6 @@ async def test_tencent_family_template_gets_the_family_parameters_in_order(
     config = tencent_config(fake_tencent, service_phone=SERVICE_PHONE)
     async with notify_kit(tmp_path, sqlite_url, config) as kit:
         register_wearer(kit)
-        wire_family(kit)
         w = kit.service.worker
         assert await w.submit([sos()]) == 2
         await w.send_once()
@@ -105,7 +103,6 @@ async def test_aliyun_family_template_with_the_service_phone_and_no_wearer_name(
         with kit.db.write() as s:
             s.add(Device(device_id=DEVICE, kind="wristband", grid="G01", interval_s=300.0,
                          private_enc=sealed, created_at=T0))  # fmt: skip
-        wire_family(kit)
         assert await kit.service.worker.submit([sos()]) == 2
         await kit.service.worker.send_once()
         (sms,) = fake_aliyun.sms
@@ -122,7 +119,6 @@ async def test_an_unnamed_event_is_an_emergency_to_the_family_never_the_loops_wo
         tmp_path, sqlite_url, with_family_templates(fake_config(aliyun=fake_aliyun))
     ) as kit:
         register_wearer(kit)
-        wire_family(kit)
         req = sos()
         odd = NotifyRequest(
             facts=IncidentFacts(incident_id="44", opened_at=T0, severity=2, event_type="",
