@@ -10,10 +10,10 @@ responder's signed links (accept, decline, arrived, resolved). The 119 / 120 des
 members are the call takers: no robot is configured in the demo, so a desk's page reaches the call
 takers in-app and they relay it by phone.
 
-Not seeded, and said so in ``docs/demo.md``: the wearer's family (``family_contact``) and the flat's
-resident (``resident``). The registry holds each wearer's emergency contact, but the roster can only
-express "on call for a role in a grid cell", which would page a neighbour's family; those pages stay
-"nobody to notify" and reach the operators in-app.
+Not in the roster: the wearer's family (``family_contact``), which the loop pages per device from the
+registry's sealed emergency contact (no SMS provider in the demo, so each becomes a 请致电家属 call task in
+the operators' in-app queue), and the flat's resident (``resident``), not seeded: those pages stay
+"nobody to notify" and reach the operators in-app (``docs/demo.md``).
 
 **Story** (:class:`DispatchStory`): one line per incident once its first page is settled (who, by which
 channel), and a closing summary, all read from the cloud's API (incidents, their intents, the delivery
@@ -266,6 +266,10 @@ class DispatchStory:
     def _who(self, kind: str, target: str) -> str:
         if kind == "user":
             return self.names.get(target, target)
+        role, _, device = target.partition("/")
+        if role == "family_contact" and device:  # one wearer's registered family (docs/notifications.md)
+            tail = device[-4:]
+            return self._t(f"{tail} 号手环家属（请致电）", f"family of band …{tail} (call task)")
         return self._role(target)
 
     async def _incidents(self) -> list[dict[str, Any]]:
