@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
@@ -548,7 +549,7 @@ def test_the_residents_rate_limit_counts_reports_hashed_under_the_old_key(sealed
         return ResidentDesk(sealed.db, links=links, photos=PhotoStore(sealed.db, max_bytes=1 << 20),
                             port=NullIncidentPort(), config=config, index=index)  # fmt: skip
 
-    report = {"category": "other", "description": "井盖松动", "lat": 39.98, "lon": 116.31}
+    report: dict[str, Any] = {"category": "other", "description": "井盖松动", "lat": 39.98, "lon": 116.31}
     first = load_or_create_key(sealed.key_file)
     for i in range(2):
         desk(BlindIndex(first)).report(**report, client="203.0.113.9", now=T0 + i)

@@ -153,7 +153,7 @@ async def test_a_stolen_token_is_refused_with_another_gateways_certificate(tmp_p
         with httpx.Client(verify=client_ctx(pki, b_cert, b_key), timeout=10) as c:
             metrics = c.get(f"{cloud.url}/metrics").text
         assert 'vigil_cloud_gateway_certificate_refusals_total{reason="certificate_mismatch"} 3.0' in metrics
-        # the other reasons are exported at 0 before they ever happen (an alert rule can use it from the start)
+        # the other reasons are exported at 0 before they happen (an alert rule can use them from the start)
         assert 'vigil_cloud_gateway_certificate_refusals_total{reason="certificate_required"} 0.0' in metrics
         assert 'vigil_cloud_gateway_certificate_refusals_total{reason="certificate_revoked"} 0.0' in metrics
         with contextlib.closing(sqlite3.connect(cloud.db_path)) as db:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from alerts.contract import AlertEvent
 from alerts.detection.engine import DetectionEngine
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox, iter_alert_events, iter_telemetry
@@ -102,7 +103,7 @@ async def test_run_publishes_alerts_and_counts_rejects(outbox: Outbox) -> None:
     m = GatewayMetrics()
     sink = FrameSink(m)
     p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=0.01)
-    got: asyncio.Queue[list[object]] = asyncio.Queue()
+    got: asyncio.Queue[list[AlertEvent]] = asyncio.Queue()
     task = asyncio.create_task(p.run(sink, got.put_nowait))
     await sink.put((device_id(5), smoke_payload(5, 1, fire=True), T0, "radio0"))
     await sink.put((device_id(6), b"\x01", T0, "radio0"))
@@ -110,7 +111,7 @@ async def test_run_publishes_alerts_and_counts_rejects(outbox: Outbox) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert [a.event_type for a in alerts] == [EventType.FIRE]  # type: ignore[attr-defined]
+    assert [a.event_type for a in alerts] == [EventType.FIRE]
     assert sample(m, "vigil_gateway_rejects_total", source="radio0", reason="length") == 1
 
 

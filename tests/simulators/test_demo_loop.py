@@ -41,7 +41,7 @@ def test_every_routed_role_is_on_call_around_the_clock_for_a_week(tmp_path: Path
     people = demo_people(responders, devices, start=START)
     roster = roster_from_dict(people.roster)  # the loop's own validation (as the PUT does)
 
-    routed = routed_roles(default_routes())  # type: ignore[arg-type]
+    routed = routed_roles(default_routes())
     assert routed - seeded_roles(people) == set(NOT_SEEDED)  # the two per-person roles, documented
     assert {"desk_119", "desk_120"} <= set(people.groups)
 
