@@ -47,6 +47,9 @@ STATE: dict[str, tuple[str, float]] = {
     "impact_flag": ("?", 0),
     "peak_t": ("f8", np.nan),  # estimated time of the impact peak (frame time - stillness_s)
     "fall_seen": ("?", 0),  # the previous frame carried the band's fall flag (flag edges, not levels)
+    "gf_anchor_t": ("f8", np.nan),  # time of the last in-fence fix or fix approaching home (geofence)
+    "gf_last_d": ("f8", np.nan),  # distance from home of the last valid fix (m)
+    "gf_learned": ("f8", 0.0),  # fixes the learned home has taken (warm-up: a plain mean until enough)
 }
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
@@ -166,20 +169,36 @@ def _fall_rank(ctx: RuleContext, worn: np.ndarray) -> Verdict:
 
 def _geofence(ctx: RuleContext) -> Verdict:
     """GEOFENCE_EXIT. The learned home learns only fixes inside the fence, and inside depends on the
-    home: not a scan, so rank by rank (one pass when every band has one reading in the batch)."""
+    home: not a scan, so rank by rank (one pass when every band has one reading in the batch).
+
+    Clears on a valid fix inside the fence, or on evidence of being home without one (bands rarely get a
+    fix indoors): the ``charging`` flag (the charger is at home), or worn with no valid fix for
+    ``geofence_indoor_s`` after the last in-fence fix or fix approaching home (``gf_anchor_t``). A valid
+    fix outside the fence always wins; an unworn band without a fix is no evidence at all."""
     p, rows, t = ctx.p, ctx.rows, ctx.t
     n = len(rows)
+    st = ctx.state
     lat, lon = ctx.col("lat"), ctx.col("lon")
     fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)
+    worn, charging = ctx.flag("worn"), ctx.flag("charging")
     dlat_det, dlon_det = ctx.det["home_lat"], ctx.det["home_lon"]
-    home_lat = np.broadcast_to(np.asarray(p.home_lat, dtype=np.float64), (n,))
-    home_lon = np.broadcast_to(np.asarray(p.home_lon, dtype=np.float64), (n,))
-    radius = np.broadcast_to(np.asarray(p.geofence_radius_m, dtype=np.float64), (n,))
+
+    def per_row(x: object) -> np.ndarray:
+        return np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
+
+    home_lat, home_lon, radius = per_row(p.home_lat), per_row(p.home_lon), per_row(p.geofence_radius_m)
+    indoor_s, approach_r = per_row(p.geofence_indoor_s), per_row(p.geofence_approach_factor) * radius
+    approach_m, step_m = per_row(p.geofence_approach_m), per_row(p.home_learn_step_m)
+    warm_n = per_row(p.home_learn_warmup_fixes)
     given = np.isfinite(home_lat) & np.isfinite(home_lon)
     any_given = bool(given.any())  # usually no band has a configured home: the learned one for all
+    hour = ((t / 3600.0 + p.utc_offset_h) % 24.0 + 24.0) % 24.0
+    night = (hour < p.day_start_h) | (hour >= p.day_end_h)  # asleep at home: fixes learned in full
     level, dist = np.empty(n, dtype=np.int8), np.empty(n)
+    anchor_st, last_d_st = st["gf_anchor_t"], st["gf_last_d"]
     for ix in ctx.seg.ranks():
         r, g, la, lo, f, rad = rows[ix], given[ix], lat[ix], lon[ix], fix[ix], radius[ix]
+        ti = t[ix]
         if any_given:
             hlat = np.where(g, home_lat[ix], dlat_det.baseline(r))  # type: ignore[attr-defined]
             hlon = np.where(g, home_lon[ix], dlon_det.baseline(r))  # type: ignore[attr-defined]
@@ -188,17 +207,39 @@ def _geofence(ctx: RuleContext) -> Verdict:
             hlat = dlat_det.baseline(r)  # type: ignore[attr-defined]
             hlon = dlon_det.baseline(r)  # type: ignore[attr-defined]
             known = dlat_det.warm(r)
+        coslat = np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
         dy = np.radians(la - hlat)
-        dx = np.radians(lo - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
+        dx = np.radians(lo - hlon) * coslat
         d = EARTH_RADIUS_M * np.hypot(dx, dy)
         ok = f & known & np.isfinite(d)
-        level[ix] = select([~ok, d > rad, d > 0.8 * rad], [UNKNOWN, MEDIUM, HOLD], CLEAR)
+        out = ok & (d > rad)
+        # evidence of being home without a fix: an anchor at the last in-fence fix or fix approaching
+        # home (nearer than the previous fix by more than GNSS scatter, within approach_r); any other
+        # fix outside the fence drops it
+        last_d = last_d_st[r]
+        approach = ok & (d < last_d - approach_m[ix]) & (d <= approach_r[ix])
+        anchor = np.where(ok & ((d <= rad) | approach), ti, np.where(ok, np.nan, anchor_st[r]))
+        anchor_st[r] = anchor
+        last_d_st[r] = np.where(ok, d, last_d)
+        indoors = worn[ix] & ~f & (ti - anchor >= indoor_s[ix])  # NaN anchor: False
+        home = (charging[ix] | indoors) & ~out  # a valid fix outside the fence always wins
+        level[ix] = select([out, home, ~ok, d > 0.8 * rad], [MEDIUM, CLEAR, UNKNOWN, HOLD], CLEAR)
         dist[ix] = d
         inside = f & ~(ok & (d > 0.8 * rad))
-        ri, ti = r[inside], t[ix][inside]
-        # a fix has a finite position and the engine takes only finite times: nothing to filter
-        dlat_det.learn_known(ri, la[inside], ti)
-        dlon_det.learn_known(ri, lo[inside], ti)
+        ri = r[inside]
+        # a running median, not a mean: once warm a fix moves the learned home by at most alpha x step_m
+        # per axis, so walks that all leave in one direction cannot drag it out; a fix on the charger
+        # (at home) is learned in full. A fix has a finite position and the engine takes only finite
+        # times: nothing to filter
+        learned = st["gf_learned"][r]
+        full = inside & ((learned < warm_n[ix]) | g | charging[ix] | night[ix])
+        st["gf_learned"][r] = learned + inside
+        cy = step_m[ix] / (EARTH_RADIUS_M * np.pi / 180.0)
+        cx = cy / np.maximum(coslat, 1e-6)
+        la_l = np.where(full, la, hlat + np.clip(la - hlat, -cy, cy))[inside]
+        lo_l = np.where(full, lo, hlon + np.clip(lo - hlon, -cx, cx))[inside]
+        dlat_det.learn_known(ri, la_l, ti[inside])
+        dlon_det.learn_known(ri, lo_l, ti[inside])
     return Verdict(level, dist)
 
 

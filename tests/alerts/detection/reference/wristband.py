@@ -51,6 +51,9 @@ STATE: dict[str, tuple[str, float]] = {
     "impact_flag": ("?", 0),
     "peak_t": ("f8", np.nan),  # estimated time of the impact peak (frame time - stillness_s)
     "fall_seen": ("?", 0),  # the previous frame carried the band's fall flag (flag edges, not levels)
+    "gf_anchor_t": ("f8", np.nan),  # time of the last in-fence fix or fix approaching home (geofence)
+    "gf_last_d": ("f8", np.nan),  # distance from home of the last valid fix (m)
+    "gf_learned": ("f8", 0.0),  # fixes the learned home has taken
 }
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
@@ -129,24 +132,51 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
 
 
 def _geofence(ctx: RuleContext) -> Verdict:
+    # mirrors the geofence rule change of alerts/detection/wristband.py (indoor / charging evidence of
+    # being home, learned home as a clipped running median after a warm-up); the reference profiles
+    # predate the new thresholds, so their defaults are read with getattr
     p, rows, t = ctx.p, ctx.rows, ctx.t
+    st = ctx.state
     lat, lon = ctx.col("lat"), ctx.col("lon")
     fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)
+    worn, charging = ctx.flag("worn"), ctx.flag("charging")
     dlat_det, dlon_det = ctx.det["home_lat"], ctx.det["home_lon"]
+    rad = np.asarray(p.geofence_radius_m, dtype=np.float64)
+    indoor_s = getattr(p, "geofence_indoor_s", 900.0)
+    approach_r = getattr(p, "geofence_approach_factor", 2.0) * rad
+    approach_m = getattr(p, "geofence_approach_m", 25.0)
+    step_m = getattr(p, "home_learn_step_m", 30.0)
+    warm_n = getattr(p, "home_learn_warmup_fixes", 96.0)
+    hour = ((t / 3600.0 + p.utc_offset_h) % 24.0 + 24.0) % 24.0
+    night = (hour < p.day_start_h) | (hour >= p.day_end_h)
     given = np.isfinite(p.home_lat) & np.isfinite(p.home_lon)
     hlat = np.where(given, p.home_lat, dlat_det.baseline(rows))  # type: ignore[attr-defined]
     hlon = np.where(given, p.home_lon, dlon_det.baseline(rows))  # type: ignore[attr-defined]
     known = given | dlat_det.warm(rows)
+    coslat = np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
     dy = np.radians(lat - hlat)
-    dx = np.radians(lon - hlon) * np.cos(np.radians(np.where(np.isfinite(hlat), hlat, 0.0)))
+    dx = np.radians(lon - hlon) * coslat
     dist = EARTH_RADIUS_M * np.hypot(dx, dy)
     ok = fix & known & np.isfinite(dist)
-    lvl = select(
-        [~ok, dist > p.geofence_radius_m, dist > 0.8 * p.geofence_radius_m], [UNKNOWN, MEDIUM, HOLD], CLEAR
-    ).astype(np.int8)
-    inside = fix & ~(ok & (dist > 0.8 * p.geofence_radius_m))
-    dlat_det.learn_many(rows[inside], lat[inside], t[inside])
-    dlon_det.learn_many(rows[inside], lon[inside], t[inside])
+    out = ok & (dist > rad)
+    last_d = st["gf_last_d"][rows]
+    approach = ok & (dist < last_d - approach_m) & (dist <= approach_r)
+    anchor = np.where(ok & ((dist <= rad) | approach), t, np.where(ok, np.nan, st["gf_anchor_t"][rows]))
+    st["gf_anchor_t"][rows] = anchor
+    st["gf_last_d"][rows] = np.where(ok, dist, last_d)
+    indoors = worn & ~fix & (t - anchor >= indoor_s)
+    home = (charging | indoors) & ~out
+    lvl = select([out, home, ~ok, dist > 0.8 * rad], [MEDIUM, CLEAR, UNKNOWN, HOLD], CLEAR).astype(np.int8)
+    inside = fix & ~(ok & (dist > 0.8 * rad))
+    learned = st["gf_learned"][rows]
+    full = inside & ((learned < warm_n) | given | charging | night)
+    st["gf_learned"][rows] = learned + inside
+    cy = step_m / (EARTH_RADIUS_M * np.pi / 180.0)
+    cx = cy / np.maximum(coslat, 1e-6)
+    la_l = np.where(full, lat, hlat + np.clip(lat - hlat, -cy, cy))
+    lo_l = np.where(full, lon, hlon + np.clip(lon - hlon, -cx, cx))
+    dlat_det.learn_many(rows[inside], la_l[inside], t[inside])
+    dlon_det.learn_many(rows[inside], lo_l[inside], t[inside])
     return Verdict(lvl, dist)
 
 
