@@ -167,7 +167,14 @@ def _fall_rank(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
 
 
-def _geofence(ctx: RuleContext) -> Verdict:
+def _at(x: object, ix: np.ndarray | slice, sub: np.ndarray) -> np.ndarray | float:
+    """A profile threshold for the readings ``ix`` then ``sub``: the scalar itself when the profile is one
+    for all (the usual case), else the per-reading values."""
+    a = np.asarray(x, dtype=np.float64)
+    return float(a) if a.ndim == 0 else a[ix][sub]
+
+
+def _geofence(ctx: RuleContext, worn: np.ndarray, charging: np.ndarray) -> Verdict:
     """GEOFENCE_EXIT. The learned home learns only fixes inside the fence, and inside depends on the
     home: not a scan, so rank by rank (one pass when every band has one reading in the batch).
 
@@ -180,22 +187,16 @@ def _geofence(ctx: RuleContext) -> Verdict:
     st = ctx.state
     lat, lon = ctx.col("lat"), ctx.col("lon")
     fix = ctx.flag("gps_valid") & np.isfinite(lat) & np.isfinite(lon)
-    worn, charging = ctx.flag("worn"), ctx.flag("charging")
     dlat_det, dlon_det = ctx.det["home_lat"], ctx.det["home_lon"]
 
     def per_row(x: object) -> np.ndarray:
         return np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
 
     home_lat, home_lon, radius = per_row(p.home_lat), per_row(p.home_lon), per_row(p.geofence_radius_m)
-    indoor_s, approach_r = per_row(p.geofence_indoor_s), per_row(p.geofence_approach_factor) * radius
-    approach_m, step_m = per_row(p.geofence_approach_m), per_row(p.home_learn_step_m)
-    warm_n = per_row(p.home_learn_warmup_fixes)
     given = np.isfinite(home_lat) & np.isfinite(home_lon)
     any_given = bool(given.any())  # usually no band has a configured home: the learned one for all
-    hour = ((t / 3600.0 + p.utc_offset_h) % 24.0 + 24.0) % 24.0
-    night = (hour < p.day_start_h) | (hour >= p.day_end_h)  # asleep at home: fixes learned in full
     level, dist = np.empty(n, dtype=np.int8), np.empty(n)
-    anchor_st, last_d_st = st["gf_anchor_t"], st["gf_last_d"]
+    anchor_st, last_d_st, gf_learned = st["gf_anchor_t"], st["gf_last_d"], st["gf_learned"]
     for ix in ctx.seg.ranks():
         r, g, la, lo, f, rad = rows[ix], given[ix], lat[ix], lon[ix], fix[ix], radius[ix]
         ti = t[ix]
@@ -216,30 +217,44 @@ def _geofence(ctx: RuleContext) -> Verdict:
         # evidence of being home without a fix: an anchor at the last in-fence fix or fix approaching
         # home (nearer than the previous fix by more than GNSS scatter, within approach_r); any other
         # fix outside the fence drops it
-        last_d = last_d_st[r]
-        approach = ok & (d < last_d - approach_m[ix]) & (d <= approach_r[ix])
-        anchor = np.where(ok & ((d <= rad) | approach), ti, np.where(ok, np.nan, anchor_st[r]))
-        anchor_st[r] = anchor
-        last_d_st[r] = np.where(ok, d, last_d)
-        indoors = worn[ix] & ~f & (ti - anchor >= indoor_s[ix])  # NaN anchor: False
+        oi = np.flatnonzero(ok)
+        ro, do = r[oi], d[oi]
+        approach = (do < last_d_st[ro] - _at(p.geofence_approach_m, ix, oi)) & (
+            do <= _at(p.geofence_approach_factor, ix, oi) * rad[oi]
+        )
+        anchor_st[ro] = np.where((do <= rad[oi]) | approach, ti[oi], np.nan)
+        last_d_st[ro] = do
+        indoors = worn[ix] & ~f  # worn without a fix: indoors once the anchor is old enough
+        ci = np.flatnonzero(indoors)
+        indoors[ci] = ti[ci] - anchor_st[r[ci]] >= _at(p.geofence_indoor_s, ix, ci)  # NaN anchor: False
         home = (charging[ix] | indoors) & ~out  # a valid fix outside the fence always wins
         level[ix] = select([out, home, ~ok, d > 0.8 * rad], [MEDIUM, CLEAR, UNKNOWN, HOLD], CLEAR)
         dist[ix] = d
-        inside = f & ~(ok & (d > 0.8 * rad))
-        ri = r[inside]
-        # a running median, not a mean: once warm a fix moves the learned home by at most alpha x step_m
-        # per axis, so walks that all leave in one direction cannot drag it out; a fix on the charger
-        # (at home) is learned in full. A fix has a finite position and the engine takes only finite
-        # times: nothing to filter
-        learned = st["gf_learned"][r]
-        full = inside & ((learned < warm_n[ix]) | g | charging[ix] | night[ix])
-        st["gf_learned"][r] = learned + inside
-        cy = step_m[ix] / (EARTH_RADIUS_M * np.pi / 180.0)
-        cx = cy / np.maximum(coslat, 1e-6)
-        la_l = np.where(full, la, hlat + np.clip(la - hlat, -cy, cy))[inside]
-        lo_l = np.where(full, lo, hlon + np.clip(lo - hlon, -cx, cx))[inside]
-        dlat_det.learn_known(ri, la_l, ti[inside])
-        dlon_det.learn_known(ri, lo_l, ti[inside])
+        inside = np.flatnonzero(f & ~(ok & (d > 0.8 * rad)))
+        ri, ti, la_i, lo_i = r[inside], ti[inside], la[inside], lo[inside]
+        # a running median, not a mean: once warm a daytime fix moves the learned home by at most alpha x
+        # step_m per axis, so walks that all leave in one direction cannot drag it out; a fix on the
+        # charger or at night (at home) is learned in full, and so are the first warm_n fixes. A fix has a
+        # finite position and the engine takes only finite times: nothing to filter
+        learned = gf_learned[ri]
+        gf_learned[ri] = learned + 1.0
+        hour = ((ti / 3600.0 + _at(p.utc_offset_h, ix, inside)) % 24.0 + 24.0) % 24.0
+        full = (
+            (learned < _at(p.home_learn_warmup_fixes, ix, inside))
+            | (hour < _at(p.day_start_h, ix, inside))
+            | (hour >= _at(p.day_end_h, ix, inside))
+            | charging[ix][inside]
+        )
+        if any_given:
+            full |= g[inside]
+        if not full.all():
+            hl, ho = hlat[inside], hlon[inside]
+            cy = _at(p.home_learn_step_m, ix, inside) / (EARTH_RADIUS_M * np.pi / 180.0)
+            cx = cy / np.maximum(coslat[inside], 1e-6)
+            la_i = np.where(full, la_i, hl + np.clip(la_i - hl, -cy, cy))
+            lo_i = np.where(full, lo_i, ho + np.clip(lo_i - ho, -cx, cx))
+        dlat_det.learn_known(ri, la_i, ti)
+        dlon_det.learn_known(ri, lo_i, ti)
     return Verdict(level, dist)
 
 
@@ -280,7 +295,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
         EventType.HEART_RATE_LOW: Verdict(lo, hr),
         EventType.SPO2_LOW: Verdict(sp, spo2),
         EventType.INACTIVITY: Verdict(inact, idle / 3600.0),
-        EventType.GEOFENCE_EXIT: _geofence(ctx),
+        EventType.GEOFENCE_EXIT: _geofence(ctx, worn, charging),
         EventType.BAND_REMOVED: Verdict(np.where(off, MEDIUM, CLEAR).astype(np.int8), ctx.battery),
         EventType.LOW_BATTERY: battery_verdict(ctx),
     }

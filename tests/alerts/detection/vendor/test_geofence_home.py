@@ -80,15 +80,16 @@ def test_charging_at_home_clears() -> None:
 
 def test_still_outside_does_not_clear() -> None:
     """Still 600 m out: a valid fix every third summary (sky partly hidden), worn no-fix summaries between,
-    small GNSS scatter (20 m nearer is not approaching), and once the charging flag (a power bank) with a
-    valid fix outside: an out-of-fence fix always wins over indoor evidence, for an hour and a half."""
+    small GNSS scatter (20 m nearer is not approaching), and twice the charging flag (a power bank) with
+    a valid fix outside: an out-of-fence fix always wins over indoor evidence, for an hour and a half."""
     seq = count(1)
     frames, t = outing("WB-G3", seq)
     for k in range(1, 19):
         tk = t + 300.0 * k
-        if k % 3 == 0:
-            flags = ("worn", "gps_valid", "charging", "heartbeat") if k == 9 else FIX
-            frames.append(frame("WB-G3", seq, tk, flags, 600.0 - (20.0 if k % 2 else 0.0)))
+        if k in (9, 10):  # a power bank: charging, with valid fixes outside the fence
+            frames.append(frame("WB-G3", seq, tk, ("worn", "gps_valid", "charging", "heartbeat"), 600.0))
+        elif k % 3 == 0:
+            frames.append(frame("WB-G3", seq, tk, FIX, 600.0 - (20.0 if k % 2 else 0.0)))
         else:
             frames.append(frame("WB-G3", seq, tk, NOFIX, None))
     alerts = run(frames, DetectionEngine(), until=t + 300.0 * 19)
