@@ -22,7 +22,7 @@ from cloud.auth import Principal, Role, require
 from cloud.errors import NotFoundError
 from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow, Photo
 from cloud.loop.service import PHOTO_MAX_BYTES, LoopService
-from cloud.loop.views import event_out, incident_out, intent_out
+from cloud.loop.views import event_out, incident_out, intent_out, responder_names
 from firmware_bridge.kernel.locale import lang
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
@@ -74,7 +74,7 @@ def _read(
         )
         photos = s.scalars(select(Photo.id).where(Photo.incident_id == incident_id).order_by(Photo.id))
         return {
-            "incident": incident_out(row, who, loop.box, lang(language)),
+            "incident": incident_out(row, who, loop.box, lang(language), responder_names(s)),
             "timeline": [event_out(e) for e in events],
             "photos": list(photos),
         }
@@ -109,8 +109,9 @@ async def list_incidents(
             order = (Incident.grade.desc(), Incident.id.desc()) if sort == "grade" else (Incident.id.desc(),)
             q = select(Incident).where(*where).order_by(*order).limit(limit)
             total = s.scalar(select(func.count()).select_from(Incident).where(*where)) or 0
+            names = responder_names(s)
             return {
-                "incidents": [incident_out(r, who, loop.box, lang(language)) for r in s.scalars(q)],
+                "incidents": [incident_out(r, who, loop.box, lang(language), names) for r in s.scalars(q)],
                 "total": int(total),
             }
 

@@ -9,6 +9,7 @@ Chinese first.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from alerts.loop.sla import Urgency
 from alerts.loop.stages import Stage, allowed_actions
 from cloud.auth import PERSONAL_DATA_ROLES, Principal
 from cloud.crypto import SecretBox
+from cloud.loop.config import load
 from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow
 from firmware_bridge.kernel.events import Severity
 from firmware_bridge.kernel.locale import Lang, event_label, iso, kind_label, severity_label
@@ -55,9 +57,20 @@ def _label(fn: Any, value: str, language: Lang) -> str:
         return value
 
 
+def responder_names(s: Session) -> dict[str, str]:
+    """Roster responder id -> name, from the roster in force (one document read)."""
+    return {r.id: r.name for r in load(s).roster.responders.values()}
+
+
 def incident_out(
-    row: Incident, who: Principal, box: SecretBox | None, language: Lang = "zh"
+    row: Incident,
+    who: Principal,
+    box: SecretBox | None,
+    language: Lang = "zh",
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``names``: roster responder id -> name, so ``assignee_name`` / ``owner_name`` show a person, not an
+    id (``None`` where the id is not in the roster, e.g. a responder since removed)."""
     personal = who.role in PERSONAL_DATA_ROLES
     stage = Stage(row.stage)
     out: dict[str, Any] = {
@@ -93,7 +106,9 @@ def incident_out(
             for r in row.receivers
         ],
         "assignee": row.assignee,
+        "assignee_name": (names or {}).get(row.assignee or ""),
         "owner": row.owner,
+        "owner_name": (names or {}).get(row.owner or ""),
         "rating": row.rating,
         "rework": row.rework,
         "reopen_count": row.reopen_count,

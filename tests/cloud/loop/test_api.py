@@ -51,6 +51,10 @@ async def test_manual_report_waits_for_registration_then_dispatches(lc: Cloud) -
     assert r.status_code == 200, r.text
     got = r.json()["incident"]
     assert got["stage"] == "dispatched" and got["assignee"] == "gw-wang" and got["route_rule"] == "root"
+    # the person, not only the roster id, for the console's queue and incident page
+    assert got["assignee_name"] == "王网格" and got["owner_name"] is None
+    listed = (await c.client.get("/api/v1/incidents", headers=c.dispatcher)).json()["incidents"]
+    assert [i["assignee_name"] for i in listed if i["id"] == iid] == ["王网格"]
 
 
 async def test_photos_are_typed_and_bounded(lc_sqlite: Cloud) -> None:
