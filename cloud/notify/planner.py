@@ -27,8 +27,10 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cloud.errors import NotFoundError
+from cloud.notify.channel import Notice
 from cloud.notify.config import NotifyConfig
 from cloud.notify.contacts import FAMILY_PREFIX, Contacts, Recipient
 from cloud.notify.family import FAMILY_CHANNEL_OF
@@ -65,6 +67,23 @@ def reply_ref(incident_id: str) -> str:
     if incident_id.isdigit() and len(incident_id) <= 8:
         return incident_id
     return str(int(hashlib.sha256(incident_id.encode()).hexdigest()[:8], 16) % 9000 + 1000)
+
+
+def _delivery(
+    req: NotifyRequest, key: str, recipient: str, channel: str, notice: Notice, **more: Any
+) -> NewDelivery:
+    """A delivery of ``req``: what every delivery takes from its request, plus these."""
+    return NewDelivery(
+        dedup_key=key,
+        intent_key=req.intent_key,
+        incident_id=req.facts.incident_id,
+        step=req.step,
+        recipient=recipient,
+        channel=channel,
+        notice=notice.to_json(),
+        priority=int(req.facts.severity),
+        **more,
+    )
 
 
 class Planner:
@@ -129,17 +148,14 @@ class Planner:
             ref = reply_ref(req.facts.incident_id) if any(c in ("sms",) for c in channels) else ""
             notice = render(req.facts, lang="en" if r.lang == "en" else "zh", links=links, reply_ref=ref)
             out.append(
-                NewDelivery(
-                    dedup_key=f"{base}/{r.key}/{channels[0]}",
-                    intent_key=req.intent_key,
-                    incident_id=req.facts.incident_id,
-                    step=req.step,
-                    recipient=r.key,
-                    channel=channels[0],
+                _delivery(
+                    req,
+                    f"{base}/{r.key}/{channels[0]}",
+                    r.key,
+                    channels[0],
+                    notice,
                     target=r.target,
                     fallback=channels[1:],
-                    notice=notice.to_json(),
-                    priority=int(req.facts.severity),
                     reply_ref=ref,
                 )
             )
@@ -170,19 +186,8 @@ class Planner:
         out: list[NewDelivery] = []
         if phones:
             words = family_notice(req.facts, wearer=view.wearer, service_phone=self.config.service_phone)
-            out.append(
-                NewDelivery(
-                    dedup_key=f"{base}/{r.key}/{phones[0]}",
-                    intent_key=req.intent_key,
-                    incident_id=req.facts.incident_id,
-                    step=req.step,
-                    recipient=r.key,
-                    channel=phones[0],
-                    fallback=tuple(phones[1:]),
-                    notice=words.to_json(),
-                    priority=int(req.facts.severity),
-                )
-            )
+            key = f"{base}/{r.key}/{phones[0]}"
+            out.append(_delivery(req, key, r.key, phones[0], words, fallback=tuple(phones[1:])))
         notice = render(req.facts, lang="zh")
         whose = f"{view.wearer}的家属" if view.wearer else "佩戴者家属"
         texted = "已发短信/语音通知家属，请致电确认" if phones else "未配置家属短信，请致电告知"
@@ -197,32 +202,11 @@ class Planner:
             ),
         )
         on_duty = self.contacts.on_duty_users(CALL_TAKER_ROLE, req.facts.incident_id, device, now)
-        for uid in on_duty:  # each call taker on duty gets it in their own in-app list
-            out.append(
-                NewDelivery(
-                    dedup_key=f"{base}/{r.key}/call/user:{uid}/inapp",
-                    intent_key=req.intent_key,
-                    incident_id=req.facts.incident_id,
-                    step=req.step,
-                    recipient=f"user:{uid}",
-                    channel="inapp",
-                    notice=task.to_json(),
-                    priority=int(req.facts.severity),
-                )
-            )
-        if not on_duty:  # nobody on call: every operator's queue
-            out.append(
-                NewDelivery(
-                    dedup_key=f"{base}/{r.key}/inapp_ops",
-                    intent_key=req.intent_key,
-                    incident_id=req.facts.incident_id,
-                    step=req.step,
-                    recipient=r.key,
-                    channel="inapp_ops",
-                    notice=task.to_json(),
-                    priority=int(req.facts.severity),
-                )
-            )
+        # each call taker on duty gets it in their own in-app list; nobody on call: every operator's queue
+        tasks = [(f"{base}/{r.key}/call/user:{uid}/inapp", f"user:{uid}", "inapp") for uid in on_duty] or [
+            (f"{base}/{r.key}/inapp_ops", r.key, "inapp_ops")
+        ]
+        out.extend(_delivery(req, key, recipient, channel, task) for key, recipient, channel in tasks)
         return out
 
     def _warn_once(self, what: str, now: float, message: str, **extra: str) -> None:
