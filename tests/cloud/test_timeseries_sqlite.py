@@ -216,7 +216,7 @@ def test_query_matches_reference_for_any_range(
         )
     ref = reference(b, "sa-1", start, end, max_points)
     assert got.downsampled == ref["downsampled"]
-    np.testing.assert_allclose(got.time, ref["time"], rtol=0, atol=1e-6)  # type: ignore[arg-type]
+    np.testing.assert_allclose(got.time, np.asarray(ref["time"], dtype=np.float64), rtol=0, atol=1e-6)
     assert_same(got.values["smoke_db_m"], ref["values"][:, 0])  # type: ignore[index]
     if got.downsampled:
         assert len(got) <= max_points

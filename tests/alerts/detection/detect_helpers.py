@@ -47,10 +47,16 @@ def reading(
     seq: int,
     t: float,
     *flags: str,
-    battery: float = 80.0,
-    base_flags: bool = True,
     **values: float,
 ) -> Reading:
+    """One reading of ``kind`` with normal values, ``values`` (channel -> value) over them and ``flags`` set.
+
+    Two keywords are not channels: ``battery`` (%, default 80) and ``base_flags`` (default true: the flags a
+    healthy device of the kind always sends, e.g. a worn band). They share ``**values`` with the channels so
+    callers can unpack a dict of channel names (a typed keyword beside ``**values`` would make mypy refuse
+    any such dict)."""
+    battery = float(values.pop("battery", 80.0))
+    base_flags = bool(values.pop("base_flags", True))
     s = spec(kind)
     v = dict(NORMAL[kind])
     unknown = set(values) - set(v)

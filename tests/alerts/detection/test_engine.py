@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.detection.engine import DetectionEngine, SnapshotError
-from alerts.detection.profiles import ProfileError, ProfileSet
+from alerts.detection.profiles import ProfileError, ProfileSet, WristbandProfile
 from alerts.detection.registry import RULES
 from firmware_bridge.kernel.events import KIND_EVENTS, LIFE_SAFETY, AlertPhase, EventType, Severity, alert_id
-from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
+from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
 from firmware_bridge.registry import spec
 from tests.alerts.detection.detect_helpers import T0, batch, feed, of, reading
 
@@ -48,7 +48,7 @@ def test_nan_values_never_crash_or_alert(kind: DeviceKind) -> None:
     assert feed(eng, rs) == []
 
 
-def _sos_then_fall(dev: str, seq0: int = 0) -> list:
+def _sos_then_fall(dev: str, seq0: int = 0) -> list[Reading]:
     w = K.WRISTBAND
     return [
         reading(w, dev, seq0, T0),
@@ -247,8 +247,10 @@ def test_bad_profiles_fail_loudly_with_the_key() -> None:
     with pytest.raises(ProfileError, match="spaceship"):
         ProfileSet.from_mapping({"spaceship": {}})
     ps = ProfileSet.from_mapping({"wristband": {"hr_high_bpm": 110}, "devices": {"W1": {"hr_low_bpm": 38}}})
-    assert ps.profile(K.WRISTBAND, "W1").hr_low_bpm == 38
-    assert ps.profile(K.WRISTBAND, "W1").hr_high_bpm == 110
+    w1 = ps.profile(K.WRISTBAND, "W1")
+    assert isinstance(w1, WristbandProfile)
+    assert w1.hr_low_bpm == 38
+    assert w1.hr_high_bpm == 110
 
 
 def test_life_safety_alerts_are_raised_on_the_frame_that_shows_them() -> None:
@@ -281,7 +283,7 @@ _FLAG_SETS = [(), ("sos",), ("fall",), ("low_battery",), ("sos", "fall")]
 
 
 @st.composite
-def _streams(draw: st.DrawFn) -> list:
+def _streams(draw: st.DrawFn) -> list[Reading]:
     """Random wristband streams: a few devices, random flags/values, increasing seq and time per device."""
     n_dev = draw(st.integers(1, 4))
     out = []
@@ -308,7 +310,9 @@ def _streams(draw: st.DrawFn) -> list:
 
 @settings(max_examples=25, deadline=None)
 @given(stream=_streams(), cuts=st.lists(st.integers(0, 40), max_size=4), seed=st.integers(0, 2**16))
-def test_any_batching_and_any_replay_give_the_same_steps(stream: list, cuts: list[int], seed: int) -> None:
+def test_any_batching_and_any_replay_give_the_same_steps(
+    stream: list[Reading], cuts: list[int], seed: int
+) -> None:
     """However frames are cut into batches and shuffled inside them, and whatever is replayed after,
     the engine emits exactly the steps of frame-by-frame processing."""
     key = lambda e: (e.alert_id, e.phase, e.severity, e.frame_time)  # noqa: E731
