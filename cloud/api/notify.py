@@ -3,7 +3,8 @@
 ::
 
     GET  /api/v1/notify/status                           channels configured, deliveries by status
-    GET  /api/v1/notify/inapp[?unread=true]              the caller's in-app notifications (+ operator-wide)
+    GET  /api/v1/notify/inapp[?unread=true][&incident_id=]  the caller's in-app notices (+ the operators'
+                                                         queue for admin / dispatcher / operator)
     POST /api/v1/notify/inapp/{id}/read
     GET  /api/v1/notify/incidents/{incident_id}/log      every delivery, every attempt, every action
     POST /api/v1/notify/send                             page a user / role / group / webhook now
@@ -97,11 +98,25 @@ async def status(request: Request, caller: User) -> dict[str, Any]:
     return {"channels": configured, "deliveries": counts}
 
 
+#: the desk's staff: they see (and may mark read) the operators' in-app queue; a viewer sees their own only
+STAFF_ROLES = frozenset({Role.ADMIN, Role.DISPATCHER, Role.OPERATOR})
+
+
 @router.get("/inapp")
-async def inapp(request: Request, caller: User, unread: bool = False) -> list[dict[str, Any]]:
+async def inapp(
+    request: Request,
+    caller: User,
+    unread: bool = False,
+    incident_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> list[dict[str, Any]]:
+    """The caller's own in-app notices and, for admin / dispatcher / operator, the operators' queue;
+    ``incident_id`` keeps one incident's (the console's incident page)."""
     notify = get_notify(request)
     uid = await asyncio.to_thread(notify.contacts.user_id, caller.name)
-    return await asyncio.to_thread(list_for, notify.outbox.db, uid, unread_only=unread)
+    return await asyncio.to_thread(
+        list_for, notify.outbox.db, uid, unread_only=unread, incident_id=incident_id,
+        operators=caller.role in STAFF_ROLES,
+    )  # fmt: skip
 
 
 @router.post("/inapp/{item_id}/read", status_code=204)
@@ -110,7 +125,10 @@ async def inapp_read(
 ) -> Response:
     notify = get_notify(request)
     uid = await asyncio.to_thread(notify.contacts.user_id, caller.name)
-    if not await asyncio.to_thread(mark_read, notify.outbox.db, uid, item_id, now=state.clock.now()):
+    staff = caller.role in STAFF_ROLES
+    if not await asyncio.to_thread(
+        mark_read, notify.outbox.db, uid, item_id, now=state.clock.now(), operators=staff
+    ):
         raise NotFoundError(f"no unread notification {item_id} for you")
     return Response(status_code=204)
 
@@ -226,7 +244,9 @@ async def family(
     reveal: bool = False,
 ) -> list[dict[str, Any]]:
     """Masked for everyone; ``reveal=true`` shows the full numbers to admin / dispatcher only
-    (``PERSONAL_DATA_ROLES``, as the registry does) and writes one audit row per reveal."""
+    (``PERSONAL_DATA_ROLES``, as the registry does) and writes one audit row per reveal. Each device's
+    entry carries ``family_reached`` (:meth:`cloud.notify.outbox.Outbox.family_reached`): whether a text
+    or call to that family was delivered, when (UTC epoch seconds) and over which channel; no number."""
     notify = get_notify(request)
     require(caller, Role.ADMIN, Role.DISPATCHER, Role.OPERATOR)  # the desk's staff, not read-only viewers
     if reveal and caller.role not in PERSONAL_DATA_ROLES:
@@ -245,7 +265,8 @@ async def family(
             view = await asyncio.to_thread(notify.contacts.family_view, device, reveal=reveal)
         except NotFoundError:
             continue  # no contact registered for this device
-        out.append(dataclasses.asdict(view))
+        reached = await asyncio.to_thread(notify.outbox.family_reached, str(incident_id), device)
+        out.append({**dataclasses.asdict(view), "family_reached": reached})
     if reveal and out:
         await asyncio.to_thread(
             _audit, state, caller, "notify.family.reveal", f"incident:{incident_id}",

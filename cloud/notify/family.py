@@ -18,11 +18,11 @@ import httpx
 from cloud.notify.aliyun import AliyunRpc, AliyunSms, AliyunVoice
 from cloud.notify.channel import Channel
 from cloud.notify.config import NotifyConfig
+from cloud.notify.outbox import FAMILY_SMS, FAMILY_VOICE
 from cloud.notify.render import FAMILY_PARAMS
 from cloud.notify.tencent import TencentSms
 
-FAMILY_SMS = "sms_family"
-FAMILY_VOICE = "voice_family"
+__all__ = ["FAMILY_CHANNEL_OF", "FAMILY_SMS", "FAMILY_VOICE", "family_channels", "family_param_order"]
 #: the planner's channel (``sms`` / ``voice``) -> the family's channel name
 FAMILY_CHANNEL_OF = {"sms": FAMILY_SMS, "voice": FAMILY_VOICE}
 

@@ -48,12 +48,26 @@ class InAppChannel:
         return Delivered()
 
 
+def _mine(user_id: int, operators: bool) -> Any:
+    """The rows a user may see: their own, and the operators' queue (``user_id`` NULL) for desk staff."""
+    return or_(InApp.user_id == user_id, InApp.user_id.is_(None)) if operators else InApp.user_id == user_id
+
+
 def list_for(
-    db: Database, user_id: int, *, unread_only: bool = False, limit: int = 100
+    db: Database,
+    user_id: int,
+    *,
+    unread_only: bool = False,
+    limit: int = 100,
+    incident_id: str | None = None,
+    operators: bool = True,
 ) -> list[dict[str, Any]]:
-    """The user's own notifications and the operator-wide ones, newest first."""
+    """The user's own notifications and, with ``operators`` (desk staff), the operator-wide ones, newest
+    first; ``incident_id`` keeps one incident's (the console's incident page)."""
     with db.read() as s:
-        q = select(InApp).where(or_(InApp.user_id == user_id, InApp.user_id.is_(None)))
+        q = select(InApp).where(_mine(user_id, operators))
+        if incident_id is not None:
+            q = q.where(InApp.incident_id == incident_id)
         if unread_only:
             q = q.where(InApp.read_at.is_(None))
         rows = s.scalars(q.order_by(InApp.created_at.desc(), InApp.id.desc()).limit(limit)).all()
@@ -71,13 +85,13 @@ def list_for(
     ]
 
 
-def mark_read(db: Database, user_id: int, item_id: int, *, now: float) -> bool:
+def mark_read(db: Database, user_id: int, item_id: int, *, now: float, operators: bool = True) -> bool:
     with db.write() as s:
         res = s.execute(
             update(InApp)
             .where(
                 InApp.id == item_id,
-                or_(InApp.user_id == user_id, InApp.user_id.is_(None)),
+                _mine(user_id, operators),
                 and_(InApp.read_at.is_(None)),
             )
             .values(read_at=now)

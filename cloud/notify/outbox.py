@@ -38,6 +38,9 @@ from cloud.db import Database
 from cloud.notify.channel import Delivered, GiveUp, Outcome, Retry
 from cloud.notify.models import Attempt, Delivery, InApp
 
+#: the family's own SMS / voice channels (``cloud.notify.family`` names them; repeated here, below it)
+FAMILY_SMS = "sms_family"
+FAMILY_VOICE = "voice_family"
 #: channels whose address is a configured name (robot / webhook), not a user
 NAMED_TARGET_CHANNELS = ("dingtalk_robot", "wecom_robot", "webhook")
 
@@ -427,6 +430,33 @@ class Outbox:
             }
             for d in rows
         ]
+
+    def family_reached(self, incident_id: str, device_id: str) -> dict[str, Any]:
+        """Whether a text or call of ``device_id``'s family about this incident was delivered (the
+        console's 家属联系方式 block): ``status`` ``sent`` (the latest delivered one: its time in UTC epoch
+        seconds and channel), else ``pending`` (one is queued or on the wire), else ``failed`` (every one
+        gave up or was cancelled: ``at`` the last of them), else ``none`` (no text or call was planned:
+        no family template, or no contact). Never the number: the rows hold none."""
+        channels = {FAMILY_SMS: "sms", FAMILY_VOICE: "voice"}
+        with self.db.read() as s:
+            rows = s.execute(
+                select(Delivery.channel, Delivery.status, Delivery.finished_at).where(
+                    Delivery.incident_id == incident_id,
+                    Delivery.recipient == f"family:{device_id}",
+                    Delivery.channel.in_(list(channels)),
+                )
+            ).all()
+        done = [(at or 0.0, ch) for ch, st, at in rows if st == "delivered"]
+        if done:
+            at, ch = max(done)
+            return {"status": "sent", "at": at, "channel": channels[ch]}
+        if any(st in ("pending", "sending") for _, st, _ in rows):
+            return {"status": "pending", "at": None, "channel": None}
+        ended = [(at or 0.0, ch) for ch, st, at in rows if st in ("failed", "cancelled")]
+        if ended:
+            at, ch = max(ended)
+            return {"status": "failed", "at": at, "channel": channels[ch]}
+        return {"status": "none", "at": None, "channel": None}
 
     def counts(self) -> dict[str, int]:
         with self.db.read() as s:

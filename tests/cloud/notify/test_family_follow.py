@@ -1,0 +1,157 @@
+"""What a wearer's family and the desk get beyond the first text: the console's per-incident notice list and
+"was the family reached", the call task addressed to whoever is on duty when it is delivered, a follow link
+in the family's SMS, and a new page when the case is reopened (docs/notifications.md, "A wearer's family").
+
+SMS goes over real HTTP to the local Aliyun / Tencent fakes, which verify each request's signature as the
+providers do (tests/fakes/); the tests read the template code and parameters the fakes accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from alerts.loop.routing import family_target
+from cloud.db import Device
+from cloud.loop.models import Incident
+from cloud.notify.planner import NotifyRequest
+from cloud.notify.render import IncidentFacts
+from tests.cloud.cloudkit import Cloud, make_settings, start_cloud
+from tests.cloud.notify.kit import T0, fake_config, notify_kit, page
+from tests.cloud.notify.test_family_and_desks import CONTACT, DEVICE, register_wearer, with_family_templates
+from tests.fakes.aliyun import FakeAliyun
+from tests.fakes.wecom import FakeWeCom
+
+
+def write_family_config(path: Path, wecom: FakeWeCom, aliyun: FakeAliyun, *, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+public_base_url = "https://vigil.test"
+http_timeout_s = 0.5
+max_attempts = 1
+reopen_window_s = 86400
+{extra}
+
+[wecom]
+corp_id = "{wecom.corp_id}"
+corp_secret = "{wecom.corp_secret}"
+agent_id = {wecom.agent_id}
+api_url = "{wecom.api_url}"
+
+[aliyun_sms]
+access_key_id = "{aliyun.key_id}"
+access_key_secret = "{aliyun.secret}"
+sign_name = "平安社区"
+template_code = "SMS_1"
+endpoint = "{aliyun.url}/"
+
+[aliyun_sms.templates]
+family = "SMS_FAMILY"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+async def cloud(
+    tmp_path: Path, sqlite_url: str, fake_wecom: FakeWeCom, fake_aliyun: FakeAliyun
+) -> AsyncIterator[Cloud]:
+    config = write_family_config(tmp_path / "notify.toml", fake_wecom, fake_aliyun)
+    settings = make_settings(tmp_path, sqlite_url, notify_config_file=config, run_jobs=False)
+    async with start_cloud(settings) as c:
+        yield c
+
+
+def wearer_case(cloud: Cloud, *, stage: str = "dispatched") -> int:
+    """A registered wristband with an emergency contact, and an open fall case on it."""
+    notify = cloud.app.state.notify
+    sealed = notify.contacts.box.seal({"wearer_name": "张秀英", "emergency_contact_phone": CONTACT})
+    with cloud.state.db.write() as s:
+        if s.get(Device, DEVICE) is None:
+            s.add(Device(device_id=DEVICE, kind="wristband", grid="G01", interval_s=300.0,
+                         private_enc=sealed, created_at=T0))  # fmt: skip
+        inc = Incident(
+            group_key=f"per_device|device_id={DEVICE}|event=fall", group_rule="per_device", stage=stage,
+            source="gateway", kind="wristband", event_type="fall", grade=3, urgency="critical",
+            device_id=DEVICE, grid="G01", title="跌倒 张秀英 心率 40 3号楼201", created_at=T0,
+            stage_entered_at=T0, updated_at=T0,
+        )  # fmt: skip
+        s.add(inc)
+        s.flush()
+        return int(inc.id)
+
+
+def family_page(incident_id: str | int, device_id: str = DEVICE, event_type: str = "fall") -> NotifyRequest:
+    return NotifyRequest(
+        facts=IncidentFacts(incident_id=str(incident_id), opened_at=T0, severity=3, event_type=event_type,
+                            place="G01", summary="张秀英 心率 40 3号楼201"),
+        target_kind="role",
+        target_id=family_target(device_id),
+    )  # fmt: skip
+
+
+# -- the console: one incident's notices, and whether the family was reached ---------------------------------
+async def test_the_console_lists_one_incidents_notices_and_sees_the_family_reached(
+    cloud: Cloud, fake_aliyun: FakeAliyun
+) -> None:
+    notify = cloud.app.state.notify
+    incident_id = wearer_case(cloud)
+    url = f"/api/v1/notify/incidents/{incident_id}/family"
+    (entry,) = (await cloud.client.get(url, headers=cloud.dispatcher)).json()
+    assert entry["family_reached"] == {"status": "none", "at": None, "channel": None}
+    await notify.worker.submit([family_page(incident_id), page("T-77", target="disp")])
+    (entry,) = (await cloud.client.get(url, headers=cloud.dispatcher)).json()
+    assert entry["family_reached"] == {"status": "pending", "at": None, "channel": None}
+    cloud.clock.advance(42)
+    while await notify.worker.send_once():
+        pass
+    assert [m["PhoneNumbers"] for m in fake_aliyun.sms] == [CONTACT]
+    (entry,) = (await cloud.client.get(url, headers=cloud.dispatcher)).json()
+    assert entry["family_reached"] == {"status": "sent", "at": cloud.clock.now(), "channel": "sms"}
+    assert CONTACT not in str(entry["family_reached"])
+
+    # the incident page's notice list: this incident's call task, not the other incident's page
+    mine = (
+        await cloud.client.get("/api/v1/notify/inapp", params={"incident_id": str(incident_id)},
+                               headers=cloud.dispatcher)
+    ).json()  # fmt: skip
+    assert [(i["incident_id"], i["title"][:5]) for i in mine] == [(str(incident_id), "请致电家属")]
+    everything = (await cloud.client.get("/api/v1/notify/inapp", headers=cloud.dispatcher)).json()
+    assert {i["incident_id"] for i in everything} == {str(incident_id), "T-77"}
+    # the call task sits in the operators' queue (nobody on duty): not a read-only viewer's
+    viewer = await cloud.client.get(
+        "/api/v1/notify/inapp", params={"incident_id": str(incident_id)}, headers=cloud.viewer
+    )
+    assert viewer.status_code == 200 and viewer.json() == []
+    assert (
+        await cloud.client.get("/api/v1/notify/inapp", params={"incident_id": ""}, headers=cloud.viewer)
+    ).status_code == 422
+
+
+async def test_a_family_text_that_failed_on_every_channel_reads_failed(
+    tmp_path: Path, sqlite_url: str, fake_aliyun: FakeAliyun
+) -> None:
+    config = with_family_templates(fake_config(aliyun=fake_aliyun), max_attempts=1)
+    async with notify_kit(tmp_path, sqlite_url, config) as kit:
+        register_wearer(kit)
+        w = kit.service.worker
+        await w.submit([family_page("41")])
+        fake_aliyun.fail_next("500")
+        kit.clock.advance(5)
+        await w.send_once()  # one attempt allowed (max_attempts = 1): the SMS gives up, voice is next
+        reached = kit.service.outbox.family_reached("41", DEVICE)
+        # severity 3 (life-safety): the call follows; until it is settled the family is "pending"
+        assert reached == {"status": "pending", "at": None, "channel": None}
+        fake_aliyun.fail_next("500")
+        kit.clock.advance(5)
+        await w.send_once()
+        assert kit.service.outbox.family_reached("41", DEVICE) == {
+            "status": "failed", "at": kit.clock.now(), "channel": "voice"
+        }  # fmt: skip
+        assert kit.service.outbox.family_reached("41", "another-device")["status"] == "none"
+        with kit.db.read() as s:
+            assert s.scalar(select(Device.device_id)) == DEVICE
