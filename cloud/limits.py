@@ -7,11 +7,16 @@
 - :class:`GatewayQuota`: per-gateway token buckets. A batch over quota is refused whole with
   :class:`RateLimitedError` (429, ``Retry-After``): nothing is stored, the gateway keeps it and retries.
   Alert-only batches draw on their own bucket, so a telemetry flood never delays an alarm.
+- :class:`TokenBuckets`: the building block of both, token buckets keyed by anything, bounded in number;
+  :class:`KeyedRateLimit` refuses a request (429 with a ``reason``) while its key's bucket is empty:
+  :data:`LINK_READS` (each responder / family link's reads of the wearer's position) and
+  :data:`PROXY_REFUSAL_REPORTS` (nginx's reports of refused client certificates, per client address).
 - :class:`LogThrottle`: a ``logging.Filter`` that lets a repeated line (same logger, level and message
   template) through at most ``burst`` times per ``window_s`` and then reports how many were suppressed, so a
   hostile client cannot grow the journal by 98 MB in 25 s.
 
-The quota state is per process (each worker has its own buckets), documented in ``docs/security.md``.
+The quota and rate-limit state is per process (each worker has its own buckets), documented in
+``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
 from typing import ClassVar
 from weakref import WeakKeyDictionary
@@ -37,12 +42,17 @@ class RateLimitedError(CloudError):
     status_code = 429
     code = "rate_limited"
 
-    def __init__(self, detail: str, *, retry_after_s: float) -> None:
+    def __init__(self, detail: str, *, retry_after_s: float, reason: str | None = None) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+        #: which limit refused (``link_reads``, ...); in the body when set
+        self.reason = reason
 
     def body(self) -> dict[str, object]:
-        return {**super().body(), "retry_after_s": round(self.retry_after_s, 1)}
+        out: dict[str, object] = {**super().body(), "retry_after_s": round(self.retry_after_s, 1)}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +117,12 @@ class GuardMetrics:
             ["reason"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "vigil_cloud_rate_limited_requests_total",
+            "Requests refused with 429 by a per-key rate limit (cloud.limits.KeyedRateLimit), by limit",
+            ["limit"],
+            registry=r,
+        )
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> GuardMetrics:
@@ -124,6 +140,42 @@ class _Bucket:
         self.level, self.t = level, t
 
 
+class TokenBuckets:
+    """Token buckets keyed by anything hashable; at most ``max_keys`` (the least recently used go first).
+
+    :meth:`take` admits while the key's bucket is above zero and may take it negative by one draw, so a
+    key's long-run rate is bounded and no draw is ever too large to be admitted at all. A new key starts
+    full. Thread-safe.
+    """
+
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+        self._now = monotonic
+        self._max = max_keys
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: Hashable, n: float, rate: float, burst: float) -> float:
+        """Take ``n`` tokens; returns 0 if admitted, else the seconds until the bucket is positive again."""
+        with self._lock:
+            now = self._now()
+            b = self._buckets.get(key)
+            if b is None:
+                b = self._buckets[key] = _Bucket(burst, now)
+                if len(self._buckets) > self._max:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+            b.level = min(burst, b.level + max(0.0, now - b.t) * rate)  # a clock set back adds none
+            b.t = now
+            if b.level <= 0:
+                return (1.0 - b.level) / rate
+            b.level -= n
+            return 0.0
+
+
 class GatewayQuota:
     """Token buckets per gateway: ``admit`` refuses (429) a batch while its lane's bucket is empty.
 
@@ -139,50 +191,91 @@ class GatewayQuota:
         max_gateways: int = 100_000,
     ) -> None:
         self.limits = limits
-        self._now = monotonic
-        self._max = max_gateways
-        self._lock = threading.Lock()
-        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+        self._buckets = TokenBuckets(monotonic=monotonic, max_keys=max_gateways)
 
     def _take(self, key: tuple[str, str], n: int, rate: float, burst: float) -> float:
-        """Take ``n`` tokens; returns 0 if admitted, else the seconds until the bucket is positive."""
-        now = self._now()
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = _Bucket(burst, now)
-            if len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        b.level = min(burst, b.level + (now - b.t) * rate)
-        b.t = now
-        if b.level <= 0:
-            return (1.0 - b.level) / rate
-        b.level -= n
-        return 0.0
+        return self._buckets.take(key, n, rate, burst)
 
     def admit(self, gateway_id: str, *, readings: int, alert_steps: int) -> None:
         """Raise :class:`RateLimitedError` if this batch is over the gateway's quota."""
         lim = self.limits
-        with self._lock:
-            if readings:
-                wait = self._take((gateway_id, "telemetry"), readings, lim.readings_per_s, lim.readings_burst)
-                if wait:
-                    raise RateLimitedError(
-                        f"gateway {gateway_id!r} is over its quota of {lim.readings_per_s:g} readings/s; "
-                        "nothing was stored, retry the same batch later",
-                        retry_after_s=wait,
-                    )
-            if alert_steps:
-                wait = self._take(
-                    (gateway_id, "alert"), alert_steps, lim.alert_steps_per_s, lim.alert_steps_burst
+        if readings:
+            wait = self._take((gateway_id, "telemetry"), readings, lim.readings_per_s, lim.readings_burst)
+            if wait:
+                raise RateLimitedError(
+                    f"gateway {gateway_id!r} is over its quota of {lim.readings_per_s:g} readings/s; "
+                    "nothing was stored, retry the same batch later",
+                    retry_after_s=wait,
                 )
-                if wait:
-                    raise RateLimitedError(
-                        f"gateway {gateway_id!r} is over its quota of {lim.alert_steps_per_s:g} alert "
-                        "steps/s; nothing was stored, retry the same batch later",
-                        retry_after_s=wait,
-                    )
+        if alert_steps:
+            wait = self._take(
+                (gateway_id, "alert"), alert_steps, lim.alert_steps_per_s, lim.alert_steps_burst
+            )
+            if wait:
+                raise RateLimitedError(
+                    f"gateway {gateway_id!r} is over its quota of {lim.alert_steps_per_s:g} alert "
+                    "steps/s; nothing was stored, retry the same batch later",
+                    retry_after_s=wait,
+                )
+
+
+class KeyedRateLimit:
+    """One request limit over many keys: ``per_minute`` sustained and ``burst`` at once, per key.
+
+    :meth:`check` raises :class:`RateLimitedError` (429, ``Retry-After``, ``reason`` = :attr:`name`) while
+    the key's bucket is empty, and counts the refusal in ``vigil_cloud_rate_limited_requests_total{limit}``
+    when given the app's :class:`GuardMetrics`. At most ``max_keys`` keys are remembered (least recently
+    used forgotten first): call it only with keys an attacker cannot mint at will (a verified link's nonce,
+    a client address), or a flood of new keys would give an old key a fresh burst.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        per_minute: float,
+        burst: float,
+        detail: str,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        if not (per_minute > 0 and burst >= 1):
+            raise ConfigError(f"rate limit {name}: per_minute must be > 0 and burst >= 1")
+        self.name, self.per_minute, self.burst, self.detail = name, per_minute, burst, detail
+        self._buckets = TokenBuckets(monotonic=monotonic, max_keys=max_keys)
+
+    def wait_s(self, key: Hashable) -> float:
+        """Take one request for ``key``: 0 if admitted, else the seconds to wait (nothing taken)."""
+        return self._buckets.take(key, 1, self.per_minute / 60.0, self.burst)
+
+    def check(self, key: Hashable, metrics: GuardMetrics | None = None) -> None:
+        wait = self.wait_s(key)
+        if wait:
+            if metrics is not None:
+                metrics.rate_limited.labels(self.name).inc()
+            raise RateLimitedError(self.detail, retry_after_s=wait, reason=self.name)
+
+
+#: reads of a wristband wearer's position through one personal responder / family link (the page's load,
+#: its refresh every 30 s, a return to the page): 6 a minute, 12 at once. A leaked link cannot be polled
+#: continuously; the page's own use stays far below (docs/security.md, "Link position reads")
+LINK_READS_PER_MINUTE = 6.0
+LINK_READS_BURST = 12.0
+LINK_READS_DETAIL = (
+    "此链接查询位置过于频繁，请稍后再试 / this link asked for the wearer's position too often; "
+    "try again in a moment"
+)
+
+
+def link_read_limit(*, monotonic: Callable[[], float] = time.monotonic) -> KeyedRateLimit:
+    """The per-link limit on position reads (:data:`LINK_READS_PER_MINUTE`, :data:`LINK_READS_BURST`)."""
+    return KeyedRateLimit(
+        "link_reads",
+        per_minute=LINK_READS_PER_MINUTE,
+        burst=LINK_READS_BURST,
+        detail=LINK_READS_DETAIL,
+        monotonic=monotonic,
+    )
 
 
 class LogThrottle(logging.Filter):
@@ -247,11 +340,16 @@ def uninstall_log_throttle(throttle: LogThrottle, logger: logging.Logger | None 
 
 
 __all__ = [
+    "LINK_READS_BURST",
+    "LINK_READS_PER_MINUTE",
     "GatewayQuota",
     "GuardMetrics",
     "IngestLimits",
+    "KeyedRateLimit",
     "LogThrottle",
     "RateLimitedError",
+    "TokenBuckets",
     "install_log_throttle",
+    "link_read_limit",
     "uninstall_log_throttle",
 ]

@@ -15,6 +15,12 @@ Resident case links (``case``)::
     POST /api/v1/reports                  {"category", "description", "lat", "lon", "photo_b64"?}
 
 Forged, expired, reused or wrong-purpose links answer 403 / 400 / 409 with a reason and change nothing.
+
+Reads that can show where a wristband wearer is (``GET /links/{token}`` of a personal responder link, and
+``.../position``) are limited per link (:func:`limit_position_reads`, :func:`cloud.limits.link_read_limit`:
+6 a minute, 12 at once): over it, 429 ``{"reason": "link_reads"}`` with ``Retry-After``, counted in
+``vigil_cloud_rate_limited_requests_total{limit="link_reads"}``; docs/security.md says why the other link
+endpoints need no such limit.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from pydantic import BaseModel, Field
 from cloud.api.deps import ERROR_RESPONSES, State
 from cloud.api.notify import get_notify
 from cloud.errors import BadRequestError
-from cloud.notify.links import Purpose
+from cloud.limits import GuardMetrics, KeyedRateLimit, link_read_limit
+from cloud.notify.links import RESPONDER_PURPOSES, LinkClaims, Purpose
 
 router = APIRouter(prefix="/api/v1", tags=["links"], responses=ERROR_RESPONSES)
 
@@ -67,11 +74,30 @@ def _photo(b64: str | None) -> bytes | None:
         raise BadRequestError("photo_b64 is not valid base64") from exc
 
 
+def limit_position_reads(request: Request, state: State, claims: LinkClaims) -> None:
+    """429 if this link (its verified nonce) read the wearer's position too often (:func:`link_read_limit`).
+
+    Keyed by the nonce of a link whose signature was checked: a forger cannot mint keys to flush the
+    buckets. One limit per app (``app.state.vigil_link_reads``), per process, on the cloud's clock (the
+    one the links' expiry is checked with; a clock set back adds no tokens)."""
+    limit: KeyedRateLimit | None = getattr(request.app.state, "vigil_link_reads", None)
+    if limit is None:
+        limit = request.app.state.vigil_link_reads = link_read_limit(monotonic=state.clock.now)
+    limit.check(("link", claims.nonce), GuardMetrics.for_registry(state.metrics.registry))
+
+
+def _shows_position(claims: LinkClaims) -> bool:
+    """A personal responder link: its page shows the wearer's position (ResponderDesk.link_state)."""
+    return claims.purpose in RESPONDER_PURPOSES and claims.actor.startswith("user:")
+
+
 @router.get("/links/{token}", summary="What a link does and whether it can still be used")
 async def show_link(token: str, request: Request, state: State) -> dict[str, Any]:
     notify = get_notify(request)
     now = state.clock.now()
     claims = notify.links.verify(token, now=now)
+    if _shows_position(claims):
+        limit_position_reads(request, state, claims)
     if claims.purpose is Purpose.CASE:
         return {"purpose": "case", **await asyncio.to_thread(notify.residents.case, token, now=now)}
     return await asyncio.to_thread(notify.responders.link_state, token, now=now, store=state.store)
@@ -124,7 +150,8 @@ async def report(body: ReportIn, request: Request, state: State) -> dict[str, An
 async def link_position(token: str, request: Request, state: State) -> JSONResponse:
     """``{"open", "live", "position", "refresh_s"}`` (:meth:`ResponderDesk.live_position`); never cached."""
     notify = get_notify(request)
-    body = await asyncio.to_thread(
-        notify.responders.live_position, token, now=state.clock.now(), store=state.store
-    )
+    now = state.clock.now()
+    claims = notify.links.verify(token, now=now)  # a forged or expired link: 403 before any limit
+    limit_position_reads(request, state, claims)
+    body = await asyncio.to_thread(notify.responders.live_position, token, now=now, store=state.store)
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin"})
