@@ -152,6 +152,8 @@ class DemoReport:
     console_url: str | None = None
     seeded_roles: set[str] = field(default_factory=set)  # the roles the demo's roster and desks cover
     dispatch: list[str] = field(default_factory=list)  # the "paged" lines, one per incident
+    progress: list[str] = field(default_factory=list)  # accepted, declined, on site, handled, closed, rated
+    actors: Any = None  # simulators.demo_actors.Community: what the simulated people did, their failures
     loop: Any = None  # simulators.demo_loop.LoopSummary, read from the cloud's API at the end
     unscored_silent: int = 0  # device-silent steps raised after the simulation ended (not scored)
 
@@ -252,6 +254,7 @@ async def run_demo(
     from firmware_bridge.kernel.clock import AcceleratedClock
     from firmware_bridge.kernel.events import EventType
     from simulators.config import parse_config as parse_fleet_config
+    from simulators.demo_actors import Community, GroundTruth, phones_for
     from simulators.demo_loop import DispatchStory, demo_people, seed_people, seeded_roles
     from simulators.fleet import Fleet
     from simulators.outputs import SerialSink
@@ -280,6 +283,10 @@ async def run_demo(
     fleet = Fleet.from_config(cfg)
     fleet.write_manifest(simdir)
     n_devices = fleet.device_count()
+    # what really happens on site, for the simulated responders (the same seed: the same episodes as the
+    # run's truth.jsonl, which is written only at the end)
+    fleet.plan(cfg.start, cfg.duration_s)
+    truth_now = GroundTruth(fleet.truth)
 
     # --- cloud: schema, one gateway credential, an operator, the people on call, the device registry ---
     port = _free_port(port)
@@ -310,8 +317,9 @@ async def run_demo(
         people = demo_people(
             (simdir / "responders.csv").read_text(encoding="utf-8"), devices_text, start=clock.now()
         )
-        for person in people.people:  # responders sign in through their signed links, not a password
-            creds.add_user(person.username, person.console_role, now=clock.now())
+        tokens: dict[str, str] = {}  # each person's own credential, for their simulated phone
+        for person in people.people:  # no password: responders use their phone and its signed links
+            tokens[person.username] = creds.add_user(person.username, person.console_role, now=clock.now())
         registry = Registry(db, SecretBox(load_or_create_key(settings.secret_key_file)))
         csv_text = _one_gateway_csv(devices_text)
         (clouddir / "devices-import.csv").write_text(csv_text, encoding="utf-8")
@@ -416,6 +424,16 @@ async def run_demo(
             + "; the 119/120 desks relayed by the call takers)",
         )
     )
+    phones = phones_for(people.people, tokens)
+    say(
+        _t(
+            f"  人员     {len(phones)} 部模拟手机：读站内信，按各自习惯接单、拒绝或不应答，到场、办结并按真值"
+            "填写核实结论；住户（或家属）凭案件链接评价、偶尔重开",
+            f"  people      {len(phones)} simulated phones read their pages and accept, decline or ignore "
+            "them, go on site and resolve with the ground truth's verdict; residents (or families) rate "
+            "or reopen through their case link",
+        )
+    )
     say(
         _t(
             f"  文件     {workdir}（真值在 sim/truth.jsonl）",
@@ -489,11 +507,13 @@ async def run_demo(
         for _, line in sorted(lines, key=lambda tl: tl[0]):
             say(line)
         report.dispatch = story.lines
+        report.progress = story.progress
 
     async def tell_pages(*, final: bool = False) -> None:
-        for _, line in await story.new_lines(final=final):
+        for _, line in sorted(await story.new_lines(final=final), key=lambda tl: tl[0]):
             say(line)
         report.dispatch = story.lines
+        report.progress = story.progress
 
     async def reporter(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
@@ -532,6 +552,7 @@ async def run_demo(
 
     loop = asyncio.get_running_loop()
     async with (
+        contextlib.AsyncExitStack() as stack,
         httpx.AsyncClient(
             base_url=url, headers={"Authorization": f"Bearer {op_token}"}, timeout=10
         ) as client,
@@ -546,6 +567,9 @@ async def run_demo(
             await seed_people(admin.put, people)
         story.bind(client.get)
         await story.load_names()
+        people_client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+        report.actors = Community(people_client, phones, truth_now, clock, seed=cfg.seed)
+        tg.create_task(report.actors.run(stop), name="people")
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
         await asyncio.wait_for(gateway.started.wait(), 20)
         with contextlib.suppress(NotImplementedError):  # after the gateway's own handler: ours wins
@@ -595,6 +619,15 @@ async def run_demo(
             report.loop = await story.summary()
             for line in story.summary_lines(report.loop):
                 say(line)
+        if report.actors is not None and report.actors.failures:
+            failed, n_failed = report.actors.failures, report.actors.counts["failed"]
+            say(
+                _t(
+                    f"  模拟人员有 {n_failed} 个操作未成功（演示继续），例如：{failed[0]}",
+                    f"  {n_failed} actions of the simulated people did not succeed (the demo carried on), "
+                    f"e.g. {failed[0]}",
+                )
+            )
         if rejects:
             shown = ", ".join(f"{k} {v}" for k, v in sorted(rejects.items(), key=lambda kv: -kv[1]))
             say(

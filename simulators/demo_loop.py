@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 from alerts.loop.rosters import distance_m
 from alerts.loop.routing import ROLES
+from simulators.demo_actors import verdict_of_note
 from simulators.neighbourhood import SURNAMES, fake_phone
 
 ZONE = "Asia/Shanghai"
@@ -58,6 +59,7 @@ NOT_SEEDED = ("family_contact", "resident")
 CHANNEL_LABELS = {
     "inapp": ("站内信", "in-app"),
     "inapp_ops": ("值班员站内信", "operators' in-app"),
+    "call_task": ("值班员致电任务", "call task for the operators"),
     "sms": ("短信", "SMS"),
     "voice": ("语音电话", "voice call"),
     "wecom": ("企业微信", "WeCom"),
@@ -216,6 +218,16 @@ class LoopSummary:
     incidents: int = 0
     paged: int = 0
     acknowledged: int = 0
+    on_site: int = 0
+    handled: int = 0
+    closed: int = 0
+    rated: int = 0
+    ratings: list[int] = field(default_factory=list)
+    verdicts: Counter[str] = field(default_factory=Counter)  # real / nuisance / false_alarm (the notes)
+    declined: int = 0  # returns from a responder's decline (the loop re-dispatches)
+    escalations: int = 0  # escalation steps after the first (nobody acknowledged in time)
+    reopened: int = 0
+    kpi: dict[str, Any] = field(default_factory=dict)  # GET /api/v1/kpi, the one "all" row
     pages: int = 0  # notification intents
     pages_sent: int = 0
     pages_failed: int = 0
@@ -243,7 +255,9 @@ class DispatchStory:
         self.names: dict[str, str] = {}
         self.told: set[int] = set()
         self.only: set[int] | None = None  # after freeze(): the incidents of the run
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # the "paged" lines, one per incident
+        self.progress: list[str] = []  # what happened next: accepted, declined, on site, handled, rated ...
+        self._seen: dict[int, dict[str, Any]] = {}  # per incident, the progress already told
 
     def bind(self, get: Callable[..., Any]) -> None:
         self._get = get
@@ -269,7 +283,7 @@ class DispatchStory:
         role, _, device = target.partition("/")
         if role == "family_contact" and device:  # one wearer's registered family (docs/notifications.md)
             tail = device[-4:]
-            return self._t(f"{tail} 号手环家属（请致电）", f"family of band …{tail} (call task)")
+            return self._t(f"{tail} 号手环家属", f"family of band …{tail}")
         return self._role(target)
 
     async def _incidents(self) -> list[dict[str, Any]]:
@@ -282,6 +296,9 @@ class DispatchStory:
 
     async def _intents(self, incident_id: int) -> list[dict[str, Any]]:
         return list((await self._fetch(f"/api/v1/incidents/{incident_id}/intents"))["intents"])
+
+    async def _timeline(self, incident_id: int) -> list[dict[str, Any]]:
+        return list((await self._fetch(f"/api/v1/incidents/{incident_id}"))["timeline"])
 
     async def _deliveries(self, incident_id: int) -> list[dict[str, Any]]:
         return list((await self._fetch(f"/api/v1/notify/incidents/{incident_id}/log"))["deliveries"])
@@ -298,13 +315,89 @@ class DispatchStory:
         zh, en = CHANNEL_LABELS.get(channel, (channel, channel))
         return self._t(zh, en)
 
-    async def new_lines(self, *, final: bool = False) -> list[tuple[float, str]]:
-        """(time of the page, line) for incidents whose first page is settled (``final``: also those still
-        in flight), each incident once."""
+    def _span(self, seconds: float) -> str:
+        m, s = divmod(round(max(seconds, 0.0)), 60)
+        if m >= 60:
+            h, m = divmod(m, 60)
+            return self._t(f"{h}小时{m:02d}分", f"{h}h{m:02d}m")
+        return self._t(f"{m}分{s:02d}秒", f"{m}m{s:02d}s")
+
+    async def _progress_lines(self, inc: dict[str, Any]) -> list[tuple[float, str]]:
+        """What happened to a told incident since the last look, from its fields (and, for a decline or a
+        resolution, its timeline): 接单, 退回, 到场, 办结 (with the responder's verdict), 结案, 评价, 重开."""
+        iid = int(inc["id"])
+        seen = self._seen.setdefault(iid, {"returns": 0, "reopens": 0})
+        t = self._t
+        label = inc.get("event_label") or inc.get("event_type", "")
+        who = inc.get("owner_name") or inc.get("owner") or ""
+        raised = self._parse(inc["alert_time"]) if inc.get("alert_time") else None
         out: list[tuple[float, str]] = []
+
+        def line(at: float, zh: str, en: str) -> None:
+            out.append((at + 2e-3, t(f"  [{self._when(at)}] {zh}", f"  [{self._when(at)}] {en}")))
+
+        timeline: list[dict[str, Any]] | None = None
+        returns = len(inc.get("returned_reasons") or [])
+        if returns > seen["returns"]:
+            timeline = await self._timeline(iid)
+            for ev in [e for e in timeline if e["action"] == "return"][seen["returns"] :]:
+                name = self.names.get(str(ev["actor"]), str(ev["actor"]))
+                to = inc.get("assignee_name") or inc.get("assignee")
+                to_zh, to_en = (f"改派 {to}", f"re-dispatched to {to}") if to else ("转值班台", "to the desk")
+                line(
+                    self._parse(ev["at"]),
+                    f"退回 #{iid} {name} 拒绝：{ev['reason']} → {to_zh}",
+                    f"declined #{iid} {name}: {ev['reason']} -> {to_en}",
+                )
+            seen["returns"] = returns
+        if (inc.get("reopen_count") or 0) > seen["reopens"]:
+            at = self._parse(inc["registered_at"]) if inc.get("registered_at") else 0.0
+            line(
+                at,
+                f"重开 #{iid} {label}：住户反映问题未解决",
+                f"reopened #{iid} {label}: the resident says not solved",
+            )
+            seen["reopens"] = inc["reopen_count"]
+            seen.pop("handled_at", None)
+            seen.pop("closed_at", None)
+        for key in ("accepted_at", "arrived_at", "handled_at", "closed_at", "rated_at"):
+            value = inc.get(key)
+            if not value or seen.get(key) == value:
+                continue
+            seen[key] = value
+            at = self._parse(value)
+            span = "" if raised is None else self._span(at - raised)
+            zh_after, en_after = (f"（报警后 {span}）", f" ({span} after the alarm)") if span else ("", "")
+            if key == "accepted_at":
+                line(
+                    at,
+                    f"接单 #{iid} {label} ← {who}{zh_after}",
+                    f"accepted #{iid} {label} by {who}{en_after}",
+                )
+            elif key == "arrived_at":
+                line(at, f"到场 #{iid} {who}{zh_after}", f"on site #{iid} {who}{en_after}")
+            elif key == "handled_at":
+                if timeline is None:
+                    timeline = await self._timeline(iid)
+                notes = [e["reason"] for e in timeline if e["action"] == "handle"]
+                note = notes[-1] if notes else ""
+                line(at, f"办结 #{iid} {who}：{note}", f"handled #{iid} by {who}: {note}")
+            elif key == "closed_at":
+                line(at, f"结案 #{iid} {label}{zh_after}", f"closed #{iid} {label}{en_after}")
+            elif key == "rated_at" and inc.get("rating"):
+                n = int(inc["rating"])
+                line(at, f"评价 #{iid} {'★' * n}{'☆' * (5 - n)} {n} 分", f"rated #{iid} {n}/5")
+        return out
+
+    async def new_lines(self, *, final: bool = False) -> list[tuple[float, str]]:
+        """(time, line): the first page of incidents whose first page is settled (``final``: also those
+        still in flight), each incident once; then what happened to the incidents already told."""
+        out: list[tuple[float, str]] = []
+        progress: list[tuple[float, str]] = []
         for inc in sorted(await self._incidents(), key=lambda i: int(i["id"])):
             iid = int(inc["id"])
             if iid in self.told:
+                progress += await self._progress_lines(inc)
                 continue
             intents = await self._intents(iid)
             if not intents:
@@ -340,7 +433,8 @@ class DispatchStory:
             )
             out.append((order + 1e-3, line))
         self.lines.extend(line for _, line in out)
-        return out
+        self.progress.extend(line for _, line in sorted(progress, key=lambda tl: tl[0]))
+        return out + progress
 
     async def summary(self) -> LoopSummary:
         s = LoopSummary()
@@ -349,6 +443,19 @@ class DispatchStory:
             s.incidents += 1
             if inc.get("accepted_at"):
                 s.acknowledged += 1
+            s.on_site += 1 if inc.get("arrived_at") else 0
+            s.handled += 1 if inc.get("handled_at") else 0
+            s.closed += 1 if inc.get("closed_at") else 0
+            if inc.get("rating"):
+                s.rated += 1
+                s.ratings.append(int(inc["rating"]))
+            s.reopened += int(inc.get("reopen_count") or 0)
+            timeline = await self._timeline(iid)
+            s.declined += sum(1 for ev in timeline if ev["action"] == "return")
+            s.escalations += sum(1 for ev in timeline if ev["action"] == "escalate")
+            notes = [str(ev.get("reason") or "") for ev in timeline if ev["action"] == "handle"]
+            if notes and inc.get("handled_at"):  # the latest resolution (a reopened case has two)
+                s.verdicts[verdict_of_note(notes[-1]) or "other"] += 1
             intents = await self._intents(iid)
             if intents:
                 s.paged += 1
@@ -365,6 +472,8 @@ class DispatchStory:
             for d in await self._deliveries(iid):
                 if d["status"] == "delivered":
                     s.delivered_by_channel[d["channel"]] += 1
+        rows = (await self._fetch("/api/v1/kpi", params={"by": "all"}))["rows"]
+        s.kpi = dict(rows[0]) if rows else {}
         return s
 
     def summary_lines(self, s: LoopSummary) -> list[str]:
@@ -402,6 +511,49 @@ class DispatchStory:
                     f"  无人可收的通知：{zh}（{why[0]}已转值班员站内信，见 docs/demo.md）",
                     f"  pages nobody could receive: {en} ({why[1]}raised to the operators in-app; "
                     "see docs/demo.md)",
+                )
+            )
+        v = s.verdicts
+        mean = sum(s.ratings) / len(s.ratings) if s.ratings else None
+        mean_zh = f"（平均 {mean:.1f} 分）" if mean is not None else ""
+        mean_en = f" (mean {mean:.1f}/5)" if mean is not None else ""
+        lines.append(
+            t(
+                f"  处置：已到场 {s.on_site} 起，已办结 {s.handled} 起（真实事件 {v['real']}、"
+                f"干扰 {v['nuisance']}、误报 {v['false_alarm']}），已结案 {s.closed} 起，"
+                f"已评价 {s.rated} 起{mean_zh}；"
+                f"拒绝改派 {s.declined} 次，无人应答升级 {s.escalations} 次，重开 {s.reopened} 次",
+                f"  handling: {s.on_site} on site, {s.handled} handled ({v['real']} real, {v['nuisance']} "
+                f"nuisance, {v['false_alarm']} false alarm), {s.closed} closed, {s.rated} rated{mean_en}; "
+                f"{s.declined} declined and re-dispatched, {s.escalations} escalations for want of an "
+                f"answer, {s.reopened} reopened",
+            )
+        )
+        k = s.kpi
+
+        def pair(name: str) -> tuple[str, str]:
+            p50, p95 = k.get(f"{name}_p50_s"), k.get(f"{name}_p95_s")
+            if p50 is None or p95 is None:
+                return "—", "-"
+            return (
+                f"p50 {self._span(p50)}、p95 {self._span(p95)}",
+                f"p50 {self._span(p50)}, p95 {self._span(p95)}",
+            )
+
+        if k:
+            ack, arrive, case = pair("ack"), pair("arrive"), pair("case")
+            rate = k.get("closure_rate")
+            sat = k.get("satisfaction")
+            lines.append(
+                t(
+                    f"  云端 KPI（/api/v1/kpi）：报警到接单 {ack[0]}；报警到场 {arrive[0]}；"
+                    f"立案到结案 {case[0]}；"
+                    f"结案率 {'—' if rate is None else f'{rate:.0%}'}；"
+                    f"满意度 {'—' if sat is None else f'{sat:.1f}'}",
+                    f"  cloud KPIs (/api/v1/kpi): alarm to accepted {ack[1]}; alarm to on site "
+                    f"{arrive[1]}; registered to closed {case[1]}; "
+                    f"closure rate {'-' if rate is None else f'{rate:.0%}'}; "
+                    f"satisfaction {'-' if sat is None else f'{sat:.1f}'}",
                 )
             )
         return lines

@@ -1,0 +1,507 @@
+"""The demo's people acting: responders answer their pages, travel, handle and report; residents rate.
+
+Everything they do goes through the cloud's public interfaces, exactly what a phone would send:
+
+- a responder's phone reads its in-app notices with the responder's own credential
+  (``GET /api/v1/notify/inapp?unread=true``, ``POST /api/v1/notify/inapp/{id}/read``), opens the case
+  (``GET /api/v1/incidents/{id}``, as the console's incident page does for any user) and presses the
+  signed links the notice carries (``POST /api/v1/links/{token}``: 接单 accept, 拒绝 decline, 已到场
+  arrived, 处置完成 resolved with a note);
+- after resolving, the responder asks for the resident's case link (``POST
+  /api/v1/notify/incidents/{id}/case-link``, which an operator may do) and leaves it with the resident,
+  or with the wearer's family for a wristband;
+- the resident follows that link (``GET /api/v1/links/{token}``) and, once the case is closed, rates it
+  (``POST /api/v1/links/{token}/rating``) or, now and then, reopens it (``POST .../reopen``).
+
+No database writes, no calls into the cloud's objects. Behaviour is seeded per (seed, person, incident,
+page): the same run makes the same choices. Each role has a :class:`Habit`: how often a page is answered
+at all (the rest never answer, so the escalation shows), how often the person the order was dispatched
+to declines it (the loop re-dispatches), how fast they react, travel (straight-line distance from their
+base x 1.3 for the streets, at the role's speed, plus getting ready) and work on site.
+
+What the responder reports is the simulator's ground truth (:class:`GroundTruth`, ``simulators/truth.py``):
+a real event, a nuisance (cooking smoke, a test) or nothing found (a false alarm). The verdict opens the
+resolution note with a fixed tag (:data:`VERDICT_TAGS`) that the story reads back from the incident's
+timeline. On a real event the responder stays until the episode is over (the cover reseated, the fire
+out; at most :data:`MAX_STAY_S`), so the loop's verification by telemetry (alerts quiet for 5 minutes)
+can close the case.
+
+Times follow the shared accelerated clock (``Clock.sleep`` takes simulated seconds). A failing action is
+counted and remembered (:attr:`Community.failures`), never raised: the demo carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cloud.notify.links import Purpose
+from cloud.notify.render import PURPOSE_LABELS
+from firmware_bridge.kernel.clock import Clock
+from firmware_bridge.kernel.locale import parse_iso
+from simulators.truth import TruthRecord
+
+log = logging.getLogger(__name__)
+
+#: the tag that opens a resolution note: what the responder found on site (read back by the story)
+VERDICT_TAGS = {
+    "real": "【核实：真实事件】",
+    "nuisance": "【核实：干扰，非险情】",
+    "false_alarm": "【核实：误报，现场无异常】",
+}
+#: a responder on a real event stays until it is over, but not longer than this after arriving
+MAX_STAY_S = 45 * 60.0
+#: streets are not straight lines
+DETOUR = 1.3
+#: the label on a notice's button -> what it does (a phone reads the button, zh or en)
+_BY_LABEL = {label: p for p, labels in PURPOSE_LABELS.items() for label in labels}
+#: stages in which an order still waits for someone to take it
+_WAITING = ("dispatched",)
+
+
+@dataclass(frozen=True, slots=True)
+class Habit:
+    """How one role answers a page and works a case (times in simulated seconds)."""
+
+    answer: float  # share of pages answered at all; the rest are never answered
+    decline: float  # of the orders dispatched to this person and answered, the share declined
+    react_s: tuple[float, float]  # most answers come this long after the page
+    late_share: float  # the rest come up to 12 minutes after it
+    speed_mps: float
+    setout_s: tuple[float, float]  # getting ready before leaving
+    work_s: tuple[float, float]  # on site, for a real event
+    check_s: tuple[float, float] = (180.0, 480.0)  # on site, when nothing is wrong
+
+
+HABITS: dict[str, Habit] = {
+    "grid_worker": Habit(0.9, 0.1, (60, 300), 0.1, 4.0, (30, 120), (300, 900)),  # e-bike
+    "municipal_crew": Habit(0.9, 0.1, (60, 300), 0.15, 7.0, (300, 600), (900, 2400)),  # the truck
+    "traffic_police": Habit(0.9, 0.15, (60, 240), 0.1, 8.0, (60, 180), (600, 1200)),  # motorbike
+    "property_management": Habit(0.9, 0.1, (60, 300), 0.1, 1.4, (60, 120), (300, 900)),  # on foot
+    "community_doctor": Habit(0.92, 0.05, (60, 180), 0.05, 3.0, (120, 240), (600, 1500)),
+    "volunteer": Habit(0.8, 0.1, (60, 300), 0.2, 1.3, (120, 300), (300, 900)),
+    "maintenance": Habit(0.85, 0.1, (120, 300), 0.2, 5.0, (600, 1200), (600, 1800)),
+}
+DEFAULT_HABIT = Habit(0.85, 0.1, (60, 300), 0.15, 3.0, (120, 300), (300, 900))
+
+_DECLINE_REASONS = (
+    "正在处理另一起事件，无法前往，请改派",
+    "不在辖区，请改派",
+    "车辆故障，暂时无法出发，请改派",
+)
+_COMMENTS = {5: "处理很及时，谢谢！", 4: "处理及时", 3: "还可以", 2: "来得太慢了", 1: "很不满意"}
+_REOPEN_REASONS = ("问题没有解决，又报警了", "处理后还是有异响，请再来看看")
+_WORK_NOTES = {
+    "cover_displaced": "井盖已复位并加固，现场设置警示",
+    "cover_open": "井盖已盖回并设围挡，已通知市政检修",
+    "overflow": "已疏通排水口，设置警示牌，积水消退",
+    "gas_combustible": "已通风并检测，浓度恢复正常，已通知燃气公司",
+    "gas_toxic": "已通风并检测，浓度恢复正常，井下作业已暂停",
+    "oxygen_abnormal": "已通风，含氧量恢复正常",
+    "fire": "火情已扑灭，人员安全，已配合消防处置",
+    "co": "已开窗通风并关闭燃气，住户安全",
+    "fall": "老人已扶起，无明显外伤，已联系家属",
+    "sos": "已上门查看，老人身体不适，已陪同就医并通知家属",
+    "heart_rate_high": "已上门测量，建议就医，家属已到场",
+    "heart_rate_low": "已上门测量，建议就医，家属已到场",
+    "spo2_low": "已上门测量血氧，已陪同就医",
+    "inactivity": "已上门查看，老人安好",
+    "geofence_exit": "已找到老人并送回家中",
+    "band_removed": "老人在家，手环未佩戴，已提醒佩戴",
+    "device_silent": "设备已检修，恢复上报",
+    "low_battery": "已更换电池",
+    "gateway_offline": "网关已重启，恢复联网",
+}
+_NUISANCE_NOTES = {
+    "nuisance_cooking": "做饭油烟触发报警，已提醒住户通风",
+    "nuisance_test": "住户测试报警器，已说明使用方法",
+    "nuisance_hush": "住户已消音，现场无险情",
+    "nuisance_traffic": "车辆碾压井盖引起，井盖完好",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: str  # "real" | "nuisance" | "false_alarm"
+    event_type: str = ""
+    end: float | None = None  # when the real episode is over (ground truth)
+
+
+class GroundTruth:
+    """What really happened at a device, from the simulator's ground truth (``Fleet.truth``)."""
+
+    def __init__(self, records: Iterable[TruthRecord], *, slack_s: float = 900.0) -> None:
+        self.by_device: dict[str, list[TruthRecord]] = {}
+        for r in records:
+            self.by_device.setdefault(r.device_id, []).append(r)
+        self.slack_s = slack_s
+
+    def verdict(self, device_id: str, event_type: str, at: float) -> Verdict:
+        """What a responder finds for an incident of ``event_type`` at ``device_id`` raised at ``at``."""
+        near = [
+            r
+            for r in self.by_device.get(device_id, [])
+            if r.start - self.slack_s <= at <= r.end + self.slack_s
+        ]
+        if not near:
+            return Verdict("false_alarm", event_type)
+        same = [r for r in near if r.event_type.value == event_type] or near
+        best = min(same, key=lambda r: (r.must_not_alert, abs(r.start - at)))
+        if best.must_not_alert:
+            return Verdict("nuisance", best.event_type.value, best.end)
+        return Verdict("real", best.event_type.value, best.end)
+
+
+def resolution_note(v: Verdict) -> str:
+    if v.kind == "real":
+        what = _WORK_NOTES.get(v.event_type, "现场已处置完毕")
+    elif v.kind == "nuisance":
+        what = _NUISANCE_NOTES.get(v.event_type, "现场为干扰，无险情")
+    else:
+        what = "现场核查设备及周边未见异常，判定为误报"
+    return VERDICT_TAGS[v.kind] + what
+
+
+def verdict_of_note(note: str) -> str | None:
+    """The verdict a resolution note starts with (``real`` / ``nuisance`` / ``false_alarm``), if any."""
+    for kind, tag in VERDICT_TAGS.items():
+        if note.startswith(tag):
+            return kind
+    return None
+
+
+def travel_s(habit: Habit, base: tuple[float, float] | None, site: tuple[float, float] | None) -> float:
+    """Door to door: straight line x :data:`DETOUR` at the role's speed; 10 minutes when a place is
+    unknown (a gateway cabinet without coordinates)."""
+    if base is None or site is None:
+        return 600.0
+    lat1, lon1, lat2, lon2 = map(math.radians, (*base, *site))
+    a = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    metres = 2 * 6_371_000.0 * math.asin(math.sqrt(a))
+    return max(60.0, metres * DETOUR / habit.speed_mps)
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    """One responder's phone: who, their credential, where they start from, how they behave."""
+
+    username: str
+    name: str
+    token: str
+    habit: Habit
+    base: tuple[float, float] | None = None
+
+
+def phones_for(people: Iterable[Any], tokens: Mapping[str, str]) -> list[Phone]:
+    """Phones of the field staff (``simulators.demo_loop.Person`` rows with a token); the call takers
+    relay the desks' pages by phone and are not simulated."""
+    out = []
+    for p in people:
+        role = p.roles[0] if p.roles else ""
+        if role == "call_taker" or p.username not in tokens:
+            continue
+        base = (p.lat, p.lon) if p.lat is not None and p.lon is not None else None
+        out.append(Phone(p.username, p.name, tokens[p.username], HABITS.get(role, DEFAULT_HABIT), base))
+    return out
+
+
+@dataclass
+class _Case:
+    """What one phone decided about one incident."""
+
+    pages: int = 0
+    state: str = "new"  # new | silent | pending | declined | working | done
+
+
+class Community:
+    """Runs the phones and the residents until ``stop``; ``client`` talks to the cloud (any base URL)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        phones: Sequence[Phone],
+        truth: GroundTruth,
+        clock: Clock,
+        *,
+        seed: int = 0,
+        poll_s: float = 30.0,
+        min_poll_real_s: float = 1.0,
+        reopen_share: float = 0.05,
+        rate_share: float = 0.85,
+    ) -> None:
+        self.client = client
+        self.phones = list(phones)
+        self.truth = truth
+        self.clock = clock
+        self.seed = seed
+        self.poll_s = poll_s
+        self.min_poll_real_s = min_poll_real_s
+        self.reopen_share = reopen_share
+        self.rate_share = rate_share
+        self.counts: Counter[str] = Counter()  # what the people did (accept, decline, silent, ...)
+        self.failures: list[str] = []  # actions the cloud refused or that did not reach it
+        self._cases: dict[tuple[str, str], _Case] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+    def _rng(self, *parts: object) -> random.Random:
+        return random.Random("/".join(str(p) for p in (self.seed, *parts)))
+
+    async def _until(self, t: float) -> None:
+        while (left := t - self.clock.now()) > 0:
+            await self.clock.sleep(left)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Any, name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an actor's bug or a dropped connection must not stop the demo
+            self._fail(f"{name}: {type(exc).__name__}: {exc}")
+
+    def _fail(self, what: str) -> None:
+        self.counts["failed"] += 1
+        if len(self.failures) < 50:
+            self.failures.append(what)
+        log.debug("demo actor action failed: %s", what)
+
+    async def _call(self, what: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
+        try:
+            r = await self.client.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            self._fail(f"{what}: {type(exc).__name__}")
+            return None
+        return r
+
+    @staticmethod
+    def _auth(phone: Phone) -> dict[str, str]:
+        return {"Authorization": f"Bearer {phone.token}"}
+
+    # -- the run -------------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every phone's notices until ``stop``; then cancel what is still under way."""
+        try:
+            while not stop.is_set():
+                for phone in self.phones:
+                    if stop.is_set():
+                        break
+                    await self._read_notices(phone)
+                wait = max(self.clock.real_seconds(self.poll_s), self.min_poll_real_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _read_notices(self, phone: Phone) -> None:
+        r = await self._call(
+            "inapp", "GET", "/api/v1/notify/inapp", params={"unread": "true"}, headers=self._auth(phone)
+        )
+        if r is None or r.status_code != 200:
+            if r is not None:
+                self._fail(f"{phone.name} inapp: HTTP {r.status_code}")
+            return
+        for notice in sorted(r.json(), key=lambda n: n["id"]):
+            if notice.get("for_all_operators"):
+                continue  # the operators' shared queue (call tasks): not this phone's to answer
+            await self._call(
+                "read", "POST", f"/api/v1/notify/inapp/{notice['id']}/read", headers=self._auth(phone)
+            )
+            links = {}
+            for a in notice.get("actions") or ():
+                purpose = _BY_LABEL.get(str(a.get("label", "")))
+                if purpose is not None and "/l/" in str(a.get("url", "")):
+                    links[purpose] = str(a["url"]).rsplit("/l/", 1)[1]
+            incident = str(notice.get("incident_id") or "")
+            if incident.isdigit() and Purpose.ACCEPT in links:
+                self._page(phone, incident, float(notice["created_at"]), links)
+
+    def _page(self, phone: Phone, incident: str, paged_at: float, links: dict[Purpose, str]) -> None:
+        case = self._cases.setdefault((phone.username, incident), _Case())
+        if case.state not in ("new", "silent"):
+            return  # already answering, declined, or on it
+        case.pages += 1
+        rng = self._rng(phone.username, incident, case.pages)
+        # a page repeated by the escalation (another message, a louder channel) is more often answered
+        answer = phone.habit.answer if case.pages == 1 else 1 - (1 - phone.habit.answer) / 2
+        if rng.random() >= answer:
+            if case.state == "new":
+                self.counts["silent"] += 1
+            case.state = "silent"
+            return
+        lo, hi = phone.habit.react_s
+        delay = rng.uniform(300, 720) if rng.random() < phone.habit.late_share else rng.uniform(lo, hi)
+        case.state = "pending"
+        self._spawn(
+            self._respond(phone, incident, paged_at + delay, links, rng), f"{phone.username}#{incident}"
+        )
+
+    async def _incident(self, phone: Phone, incident: str) -> dict[str, Any] | None:
+        r = await self._call("incident", "GET", f"/api/v1/incidents/{incident}", headers=self._auth(phone))
+        if r is None or r.status_code != 200:
+            if r is not None:
+                self._fail(f"{phone.name} #{incident}: HTTP {r.status_code}")
+            return None
+        body: dict[str, Any] = r.json()["incident"]
+        return body
+
+    async def _press(self, phone: Phone, incident: str, purpose: Purpose, token: str, note: str = "") -> bool:
+        r = await self._call(purpose.value, "POST", f"/api/v1/links/{token}", json={"note": note})
+        if r is None:
+            return False
+        if r.status_code == 200:
+            self.counts[purpose.value] += 1
+            return True
+        if purpose is Purpose.ACCEPT and r.status_code in (400, 409):
+            self.counts["too_late"] += 1  # someone else took it a moment earlier: stand down
+            return False
+        self._fail(f"{phone.name} {purpose.value} #{incident}: HTTP {r.status_code} {r.text[:120]}")
+        return False
+
+    async def _respond(
+        self, phone: Phone, incident: str, at: float, links: dict[Purpose, str], rng: random.Random
+    ) -> None:
+        key = (phone.username, incident)
+        await self._until(at)
+        inc = await self._incident(phone, incident)  # what the phone shows before a button is pressed
+        if inc is None or inc["stage"] not in _WAITING:
+            self._cases[key].state = "done"  # taken by someone else, or closed meanwhile
+            self.counts["stood_down"] += 1
+            return
+        mine = inc.get("assignee") == phone.username  # dispatched to this person: theirs to decline
+        if mine and Purpose.DECLINE in links and rng.random() < phone.habit.decline:
+            reason = rng.choice(_DECLINE_REASONS)
+            ok = await self._press(phone, incident, Purpose.DECLINE, links[Purpose.DECLINE], reason)
+            self._cases[key].state = "declined" if ok else "done"
+            return
+        if Purpose.ACCEPT not in links or not await self._press(
+            phone, incident, Purpose.ACCEPT, links[Purpose.ACCEPT]
+        ):
+            self._cases[key].state = "done"
+            return
+        self._cases[key].state = "working"
+        accepted = self.clock.now()
+        site = (inc["lat"], inc["lon"]) if inc.get("lat") is not None and inc.get("lon") is not None else None
+        arrive = accepted + rng.uniform(*phone.habit.setout_s) + travel_s(phone.habit, phone.base, site)
+        await self._until(arrive)
+        if Purpose.ARRIVED in links:
+            await self._press(phone, incident, Purpose.ARRIVED, links[Purpose.ARRIVED])
+        raised = parse_iso(inc["alert_time"]) if inc.get("alert_time") else accepted
+        device, event = str(inc.get("device_id") or ""), str(inc.get("event_type") or "")
+        verdict = self.truth.verdict(device, event, raised)
+        now = self.clock.now()
+        if verdict.kind == "real":
+            done = now + rng.uniform(*phone.habit.work_s)
+            if verdict.end is not None:  # stay until it is over (cover reseated, fire out), within reason
+                done = max(done, min(verdict.end + rng.uniform(60, 180), now + MAX_STAY_S))
+        else:
+            done = now + rng.uniform(*phone.habit.check_s)
+        await self._until(done)
+        resolved = Purpose.RESOLVED in links and await self._press(
+            phone, incident, Purpose.RESOLVED, links[Purpose.RESOLVED], resolution_note(verdict)
+        )
+        self._cases[key].state = "done"
+        if not resolved:
+            return
+        self._cases.pop(key, None)  # a reopened case pages again: a new decision
+        r = await self._call(
+            "case-link", "POST", f"/api/v1/notify/incidents/{incident}/case-link", headers=self._auth(phone)
+        )
+        if r is None or r.status_code != 200:
+            if r is not None:
+                self._fail(f"{phone.name} case-link #{incident}: HTTP {r.status_code}")
+            return
+        case_token = str(r.json()["url"]).rsplit("/l/", 1)[1]
+        waited = self.clock.now() - raised
+        self._spawn(self._resident(incident, case_token, waited), f"resident#{incident}")
+
+    # -- the resident (or the family) ----------------------------------------------------------------------
+    async def _resident(self, incident: str, token: str, waited_s: float) -> None:
+        """Follows the case link until the case is closed, then rates it (or now and then reopens it)."""
+        rng = self._rng("resident", incident)
+        if rng.random() >= self.rate_share:
+            self.counts["never_rated"] += 1
+            return
+        reopened = False
+        while True:
+            await self.clock.sleep(max(self.poll_s * 4, self.clock_s(self.min_poll_real_s)))
+            r = await self._call("case", "GET", f"/api/v1/links/{token}")
+            if r is None or r.status_code != 200:
+                if r is not None:
+                    self._fail(f"resident #{incident} case: HTTP {r.status_code}")
+                return
+            case = r.json()
+            if not case.get("can_rate", True):
+                return
+            if case.get("status") not in ("closed", "rated"):
+                continue
+            await self.clock.sleep(rng.uniform(300, 1800))  # reads the message later
+            if not reopened and rng.random() < self.reopen_share:
+                reopened = True
+                r = await self._call(
+                    "reopen",
+                    "POST",
+                    f"/api/v1/links/{token}/reopen",
+                    json={"reason": rng.choice(_REOPEN_REASONS)},
+                )
+                if r is not None and r.status_code == 200:
+                    self.counts["reopen"] += 1
+                elif r is not None:
+                    self._fail(f"resident #{incident} reopen: HTTP {r.status_code} {r.text[:120]}")
+                continue
+            score = _score(waited_s, rng)
+            comment = _COMMENTS[score]
+            r = await self._call(
+                "rating", "POST", f"/api/v1/links/{token}/rating", json={"score": score, "comment": comment}
+            )
+            if r is not None and r.status_code == 200:
+                self.counts["rating"] += 1
+            elif r is not None:
+                self._fail(f"resident #{incident} rating: HTTP {r.status_code} {r.text[:120]}")
+            return
+
+    def clock_s(self, real_s: float) -> float:
+        """Simulated seconds in ``real_s`` real seconds."""
+        per = self.clock.real_seconds(1.0)
+        return real_s / per if per > 0 else real_s
+
+
+def _score(waited_s: float, rng: random.Random) -> int:
+    """A resident's rating: handled within 30 minutes of the alarm pleases, an hour or more does not."""
+    base = 5 if waited_s <= 1800 else 4 if waited_s <= 3600 else 3
+    return max(1, min(5, base - (1 if rng.random() < 0.2 else 0)))
+
+
+__all__ = [
+    "DEFAULT_HABIT",
+    "HABITS",
+    "VERDICT_TAGS",
+    "Community",
+    "GroundTruth",
+    "Habit",
+    "Phone",
+    "Verdict",
+    "phones_for",
+    "resolution_note",
+    "travel_s",
+    "verdict_of_note",
+]
