@@ -41,6 +41,10 @@ from cloud.notify.models import Attempt, Delivery, InApp
 #: the family's own SMS / voice channels (``cloud.notify.family`` names them; repeated here, below it)
 FAMILY_SMS = "sms_family"
 FAMILY_VOICE = "voice_family"
+#: a wearer's family as a delivery's recipient (``family:<device_id>``, cloud.notify.contacts.FAMILY_PREFIX)
+FAMILY_RECIPIENT = "family:"
+#: the desk's 请致电家属 call task: in-app, addressed to whoever is on duty when it is delivered
+CALL_TASK = "call_task"
 #: channels whose address is a configured name (robot / webhook), not a user
 NAMED_TARGET_CHANNELS = ("dingtalk_robot", "wecom_robot", "webhook")
 
@@ -384,10 +388,16 @@ class Outbox:
 
     # -- cancel and read -----------------------------------------------------------------------------------
     def cancel_incident(self, incident_id: str, *, now: float, reason: str = "incident acknowledged") -> int:
+        """Cancel the incident's queued pages to responders (someone took it). A wearer's family is still
+        told, and the desk still calls them: their rows (recipient ``family:<device>``) stay queued."""
         with self.db.write() as s:
             res = s.execute(
                 update(Delivery)
-                .where(Delivery.incident_id == incident_id, Delivery.status == "pending")
+                .where(
+                    Delivery.incident_id == incident_id,
+                    Delivery.status == "pending",
+                    Delivery.recipient.not_like(f"{FAMILY_RECIPIENT}%"),
+                )
                 .values(status="cancelled", finished_at=now, last_error=reason[:300])
             )
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
@@ -442,7 +452,7 @@ class Outbox:
             rows = s.execute(
                 select(Delivery.channel, Delivery.status, Delivery.finished_at).where(
                     Delivery.incident_id == incident_id,
-                    Delivery.recipient == f"family:{device_id}",
+                    Delivery.recipient == f"{FAMILY_RECIPIENT}{device_id}",
                     Delivery.channel.in_(list(channels)),
                 )
             ).all()

@@ -14,10 +14,10 @@ Two recipients stand in for a target (docs/notifications.md):
 - a wearer's family (``family:<device_id>``): SMS, then voice (life-safety severity), each only when
   configured *with a family template* (``cloud.notify.family``; without one the family is not texted,
   warned once per 10 minutes naming the missing key), and always the in-app "请致电家属" call task, which
-  carries the device, whose family it is (masked name) and the masked number, addressed to the call
-  takers on duty in the incident's zone (the loop's roster), or to every operator when nobody is on
-  call; the console reveals the number to admin / dispatcher, audited. No action links: a relative is
-  told, not dispatched, and a text message reply from them means nothing.
+  carries the device, whose family it is (masked name) and the masked number, addressed when it is
+  delivered to the call takers on duty in the incident's zone (the loop's roster), or to every operator
+  when nobody is on call; the console reveals the number to admin / dispatcher, audited. No action
+  links: a relative is told, not dispatched, and a text message reply from them means nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cloud.errors import NotFoundError
 from cloud.notify.channel import Notice
 from cloud.notify.config import NotifyConfig
 from cloud.notify.contacts import FAMILY_PREFIX, Contacts, Recipient
-from cloud.notify.family import FAMILY_CHANNEL_OF
+from cloud.notify.family import CALL_TASK, FAMILY_CHANNEL_OF
 from cloud.notify.links import RESPONDER_PURPOSES, LinkSigner, Purpose
 from cloud.notify.outbox import NewDelivery
 from cloud.notify.render import IncidentFacts, family_notice, render
@@ -163,8 +163,9 @@ class Planner:
 
     def _family(self, req: NotifyRequest, r: Recipient, base: str, now: float) -> list[NewDelivery]:
         """The family's own text / call (its approved family templates, when configured) and the desk's
-        请致电家属 call task, addressed to the call takers on duty in the incident's zone, or to every
-        operator when nobody is on call. The number is in no row: the worker unseals it at send time."""
+        请致电家属 call task (channel ``call_task``), addressed at delivery to the call takers on duty in the
+        incident's zone, or to every operator when nobody is on call. The number is in no row: the worker
+        unseals it at send time."""
         device = r.key.removeprefix(FAMILY_PREFIX)
         try:
             view = self.contacts.family_view(device, reveal=False)
@@ -201,12 +202,9 @@ class Planner:
                 *notice.lines,
             ),
         )
-        on_duty = self.contacts.on_duty_users(CALL_TAKER_ROLE, req.facts.incident_id, device, now)
-        # each call taker on duty gets it in their own in-app list; nobody on call: every operator's queue
-        tasks = [(f"{base}/{r.key}/call/user:{uid}/inapp", f"user:{uid}", "inapp") for uid in on_duty] or [
-            (f"{base}/{r.key}/inapp_ops", r.key, "inapp_ops")
-        ]
-        out.extend(_delivery(req, key, recipient, channel, task) for key, recipient, channel in tasks)
+        # one row; who is on duty is decided when it is delivered (cloud.notify.family.CallTaskChannel):
+        # each call taker on duty then gets it in their own in-app list, nobody on call every operator
+        out.append(_delivery(req, f"{base}/{r.key}/{CALL_TASK}", r.key, CALL_TASK, task))
         return out
 
     def _warn_once(self, what: str, now: float, message: str, **extra: str) -> None:

@@ -27,12 +27,12 @@ from cloud.notify.channel import Channel
 from cloud.notify.config import NotifyConfig
 from cloud.notify.contacts import Contacts
 from cloud.notify.dingtalk import DingTalkRobot
-from cloud.notify.family import family_channels
+from cloud.notify.family import CALL_TASK, CallTaskChannel, family_channels
 from cloud.notify.inapp import InAppChannel
 from cloud.notify.links import LinkSigner, derive_link_key
 from cloud.notify.outbox import Outbox, RetryPolicy
 from cloud.notify.photos import PhotoStore
-from cloud.notify.planner import Planner
+from cloud.notify.planner import CALL_TAKER_ROLE, Planner
 from cloud.notify.residents import ResidentDesk
 from cloud.notify.smtp import SmtpEmail
 from cloud.notify.tencent import TencentSms
@@ -165,6 +165,13 @@ class NotifyService:
         )
         http = httpx.AsyncClient(timeout=config.http_timeout_s, headers={"User-Agent": "vigil-notify/1"})
         channels, named = build_channels(config, client=http, db=db, clock=clock)
+        channels[CALL_TASK] = CallTaskChannel(
+            db,
+            on_duty=lambda incident, device, now: contacts.on_duty_users(
+                CALL_TAKER_ROLE, incident, device, now
+            ),
+            now=clock.now,
+        )
         planner = Planner(contacts, links, config)
         photos = PhotoStore(db, max_bytes=config.photo_max_bytes)
         worker = DeliveryWorker(

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cloud.notify.channel import Channel, GiveUp, Notice, Outcome, Retry
 from cloud.notify.contacts import FAMILY_PREFIX, Contacts
-from cloud.notify.outbox import NAMED_TARGET_CHANNELS, Claimed, Outbox, Settled
+from cloud.notify.outbox import CALL_TASK, NAMED_TARGET_CHANNELS, Claimed, Outbox, Settled
 from cloud.notify.planner import NotifyRequest, Planner
 from cloud.notify.render import digest
 from firmware_bridge.kernel.clock import Clock
@@ -188,7 +188,7 @@ class DeliveryWorker:
             (u[0].recipient, u[0].channel)
             for u in rounds
             if u[0].recipient.startswith(FAMILY_PREFIX)
-            and u[0].channel != "inapp_ops"
+            and u[0].channel not in ("inapp_ops", CALL_TASK)
             and u[0].channel not in NAMED_TARGET_CHANNELS
         }
         family_found = await asyncio.to_thread(self._family_addresses, family) if family else {}
@@ -244,6 +244,8 @@ class DeliveryWorker:
     ) -> str | None:
         if c.channel in NAMED_TARGET_CHANNELS:
             return c.target
+        if c.channel == CALL_TASK:  # the device: the call takers on duty are looked up at this send
+            return c.recipient.removeprefix(FAMILY_PREFIX)
         if c.channel != "inapp_ops" and c.recipient.startswith(FAMILY_PREFIX):
             return family.get((c.recipient, c.channel))
         if c.channel == "inapp_ops" or not c.recipient.startswith("user:"):

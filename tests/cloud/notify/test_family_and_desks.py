@@ -100,7 +100,7 @@ async def test_a_fall_texts_the_wearers_registered_emergency_contact_once(
             rows = {d.channel: d for d in s.scalars(select(Delivery))}
             assert {c: (d.recipient, d.status) for c, d in rows.items()} == {
                 "sms_family": (f"family:{DEVICE}", "delivered"),
-                "inapp_ops": (f"family:{DEVICE}", "delivered"),
+                "call_task": (f"family:{DEVICE}", "delivered"),
             }
             stored = "".join(
                 json.dumps(d.notice, ensure_ascii=False) + d.dedup_key + d.recipient + (d.target or "")

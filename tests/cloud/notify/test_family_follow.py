@@ -17,11 +17,14 @@ from sqlalchemy import select
 from alerts.loop.routing import family_target
 from cloud.db import Device
 from cloud.loop.models import Incident
+from cloud.notify.inapp import list_for
+from cloud.notify.models import Delivery, InApp
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
 from tests.cloud.cloudkit import Cloud, make_settings, start_cloud
-from tests.cloud.notify.kit import T0, fake_config, notify_kit, page
+from tests.cloud.notify.kit import T0, Kit, fake_config, notify_kit, page
 from tests.cloud.notify.test_family_and_desks import CONTACT, DEVICE, register_wearer, with_family_templates
+from tests.cloud.notify.test_family_words_and_duty import put_roster, wristband_incident
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.wecom import FakeWeCom
 
@@ -155,3 +158,58 @@ async def test_a_family_text_that_failed_on_every_channel_reads_failed(
         assert kit.service.outbox.family_reached("41", "another-device")["status"] == "none"
         with kit.db.read() as s:
             assert s.scalar(select(Device.device_id)) == DEVICE
+
+
+# -- the call task goes to whoever is on duty when it is delivered -------------------------------------------
+async def test_a_call_task_planned_before_a_shift_change_goes_to_the_next_shift(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    async with notify_kit(tmp_path, sqlite_url, fake_config()) as kit:
+        register_wearer(kit)
+        # G07's call takers hand over every hour; the next handover is 60 s after T0 ("07:59" -> "08:00")
+        put_roster(kit, [{"role": "call_taker", "zone": "G07", "participants": ["ct-zhao", "ops"],
+                          "start": T0 + 60 - 3600, "shift_s": 3600}])  # fmt: skip
+        early, late = wristband_incident(kit, "G07"), wristband_incident(kit, "G07")
+        w = kit.service.worker
+        assert await w.submit([family_page(early), family_page(late)]) == 2  # both planned at "07:59"
+        # the first is delivered at once, by the outgoing shift's call taker (grid2 answers for ct-zhao)
+        await _send_only(kit, early)
+        kit.clock.advance(90)  # "08:00:30": the incoming shift (ops) is on duty
+        await w.send_once()
+        with kit.db.read() as s:
+            got = {(i.incident_id, i.user_id) for i in s.scalars(select(InApp))}
+            log = {d.incident_id: d.provider_id for d in s.scalars(select(Delivery))}
+        assert got == {(early, kit.users["grid2"]), (late, kit.users["ops"])}
+        assert log == {early: f"user:{kit.users['grid2']}", late: f"user:{kit.users['ops']}"}
+        assert [m["title"][:5] for m in list_for(kit.db, kit.users["ops"], operators=False)] == ["请致电家属"]
+
+
+async def _send_only(kit: Kit, incident_id: str) -> None:
+    """Deliver one incident's rows now and leave the others queued (another worker got there later)."""
+    with kit.db.write() as s:
+        held = s.scalars(select(Delivery).where(Delivery.incident_id != incident_id)).all()
+        for d in held:
+            d.next_at = kit.clock.now() + 30
+    await kit.service.worker.send_once()
+    with kit.db.write() as s:
+        for d in s.scalars(select(Delivery).where(Delivery.incident_id != incident_id)):
+            d.next_at = kit.clock.now()
+
+
+async def test_someone_taking_the_case_does_not_cancel_the_familys_text_or_call_task(
+    tmp_path: Path, sqlite_url: str, fake_aliyun: FakeAliyun
+) -> None:
+    async with notify_kit(
+        tmp_path, sqlite_url, with_family_templates(fake_config(aliyun=fake_aliyun))
+    ) as kit:
+        register_wearer(kit)
+        kit.service.contacts.bind("grid1", now=T0, phone="13812341234", channels=["sms"])
+        w = kit.service.worker
+        assert await w.submit([family_page("41"), page("41", target="grid1")]) == 3
+        # grid1 accepts before anything is sent: the responders' queued page is pointless now
+        assert kit.service.outbox.cancel_incident("41", now=kit.clock.now(), reason="accept by user:1") == 1
+        await w.send_once()
+        assert [m["TemplateCode"] for m in fake_aliyun.sms] == ["SMS_FAMILY"]
+        with kit.db.read() as s:
+            status = {d.channel: d.status for d in s.scalars(select(Delivery))}
+        assert status == {"sms": "cancelled", "sms_family": "delivered", "call_task": "delivered"}
