@@ -61,6 +61,7 @@ def _q(name: str) -> str:
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY header: signature, flags 0, no extension
 _TRAILER = b"\xff\xff"  # field count -1: end of data
+_SCHEMA_LOCK = 0x76696769_6C747300  # pg_advisory_xact_lock key of the schema set-up ("vigilts")
 _PAIR = np.dtype([("len", ">i4"), ("val", ">f8")])
 
 
@@ -153,12 +154,19 @@ class PostgresStore:
             self._conn = psycopg.connect(
                 self._conninfo, connect_timeout=self._connect_timeout, autocommit=True
             )
+        except psycopg.Error as exc:
+            raise BackendError(f"cannot open PostgreSQL time-series store: {exc}") from exc
+        try:
             self._ensure_schema()
         except psycopg.Error as exc:
+            self._conn.close()
             raise BackendError(f"cannot open PostgreSQL time-series store: {exc}") from exc
 
     def _ensure_schema(self) -> None:
         with self._conn.transaction():
+            # Workers starting together on a new database would race in CREATE TABLE IF NOT EXISTS (the
+            # loser fails on pg_type's unique index): one at a time, for this transaction only.
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             for kind, s in KINDS.items():
                 t = _q(table_name(kind))
                 chans = ", ".join(f"{_q(n)} double precision" for n in s.channel_names)
