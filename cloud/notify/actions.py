@@ -54,7 +54,9 @@ class IncidentPort(Protocol):
 
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None: ...
 
-    def rate(self, incident_id: str, score: int, comment: str, *, now: float) -> None: ...
+    def rate(
+        self, incident_id: str, score: int, comment: str, *, now: float, actor: str = "resident"
+    ) -> None: ...
 
     def describe(self, incident_id: str) -> dict[str, Any] | None: ...
 
@@ -79,7 +81,9 @@ class NullIncidentPort:
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None:
         return None
 
-    def rate(self, incident_id: str, score: int, comment: str, *, now: float) -> None:
+    def rate(
+        self, incident_id: str, score: int, comment: str, *, now: float, actor: str = "resident"
+    ) -> None:
         return None
 
     def describe(self, incident_id: str) -> dict[str, Any] | None:

@@ -141,6 +141,9 @@ class NotifyConfig(_Strict):
     photo_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     #: the community's service number a family may call back (the family SMS's ``phone``); empty = none
     service_phone: str = Field(default="", pattern=r"^$|^\+?[0-9][0-9 -]{2,19}$")
+    #: the family SMS template takes a ``link`` parameter: the token of the family's follow link (the
+    #: template holds ``{public_base_url}/l/`` as fixed text: providers refuse links in variables)
+    family_link: bool = False
     wecom: WeComAppConfig | None = None
     robots: dict[str, RobotConfig] = {}
     aliyun_sms: AliyunSmsConfig | None = None

@@ -108,8 +108,12 @@ FAMILY_CHANNEL_OF = {"sms": FAMILY_SMS, "voice": FAMILY_VOICE}
 
 
 def family_param_order(config: NotifyConfig) -> tuple[str, ...]:
-    """Tencent's positional parameters for the family template: event, wearer, time[, phone]."""
-    return FAMILY_PARAMS if config.service_phone else FAMILY_PARAMS[:3]
+    """Tencent's positional parameters for the family template: event, wearer, time[, phone][, link]."""
+    return tuple(
+        p
+        for p in FAMILY_PARAMS
+        if (p != "phone" or config.service_phone) and (p != "link" or config.family_link)
+    )
 
 
 def family_channels(config: NotifyConfig, *, client: httpx.AsyncClient) -> dict[str, Channel]:

@@ -18,8 +18,12 @@ of the ring: valid while that first key is in the ring, void once it is retired.
 (blind indexes) no longer signs links.
 
 Purposes: ``accept``, ``decline``, ``on_the_way``, ``arrived``, ``resolved`` (one action each, single use)
-and ``case`` (a resident's link: follow, rate once, reopen within the window). Verification answers why a
-link is refused (forged, expired, wrong purpose); use is recorded by :mod:`cloud.notify.actions`.
+and ``case`` (a resident's link: follow, rate once, reopen within the window). A wearer's family gets a
+``case`` link of actor :data:`FAMILY_ACTOR` as a **compact** token (:meth:`LinkSigner.family_token`, 28
+characters, no ``.``): short enough for an SMS template parameter, signed with the same link keys (its
+2-byte key id picks the candidate keys, so rotation and retirement work as for every link).
+Verification answers why a link is refused (forged, expired, wrong purpose); use is recorded by
+:mod:`cloud.notify.actions`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -111,6 +116,25 @@ def derive_link_key(fernet_key: bytes) -> bytes:
     return _link_key(fernet_key)
 
 
+#: the actor of a wearer's family's follow link (a ``case`` link: follow the progress, rate once closed)
+FAMILY_ACTOR = "family"
+# A compact token (a family's follow link, carried as an SMS template parameter, which providers cap at a
+# few dozen characters): base64url of kind (1 byte) | key id (the first 2 bytes of ``k``) | expiry (4,
+# UTC seconds) | incident number (5) | HMAC-SHA256(link key, label + those 12 bytes) cut to 9 bytes
+# (72 bits: forging one takes ~2^71 online guesses). 21 bytes, 28 characters.
+_SHORT_FAMILY = 0x01
+_SHORT_KID_BYTES = 2
+_SHORT_INCIDENT_BYTES = 5
+_SHORT_MAC_BYTES = 9
+_SHORT_BYTES = 1 + _SHORT_KID_BYTES + 4 + _SHORT_INCIDENT_BYTES + _SHORT_MAC_BYTES
+SHORT_LEN = (8 * _SHORT_BYTES + 5) // 6  # 28: no padding (21 bytes is a multiple of 3)
+_SHORT_LABEL = b"vigil/short-links/v1\x00"
+
+
+def _short_mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, _SHORT_LABEL + body, hashlib.sha256).digest()[:_SHORT_MAC_BYTES]
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -152,6 +176,58 @@ class LinkSigner:
     def url(self, token: str) -> str:
         return f"{self.base_url}/l/{token}"
 
+    def family_token(self, incident_id: str, *, now: float, ttl_s: float | None = None) -> str:
+        """A wearer's family's follow link for a loop incident: the compact token (:data:`SHORT_LEN`
+        characters, ``[A-Za-z0-9_-]``) an SMS template parameter can carry. It verifies as a ``case``
+        link of actor :data:`FAMILY_ACTOR` (follow and rate; never reopen, never a position)."""
+        number = int(incident_id) if incident_id.isdigit() else -1
+        if not 0 < number < 2 ** (8 * _SHORT_INCIDENT_BYTES):
+            raise ValueError("a family link names a loop incident by its number")
+        expires = math.ceil(now + (ttl_s if ttl_s is not None else self.ttl_s))
+        body = (
+            bytes([_SHORT_FAMILY])
+            + bytes.fromhex(self._kid[: 2 * _SHORT_KID_BYTES])
+            + expires.to_bytes(4, "big")
+            + number.to_bytes(_SHORT_INCIDENT_BYTES, "big")
+        )
+        return _b64(body + _short_mac(self._key, body))
+
+    def _verify_short(self, token: str, *, now: float) -> LinkClaims:
+        """The claims of a compact token (:meth:`family_token`); :class:`LinkError` saying why not."""
+        try:
+            raw = _unb64(token) if len(token) == SHORT_LEN else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != _SHORT_BYTES or raw[0] != _SHORT_FAMILY:
+            raise LinkError("malformed", "this is not a Vigil link (malformed token)")
+        body, mac = raw[:-_SHORT_MAC_BYTES], raw[-_SHORT_MAC_BYTES:]
+        kid = body[1 : 1 + _SHORT_KID_BYTES].hex()
+        keys = [k for key_id, k in self._verifiers.items() if key_id.startswith(kid)]
+        if not keys:
+            raise LinkError(
+                "forged",
+                "this link was signed with a key this Vigil server no longer holds (retired) or never held; "
+                "ask the dispatcher for a new one",
+            )
+        genuine = False
+        for key in keys:  # every candidate is computed: no early exit on a match
+            genuine |= hmac.compare_digest(mac, _short_mac(key, body))
+        if not genuine:
+            raise LinkError("forged", "this link was not issued by this Vigil server (signature mismatch)")
+        at = 1 + _SHORT_KID_BYTES
+        expires = float(int.from_bytes(body[at : at + 4], "big"))
+        number = int.from_bytes(body[at + 4 :], "big")
+        if now >= expires:
+            raise LinkError("expired", "this link has expired; ask the dispatcher for a new one")
+        return LinkClaims(
+            purpose=Purpose.CASE,
+            incident_id=str(number),
+            actor=FAMILY_ACTOR,
+            expires_at=expires,
+            nonce=mac.hex(),
+            issued_at=0.0,  # not carried (a family link cannot reopen, the one use of issued_at)
+        )
+
     def _keys_for(self, body: bytes) -> list[bytes]:
         """The link keys that may have signed ``body``: the one its ``k`` names, or every key (no ``k``)."""
         try:
@@ -172,6 +248,8 @@ class LinkSigner:
     def verify(self, token: str, *, now: float) -> LinkClaims:
         """The claims of a genuine, unexpired token; :class:`LinkError` saying why not otherwise."""
         body_b64, dot, mac_b64 = token.partition(".")
+        if not dot and len(token) == SHORT_LEN:
+            return self._verify_short(token, now=now)
         if not dot or len(token) > 1024:
             raise LinkError("malformed", "this is not a Vigil link (malformed token)")
         try:

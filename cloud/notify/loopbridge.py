@@ -4,6 +4,8 @@
   rows (``pending`` -> ``claimed`` by conditional UPDATE; a ``claimed`` row older than ``lease_s`` is
   taken again, which is safe because planning is idempotent by the intent's dedup key), attaches the
   incident's facts and settles the row ``sent`` / ``failed`` when its first delivery is settled.
+- :class:`ReopenWatch` turns the loop's ``reopen`` events of wristband cases into a new page of the
+  wearer's family (the loop pages a family once per incident), once per reopen.
 - :class:`LoopPort` (an :class:`~cloud.notify.actions.IncidentPort`) turns link and SMS actions into the
   loop's work-order commands: accept -> ``accept``, decline -> ``return`` (with the reason), arrived ->
   ``arrive``, resolved -> ``handle`` (the note as reason, photos copied to the incident), on the way ->
@@ -31,23 +33,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
+from alerts.loop.routing import family_target
 from alerts.loop.stages import Action, Command
 from cloud.crypto import COARSE_DECIMALS
 from cloud.db import Database, Device
 from cloud.loop import rows
 from cloud.loop.config import audit
-from cloud.loop.models import AuditEntry, Incident, NotificationIntentRow
+from cloud.loop.models import AuditEntry, Incident, IncidentEvent, NotificationIntentRow
 from cloud.loop.service import LoopService
 from cloud.loop.service import Report as LoopReport
 from cloud.notify.contacts import Contacts
+from cloud.notify.models import Delivery
 from cloud.notify.photos import PhotoStore
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
@@ -298,6 +302,78 @@ class LoopIntents:
                 )  # fmt: skip
 
 
+#: reopen events are looked for at most this often (a reopened case's family page may wait this long)
+REOPEN_POLL_S = 5.0
+#: at start, reopens this recent are looked at: a restart loses none (dedup keys repeat none)
+REOPEN_LOOKBACK_S = 3600.0
+#: events are re-read this far below the highest id seen: PostgreSQL may commit ids out of order
+REOPEN_ID_MARGIN = 500
+
+
+class ReopenWatch:
+    """Reopened wristband cases whose family was paged: one family page per ``reopen`` event.
+
+    The loop pages a family once per incident (``cloud.loop.rows.expand_intents``: its dedup key has no
+    version), so a reopen writes no new family intent. A reopen of their relative's case is news to a
+    family, so this reads the loop's ``reopen`` events (a resident's case link, an operator's reopen: both
+    are ``loop_incident_events`` rows) and asks for one family page per event and device
+    (:attr:`NotifyRequest.reopen` = the event id: part of the dedup key, so each reopen pages once,
+    whatever the worker or restart). Only a family already paged about this incident is paged again.
+    Cheap: the highest event id (primary key) and a range of at most :data:`REOPEN_ID_MARGIN` + new rows,
+    at most every :data:`REOPEN_POLL_S`.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._seen: int | None = None  # highest event id read
+        self._next_at = 0.0
+        self._done: set[int] = set()  # reopen events already turned into pages (ids within the margin)
+
+    def poll(self, *, now: float) -> list[NotifyRequest]:
+        if now < self._next_at:
+            return []
+        self._next_at = now + REOPEN_POLL_S
+        out: list[NotifyRequest] = []
+        with self.db.read() as s:
+            top = s.scalar(select(func.max(IncidentEvent.id))) or 0
+            q = select(IncidentEvent.id, IncidentEvent.incident_id, IncidentEvent.at).where(
+                IncidentEvent.action == Action.REOPEN.value
+            )
+            if self._seen is None:
+                q = q.where(IncidentEvent.at > now - REOPEN_LOOKBACK_S)
+            else:
+                q = q.where(IncidentEvent.id > self._seen - REOPEN_ID_MARGIN)
+            events = [e for e in s.execute(q.order_by(IncidentEvent.id)).all() if e[0] not in self._done]
+            for event_id, incident_id, at in events:
+                self._done.add(event_id)
+                row = s.get(Incident, incident_id)
+                if row is None or not row.is_open or row.kind not in WORN_KINDS:
+                    continue
+                paged = set(
+                    s.scalars(
+                        select(Delivery.recipient).where(
+                            Delivery.incident_id == str(incident_id), Delivery.recipient.like("family:%")
+                        )
+                    )
+                )
+                facts = replace(facts_of(row), opened_at=at)  # the family reads the reopen's time
+                out.extend(
+                    NotifyRequest(
+                        facts=facts,
+                        target_kind="role",
+                        target_id=family_target(device),
+                        step=-1,
+                        reopen=event_id,
+                    )
+                    for device in rows.incident_devices(s, row)
+                    if f"family:{device}" in paged
+                )
+        self._seen = max(top, self._seen or 0)
+        floor = self._seen - REOPEN_ID_MARGIN
+        self._done = {e for e in self._done if e > floor}
+        return out
+
+
 class LoopPort:
     def __init__(self, service: LoopService, *, contacts: Contacts, photos: PhotoStore) -> None:
         self.loop = service
@@ -327,9 +403,11 @@ class LoopPort:
             content_type, data = self.photos.get(photo_id)
             self.loop.add_photo(int(incident_id), data, content_type, actor=who)
 
-    def rate(self, incident_id: str, score: int, comment: str, *, now: float) -> None:
+    def rate(
+        self, incident_id: str, score: int, comment: str, *, now: float, actor: str = "resident"
+    ) -> None:
         if incident_id.isdigit():
-            self.loop.act(int(incident_id), Command(Action.RATE, "resident", reason=comment, rating=score))
+            self.loop.act(int(incident_id), Command(Action.RATE, actor, reason=comment, rating=score))
 
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None:
         if incident_id.isdigit():
@@ -348,6 +426,7 @@ class LoopPort:
                 "place": row.address or row.grid,
                 "opened_at": row.created_at,
                 "department": row.department,
+                "event_type": row.event_type,
                 "closed_at": row.closed_at,
                 "open": bool(row.is_open),
             }

@@ -58,6 +58,9 @@ class NotifyRequest:
     channel_hint: tuple[str, ...] = ()
     intent_key: str = ""
     purposes: tuple[Purpose, ...] = RESPONDER_PURPOSES
+    #: the loop's ``reopen`` event this page is for (a reopened case's family page; 0 = not a reopen):
+    #: part of the dedup key, so each reopen pages the family once
+    reopen: int = 0
 
 
 def reply_ref(incident_id: str) -> str:
@@ -123,6 +126,8 @@ class Planner:
             if cache is not None:
                 cache[key] = recipients
         base = req.intent_key or f"{req.facts.incident_id}/{req.step}/{req.target_kind}:{req.target_id}"
+        if req.reopen:
+            base = f"{req.facts.incident_id}/reopen:{req.reopen}/{req.target_kind}:{req.target_id}"
         out: list[NewDelivery] = []
         for r in recipients:
             if r.key.startswith(FAMILY_PREFIX):
@@ -186,7 +191,13 @@ class Planner:
                 )
         out: list[NewDelivery] = []
         if phones:
-            words = family_notice(req.facts, wearer=view.wearer, service_phone=self.config.service_phone)
+            words = family_notice(
+                req.facts,
+                wearer=view.wearer,
+                service_phone=self.config.service_phone,
+                link=self._family_link(req.facts.incident_id, now),
+                reopened=req.reopen > 0,
+            )
             key = f"{base}/{r.key}/{phones[0]}"
             out.append(_delivery(req, key, r.key, phones[0], words, fallback=tuple(phones[1:])))
         notice = render(req.facts, lang="zh")
@@ -194,7 +205,11 @@ class Planner:
         texted = "已发短信/语音通知家属，请致电确认" if phones else "未配置家属短信，请致电告知"
         task = replace(
             notice,
-            title=f"请致电家属 / call the family: {notice.title}"[:200],
+            title=(
+                f"请致电家属（案件重开）/ call the family (case reopened): {notice.title}"
+                if req.reopen
+                else f"请致电家属 / call the family: {notice.title}"
+            )[:200],
             lines=(
                 f"紧急联系人：{whose} {view.phone}（完整号码：控制台「家属联系」，管理员/调度员可见并留痕）",
                 f"设备 / device: {device}",
@@ -206,6 +221,17 @@ class Planner:
         # each call taker on duty then gets it in their own in-app list, nobody on call every operator
         out.append(_delivery(req, f"{base}/{r.key}/{CALL_TASK}", r.key, CALL_TASK, task))
         return out
+
+    def _family_link(self, incident_id: str, now: float) -> str:
+        """The family's follow link token (a ``case`` link of actor ``family``), when the family template
+        takes one (``family_link``) and the incident is the loop's (a number); else ""."""
+        if not self.config.family_link or not incident_id.isdigit():
+            return ""
+        ttl = self.config.reopen_window_s + self.config.link_ttl_s  # as a resident's case link
+        try:
+            return self.links.family_token(incident_id, now=now, ttl_s=ttl)
+        except ValueError:  # a number too large for the compact token: the family is told without one
+            return ""
 
     def _warn_once(self, what: str, now: float, message: str, **extra: str) -> None:
         """``message`` at most once per ``what`` per :data:`FALLBACK_LOG_EVERY_S`."""

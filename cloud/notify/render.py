@@ -108,28 +108,45 @@ def render(
     )
 
 
-#: the family SMS's parameters in order (Tencent's positional {1}..{4}); ``phone`` only with service_phone
-FAMILY_PARAMS = ("event", "wearer", "time", "phone")
+#: the family SMS's parameters in order (Tencent's positional {1}..{5}); ``phone`` only with service_phone,
+#: ``link`` (the follow link's token) only with ``family_link``
+FAMILY_PARAMS = ("event", "wearer", "time", "phone", "link")
+#: what the family reads after the event word when the case was reopened (a new page, same template)
+FAMILY_REOPENED = "（重新处置）"
 #: the family's word for an event the locale does not name (never the loop's summary: it may say more)
 FAMILY_EVENT_FALLBACK = "紧急情况"
 
 
-def family_notice(facts: IncidentFacts, *, wearer: str, service_phone: str = "") -> Notice:
+def family_event(event_type: str) -> str:
+    """The event as a family reads it: the locale's Chinese word (跌倒, 紧急呼救), else 紧急情况 (never
+    the loop's own words, which may carry a health value or an address)."""
+    what = "" if not event_type else event_text(IncidentFacts("", 0.0, event_type=event_type), "zh")
+    return FAMILY_EVENT_FALLBACK if not what or what == event_type else what
+
+
+def family_notice(
+    facts: IncidentFacts, *, wearer: str, service_phone: str = "", link: str = "", reopened: bool = False
+) -> Notice:
     """The text a wearer's family receives (template parameters; the title and lines are what the
-    delivery log shows): the event in Chinese (跌倒, 紧急呼救), whose it is (the masked name, or 您的家人),
-    the time in Asia/Shanghai, the community's service number when there is one. Nothing else: no
-    address, no health value, no case link, no reply code (a relative's reply acts on nothing)."""
-    what = "" if not facts.event_type else event_text(facts, "zh")
-    if not what or what == facts.event_type:  # not an event the locale knows: do not echo raw text
-        what = FAMILY_EVENT_FALLBACK
+    delivery log shows): the event in Chinese (跌倒, 紧急呼救; 跌倒（重新处置） when the case was reopened),
+    whose it is (the masked name, or 您的家人), the time in Asia/Shanghai, the community's service number
+    when there is one, and the follow link's token (``link``) when the template takes one. Nothing else:
+    no address, no health value, no case number, no reply code (a relative's reply acts on nothing)."""
+    what = family_event(facts.event_type)
+    if reopened:
+        what = what[: 20 - len(FAMILY_REOPENED)] + FAMILY_REOPENED
     who = wearer or "您的家人"
     when = show(facts.opened_at)[5:16]  # MM-DD HH:MM, Asia/Shanghai
     params = {"event": what[:20], "wearer": who[:20], "time": when}
     if service_phone:
         params["phone"] = service_phone[:20]
+    if link:
+        params["link"] = link
     lines = [f"时间：{when}"]
     if service_phone:
         lines.append(f"社区服务电话：{service_phone}")
+    if link:
+        lines.append("附进度链接 / with a follow link")
     return Notice(
         title=f"{who}：{what}",
         lines=tuple(lines),

@@ -8,6 +8,8 @@
   primary key, counted under every key of the ring; ``vigil cloud key reseal`` blanks the hashes of
   reports older than the hour the limit looks at) and ``report_limit_global_per_hour`` overall. A location
   outside the community (``report_area``, else the registered devices' box plus 0.02°) is refused.
+- A wearer's family gets a ``case`` link of actor ``family`` in its SMS (:meth:`_family_case`): the
+  progress only, a rating once the case is closed, no reopen.
 - A case link (purpose ``case``) lets its holder rate once (1-5 and a comment; the rating is filed under
   the incident's department, the Nanjing rule) and reopen within ``reopen_window_s`` of the case's
   closing (or of the link's issue when the loop does not say when it closed).
@@ -23,15 +25,43 @@ from sqlalchemy import func, select
 
 from cloud.crypto import BlindIndex
 from cloud.db import Database, Device
-from cloud.errors import BadRequestError, CloudError, ConflictError, NotFoundError
+from cloud.errors import BadRequestError, CloudError, ConflictError, NotFoundError, PermissionDeniedError
 from cloud.notify.actions import IncidentPort
 from cloud.notify.config import NotifyConfig
-from cloud.notify.links import LinkSigner, Purpose, require_purpose
+from cloud.notify.links import FAMILY_ACTOR, LinkSigner, Purpose, require_purpose
 from cloud.notify.models import Rating, Report
 from cloud.notify.photos import PhotoStore
+from cloud.notify.render import family_event
 from firmware_bridge.kernel.locale import display_zone, iso
 
 CATEGORIES = ("manhole", "smoke", "fire", "elderly", "road", "water", "gas", "other")
+
+#: a family's view of a case's progress: code -> (Chinese, English); the loop's stages map onto four
+FAMILY_PROGRESS = {
+    "dispatched": ("已派单", "dispatched"),
+    "accepted": ("已接单", "accepted"),
+    "on_site": ("已到场", "on site"),
+    "closed": ("已办结", "closed"),
+}
+_FAMILY_STAGE = {
+    "accepted": "accepted",
+    "on_site": "on_site",
+    "handled": "on_site",  # handled on site, awaiting the desk's check: still "someone is there"
+    "verified": "on_site",
+    "closed": "closed",
+    "rated": "closed",
+    "dismissed": "closed",
+}
+
+
+def family_progress(info: dict[str, Any]) -> str:
+    """The loop's stage as a family reads it: 已派单 until someone accepts (registered, dispatched,
+    returned, parked: the desk has it), 已接单, 已到场 (on site, handled, verified), 已办结 (closed, rated,
+    dismissed, or no longer open)."""
+    stage = str(info.get("status") or "")
+    if stage in _FAMILY_STAGE:
+        return _FAMILY_STAGE[stage]
+    return "closed" if info.get("open") is False else "dispatched"
 
 
 class TooManyRequestsError(CloudError):
@@ -197,6 +227,8 @@ class ResidentDesk:
         claims = self.links.verify(token, now=now)
         require_purpose(claims, Purpose.CASE)
         info = self.port.describe(claims.incident_id) or {}
+        if claims.actor == FAMILY_ACTOR:
+            return self._family_case(claims.incident_id, info)
         with self.db.read() as s:
             rating = s.get(Rating, claims.incident_id)
             report = (
@@ -218,6 +250,30 @@ class ResidentDesk:
             ),
         }
 
+    def _family_case(self, incident_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """What a wearer's family's follow link shows: the progress only (已派单 / 已接单 / 已到场 / 已办结),
+        the event word and the masked wearer; the rating form once the case is closed. No address, grid,
+        position, health value, responder or phone; no reopen (the family calls the community, and an
+        operator's reopen pages them again). The answer's shape is the resident case page's
+        (``dashboards/public.py``: ``status`` is shown as it is), so that page serves it unchanged."""
+        with self.db.read() as s:
+            rating = s.get(Rating, incident_id)
+        progress = family_progress(info)
+        closed = progress == "closed"
+        return {
+            "incident_id": incident_id,
+            "family": True,
+            "status": FAMILY_PROGRESS[progress][0],
+            "progress": progress,
+            "progress_en": FAMILY_PROGRESS[progress][1],
+            "title": family_event(str(info.get("event_type") or "")),
+            "promised_by": None,
+            "first_response_at": None,
+            "rating": {"score": rating.score, "comment": rating.comment} if rating else None,
+            "can_rate": closed and rating is None,
+            "reopen_until": None,
+        }
+
     def _reopen_base(self, incident_id: str, issued_at: float) -> float:
         info = self.port.describe(incident_id) or {}
         closed = info.get("closed_at")
@@ -229,13 +285,16 @@ class ResidentDesk:
         if not 1 <= score <= 5:
             raise BadRequestError("score must be 1 to 5")
         info = self.port.describe(claims.incident_id) or {}
+        family = claims.actor == FAMILY_ACTOR
+        if family and family_progress(info) != "closed":
+            raise ConflictError("the case is still being handled; it can be rated once it is closed")
         if info.get("status") not in (None, "closed", "rated"):
             raise ConflictError(f"the case is still {info['status']!r}; it can be rated once it is closed")
         with self.db.read() as s:
             existing = s.get(Rating, claims.incident_id)
         if existing is not None:
             raise ConflictError(f"this case was already rated ({existing.score}/5); a case is rated once")
-        self.port.rate(claims.incident_id, score, comment, now=now)
+        self.port.rate(claims.incident_id, score, comment, now=now, actor="family" if family else "resident")
         try:
             with self.db.write() as s:
                 s.add(
@@ -254,6 +313,11 @@ class ResidentDesk:
     def reopen(self, token: str, *, reason: str, now: float) -> dict[str, Any]:
         claims = self.links.verify(token, now=now)
         require_purpose(claims, Purpose.CASE)
+        if claims.actor == FAMILY_ACTOR:
+            raise PermissionDeniedError(
+                "家属链接不能重开案件，请致电社区服务电话 / a family's link cannot reopen the case: "
+                "please call the community's service number"
+            )
         if not reason.strip():
             raise BadRequestError("say why the case is not solved (reason is empty)")
         until = self._reopen_base(claims.incident_id, claims.issued_at) + self.config.reopen_window_s

@@ -214,10 +214,11 @@ class NotifyService:
         With the loop's ``sink``, the worker wakes as soon as the loop has handled committed alerts
         (a fire alarm's page does not wait for the next poll).
         """
-        from cloud.notify.loopbridge import LoopIntents, LoopPort
+        from cloud.notify.loopbridge import LoopIntents, LoopPort, ReopenWatch
 
         self.set_port(LoopPort(loop, contacts=self.contacts, photos=self.photos))
         self.worker.source = LoopIntents(self.outbox.db, lease_s=self.config.lease_s)
+        self.worker.reopens = ReopenWatch(self.outbox.db)
         if sink is not None:  # after each batch the loop's drain task handled (intents are waiting)
             sink.on_handled.append(self.worker.wake)
 

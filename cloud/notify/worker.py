@@ -42,6 +42,12 @@ class IntentSource(Protocol):
     def settle(self, intent_key: str, state: str, *, now: float, detail: str = "") -> None: ...
 
 
+class ReopenSource(Protocol):
+    """Family pages for reopened cases (``cloud.notify.loopbridge.ReopenWatch``); blocking."""
+
+    def poll(self, *, now: float) -> list[NotifyRequest]: ...
+
+
 class NotifyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.sends = Counter(
@@ -87,6 +93,7 @@ class DeliveryWorker:
         self.batch_size = batch_size
         self.send_timeout_s = send_timeout_s
         self.source = source
+        self.reopens: ReopenSource | None = None  # set by NotifyService.connect_loop
         self._wake = asyncio.Event()  # the loop handled committed alerts: intents are waiting
         # target -> (when its last "nobody to notify" line was logged, pages suppressed since)
         self._nobody: dict[str, tuple[float, int]] = {}
@@ -153,9 +160,11 @@ class DeliveryWorker:
 
     async def intake_once(self) -> int:
         """Claim the loop's pending intents and plan them; returns how many deliveries are new."""
-        if self.source is None:
-            return 0
-        reqs = await asyncio.to_thread(self.source.claim, now=self.clock.now(), limit=self.batch_size)
+        reqs: list[NotifyRequest] = []
+        if self.source is not None:
+            reqs = await asyncio.to_thread(self.source.claim, now=self.clock.now(), limit=self.batch_size)
+        if self.reopens is not None:  # a reopened case's family is paged again (once per reopen)
+            reqs += await asyncio.to_thread(self.reopens.poll, now=self.clock.now())
         return await self.submit(reqs) if reqs else 0
 
     async def run_once(self) -> int:

@@ -8,6 +8,9 @@ providers do (tests/fakes/); the tests read the template code and parameters the
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,17 +18,27 @@ import pytest
 from sqlalchemy import select
 
 from alerts.loop.routing import family_target
+from alerts.loop.stages import Action, Command
 from cloud.db import Device
-from cloud.loop.models import Incident
+from cloud.loop.models import Incident, IncidentEvent
+from cloud.loop.service import Report as LoopReport
 from cloud.notify.inapp import list_for
+from cloud.notify.links import FAMILY_ACTOR, LinkError, LinkKeys, LinkSigner, Purpose
 from cloud.notify.models import Delivery, InApp
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
+from firmware_bridge.kernel.locale import show
 from tests.cloud.cloudkit import Cloud, make_settings, start_cloud
 from tests.cloud.notify.kit import T0, Kit, fake_config, notify_kit, page
 from tests.cloud.notify.test_family_and_desks import CONTACT, DEVICE, register_wearer, with_family_templates
-from tests.cloud.notify.test_family_words_and_duty import put_roster, wristband_incident
+from tests.cloud.notify.test_family_words_and_duty import (
+    SERVICE_PHONE,
+    put_roster,
+    tencent_config,
+    wristband_incident,
+)
 from tests.fakes.aliyun import FakeAliyun
+from tests.fakes.tencent import FakeTencent
 from tests.fakes.wecom import FakeWeCom
 
 
@@ -213,3 +226,179 @@ async def test_someone_taking_the_case_does_not_cancel_the_familys_text_or_call_
         with kit.db.read() as s:
             status = {d.channel: d.status for d in s.scalars(select(Delivery))}
         assert status == {"sms": "cancelled", "sms_family": "delivered", "call_task": "delivered"}
+
+
+# -- the family's follow link --------------------------------------------------------------------------------
+@pytest.fixture
+async def linked(
+    tmp_path: Path, sqlite_url: str, fake_wecom: FakeWeCom, fake_aliyun: FakeAliyun
+) -> AsyncIterator[Cloud]:
+    """The cloud with a family template that takes the follow link (``family_link = true``)."""
+    config = write_family_config(
+        tmp_path / "notify.toml", fake_wecom, fake_aliyun, extra="family_link = true"
+    )
+    settings = make_settings(tmp_path, sqlite_url, notify_config_file=config, run_jobs=False)
+    async with start_cloud(settings) as c:
+        yield c
+
+
+async def loop_wearer_case(cloud: Cloud) -> int:
+    """A fall case in the real loop (registered), on a wristband whose wearer has an emergency contact
+    and a sealed home address: the words a family must never see are in the case's title and the registry."""
+    notify = cloud.app.state.notify
+    sealed = notify.contacts.box.seal(
+        {"wearer_name": "张秀英", "emergency_contact_phone": CONTACT, "address": "3号楼201"}
+    )
+    loop = cloud.app.state.loop
+    incident_id = await asyncio.to_thread(
+        loop.report,
+        LoopReport(type="elderly", description="跌倒", reporter="disp", lat=39.98, lon=116.31, register=True),
+        role="dispatcher",
+    )
+    with cloud.state.db.write() as s:
+        s.add(Device(device_id=DEVICE, kind="wristband", grid="G01", interval_s=300.0, private_enc=sealed,
+                     created_at=T0))  # fmt: skip
+        row = s.get(Incident, incident_id)
+        assert row is not None
+        row.kind, row.device_id, row.event_type = "wristband", DEVICE, "fall"
+        row.title, row.address = "跌倒 张秀英 心率 40", "3号楼201"
+    return int(incident_id)
+
+
+async def drain(cloud: Cloud) -> None:
+    for _ in range(10):
+        if not await cloud.app.state.notify.worker.run_once():
+            return
+
+
+def family_sms(fake: FakeAliyun) -> list[dict[str, str]]:
+    return [json.loads(m["TemplateParam"]) for m in fake.sms if m["TemplateCode"] == "SMS_FAMILY"]
+
+
+SECRETS = ("张秀英", "心率", "3号楼", "G01", CONTACT, '"disp"', "39.98", "116.31")
+
+
+async def test_the_family_sms_carries_a_follow_link_showing_progress_only(
+    linked: Cloud, fake_aliyun: FakeAliyun
+) -> None:
+    cloud = linked
+    incident_id = await loop_wearer_case(cloud)
+    await cloud.app.state.notify.worker.submit([family_page(incident_id)])
+    await drain(cloud)
+    (params,) = family_sms(fake_aliyun)
+    token = params["link"]  # the template holds "https://vigil.test/l/" as fixed text
+    assert re.fullmatch(r"[A-Za-z0-9_-]{28}", token) and set(params) == {"event", "wearer", "time", "link"}
+
+    async def progress() -> dict[str, object]:
+        r = await cloud.client.get(f"/api/v1/links/{token}")
+        assert r.status_code == 200, r.text
+        text = json.dumps(r.json(), ensure_ascii=False)
+        assert not [w for w in SECRETS if w in text], text  # no name, health value, address, responder
+        return dict(r.json())
+
+    first = await progress()
+    assert (first["purpose"], first["family"], first["status"], first["title"]) == (
+        "case",
+        True,
+        "已派单",
+        "跌倒",
+    )
+    assert first["can_rate"] is False and first["reopen_until"] is None  # the page offers neither yet
+    loop = cloud.app.state.loop
+    steps = [
+        (Command(Action.DISPATCH, "disp", assignee="disp"), "已派单"),
+        (Command(Action.ACCEPT, "disp"), "已接单"),
+        (Command(Action.ARRIVE, "disp"), "已到场"),
+        (Command(Action.HANDLE, "disp", reason="已送医"), "已到场"),
+    ]
+    for cmd, shown in steps:
+        await asyncio.to_thread(loop.act, incident_id, cmd)
+        assert (await progress())["status"] == shown
+    r = await cloud.client.post(f"/api/v1/links/{token}/rating", json={"score": 5})
+    assert r.status_code == 409  # rated once the case is closed
+    for cmd in (Command(Action.VERIFY, "disp"), Command(Action.CLOSE, "disp")):
+        await asyncio.to_thread(loop.act, incident_id, cmd)
+    done = await progress()
+    assert (done["status"], done["progress"], done["can_rate"]) == ("已办结", "closed", True)
+
+    # no position, no reopen from a family's link; a rating, once, filed as the family's
+    assert (await cloud.client.get(f"/api/v1/links/{token}/position")).status_code == 400
+    r = await cloud.client.post(f"/api/v1/links/{token}/reopen", json={"reason": "还是不舒服"})
+    assert r.status_code == 403 and "请致电社区" in r.json()["detail"]
+    r = await cloud.client.post(f"/api/v1/links/{token}/rating", json={"score": 5, "comment": "谢谢"})
+    assert r.status_code == 200, r.text
+    assert (await cloud.client.post(f"/api/v1/links/{token}/rating", json={"score": 4})).status_code == 409
+    with cloud.state.db.read() as s:
+        row = s.get(Incident, incident_id)
+        assert row is not None and row.rating == 5 and row.stage == "rated" and row.reopen_count == 0
+        rated = s.scalars(select(IncidentEvent).where(IncidentEvent.incident_id == incident_id,
+                                                      IncidentEvent.action == "rate")).one()  # fmt: skip
+        assert rated.actor == "family"
+    rated_view = await progress()
+    assert rated_view["rating"] == {"score": 5, "comment": "谢谢"} and rated_view["can_rate"] is False
+
+    # a changed character is a forgery; after the link's life it has expired
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    r = await cloud.client.get(f"/api/v1/links/{forged}")
+    assert r.status_code == 403 and r.json()["error"] == "link_forged"
+    cloud.clock.advance(86400 + 86400 + 1)  # reopen_window_s + link_ttl_s, as a resident's case link
+    r = await cloud.client.get(f"/api/v1/links/{token}")
+    assert r.status_code == 403 and r.json()["error"] == "link_expired"
+
+
+def test_a_family_link_survives_a_key_rotation_until_the_key_is_retired() -> None:
+    k1, k2 = bytes(range(32)), bytes(range(1, 33))
+    before = LinkSigner(LinkKeys(k1), base_url="https://vigil.test", ttl_s=3600)
+    rotated = LinkSigner(LinkKeys(k2, (k1,)), base_url="https://vigil.test", ttl_s=3600)
+    retired = LinkSigner(LinkKeys(k2), base_url="https://vigil.test", ttl_s=3600)
+    token = before.family_token("37", now=T0)
+    assert len(token) == 28 and "." not in token
+    claims = rotated.verify(token, now=T0 + 60)
+    assert (claims.purpose, claims.incident_id, claims.actor) == (Purpose.CASE, "37", FAMILY_ACTOR)
+    assert claims.expires_at == T0 + 3600
+    new = rotated.family_token("37", now=T0)
+    assert new[1:4] != token[1:4]  # the key id bytes name the new primary
+    assert retired.verify(new, now=T0).incident_id == "37"
+    with pytest.raises(LinkError) as err:
+        retired.verify(token, now=T0)
+    assert err.value.code == "link_forged"
+    with pytest.raises(LinkError) as err:
+        rotated.verify(token, now=T0 + 3600)
+    assert err.value.code == "link_expired"
+    for bad in (token[:-1], token + "A", "A" * 28):
+        with pytest.raises(LinkError) as err:
+            rotated.verify(bad, now=T0)
+        assert err.value.code in ("link_malformed", "link_forged")
+    with pytest.raises(ValueError):
+        before.family_token("T-9", now=T0)  # a family link names a loop incident by number
+
+
+async def test_the_family_link_rides_in_tencents_last_parameter(
+    tmp_path: Path, sqlite_url: str, fake_tencent: FakeTencent
+) -> None:
+    config = tencent_config(fake_tencent, service_phone=SERVICE_PHONE, family_link=True)
+    async with notify_kit(tmp_path, sqlite_url, config) as kit:
+        register_wearer(kit)
+        await kit.service.worker.submit([family_page("43")])
+        await kit.service.worker.send_once()
+        (body,) = fake_tencent.sms
+        event, wearer, when, phone, link = body["TemplateParamSet"]
+        assert (event, wearer, when, phone) == ("跌倒", "张**", show(T0)[5:16], SERVICE_PHONE)
+        assert kit.service.links.verify(link, now=kit.clock.now()).incident_id == "43"
+
+
+async def test_the_family_call_after_a_failed_sms_speaks_no_link(
+    tmp_path: Path, sqlite_url: str, fake_aliyun: FakeAliyun
+) -> None:
+    # the SMS fails for good; the voice call (same notice, the row's next channel) is sent without "link"
+    config = with_family_templates(fake_config(aliyun=fake_aliyun), family_link=True, max_attempts=1)
+    async with notify_kit(tmp_path, sqlite_url, config) as kit:
+        register_wearer(kit)
+        await kit.service.worker.submit([family_page("44")])
+        fake_aliyun.fail_next("500")
+        await kit.service.worker.send_once()
+        await kit.service.worker.send_once()
+        (call,) = fake_aliyun.calls
+        assert call["TtsCode"] == "TTS_FAMILY" and set(json.loads(call["TtsParam"])) == {
+            "event", "wearer", "time"
+        }  # fmt: skip
