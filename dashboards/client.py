@@ -138,6 +138,17 @@ class CloudAPI:
         intents: list[dict[str, Any]] = body["intents"]
         return intents
 
+    async def notify_log(self, incident_id: int) -> dict[str, Any]:
+        """Every delivery of the case with its attempts, and the responders' link actions."""
+        body: dict[str, Any] = await self.get(f"/api/v1/notify/incidents/{incident_id}/log")
+        return body
+
+    async def inapp(self, incident_id: int) -> list[dict[str, Any]]:
+        """The caller's own and the operator-wide in-app notices of one case (newest first); a cloud without
+        the ``incident_id`` filter answers with the caller's latest, which the caller filters."""
+        body: list[dict[str, Any]] = await self.get("/api/v1/notify/inapp", incident_id=incident_id)
+        return body
+
     async def family(self, incident_id: int, *, reveal: bool = False) -> list[dict[str, Any]]:
         """A wristband case's family contacts, masked; ``reveal`` (admin / dispatcher) is audited."""
         params = {"reveal": "true"} if reveal else {}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from zoneinfo import ZoneInfo
 
@@ -103,6 +105,28 @@ class Translator:
             except ValueError:
                 return value
         return locale.show(float(value), self.zone)
+
+    def clock(self, ts: float | None, now: float | None = None) -> str:
+        """``06:57`` for a time today in the display zone, ``11-26 06:57`` for an earlier day: the queue's
+        short time (the full one is in the ``<time datetime>`` beside it)."""
+        if ts is None or ts <= 0:
+            return "—"
+        when = datetime.fromtimestamp(ts, self.zone)
+        today = datetime.fromtimestamp(time.time() if now is None else now, self.zone).date()
+        return when.strftime("%H:%M") if when.date() == today else when.strftime("%m-%d %H:%M")
+
+    def age(self, seconds: float | None) -> str:
+        """How long ago, in words: 刚刚 / 12 分钟前 / 3 小时 5 分前 / 2 天前 (just now / 12 min ago ...)."""
+        if seconds is None:
+            return ""
+        s = max(int(seconds), 0)
+        if s < 60:
+            return self("age.now")
+        if s < 3600:
+            return self("age.minutes", m=s // 60)
+        if s < 86400:
+            return self("age.hours", h=s // 3600, m=(s % 3600) // 60)
+        return self("age.days", d=s // 86400)
 
     def iso(self, ts: float | None) -> str:
         return "" if ts is None else locale.iso(ts, self.zone)

@@ -9,7 +9,9 @@ stale page. A retried submit is a no-op in the cloud (``idempotency_key`` = the 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from dashboards import geo
+from dashboards import geo, notices
 from dashboards.client import ApiError
 from dashboards.web import FormError, Session, Web, read_form, same_origin
 
@@ -36,17 +38,39 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-async def responder_positions(s: Session) -> dict[str, tuple[float, float]]:
-    """Responders' base positions from the roster document (``/api/v1/loop/config/roster``)."""
+async def roster_people(s: Session) -> list[dict[str, Any]]:
+    """The responders of the roster document in force (``/api/v1/loop/config/roster``); [] without one."""
     try:
         doc = await s.api.get("/api/v1/loop/config/roster")
     except ApiError:
-        return {}
-    out: dict[str, tuple[float, float]] = {}
-    for r in (doc.get("body") or {}).get("responders", []):
-        if isinstance(r, dict) and r.get("lat") is not None and r.get("lon") is not None:
-            out[str(r["id"])] = (float(r["lat"]), float(r["lon"]))
-    return out
+        return []
+    return [r for r in (doc.get("body") or {}).get("responders", []) if isinstance(r, dict)]
+
+
+def positions_of(people: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Responders' base positions (roster id -> lat, lon)."""
+    return {
+        str(r["id"]): (float(r["lat"]), float(r["lon"]))
+        for r in people
+        if r.get("lat") is not None and r.get("lon") is not None
+    }
+
+
+async def responder_positions(s: Session) -> dict[str, tuple[float, float]]:
+    """Responders' base positions from the roster document (``/api/v1/loop/config/roster``)."""
+    return positions_of(await roster_people(s))
+
+
+async def _or_empty(call: Awaitable[Any], empty: Any) -> Any:
+    """An optional part of the page: an API error (a role it is not for, an older cloud) leaves it out."""
+    try:
+        return await call
+    except ApiError:
+        return empty
+
+
+async def _none(value: Any) -> Any:
+    return value
 
 
 def routes(web: Web) -> list[BaseRoute]:
@@ -72,7 +96,7 @@ def routes(web: Web) -> list[BaseRoute]:
                         out.append({"id": str(p["id"]), "name": str(p.get("name", "")), "role": label})
         if not out:
             return []
-        positions = await responder_positions(s)
+        positions = positions_of(await roster_people(s))
         for p in out:
             pos = positions.get(p["id"])
             km = None
@@ -95,28 +119,43 @@ def routes(web: Web) -> list[BaseRoute]:
         t = web.translator(request)
         detail = await s.api.incident(incident_id, language=t.lang)
         inc = detail["incident"]
-        intents: list[dict[str, Any]] = []
-        if s.is_desk:
-            try:
-                intents = await s.api.intents(incident_id)
-            except ApiError:
-                intents = []
+        wants_family = s.is_staff and inc.get("kind") in FAMILY_KINDS
+        intents, log, inapp, family, roster = await asyncio.gather(
+            _or_empty(s.api.intents(incident_id), []) if s.is_desk else _none([]),
+            _or_empty(s.api.notify_log(incident_id), None),
+            _or_empty(s.api.inapp(incident_id), []),
+            # masked for every staff role; a viewer gets nothing of it (the cloud says 403 too)
+            _or_empty(s.api.family(incident_id), []) if wants_family else _none([]),
+            roster_people(s),
+        )
         people = await suggestions(s, inc) if s.is_staff and "dispatch" in inc["allowed_actions"] else []
-        family: list[dict[str, Any]] = []
-        if s.is_staff and inc.get("kind") in FAMILY_KINDS:
-            try:  # masked for every staff role; a viewer gets nothing of it (the cloud says 403 too)
-                family = await s.api.family(incident_id)
-            except ApiError:
-                family = []
+        clock = t.clock
+        wearers = {str(f["device_id"]): str(f.get("wearer") or "") for f in family if f.get("wearer")}
+        names = {str(r["id"]): str(r.get("name") or r["id"]) for r in roster if r.get("id")}
+        notice_rows = notices.rows(
+            log,
+            intents,
+            t=t,
+            lang=t.lang,
+            clock=clock,
+            roster=names,
+            wearers=wearers,
+            inapp=[i for i in inapp if str(i.get("incident_id")) == str(incident_id)],
+        )
+        recipients = notices.recipients_named(log, t=t, lang=t.lang, roster=names, wearers=wearers)
+        events = notices.timeline(detail["timeline"], t=t, roster=names, recipients=recipients)
+        for f in family:
+            f["reached"] = notices.family_reached(f.get("family_reached"), t=t, clock=clock)
         return web.render(
             request,
             "incident.html",
             status=status,
             session=s,
             inc=inc,
-            timeline=detail["timeline"],
+            timeline=events,
             photos=detail.get("photos", []),
-            intents=intents,
+            notices=notice_rows,
+            notices_known=log is not None,
             people=people,
             family=family,
             reveal_seconds=web.cfg.reveal_seconds,

@@ -135,6 +135,7 @@ def routes(web: Web) -> list[BaseRoute]:
             "queue": alert_queue(alerts) if alerts is not None else [],
             "n_alerts": None if alerts is None else len(alerts),
             "max_rows": QUEUE_ROWS,
+            "now": time.time(),  # the queue's "12 分钟前"; the fragment is redrawn at least every 30 s
         }
 
     async def overview(request: Request, s: Session) -> Response:
