@@ -341,6 +341,9 @@ def uvicorn_tls_options(s: CloudSettings) -> dict[str, Any]:
     cipher string) are never used.
     """
     GatewayBinding.from_env()  # a malformed VIGIL_CLOUD_TLS_BIND_GATEWAY / _TRUSTED_PROXIES fails here too
+    from cloud.certrefusals import proxy_secret
+
+    proxy_secret()  # and a too short VIGIL_CLOUD_PROXY_SECRET
     if s.tls_cert is None:
         return {}
     ctx = server_context(s)
@@ -565,8 +568,10 @@ async def _refuse_revoked(app: Any, cert: x509.Certificate, rev: Revocation, sco
     )
     state = _cloud_state(app)
     if state is not None:
+        from cryptography.hazmat.primitives import hashes
+
         from cloud.auth import GatewayCertificateError
-        from cloud.certrefusals import record_certificate_refusal
+        from cloud.certrefusals import certificate_serial, record_certificate_refusal
 
         exc = GatewayCertificateError(
             detail,
@@ -575,7 +580,11 @@ async def _refuse_revoked(app: Any, cert: x509.Certificate, rev: Revocation, sco
             subject=identity.subject,
         )
         try:
-            await record_certificate_refusal(state, exc, "tls")
+            extra = {  # as nginx states them for its own refusals (cloud.certrefusals.proxy_refusal)
+                "serial": certificate_serial(cert.serial_number),
+                "fingerprint": cert.fingerprint(hashes.SHA1()).hex().upper(),  # nginx: SHA-1, an identifier
+            }
+            await record_certificate_refusal(state, exc, "tls", extra)
         except Exception:  # never let bookkeeping turn a refusal into a 500
             log.exception("cannot count or audit a revoked client certificate")
     else:

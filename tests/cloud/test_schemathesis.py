@@ -92,6 +92,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "POST /api/v1/links/{token}/rating": PUBLIC,
     "POST /api/v1/links/{token}/reopen": PUBLIC,
     "POST /api/v1/reports": PUBLIC,
+    "POST /api/v1/internal/certificate-refusals": PUBLIC,  # the proxy secret is the key (docs/mtls.md)
     "GET /api/v1/risk/forecast": USERS,
     "GET /api/v1/risk/patrol": USERS,
     "GET /api/v1/risk/health-trends": DESK,
