@@ -7,10 +7,10 @@
 - :class:`GatewayQuota`: per-gateway token buckets. A batch over quota is refused whole with
   :class:`RateLimitedError` (429, ``Retry-After``): nothing is stored, the gateway keeps it and retries.
   Alert-only batches draw on their own bucket, so a telemetry flood never delays an alarm.
-- :class:`TokenBuckets`: the building block of both, token buckets keyed by anything, bounded in number;
-  :class:`KeyedRateLimit` refuses a request (429 with a ``reason``) while its key's bucket is empty:
-  :data:`LINK_READS` (each responder / family link's reads of the wearer's position) and
-  :data:`PROXY_REFUSAL_REPORTS` (nginx's reports of refused client certificates, per client address).
+- :class:`TokenBuckets`: the quota's building block, token buckets keyed by anything, bounded in number;
+  :class:`KeyedRateLimit` over them refuses a request (429 with a ``reason``) while its key's bucket is
+  empty: :func:`link_read_limit` (a responder link's reads of the wearer's position, cloud/api/links.py);
+  cloud/certrefusals.py uses it for the audit of nginx's certificate-refusal reports per client address.
 - :class:`LogThrottle`: a ``logging.Filter`` that lets a repeated line (same logger, level and message
   template) through at most ``burst`` times per ``window_s`` and then reports how many were suppressed, so a
   hostile client cannot grow the journal by 98 MB in 25 s.
