@@ -24,6 +24,7 @@ from cloud.loop.models import Incident, IncidentEvent
 from cloud.loop.service import Report as LoopReport
 from cloud.notify.inapp import list_for
 from cloud.notify.links import FAMILY_ACTOR, LinkError, LinkKeys, LinkSigner, Purpose
+from cloud.notify.loopbridge import REOPEN_POLL_S, ReopenWatch
 from cloud.notify.models import Delivery, InApp
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
@@ -402,3 +403,94 @@ async def test_the_family_call_after_a_failed_sms_speaks_no_link(
         assert call["TtsCode"] == "TTS_FAMILY" and set(json.loads(call["TtsParam"])) == {
             "event", "wearer", "time"
         }  # fmt: skip
+
+
+# -- a reopened case pages the family again ------------------------------------------------------------------
+async def close(cloud: Cloud, incident_id: int, *, dispatch: bool = True) -> None:
+    loop = cloud.app.state.loop
+    cmds = [Command(Action.DISPATCH, "disp", assignee="disp")] if dispatch else []
+    cmds += [Command(Action.ACCEPT, "disp"), Command(Action.ARRIVE, "disp"),
+             Command(Action.HANDLE, "disp", reason="已送医"), Command(Action.VERIFY, "disp"),
+             Command(Action.CLOSE, "disp")]  # fmt: skip
+    for cmd in cmds:
+        await asyncio.to_thread(loop.act, incident_id, cmd)
+
+
+async def test_each_reopen_of_the_case_pages_the_family_once_more(
+    linked: Cloud, fake_aliyun: FakeAliyun
+) -> None:
+    cloud = linked
+    notify = cloud.app.state.notify
+    incident_id = await loop_wearer_case(cloud)
+    await notify.worker.submit([family_page(incident_id)])
+    await drain(cloud)
+    await close(cloud, incident_id)
+    cloud.clock.advance(600)
+    await drain(cloud)
+    assert [p["event"] for p in family_sms(fake_aliyun)] == ["跌倒"]  # closing is no news to page about
+
+    # an operator reopens it: the family hears, with the reopen's time, and the desk gets a call task
+    cloud.clock.advance(3600)
+    reopened_at = cloud.clock.now()
+    loop = cloud.app.state.loop
+    await asyncio.to_thread(loop.act, incident_id, Command(Action.REOPEN, "disp", reason="家属反映仍不适"))
+    cloud.clock.advance(REOPEN_POLL_S)
+    await drain(cloud)
+    sms = family_sms(fake_aliyun)
+    assert [p["event"] for p in sms] == ["跌倒", "跌倒（重新处置）"]
+    assert sms[1]["time"] == show(reopened_at)[5:16] and sms[1]["link"]
+    tasks = (
+        await cloud.client.get("/api/v1/notify/inapp", params={"incident_id": str(incident_id)},
+                               headers=cloud.dispatcher)
+    ).json()  # fmt: skip
+    calls = sorted(t["title"][:11] for t in tasks if t["title"].startswith("请致电家属"))
+    assert calls == ["请致电家属 / cal", "请致电家属（案件重开）"]  # (other roles' "无人可通知" aside)
+    (entry,) = (
+        await cloud.client.get(f"/api/v1/notify/incidents/{incident_id}/family", headers=cloud.dispatcher)
+    ).json()
+    assert entry["family_reached"]["status"] == "sent" and entry["family_reached"]["at"] == cloud.clock.now()
+
+    # idempotent per reopen: more rounds, another worker, a restart's look-back add nothing
+    for _ in range(3):
+        cloud.clock.advance(REOPEN_POLL_S)
+        await drain(cloud)
+    again = ReopenWatch(cloud.state.db).poll(now=cloud.clock.now())
+    assert len(again) == 1 and await notify.worker.submit(again) == 0
+    assert len(family_sms(fake_aliyun)) == 2
+
+    # closed again, then the resident's case link reopens it: one more page
+    with cloud.state.db.read() as s:
+        stage = s.get(Incident, incident_id).stage
+    assert stage == "registered"
+    await close(cloud, incident_id)
+    case_url = notify.residents.case_link(str(incident_id), now=cloud.clock.now())
+    r = await cloud.client.post(
+        f"/api/v1/links/{case_url.rsplit('/l/', 1)[1]}/reopen", json={"reason": "没好"}
+    )
+    assert r.status_code == 200, r.text
+    cloud.clock.advance(REOPEN_POLL_S)
+    await drain(cloud)
+    assert [p["event"] for p in family_sms(fake_aliyun)] == ["跌倒", "跌倒（重新处置）", "跌倒（重新处置）"]
+
+
+async def test_only_a_family_already_paged_about_an_open_case_hears_of_its_reopen(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    async with notify_kit(tmp_path, sqlite_url, fake_config()) as kit:
+        register_wearer(kit)
+        told, untold = wristband_incident(kit, "G01"), wristband_incident(kit, "G01")
+        assert await kit.service.worker.submit([family_page(told)]) == 1  # the call task: family:<device>
+        with kit.db.write() as s:
+            for incident in (told, untold):
+                s.add(IncidentEvent(incident_id=int(incident), at=T0 + 60, actor="disp", channel="api",
+                                    action="reopen", from_stage="closed", to_stage="registered"))  # fmt: skip
+        watch = ReopenWatch(kit.db)
+        (req,) = watch.poll(now=T0 + 61)
+        assert (req.facts.incident_id, req.target_id) == (told, family_target(DEVICE))
+        assert req.facts.opened_at == T0 + 60 and req.reopen > 0
+        assert watch.poll(now=T0 + 61 + REOPEN_POLL_S) == []  # each reopen once
+        with kit.db.write() as s:
+            row = s.get(Incident, int(told))
+            assert row is not None
+            row.stage, row.is_open = "closed", False  # closed again before anyone looked: nothing to page
+        assert ReopenWatch(kit.db).poll(now=T0 + 100) == []
