@@ -7,8 +7,9 @@ days through :class:`alerts.detection.engine.DetectionEngine` (``edge.offline.ru
 ``simulators.scorer.score``
 matches raised alerts with the ground truth. Rare events are made more frequent (``RATES``) so a few days
 hold enough episodes to score, and nuisances (trucks, cooking, test buttons, recovered falls) too, so the
-false-alarm figures are a stress test, not a typical week. The table is printed; JSON goes to
-``bench/results/score_detect.json``.
+false-alarm figures are a stress test, not a typical week. The table is printed, with the clear delay
+(alert cleared - truth end) of the types whose alerts clear below it; JSON goes to
+``bench/results/score_detect.json`` (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main() -> int:
     ap.add_argument("--per-kind", type=int, default=200)
     ap.add_argument("--days", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"JSON report (default {RESULTS})")
     args = ap.parse_args()
     counts = {k: args.per_kind for k in K}
     fleet = Fleet.build(counts, seed=args.seed, rates=RATES)
@@ -85,15 +87,15 @@ def main() -> int:
     print(rep.format_table())
     out = {
         "benchmark": "score_detect",
-        "params": vars(args),
+        "params": {k: v for k, v in vars(args).items() if k != "out"},
         "frames": run.frames,
         "wall_s": wall,
         "rates": {k.value: v for k, v in RATES.items()},
         "score": rep.to_dict(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1, default=float))
-    print(f"\nwrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=float))
+    print(f"\nwrote {args.out}")
     return 0
 
 

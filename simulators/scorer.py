@@ -22,6 +22,13 @@ Semantics (also in ``docs/simulators.md``; every rule is pinned by a hand-made c
   ``recall = detected / events``; ``precision = matched alerts / raised alerts`` (duplicates and false
   alarms both lower it); ``false alarms per 1,000 device-days = false alarms / (devices of that kind x
   days) x 1000`` (devices of all kinds when only a total is known); delay p50 / p95 over detected events.
+- **Clear delay** = the time the event's alert cleared - truth end: how long an operator still sees the
+  alarm open after it is over (a wearer back inside the fence, a fire out), negative when it cleared
+  before the labelled end. The event's alert is its *last* episode: the one that detected it, or a later
+  duplicate in its window (an alert that cleared early and was raised again is still open); its
+  ``cleared`` step is the earliest one of that ``alert_id``. Per type: ``cleared`` (detected events whose
+  last alert has a cleared step), ``not_cleared`` (it has none in the input: still open when the run or
+  the journal ended), clear delay p50 / p95 and ``clears_over_1h`` (delay > 3600 s) over the cleared.
 - The overall row sums events, alerts, detections, duplicates and false alarms over all types.
 """
 
@@ -42,6 +49,7 @@ from simulators.truth import TruthRecord
 
 DEFAULT_TOLERANCE_S = 60.0
 DEFAULT_GRACE_S = 600.0
+LATE_CLEAR_S = 3600.0  # a clear delay over this counts in clears_over_1h
 
 
 @dataclass
@@ -59,7 +67,13 @@ class ScoreRow:
     false_alarms_per_1000_device_days: float | None = None
     delay_p50_s: float | None = None
     delay_p95_s: float | None = None
+    cleared: int = 0
+    not_cleared: int = 0
+    clear_delay_p50_s: float | None = None
+    clear_delay_p95_s: float | None = None
+    clears_over_1h: int = 0
     delays: list[float] = field(default_factory=list, repr=False)
+    clear_delays: list[float] = field(default_factory=list, repr=False)
 
     def finish(self, device_days: float) -> None:
         self.recall = self.detected / self.events if self.events else None
@@ -71,10 +85,17 @@ class ScoreRow:
             d = np.asarray(self.delays, dtype=np.float64)
             self.delay_p50_s = float(np.percentile(d, 50))
             self.delay_p95_s = float(np.percentile(d, 95))
+        self.cleared = len(self.clear_delays)
+        if self.clear_delays:
+            c = np.asarray(self.clear_delays, dtype=np.float64)
+            self.clear_delay_p50_s = float(np.percentile(c, 50))
+            self.clear_delay_p95_s = float(np.percentile(c, 95))
+            self.clears_over_1h = int(np.count_nonzero(c > LATE_CLEAR_S))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("delays")
+        d.pop("clear_delays")
         return d
 
 
@@ -131,6 +152,16 @@ class ScoreReport:
                 f"{r.duplicates:>4} {r.false_alarms:>5} {f(r.precision, True):>9} "
                 f"{f(r.false_alarms_per_1000_device_days):>9} {f(r.delay_p50_s):>9} {f(r.delay_p95_s):>8}"
             )
+        clears = [r for r in [*self.rows, self.overall] if r.cleared or r.not_cleared]
+        if clears:
+            head2 = f"{'clear delay':<20} {'cleared':>7} {'open':>5} {'p50':>9} {'p95':>8} {'>1 h':>5}"
+            lines += ["", head2, "-" * len(head2)]
+            for r in clears:
+                lines.append(
+                    f"{r.event_type:<20} {r.cleared:>7} {r.not_cleared:>5} {f(r.clear_delay_p50_s):>9} "
+                    f"{f(r.clear_delay_p95_s):>8} {r.clears_over_1h:>5}"
+                )
+            lines.append("(alert cleared - truth end, seconds; open: detected, its alert never cleared)")
         if self.false_alarms_by_cause:
             lines.append(
                 "false alarms by cause: "
@@ -201,7 +232,13 @@ def score(
     for lst in positive.values():
         lst.sort(key=lambda r: r.start)
 
-    raised = raises(alerts)
+    steps = [a if isinstance(a, AlertEvent) else AlertEvent.model_validate(a) for a in alerts]
+    raised = raises(steps)
+    cleared_at: dict[str, float] = {}
+    for a in steps:
+        if a.phase is AlertPhase.CLEARED and a.time < cleared_at.get(a.alert_id, np.inf):
+            cleared_at[a.alert_id] = a.time
+    last_alert: dict[int, AlertEvent] = {}  # detected event -> its latest alert episode (raise order)
 
     rows: dict[str, ScoreRow] = {}
 
@@ -225,6 +262,7 @@ def score(
         if fresh:
             t = fresh[0]
             detected.add(id(t))
+            last_alert[id(t)] = a
             r.matched_alerts += 1
             r.detected += 1
             r.delays.append(a.time - t.start)
@@ -233,6 +271,7 @@ def score(
             continue
         if window:
             r.duplicates += 1
+            last_alert[id(max(window, key=lambda w: w.start))] = a  # all in the window are detected
             continue
         r.false_alarms += 1
         cause = next(
@@ -241,6 +280,15 @@ def score(
         )
         causes[_cause(cause) if cause is not None else "unexplained"] += 1
 
+    for t in truth:
+        last = last_alert.get(id(t))
+        if last is None:
+            continue
+        c = cleared_at.get(last.alert_id)
+        if c is None:
+            row(t.event_type).not_cleared += 1
+        else:
+            row(t.event_type).clear_delays.append(c - t.end)
     missed = [t.to_dict() for t in truth if not t.must_not_alert and id(t) not in detected]
     ordered = sorted(rows.values(), key=lambda r: r.event_type)
     for r in ordered:
@@ -257,9 +305,11 @@ def score(
             "duplicates",
             "false_alarms",
             "severity_mismatches",
+            "not_cleared",
         ):
             setattr(overall, name, getattr(overall, name) + getattr(r, name))
         overall.delays.extend(r.delays)
+        overall.clear_delays.extend(r.clear_delays)
     overall.finish(total_devices * days)
     return ScoreReport(
         ordered, overall, dict(causes), tolerance_s, grace_s, total_devices, duration_s, missed
