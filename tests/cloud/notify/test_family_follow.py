@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -494,3 +495,24 @@ async def test_only_a_family_already_paged_about_an_open_case_hears_of_its_reope
             assert row is not None
             row.stage, row.is_open = "closed", False  # closed again before anyone looked: nothing to page
         assert ReopenWatch(kit.db).poll(now=T0 + 100) == []
+
+
+async def test_the_resident_case_page_serves_the_family_link_unchanged(
+    linked: Cloud, fake_aliyun: FakeAliyun
+) -> None:
+    """The phone page behind /l/ (dashboards/public.py, resident.html) shows the family's answer as it is."""
+    cloud = linked
+    incident_id = await loop_wearer_case(cloud)
+    await cloud.app.state.notify.worker.submit([family_page(incident_id)])
+    await drain(cloud)
+    (params,) = family_sms(fake_aliyun)
+    transport = httpx.ASGITransport(app=cloud.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://vigil.test") as phone:
+        r = await phone.get(f"/l/{params['link']}", follow_redirects=True)
+        assert r.status_code == 200, r.text[:300]
+        assert "已派单" in r.text and "跌倒" in r.text
+        assert 'id="reopen-form"' not in r.text and 'id="rate-form"' not in r.text
+        assert not [w for w in SECRETS if w.strip('"') in r.text and w != '"disp"']
+        await close(cloud, incident_id)
+        r = await phone.get(f"/l/{params['link']}", follow_redirects=True)
+        assert "已办结" in r.text and 'id="rate-form"' in r.text and 'id="reopen-form"' not in r.text
