@@ -143,7 +143,7 @@ def routes(web: Web) -> list[BaseRoute]:
             inapp=[i for i in inapp if str(i.get("incident_id")) == str(incident_id)],
         )
         recipients = notices.recipients_named(log, t=t, lang=t.lang, roster=names, wearers=wearers)
-        events = notices.timeline(detail["timeline"], t=t, roster=names, recipients=recipients)
+        events = notices.timeline(detail["timeline"], t=t, lang=t.lang, roster=names, recipients=recipients)
         for f in family:
             f["reached"] = notices.family_reached(f.get("family_reached"), t=t, clock=clock)
         return web.render(

@@ -248,6 +248,7 @@ def family_reached(
     return t("family.reached.none"), "muted"
 
 
+_NOBODY = re.compile(r"^nobody to notify \((?P<kind>user|role|group|webhook):(?P<target>[^)]+)\)$")
 _SENT_TO = re.compile(r"^(?P<channel>[a-z_]+) → (?P<recipient>(?:user|family|group|webhook):\S+)$")
 
 
@@ -271,6 +272,7 @@ def timeline(
     events: Sequence[Mapping[str, Any]],
     *,
     t: Callable[..., str],
+    lang: str,
     roster: Mapping[str, str],
     recipients: Mapping[str, str],
 ) -> list[dict[str, Any]]:
@@ -283,9 +285,19 @@ def timeline(
         via_label = "" if via in ("", actor) else (_known(t, "timeline.via." + via) or via)
         reason = str(e.get("reason") or "")
         m = _SENT_TO.match(reason)
+        nobody = _NOBODY.match(reason)
         if m:
             who = recipients.get(m.group("recipient")) or m.group("recipient")
             reason = f"{channel_label(m.group('channel'), t)} → {who}"
+        elif nobody:
+            kind, target = nobody.group("kind"), nobody.group("target")
+            if kind == "user":
+                whom = roster.get(target) or target
+            elif kind == "role":
+                whom = role_label(target.split("/")[0], lang)
+            else:
+                whom = target
+            reason = t("timeline.nobody", who=whom)
         out.append({**e, "actor_label": actor_label, "via_label": via_label, "reason_label": reason})
     return out
 
