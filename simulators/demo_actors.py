@@ -80,6 +80,9 @@ class Habit:
     setout_s: tuple[float, float]  # getting ready before leaving
     work_s: tuple[float, float]  # on site, for a real event
     check_s: tuple[float, float] = (180.0, 480.0)  # on site, when nothing is wrong
+    #: share of a later page (the escalation's next step or repeat) answered by someone who let the first
+    #: one go; default: half of those who did not answer the first
+    answer_again: float | None = None
 
 
 HABITS: dict[str, Habit] = {
@@ -282,7 +285,7 @@ class Community:
     async def _call(self, what: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
         try:
             r = await self.client.request(method, url, **kw)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the client is closed (shutting down)
             self._fail(f"{what}: {type(exc).__name__}")
             return None
         return r
@@ -293,16 +296,23 @@ class Community:
 
     # -- the run -------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll every phone's notices until ``stop``; then cancel what is still under way."""
-        try:
+        """Every phone checks its notices on its own (staggered) until ``stop``; then what is still under
+        way is cancelled."""
+        wait = max(self.clock.real_seconds(self.poll_s), self.min_poll_real_s)
+
+        async def phone_loop(phone: Phone, offset: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), offset)
             while not stop.is_set():
-                for phone in self.phones:
-                    if stop.is_set():
-                        break
-                    await self._read_notices(phone)
-                wait = max(self.clock.real_seconds(self.poll_s), self.min_poll_real_s)
+                await self._read_notices(phone)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
+
+        try:
+            n = max(len(self.phones), 1)
+            for i, phone in enumerate(self.phones):
+                self._spawn(phone_loop(phone, wait * i / n), f"phone {phone.username}")
+            await stop.wait()
         finally:
             await self.close()
 
@@ -342,7 +352,8 @@ class Community:
         case.pages += 1
         rng = self._rng(phone.username, incident, case.pages)
         # a page repeated by the escalation (another message, a louder channel) is more often answered
-        answer = phone.habit.answer if case.pages == 1 else 1 - (1 - phone.habit.answer) / 2
+        again = phone.habit.answer_again
+        answer = phone.habit.answer if case.pages == 1 else again if again is not None else 0.5
         if rng.random() >= answer:
             if case.state == "new":
                 self.counts["silent"] += 1
