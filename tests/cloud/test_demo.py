@@ -67,3 +67,41 @@ async def test_demo_closes_the_loop_from_frame_to_scored_alert(
     with sqlite3.connect(tmp_path / "demo" / "cloud" / "vigil.db") as db:  # loaded as an admin would
         audited = db.execute("SELECT actor FROM loop_audit WHERE action = 'roster.update'").fetchall()
     assert audited == [("demo-admin",)]
+
+    # the simulated people act (simulators/demo_actors.py), only through their pages' signed links: nothing
+    # they did failed, and an incident paged 20 simulated minutes before the end was answered (accepted,
+    # or declined and re-dispatched); the story and the summary say so, read from the cloud's API
+    assert report.actors is not None and report.actors.failures == [], report.actors.failures
+    with sqlite3.connect(tmp_path / "demo" / "cloud" / "vigil.db") as db:
+        end = db.execute("SELECT max(received_at) FROM alerts").fetchone()[0]
+        early = db.execute(
+            "SELECT count(*) FROM loop_incidents WHERE first_notified_at < ?", (end - 1200,)
+        ).fetchone()[0]
+        acted = dict(  # incidents per action taken through a link
+            db.execute(
+                "SELECT action, count(DISTINCT incident_id) FROM loop_incident_events "
+                "WHERE channel = 'notify' AND action IN ('accept', 'return', 'arrive', 'handle') "
+                "GROUP BY action"
+            ).fetchall()
+        )
+        by_hand = db.execute(  # the resident's rating and reopen through the case link are recorded as "api"
+            "SELECT count(*) FROM loop_incident_events "
+            "WHERE channel = 'api' AND action NOT IN ('rate', 'reopen')"
+        ).fetchone()[0]
+        declines = db.execute("SELECT count(*) FROM loop_incident_events WHERE action = 'return'").fetchone()[
+            0
+        ]
+    assert by_hand == 0  # no shortcut: no dispatcher acted for the responders
+    if early:
+        assert acted.get("accept", 0) + acted.get("return", 0) >= 1, (early, acted, text)
+    assert loop.acknowledged == acted.get("accept", 0) and loop.on_site == acted.get("arrive", 0), (
+        loop,
+        acted,
+    )
+    assert loop.declined == declines
+    progress = "\n".join(report.progress)
+    assert progress.count("accepted #") == loop.acknowledged, progress
+    assert progress.count("declined #") == loop.declined, progress
+    assert all(line in text for line in report.progress)
+    assert f"{loop.on_site} on site, {loop.handled} handled" in text, text
+    assert "cloud KPIs (/api/v1/kpi)" in text
