@@ -9,8 +9,10 @@ alone. A kill at any point leaves every row sealed under one key of the ring or 
 every process that has both; running it again skips what is done (there is no progress record to lose).
 The same pass recomputes the **blind index** (:class:`cloud.crypto.BlindIndex`) of every contact whose
 ``phone_hash`` is not the primary key's hash of its (unsealed) phone, compare-and-set on the hash and the
-sealed value read, then re-points the inbound-SMS log rows of every bound number to its new hash (one
-pass over the log, compare-and-set per row); it blanks the client hash of residents' reports older than
+sealed value read, then re-points the inbound-SMS log rows of every bound number to its new hash and
+re-wraps the hash of every other row (a sender bound to no contact, whose number is not stored and cannot be
+hashed again) under the primary key (:func:`rewrap_unbound`; one pass over the log, compare-and-set per
+row); it blanks the client hash of residents' reports older than
 the rate-limit hour (the address is not stored, so it cannot be recomputed, and nothing reads it after
 that hour). Lookups try every key of the ring meanwhile
 (:meth:`cloud.notify.contacts.Contacts.user_by_phone`).
@@ -92,7 +94,9 @@ class ResealReport:
     already: dict[str, int] = field(default_factory=dict)
     changed_meanwhile: int = 0  # tokens the service re-wrote between our read and our update (left alone)
     reindexed: int = 0  # contacts' phone_hash recomputed under the primary key
-    inbound_rehashed: int = 0  # notify_sms_inbound rows re-pointed to their sender's new hash
+    #: notify_sms_inbound rows moved to the primary key: re-pointed to a bound sender's hash, or re-wrapped
+    inbound_rehashed: int = 0
+    inbound_rewrapped: int = 0  # of those, senders bound to no contact (rewrap_unbound)
     reports_forgotten: int = 0  # notify_reports client hashes blanked (older than the rate-limit hour)
 
     @property
@@ -121,6 +125,22 @@ def census(db: Database, ring: KeyRing) -> dict[str, int]:
 
 #: the rate-limit window of residents' reports (cloud/notify/residents.py counts the last hour)
 REPORT_WINDOW_S = 3600.0
+
+#: a re-wrapped inbound-SMS hash: ``~<key id>~`` and 50 hex digits (200 bits; the column holds 64 characters)
+REWRAP_MARK = "~"
+_REWRAP_HEX = 64 - 2 - 12
+
+
+def rewrap_unbound(index: BlindIndex, stored: str) -> str:
+    """The inbound-SMS hash of a sender bound to no contact, re-wrapped under ``index``'s primary key.
+
+    The number is not stored, so its hash cannot be computed again under a new key; but the old hash
+    itself can be hashed (keyed, domain-separated): ``~<primary key id>~HMAC(primary, "inbound-rewrap:" +
+    old)``. A holder of the old key alone then cannot confirm a number against the log (they would need
+    the primary too), rows of one sender stay equal to each other, and the key id says which key wrapped
+    it, so a later ``reseal`` re-wraps only what an older key wrapped."""
+    tag = index.key_ids[0][:12]
+    return f"{REWRAP_MARK}{tag}{REWRAP_MARK}" + index.hash(f"inbound-rewrap:{stored}")[:_REWRAP_HEX]
 
 
 def _contact_page(db: Database, after: int | None, n: int) -> list[tuple[int, str | None, str | None]]:
@@ -182,6 +202,7 @@ def _reindex(
     box, index = SecretBox(ring), BlindIndex(ring)
     name = "notify_contacts.phone_hash"
     remap: dict[str, str] = {}  # a bound number's hash under another key of the ring -> under the primary
+    bound: set[str] = set()  # bound numbers' hashes under the primary: their log rows stay as they are
     last: int | None = None
     while True:
         rows = _contact_page(db, last, batch)
@@ -194,6 +215,7 @@ def _reindex(
             hashes = index.candidates(phone) if phone else []
             want = hashes[0] if hashes else None
             remap.update((h, hashes[0]) for h in hashes[1:])
+            bound.update(hashes[:1])
             if stored != want:
                 todo.append((uid, tok, stored, want))
         if not todo:
@@ -216,11 +238,21 @@ def _reindex(
         report.changed_meanwhile += len(todo) - done
         if after_batch is not None:
             after_batch(name, done)
-    # the inbound-SMS log: a row whose hash is a bound number's under another key follows the number (one
-    # pass in id order, compare-and-set per row; an unbound sender's hash cannot be recomputed)
+    # the inbound-SMS log, one pass in id order, compare-and-set per row: a row whose hash is a bound
+    # number's under another key follows the number; a row of a sender bound to no contact (its number is
+    # not stored: its hash cannot be recomputed) is re-wrapped under the primary, unless the primary did
     remap.pop("", None)
+    ours = f"{REWRAP_MARK}{index.key_ids[0][:12]}{REWRAP_MARK}"
+
+    def moved(h: str) -> str | None:
+        if h in remap:
+            return remap[h]
+        if not h or h in bound or h.startswith(ours):
+            return None
+        return rewrap_unbound(index, h)
+
     after_id = 0
-    while remap:
+    while True:
         with db.read() as s:
             page = s.execute(
                 select(InboundSms.id, InboundSms.phone_hash)
@@ -231,7 +263,7 @@ def _reindex(
         if not page:
             break
         after_id = int(page[-1][0])
-        moves = [(int(i), str(h), remap[str(h)]) for i, h in page if str(h) in remap]
+        moves = [(int(i), str(h), to) for i, h in page if (to := moved(str(h))) is not None]
         if not moves:
             continue
         with db.write() as s:
@@ -242,7 +274,10 @@ def _reindex(
                     .values(phone_hash=new),
                     execution_options={"synchronize_session": False},
                 )
-                report.inbound_rehashed += res.rowcount  # type: ignore[attr-defined]
+                n = res.rowcount  # type: ignore[attr-defined]
+                report.inbound_rehashed += n
+                if old not in remap:
+                    report.inbound_rewrapped += n
         if after_batch is not None:
             after_batch("notify_sms_inbound.phone_hash", len(moves))
     with db.write() as s:

@@ -23,7 +23,9 @@ Phones and e-mail addresses are sealed with :class:`cloud.crypto.SecretBox`; ``p
 ``HMAC-SHA256(blind-index key, normalised number)`` (:class:`cloud.crypto.BlindIndex`, the primary key's)
 so an inbound SMS finds its sender with one indexed lookup; the lookup tries the hash under every key of
 the ring (``phone_hash IN (...)``), so a number is found during a key rotation whichever key its row's
-hash was computed under (``vigil cloud key reseal`` recomputes them under the new primary).
+hash was computed under (``vigil cloud key reseal`` recomputes them under the new primary, moves the
+inbound-SMS log rows of bound numbers to the new hash, and re-wraps the other log rows' hashes under it:
+:func:`cloud.privacy.rewrap_unbound`).
 Blocking (call from a worker thread).
 """
 
