@@ -113,7 +113,10 @@ class InApp(Base):
     """An in-app notification; ``user_id`` NULL = for every operator (delivery failures land here)."""
 
     __tablename__ = "notify_inapp"
-    __table_args__ = (Index("ix_notify_inapp_user", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_notify_inapp_user", "user_id", "created_at"),
+        Index("ix_notify_inapp_incident", "incident_id"),  # the incident page's list (0018)
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True)
