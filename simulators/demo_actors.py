@@ -254,6 +254,7 @@ class Community:
         self.failures: list[str] = []  # actions the cloud refused or that did not reach it
         self._cases: dict[tuple[str, str], _Case] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._residents: set[str] = set()  # incidents whose resident has a case link
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _rng(self, *parts: object) -> random.Random:
@@ -434,6 +435,9 @@ class Community:
         if not resolved:
             return
         self._cases.pop(key, None)  # a reopened case pages again: a new decision
+        if incident in self._residents:
+            return  # a reopened case: the resident still follows the link they have
+        self._residents.add(incident)
         r = await self._call(
             "case-link", "POST", f"/api/v1/notify/incidents/{incident}/case-link", headers=self._auth(phone)
         )

@@ -368,6 +368,14 @@ class DispatchStory:
             at = self._parse(value)
             span = "" if raised is None else self._span(at - raised)
             zh_after, en_after = (f"（报警后 {span}）", f" ({span} after the alarm)") if span else ("", "")
+            if key in ("accepted_at", "arrived_at", "handled_at"):
+                # who did it, from the timeline: the owner may have changed since (a decline, a reopen)
+                if timeline is None:
+                    timeline = await self._timeline(iid)
+                action = {"accepted_at": "accept", "arrived_at": "arrive", "handled_at": "handle"}[key]
+                done = [e for e in timeline if e["action"] == action]
+                if done:
+                    who = self.names.get(str(done[-1]["actor"]), str(done[-1]["actor"]))
             if key == "accepted_at":
                 line(
                     at,
@@ -377,10 +385,7 @@ class DispatchStory:
             elif key == "arrived_at":
                 line(at, f"到场 #{iid} {who}{zh_after}", f"on site #{iid} {who}{en_after}")
             elif key == "handled_at":
-                if timeline is None:
-                    timeline = await self._timeline(iid)
-                notes = [e["reason"] for e in timeline if e["action"] == "handle"]
-                note = notes[-1] if notes else ""
+                note = str(done[-1]["reason"]) if done else ""
                 line(at, f"办结 #{iid} {who}：{note}", f"handled #{iid} by {who}: {note}")
             elif key == "closed_at":
                 line(at, f"结案 #{iid} {label}{zh_after}", f"closed #{iid} {label}{en_after}")

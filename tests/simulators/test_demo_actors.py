@@ -310,6 +310,50 @@ async def test_a_declined_page_is_redispatched_and_an_unanswered_one_escalates(
         assert summary.declined == 1 and summary.escalations >= 1 and summary.acknowledged == 0
 
 
+async def test_a_resident_reopens_the_case_and_rates_it_once_it_is_closed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with demo_cloud(tmp_path, monkeypatch) as demo:
+        t0 = demo.clock.now()
+        cover = demo.devices["manhole"][2]
+        phones = habits(phones_for(demo.people.people, demo.tokens), dict.fromkeys(HABITS, SURE), demo.people)
+        community = Community(
+            demo.client, phones, GroundTruth([]), demo.clock, seed=7, poll_s=30, min_poll_real_s=0.1,
+            reopen_share=1.0, rate_share=1.0,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        people = asyncio.create_task(community.run(stop))
+        await demo.ingest(*raise_and_clear(cover, DeviceKind.MANHOLE, EventType.COVER_DISPLACED, t0))
+        iid = (await incident_of(demo, cover["device_id"]))["id"]
+
+        async def rated() -> bool:
+            return bool((await incident_of(demo, cover["device_id"]))["rating"])
+
+        try:
+            await wait_for(rated, 90, lambda: brief(demo, iid))
+        finally:
+            stop.set()
+            await people
+        assert community.failures == []
+        inc = await incident_of(demo, cover["device_id"])
+        assert inc["reopen_count"] == 1 and inc["rework"] and inc["stage"] == "rated"
+        steps = [(e["action"], e["actor"] if e["action"] in ("reopen", "rate") else "")
+                 for e in await timeline(demo, iid)
+                 if e["action"] in ("accept", "handle", "close", "reopen", "rate")]  # fmt: skip
+        assert steps == [
+            ("accept", ""), ("handle", ""), ("close", ""), ("reopen", "resident"),
+            ("accept", ""), ("handle", ""), ("close", ""), ("rate", "resident"),
+        ], steps  # fmt: skip
+        assert community.counts["reopen"] == 1 and community.counts["rating"] == 1
+        story = DispatchStory(None, t=lambda zh, en: zh, when=str, parse_time=parse_iso)
+        story.bind(functools.partial(demo.client.get, headers=demo.dispatcher))
+        await story.load_names()
+        await story.new_lines()
+        await story.new_lines()
+        assert any(ln.strip().startswith("[") and "重开 #" in ln for ln in story.progress), story.progress
+        assert (await story.summary()).reopened == 1
+
+
 def test_the_verdict_comes_from_the_ground_truth() -> None:
     t = 1_790_000_000.0
     truth = GroundTruth(
