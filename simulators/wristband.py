@@ -6,6 +6,9 @@ The daily life a detector must not mistake for an emergency:
 - at night the wearer lies still for hours (``stillness_s`` grows): that is sleep, not inactivity;
 - a knock of the band on a table gives a 2-3.2 g peak with no fall flag and no stillness (unlabelled);
 - daytime walks move the position up to half the geofence radius from home;
+- a geofence exit walks out, stays out, and walks straight back home at the wearer's own gait speed
+  (``GAIT_MPS``, from the band's activity level) with outdoor fixes on the way: the episode's truth ends
+  when the wearer is back inside the fence, the schedule's end when they are at the door;
 - GNSS is an outdoor sensor: indoors (asleep, at home, the band on the table or the charger) most
   uplinks carry no fresh fix (``gps_valid`` clear); outdoors (beyond ``OUTDOOR_M`` on a walk, a geofence
   exit, a fall in the park) fixes are valid after a per-band time to first fix. Without a fix the band
@@ -42,6 +45,12 @@ D = 86400.0
 GEOFENCE_M = 300.0  # home geofence radius (profile "default"; docs/simulators.md)
 WALK_PERIOD_S = 7200.0  # the daytime activity wave: out and back home every two hours
 WALK_MAX_M = GEOFENCE_M * 0.5  # how far the daytime walk goes at full activity
+ACTIVITY = (0.3, 1.0)  # per wearer: how active (the walk wave's height)
+# per wearer, from the activity level: usual gait speed of older adults (m/s) on the way home
+# (Studenski et al., JAMA 2011: 0.92 +/- 0.27 m/s; Bohannon & Williams Andrews, Physiotherapy 2011:
+# 0.94-1.26 m/s for ages 70-99); the simulated route home is straight, so this is also the speed
+# towards home
+GAIT_MPS = (0.7, 1.2)
 OUTDOOR_M = 0.3 * GEOFENCE_M  # further than this from home the wearer is out of doors (sky in view)
 # what a band puts in lat/lon without a fresh fix (docs/simulators.md "GNSS fixes")
 GPS_REPEAT, GPS_ZERO, GPS_NAN = 0, 1, 2
@@ -130,7 +139,8 @@ class WristbandModel(KindModel):
             hours=(8.0, 14.0),
             group="person",
         ),
-        # p0 how far out (x radius), p1 bearing (rad), p2 fraction of the episode spent walking out
+        # p0 how far out (x radius), p1 bearing (rad), p2 fraction of the episode spent walking out; the
+        # walk home at the wearer's gait speed takes the episode's last reach / GAIT seconds (_gf_dist)
         Effect(
             "geofence_exit",
             E.GEOFENCE_EXIT,
@@ -154,7 +164,11 @@ class WristbandModel(KindModel):
         n, rng = self.n, self.rng
         self.rest_hr = rng.uniform(58.0, 80.0, n)
         self.spo2_base = rng.uniform(95.0, 98.5, n)
-        self.activity = rng.uniform(0.3, 1.0, n)
+        self.activity = rng.uniform(*ACTIVITY, n)
+        # no draw: the gait speed follows the activity level (a more active wearer walks faster)
+        self.gait = GAIT_MPS[0] + (GAIT_MPS[1] - GAIT_MPS[0]) * (self.activity - ACTIVITY[0]) / (
+            ACTIVITY[1] - ACTIVITY[0]
+        )
         self.phase = rng.uniform(0, 2 * np.pi, n)
         self.walk_dir = rng.uniform(0, 2 * np.pi, n)
         self.batt_phase = rng.uniform(0, 75.0 / 0.6 * H, n)
@@ -195,16 +209,24 @@ class WristbandModel(KindModel):
 
     def truth_of(self, row: int, s: Schedule, run_end: float) -> TruthRecord | None:
         if self.EFFECTS[int(s.eff[row])].name == "geofence_exit":
-            ramp = float((s.end[row] - s.start[row]) * s.p[row, 2])
-            cross = float(s.start[row]) + ramp / float(s.p[row, 0])
-            if cross >= run_end:
+            # the truth is the time outside the fence: from crossing it on the way out to crossing it on
+            # the way home (the same ramps as sample(), without the 8 m position noise)
+            dev = int(s.dev[row])
+            st, en = float(s.start[row]), float(s.end[row])
+            ramps = _gf_ramps(self.gait[[dev]], np.array([en - st]), s.p[[row], 0], s.p[[row], 2])
+            reach, out_s, home_s = (float(x[0]) for x in ramps)
+            if reach * min(1.0, (en - st) / (out_s + home_s)) <= GEOFENCE_M:
+                return None  # too short to get out of the fence (not with the stock durations)
+            cross_out = st + out_s * GEOFENCE_M / reach
+            cross_in = en - home_s * GEOFENCE_M / reach
+            if cross_out >= run_end:
                 return None
             return TruthRecord(
-                self.sites.device_id[int(s.dev[row])],
+                self.sites.device_id[dev],
                 self.KIND,
                 E.GEOFENCE_EXIT,
-                cross,
-                float(min(s.end[row], run_end)),
+                cross_out,
+                float(min(cross_in, run_end)),
                 S.MEDIUM,
             )
         if self.EFFECTS[int(s.eff[row])].name == "spo2_low":
@@ -282,17 +304,21 @@ class WristbandModel(KindModel):
         peak = np.where(a, 1.0 + np.abs(rng.normal(0, 0.01, m)), peak)
         hr = np.where(a, rest + rng.normal(0, 2, m), hr)
         a = self.active("geofence_exit", idx, tau)
-        ramp = np.maximum(self.duration("geofence_exit", idx) * self.param("geofence_exit", idx, 2), 1.0)
-        dist = (
-            GEOFENCE_M
-            * self.param("geofence_exit", idx, 0)
-            * np.clip(self.elapsed("geofence_exit", idx, tau) / ramp, 0, 1)
+        el, dur = self.elapsed("geofence_exit", idx, tau), self.duration("geofence_exit", idx)
+        reach, out_s, home_s = _gf_ramps(
+            self.gait[idx], dur, self.param("geofence_exit", idx, 0), self.param("geofence_exit", idx, 2)
         )
+        # out along the bearing over out_s, back home over the last home_s (on a short episode the two
+        # ramps meet before the farthest point: a lower peak, still beyond the fence)
+        dist = reach * np.clip(np.minimum(el / out_s, (dur - el) / home_s), 0, 1)
         g_b = self.param("geofence_exit", idx, 1)
         dx = np.where(a, dist * np.cos(g_b) + rng.normal(0, 8.0, m), dx)
         dy = np.where(a, dist * np.sin(g_b) + rng.normal(0, 8.0, m), dy)
         steps = np.where(a, np.maximum(steps, np.rint(1.2 * gap)), steps)
-        out_since = np.where(a, self.elapsed("geofence_exit", idx, tau), out_since)  # walked out of home
+        # walked out of the door at the start; indoors again (courtyard, stairs) within OUTDOOR_M of home
+        # on the way back, like the daytime walk
+        back_in = (dur - el) * self.gait[idx] < OUTDOOR_M
+        out_since = np.where(a, np.where(back_in, np.nan, el), out_since)
         removed = self.active("band_removed", idx, tau)
         charging = self.active("charging", idx, tau)
         a = removed | charging
@@ -378,6 +404,15 @@ class WristbandModel(KindModel):
         k = order[np.maximum(lastv, 0)][held]
         self.fix_lat[d_s[held]] = lat[k]
         self.fix_lon[d_s[held]] = lon[k]
+
+
+def _gf_ramps(gait: F64, dur: F64, p0: F64, p2: F64) -> tuple[F64, F64, F64]:
+    """A geofence exit's farthest distance from home (m) and the lengths (s) of its two ramps: walking out
+    (``p2`` of the episode ``dur``) and walking home (that distance at the wearer's ``gait`` speed)."""
+    reach = np.asarray(GEOFENCE_M * p0, dtype=np.float64)
+    out_s = np.asarray(np.maximum(dur * p2, 1.0), dtype=np.float64)
+    home_s = np.asarray(np.maximum(reach / gait, 1.0), dtype=np.float64)
+    return reach, out_s, home_s
 
 
 def _child_seed(rng: np.random.Generator, key: int) -> np.random.SeedSequence:
