@@ -167,6 +167,25 @@ class WristbandProfile(KindProfile):
     home_lat: float = Field(float("nan"), description="geofence centre (NaN = learn it from the band)")
     home_lon: float = Field(float("nan"))
     geofence_radius_m: float = Field(300.0, gt=0)
+    geofence_indoor_s: float = Field(
+        900.0,
+        gt=0,
+        description="worn with no GNSS fix this long after an in-fence fix or a fix approaching home: indoors"
+        " at home (bands rarely get a fix indoors), the wandering alert clears",
+    )
+    geofence_approach_factor: float = Field(
+        2.0, ge=1, description="a fix nearer home than the previous one is approaching within this x radius"
+    )
+    geofence_approach_m: float = Field(25.0, ge=0, description="nearer by at least this (GNSS scatter)")
+    home_learn_step_m: float = Field(
+        30.0,
+        gt=0,
+        description="learned home: a fix moves it by at most alpha x this per axis (a running median, not"
+        " a mean: walks do not drag it); fixes taken on the charger are learned in full",
+    )
+    home_learn_warmup_fixes: float = Field(
+        96.0, ge=0, description="the learned home takes its first fixes in full (a mean), then median steps"
+    )
     band_removed_s: float = Field(900.0, ge=0, description="off the wrist (not charging) this long")
 
 
