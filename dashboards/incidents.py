@@ -142,7 +142,9 @@ def routes(web: Web) -> list[BaseRoute]:
             wearers=wearers,
             inapp=[i for i in inapp if str(i.get("incident_id")) == str(incident_id)],
         )
-        recipients = notices.recipients_named(log, t=t, lang=t.lang, roster=names, wearers=wearers)
+        recipients = notices.recipients_named(
+            log, t=t, lang=t.lang, roster=names, wearers=wearers, intents=intents
+        )
         events = notices.timeline(detail["timeline"], t=t, lang=t.lang, roster=names, recipients=recipients)
         for f in family:
             f["reached"] = notices.family_reached(f.get("family_reached"), t=t, clock=clock)

@@ -31,6 +31,8 @@ from firmware_bridge.kernel.locale import parse_iso
 _INTENT_KEY = re.compile(
     r"^\d+:\d+:\d+:\d+:(?P<kind>user|role|group|webhook):(?P<target>family_contact/[^/]+|[^/]+)"
 )
+#: the loop's reminders to the call takers' desk (cloud.loop.service._desk_intent): ``id:version:why:desk``
+_DESK_KEY = re.compile(r"^\d+:\d+:(?P<why>returned|overdue:[a-z_,]+):desk(?:/|$)")
 #: manual sends (``POST /api/v1/notify/send``): ``incident/step/kind:target``
 _MANUAL_KEY = re.compile(r"^[^/]+/-?\d+/(?P<kind>user|role|group|webhook):(?P<target>[^/]+)")
 FAMILY_PREFIX = "family:"  # cloud.notify.contacts.FAMILY_PREFIX: a wearer's family as a recipient
@@ -62,10 +64,30 @@ class NoticeRow:
     step: int
 
 
-def intent_target(dedup_key: str) -> tuple[str, str] | None:
-    """(kind, target) a delivery was for, from its key; ``None`` for a key of another form."""
+def intent_target(
+    dedup_key: str, intents: Mapping[str, tuple[str, str]] | None = None
+) -> tuple[str, str] | None:
+    """(kind, target) a delivery was for: the intent whose key prefixes the delivery's (when the caller may
+    read the intents), else from the key's own form; ``None`` for a key of another form."""
+    for prefix, target in (intents or {}).items():
+        if dedup_key.startswith(prefix + "/"):
+            return target
+    if _DESK_KEY.match(dedup_key):
+        return ("role", "call_taker")
     m = _INTENT_KEY.match(dedup_key) or _MANUAL_KEY.match(dedup_key)
     return (m.group("kind"), m.group("target")) if m else None
+
+
+def desk_reason(dedup_key: str, t: Callable[..., str]) -> str:
+    """超时提醒：接单 / 退回提醒 for a reminder to the desk; "" for any other page."""
+    m = _DESK_KEY.match(dedup_key)
+    if m is None:
+        return ""
+    why = m.group("why")
+    if why == "returned":
+        return t("notices.desk_returned")
+    steps = "、".join(t("action." + a) for a in why.removeprefix("overdue:").split(",") if a)
+    return t("notices.desk_overdue", what=steps)
 
 
 def role_label(role: str, lang: str) -> str:
@@ -90,6 +112,7 @@ def who_of(
     lang: str,
     roster: Mapping[str, str],
     wearers: Mapping[str, str],
+    intents: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[str, str]:
     """(who, whom) of one delivery: the person's or family's name where known, else the duty it was for."""
     recipient = str(delivery.get("recipient", ""))
@@ -100,10 +123,14 @@ def who_of(
         if wearer:
             return t("notices.family_of", wearer=wearer), "family"
         return t("notices.family_device", device=_tail(device)), "family"
-    target = intent_target(str(delivery.get("dedup_key", "")))
+    key = str(delivery.get("dedup_key", ""))
+    target = intent_target(key, intents)
     if target is None:
         return named or recipient, ""
     kind, tid = target
+    reminder = desk_reason(key, t)
+    if reminder:
+        return t("notices.desk", who=named or role_label(tid, lang), why=reminder), "desk"
     if kind == "role" and tid.startswith(FAMILY_ROLE):  # the 请致电家属 call task, to the desk
         return named or t("notices.call_task", role=role_label("call_taker", lang)), "call_task"
     if kind == "user":
@@ -160,9 +187,10 @@ def rows(
         if action in ACTION_WORDS and a.get("at") is not None:
             acts.setdefault(actor, (action, float(a["at"])))  # the first action: when it was first read
     inapp_read = {str(i["dedup_key"]): i.get("read_at") for i in inapp if i.get("dedup_key")}
+    targets = intent_map(intents)
     out: list[NoticeRow] = []
     for d in deliveries:
-        who, whom = who_of(d, t=t, lang=lang, roster=roster, wearers=wearers)
+        who, whom = who_of(d, t=t, lang=lang, roster=roster, wearers=wearers, intents=targets)
         status = str(d.get("status", ""))
         attempts = d.get("attempts") or []
         when = d.get("finished_at") if status in ("delivered", "failed", "cancelled") else d.get("next_at")
@@ -191,7 +219,7 @@ def rows(
         fake = {"dedup_key": f"{ikey}/-", "recipient": ""}
         if kind == "role" and tid.startswith(FAMILY_ROLE):
             fake["recipient"] = FAMILY_PREFIX + tid.removeprefix(FAMILY_ROLE)
-        who, whom = who_of(fake, t=t, lang=lang, roster=roster, wearers=wearers)
+        who, whom = who_of(fake, t=t, lang=lang, roster=roster, wearers=wearers, intents=targets)
         state = str(i.get("state", ""))
         out.append(
             NoticeRow(
@@ -211,6 +239,15 @@ def rows(
         )
     out.sort(key=lambda r: (r.at or 0.0, r.step))
     return out
+
+
+def intent_map(intents: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Intent key -> (target kind, target id), from ``GET /incidents/{id}/intents``."""
+    return {
+        str(i["dedup_key"]): (str(i.get("target_kind", "")), str(i.get("target_id", "")))
+        for i in intents
+        if i.get("dedup_key")
+    }
 
 
 def _num(value: Any) -> float | None:
@@ -259,11 +296,13 @@ def recipients_named(
     lang: str,
     roster: Mapping[str, str],
     wearers: Mapping[str, str],
+    intents: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, str]:
     """Recipient key (``user:18``) -> who, as the notices block says it (for the timeline's lines)."""
     out: dict[str, str] = {}
+    targets = intent_map(intents)
     for d in (log or {}).get("deliveries") or []:
-        who, _ = who_of(d, t=t, lang=lang, roster=roster, wearers=wearers)
+        who, _ = who_of(d, t=t, lang=lang, roster=roster, wearers=wearers, intents=targets)
         out.setdefault(str(d.get("recipient", "")), who)
     return out
 

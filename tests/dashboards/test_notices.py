@@ -49,6 +49,15 @@ def test_who_a_delivery_was_for_comes_from_its_key_and_the_roster() -> None:
         "call_task",
     )
     assert _who("12/0/user:disp/disp/inapp") == ("disp", "user")  # a manual send
+    # the loop's reminders to the desk (cloud.loop.service._desk_intent's key)
+    overdue = _who("12:3:overdue:accept,arrive:desk/user:23/inapp")
+    assert overdue == ("值班接警员（超时提醒：接单、到场）", "desk")
+    assert _who("12:4:returned:desk/user:23/inapp") == ("值班接警员（退回提醒）", "desk")
+    # the intents, when the caller may read them, say who a page was for whatever the key's form
+    odd = {"dedup_key": "x-y-z/user:18/inapp", "recipient": "user:18"}
+    known = {"x-y-z": ("user", "r-0007")}
+    got = notices.who_of(odd, t=T, lang="zh", roster=ROSTER, wearers={}, intents=known)
+    assert got == ("王网格", "user")
     # the cloud's own name for the person wins when it gives one
     assert _who(f"{duty}/user:18/sms", recipient_name="李医生") == ("李医生 · 网格员", "role")
     assert _who("something-else", "user:18") == ("user:18", "")

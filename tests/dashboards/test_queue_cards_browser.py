@@ -137,3 +137,20 @@ def test_queue_is_cards_on_a_phone_and_a_table_on_a_desk(
     if width < 640:
         assert rows.first.evaluate("r => getComputedStyle(r).display") == "grid"
     page.screenshot(path=str(_shots(tmp_path) / f"incident-{width}.png"), full_page=True)
+
+
+@pytest.mark.parametrize(("width", "height"), [(390, 844), (1440, 900)])
+def test_kpi_and_gateway_tables_fit_a_phone(
+    contexts: Any, guarded: LiveCloud, tmp_path: Path, width: int, height: int
+) -> None:
+    """The KPI board's groups and the gateway list: cards on a phone, no word one character a line."""
+    page = contexts(viewport={"width": width, "height": height}).new_page()
+    login(page, "disp", to="/console/kpi")
+    for path, cell in (("/console/kpi", "#kpi-table tbody td"), ("/console/gateways", "#gateway-table td")):
+        page.goto(path)
+        _no_sideways_scroll(page)
+        first = page.locator(cell).first
+        first.wait_for()
+        box = first.bounding_box()
+        assert box is not None and box["width"] >= MIN_EVENT_PX, (path, box)
+        page.screenshot(path=str(_shots(tmp_path) / f"{path.rsplit('/', 1)[-1]}-{width}.png"), full_page=True)
