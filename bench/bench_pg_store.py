@@ -8,7 +8,10 @@ Run: ``.venv/bin/python bench/bench_pg_store.py`` (about a minute; ``--repeat N`
   temporary ``ON COMMIT DELETE ROWS`` table, then ``INSERT .. SELECT NULLIF(..) .. ON CONFLICT DO
   NOTHING`` into the kind's table (the store as of commit 388ef80, frozen below).
 * ``new``: :class:`cloud.timeseries.postgres.PostgresStore`: the binary stream built with numpy, ``COPY``
-  straight into the table, the old path only after a unique violation.
+  straight into the table, the old path only after a unique violation, ``device_id`` ``COLLATE "C"``.
+* with ``--layouts`` also ``new, database collation`` (the new write into a table made by the old store,
+  not upgraded) and ``new, ICU en-US`` (as in a database created with an en_US locale): what the
+  bytewise key alone is worth. ``old`` runs on the old layout (the database's collation).
 
 Batches are the whole-path rows' of ``bench/bench_ingest.py``: 2,000 manhole readings (8 channels) of 200
 devices, 1 % missing values. Per implementation and phase:
@@ -46,7 +49,7 @@ import numpy as np
 from cloud.timeseries.base import BackendError, WriteResult, table_name, time_ms_column
 from cloud.timeseries.postgres import _BASE, PostgresStore, _q
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
-from firmware_bridge.registry import spec
+from firmware_bridge.registry import KINDS, spec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pg_store.json"
 KIND = DeviceKind.MANHOLE
@@ -152,9 +155,27 @@ def _timed(store: PostgresStore, batches: list[ReadingBatch]) -> dict[str, Any]:
     }
 
 
+IMPLS = {  # name: (store class, collation of device_id in the tables)
+    "old": (OldPostgresStore, "default"),  # as the old store made them: the database's collation
+    "new": (PostgresStore, "C"),
+    "new, database collation": (PostgresStore, "default"),  # a table made by the old store, not upgraded
+    "new, ICU en-US": (PostgresStore, "en-US-x-icu"),  # a database created with an en_US locale
+}
+
+
 def run_once(impl: str, url: str, data: dict[str, list[ReadingBatch]], warmup: int) -> dict[str, Any]:
-    cls = OldPostgresStore if impl == "old" else PostgresStore
+    import psycopg
+
+    cls, collation = IMPLS[impl]
     out: dict[str, Any] = {"impl": impl, "load_1m_at_start": round(os.getloadavg()[0], 2)}
+    PostgresStore(url).close()  # the tables
+    if collation != "C":
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as c:
+            for kind in KINDS:
+                c.execute(
+                    f"ALTER TABLE {_q(table_name(kind))} "
+                    f'ALTER COLUMN device_id TYPE text COLLATE "{collation}"'
+                )
     store = cls(url)
     try:
         for b in data["fresh"][:warmup]:
@@ -173,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=100, help="timed batches of new readings per run")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--dup-batches", type=int, default=20)
+    ap.add_argument(
+        "--layouts",
+        action="store_true",
+        help="also the new write into tables whose device_id has the database's collation (an old table "
+        "not upgraded) and an ICU en-US collation",
+    )
     args = ap.parse_args(argv)
     from tests.servers import start_postgres
 
@@ -188,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     load0 = os.getloadavg()
     try:
+        order = list(IMPLS) if args.layouts else ["old", "new"]
         for rep in range(args.repeat):
-            for impl in ("old", "new") if rep % 2 == 0 else ("new", "old"):
-                r = run_once(impl, pg.create_database(f"pgstore_{impl}_{rep}"), data, args.warmup)
+            for j, impl in enumerate(order if rep % 2 == 0 else order[::-1]):
+                r = run_once(impl, pg.create_database(f"pgstore_{rep}_{j}"), data, args.warmup)
                 runs.append(r)
                 f = r["fresh"]
                 print(
@@ -205,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         pg.stop()
         shutil.rmtree(pg.directory, ignore_errors=True)
     summary: dict[str, Any] = {}
-    for impl in ("old", "new"):
+    for impl in order:
         mine = [r for r in runs if r["impl"] == impl]
         summary[impl] = {
             phase: {
@@ -220,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for phase in ("fresh", "redelivered", "mixed")
         }
-    for impl in ("old", "new"):
+    for impl in order:
         for phase in ("fresh", "redelivered", "mixed"):
             s = summary[impl][phase]
             print(
-                f"median {impl:3s} {phase:11s}: client {s['client_cpu_ms_per_batch']:6.2f} ms  server "
+                f"median {impl:23s} {phase:11s}: client {s['client_cpu_ms_per_batch']:6.2f} ms  server "
                 f"{s['server_cpu_ms_per_batch']:6.2f} ms CPU/batch  {s['readings_per_server_cpu_s']:>9,} "
                 f"readings/server CPU-s  wall {s['wall_ms_per_batch']:6.2f} ms"
             )

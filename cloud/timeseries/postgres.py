@@ -134,6 +134,12 @@ def copy_binary(batch: ReadingBatch) -> bytes:
     return b"".join((_SIGNATURE, raw[keep].tobytes(), _TRAILER))
 
 
+def collation_upgrade_sql(kind: DeviceKind) -> str:
+    """The statement that gives a table made before the ``COLLATE "C"`` key the new layout (run by an
+    operator at a quiet time: it rebuilds the primary key index and blocks the table meanwhile)."""
+    return f'ALTER TABLE {_q(table_name(kind))} ALTER COLUMN device_id TYPE text COLLATE "C"'
+
+
 def _conninfo(url: str) -> str:
     scheme, rest = url.split("://", 1)
     return "postgresql://" + rest if scheme.startswith("postgres") else url
@@ -171,12 +177,26 @@ class PostgresStore:
                 t = _q(table_name(kind))
                 chans = ", ".join(f"{_q(n)} double precision" for n in s.channel_names)
                 self._conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {t} (device_id text NOT NULL, time_ms bigint NOT NULL, "
-                    f"seq bigint NOT NULL, battery_pct double precision, flags bigint NOT NULL, "
-                    f"fw_version integer NOT NULL, {chans}, PRIMARY KEY (device_id, time_ms, seq))"
+                    f'CREATE TABLE IF NOT EXISTS {t} (device_id text COLLATE "C" NOT NULL, '
+                    "time_ms bigint NOT NULL, seq bigint NOT NULL, battery_pct double precision, "
+                    f"flags bigint NOT NULL, fw_version integer NOT NULL, {chans}, "
+                    "PRIMARY KEY (device_id, time_ms, seq))"
                 )
                 for n in s.channel_names:
                     self._conn.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {_q(n)} double precision")
+                row = self._conn.execute(
+                    "SELECT attcollation <> 'pg_catalog.\"C\"'::regcollation FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attname = 'device_id'",
+                    (t,),
+                ).fetchone()
+                if row is not None and row[0]:
+                    log.info(
+                        "%s was created before device ids were compared bytewise; it works as it is, and "
+                        "its writes cost the server less after %s (rebuilds the key index, blocking writes "
+                        "meanwhile: docs/timeseries.md)",
+                        table_name(kind),
+                        collation_upgrade_sql(kind),
+                    )
         self._staged: set[DeviceKind] = set()
 
     def _stage_table(self, kind: DeviceKind) -> str:
