@@ -10,7 +10,7 @@
 - :class:`TokenBuckets`: the quota's building block, token buckets keyed by anything, bounded in number;
   :class:`KeyedRateLimit` over them refuses a request (429 with a ``reason``) while its key's bucket is
   empty: :func:`link_read_limit` (a responder link's reads of the wearer's position, cloud/api/links.py);
-  cloud/certrefusals.py uses it for the audit of nginx's certificate-refusal reports per client address.
+  cloud/tls.py uses it for the audit of nginx's certificate-refusal reports per client address.
 - :class:`LogThrottle`: a ``logging.Filter`` that lets a repeated line (same logger, level and message
   template) through at most ``burst`` times per ``window_s`` and then reports how many were suppressed, so a
   hostile client cannot grow the journal by 98 MB in 25 s.

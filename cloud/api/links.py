@@ -36,10 +36,10 @@ from pydantic import BaseModel, Field
 
 from cloud.api.deps import ERROR_RESPONSES, State
 from cloud.api.notify import get_notify
-from cloud.certrefusals import ProxyReports, proxy_refusal
 from cloud.errors import BadRequestError
 from cloud.limits import GuardMetrics, KeyedRateLimit, link_read_limit
 from cloud.notify.links import RESPONDER_PURPOSES, LinkClaims, Purpose
+from cloud.tls import ProxyReports, proxy_refusal
 
 router = APIRouter(prefix="/api/v1", tags=["links"], responses=ERROR_RESPONSES)
 
@@ -167,11 +167,11 @@ async def link_position(token: str, request: Request, state: State) -> JSONRespo
 async def proxy_certificate_refusal(request: Request, state: State) -> JSONResponse:
     """nginx's ``@certificate_refused`` location (deploy/nginx/vigil-cloud.conf) reports a certificate it
     refused (495 / 496); recorded like the cloud's own refusals and answered with their 403 and reason
-    (:func:`cloud.certrefusals.proxy_refusal`). Not from a trusted proxy with ``X-Vigil-Proxy-Secret``:
+    (:func:`cloud.tls.proxy_refusal`). Not from a trusted proxy with ``X-Vigil-Proxy-Secret``:
     403 ``proxy_unauthenticated``, nothing recorded. Here because this router is wired into the app;
     docs/mtls.md describes it."""
     reports: ProxyReports | None = getattr(request.app.state, "vigil_proxy_reports", None)
     if reports is None:
         reports = request.app.state.vigil_proxy_reports = ProxyReports.from_env()
     exc = await proxy_refusal(state, reports, request.scope, request.headers)
-    return JSONResponse(exc.body(), status_code=403, headers={"Connection": "close"})
+    return JSONResponse(exc.body(), status_code=403)  # nginx closes the client's connection after a 495

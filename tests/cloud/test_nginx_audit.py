@@ -1,5 +1,6 @@
 """nginx's refusals of client certificates reach the cloud's audit log (docs/mtls.md, "nginx's refusals in
-the cloud's audit log"; deploy/nginx/vigil-cloud.conf ``@certificate_refused``; cloud/certrefusals.py).
+the cloud's audit log"; deploy/nginx/vigil-cloud.conf ``@certificate_refused``; cloud/tls.py
+``proxy_refusal``).
 
 The gateway CA, its certificates and the CRL are made with OpenSSL by docs/mtls.md's own commands (run as
 tests/cloud/test_mtls_doc.py runs them); nginx runs the shipped file (only ports, names and paths replaced,
@@ -32,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from alerts.contract import HTTP_PATH
-from cloud.certrefusals import PROXY_AUDITS_BURST, REFUSAL_PATH
+from cloud.tls import PROXY_AUDITS_BURST, REFUSAL_PATH
 from tests.cloud.crlkit import empty_crl
 from tests.cloud.test_mtls_doc import doc_commands, issue
 from tests.cloud.test_tls import make_pki, running_cloud
@@ -198,6 +199,11 @@ def test_a_forged_report_is_refused_and_records_nothing(site: Site) -> None:
     direct = f"http://127.0.0.1:{s.cloud_port}{REFUSAL_PATH}"  # from loopback: a trusted proxy address
     for extra in ({}, {"X-Vigil-Proxy-Secret": "0" * 64}, {"X-Vigil-Proxy-Secret": s.secret[:-1]}):
         r = httpx.post(direct, headers={**forged, **extra}, timeout=10)
+        assert r.status_code == 403 and r.json()["reason"] == "proxy_unauthenticated", r.text
+    # the right secret from an address that is not a trusted proxy (127.0.0.2; only 127.0.0.1 is trusted)
+    other = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=other, timeout=10) as c:
+        r = c.post(direct, headers={**forged, "X-Vigil-Proxy-Secret": s.secret})
         assert r.status_code == 403 and r.json()["reason"] == "proxy_unauthenticated", r.text
     # through nginx, even a client holding the secret cannot reach the internal endpoint
     d = s.ca_dir
