@@ -567,7 +567,11 @@ async def run_demo(
             await seed_people(admin.put, people)
         story.bind(client.get)
         await story.load_names()
-        people_client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+        # idle connections are dropped before uvicorn's 5-second keep-alive ends, so a phone never sends
+        # on a connection the server is closing
+        people_client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(keepalive_expiry=2.0))
+        )
         report.actors = Community(people_client, phones, truth_now, clock, seed=cfg.seed)
         tg.create_task(report.actors.run(stop), name="people")
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")

@@ -284,12 +284,18 @@ class Community:
         log.debug("demo actor action failed: %s", what)
 
     async def _call(self, what: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
-        try:
-            r = await self.client.request(method, url, **kw)
-        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the client is closed (shutting down)
-            self._fail(f"{what}: {type(exc).__name__}")
+        for attempt in (1, 2):
+            try:
+                return await self.client.request(method, url, **kw)
+            except httpx.TransportError as exc:
+                # a phone reloads a page whose connection dropped; a button is not pressed twice
+                if method == "GET" and attempt == 1:
+                    continue
+                self._fail(f"{what}: {type(exc).__name__}")
+            except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the client is closed (shutdown)
+                self._fail(f"{what}: {type(exc).__name__}")
             return None
-        return r
+        return None
 
     @staticmethod
     def _auth(phone: Phone) -> dict[str, str]:
