@@ -33,7 +33,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from alerts.contract import HTTP_PATH
-from cloud.tls import PROXY_AUDITS_BURST, REFUSAL_PATH
+from cloud.errors import ConfigError
+from cloud.tls import PROXY_AUDITS_BURST, REFUSAL_PATH, proxy_secret, uvicorn_tls_options
+from tests.cloud.cloudkit import make_settings
 from tests.cloud.crlkit import empty_crl
 from tests.cloud.test_mtls_doc import doc_commands, issue
 from tests.cloud.test_tls import make_pki, running_cloud
@@ -256,3 +258,20 @@ def client_ctx_for(s: Site, cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(s.server_ca))
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+def test_a_weak_proxy_secret_stops_the_cloud_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``vigil cloud`` checks ``VIGIL_CLOUD_PROXY_SECRET`` before serving (cloud/cli.py calls
+    ``uvicorn_tls_options``): too short, or with a space or a quote (it is pasted into nginx's file), is a
+    ConfigError naming it; unset means reports are not believed."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path}/v.db")
+    for bad in ("0123456789abcdef", "x" * 40 + " y", "x" * 40 + '"'):
+        monkeypatch.setenv("VIGIL_CLOUD_PROXY_SECRET", bad)
+        with pytest.raises(ConfigError, match="VIGIL_CLOUD_PROXY_SECRET"):
+            uvicorn_tls_options(settings)
+    monkeypatch.setenv("VIGIL_CLOUD_PROXY_SECRET", "a" * 64)
+    assert uvicorn_tls_options(settings) == {} and proxy_secret() == b"a" * 64
+    monkeypatch.delenv("VIGIL_CLOUD_PROXY_SECRET")
+    assert proxy_secret() is None
