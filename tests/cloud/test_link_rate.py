@@ -63,6 +63,11 @@ async def test_a_link_polled_too_often_gets_429_with_retry_after_and_no_position
         no_whereabouts(r.text)
         assert f"{PARK[0]:.6f}" not in r.text
     assert limited((await c.client.get("/metrics")).text) == before + 2
+    # the phone page of the same link says so (in Chinese first) and shows nothing of the wearer
+    page = await c.client.get(f"/console/l/{token}")
+    assert page.status_code == 429 and "过于频繁" in page.text, page.text
+    no_whereabouts(page.text)
+    assert limited((await c.client.get("/metrics")).text) == before + 3
 
     # another person's link to the same case has its own allowance
     assert (await c.client.get(f"/api/v1/links/{other}/position")).status_code == 200
