@@ -16,7 +16,10 @@ Called by the HTTP endpoint (``POST /api/v1/ingest/batches``) and by the MQTT wo
    ``(device_id, time, seq)``, so if anything later fails and the gateway retries, nothing doubles.
 4. **One database transaction** records the batch id, stores the alert lifecycle steps (de-duplicated on
    ``(alert_id, phase, time)``), moves each alert's current state, and updates each device's last seen,
-   last sequence number and lost-frame count, and the gateway's last seen and status.
+   last sequence number and lost-frame count, and the gateway's last seen and status. On the embedded
+   SQLite default it is built in a second thread *while* step 3 runs and committed only after step 3
+   returned (:meth:`IngestService._ingest_overlapped`; why, and what it was measured against:
+   ``docs/deploy-district.md``, "Whole path / store on the embedded default").
 5. **Ack** only after that commit; then the :class:`AlertSink` (dispatch, a later issue) is told about the
    steps that were new. A failing sink is logged and counted; it never un-acknowledges stored data.
 
@@ -31,9 +34,11 @@ import asyncio
 import json
 import logging
 import sqlite3
+import threading
 import time as _time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext, suppress
 from itertools import repeat
 from typing import Any, Protocol, TypeVar
 
@@ -85,6 +90,7 @@ class IngestService:
         sink: AlertSink | None = None,
         clock: Clock | None = None,
         limits: IngestLimits | None = None,
+        overlap: bool | None = None,
     ) -> None:
         self.db = db
         self.store = store
@@ -96,6 +102,10 @@ class IngestService:
         self.guard = GuardMetrics.for_registry(self.metrics.registry)
         self._last_refusal_log: dict[str, float] = {}
         self.devices = DeviceCache()  # devices' gateway and kind, per registry generation
+        # the database transaction beside the time-series write (see _ingest_overlapped): SQLite only
+        self.overlap = db.is_sqlite if overlap is None else overlap
+        self._op_pool: ThreadPoolExecutor | None = None
+        self._op_pool_lock = threading.Lock()
 
     async def ingest(
         self, batch: UplinkBatch, *, gateway_id: str, allow_unassigned: bool = False
@@ -276,11 +286,10 @@ class IngestService:
                 if dup is not None:
                     return dup, []
                 screened = self._screen(s, batch, gateway_id, allow_unassigned)
+            if self.overlap and screened.telemetry:
+                return self._ingest_overlapped(batch, gateway_id, screened)
             # Readings first, durable (idempotent: a failure later is repaired by the gateway's retry), then
-            # one transaction. Measured against running the write beside the transaction in a second
-            # thread: on a loaded 2-core machine the thread hand-offs and GIL contention cost more than
-            # the overlap gained (bench/bench_ingest.py), and this order never holds SQLite's write lock
-            # during an fsync, so concurrent requests group-commit their readings.
+            # one transaction.
             stored, duplicates = self._write_telemetry(screened.telemetry)
             # a concurrent delivery of the same batch, or a concurrent first step of an alert: retried
             return self._commit_or_duplicate(batch, gateway_id, stored, duplicates, screened)
@@ -288,6 +297,82 @@ class IngestService:
             raise StorageError(
                 f"database error while storing batch {batch.batch_id}: {type(exc).__name__}"
             ) from exc
+
+    def _ingest_overlapped(
+        self, batch: UplinkBatch, gateway_id: str, screened: Screened
+    ) -> tuple[UplinkAck, list[AlertEvent]]:
+        """The batch's database transaction built in a second thread while this one writes the readings;
+        committed only once the readings are durable.
+
+        The ordering invariant of the serial path holds: the ``ingested_batches`` row is committed after
+        ``_write_telemetry`` returned (readings durable), never before, else a retry of a batch whose
+        readings were lost would be answered ``duplicate``. The transaction's thread does the device
+        bookkeeping, the alert steps and the gateway row, then waits for the readings' outcome: on
+        success it adds the batch row and commits; on failure it rolls everything back (nothing of the
+        batch in the database, the gateway retries). A ``kill -9`` before the commit leaves the readings
+        (idempotent) and no batch row: the retry stores the batch.
+        """
+        gate: Future[tuple[int, int]] = Future()
+        op = self._op_executor().submit(self._op_transaction, batch, gateway_id, screened, gate)
+        try:
+            stored, duplicates = self._write_telemetry(screened.telemetry)
+        except BaseException as exc:
+            gate.set_exception(exc)
+            with suppress(BaseException):  # the readings' failure is the one to report
+                op.result()  # rolled back (the write lock released) before the caller hears of it
+            raise
+        gate.set_result((stored, duplicates))
+        try:
+            gaps, new_steps = op.result()
+        except ConflictError:
+            # a concurrent delivery of this batch committed first (or a concurrent first step of an
+            # alert): as the serial path, its duplicate answer or a serial retry
+            dup = self._find_batch(gateway_id, batch.batch_id)
+            if dup is not None:
+                return dup, []
+            return self._commit_or_duplicate(batch, gateway_id, stored, duplicates, screened)
+        return self._acked(batch, stored, duplicates, screened, gaps, new_steps)
+
+    def _op_transaction(
+        self, batch: UplinkBatch, gateway_id: str, screened: Screened, gate: Future[tuple[int, int]]
+    ) -> tuple[int, list[AlertEvent]]:
+        """The operational transaction of :meth:`_ingest_overlapped` (in the ingest service's own thread)."""
+        if gate.done() and gate.exception() is not None:
+            raise _ReadingsFailed  # the readings failed before this started: nothing to do
+        now = self.clock.now()
+        with self.db.write() as s:
+            conn = s.connection()
+            mark = _mark(conn.dialect.paramstyle)
+            gaps = self._update_devices(s, screened.telemetry, now)
+            new_steps = store_alert_steps(s, screened.alerts, source=gateway_id, received_at=now)
+            if new_steps:
+                s.flush()
+            self._gateway_row(conn, mark, batch, gateway_id, now)
+            if gate.exception() is not None:  # waits for the readings: durable, or failed
+                raise _ReadingsFailed  # rolls the transaction back
+            stored, duplicates = gate.result()
+            # last: the row that makes a retry a duplicate (a concurrent delivery fails here, rolled back)
+            conn.exec_driver_sql(
+                "INSERT INTO ingested_batches (gateway_id, batch_id, received_at, sent_at, telemetry_stored, "
+                f"telemetry_duplicates, alerts_stored) VALUES ({', '.join([mark] * 7)})",
+                (gateway_id, batch.batch_id, now, batch.sent_at, stored, duplicates, len(new_steps)),
+            )
+        return gaps, new_steps
+
+    def _op_executor(self) -> ThreadPoolExecutor:
+        """The threads of :meth:`_op_transaction` (created on first use; the embedded database has one
+        writer, so two threads are plenty: one committing, one waiting for the write lock)."""
+        with self._op_pool_lock:
+            if self._op_pool is None:
+                self._op_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-ingest-tx")
+            return self._op_pool
+
+    def close(self) -> None:
+        """Stop the transaction threads (after the work queued on them)."""
+        with self._op_pool_lock:
+            pool, self._op_pool = self._op_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def _find_batch(self, gateway_id: str, batch_id: str, s: Session | None = None) -> UplinkAck | None:
         with nullcontext(s) if s is not None else self.db.read() as session:
@@ -393,8 +478,13 @@ class IngestService:
                 f"AND batch_id = {mark}",
                 (len(new_steps), gateway_id, batch.batch_id),
             )
-        # the gateway's row: one UPDATE (the row lock is the UPDATE's own), at the driver level like the
-        # rest: the ORM's UPDATE cost ~1 ms of CPU per batch (statement cache key, session synchronisation)
+        self._gateway_row(conn, mark, batch, gateway_id, now)
+        return gaps, new_steps
+
+    @staticmethod
+    def _gateway_row(conn: Connection, mark: str, batch: UplinkBatch, gateway_id: str, now: float) -> None:
+        """The gateway's row: one UPDATE (the row lock is the UPDATE's own), at the driver level like the
+        rest: the ORM's UPDATE cost ~1 ms of CPU per batch (statement cache key, session synchronisation)."""
         sql = f"UPDATE gateways SET last_seen = {mark}, batches_total = COALESCE(batches_total, 0) + 1"
         args: tuple[object, ...] = (now,)
         if batch.status is not None:
@@ -402,7 +492,6 @@ class IngestService:
             sql += f", last_status = {json_mark}"
             args += (json.dumps(batch.status.model_dump()),)
         conn.exec_driver_sql(f"{sql} WHERE gateway_id = {mark}", (*args, gateway_id))
-        return gaps, new_steps
 
     def _acked(
         self,
@@ -527,6 +616,11 @@ class IngestService:
                 (now, ids, g, n, newer[present].tolist(), t, q, bt),
             )
         return int(gaps.sum())
+
+
+class _ReadingsFailed(Exception):
+    """Rolls the overlapped transaction back: the batch's readings were not stored (the caller reports
+    the time-series error itself)."""
 
 
 def _sqlite_dbapi(conn: Connection) -> sqlite3.Connection:
