@@ -275,3 +275,18 @@ def test_a_weak_proxy_secret_stops_the_cloud_at_start(
     assert uvicorn_tls_options(settings) == {} and proxy_secret() == b"a" * 64
     monkeypatch.delenv("VIGIL_CLOUD_PROXY_SECRET")
     assert proxy_secret() is None
+
+
+def test_nginx_answers_a_flood_of_bad_certificates_itself(site: Site) -> None:
+    """``limit_req`` on ``@certificate_refused``: 30 a minute per client address, 30 at once; past that
+    nginx answers 429 and the cloud does not hear of it (a revoked gateway retrying every few seconds stays
+    well under it)."""
+    s, d = site, site.ca_dir
+    statuses = [
+        upload(s, "gw-stolen", d / "gw-stolen.pem", d / "gw-stolen.key").status_code for _ in range(40)
+    ]
+    assert statuses[:31] == [403] * 31  # the burst: every one reported and answered by the cloud
+    assert 429 in statuses[31:] and set(statuses) == {403, 429}
+    reported = refusals(s.cloud_port, "certificate_revoked")
+    assert reported == statuses.count(403) < 40
+    assert len(audited(s.db_path)) == 1  # one certificate: audited once a minute
