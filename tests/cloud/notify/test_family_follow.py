@@ -516,3 +516,22 @@ async def test_the_resident_case_page_serves_the_family_link_unchanged(
         await close(cloud, incident_id)
         r = await phone.get(f"/l/{params['link']}", follow_redirects=True)
         assert "已办结" in r.text and 'id="rate-form"' in r.text and 'id="reopen-form"' not in r.text
+
+
+async def test_the_in_app_list_merges_own_and_operator_notices_newest_first(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    async with notify_kit(tmp_path, sqlite_url, fake_config()) as kit:
+        me, other = kit.users["grid1"], kit.users["grid2"]
+        with kit.db.write() as s:
+            for i, (uid, incident) in enumerate(
+                [(me, "1"), (None, "1"), (other, "1"), (me, "2"), (None, "2"), (None, "1"), (me, "1")]
+            ):
+                s.add(InApp(user_id=uid, incident_id=incident, kind="notice", notice={"title": f"n{i}"},
+                            created_at=T0 + i))  # fmt: skip
+        titles = [n["title"] for n in list_for(kit.db, me)]
+        assert titles == ["n6", "n5", "n4", "n3", "n1", "n0"]  # grid2's own n2 is not mine
+        assert [n["title"] for n in list_for(kit.db, me, limit=3)] == ["n6", "n5", "n4"]
+        assert [n["title"] for n in list_for(kit.db, me, operators=False)] == ["n6", "n3", "n0"]
+        assert [n["title"] for n in list_for(kit.db, me, incident_id="1")] == ["n6", "n5", "n1", "n0"]
+        assert [n["title"] for n in list_for(kit.db, me, incident_id="1", operators=False)] == ["n6", "n0"]
