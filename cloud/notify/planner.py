@@ -17,7 +17,10 @@ Two recipients stand in for a target (docs/notifications.md):
   carries the device, whose family it is (masked name) and the masked number, addressed when it is
   delivered to the call takers on duty in the incident's zone (the loop's roster), or to every operator
   when nobody is on call; the console reveals the number to admin / dispatcher, audited. No action
-  links: a relative is told, not dispatched, and a text message reply from them means nothing.
+  links: a relative is told, not dispatched, and a text message reply from them means nothing; with
+  ``family_link`` the SMS carries a follow link (progress only, rating once closed: ``link`` parameter,
+  :meth:`~cloud.notify.links.LinkSigner.family_token`). A reopened case's family page
+  (:attr:`NotifyRequest.reopen`, ``cloud.notify.loopbridge.ReopenWatch``) says so and is keyed per reopen.
 """
 
 from __future__ import annotations
