@@ -255,6 +255,7 @@ class Community:
         self._cases: dict[tuple[str, str], _Case] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._residents: set[str] = set()  # incidents whose resident has a case link
+        self._seen: set[tuple[str, int]] = set()  # (phone, notice id) already looked at
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _rng(self, *parts: object) -> random.Random:
@@ -338,24 +339,29 @@ class Community:
                 self._fail(f"{phone.name} inapp: HTTP {r.status_code}")
             return
         for notice in sorted(r.json(), key=lambda n: n["id"]):
-            if notice.get("for_all_operators"):
+            if notice.get("for_all_operators") or (phone.username, notice["id"]) in self._seen:
                 continue  # the operators' shared queue (call tasks): not this phone's to answer
-            await self._call(
-                "read", "POST", f"/api/v1/notify/inapp/{notice['id']}/read", headers=self._auth(phone)
-            )
+            self._seen.add((phone.username, notice["id"]))
             links = {}
             for a in notice.get("actions") or ():
                 purpose = _BY_LABEL.get(str(a.get("label", "")))
                 if purpose is not None and "/l/" in str(a.get("url", "")):
                     links[purpose] = str(a["url"]).rsplit("/l/", 1)[1]
             incident = str(notice.get("incident_id") or "")
-            if incident.isdigit() and Purpose.ACCEPT in links:
-                self._page(phone, incident, float(notice["created_at"]), links)
+            if not (incident.isdigit() and Purpose.ACCEPT in links):
+                continue
+            if self._page(phone, incident, float(notice["created_at"]), links):
+                # opened on the phone: read in the console too (a page never answered stays unread)
+                path = f"/api/v1/notify/inapp/{notice['id']}/read"
+                r = await self._call("read", "POST", path, headers=self._auth(phone))
+                if r is not None and r.status_code != 204:
+                    self._fail(f"{phone.name} read: HTTP {r.status_code}")
 
-    def _page(self, phone: Phone, incident: str, paged_at: float, links: dict[Purpose, str]) -> None:
+    def _page(self, phone: Phone, incident: str, paged_at: float, links: dict[Purpose, str]) -> bool:
+        """Decide what to do about a page; true if the person looks at it."""
         case = self._cases.setdefault((phone.username, incident), _Case())
         if case.state not in ("new", "silent"):
-            return  # already answering, declined, or on it
+            return True  # already answering, declined, or on it: this page is glanced at and set aside
         case.pages += 1
         rng = self._rng(phone.username, incident, case.pages)
         # a page repeated by the escalation (another message, a louder channel) is more often answered
@@ -365,13 +371,14 @@ class Community:
             if case.state == "new":
                 self.counts["silent"] += 1
             case.state = "silent"
-            return
+            return False
         lo, hi = phone.habit.react_s
         delay = rng.uniform(300, 720) if rng.random() < phone.habit.late_share else rng.uniform(lo, hi)
         case.state = "pending"
         self._spawn(
             self._respond(phone, incident, paged_at + delay, links, rng), f"{phone.username}#{incident}"
         )
+        return True
 
     async def _incident(self, phone: Phone, incident: str) -> dict[str, Any] | None:
         r = await self._call("incident", "GET", f"/api/v1/incidents/{incident}", headers=self._auth(phone))
