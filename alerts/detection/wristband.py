@@ -241,6 +241,7 @@ def _geofence(ctx: RuleContext, worn: np.ndarray, charging: np.ndarray) -> Verdi
         hour = ((ti / 3600.0 + _at(p.utc_offset_h, ix, inside)) % 24.0 + 24.0) % 24.0
         full = (
             (learned < _at(p.home_learn_warmup_fixes, ix, inside))
+            | ~np.isfinite(hlat[inside])  # no home yet (home_learn_warmup_fixes < 1): this fix is the home
             | (hour < _at(p.day_start_h, ix, inside))
             | (hour >= _at(p.day_end_h, ix, inside))
             | charging[ix][inside]

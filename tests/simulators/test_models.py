@@ -267,7 +267,10 @@ def test_geofence_exit_positions(run) -> None:  # type: ignore[no-untyped-def]
     for d, rs in wb.items():
         lat0, lon0 = home[d]
         for x in (x for x in rs if x.has_flag("gps_valid")):
-            if any(e.device_id == d and e.start - 3600 <= x.time <= e.end for e in exits):
+            # around an exit: walking out inside the fence before it, and 8 m GNSS scatter either side of
+            # the fence crossings (truth is the true position: a fix seconds after walking back in may
+            # read a few metres outside)
+            if any(e.device_id == d and e.start - 3600 <= x.time <= e.end + 60 for e in exits):
                 continue
             dy = (x.value("lat") - lat0) * M_PER_DEG_LAT
             dx = (x.value("lon") - lon0) * M_PER_DEG_LAT * math.cos(math.radians(lat0))

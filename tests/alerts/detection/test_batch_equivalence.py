@@ -73,6 +73,9 @@ OVERRIDES = {
     "S1": {"neighbour_group": 7.0, "smoke_bit_immediate": True},
     "M1": {"tilt_threshold_deg": 5.0},
     "W1": {"home_lat": 22.54, "home_lon": 114.05},
+    # the geofence's home evidence and learned home, per device (the reference profiles have them too)
+    "W0": {"geofence_indoor_s": 300.0, "geofence_approach_factor": 30.0, "geofence_approach_m": 0.0},
+    "W2": {"home_learn_warmup_fixes": 0.0, "home_learn_step_m": 5.0, "geofence_radius_m": 200.0},
 }
 
 

@@ -3,11 +3,12 @@ REFERENCES.md; the band's uplink pattern as modelled in simulators/wristband.py)
 
 from __future__ import annotations
 
+from alerts.contract import AlertEvent
 from alerts.detection.engine import DetectionEngine
 from alerts.detection.profiles import ProfileSet
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind
-from tests.alerts.detection.detect_helpers import T0, feed, of, reading, types
+from tests.alerts.detection.detect_helpers import T0, batch, feed, of, reading, types
 
 W = DeviceKind.WRISTBAND
 
@@ -157,3 +158,20 @@ def test_geofence_with_configured_home_and_learned_home() -> None:
     away = [reading(W, "W2", 8 + i, T0 + 300.0 * (8 + i), **far) for i in range(2)]
     assert feed(eng, home) == []
     assert of(feed(eng, away), EventType.GEOFENCE_EXIT, AlertPhase.RAISED)
+
+
+def test_geofence_learned_home_without_warm_up() -> None:
+    """home_learn_warmup_fixes=0 (allowed: ge=0): the first fix has no home to clip towards, it must become
+    the home; before the fix it was clipped against a NaN baseline, the learned home stayed NaN and the band
+    never raised GEOFENCE_EXIT."""
+    eng = DetectionEngine(ProfileSet(overrides={"W": {"home_learn_warmup_fixes": 0.0}}))
+    out: list[AlertEvent] = []
+    t = T0 + 3600  # 09:00 local: daytime, so fixes are clipped (not learned in full)
+    for seq in range(46):
+        far = seq >= 40  # 40 fixes at home, then 2.2 km north
+        r = reading(DeviceKind.WRISTBAND, "W", seq, t, lat=22.56 if far else 22.54, lon=114.05)
+        out += eng.process(batch([r]), now=t)
+        t += 300
+    assert [(e.event_type, e.phase) for e in out if e.event_type is EventType.GEOFENCE_EXIT] == [
+        (EventType.GEOFENCE_EXIT, AlertPhase.RAISED)
+    ]

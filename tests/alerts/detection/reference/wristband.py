@@ -169,7 +169,7 @@ def _geofence(ctx: RuleContext) -> Verdict:
     lvl = select([out, home, ~ok, dist > 0.8 * rad], [MEDIUM, CLEAR, UNKNOWN, HOLD], CLEAR).astype(np.int8)
     inside = fix & ~(ok & (dist > 0.8 * rad))
     learned = st["gf_learned"][rows]
-    full = inside & ((learned < warm_n) | given | charging | night)
+    full = inside & ((learned < warm_n) | given | charging | night | ~np.isfinite(hlat))
     st["gf_learned"][rows] = learned + inside
     cy = step_m / (EARTH_RADIUS_M * np.pi / 180.0)
     cx = cy / np.maximum(coslat, 1e-6)
