@@ -254,7 +254,7 @@ async def run_demo(
     from firmware_bridge.kernel.clock import AcceleratedClock
     from firmware_bridge.kernel.events import EventType
     from simulators.config import parse_config as parse_fleet_config
-    from simulators.demo_actors import Community, GroundTruth, phones_for
+    from simulators.demo_actors import Community, GroundTruth, duty_plan, phones_for
     from simulators.demo_loop import DispatchStory, demo_people, seed_people, seeded_roles
     from simulators.fleet import Fleet
     from simulators.outputs import SerialSink
@@ -572,7 +572,14 @@ async def run_demo(
         people_client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(keepalive_expiry=2.0))
         )
-        report.actors = Community(people_client, phones, truth_now, clock, seed=cfg.seed)
+        report.actors = Community(
+            people_client,
+            phones,
+            truth_now,
+            clock,
+            seed=cfg.seed,
+            on_duty=duty_plan(people.people, people.roster),
+        )
         tg.create_task(report.actors.run(stop), name="people")
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
         await asyncio.wait_for(gateway.started.wait(), 20)

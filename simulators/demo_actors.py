@@ -38,12 +38,13 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from alerts.loop.rosters import roster_from_dict
 from cloud.notify.links import Purpose
 from cloud.notify.render import PURPOSE_LABELS
 from firmware_bridge.kernel.clock import Clock
@@ -217,6 +218,21 @@ def phones_for(people: Iterable[Any], tokens: Mapping[str, str]) -> list[Phone]:
     return out
 
 
+def duty_plan(people: Iterable[Any], roster: Mapping[str, Any]) -> Callable[[str, float], bool]:
+    """``(username, t) -> on call``: each person's own duty plan, from the roster document the demo loaded
+    (``simulators.demo_loop.DemoPeople``); pure, no call to the cloud."""
+    plan = roster_from_dict(roster)
+    duties = {p.username: [(r, z) for r in p.roles for z in p.zones] for p in people}
+
+    def on_duty(username: str, t: float) -> bool:
+        return any(
+            any(x.id == username for x in plan.on_call(role, zone, t))
+            for role, zone in duties.get(username, ())
+        )
+
+    return on_duty
+
+
 @dataclass
 class _Case:
     """What one phone decided about one incident."""
@@ -236,10 +252,12 @@ class Community:
         clock: Clock,
         *,
         seed: int = 0,
-        poll_s: float = 30.0,
-        min_poll_real_s: float = 1.0,
+        poll_s: float = 60.0,
+        min_poll_real_s: float = 1.5,
         reopen_share: float = 0.05,
         rate_share: float = 0.85,
+        on_duty: Callable[[str, float], bool] | None = None,
+        off_duty_factor: float = 10.0,
     ) -> None:
         self.client = client
         self.phones = list(phones)
@@ -250,6 +268,8 @@ class Community:
         self.min_poll_real_s = min_poll_real_s
         self.reopen_share = reopen_share
         self.rate_share = rate_share
+        self.on_duty = on_duty  # (username, t) -> on call now (each person knows their duty plan)
+        self.off_duty_factor = off_duty_factor  # off duty, a phone is looked at this much less often
         self.counts: Counter[str] = Counter()  # what the people did (accept, decline, silent, ...)
         self.failures: list[str] = []  # actions the cloud refused or that did not reach it
         self._cases: dict[tuple[str, str], _Case] = {}
@@ -313,8 +333,9 @@ class Community:
                 await asyncio.wait_for(stop.wait(), offset)
             while not stop.is_set():
                 await self._read_notices(phone)
+                off = self.on_duty is not None and not self.on_duty(phone.username, self.clock.now())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+                    await asyncio.wait_for(stop.wait(), wait * self.off_duty_factor if off else wait)
 
         try:
             n = max(len(self.phones), 1)
@@ -528,6 +549,7 @@ __all__ = [
     "Habit",
     "Phone",
     "Verdict",
+    "duty_plan",
     "phones_for",
     "resolution_note",
     "travel_s",
