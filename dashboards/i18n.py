@@ -106,9 +106,14 @@ class Translator:
                 return value
         return locale.show(float(value), self.zone)
 
-    def clock(self, ts: float | None, now: float | None = None) -> str:
+    def clock(self, ts: float | str | None, now: float | None = None) -> str:
         """``06:57`` for a time today in the display zone, ``11-26 06:57`` for an earlier day: the queue's
-        short time (the full one is in the ``<time datetime>`` beside it)."""
+        short time (the full one is in the ``<time datetime>`` beside it). ISO-8601 strings are read too."""
+        if isinstance(ts, str):
+            try:
+                ts = locale.parse_iso(ts) if ts else None
+            except ValueError:
+                return str(ts)
         if ts is None or ts <= 0:
             return "—"
         when = datetime.fromtimestamp(ts, self.zone)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from alerts.loop.routing import FAMILY_ROLE
 from dashboards import geo, notices
 from dashboards.client import ApiError
 from dashboards.web import FormError, Session, Web, read_form, same_origin
@@ -119,7 +120,11 @@ def routes(web: Web) -> list[BaseRoute]:
         t = web.translator(request)
         detail = await s.api.incident(incident_id, language=t.lang)
         inc = detail["incident"]
-        wants_family = s.is_staff and inc.get("kind") in FAMILY_KINDS
+        # the block belongs to cases whose route pages the family (a fall, an SOS), not to a band gone silent
+        # (a case not routed yet keeps it: better a call too many than a family not called)
+        receivers = inc.get("receivers") or []
+        pages_family = not receivers or any(FAMILY_ROLE in (r.get("roles") or []) for r in receivers)
+        wants_family = s.is_staff and inc.get("kind") in FAMILY_KINDS and pages_family
         intents, log, inapp, family, roster = await asyncio.gather(
             _or_empty(s.api.intents(incident_id), []) if s.is_desk else _none([]),
             _or_empty(s.api.notify_log(incident_id), None),
@@ -145,7 +150,9 @@ def routes(web: Web) -> list[BaseRoute]:
         recipients = notices.recipients_named(
             log, t=t, lang=t.lang, roster=names, wearers=wearers, intents=intents
         )
-        events = notices.timeline(detail["timeline"], t=t, lang=t.lang, roster=names, recipients=recipients)
+        events = notices.fold(
+            notices.timeline(detail["timeline"], t=t, lang=t.lang, roster=names, recipients=recipients)
+        )
         for f in family:
             f["reached"] = notices.family_reached(f.get("family_reached"), t=t, clock=clock)
         return web.render(

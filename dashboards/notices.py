@@ -344,3 +344,18 @@ def timeline(
 def _known(t: Callable[..., str], key: str) -> str:
     text = t(key)
     return "" if text == key else text
+
+
+def fold(events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive events of the same action, actor and words as one line with a count and the last time
+    (a grouped case's 34 merged alerts are one line ``合并告警 ×34``, not 34 lines)."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        last = out[-1] if out else None
+        same = ("action", "actor", "to_stage", "reason_label")
+        if last is not None and all(last.get(k) == e.get(k) for k in same):
+            last["count"] += 1
+            last["until"] = e.get("at")
+            continue
+        out.append({**e, "count": 1, "until": None})
+    return out

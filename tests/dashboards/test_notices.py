@@ -125,3 +125,21 @@ def test_timeline_lines_name_people_and_translate_the_machines_words() -> None:
         ("王网格", "手机链接", ""),
         ("系统", "网关", "grouped by per_device"),
     ]
+
+
+def test_a_run_of_the_same_event_is_one_line_with_a_count() -> None:
+    merged = {"action": "alert_merged", "actor": "system", "to_stage": "dispatched", "reason_label": ""}
+    events = [
+        {"action": "create", "actor": "system", "to_stage": "registered", "reason_label": "", "at": "a"},
+        *({**merged, "at": f"m{i}"} for i in range(34)),
+        {"action": "accept", "actor": "r-1", "to_stage": "accepted", "reason_label": "", "at": "b"},
+        {**merged, "at": "m99"},
+    ]
+    out = notices.fold(events)
+    assert [(e["action"], e["count"], e["until"]) for e in out] == [
+        ("create", 1, None),
+        ("alert_merged", 34, "m33"),
+        ("accept", 1, None),
+        ("alert_merged", 1, None),  # not folded across another event: the order stays readable
+    ]
+    assert T.clock("2026-11-27T10:42:00+08:00", now=AT) == "10:42"

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from cloud.loop.models import Incident
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import Cloud, make_settings, start_cloud
 from tests.cloud.notify.kit import page
@@ -132,3 +133,21 @@ async def test_a_family_text_refused_on_every_try_reads_failed(
     notices = _text(_block(html, "notices"))
     assert "失败" in notices and "张**的家属" in notices
     assert 'class="family-reached st bad"' in html
+
+
+async def test_the_family_block_follows_the_route(family_cloud: Cloud) -> None:
+    """A wristband case routed to the family (fall: 家属、社区医生) has the block; one whose route pages no
+    family (a site's routing sends a silent band to device maintenance only) has none."""
+    cloud = family_cloud
+    incident_id = wearer_case(cloud)
+    routes = {
+        "family": [{"department": "health", "roles": ["family_contact", "community_doctor"]}],
+        "none": [{"department": "operations", "roles": ["maintenance"]}],
+    }
+    for which, receivers in routes.items():
+        with cloud.state.db.write() as s:
+            row = s.get(Incident, incident_id)
+            assert row is not None
+            row.receivers = receivers
+        html = await _page(cloud, incident_id)
+        assert ('id="family"' in html) is (which == "family"), which
