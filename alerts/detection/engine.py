@@ -200,7 +200,9 @@ class DetectionEngine:
         )
         verdicts = _evaluate(ks.module, ctx)
         for pos, (et, v) in enumerate(verdicts.items()):
-            bs = ks.episodes[et].step_batch(seg, ts, v.level, v.value, v.immediate, v.since, v.confirm_after)
+            bs = ks.episodes[et].step_batch(
+                seg, ts, v.level, v.value, v.immediate, v.since, v.confirm_after, v.clear_after
+            )
             if bs is not None:
                 steps.append((et, pos, bs.idx, bs.phase, bs.severity, bs.episode_ms, v.value))
         if not steps:
@@ -475,7 +477,12 @@ def _evaluate(module: Any, ctx: RuleContext) -> dict[EventType, Verdict]:
     for et in parts[0][1]:
         level, value = np.empty(n, dtype=np.int8), np.empty(n)
         extra: dict[str, Any] = {}
-        for name, fill in (("immediate", False), ("since", math.nan), ("confirm_after", math.nan)):
+        for name, fill in (
+            ("immediate", False),
+            ("since", math.nan),
+            ("confirm_after", math.nan),
+            ("clear_after", math.nan),
+        ):
             if any(getattr(v[et], name) is not None for _ix, v in parts):
                 extra[name] = np.full(n, fill, dtype=type(fill))
         for ix, v in parts:

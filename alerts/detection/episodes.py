@@ -14,7 +14,10 @@ whether the reading is proof enough on its own (``immediate``). This module turn
   ``since``), so replays and restarts keep it.
 * **update** when the level rises (MEDIUM -> HIGH), when a MEDIUM episode persists ``escalate_after_s``
   (warning -> critical) and, as a reminder, every ``remind_every_s`` while open.
-* **clear** after ``clear_count`` readings at :data:`CLEAR` and at least ``min_open_s`` after raising.
+* **clear** after ``clear_count`` readings at :data:`CLEAR` and at least ``min_open_s`` after raising,
+  or - for a :data:`HOLD` reading that carries ``clear_after`` (the condition is over but not yet for
+  long enough to trust it) - when that many seconds pass without an active or plain HOLD reading
+  (devices that uplink at once when the condition returns: their silence is evidence, cleared by ``due``).
   :data:`HOLD` (the hysteresis band between the raise and clear thresholds) keeps an episode open and
   resets a pending one; :data:`UNKNOWN` (not measured) changes nothing.
 
@@ -56,6 +59,7 @@ _STATE: dict[str, tuple[str, float]] = {
     "deadline": ("f8", np.nan),  # raise at this time unless a CLEAR/HOLD reading comes first
     "pending_sev": ("i1", 0),
     "pending_value": ("f8", np.nan),
+    "clear_at": ("f8", np.nan),  # an open episode clears at this time unless an active/HOLD reading comes
 }
 
 
@@ -154,6 +158,7 @@ class EpisodeTable:
         immediate: npt.NDArray[np.bool_] | None = None,
         since: npt.NDArray[np.float64] | None = None,
         confirm_after: npt.NDArray[np.float64] | None = None,
+        clear_after: npt.NDArray[np.float64] | None = None,
     ) -> Transitions:
         """Advance the machines of ``rows`` (unique) by one reading each.
 
@@ -225,6 +230,7 @@ class EpisodeTable:
                 a["value"][rr] = value[ready]
                 a["frame_time"][rr] = t[ready]
                 a["deadline"][rr] = np.nan
+                a["clear_at"][rr] = np.nan
                 i = np.flatnonzero(ready)
                 idx_parts.append(i)
                 phases += [AlertPhase.RAISED] * len(i)
@@ -259,6 +265,17 @@ class EpisodeTable:
             sev_parts.append(level[worse].astype(np.int8))
         keep = is_open & ((level == HOLD) | active)
         a["clear_count"][rows[keep]] = 0
+        # a clear timer: armed by a HOLD reading carrying clear_after, cancelled by any other HOLD or
+        # active reading (CLEAR readings count towards clear_count and leave it; UNKNOWN changes nothing)
+        if clear_after is not None:
+            arm = keep & (level == HOLD) & np.isfinite(clear_after)
+        else:
+            arm = np.zeros(len(rows), dtype=bool)
+        a["clear_at"][rows[keep & ~arm]] = np.nan
+        if np.count_nonzero(arm):
+            ra = rows[arm]
+            a["clear_at"][ra] = t[arm] + clear_after[arm]  # type: ignore[index]
+            self._note(ra)
         oa = is_open & active
         a["value"][rows[oa]] = value[oa]
         calm = is_open & (level == CLEAR)
@@ -277,6 +294,7 @@ class EpisodeTable:
                 sev_parts.append(a["open_sev"][rr].astype(np.int8))
                 a["open_sev"][rr] = 0
                 a["clear_count"][rr] = 0
+                a["clear_at"][rr] = np.nan
                 a["value"][rr] = value[done]
                 a["frame_time"][rr] = t[done]
         if not idx_parts:
@@ -294,6 +312,7 @@ class EpisodeTable:
         immediate: npt.NDArray[np.bool_] | None = None,
         since: npt.NDArray[np.float64] | None = None,
         confirm_after: npt.NDArray[np.float64] | None = None,
+        clear_after: npt.NDArray[np.float64] | None = None,
     ) -> BatchSteps | None:
         """Advance the machines over a batch sorted by device (``seg``); None when nothing happened.
 
@@ -315,7 +334,7 @@ class EpisodeTable:
             if not engaged[rows].any():
                 return None  # nothing going on for these devices and nothing new
         if seg.single:
-            tr = self.step(rows, t, level, value, immediate, since, confirm_after)
+            tr = self.step(rows, t, level, value, immediate, since, confirm_after, clear_after)
             if not len(tr.idx):
                 return None
             return BatchSteps(tr.idx, tr.phase, tr.severity, self.arrays["episode_ms"][rows[tr.idx]])
@@ -332,11 +351,14 @@ class EpisodeTable:
         todo_m = ~l_quiet | lseg.seen(l_active)
         # an open episode whose readings neither clear nor worsen it (a long low battery, an ongoing
         # inactivity) steps to no transition: only its clear count and reported value move
-        inert = ~lseg.any((l_open <= 0) | (l_level == CLEAR) | (l_level > l_open))
+        # (a reading that arms a clear timer is not inert; the others cancel one, like a step would)
+        arms = (l_level == HOLD) & np.isfinite(clear_after[live]) if clear_after is not None else False
+        inert = ~lseg.any((l_open <= 0) | (l_level == CLEAR) | (l_level > l_open) | arms)
         if inert.any():
             ir = np.repeat(inert, lseg.lengths)
             held, _i = lseg.last_where(ir & ((l_level == HOLD) | l_active))
             a["clear_count"][held] = 0
+            a["clear_at"][held] = np.nan
             lseg.store_last(a["value"], value[live], ir & l_active)
             self.busy = True
             todo_m &= ~ir
@@ -358,6 +380,7 @@ class EpisodeTable:
                 None if immediate is None else immediate[ix],
                 None if since is None else since[ix],
                 None if confirm_after is None else confirm_after[ix],
+                None if clear_after is None else clear_after[ix],
             )
             if len(tr.idx):
                 j = ix[tr.idx]
@@ -403,12 +426,12 @@ class EpisodeTable:
         reminder."""
         a, r = self.arrays, self.rule
         sev = a["open_sev"][w]
-        times = [a["deadline"][w][(sev == 0) & (a["pending_count"][w] > 0)]]
+        times = [a["deadline"][w][(sev == 0) & (a["pending_count"][w] > 0)], a["clear_at"][w][sev > 0]]
         if not math.isinf(r.escalate_after_s):
             times.append(a["opened_at"][w][(sev > 0) & (sev < Severity.HIGH)] + r.escalate_after_s)
         if not math.isinf(r.remind_every_s):
             times.append(a["last_step_at"][w][sev > 0] + r.remind_every_s)
-        at = np.concatenate(times) if len(times) > 1 else times[0]
+        at = np.concatenate(times)
         out: npt.NDArray[np.float64] = at[~np.isnan(at)]  # NaN is never due
         return out
 
@@ -438,7 +461,7 @@ class EpisodeTable:
         if not len(w):
             self.busy = False
             return _EMPTY
-        confirmed = self._confirm_due(now, w)
+        confirmed = _join(self._confirm_due(now, w), self._clear_due(now, w))
         if math.isinf(r.escalate_after_s) and math.isinf(r.remind_every_s):
             return self._idle(confirmed, w)
         sev = a["open_sev"][w]
@@ -500,6 +523,18 @@ class EpisodeTable:
         a["deadline"][hit] = np.nan
         return Transitions(hit.astype(np.int64), [AlertPhase.RAISED] * len(hit), sev)
 
+    def _clear_due(self, now: float, w: npt.NDArray[np.int64]) -> Transitions:
+        """Clear open episodes whose ``clear_after`` timer passed with no active or HOLD reading since."""
+        a = self.arrays
+        hit = w[(a["open_sev"][w] > 0) & (a["clear_at"][w] <= now)]
+        if len(hit) == 0:
+            return _EMPTY
+        sev = a["open_sev"][hit].astype(np.int8)
+        a["open_sev"][hit] = 0
+        a["clear_count"][hit] = 0
+        a["clear_at"][hit] = np.nan
+        return Transitions(hit.astype(np.int64), [AlertPhase.CLEARED] * len(hit), sev)
+
     def raise_rows(
         self, rows: npt.NDArray[np.int64], now: float, severity: int, episode_s: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.int64]:
@@ -529,3 +564,13 @@ class EpisodeTable:
         a["clear_count"][rr] = 0
         a["frame_time"][rr] = t[i]
         return i, sev
+
+
+def _join(x: Transitions, y: Transitions) -> Transitions:
+    if not len(y.idx):
+        return x
+    if not len(x.idx):
+        return y
+    return Transitions(
+        np.concatenate([x.idx, y.idx]), x.phase + y.phase, np.concatenate([x.severity, y.severity])
+    )

@@ -41,6 +41,9 @@ class Verdict:
     # raise this many seconds after an active reading unless a CLEAR/HOLD reading arrives first (NaN =
     # never): for devices that uplink at once when the condition ends, silence confirms it
     confirm_after: FloatArray | None = None
+    # on a HOLD reading of an open episode: clear this many seconds later unless an active or plain
+    # HOLD reading arrives first (NaN = no timer): the condition is over, silence confirms it stays so
+    clear_after: FloatArray | None = None
 
 
 _CHANNELS: dict[tuple[DeviceKind, str], int] = {}

@@ -27,7 +27,9 @@ are the self-test's). **Hush** (at most ``hush_max_s`` from the press) never hid
 restart the persistence clock.
 
 **CO** (HIGH): the device's CO bit, or our own EN 50291 fractional dose reaching 1
-(:mod:`alerts.detection.detectors.dose`), so a detector whose bit logic failed is still covered.
+(:mod:`alerts.detection.detectors.dose`), so a detector whose bit logic failed is still covered. It
+clears after ``co_clear_hold_s`` of fresh air (below ``co_clear_ppm`` with the CO bit clear), seen by a
+later reading or by the device's silence (it uplinks when the bit sets again); a shorter dip keeps it.
 **CONTAMINATION** / **TAMPER** / **SENSOR_FAULT** from flags, **LOW_BATTERY** (GB 20517 checks it every
 24 h; reminders daily).
 
@@ -58,6 +60,8 @@ STATE: dict[str, tuple[str, float]] = {
     "hush_seen": ("?", 0),
     "group": ("f8", np.nan),  # neighbour_group of the device (NaN: none)
     "smoke_last": ("f8", np.nan),  # time of its latest frame showing smoke
+    "co_fresh_since": ("f8", np.nan),  # start of its current run of fresh-air CO readings
+    "co_fresh_seen": ("?", 0),  # its latest reading was fresh air
 }
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
@@ -212,16 +216,27 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     persist = np.where(smoke_only & ~steam, p.fire_persist_s, np.nan)
 
     dose = ctx.det["co_dose"].score_learn(ctx.seg, co, t)
-    co_on = (co_bit & p.co_bit_confirm) | (dose >= 1.0)
-    co_lvl = np.where(co_on, HIGH, np.where(co >= p.co_clear_ppm, HOLD, CLEAR))
+    # fresh air: below the clear level and the device's own CO bit clear (UL 2034 / EN 50291 alarms reset
+    # when the concentration falls); the dose raises, it never holds an alarm open in clean air
+    fresh = (co < p.co_clear_ppm) & ~co_bit
+    co_on = (co_bit & p.co_bit_confirm) | ((dose >= 1.0) & ~fresh)
+    seg, st = ctx.seg, ctx.state
+    fresh_start = fresh & ~seg.prev(fresh, st["co_fresh_seen"])
+    fresh_since = seg.prev_where(fresh_start, t, st["co_fresh_since"], inclusive=True)
+    seg.store_last(st["co_fresh_since"], t, fresh_start)
+    seg.store_last(st["co_fresh_seen"], fresh)
+    left = p.co_clear_hold_s - (t - fresh_since)  # fresh air still needed before it clears
+    co_lvl = np.where(co_on, HIGH, np.where(fresh & (left > 0), HOLD, np.where(fresh, CLEAR, HOLD)))
+    co_lvl = np.where(~fresh & ~co_on & ~(co >= p.co_clear_ppm), CLEAR, co_lvl)  # CO not measured
     co_lvl = np.where(test & ~co_on, HOLD, co_lvl).astype(np.int8)
+    co_clear_after = np.where((co_lvl == HOLD) & fresh, left, np.nan)
 
     nan = ctx.battery * math.nan
     return {
         EventType.FIRE: Verdict(
             fire_lvl, np.where(np.isfinite(smoke), smoke, temp), evidence, confirm_after=persist
         ),
-        EventType.CO: Verdict(co_lvl, co, co_on),
+        EventType.CO: Verdict(co_lvl, co, co_on, clear_after=co_clear_after),
         EventType.CONTAMINATION: Verdict(flag_level(ctx.flag("contamination"), Severity.LOW), smoke),
         EventType.TAMPER: Verdict(flag_level(ctx.flag("tamper"), Severity.MEDIUM), nan),
         EventType.SENSOR_FAULT: Verdict(flag_level(ctx.flag("fault"), Severity.LOW), nan),

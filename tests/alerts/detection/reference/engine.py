@@ -190,7 +190,9 @@ class DetectionEngine:
         )
         verdicts = ks.module.evaluate(ctx)
         for et, v in verdicts.items():
-            tr = ks.episodes[et].step(rows, t, v.level, v.value, v.immediate, v.since, v.confirm_after)
+            tr = ks.episodes[et].step(
+                rows, t, v.level, v.value, v.immediate, v.since, v.confirm_after, v.clear_after
+            )
             if len(tr.idx):
                 events += self._emit(ks, et, tr, rows, t, v.value, now)
         return events

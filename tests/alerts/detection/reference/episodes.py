@@ -14,7 +14,10 @@ whether the reading is proof enough on its own (``immediate``). This module turn
   ``since``), so replays and restarts keep it.
 * **update** when the level rises (MEDIUM -> HIGH), when a MEDIUM episode persists ``escalate_after_s``
   (warning -> critical) and, as a reminder, every ``remind_every_s`` while open.
-* **clear** after ``clear_count`` readings at :data:`CLEAR` and at least ``min_open_s`` after raising.
+* **clear** after ``clear_count`` readings at :data:`CLEAR` and at least ``min_open_s`` after raising,
+  or - for a :data:`HOLD` reading that carries ``clear_after`` (the condition is over but not yet for
+  long enough to trust it) - when that many seconds pass without an active or plain HOLD reading
+  (devices that uplink at once when the condition returns: their silence is evidence, cleared by ``due``).
   :data:`HOLD` (the hysteresis band between the raise and clear thresholds) keeps an episode open and
   resets a pending one; :data:`UNKNOWN` (not measured) changes nothing.
 
@@ -52,6 +55,7 @@ _STATE: dict[str, tuple[str, float]] = {
     "deadline": ("f8", np.nan),  # raise at this time unless a CLEAR/HOLD reading comes first
     "pending_sev": ("i1", 0),
     "pending_value": ("f8", np.nan),
+    "clear_at": ("f8", np.nan),  # an open episode clears at this time unless an active/HOLD reading comes
 }
 
 
@@ -113,6 +117,7 @@ class EpisodeTable:
         immediate: npt.NDArray[np.bool_] | None = None,
         since: npt.NDArray[np.float64] | None = None,
         confirm_after: npt.NDArray[np.float64] | None = None,
+        clear_after: npt.NDArray[np.float64] | None = None,
     ) -> Transitions:
         """Advance the machines of ``rows`` (unique) by one reading each.
 
@@ -183,6 +188,7 @@ class EpisodeTable:
                 a["value"][rr] = value[ready]
                 a["frame_time"][rr] = t[ready]
                 a["deadline"][rr] = np.nan
+                a["clear_at"][rr] = np.nan
                 i = np.flatnonzero(ready)
                 idx_parts.append(i)
                 phases += [AlertPhase.RAISED] * len(i)
@@ -217,6 +223,17 @@ class EpisodeTable:
             sev_parts.append(level[worse].astype(np.int8))
         keep = is_open & ((level == HOLD) | active)
         a["clear_count"][rows[keep]] = 0
+        # a clear timer: armed by a HOLD reading carrying clear_after, cancelled by any other HOLD or
+        # active reading (CLEAR readings count towards clear_count and leave it; UNKNOWN changes nothing)
+        if clear_after is not None:
+            arm = keep & (level == HOLD) & np.isfinite(clear_after)
+        else:
+            arm = np.zeros(len(rows), dtype=bool)
+        a["clear_at"][rows[keep & ~arm]] = np.nan
+        if np.count_nonzero(arm):
+            ra = rows[arm]
+            a["clear_at"][ra] = t[arm] + clear_after[arm]  # type: ignore[index]
+            self.busy = True
         oa = is_open & active
         a["value"][rows[oa]] = value[oa]
         calm = is_open & (level == CLEAR)
@@ -235,6 +252,7 @@ class EpisodeTable:
                 sev_parts.append(a["open_sev"][rr].astype(np.int8))
                 a["open_sev"][rr] = 0
                 a["clear_count"][rr] = 0
+                a["clear_at"][rr] = np.nan
                 a["value"][rr] = value[done]
                 a["frame_time"][rr] = t[done]
         if not idx_parts:
@@ -258,7 +276,7 @@ class EpisodeTable:
             self.busy = False
         if not self.busy:
             return _EMPTY
-        confirmed = self._confirm_due(now)
+        confirmed = _join(self._confirm_due(now), self._clear_due(now))
         if math.isinf(r.escalate_after_s) and math.isinf(r.remind_every_s):
             return confirmed
         sev = a["open_sev"][:n]
@@ -305,6 +323,19 @@ class EpisodeTable:
         a["deadline"][hit] = np.nan
         return Transitions(hit.astype(np.int64), [AlertPhase.RAISED] * len(hit), sev)
 
+    def _clear_due(self, now: float) -> Transitions:
+        """Clear open episodes whose ``clear_after`` timer passed with no active or HOLD reading since."""
+        a = self.arrays
+        n = self.capacity
+        hit = np.flatnonzero((a["open_sev"][:n] > 0) & (a["clear_at"][:n] <= now))
+        if len(hit) == 0:
+            return _EMPTY
+        sev = a["open_sev"][hit].astype(np.int8)
+        a["open_sev"][hit] = 0
+        a["clear_count"][hit] = 0
+        a["clear_at"][hit] = np.nan
+        return Transitions(hit.astype(np.int64), [AlertPhase.CLEARED] * len(hit), sev)
+
     def raise_rows(
         self, rows: npt.NDArray[np.int64], now: float, severity: int, episode_s: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.int64]:
@@ -333,3 +364,13 @@ class EpisodeTable:
         a["clear_count"][rr] = 0
         a["frame_time"][rr] = t[i]
         return i, sev
+
+
+def _join(x: Transitions, y: Transitions) -> Transitions:
+    if not len(y.idx):
+        return x
+    if not len(x.idx):
+        return y
+    return Transitions(
+        np.concatenate([x.idx, y.idx]), x.phase + y.phase, np.concatenate([x.severity, y.severity])
+    )

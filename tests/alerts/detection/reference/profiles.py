@@ -129,6 +129,14 @@ class SmokeAlarmProfile(KindProfile):
     hush_max_s: float = Field(600.0, ge=0, description="hush suppresses re-raise at most this long")
     # EN 50291 curve in alerts.detection.detectors.dose; clear below this concentration
     co_clear_ppm: float = Field(25.0, ge=0)
+    co_clear_hold_s: float = Field(
+        300.0,
+        ge=0,
+        description="fresh air (below co_clear_ppm, the device's CO bit clear) this long clears a CO alarm, "
+        "seen by a later reading or by the device's silence (it must uplink when its CO bit sets again, "
+        "docs/payloads.md); a shorter dip keeps it open. UL 2034 alarms re-sound within ~6 min when CO "
+        "persists after a silence, so 5 min of clean air is the device's own notion of over",
+    )
     co_bit_confirm: bool = Field(True, description="the device's own CO alarm bit raises at once")
     baseline_alpha: float = Field(0.05, gt=0, le=1)
 

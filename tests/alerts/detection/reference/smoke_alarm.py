@@ -54,6 +54,8 @@ PROFILE = SmokeAlarmProfile
 STATE: dict[str, tuple[str, float]] = {
     "hush_start": ("f8", np.nan),
     "hush_seen": ("?", 0),
+    "co_fresh_since": ("f8", np.nan),
+    "co_fresh_seen": ("?", 0),
     "group": ("f8", np.nan),  # neighbour_group of the device (NaN: none)
     "smoke_last": ("f8", np.nan),  # time of its latest frame showing smoke
 }
@@ -162,9 +164,17 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     persist = np.where(smoke_only & ~steam, p.fire_persist_s, np.nan)
 
     dose = ctx.det["co_dose"].score_many(rows, co, t)
-    co_on = (co_bit & p.co_bit_confirm) | (dose >= 1.0)
-    co_lvl = np.where(co_on, HIGH, np.where(co >= p.co_clear_ppm, HOLD, CLEAR))
+    fresh = (co < p.co_clear_ppm) & ~co_bit
+    co_on = (co_bit & p.co_bit_confirm) | ((dose >= 1.0) & ~fresh)
+    fs, fseen = ctx.state["co_fresh_since"], ctx.state["co_fresh_seen"]
+    fstart = fresh & ~fseen[rows]
+    fs[rows[fstart]] = t[fstart]
+    fseen[rows] = fresh
+    left = p.co_clear_hold_s - (t - fs[rows])
+    co_lvl = np.where(co_on, HIGH, np.where(fresh & (left > 0), HOLD, np.where(fresh, CLEAR, HOLD)))
+    co_lvl = np.where(~fresh & ~co_on & ~(co >= p.co_clear_ppm), CLEAR, co_lvl)
     co_lvl = np.where(test & ~co_on, HOLD, co_lvl).astype(np.int8)
+    co_clear_after = np.where((co_lvl == HOLD) & fresh, left, np.nan)
 
     # learning: the dose integrates everything; the baseline learns only calm readings
     ctx.det["co_dose"].learn_many(rows, co, t)
@@ -178,7 +188,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
         EventType.FIRE: Verdict(
             fire_lvl, np.where(np.isfinite(smoke), smoke, temp), evidence, confirm_after=persist
         ),
-        EventType.CO: Verdict(co_lvl, co, co_on),
+        EventType.CO: Verdict(co_lvl, co, co_on, clear_after=co_clear_after),
         EventType.CONTAMINATION: Verdict(flag_level(ctx.flag("contamination"), Severity.LOW), smoke),
         EventType.TAMPER: Verdict(flag_level(ctx.flag("tamper"), Severity.MEDIUM), nan),
         EventType.SENSOR_FAULT: Verdict(flag_level(ctx.flag("fault"), Severity.LOW), nan),
