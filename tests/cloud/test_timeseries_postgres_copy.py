@@ -82,6 +82,10 @@ def test_stream_is_what_psycopg_write_row_sends(which: str) -> None:
         b = make_batch(DeviceKind.SMOKE_ALARM, ["sa-1", "sa-2", "sa-333"], 40, seed=5)
         if which == "no_nan_same_length":  # the path that skips the byte mask
             b = make_batch(DeviceKind.WRISTBAND, ["wb-1", "wb-2"], 30, seed=6, nan_fraction=0.0)
+    assert copy_binary(b) == _psycopg_stream(b)
+
+
+def _psycopg_stream(b: ReadingBatch) -> bytes:
     tx = Transformer()
     oids = [postgres.types[t].oid for t in ("text", "int8", "int8", "float8", "int8", "int4")]
     oids += [postgres.types["float8"].oid] * b.values.shape[1]
@@ -91,7 +95,21 @@ def test_stream_is_what_psycopg_write_row_sends(which: str) -> None:
     for row in _rows(b):
         expected += fmt.write_row(row)
     expected += fmt.end()
-    assert copy_binary(b) == bytes(expected)
+    return bytes(expected)
+
+
+def test_reused_buffers_carry_nothing_from_one_batch_to_the_next() -> None:
+    """The encoder reuses its buffers: a long batch, then shorter ones with NULLs and short ids, then a
+    batch of another kind, each must come out exactly as psycopg writes it."""
+    long_ = make_batch(DeviceKind.MANHOLE, [f"mh-long-device-{i}" for i in range(30)], 40, nan_fraction=0.0)
+    for b in (
+        long_,
+        _awkward_batch(),
+        make_batch(DeviceKind.SMOKE_ALARM, ["s", "sa-22"], 7, seed=9, nan_fraction=0.3),
+        make_batch(DeviceKind.WRISTBAND, ["wb-1"], 3, seed=10, nan_fraction=0.0),
+        long_,
+    ):
+        assert copy_binary(b) == _psycopg_stream(b)
 
 
 def test_awkward_batch_round_trips_through_the_server(pg_url: str) -> None:
