@@ -29,12 +29,23 @@ Semantics (also in ``docs/simulators.md``; every rule is pinned by a hand-made c
   ``cleared`` step is the earliest one of that ``alert_id``. Per type: ``cleared`` (detected events whose
   last alert has a cleared step), ``not_cleared`` (it has none in the input: still open when the run or
   the journal ended), clear delay p50 / p95 and ``clears_over_1h`` (delay > 3600 s) over the cleared.
+- **Censoring at the end of the data**: a truth event that starts less than its type's detection
+  horizon (``DETECTION_HORIZON_S``, the longest delay the rules allow by design, e.g. 2 h of stillness
+  for inactivity) before the end of the data is *censored*: the run stopped before the detector could
+  be expected to page. It is left out of events, detections, recall, delays and ``missed`` whether
+  detected or not (counting only the detected ones would flatter recall), and reported as ``censored``
+  (``censored_detected`` of them detected all the same); an alert matching it is still a matched alert.
+  A detected event whose alert has no cleared step and whose truth ended less than ``LATE_CLEAR_S``
+  before the end of the data (still going on, or just over) is ``clear_censored``, not ``not_cleared``:
+  it could not yet be judged late. Both need the end of the data, ``end`` (epoch s, the run's end):
+  without it nothing is censored (the scorer knows the run's length, not when it started).
 - The overall row sums events, alerts, detections, duplicates and false alarms over all types.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -50,6 +61,24 @@ from simulators.truth import TruthRecord
 DEFAULT_TOLERANCE_S = 60.0
 DEFAULT_GRACE_S = 600.0
 LATE_CLEAR_S = 3600.0  # a clear delay over this counts in clears_over_1h
+
+_E = EventType
+#: seconds from an event's start within which the rules are expected to page it (by design, not as
+#: measured): a truth event starting less than this before the end of the data is censored
+DETECTION_HORIZON_S: dict[EventType, float] = {
+    _E.FIRE: 2700.0,  # uncorroborated smoke pages after fire_persist_s (45 min)
+    _E.CO: 5400.0,  # EN 50291: 50 ppm may take up to 90 min to alarm
+    _E.OVERFLOW: 1200.0,  # the device's water-alarm uplink, then its 10-min repeat
+    _E.HEART_RATE_HIGH: 1200.0,  # ~10 min at rest, plus an uplink interval
+    _E.HEART_RATE_LOW: 1200.0,
+    _E.SPO2_LOW: 1200.0,
+    _E.INACTIVITY: 9000.0,  # inactivity_s (2 h of daytime stillness) + 30 min
+    _E.GEOFENCE_EXIT: 1800.0,  # a fix outside the fence: GNSS fixes every 5-15 min while walking
+    _E.BAND_REMOVED: 1800.0,  # band_removed_s (15 min) + an uplink interval
+    _E.DEVICE_SILENT: 95040.0,  # 2.2 missed heartbeats of the slowest kind (12 h)
+}
+#: every other type: a flag or threshold the device reports in its next uplinks (minutes)
+DEFAULT_HORIZON_S = 600.0
 
 
 @dataclass
@@ -72,6 +101,9 @@ class ScoreRow:
     clear_delay_p50_s: float | None = None
     clear_delay_p95_s: float | None = None
     clears_over_1h: int = 0
+    censored: int = 0
+    censored_detected: int = 0
+    clear_censored: int = 0
     delays: list[float] = field(default_factory=list, repr=False)
     clear_delays: list[float] = field(default_factory=list, repr=False)
 
@@ -109,6 +141,8 @@ class ScoreReport:
     devices: int
     duration_s: float
     missed: list[dict[str, Any]] = field(default_factory=list)
+    end: float | None = None
+    censored: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self, event_type: str | EventType) -> ScoreRow:
         name = EventType(event_type).value
@@ -127,6 +161,9 @@ class ScoreReport:
             "overall": self.overall.to_dict(),
             "false_alarms_by_cause": self.false_alarms_by_cause,
             "missed": self.missed,
+            "end": self.end,
+            "censored": self.censored,
+            "horizons_s": {k.value: v for k, v in DETECTION_HORIZON_S.items()} | {"*": DEFAULT_HORIZON_S},
         }
 
     def to_json(self) -> str:
@@ -141,7 +178,7 @@ class ScoreReport:
         head = (
             f"{'event type':<20} {'events':>6} {'found':>6} {'recall':>7} {'alerts':>6} {'dup':>4} "
             f"{'false':>5} "
-            f"{'precision':>9} {'FA/1000dd':>9} {'delay p50':>9} {'p95':>8}"
+            f"{'precision':>9} {'FA/1000dd':>9} {'delay p50':>9} {'p95':>8} {'cens':>5}"
         )
         lines = [head, "-" * len(head)]
         for r in [*self.rows, self.overall]:
@@ -150,18 +187,23 @@ class ScoreReport:
             lines.append(
                 f"{r.event_type:<20} {r.events:>6} {r.detected:>6} {f(r.recall, True):>7} {r.alerts:>6} "
                 f"{r.duplicates:>4} {r.false_alarms:>5} {f(r.precision, True):>9} "
-                f"{f(r.false_alarms_per_1000_device_days):>9} {f(r.delay_p50_s):>9} {f(r.delay_p95_s):>8}"
+                f"{f(r.false_alarms_per_1000_device_days):>9} {f(r.delay_p50_s):>9} {f(r.delay_p95_s):>8} "
+                f"{r.censored:>5}"
             )
-        clears = [r for r in [*self.rows, self.overall] if r.cleared or r.not_cleared]
+        clears = [r for r in [*self.rows, self.overall] if r.cleared or r.not_cleared or r.clear_censored]
         if clears:
-            head2 = f"{'clear delay':<20} {'cleared':>7} {'open':>5} {'p50':>9} {'p95':>8} {'>1 h':>5}"
+            head2 = f"{'clear delay':<20} {'cleared':>7} {'open':>5} {'cens':>5} "
+            head2 += f"{'p50':>9} {'p95':>8} {'>1 h':>5}"
             lines += ["", head2, "-" * len(head2)]
             for r in clears:
                 lines.append(
-                    f"{r.event_type:<20} {r.cleared:>7} {r.not_cleared:>5} {f(r.clear_delay_p50_s):>9} "
-                    f"{f(r.clear_delay_p95_s):>8} {r.clears_over_1h:>5}"
+                    f"{r.event_type:<20} {r.cleared:>7} {r.not_cleared:>5} {r.clear_censored:>5} "
+                    f"{f(r.clear_delay_p50_s):>9} {f(r.clear_delay_p95_s):>8} {r.clears_over_1h:>5}"
                 )
-            lines.append("(alert cleared - truth end, seconds; open: detected, its alert never cleared)")
+            lines.append(
+                "(alert cleared - truth end, seconds; open: detected, its alert never cleared though the "
+                "event ended over 1 h before the end of the data; cens: ended later or still going on)"
+            )
         if self.false_alarms_by_cause:
             lines.append(
                 "false alarms by cause: "
@@ -171,7 +213,8 @@ class ScoreReport:
             )
         lines.append(
             f"(tolerance {self.tolerance_s:g} s before start, grace {self.grace_s:g} s after end; "
-            f"{self.devices} devices over {self.duration_s / 86400:.3f} days; delays in seconds)"
+            f"{self.devices} devices over {self.duration_s / 86400:.3f} days; delays in seconds; "
+            f"cens: events starting within their detection horizon of the end of the data, not scored)"
         )
         return "\n".join(lines)
 
@@ -214,8 +257,13 @@ def score(
     *,
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     grace_s: float = DEFAULT_GRACE_S,
+    end: float | None = None,
+    horizons: Mapping[EventType, float] | None = None,
 ) -> ScoreReport:
-    """Compare raised alerts with ground truth (see the module docstring for the exact rules)."""
+    """Compare raised alerts with ground truth (see the module docstring for the exact rules).
+
+    ``end``: when the data ends (epoch s; None: no censoring, see the module docstring); ``horizons``:
+    per-type detection horizons overriding :data:`DETECTION_HORIZON_S`."""
     if duration_s <= 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
     per_kind = dict(devices) if isinstance(devices, Mapping) else {}
@@ -233,6 +281,17 @@ def score(
         lst.sort(key=lambda r: r.start)
 
     steps = [a if isinstance(a, AlertEvent) else AlertEvent.model_validate(a) for a in alerts]
+    hz = {**DETECTION_HORIZON_S, **(horizons or {})}
+    data_end = math.inf if end is None else float(end)
+    censored = (
+        set()
+        if end is None
+        else {
+            id(t)
+            for t in truth
+            if not t.must_not_alert and t.start > data_end - hz.get(t.event_type, DEFAULT_HORIZON_S)
+        }
+    )
     raised = raises(steps)
     cleared_at: dict[str, float] = {}
     for a in steps:
@@ -247,7 +306,10 @@ def score(
 
     for t in truth:
         if not t.must_not_alert:
-            row(t.event_type).events += 1
+            if id(t) in censored:
+                row(t.event_type).censored += 1
+            else:
+                row(t.event_type).events += 1
     detected: set[int] = set()
     causes: dict[str, int] = defaultdict(int)
     for a in raised:
@@ -264,6 +326,9 @@ def score(
             detected.add(id(t))
             last_alert[id(t)] = a
             r.matched_alerts += 1
+            if id(t) in censored:
+                r.censored_detected += 1
+                continue
             r.detected += 1
             r.delays.append(a.time - t.start)
             if a.severity != t.severity:
@@ -282,14 +347,19 @@ def score(
 
     for t in truth:
         last = last_alert.get(id(t))
-        if last is None:
+        if last is None or id(t) in censored:
             continue
         c = cleared_at.get(last.alert_id)
-        if c is None:
+        if c is None and t.end > data_end - LATE_CLEAR_S:
+            row(t.event_type).clear_censored += 1
+        elif c is None:
             row(t.event_type).not_cleared += 1
         else:
             row(t.event_type).clear_delays.append(c - t.end)
-    missed = [t.to_dict() for t in truth if not t.must_not_alert and id(t) not in detected]
+    missed = [
+        t.to_dict() for t in truth if not t.must_not_alert and id(t) not in detected and id(t) not in censored
+    ]
+    cens = [t.to_dict() | {"detected": id(t) in detected} for t in truth if id(t) in censored]
     ordered = sorted(rows.values(), key=lambda r: r.event_type)
     for r in ordered:
         k = _kind_of(EventType(r.event_type))
@@ -306,13 +376,16 @@ def score(
             "false_alarms",
             "severity_mismatches",
             "not_cleared",
+            "censored",
+            "censored_detected",
+            "clear_censored",
         ):
             setattr(overall, name, getattr(overall, name) + getattr(r, name))
         overall.delays.extend(r.delays)
         overall.clear_delays.extend(r.clear_delays)
     overall.finish(total_devices * days)
     return ScoreReport(
-        ordered, overall, dict(causes), tolerance_s, grace_s, total_devices, duration_s, missed
+        ordered, overall, dict(causes), tolerance_s, grace_s, total_devices, duration_s, missed, end, cens
     )
 
 
