@@ -311,6 +311,10 @@ class IngestService:
         success it adds the batch row and commits; on failure it rolls everything back (nothing of the
         batch in the database, the gateway retries). A ``kill -9`` before the commit leaves the readings
         (idempotent) and no batch row: the retry stores the batch.
+
+        The time-series write must never take the operational database's write lock (``Database.write``):
+        this transaction holds it while it waits for that write. It only reads it (the wristbands' open
+        alarms, ``cloud.privacy.OpenAlarms``), which WAL never blocks.
         """
         gate: Future[tuple[int, int]] = Future()
         op = self._op_executor().submit(self._op_transaction, batch, gateway_id, screened, gate)
