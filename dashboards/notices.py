@@ -19,6 +19,7 @@ on a delivery, they are used; without them the block still works.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class NoticeRow:
     error: str
     read: str  # 已读 10:42 / 未读 / 已接单 10:45 / "" (not known for this channel)
     step: int
+    count: int = 1  # identical pages (three call takers' reminders in the same minute) shown as one row
 
 
 def intent_target(
@@ -238,6 +240,22 @@ def rows(
             )
         )
     out.sort(key=lambda r: (r.at or 0.0, r.step))
+    return _same_as_one(out)
+
+
+def _same_as_one(rows_: list[NoticeRow]) -> list[NoticeRow]:
+    """Consecutive rows that say the same (same minute, who, channel, state, read) as one row ``×N``."""
+    out: list[NoticeRow] = []
+
+    def said(r: NoticeRow) -> tuple[Any, ...]:
+        return (int((r.at or 0) // 60), r.who, r.channel, r.status, r.read, r.step, r.error)
+
+    for r in rows_:
+        if out and said(out[-1]) == said(r):
+            last = out[-1]
+            out[-1] = dataclasses.replace(last, count=last.count + 1, attempts=max(last.attempts, r.attempts))
+            continue
+        out.append(r)
     return out
 
 

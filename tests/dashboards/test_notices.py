@@ -143,3 +143,19 @@ def test_a_run_of_the_same_event_is_one_line_with_a_count() -> None:
         ("alert_merged", 1, None),  # not folded across another event: the order stays readable
     ]
     assert T.clock("2026-11-27T10:42:00+08:00", now=AT) == "10:42"
+
+
+def test_the_same_page_to_three_call_takers_in_one_minute_is_one_row() -> None:
+    deliveries = [
+        {"dedup_key": f"12:3:overdue:accept:desk/user:{u}/inapp", "recipient": f"user:{u}",
+         "channel": "inapp", "status": "delivered", "attempts": [{}], "created_at": AT + u, "step": -1}
+        for u in (23, 24, 25)
+    ] + [
+        {"dedup_key": "12:4:overdue:accept:desk/user:23/inapp", "recipient": "user:23", "channel": "inapp",
+         "status": "failed", "attempts": [{}], "created_at": AT + 30, "step": -1},
+    ]  # fmt: skip
+    rows = notices.rows({"deliveries": deliveries}, [], t=T, lang="zh", clock=clock, roster={}, wearers={})
+    assert [(r.who, r.status, r.count) for r in rows] == [
+        ("值班接警员（超时提醒：接单）", "delivered", 3),
+        ("值班接警员（超时提醒：接单）", "failed", 1),  # a different outcome stays its own row
+    ]
