@@ -133,5 +133,13 @@ class Translator:
             return self("age.hours", h=s // 3600, m=(s % 3600) // 60)
         return self("age.days", d=s // 86400)
 
+    def overdue(self, clocks: object) -> str:
+        """接单超时 / 派遣、全案超时 for an incident's ``overdue`` clocks; 超时 when it names none."""
+        names = [str(c) for c in clocks] if isinstance(clocks, (list, tuple)) else []
+        if not names:
+            return self("incident.overdue")
+        sep = "、" if self.lang == "zh" else ", "
+        return self("incident.overdue_of", what=sep.join(self("clock." + c) for c in names))
+
     def iso(self, ts: float | None) -> str:
         return "" if ts is None else locale.iso(ts, self.zone)

@@ -88,7 +88,7 @@ def desk_reason(dedup_key: str, t: Callable[..., str]) -> str:
     why = m.group("why")
     if why == "returned":
         return t("notices.desk_returned")
-    steps = "、".join(t("action." + a) for a in why.removeprefix("overdue:").split(",") if a)
+    steps = "、".join(t("clock." + a) for a in why.removeprefix("overdue:").split(",") if a)
     return t("notices.desk_overdue", what=steps)
 
 

@@ -52,6 +52,8 @@ def test_who_a_delivery_was_for_comes_from_its_key_and_the_roster() -> None:
     # the loop's reminders to the desk (cloud.loop.service._desk_intent's key)
     overdue = _who("12:3:overdue:accept,arrive:desk/user:23/inapp")
     assert overdue == ("值班接警员（超时提醒：接单、到场）", "desk")
+    assert T.overdue(["accept"]) == "接单超时" and T.overdue(["dispatch", "case"]) == "派遣、全案超时"
+    assert EN.overdue(["accept"]) == "acceptance overdue" and T.overdue(True) == "超时"
     assert _who("12:4:returned:desk/user:23/inapp") == ("值班接警员（退回提醒）", "desk")
     # the intents, when the caller may read them, say who a page was for whatever the key's form
     odd = {"dedup_key": "x-y-z/user:18/inapp", "recipient": "user:18"}
