@@ -349,10 +349,20 @@ def http_ingest(
     posters: int,
     body: str = "json",
     warmup: int = 1,
+    overlap: bool | None = None,
 ) -> tuple[float, list[float], int, float]:
     return asyncio.run(
         _http_ingest(
-            tmp, database_url, ts_url, n_batches, batch_size, n_devices, posters, body=body, warmup=warmup
+            tmp,
+            database_url,
+            ts_url,
+            n_batches,
+            batch_size,
+            n_devices,
+            posters,
+            body=body,
+            warmup=warmup,
+            overlap=overlap,
         )
     )
 
@@ -372,11 +382,13 @@ async def _http_ingest(
     done: tuple[Any, Any] | None = None,
     body: str = "json",
     warmup: int = 1,
+    overlap: bool | None = None,
 ) -> tuple[float, list[float], int, float]:
     """``body``: ``json`` (application/json) or ``msgpack`` (the columnar binary body,
     ``alerts.uplink_body``); encoded before the clock starts (the gateway's work, not the cloud's).
     ``warmup``: batches each poster sends before the clock starts (first-request costs; with more, the
-    databases' steady state), besides the ``n_batches`` timed."""
+    databases' steady state), besides the ``n_batches`` timed. ``overlap``: force the ingest service's
+    transaction beside the time-series write on (True) or off (False); None = the service's default."""
     from alerts.contract import HTTP_PATH, TelemetryBlock, UplinkBatch
     from alerts.uplink_body import JSON_CONTENT_TYPE, MSGPACK_CONTENT_TYPE, encode_batch
     from cloud.app import create_app
@@ -405,6 +417,8 @@ async def _http_ingest(
     bodies: list[list[bytes]] = []
     async with app.router.lifespan_context(app):
         st = app.state.vigil
+        if overlap is not None:
+            st.ingest.overlap = overlap
         tokens = []
         for p in range(posters):
             gw = f"gw-bench-{first + p}"
@@ -656,6 +670,53 @@ def print_aims(
     )
 
 
+# --- interleaved A/B of the overlapped ingest transaction --------------------------------------------------
+def overlap_ab(
+    rounds: int, warmup: int, bodies: Sequence[str] = ("msgpack", "json"), posters: int = 1
+) -> None:
+    """Per round: the store-only row, then the whole path serial, then overlapped, for each body (the
+    SQLite rows' batches, 100 timed after ``warmup``); medians and whole / store ratios by wall and by CPU
+    (timed batches only). Prints only; the results file is not touched. How the overlap was chosen:
+    docs/deploy-district.md, "Whole path / store on the embedded default"."""
+    import statistics
+
+    hb, hn, n = 2000, 200, 100
+    same = make_batches(n + warmup, hb, hn, prefix="70b3d57eff")
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        for name in ["store", *(f"{m}, {b}" for b in bodies for m in ("serial", "overlapped"))]:
+            with tempfile.TemporaryDirectory(prefix="vigil-bench-ab-") as tmpd:
+                tmp, load = Path(tmpd), os.getloadavg()[0]
+                if name == "store":
+                    wall, _lat, k, cpu = run_store(f"sqlite:///{tmp}/s.db", same, warmup=warmup)
+                else:
+                    mode, body = name.split(", ")
+                    wall, _lat, k, cpu = http_ingest(
+                        tmp / "h",
+                        f"sqlite:///{tmp}/h.db",
+                        f"sqlite:///{tmp}/h-ts.db",
+                        n,
+                        hb,
+                        hn,
+                        posters,
+                        body,
+                        warmup=warmup,
+                        overlap=mode == "overlapped",
+                    )
+            runs.setdefault(name, []).append((k / wall, k / cpu))
+            print(
+                f"  round {r} {name:<20} {k / wall:>9,.0f} readings/s  {k / cpu:>9,.0f} /cpu-s  "
+                f"load {load:.1f}",
+                flush=True,
+            )
+    sw = statistics.median(w for w, _ in runs["store"])
+    sc = statistics.median(c for _, c in runs["store"])
+    print(f"\nmedians of {rounds} rounds, {posters} poster(s)      wall   / store      cpu   / store")
+    for name, xs in runs.items():
+        w, c = statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs)
+        print(f"  {name:<20} {w:>12,.0f} {w / sw:>8.2f} {c:>12,.0f} {c / sc:>8.2f}")
+
+
 # --- main --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -670,7 +731,19 @@ def main(argv: list[str] | None = None) -> int:
         help="batches written untimed before the store-only and the sqlite whole-path rows on the 2,000-"
         "reading batches (steady state: WAL files allocated, caches warm; both sides of the ratio alike)",
     )
+    ap.add_argument(
+        "--overlap-ab",
+        type=int,
+        metavar="ROUNDS",
+        default=0,
+        help="instead of the rows: ROUNDS interleaved rounds of store only / whole path serial / overlapped "
+        "(embedded SQLite, 1 poster; --posters for more), medians printed, results file untouched",
+    )
+    ap.add_argument("--posters", type=int, default=1, help="posters for --overlap-ab")
     args = ap.parse_args(argv)
+    if args.overlap_ab:
+        overlap_ab(args.overlap_ab, args.warmup, posters=args.posters)
+        return 0
     scale = 0.1 if args.quick else 1.0
     bs, ndev = 5000, 500
     nb = max(4, int(40 * scale))
