@@ -89,6 +89,9 @@ def test_state_change_only_alarm_clears_after_hold_without_waiting_for_the_heart
     ev = _run(frames, end + 13 * 3600.0)
     assert _steps(ev) == [AlertPhase.RAISED, AlertPhase.CLEARED]
     assert HOLD_S <= _cleared_at(ev) - end <= HOLD_S + TICK_S
+    # the cleared step reports the clearing uplink (3 ppm at ``end``), not the alarm's 150 ppm
+    (c,) = [e for e in ev if e.phase is AlertPhase.CLEARED]
+    assert (c.frame_time, c.value) == (end, 3.0)
 
 
 def test_short_dip_every_30_s_does_not_clear() -> None:

@@ -233,6 +233,9 @@ class EpisodeTable:
         if np.count_nonzero(arm):
             ra = rows[arm]
             a["clear_at"][ra] = t[arm] + clear_after[arm]  # type: ignore[index]
+            # the frame that says it is over: what a timer's cleared step (and a reminder meanwhile) reports
+            a["value"][ra] = value[arm]
+            a["frame_time"][ra] = t[arm]
             self.busy = True
         oa = is_open & active
         a["value"][rows[oa]] = value[oa]
