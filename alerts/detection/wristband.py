@@ -108,10 +108,14 @@ def _fall_quiet(ctx: RuleContext, band_fall: np.ndarray, cold: np.ndarray | None
     """:func:`_fall_rank` for devices with no impact pending and none in these readings; stores the flag
     of the devices of the ``cold`` readings (None: all)."""
     p = ctx.p
+    was_fall = ctx.seg.prev(band_fall, ctx.state["fall_seen"])
     ctx.seg.store_last(ctx.state["fall_seen"], band_fall, cold)
     still, steps = ctx.col("stillness_s"), ctx.col("steps")
     still0 = np.where(np.isfinite(still), still, 0.0)
-    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
+    # the band's own fall state ended (its flag cleared) and the wearer moved since the previous uplink
+    # (stillness_s restarted: shorter than the gap): up, even if sitting still without steps since
+    stood = was_fall & ~band_fall & np.isfinite(still) & (still < ctx.dt)
+    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s)) | stood
     lvl = np.where(moving, np.int8(CLEAR), np.int8(HOLD)).astype(np.int8)
     n = len(ctx.rows)
     return Verdict(lvl, ctx.col("accel_peak_g").copy(), np.zeros(n, dtype=bool), np.full(n, np.nan))
@@ -126,7 +130,8 @@ def _fall_rank(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     still0 = np.where(np.isfinite(still), still, 0.0)
     band_fall = ctx.flag("fall")
     broken = ctx.flag("rest_broken")  # fw >= 1.6: the wearer moved again after the window's peak
-    flag_edge = band_fall & ~st["fall_seen"][rows]
+    was_fall = st["fall_seen"][rows].copy()
+    flag_edge = band_fall & ~was_fall
     st["fall_seen"][rows] = band_fall
     since = t - st["impact_t"][rows]
     had = np.isfinite(since) & (since <= p.fall_window_s)
@@ -162,7 +167,10 @@ def _fall_rank(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     st["impact_t"][rows[got_up]] = np.nan  # cancelled: never page a person who got up
     expired = np.isfinite(since) & (since > p.fall_window_s)
     st["impact_t"][rows[expired]] = np.nan
-    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
+    # the band's own fall state ended (its flag cleared) and the wearer moved since the previous uplink
+    # (stillness_s restarted: shorter than the gap): up, even if sitting still without steps since
+    stood = was_fall & ~band_fall & np.isfinite(still) & (still < ctx.dt)
+    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s)) | stood
     lvl = select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
     return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
 

@@ -7,7 +7,7 @@ from alerts.contract import AlertEvent
 from alerts.detection.engine import DetectionEngine
 from alerts.detection.profiles import ProfileSet
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
-from firmware_bridge.kernel.records import DeviceKind
+from firmware_bridge.kernel.records import DeviceKind, Reading
 from tests.alerts.detection.detect_helpers import T0, batch, feed, of, reading, types
 
 W = DeviceKind.WRISTBAND
@@ -175,3 +175,48 @@ def test_geofence_learned_home_without_warm_up() -> None:
     assert [(e.event_type, e.phase) for e in out if e.event_type is EventType.GEOFENCE_EXIT] == [
         (EventType.GEOFENCE_EXIT, AlertPhase.RAISED)
     ]
+
+
+def _lying(dev: str, minutes: int) -> list[Reading]:
+    """A fall at T0 + 1 and ``minutes`` of lying still, the band's fall flag set, a summary every 5 min."""
+    rs = [
+        reading(
+            W, dev, 1, T0 + 1, "fall", accel_peak_g=4.0, stillness_s=1, orientation_change_deg=80, steps=0
+        ),
+        reading(W, dev, 2, T0 + 31, "fall", stillness_s=30, orientation_change_deg=80, steps=0),
+    ]
+    rs += [
+        reading(
+            W, dev, 2 + k, T0 + 1 + 300 * k, "fall", stillness_s=300 * k, orientation_change_deg=80, steps=0
+        )
+        for k in range(1, minutes // 5 + 1)
+    ]
+    return rs
+
+
+def test_fall_clears_when_the_band_says_the_wearer_got_up_even_if_they_then_sit_still() -> None:
+    """The band's end-of-fall uplink (its fall flag cleared, the stillness restarted since the previous
+    uplink) clears the alarm at once; before, it stayed open until a summary with >= 3 steps."""
+    eng = DetectionEngine()
+    lying = _lying("W1", 30)
+    up = T0 + 1 + 1800 + 40  # got up 13 s before this uplink, then sat down: no steps
+    after = [
+        reading(W, "W1", 100, up, stillness_s=13, orientation_change_deg=30, steps=0),
+        reading(W, "W1", 101, up + 300, stillness_s=313, orientation_change_deg=5, steps=0),
+    ]
+    ev = of(feed(eng, lying + after), EventType.FALL)
+    assert [e.phase for e in ev if e.phase is not AlertPhase.UPDATED] == [
+        AlertPhase.RAISED,
+        AlertPhase.CLEARED,
+    ]
+    assert [e.time for e in ev if e.phase is AlertPhase.CLEARED] == [up]
+
+
+def test_fall_flag_cleared_while_still_lying_does_not_clear() -> None:
+    """A band whose own fall flag times out while the wearer still lies there (stillness keeps growing
+    across the uplink gap) is not 'got up'."""
+    eng = DetectionEngine()
+    lying = _lying("W2", 30)
+    still_down = [reading(W, "W2", 100, T0 + 1 + 2100, stillness_s=2100, orientation_change_deg=80, steps=0)]
+    ev = of(feed(eng, lying + still_down), EventType.FALL)
+    assert AlertPhase.CLEARED not in [e.phase for e in ev]

@@ -90,7 +90,8 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     still0 = np.where(np.isfinite(still), still, 0.0)
     band_fall = ctx.flag("fall")
     broken = ctx.flag("rest_broken")  # fw >= 1.6: the wearer moved again after the window's peak
-    flag_edge = band_fall & ~st["fall_seen"][rows]
+    was_fall = st["fall_seen"][rows].copy()
+    flag_edge = band_fall & ~was_fall
     st["fall_seen"][rows] = band_fall
     since = t - st["impact_t"][rows]
     had = np.isfinite(since) & (since <= p.fall_window_s)
@@ -126,7 +127,8 @@ def _fall(ctx: RuleContext, worn: np.ndarray) -> Verdict:
     st["impact_t"][rows[got_up]] = np.nan  # cancelled: never page a person who got up
     expired = np.isfinite(since) & (since > p.fall_window_s)
     st["impact_t"][rows[expired]] = np.nan
-    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s))
+    stood = was_fall & ~band_fall & np.isfinite(still) & (still < ctx.dt)
+    moving = (steps >= p.fall_recovered_steps) | (still0 < np.minimum(5.0, p.fall_stillness_s)) | stood
     lvl = select([lying, recent & ~got_up, moving | got_up], [HIGH, HOLD, CLEAR], HOLD).astype(np.int8)
     return Verdict(lvl, np.where(recent, st["impact_orient"][rows], acc), lying, st["impact_t"][rows].copy())
 
