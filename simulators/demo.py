@@ -580,12 +580,14 @@ async def run_demo(
             seed=cfg.seed,
             on_duty=duty_plan(people.people, people.roster),
         )
-        tg.create_task(report.actors.run(stop), name="people")
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
         await asyncio.wait_for(gateway.started.wait(), 20)
         with contextlib.suppress(NotImplementedError):  # after the gateway's own handler: ours wins
             loop.add_signal_handler(2, on_ctrl_c)  # SIGINT
         sim_task = tg.create_task(simulate(), name="simulator")
+        # the people pick up their phones once the radio runs: nothing pages them before, and the start
+        # (the simulator catching up with the clock) is when the gateway needs the event loop most
+        tg.create_task(report.actors.run(stop), name="people")
         tg.create_task(reporter(client), name="reporter")
         tg.create_task(drain_then_stop(), name="drain")
         await stop.wait()

@@ -253,7 +253,7 @@ class Community:
         *,
         seed: int = 0,
         poll_s: float = 60.0,
-        min_poll_real_s: float = 1.5,
+        min_poll_real_s: float = 2.5,
         reopen_share: float = 0.05,
         rate_share: float = 0.85,
         on_duty: Callable[[str, float], bool] | None = None,
@@ -340,7 +340,7 @@ class Community:
         try:
             n = max(len(self.phones), 1)
             for i, phone in enumerate(self.phones):
-                self._spawn(phone_loop(phone, wait * i / n), f"phone {phone.username}")
+                self._spawn(phone_loop(phone, wait * (1 + i / n)), f"phone {phone.username}")
             await stop.wait()
         finally:
             await self.close()
