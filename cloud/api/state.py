@@ -99,6 +99,7 @@ class CloudState:
             return
         self.closed = True
         try:
+            self.ingest.close()  # the ingest service's transaction threads (cloud/ingest.py), before the stores
             self.store.close()
         finally:
             self.db.close()

@@ -34,9 +34,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cloud.db import Database
+from cloud.db import Database, User
 from cloud.notify.channel import Delivered, GiveUp, Outcome, Retry
-from cloud.notify.models import Attempt, Delivery, InApp
+from cloud.notify.models import Attempt, Contact, Delivery, InApp
 
 #: the family's own SMS / voice channels (``cloud.notify.family`` names them; repeated here, below it)
 FAMILY_SMS = "sms_family"
@@ -411,6 +411,22 @@ class Outbox:
             attempts = s.scalars(
                 select(Attempt).where(Attempt.delivery_id.in_([d.id for d in rows])).order_by(Attempt.id)
             ).all()
+            # who by name (the console shows a person, not ``user:25``) and when an in-app notice was read
+            uids = {_user_id(d.recipient) for d in rows} - {None}
+            names: dict[int, str] = {}
+            if uids:
+                q = (
+                    select(User.id, User.username, Contact.display_name)
+                    .outerjoin(Contact, Contact.user_id == User.id)
+                    .where(User.id.in_(uids))
+                )
+                names = {int(uid): (display or username) for uid, username, display in s.execute(q)}
+            read: dict[str, float | None] = {}
+            if rows:
+                q2 = select(InApp.dedup_key, InApp.read_at).where(
+                    InApp.dedup_key.in_([d.dedup_key for d in rows])
+                )
+                read = {str(k): r for k, r in s.execute(q2)}
         by: dict[int, list[dict[str, Any]]] = {}
         for a in attempts:
             by.setdefault(a.delivery_id, []).append(
@@ -429,6 +445,8 @@ class Outbox:
                 "dedup_key": d.dedup_key,
                 "step": d.step,
                 "recipient": d.recipient,
+                "recipient_name": names.get(_user_id(d.recipient) or 0),
+                "read_at": read.get(d.dedup_key) if d.channel.startswith("inapp") else None,
                 "channel": d.channel,
                 "target": d.target,
                 "status": d.status,
@@ -474,6 +492,12 @@ class Outbox:
                 st: int(n)
                 for st, n in s.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
             }
+
+
+def _user_id(recipient: str) -> int | None:
+    """The database id of a ``user:<id>`` recipient; ``None`` for a group, a family, a webhook."""
+    head, _, rest = recipient.partition(":")
+    return int(rest) if head == "user" and rest.isdigit() else None
 
 
 def _swap_channel(key: str, old: str, new: str) -> str:

@@ -124,6 +124,7 @@
       busy = true;
       fetch(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
         .then(function (r) {
+          if (r.status === 429) throw new Error("HTTP 429");  // the link's read limit: keep it, retry next tick
           if (r.status >= 400 && r.status < 500) return stop(d.gone);
           if (!r.ok) throw new Error("HTTP " + r.status);
           return r.json().then(function (j) {

@@ -333,3 +333,22 @@ async def test_a_bare_reply_code_is_ambiguous_with_two_open_pages(cloud: Cloud) 
     assert not result["accepted"] and result["reason"].startswith("ambiguous")
     log = (await cloud.client.get("/api/v1/notify/incidents/T-1/log", headers=cloud.viewer)).json()
     assert log["actions"] == []
+
+
+async def test_the_delivery_log_names_the_person_and_says_when_a_notice_was_read(cloud: Cloud) -> None:
+    """The console shows who a page reached (the contact's display name, never ``user:<id>``) and whether
+    an in-app notice was read; both come from the delivery log."""
+    await bind(cloud, "disp", display_name="王网格", channels=["inapp"])
+    await send(cloud, "T-5")
+    await run_worker(cloud)
+    log = (await cloud.client.get("/api/v1/notify/incidents/T-5/log", headers=cloud.viewer)).json()
+    [d] = [d for d in log["deliveries"] if d["channel"] == "inapp"]
+    assert d["recipient"].startswith("user:") and d["recipient_name"] == "王网格"
+    assert d["read_at"] is None
+    [item] = [i for i in (await cloud.client.get("/api/v1/notify/inapp", headers=cloud.dispatcher)).json()
+              if i["kind"] == "notice"]  # fmt: skip
+    r = await cloud.client.post(f"/api/v1/notify/inapp/{item['id']}/read", headers=cloud.dispatcher)
+    assert r.status_code == 204
+    log = (await cloud.client.get("/api/v1/notify/incidents/T-5/log", headers=cloud.viewer)).json()
+    [d] = [d for d in log["deliveries"] if d["channel"] == "inapp"]
+    assert isinstance(d["read_at"], float)
