@@ -231,11 +231,17 @@ class LoopService:
         *,
         channel: str = "api",
         idempotency_key: str | None = None,
+        only_owner: bool = False,
     ) -> int:
         """Apply a work-order action; returns the incident's new ``row_version``.
 
         Raises :class:`NotFoundError`, :class:`ConflictError` (a second accept; names the owner),
         :class:`BadRequestError` (not allowed in this stage, missing reason). Nothing changes on error.
+
+        ``only_owner``: the command acts for ``cmd.actor`` alone (a responder's personal link): on an
+        order someone else has accepted it is refused with :class:`ConflictError`, checked under the
+        row's lock so an accept committed a moment earlier is seen (a decline pressed after someone
+        else's accept must not hand that person's order back).
         """
         now = self.clock.now()
         with self.db.write() as s:
@@ -246,6 +252,8 @@ class LoopService:
                 return row.row_version
             cfg = load(s, self._cfg_cache)
             row = self._row(s, incident_id, lock=True)
+            if only_owner and row.owner and row.owner != cmd.actor:
+                raise ConflictError(not_the_owner(row.owner, cmd.action))
             self._act(s, cfg, row, cmd, now, channel=channel, idempotency_key=idempotency_key)
             return row.row_version
 
@@ -497,6 +505,22 @@ class LoopService:
         if row is None:
             raise NotFoundError(f"no incident {incident_id}")
         return row
+
+
+_DOING = {
+    Action.RETURN: ("退回", "return"),
+    Action.ARRIVE: ("报到场", "report arrival on"),
+    Action.HANDLE: ("办结", "resolve"),
+}
+
+
+def not_the_owner(owner: str, action: Action) -> str:
+    """Why a responder's own action is refused on an order someone else accepted (Chinese first)."""
+    zh, en = _DOING.get(action, ("操作", action.value))
+    return (
+        f"此工单已由 {owner} 接单，只有接单人可以{zh}；未做任何更改。"
+        f" / This order was accepted by {owner}; only they may {en} it. Nothing changed."
+    )
 
 
 def _urgency(row: Incident) -> Urgency:

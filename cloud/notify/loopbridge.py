@@ -398,7 +398,14 @@ class LoopPort:
             return  # "on the way" is ours alone; a case number that is not a loop incident has no stage
         who = self._actor(actor)
         reason = note or ("declined from a notification" if loop_action is Action.RETURN else "")
-        self.loop.act(int(incident_id), Command(loop_action, who, reason=reason), channel="notify")
+        # a link acts for the one person it was sent to: never on an order someone else accepted
+        # (a decline pressed after a colleague's accept would hand the colleague's order back)
+        self.loop.act(
+            int(incident_id),
+            Command(loop_action, who, reason=reason),
+            channel="notify",
+            only_owner=loop_action is not Action.ACCEPT,
+        )
         for photo_id in photo_ids:
             content_type, data = self.photos.get(photo_id)
             self.loop.add_photo(int(incident_id), data, content_type, actor=who)
