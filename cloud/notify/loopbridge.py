@@ -414,11 +414,13 @@ class LoopPort:
         self, incident_id: str, score: int, comment: str, *, now: float, actor: str = "resident"
     ) -> None:
         if incident_id.isdigit():
-            self.loop.act(int(incident_id), Command(Action.RATE, actor, reason=comment, rating=score))
+            cmd = Command(Action.RATE, actor, reason=comment, rating=score)
+            self.loop.act(int(incident_id), cmd, channel="notify")  # the resident's or family's link
 
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None:
         if incident_id.isdigit():
-            self.loop.act(int(incident_id), Command(Action.REOPEN, "resident", reason=reason))
+            cmd = Command(Action.REOPEN, "resident", reason=reason)
+            self.loop.act(int(incident_id), cmd, channel="notify")  # the resident's case link
 
     def describe(self, incident_id: str) -> dict[str, Any] | None:
         if not incident_id.isdigit():

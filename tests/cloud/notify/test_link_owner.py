@@ -91,3 +91,28 @@ async def test_the_owners_own_links_still_move_the_order(cloud: Cloud) -> None:
     r = await press(c, incident_id, Purpose.RESOLVED, "li", "已扑灭")
     assert r.status_code == 200, r.text
     assert order(c, incident_id)[:2] == ("handled", "li")
+
+
+async def test_a_residents_rating_and_reopen_through_the_case_link_read_notify_in_the_timeline(
+    cloud: Cloud,
+) -> None:
+    c = cloud
+    incident_id = await new_case(c)
+    loop = c.app.state.loop
+    for cmd in (
+        Command(Action.ACCEPT, "wang"),
+        Command(Action.HANDLE, "wang", reason="已扑灭"),
+        Command(Action.VERIFY, "disp"),
+        Command(Action.CLOSE, "disp"),
+    ):
+        await asyncio.to_thread(loop.act, incident_id, cmd)
+    token = c.app.state.notify.links.token(Purpose.CASE, str(incident_id), "case", now=c.clock.now())
+    r = await c.client.post(f"/api/v1/links/{token}/rating", json={"score": 2, "comment": "来得慢"})
+    assert r.status_code == 200, r.text
+    r = await c.client.post(f"/api/v1/links/{token}/reopen", json={"reason": "又冒烟了"})
+    assert r.status_code == 200, r.text
+    events = order(c, incident_id)[2]
+    assert [e for e in events if e[0] in ("rate", "reopen")] == [
+        ("rate", "resident", "notify"),
+        ("reopen", "resident", "notify"),
+    ]
