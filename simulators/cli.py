@@ -141,6 +141,17 @@ def fetch_cloud_alerts(
         raise SimulatorError(f"{url}/api/v1/alerts did not answer {{'alerts': [...]}}: {exc}") from exc
 
 
+def _data_end(args: argparse.Namespace, truth: list[Any]) -> float | None:
+    """The run's end (summary.json ``start`` + duration) for censoring; None (no censoring) if unknown."""
+    import json
+
+    summary = args.truth.parent / "summary.json"
+    if not summary.exists():
+        return None
+    start = json.loads(summary.read_text(encoding="utf-8")).get("start")
+    return None if start is None else float(start) + _duration(args, truth)
+
+
 def _score(args: argparse.Namespace) -> int:
     from simulators.errors import SimulatorError
     from simulators.scorer import DEFAULT_GRACE_S, DEFAULT_TOLERANCE_S, load_alerts_jsonl, score
@@ -166,6 +177,7 @@ def _score(args: argparse.Namespace) -> int:
             _duration(args, truth),
             tolerance_s=DEFAULT_TOLERANCE_S if args.tolerance is None else args.tolerance,
             grace_s=DEFAULT_GRACE_S if args.grace is None else args.grace,
+            end=_data_end(args, truth),
         )
     except (SimulatorError, OSError, ValueError) as exc:
         print(f"vigil score: {exc}", file=sys.stderr)

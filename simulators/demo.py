@@ -21,6 +21,7 @@ import io
 import logging
 import secrets
 import shutil
+import signal
 import sys
 import time
 import tomllib
@@ -583,7 +584,10 @@ async def run_demo(
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
         await asyncio.wait_for(gateway.started.wait(), 20)
         with contextlib.suppress(NotImplementedError):  # after the gateway's own handler: ours wins
-            loop.add_signal_handler(2, on_ctrl_c)  # SIGINT
+            # Ctrl-C, and SIGTERM alike (a service manager, `timeout`, a script's kill): a run stops and
+            # scores; a lingering demo quits
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_ctrl_c)
         sim_task = tg.create_task(simulate(), name="simulator")
         # the people pick up their phones once the radio runs: nothing pages them before, and the start
         # (the simulator catching up with the clock) is when the gateway needs the event loop most
@@ -609,7 +613,9 @@ async def run_demo(
             a for a in report.alerts if not (a.event_type == EventType.DEVICE_SILENT and a.time > ended)
         ]
         report.unscored_silent = len(report.alerts) - len(scored)
-        report.score = score(truth, scored, devices=n_devices, duration_s=min(simulated, duration_s))
+        scored_s = min(simulated, duration_s)
+        # events starting within their detection horizon of the end are censored, not misses
+        report.score = score(truth, scored, devices=n_devices, duration_s=scored_s, end=start + scored_s)
         with contextlib.suppress(httpx.HTTPError):
             # the run's last incidents: a moment for the notify worker to settle their first pages. Only
             # the incidents open now are told: the devices have stopped sending, so the gateway soon
@@ -681,11 +687,13 @@ async def run_demo(
             say(_t("正在停止……", "stopping ..."))
         gw_stop.set()
         await asyncio.wait([gw_task])
-        with contextlib.suppress(NotImplementedError):  # the gateway removed its SIGINT handler on exit
-            loop.add_signal_handler(2, lambda: None)  # a second Ctrl-C while stopping changes nothing
+        with contextlib.suppress(NotImplementedError):  # the gateway removed its handlers on exit
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while stopping changes nothing
+                loop.add_signal_handler(sig, lambda: None)
         server.should_exit = True
     with contextlib.suppress(NotImplementedError):
-        loop.remove_signal_handler(2)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     await serial.really_close()
     return report
 

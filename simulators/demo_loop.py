@@ -63,6 +63,8 @@ CHANNEL_LABELS = {
     "inapp_ops": ("值班员站内信", "operators' in-app"),
     "call_task": ("值班员致电任务", "call task for the operators"),
     "sms": ("短信", "SMS"),
+    "sms_family": ("家属短信", "SMS to the family"),
+    "voice_family": ("家属语音电话", "voice call to the family"),
     "voice": ("语音电话", "voice call"),
     "wecom": ("企业微信", "WeCom"),
     "email": ("邮件", "e-mail"),

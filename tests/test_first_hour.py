@@ -110,6 +110,14 @@ async def test_demo_then_its_hints_then_the_console(tmp_path: Path, monkeypatch:
         if console is not None:  # the console, once it exists, is up as long as the cloud
             r = await asyncio.to_thread(httpx.get, console[1], follow_redirects=True)
             assert r.status_code == 200, r.text[:300]
+        # SIGTERM (a service manager, `timeout`, a script's kill) ends a lingering demo like Ctrl-C. Sent
+        # only when a handler is in place (with none, the signal would end the test run, not the test)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            report = await asyncio.wait_for(asyncio.shield(demo), 60)
+        except TimeoutError:
+            raise AssertionError("SIGTERM did not end the lingering demo") from None
     finally:
         quit_demo.set()
         report = await asyncio.wait_for(demo, 60)

@@ -144,7 +144,9 @@ def test_score_outbox(simulated: Path, tmp_path: Path, capsys: pytest.CaptureFix
     truth = load_truth(simulated / "truth.jsonl")
     alerts = perfect_alerts(truth)
     with Outbox(tmp_path / "outbox.db") as ob:
-        ob.commit([], alerts[:-1])
+        # the first event's alert is missing (the last events may fall in their detection horizon of the
+        # run's end: censored, not missed — docs/simulators.md)
+        ob.commit([], alerts[1:])
     out_json = tmp_path / "score.json"
     assert (
         main(
@@ -161,7 +163,8 @@ def test_score_outbox(simulated: Path, tmp_path: Path, capsys: pytest.CaptureFix
         == 0
     )
     data = json.loads(out_json.read_text())
-    assert data["overall"]["detected"] == len(alerts) - 1 and len(data["missed"]) == 1
+    overall = data["overall"]
+    assert overall["detected"] + overall["censored_detected"] == len(alerts) - 1 and len(data["missed"]) == 1
 
 
 def test_fetch_cloud_alerts_with_a_test_transport(simulated: Path) -> None:
