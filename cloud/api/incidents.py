@@ -49,6 +49,7 @@ async def get_desk(caller: Caller) -> Principal:
 
 Staff = Annotated[Principal, Depends(get_staff)]
 Desk = Annotated[Principal, Depends(get_desk)]
+Outcome = Literal["real", "nuisance", "false_alarm"]  # cloud.loop.models.OUTCOMES
 Language = Annotated[Literal["zh", "en"] | None, Query(description="label language; default from the locale")]
 
 
@@ -58,6 +59,11 @@ class ActionIn(BaseModel):
     assignee: str | None = Field(default=None, max_length=64)
     department: str | None = Field(default=None, max_length=32)
     rating: int | None = Field(default=None, ge=1, le=5)
+    outcome: Outcome | None = Field(
+        default=None,
+        description="with handle only: the responder's verdict: real 真实事件, "
+        "nuisance 扰动（烹饪、蒸汽等）, false_alarm 误报",
+    )
     on_behalf_of: str | None = Field(default=None, max_length=64, description="responder id who phoned in")
     idempotency_key: str | None = Field(default=None, min_length=8, max_length=128)
 
@@ -143,7 +149,14 @@ async def act(
         rating=body.rating,
     )
     channel = "phone" if body.on_behalf_of else "api"
-    await asyncio.to_thread(loop.act, incident_id, cmd, channel=channel, idempotency_key=body.idempotency_key)
+    await asyncio.to_thread(
+        loop.act,
+        incident_id,
+        cmd,
+        channel=channel,
+        idempotency_key=body.idempotency_key,
+        outcome=body.outcome,
+    )
     return await asyncio.to_thread(_read, state, loop, incident_id, who, language)
 
 

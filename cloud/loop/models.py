@@ -34,6 +34,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud.db.models import Base
 
+#: the responder's verdict on a handled case: value -> (中文, English) label
+OUTCOMES: dict[str, tuple[str, str]] = {
+    "real": ("真实事件", "real event"),
+    "nuisance": ("扰动（烹饪、蒸汽等）", "nuisance (cooking, steam, ...)"),
+    "false_alarm": ("误报", "false alarm"),
+}
+
 
 class Incident(Base):
     __tablename__ = "loop_incidents"
@@ -83,6 +90,8 @@ class Incident(Base):
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the responder's verdict when handling (OUTCOMES; migration 0019): NULL until said
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     parked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     paused_s: Mapped[float] = mapped_column(Float, default=0.0)
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)

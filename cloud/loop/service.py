@@ -35,7 +35,7 @@ from cloud.db import Alert, AlertStep, Database
 from cloud.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.loop import intake, rows
 from cloud.loop.config import LoopConfig, load
-from cloud.loop.models import AlertLink, Incident, IncidentEvent, Photo, Timer
+from cloud.loop.models import OUTCOMES, AlertLink, Incident, IncidentEvent, Photo, Timer
 from firmware_bridge.kernel.clock import Clock, SystemClock
 from firmware_bridge.kernel.events import Severity
 
@@ -232,6 +232,7 @@ class LoopService:
         channel: str = "api",
         idempotency_key: str | None = None,
         only_owner: bool = False,
+        outcome: str | None = None,
     ) -> int:
         """Apply a work-order action; returns the incident's new ``row_version``.
 
@@ -242,7 +243,15 @@ class LoopService:
         order someone else has accepted it is refused with :class:`ConflictError`, checked under the
         row's lock so an accept committed a moment earlier is seen (a decline pressed after someone
         else's accept must not hand that person's order back).
+
+        ``outcome``: with ``handle`` only, the responder's verdict (:data:`OUTCOMES`: ``real``,
+        ``nuisance``, ``false_alarm``), stored on the incident and in the timeline row's detail.
         """
+        if outcome is not None:
+            if outcome not in OUTCOMES:
+                raise BadRequestError(f"outcome is one of {list(OUTCOMES)}, not {outcome!r}")
+            if cmd.action is not Action.HANDLE:
+                raise BadRequestError("an outcome is given with handle (the resolution) only")
         now = self.clock.now()
         with self.db.write() as s:
             if idempotency_key and s.scalar(
@@ -254,7 +263,9 @@ class LoopService:
             row = self._row(s, incident_id, lock=True)
             if only_owner and row.owner and row.owner != cmd.actor:
                 raise ConflictError(not_the_owner(row.owner, cmd.action))
-            self._act(s, cfg, row, cmd, now, channel=channel, idempotency_key=idempotency_key)
+            self._act(
+                s, cfg, row, cmd, now, channel=channel, idempotency_key=idempotency_key, outcome=outcome
+            )
             return row.row_version
 
     def _act(
@@ -267,6 +278,7 @@ class LoopService:
         *,
         channel: str,
         idempotency_key: str | None = None,
+        outcome: str | None = None,
     ) -> None:
         before = rows.order_of(row)
         try:
@@ -283,6 +295,12 @@ class LoopService:
             detail["assignee"] = cmd.assignee
         if cmd.rating is not None:
             detail["rating"] = cmd.rating
+        if cmd.action is Action.HANDLE:
+            row.outcome = outcome  # a second handle (after a reject) says anew
+            if outcome is not None:
+                detail["outcome"] = outcome
+        elif cmd.action in (Action.REJECT, Action.REOPEN):
+            row.outcome = None  # not handled any more: the next handle gives the verdict
         rows.add_event(
             s,
             row,

@@ -9,7 +9,9 @@ Chinese first.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +24,7 @@ from alerts.loop.stages import Stage, allowed_actions
 from cloud.auth import PERSONAL_DATA_ROLES, Principal
 from cloud.crypto import SecretBox
 from cloud.loop.config import load
-from cloud.loop.models import Incident, IncidentEvent, NotificationIntentRow
+from cloud.loop.models import OUTCOMES, Incident, IncidentEvent, NotificationIntentRow
 from firmware_bridge.kernel.events import Severity
 from firmware_bridge.kernel.locale import Lang, event_label, iso, kind_label, severity_label
 
@@ -110,6 +112,8 @@ def incident_out(
         "owner": row.owner,
         "owner_name": (names or {}).get(row.owner or ""),
         "rating": row.rating,
+        "outcome": row.outcome,
+        "outcome_label": OUTCOMES[row.outcome][language == "en"] if row.outcome in OUTCOMES else None,
         "rework": row.rework,
         "reopen_count": row.reopen_count,
         "returned_reasons": row.returned_reasons,
@@ -170,8 +174,12 @@ def intent_out(i: NotificationIntentRow) -> dict[str, Any]:
     }
 
 
-def case_records(s: Session, since: float, until: float) -> list[CaseRecord]:
-    """Cases due in ``[since, until)``: registered in the period (dismissed reports are not cases)."""
+def case_records(
+    s: Session, since: float, until: float, outcomes: list[str | None] | None = None
+) -> list[CaseRecord]:
+    """Cases due in ``[since, until)``: registered in the period (dismissed reports are not cases).
+
+    ``outcomes``, if given, is filled with each case's verdict (:data:`OUTCOMES` or ``None``), in order."""
     rows = s.scalars(
         select(Incident).where(
             Incident.registered_at.is_not(None),
@@ -189,6 +197,8 @@ def case_records(s: Session, since: float, until: float) -> list[CaseRecord]:
         sent[inc_id] = min(at, sent.get(inc_id, at))
     out = []
     for r in rows:
+        if outcomes is not None:
+            outcomes.append(r.outcome)
         out.append(
             CaseRecord(
                 department=r.department,
@@ -213,3 +223,33 @@ def case_records(s: Session, since: float, until: float) -> list[CaseRecord]:
 
 def kpi_rows(s: Session, since: float, until: float, by: str) -> list[KpiRow]:
     return kpis(case_records(s, since, until), by=by)
+
+
+#: the verdict columns added to every KPI row (:func:`kpi_table`)
+VERDICT_FIELDS = ("judged", "real", "nuisance", "false_alarm", "false_alarm_rate", "nuisance_rate")
+
+
+def kpi_table(s: Session, since: float, until: float, by: str) -> list[dict[str, Any]]:
+    """:func:`kpi_rows` as dicts, each with the responders' verdicts of its cases: ``judged`` (cases with
+    an outcome), the count of each outcome, and ``false_alarm_rate`` / ``nuisance_rate`` as fractions of
+    the judged cases (``None`` when none was judged). Grouped exactly as :func:`alerts.loop.kpi.kpis`."""
+    verdicts: list[str | None] = []
+    cases = case_records(s, since, until, verdicts)
+    tally: dict[str, Counter[str]] = defaultdict(Counter)
+    for c, v in zip(cases, verdicts, strict=True):
+        if v in OUTCOMES:
+            tally["all" if by == "all" else str(getattr(c, by)) or "-"][v] += 1
+    out = []
+    for row in kpis(cases, by=by):
+        t = tally.get(row.group, Counter())
+        judged = sum(t.values())
+        out.append(
+            {
+                **asdict(row),
+                "judged": judged,
+                **{k: t[k] for k in OUTCOMES},
+                "false_alarm_rate": t["false_alarm"] / judged if judged else None,
+                "nuisance_rate": t["nuisance"] / judged if judged else None,
+            }
+        )
+    return out

@@ -30,6 +30,7 @@ from sqlalchemy import delete, select
 
 from cloud.db import Database
 from cloud.errors import BadRequestError, CloudError, ConflictError, PermissionDeniedError
+from cloud.loop.models import OUTCOMES
 from cloud.notify.contacts import Contacts
 from cloud.notify.links import RESPONDER_PURPOSES, LinkClaims, LinkError, LinkSigner, Purpose, require_purpose
 from cloud.notify.models import Delivery, InboundSms, LinkUse, Report, ResponderAction
@@ -49,7 +50,15 @@ class IncidentPort(Protocol):
     """The closed loop's side of an action (blocking; raise ``CloudError`` to refuse)."""
 
     def responder_action(
-        self, incident_id: str, action: str, *, actor: str, note: str, photo_ids: Sequence[str], now: float
+        self,
+        incident_id: str,
+        action: str,
+        *,
+        actor: str,
+        note: str,
+        photo_ids: Sequence[str],
+        now: float,
+        outcome: str | None = None,
     ) -> None: ...
 
     def reopen(self, incident_id: str, *, reason: str, now: float) -> None: ...
@@ -74,7 +83,15 @@ class NullIncidentPort:
     """Used until the loop is wired: actions are recorded here only, incidents are not described."""
 
     def responder_action(
-        self, incident_id: str, action: str, *, actor: str, note: str, photo_ids: Sequence[str], now: float
+        self,
+        incident_id: str,
+        action: str,
+        *,
+        actor: str,
+        note: str,
+        photo_ids: Sequence[str],
+        now: float,
+        outcome: str | None = None,
     ) -> None:
         return None
 
@@ -200,12 +217,24 @@ class ResponderDesk:
         }
 
     def act_by_link(
-        self, token: str, *, note: str = "", photo: bytes | None = None, now: float
+        self,
+        token: str,
+        *,
+        note: str = "",
+        photo: bytes | None = None,
+        now: float,
+        outcome: str | None = None,
     ) -> ActionResult:
+        """Do what the link says. ``outcome`` (a resolved link only): the responder's verdict, ``real``,
+        ``nuisance`` or ``false_alarm`` (:data:`cloud.loop.models.OUTCOMES`)."""
         claims = self.links.verify(token, now=now)
         require_purpose(claims, *RESPONDER_PURPOSES)
         if claims.purpose is Purpose.RESOLVED and not note.strip():
             raise BadRequestError("a resolution needs a note saying what was done")
+        if outcome is not None and claims.purpose is not Purpose.RESOLVED:
+            raise BadRequestError("只有办结链接可以给出结论 / only a resolved link takes an outcome")
+        if outcome is not None and outcome not in OUTCOMES:
+            raise BadRequestError(f"outcome is one of {list(OUTCOMES)}, not {outcome!r}")
         photo_ids: list[str] = []
         if photo is not None:
             self.photos.check(photo)  # refuse a bad photo before anything is written
@@ -221,6 +250,7 @@ class ResponderDesk:
                 note=note,
                 photo_ids=photo_ids,
                 now=now,
+                outcome=outcome,
             )
         except CloudError:
             self._release_nonce(claims)
@@ -256,9 +286,10 @@ class ResponderDesk:
         note: str = "",
         photo_ids: Sequence[str] = (),
         now: float,
+        outcome: str | None = None,
     ) -> ActionResult:
         self.port.responder_action(
-            incident_id, purpose.value, actor=actor, note=note, photo_ids=photo_ids, now=now
+            incident_id, purpose.value, actor=actor, note=note, photo_ids=photo_ids, now=now, outcome=outcome
         )
         with self.db.write() as s:
             s.add(

@@ -391,7 +391,15 @@ class LoopPort:
         return actor
 
     def responder_action(
-        self, incident_id: str, action: str, *, actor: str, note: str, photo_ids: Sequence[str], now: float
+        self,
+        incident_id: str,
+        action: str,
+        *,
+        actor: str,
+        note: str,
+        photo_ids: Sequence[str],
+        now: float,
+        outcome: str | None = None,
     ) -> None:
         loop_action = _ACTIONS.get(action)
         if loop_action is None or not incident_id.isdigit():
@@ -405,6 +413,7 @@ class LoopPort:
             Command(loop_action, who, reason=reason),
             channel="notify",
             only_owner=loop_action is not Action.ACCEPT,
+            outcome=outcome,
         )
         for photo_id in photo_ids:
             content_type, data = self.photos.get(photo_id)
