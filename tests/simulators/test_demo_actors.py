@@ -211,9 +211,10 @@ async def test_responders_accept_arrive_resolve_with_the_truth_and_residents_rat
             inc = await incident_of(demo, device_id)
             events = await timeline(demo, inc["id"])
             done = [e for e in events if e["action"] in ("accept", "arrive", "handle", "rate")]
-            # every step of the work order came through a signed link (the phone); the rating: the resident
+            # every step of the work order came through a signed link (the phone); the rating too (the
+            # resident's case link)
             assert [(e["action"], e["channel"]) for e in done] == [
-                ("accept", "notify"), ("arrive", "notify"), ("handle", "notify"), ("rate", "api"),
+                ("accept", "notify"), ("arrive", "notify"), ("handle", "notify"), ("rate", "notify"),
             ], events  # fmt: skip
             owner = inc["owner"]
             assert done[0]["actor"] == done[1]["actor"] == done[2]["actor"] == owner
