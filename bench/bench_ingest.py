@@ -11,7 +11,7 @@ What is measured (every row says which):
     ``INSERT .. VALUES``); also ``synchronous=NORMAL``.
   - baseline ``sqlite narrow table`` one row per (reading, channel), rows built with numpy too, so the
     difference is the layout; baseline ``sqlite per-row INSERT`` one ``execute`` per reading.
-  - ``postgresql COPY + INSERT..SELECT ON CONFLICT (ours)`` vs baseline ``postgresql executemany INSERT ON
+  - ``postgresql COPY (merge on duplicate) (ours)`` vs baseline ``postgresql executemany INSERT ON
     CONFLICT`` (psycopg 3 pipelines executemany, so it is a strong baseline).
   - ``x2 threads``: two threads writing through one store object (what the ingest service does; the
     SQLite store group-commits concurrent batches: one transaction and one fsync for several batches).
@@ -834,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
             if pg is not None:
                 srv = pg
                 add(
-                    "postgresql COPY + INSERT..SELECT ON CONFLICT (ours)",
+                    "postgresql COPY (merge on duplicate) (ours)",
                     "store",
                     lambda i: run_store(srv.create_database(f"bench_a{i}"), batches[: max(4, nb // 2)]),
                 )
