@@ -43,8 +43,12 @@ log = logging.getLogger(__name__)
 SYSTEM = intake.SYSTEM
 #: the reconciler looks this far back for committed alerts the sink never handled
 RECONCILE_HORIZON_S = 2 * 86400.0
-#: steps this young are left to the sink that is handling them right now
+#: steps this young are left to the sink that is handling them right now: seconds of REAL time, converted
+#: to the clock's seconds (``Clock.real_seconds``), so a demo's 60x clock still gives the sink 5 s, not 83 ms
 RECONCILE_GRACE_S = 5.0
+#: each pass re-reads this far (real seconds, converted like the grace) below the last one's upper bound:
+#: a step stamped before that bound may commit after the pass read
+RECONCILE_OVERLAP_S = 120.0
 PHOTO_TYPES = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n", "image/webp": b"RIFF"}
 PHOTO_MAX_BYTES = 5 * 1024 * 1024
 PHOTOS_PER_INCIDENT = 20
@@ -78,6 +82,12 @@ class LoopService:
 
     def _lock(self) -> bool:
         return self.db.for_update()
+
+    def _clock_seconds(self, real_s: float) -> float:
+        """``real_s`` seconds of real time in this clock's seconds (``real_s * speedup`` for an
+        accelerated clock; unchanged for the system clock or one that does not say)."""
+        real = self.clock.real_seconds(real_s)
+        return real_s if not real > 0 else real_s * (real_s / real)
 
     # -- intake ---------------------------------------------------------------------------------------
     async def alerts_committed(self, steps: Sequence[AlertEvent], *, source: str) -> None:
@@ -118,8 +128,11 @@ class LoopService:
         now = self.clock.now() if now is None else now
         # After a start, look back two days; then only at steps received since the last pass (minus a
         # margin). Steps younger than the grace period are still in the sink's hands: not ours yet.
-        since = now - RECONCILE_HORIZON_S if self._reconciled_until is None else self._reconciled_until - 120
-        upto = now - RECONCILE_GRACE_S
+        overlap = self._clock_seconds(RECONCILE_OVERLAP_S)
+        since = (
+            now - RECONCILE_HORIZON_S if self._reconciled_until is None else self._reconciled_until - overlap
+        )
+        upto = now - self._clock_seconds(RECONCILE_GRACE_S)
         with self.db.read() as s:
             recent = (
                 select(AlertStep.alert_id)
