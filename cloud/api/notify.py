@@ -3,8 +3,10 @@
 ::
 
     GET  /api/v1/notify/status                           channels configured, deliveries by status
-    GET  /api/v1/notify/inapp[?unread=true][&incident_id=]  the caller's in-app notices (+ the operators'
-                                                         queue for admin / dispatcher / operator)
+    GET  /api/v1/notify/inapp[?unread=true][&incident_id=][&mine=true][&since_id=]  the caller's in-app
+                                                         notices (+ the operators' queue for admin /
+                                                         dispatcher / operator unless mine=true);
+                                                         since_id: only rows with a larger id
     POST /api/v1/notify/inapp/{id}/read
     GET  /api/v1/notify/incidents/{incident_id}/log      every delivery, every attempt, every action
     POST /api/v1/notify/send                             page a user / role / group / webhook now
@@ -108,15 +110,27 @@ async def inapp(
     caller: User,
     unread: bool = False,
     incident_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    mine: Annotated[
+        bool, Query(description="only the caller's own notices, not the operators' shared queue")
+    ] = False,
+    since_id: Annotated[
+        int | None,
+        Query(ge=0, le=2**62, description="only notices with a larger id (the largest id seen last poll)"),
+    ] = None,
 ) -> list[dict[str, Any]]:
     """The caller's own in-app notices and, for admin / dispatcher / operator, the operators' queue;
-    ``incident_id`` keeps one incident's (the console's incident page)."""
+    ``incident_id`` keeps one incident's (the console's incident page). A phone polls with
+    ``mine=true`` (its person's notices only: the operators' queue is the console's) and ``since_id``
+    (the largest ``id`` it has: an empty list when nothing is new), newest first, at most 100."""
     notify = get_notify(request)
     uid = await asyncio.to_thread(notify.contacts.user_id, caller.name)
-    return await asyncio.to_thread(
+    rows = await asyncio.to_thread(
         list_for, notify.outbox.db, uid, unread_only=unread, incident_id=incident_id,
-        operators=caller.role in STAFF_ROLES,
+        operators=caller.role in STAFF_ROLES and not mine,
     )  # fmt: skip
+    if since_id is not None:
+        rows = [r for r in rows if int(r["id"]) > since_id]
+    return rows
 
 
 @router.post("/inapp/{item_id}/read", status_code=204)
