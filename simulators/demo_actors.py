@@ -410,15 +410,20 @@ class Community:
         body: dict[str, Any] = r.json()["incident"]
         return body
 
-    async def _press(self, phone: Phone, incident: str, purpose: Purpose, token: str, note: str = "") -> bool:
-        r = await self._call(purpose.value, "POST", f"/api/v1/links/{token}", json={"note": note})
+    async def _press(
+        self, phone: Phone, incident: str, purpose: Purpose, token: str, note: str = "", outcome: str = ""
+    ) -> bool:
+        body = {"note": note, **({"outcome": outcome} if outcome else {})}  # outcome: resolved links only
+        r = await self._call(purpose.value, "POST", f"/api/v1/links/{token}", json=body)
         if r is None:
             return False
         if r.status_code == 200:
             self.counts[purpose.value] += 1
             return True
-        if purpose is Purpose.ACCEPT and r.status_code in (400, 409):
-            self.counts["too_late"] += 1  # someone else took it a moment earlier: stand down
+        if purpose in (Purpose.ACCEPT, Purpose.DECLINE) and r.status_code in (400, 409):
+            # someone else took it a moment earlier: stand down (a decline of an order another
+            # responder accepted is refused with 409 since the loop's link-owner check)
+            self.counts["too_late"] += 1
             return False
         self._fail(f"{phone.name} {purpose.value} #{incident}: HTTP {r.status_code} {r.text[:120]}")
         return False
@@ -463,7 +468,7 @@ class Community:
             done = now + rng.uniform(*phone.habit.check_s)
         await self._until(done)
         resolved = Purpose.RESOLVED in links and await self._press(
-            phone, incident, Purpose.RESOLVED, links[Purpose.RESOLVED], resolution_note(verdict)
+            phone, incident, Purpose.RESOLVED, links[Purpose.RESOLVED], resolution_note(verdict), verdict.kind
         )
         self._cases[key].state = "done"
         if not resolved:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -47,6 +47,11 @@ router = APIRouter(prefix="/api/v1", tags=["links"], responses=ERROR_RESPONSES)
 class ActIn(BaseModel):
     note: str = Field(default="", max_length=1000)
     photo_b64: str | None = Field(default=None, description="a JPEG, PNG or WebP photo, base64")
+    outcome: Literal["real", "nuisance", "false_alarm"] | None = Field(
+        default=None,
+        description="a resolved link only: the responder's verdict: real 真实事件, "
+        "nuisance 扰动（烹饪、蒸汽等）, false_alarm 误报",
+    )
 
 
 class RateIn(BaseModel):
@@ -109,7 +114,12 @@ async def use_link(token: str, body: ActIn, request: Request, state: State) -> d
     notify = get_notify(request)
     photo = _photo(body.photo_b64)
     done = await asyncio.to_thread(
-        notify.responders.act_by_link, token, note=body.note, photo=photo, now=state.clock.now()
+        notify.responders.act_by_link,
+        token,
+        note=body.note,
+        photo=photo,
+        now=state.clock.now(),
+        outcome=body.outcome,
     )
     return done.to_json()
 

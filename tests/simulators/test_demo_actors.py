@@ -220,6 +220,7 @@ async def test_responders_accept_arrive_resolve_with_the_truth_and_residents_rat
             assert done[0]["actor"] == done[1]["actor"] == done[2]["actor"] == owner
             assert done[3]["actor"] == "resident" and 1 <= inc["rating"] <= 5
             assert verdict_of_note(done[2]["reason"]) == verdict, done[2]["reason"]
+            assert inc["outcome"] == verdict  # the structured verdict, sent with the resolved link
             assert done[2]["reason"].startswith(VERDICT_TAGS[verdict])
             # accepted 1-2 minutes after the page reached the phone (plus at most a round of the phones'
             # polling); then travelled from the base to the site
