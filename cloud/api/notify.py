@@ -126,10 +126,8 @@ async def inapp(
     uid = await asyncio.to_thread(notify.contacts.user_id, caller.name)
     rows = await asyncio.to_thread(
         list_for, notify.outbox.db, uid, unread_only=unread, incident_id=incident_id,
-        operators=caller.role in STAFF_ROLES and not mine,
+        operators=caller.role in STAFF_ROLES and not mine, since_id=since_id,
     )  # fmt: skip
-    if since_id is not None:
-        rows = [r for r in rows if int(r["id"]) > since_id]
     return rows
 
 

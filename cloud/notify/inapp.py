@@ -61,9 +61,11 @@ def list_for(
     limit: int = 100,
     incident_id: str | None = None,
     operators: bool = True,
+    since_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """The user's own notifications and, with ``operators`` (desk staff), the operator-wide ones, newest
-    first; ``incident_id`` keeps one incident's (the console's incident page)."""
+    first; ``incident_id`` keeps one incident's (the console's incident page); ``since_id`` only rows with
+    a larger id (a phone's poll: in the query, so an unchanged inbox costs an index probe)."""
     # One incident's: one query along the incident index (an incident has a handful of notices). All of
     # them: the user's rows and the operators' queue are read apart, each newest first along the user
     # index, and merged; one query with "user_id = ? OR user_id IS NULL" sorts the whole queue (measured
@@ -78,6 +80,8 @@ def list_for(
             q = select(InApp).where(audience)
             if unread_only:
                 q = q.where(InApp.read_at.is_(None))
+            if since_id is not None:
+                q = q.where(InApp.id > since_id)
             rows += s.scalars(q.order_by(InApp.created_at.desc(), InApp.id.desc()).limit(limit)).all()
     rows = sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)[:limit]
     return [
