@@ -87,7 +87,9 @@ class CloudState:
             store=store,
             credentials=Credentials(db, rotation_grace_s=settings.gateway_rotation_grace_s),
             registry=Registry(db, box),
-            ingest=IngestService(db, store, metrics=metrics, sink=sink, clock=clock),
+            ingest=IngestService(
+                db, store, metrics=metrics, sink=sink, clock=clock, overlap=settings.ingest_overlap
+            ),
             monitor=monitor,
             metrics=metrics,
             clock=clock,
@@ -99,7 +101,7 @@ class CloudState:
             return
         self.closed = True
         try:
-            self.ingest.close()  # the ingest service's transaction threads (cloud/ingest.py), before the stores
+            self.ingest.close()  # the ingest service's transaction threads, before the stores
             self.store.close()
         finally:
             self.db.close()

@@ -99,7 +99,8 @@ async def test_the_transaction_waits_for_durable_readings_before_it_commits(
     cloud_sqlite: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cloud = cloud_sqlite
-    assert cloud.state.ingest.overlap  # the embedded default
+    assert not cloud.state.ingest.overlap  # off by default (cloud/settings.py ingest_overlap)
+    cloud.state.ingest.overlap = True
     store, db_file = cloud.state.store, _db_file(cloud)
     real_write, release = store.write, threading.Event()
     before = committed_state(db_file, "overlap-1")
@@ -131,6 +132,7 @@ async def test_readings_failing_after_the_transaction_did_its_work_roll_it_back(
     cloud_sqlite: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cloud = cloud_sqlite
+    cloud.state.ingest.overlap = True
     store, db_file = cloud.state.store, _db_file(cloud)
     real_write = store.write
     before = committed_state(db_file, "overlap-2")
@@ -179,7 +181,7 @@ class Durable:
         return res
 
 limits = replace(IngestLimits(), max_future_s=1e9)
-svc = IngestService(Database(db_url), Durable(), clock=ManualClock(), limits=limits)
+svc = IngestService(Database(db_url), Durable(), clock=ManualClock(), limits=limits, overlap=True)
 tx_done = transaction_done_hook(svc)
 import asyncio
 asyncio.run(svc.ingest(a_batch("overlap-kill"), gateway_id=GW1))
