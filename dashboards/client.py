@@ -178,10 +178,13 @@ class CloudAPI:
         body: dict[str, Any] = await self.get(f"/api/v1/links/{token}")
         return body
 
-    async def use_link(self, token: str, note: str, photo_b64: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = await self.post(
-            f"/api/v1/links/{token}", {"note": note, "photo_b64": photo_b64}
-        )
+    async def use_link(
+        self, token: str, note: str, photo_b64: str | None, outcome: str | None = None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"note": note, "photo_b64": photo_b64}
+        if outcome:
+            payload["outcome"] = outcome  # the responder's verdict (resolved links; the API checks it)
+        body: dict[str, Any] = await self.post(f"/api/v1/links/{token}", payload)
         return body
 
     async def rate_case(self, token: str, score: int, comment: str) -> dict[str, Any]:

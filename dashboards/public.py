@@ -76,7 +76,8 @@ def routes(web: Web) -> list[BaseRoute]:
                 link = await api.link(token)
                 if link.get("purpose") == "resolved" and not note:
                     raise FormError("error.note_required")
-                await api.use_link(token, note, _photo(form))
+                outcome = form.get("outcome", "").strip() if link.get("purpose") == "resolved" else ""
+                await api.use_link(token, note, _photo(form), outcome or None)
                 done = str(link.get("purpose", "act"))
             elif what == "rate":
                 score = int(form.get("score", "0") or 0)

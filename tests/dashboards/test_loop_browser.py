@@ -131,6 +131,7 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     phone.click("#act")  # no note yet: refused, in Chinese, nothing done
     assert "请填写处置说明" in phone.inner_text("#link-error")
     phone.fill("textarea[name=note]", "已更换井盖并加固")
+    phone.check("input[name=outcome][value=real]")  # the verdict: 真实事件
     phone.set_input_files("input[type=file]", str(_png(tmp_path / "cover.png")))
     phone.wait_for_function("document.getElementById('photo_b64').value.startsWith('data:image/jpeg')")
     phone.click("#act")
@@ -141,6 +142,7 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     # 5. the desk sees it handled (photo attached), verifies and closes with one click each
     desk.goto(f"/console/incidents/{incident_id}")
     assert "处置反馈" in desk.inner_text("#stage")
+    assert desk.inner_text("#outcome") == "真实事件"  # the responder's verdict reached the case
     for action in ("verify", "close"):
         desk.click(f"button[data-action={action}]")
         desk.wait_for_selector("#flash")
@@ -157,3 +159,4 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     # 7. the KPI board changed
     after = _kpi(desk)
     assert after != before and after["satisfaction"] == "5.00"
+    assert desk.inner_text("#kpi-false-alarm") == "0.0 %"  # one judged case, a real one
