@@ -7,6 +7,9 @@ wrist or no optical contact).
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from firmware_bridge.kernel.records import Channel, DeviceKind, Flag
 from firmware_bridge.payload import PayloadCodec
 
@@ -38,10 +41,24 @@ FLAGS: tuple[Flag, ...] = (
     Flag("gps_valid", 5, "lat/lon hold a fresh fix"),
     Flag("heartbeat", 6, "periodic summary uplink"),
     Flag("rest_broken", 7, "the rest after the window's peak ended before this uplink (fw >= 1.6)"),
+    Flag("ok", 8, "the wearer confirmed 'I'm OK' on the band after a fall (fw >= 1.7; one-shot)"),
 )
+# bit 8 (``ok``) means "I'm OK" only from firmware 1.7 on; an older firmware never sets it on purpose, so
+# the bit from one is a reserved bit (uninitialised struct padding, a bit flip) and must not cancel a fall
+OK_MIN_FW = 0x0107
 
 CODEC = PayloadCodec(KIND, KIND_CODE, CHANNELS, FLAGS)
 encode = CODEC.encode
 decode = CODEC.decode
 decode_many = CODEC.decode_many
 decode_buffer = CODEC.decode_buffer
+
+
+def ok_pressed(flags: npt.ArrayLike, fw_version: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Per reading: the wearer's "I'm OK" (bit 8) from a firmware that defines it (>= 1.7, ``OK_MIN_FW``).
+    The bit from an older firmware stays in ``flags`` (shown as set, nothing is dropped) but is not
+    taken as the wearer's statement."""
+    f = np.asarray(flags, dtype=np.uint32)
+    fw = np.asarray(fw_version, dtype=np.uint32)
+    on: npt.NDArray[np.bool_] = ((f & np.uint32(0x0100)) != 0) & (fw >= OK_MIN_FW)
+    return on

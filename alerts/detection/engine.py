@@ -37,7 +37,7 @@ from alerts.detection.episodes import EpisodeTable
 from alerts.detection.kindstate import KindState
 from alerts.detection.profiles import ProfileSet
 from alerts.detection.registry import RULES
-from alerts.detection.rulekit import RuleContext, Verdict
+from alerts.detection.rulekit import OK_KEY_MARK, RuleContext, Verdict
 from alerts.detection.segments import Segments
 from firmware_bridge.kernel.events import AlertPhase, EventType, Severity
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
@@ -55,7 +55,8 @@ _TEXT: dict[Any, str] = {
 }
 _PHASE_ORDER = {AlertPhase.RAISED: 0, AlertPhase.UPDATED: 1, AlertPhase.CLEARED: 2}
 # the steps of one event type in a batch: (type, its position among the kind's verdicts, reading index,
-# phase, severity, episode id, the per-reading values the steps report)
+# phase, severity, episode id, the per-reading values the steps report, the per-reading "I'm OK" cause of
+# a clear or None)
 _Steps = tuple[
     EventType,
     int,
@@ -64,6 +65,7 @@ _Steps = tuple[
     npt.NDArray[np.int8],
     npt.NDArray[np.int64],
     npt.NDArray[np.float64],
+    npt.NDArray[np.bool_] | None,
 ]
 
 
@@ -183,7 +185,7 @@ class DetectionEngine:
             i, sev = silent.close_rows(devs, ts[firsts])
             j = firsts[i]
             ep = silent.arrays["episode_ms"][devs[i]]
-            steps.append((EventType.DEVICE_SILENT, -1, j, [AlertPhase.CLEARED] * len(j), sev, ep, dt))
+            steps.append((EventType.DEVICE_SILENT, -1, j, [AlertPhase.CLEARED] * len(j), sev, ep, dt, None))
         ctx = RuleContext(
             spec=ks.spec,
             rows=r,
@@ -197,6 +199,7 @@ class DetectionEngine:
             det=ks.det,
             seg=seg,
             batch_rank=rank,
+            fw_version=batch.fw_version if same else batch.fw_version[order],
         )
         verdicts = _evaluate(ks.module, ctx)
         for pos, (et, v) in enumerate(verdicts.items()):
@@ -204,7 +207,7 @@ class DetectionEngine:
                 seg, ts, v.level, v.value, v.immediate, v.since, v.confirm_after, v.clear_after
             )
             if bs is not None:
-                steps.append((et, pos, bs.idx, bs.phase, bs.severity, bs.episode_ms, v.value))
+                steps.append((et, pos, bs.idx, bs.phase, bs.severity, bs.episode_ms, v.value, v.cause))
         if not steps:
             return []
         events = self._emit(ks, steps, r, ts, rank, now)
@@ -220,11 +223,16 @@ class DetectionEngine:
         rank: npt.NDArray[np.int64],
         now: float,
     ) -> list[AlertEvent]:
-        """Alert steps in the order frame-by-frame ranks gave them: rank, event type, phase, device."""
-        todo: list[tuple[tuple[int, int, int, int], EventType, int, AlertPhase, int, int, float, float]] = []
-        for et, pos, idx, phases, sev, ep, value in steps:
+        """Alert steps in the order frame-by-frame ranks gave them: rank, event type, phase, device. A
+        CLEARED step at a reading whose verdict carries the "I'm OK" cause ends its message with
+        :data:`~alerts.detection.rulekit.OK_KEY_MARK`."""
+        todo: list[
+            tuple[tuple[int, int, int, int], EventType, int, AlertPhase, int, int, float, float, bool]
+        ] = []
+        for et, pos, idx, phases, sev, ep, value, cause in steps:
+            oks = [False] * len(idx) if cause is None else cause[idx].tolist()
             # the step's columns as Python values in one call each, not a numpy scalar per alert
-            for row, rk, ft, val, ph, s, e in zip(
+            for row, rk, ft, val, ph, s, e, ok in zip(
                 rows[idx].tolist(),
                 rank[idx].tolist(),
                 t[idx].tolist(),
@@ -232,11 +240,15 @@ class DetectionEngine:
                 phases,
                 sev.tolist(),
                 ep.tolist(),
+                oks,
                 strict=True,
             ):
-                todo.append(((rk, pos, _PHASE_ORDER[ph], row), et, row, ph, s, e, ft, val))
+                todo.append(((rk, pos, _PHASE_ORDER[ph], row), et, row, ph, s, e, ft, val, ok))
         todo.sort(key=lambda x: x[0])
-        return [self._event(ks, et, row, ph, s, now, ft, val, e) for _k, et, row, ph, s, e, ft, val in todo]
+        return [
+            self._event(ks, et, row, ph, s, now, ft, val, e, ok_key=ok and ph is AlertPhase.CLEARED)
+            for _k, et, row, ph, s, e, ft, val, ok in todo
+        ]
 
     def _event(
         self,
@@ -249,8 +261,11 @@ class DetectionEngine:
         frame_time: float,
         value: float,
         episode_ms: int | None = None,
+        *,
+        ok_key: bool = False,
     ) -> AlertEvent:
-        """One step; ``episode_ms`` as it was when the step happened (default: the table's now)."""
+        """One step; ``episode_ms`` as it was when the step happened (default: the table's now); ``ok_key``:
+        the step is a clear by the wearer's "I'm OK" key (its message ends with ``OK_KEY_MARK``)."""
         device = ks.ids[row]
         ep = int(ks.episodes[et].arrays["episode_ms"][row]) if episode_ms is None else int(episode_ms)
         etv = _TEXT[et]  # enum .value/.name are properties: looked up once per member, not per step
@@ -262,6 +277,8 @@ class DetectionEngine:
         name = _TEXT[named]
         what = "cleared" if phase is AlertPhase.CLEARED else name
         msg = f"{_TEXT[ks.kind]} {device}: {etv} {what}" + (f" (value {v:.4g})" if v is not None else "")
+        if ok_key:
+            msg += f" {OK_KEY_MARK}"
         _log.info("alert %s %s %s", aid, _TEXT[phase], name)
         return AlertEvent(
             alert_id=aid,
@@ -365,6 +382,13 @@ class DetectionEngine:
     # -- persistence -------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Everything needed to resume: ``.npz`` (no pickle) with a JSON header."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **self.snapshot_arrays())
+        return buf.getvalue()
+
+    def snapshot_arrays(self) -> dict[str, Any]:
+        """What :meth:`snapshot` writes, before it is written: ``{name: array}``, ``"header"`` a JSON
+        string array (the arrays are views of the engine's state: read them before the next batch)."""
         arrays: dict[str, Any] = {}
         header: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
@@ -388,9 +412,7 @@ class DetectionEngine:
                 for name, arr in tab.arrays.items():
                     arrays[f"{k}/ep/{et.value}/{name}"] = arr[:n]
         arrays["header"] = np.array(json.dumps(header))
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
+        return arrays
 
     @classmethod
     def restore(cls, data: bytes, profiles: ProfileSet | None = None) -> DetectionEngine:
@@ -482,6 +504,7 @@ def _evaluate(module: Any, ctx: RuleContext) -> dict[EventType, Verdict]:
             ("since", math.nan),
             ("confirm_after", math.nan),
             ("clear_after", math.nan),
+            ("cause", False),
         ):
             if any(getattr(v[et], name) is not None for _ix, v in parts):
                 extra[name] = np.full(n, fill, dtype=type(fill))

@@ -9,9 +9,13 @@ Why these rules (thresholds in :class:`alerts.detection.profiles.ManholeProfile`
   so on a busy road every frame "vibrates": vibration cannot say whether the cover shakes now. What the
   datasheet makes certain instead: a device reports the return to normal within 30 s. So a tilted frame
   raises at once when the device says the tilt settled (``tilt_settled``, firmware that debounces) or
-  when no vehicle touched the cover since the previous uplink (``vibration_g`` below a truck's); any
-  other tilted frame raises after ``displaced_confirm_s`` unless a return-to-normal frame arrives first
-  (the lifecycle's ``confirm_after``), and two tilted frames in a row raise too.
+  when the uplinks prove that no vehicle touched the cover for at least ``quiet_window_s`` (5 s): the
+  frame and the uplinks before it, back to the latest that showed a vehicle, all below a truck's
+  ``vibration_g`` (their windows tile the time). A heartbeat due 0.1 s after a truck's alarm uplink is
+  still tilted and quiet, but it has seen 0.1 s of road, so it proves nothing. Any other tilted frame
+  raises after ``displaced_confirm_s`` unless a return-to-normal frame arrives first (the lifecycle's
+  ``confirm_after``); tilted frames in a row raise only once they span ``displaced_confirm_s`` too (two
+  frames 0.1 s apart are one truck's rock seen twice).
 * **OVERFLOW**: water surface close to the cover; **GAS_COMBUSTIBLE** / **GAS_TOXIC** / **OXYGEN_ABNORMAL**:
   the GB/T 50493-2019 two-stage gas alarms, H2S 10/20 ppm, O2 outside 19.5-23.5 %vol, with hysteresis so
   a reading hovering at the threshold does not flap. An O2 reading of exactly 0 means "no O2 cell", and
@@ -41,7 +45,11 @@ KIND = DeviceKind.MANHOLE
 PROFILE = ManholeProfile
 # evaluate takes a whole batch sorted by device (segments), not only readings of unique devices
 BATCH = True
-STATE: dict[str, tuple[str, float]] = {}
+STATE: dict[str, tuple[str, float]] = {
+    # since when the device's uplinks prove no vehicle touched the cover: the time of its latest uplink
+    # whose vibration_g showed one (or is unknown); NaN: none seen (its quiet run reaches back unseen)
+    "quiet_since": ("f8", np.nan),
+}
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
 
@@ -49,7 +57,11 @@ HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
 def rules(p: ManholeProfile) -> dict[EventType, EpisodeRule]:
     return {
         EventType.COVER_OPEN: EpisodeRule(remind_every_s=3600.0),
-        EventType.COVER_DISPLACED: EpisodeRule(need_count=2, escalate_after_s=1800.0, remind_every_s=3600.0),
+        # tilted frames in a row confirm each other only once they span as long as the return to normal
+        # may take (a heartbeat 0.1 s after a truck's alarm uplink is the same rock seen twice)
+        EventType.COVER_DISPLACED: EpisodeRule(
+            need_count=2, for_s=p.displaced_confirm_s, escalate_after_s=1800.0, remind_every_s=3600.0
+        ),
         EventType.OVERFLOW: EpisodeRule(escalate_after_s=3600.0),
         EventType.GAS_COMBUSTIBLE: EpisodeRule(escalate_after_s=1800.0),
         EventType.GAS_TOXIC: EpisodeRule(escalate_after_s=1800.0),
@@ -74,6 +86,24 @@ def _frozen(ctx: RuleContext) -> np.ndarray:
     return frozen
 
 
+def _quiet_for(ctx: RuleContext, vib: np.ndarray) -> np.ndarray:
+    """Per reading: for how long before it the device's uplinks prove that no vehicle touched the cover.
+
+    ``vibration_g`` is the peak since the device's previous uplink, so consecutive quiet uplinks prove
+    a quiet span back to the latest uplink that showed a vehicle (its vehicle may have passed just
+    before it): a heartbeat due 0.1 s after a truck's alarm uplink is quiet for 0.1 s only. With no such
+    uplink seen, the run reaches back beyond the first uplink this gateway saw (inf): the window before
+    it has no known start, and heartbeats come hours apart. NaN when this reading's own vibration is a
+    truck's or unknown.
+    """
+    quiet = vib < ctx.p.truck_vibration_g
+    st = ctx.state["quiet_since"]
+    since = ctx.seg.prev_where(~quiet, ctx.t, st)  # strictly earlier readings, else the stored time
+    ctx.seg.store_last(st, ctx.t, ~quiet)
+    out: np.ndarray = np.where(quiet, np.where(np.isnan(since), np.inf, ctx.t - since), np.nan)
+    return out
+
+
 def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     p = ctx.p
     tilt, ref = ctx.col("tilt_deg"), ctx.col("tilt_ref_deg")
@@ -88,7 +118,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     disp = dev > p.tilt_threshold_deg
     disp_lvl = select([open_on, disp, dev > p.tilt_clear_deg], [HOLD, MEDIUM, HOLD], CLEAR)
     disp_lvl = np.where(np.isfinite(dev), disp_lvl, UNKNOWN).astype(np.int8)
-    no_vehicle = ctx.flag("alarm") & (vib < p.truck_vibration_g)  # nothing shook it since the last uplink
+    no_vehicle = ctx.flag("alarm") & (_quiet_for(ctx, vib) >= p.quiet_window_s)
     confirmed = disp & (ctx.flag("tilt_settled") | no_vehicle)
     confirm_after = np.where(disp, p.displaced_confirm_s, np.nan)
 

@@ -28,6 +28,11 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 LevelArray = npt.NDArray[np.int8]
 
+# the cause a CLEARED step's message ends with when the wearer's "I'm OK" key (wristband ``ok``, bit 8, fw
+# >= 1.7) cleared it: a rule sets ``Verdict.cause`` on the readings, the engine appends " [ok_key]" to the
+# step's message; the loop reads it (``alerts.loop.reasons.OK_KEY_MARK``, the same text; docs/loop.md)
+OK_KEY_MARK = "[ok_key]"
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -44,6 +49,9 @@ class Verdict:
     # on a HOLD reading of an open episode: clear this many seconds later unless an active or plain
     # HOLD reading arrives first (NaN = no timer): the condition is over, silence confirms it stays so
     clear_after: FloatArray | None = None
+    # per reading: a clear at this reading is the wearer's "I'm OK" (the engine marks the CLEARED step's
+    # message with :data:`OK_KEY_MARK`); None: no reading's is
+    cause: BoolArray | None = None
 
 
 _CHANNELS: dict[tuple[DeviceKind, str], int] = {}
@@ -82,6 +90,9 @@ class RuleContext:
     # per reading: its position among its device's frames in the batch as received (duplicates included);
     # groups cross-device state the way frame-by-frame ranks always have (neighbour alarms)
     batch_rank: npt.NDArray[np.int64]
+    # per reading: the firmware version (major << 8 | minor) from the payload header, for flag bits that
+    # only mean something from some version on (wristband ``ok``, fw >= 1.7); None: not known
+    fw_version: npt.NDArray[np.uint16] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -104,6 +115,7 @@ class RuleContext:
             det=self.det,
             seg=Segments(rows),
             batch_rank=self.batch_rank[ix],
+            fw_version=None if self.fw_version is None else self.fw_version[ix],
         )
 
     def col(self, name: str) -> FloatArray:

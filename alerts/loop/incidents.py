@@ -56,6 +56,9 @@ class Signal:
     lat: float | None = None
     lon: float | None = None
     episode_start: float | None = None  # when the event began (the detector's episode), for discovery time
+    #: why a ``cleared`` step cleared, when the step says (``alerts.loop.reasons.OK_KEY_CLEARED``: the
+    #: wearer's "I'm OK" key); "" = not said
+    cause: str = ""
 
     def labels(self, grade: Severity | None = None) -> dict[str, str]:
         g = grade if grade is not None else self.severity

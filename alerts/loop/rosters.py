@@ -117,9 +117,31 @@ def coverage_gaps(
     override's start or end, so the roster is evaluated once per span between those instants.
     """
     end = start + horizon_s
+    points = changes(roster, start, end)
+    gaps: list[Gap] = []
+    for role, zone in needs:
+        open_at: float | None = None
+        for a in points[:-1]:
+            empty = not roster.on_call(role, zone, a)
+            if empty and open_at is None:
+                open_at = a
+            elif not empty and open_at is not None:
+                gaps.append(Gap(role, zone, open_at, a))
+                open_at = None
+        if open_at is not None:
+            gaps.append(Gap(role, zone, open_at, end))
+    return gaps
+
+
+def changes(roster: Roster, start: float, end: float, roles: Sequence[str] | None = None) -> list[float]:
+    """The instants in ``[start, end]`` (both included) where who is on call may change: rotation starts
+    and hand-overs, daily window edges, overrides' starts and ends (of ``roles``' rotations only, when
+    given; overrides count whatever the role, they name a person). Sorted."""
     tz = ZoneInfo(roster.zone)
     cuts = {start, end}
     for rot in roster.rotations:
+        if roles is not None and rot.role not in roles:
+            continue
         if rot.start > start:
             cuts.add(min(rot.start, end))
         if rot.shift_s > 0:
@@ -136,20 +158,7 @@ def coverage_gaps(
                 day += timedelta(days=1)
     for ov in roster.overrides:
         cuts.update(x for x in (ov.start, ov.end) if start < x < end)
-    points = sorted(c for c in cuts if start <= c <= end)
-    gaps: list[Gap] = []
-    for role, zone in needs:
-        open_at: float | None = None
-        for a in points[:-1]:
-            empty = not roster.on_call(role, zone, a)
-            if empty and open_at is None:
-                open_at = a
-            elif not empty and open_at is not None:
-                gaps.append(Gap(role, zone, open_at, a))
-                open_at = None
-        if open_at is not None:
-            gaps.append(Gap(role, zone, open_at, end))
-    return gaps
+    return sorted(c for c in cuts if start <= c <= end)
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -287,3 +296,9 @@ def _opt_float(r: Mapping[str, object], key: str, p: str) -> float | None:
     if not isinstance(v, int | float):
         raise InvalidConfig(f"{p}.{key}", "a number")
     return float(v)
+
+
+def shift_changes(roster: Roster, role: str, after: float, upto: float) -> list[float]:
+    """The instants in ``(after, upto]`` where who is on call for ``role`` may change (a hand-over, a
+    window edge, an override's start or end): the moments a shift change hands open work over."""
+    return [c for c in changes(roster, after, upto + 1.0, (role,)) if after < c <= upto]
