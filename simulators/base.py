@@ -33,6 +33,7 @@ I64 = npt.NDArray[np.int64]
 U32 = npt.NDArray[np.uint32]
 N_PARAMS = 3
 SAME_EFFECT_GAP_S = 3600.0  # two episodes of one effect on one device are at least this far apart
+HANDLED_UPLINK_S = 1.25  # a handled device's state-change uplink, seconds after its episode ended
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class KindModel:
 
     KIND: ClassVar[DeviceKind]
     EFFECTS: ClassVar[tuple[Effect, ...]]
+    #: effects a responder on site ends (:meth:`handle`): the cover reseated, the fire out, the wearer up
+    REACTS: ClassVar[frozenset[str]] = frozenset()
+    #: per-kind settings that share the rates table (``[scenarios.<kind>]``) but are not effects (the
+    #: wristband's share of bands on firmware 1.7, ...): accepted by the config, ignored by the scheduler
+    SETTINGS: ClassVar[tuple[str, ...]] = ()
 
     sites: Sites
     t0: float
@@ -135,6 +141,9 @@ class KindModel:
         self._tptr = 0
         self._prev_up: F64 | None = None
         self._silent = np.array([e.silent for e in self.EFFECTS])
+        self._done_t = -np.inf  # the end of the last tick stepped: uplinks before it are already out
+        self.handled_rows: set[int] = set()  # schedule rows a responder ended (:meth:`handle`)
+        self.handled_end = np.full((n_e, n), -np.inf)  # per effect and device: when a responder ended it
         self.init_state()
 
     def init_state(self) -> None:
@@ -168,7 +177,8 @@ class KindModel:
         base = self._drop_overlaps(base)
         derived = self.derive(base, start, duration_s)
         self.schedule = self._drop_overlaps(Schedule.concat([base, derived])) if len(derived) else base
-        self._trig_time, self._trig_dev = self._triggers(self.schedule)
+        self._trig_time, self._trig_dev, self._trig_row = self._triggers(self.schedule)
+        self.handled_rows = set()
 
     def _random_effects(self, start: float, duration_s: float) -> Schedule:
         days = duration_s / 86400.0
@@ -257,19 +267,73 @@ class KindModel:
             times.append(en + 1.0)
         return times
 
-    def _triggers(self, s: Schedule) -> tuple[F64, I64]:
+    def _triggers(self, s: Schedule) -> tuple[F64, I64, I64]:
         times: list[float] = []
         devs: list[int] = []
+        rows: list[int] = []
         for i in range(len(s)):
             ts = self.trigger_offsets(i, s)
             times.extend(ts)
             devs.extend([int(s.dev[i])] * len(ts))
+            rows.extend([i] * len(ts))
         t = np.asarray(times, dtype=np.float64)
         d = np.asarray(devs, dtype=np.int64)
+        r = np.asarray(rows, dtype=np.int64)
         if len(t):
             t = t + self.rng.uniform(0.05, 0.5, len(t))  # firmware + radio latency
         order = np.argsort(t, kind="stable")
-        return t[order], d[order]
+        return t[order], d[order], r[order]
+
+    # -- a responder on site ----------------------------------------------------------------------------
+    def handle(self, dev: int, label: EventType, *, on_site: float, done: float) -> list[int]:
+        """A responder on site at ``on_site`` ends the device's running episodes labelled ``label`` (of an
+        effect in :attr:`REACTS`) at ``done``: the readings return to normal from then, the firmware's
+        repeats stop and the device sends its state-change uplink (:data:`HANDLED_UPLINK_S` after, also
+        for effects without ``on_end``: the technician's reset or test press), and the ground truth ends
+        there (:meth:`truth_of` marks the record ``handled``). ``done`` is moved past the tick already
+        stepped (those uplinks are out); an episode over before ``done`` is left as it is. No random draw:
+        a seeded run without responders stays byte-identical. Returns the schedule rows ended."""
+        s = self.schedule
+        done = max(float(done), self._done_t)
+        react = [i for i, e in enumerate(self.EFFECTS) if e.name in self.REACTS and e.label == label]
+        if not react:
+            return []
+        # an episode that began after the responder arrived is not what they came for
+        rows = np.flatnonzero((s.dev == dev) & np.isin(s.eff, react) & (s.start <= on_site) & (s.end > done))
+        ended: list[int] = []
+        extra: list[float] = []
+        for r in rows.tolist():
+            e = int(s.eff[r])
+            # when the episode is over: ``done`` (the cover reseated) or later, by the model's own physics
+            # (a wanderer found at ``done`` and walked home; :meth:`handled_end_of`)
+            end, ups = self.handled_end_of(r, max(float(on_site), self._done_t), done)
+            s.end[r] = end
+            if self.act_start[e, dev] == s.start[r]:  # already under way in the models' state
+                self.act_end[e, dev] = end
+            self.handled_end[e, dev] = end
+            self.handled_rows.add(r)
+            ended.append(r)
+            extra.extend(t for t in ups if t > self._done_t)
+        if not ended:
+            return []
+        lo = self._tptr
+        keep = ~(np.isin(self._trig_row[lo:], ended) & (self._trig_time[lo:] > done))
+        t = np.concatenate([self._trig_time[lo:][keep], np.asarray(extra, dtype=np.float64)])
+        d = np.concatenate([self._trig_dev[lo:][keep], np.full(len(extra), dev, dtype=np.int64)])
+        rr = np.concatenate([self._trig_row[lo:][keep], np.full(len(extra), ended[0], dtype=np.int64)])
+        order = np.argsort(t, kind="stable")
+        self._trig_time = np.concatenate([self._trig_time[:lo], t[order]])
+        self._trig_dev = np.concatenate([self._trig_dev[:lo], d[order]])
+        self._trig_row = np.concatenate([self._trig_row[:lo], rr[order]])
+        return ended
+
+    def handled_end_of(self, row: int, start: float, done: float) -> tuple[float, list[float]]:
+        """A responder ends schedule row ``row``: work from ``start`` (on site, after the tick already
+        generated) until ``done``. Returns when the episode is over and the state-change uplinks the device
+        sends because of it. Default: over at ``done``, one uplink :data:`HANDLED_UPLINK_S` after it.
+        Models whose world takes time to settle (water pumped out, a wanderer walked home) override it; no
+        random draw."""
+        return done, [done + HANDLED_UPLINK_S]
 
     # -- ground truth ---------------------------------------------------------------------------------
     def truth(self, run_end: float) -> list[TruthRecord]:
@@ -292,6 +356,7 @@ class KindModel:
             float(s.start[row]),
             float(min(s.end[row], run_end)),
             self.severity_of(row, s),
+            handled=row in self.handled_rows,
         )
 
     def severity_of(self, row: int, s: Schedule) -> Severity:
@@ -328,6 +393,7 @@ class KindModel:
     def step(self, t0: float, t1: float) -> Emission:
         """All uplinks of this kind in ``[t0, t1)``, encoded, in time order."""
         self._activate(t1)
+        self._done_t = max(self._done_t, t1)
         hb_idx: list[I64] = []
         hb_t: list[F64] = []
         while True:

@@ -15,6 +15,7 @@ Text follows the locale (``VIGIL_LANG`` / ``LANG``: Chinese unless English is as
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import csv
 import io
@@ -22,17 +23,20 @@ import logging
 import secrets
 import shutil
 import signal
+import socket
 import sys
+import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from firmware_bridge.hints import vigil_command
 from firmware_bridge.kernel import locale
+from firmware_bridge.kernel.clock import AcceleratedClock
 
 GATEWAY_ID = "gw-demo"
 MARKER = ".vigil-demo"
@@ -60,12 +64,14 @@ cover_displaced = 0.4
 cover_open = 0.15
 rain = 2.0
 gas_toxic = 0.1
+cover_rocked = 0.5     # nuisance: a heavy truck leaves a cover askew for minutes
 
 [scenarios.smoke_alarm]
 fire = 0.06
 co = 0.06
 cooking = 1.5
 test = 0.3
+scorched_pot = 0.5     # nuisance: a pot boiled dry, thick smoke and some CO
 
 [scenarios.wristband]
 fall = 0.4
@@ -75,6 +81,9 @@ hr_high = 0.2
 spo2_low = 0.2
 geofence_exit = 0.3
 band_removed = 0.3
+band_off_table = 0.3   # nuisance: the band taken off and left on the table for half an hour
+fw_1_7 = 0.3           # a third of the bands on firmware 1.7: the "I'm OK" key (a share, not a rate)
+fall_ok = 0.3          # on those: falls the wearer cancels with OK within 30 s (never paged)
 
 [faults]
 corrupt = 0.003
@@ -111,10 +120,100 @@ synchronous = "normal"
 [detection]
 batch_window_ms = 50
 snapshot_interval_s = 10
+profiles_file = "{profiles_file}"
 
 [metrics]
 port = {metrics_port}
 """
+
+
+class HeldClock(AcceleratedClock):
+    """The demo's shared clock: it stands still at ``sim_epoch`` until :meth:`run` (the radio starts),
+    then runs at ``speedup``, but never past a frame the gateway has been given and not yet judged.
+
+    Why it stands still first: setting up the cloud, the people and the gateway takes seconds of real
+    time (10 or more on a loaded machine), which at 120x is 20 simulated minutes. With the clock running
+    from the first line, the devices were registered at the start and the cloud's connectivity check
+    judged every wristband silent (2.2 x 5 min) before the simulator had sent a frame (80 false
+    device-silent alarms in ``tests/cloud/test_demo.py``, 2026-11-27, load 6-8).
+
+    Why it waits for the gateway (:meth:`gave` / :meth:`judged`): the gateway stamps a frame when it
+    reads it and judges silence on its own tick; on a loaded machine a frame can sit 0.4 real seconds
+    between the two (batch window, the outbox thread), which at 120x is 48 simulated seconds. A wristband
+    whose previous summary the link lost has 60 s of margin left, so the tick called it silent with its
+    next summary already read (2026-11-27: stamped 2195.1 s, judged at 2241.6 s, limit 2237.7 s). While
+    a frame is in flight the clock stands still, and the real time it stood is not made up afterwards
+    (simulated time stretches; nothing jumps): the demo's time is the devices', and a machine that cannot
+    keep up slows the demo down instead of inventing silences. ``slack_s`` (20 simulated seconds: 0.17 real
+    s at 120x, a third of the 60 s margin above) lets an unloaded machine run without standing still at
+    every batch window (50 ms real is 6 simulated seconds at 120x). A frame not judged after
+    ``max_hold_real_s`` (a count gone astray) no longer holds the clock.
+    """
+
+    # the base is a frozen dataclass: its fields are fixed; these are the subclass's (object.__setattr__)
+    running_since: float | None
+    held_real_s: float  # real seconds the clock stood still for frames in flight
+    slack_s: float  # simulated seconds the clock may run past a frame in flight
+    max_hold_real_s: float
+    _given: int
+    _in_flight: collections.deque[tuple[int, float, float]]  # (index, sim time given, monotonic time)
+    _judged: Callable[[], int]
+    _last: float
+    _lock: threading.Lock
+
+    def __init__(
+        self, start: float, speedup: float, *, slack_s: float = 20.0, max_hold_real_s: float = 3.0
+    ) -> None:
+        super().__init__(sim_epoch=start, real_epoch=time.time(), speedup=speedup)
+        object.__setattr__(self, "running_since", None)
+        object.__setattr__(self, "held_real_s", 0.0)
+        object.__setattr__(self, "slack_s", slack_s)
+        object.__setattr__(self, "max_hold_real_s", max_hold_real_s)
+        object.__setattr__(self, "_given", 0)
+        object.__setattr__(self, "_in_flight", collections.deque())
+        object.__setattr__(self, "_judged", lambda: 0)
+        object.__setattr__(self, "_last", start)
+        object.__setattr__(self, "_lock", threading.Lock())  # the gateway's outbox thread reads it too
+
+    def run(self) -> None:
+        if self.running_since is None:
+            object.__setattr__(self, "running_since", time.time())
+
+    def judged_by(self, count: Callable[[], int]) -> None:
+        """``count()``: how many of the frames given so far the gateway has judged (accepted or rejected)."""
+        object.__setattr__(self, "_judged", count)
+
+    def gave(self) -> None:
+        """A frame has been written to the gateway now."""
+        with self._lock:
+            n = self._given
+            self._in_flight.append((n, self._last, time.monotonic()))
+            object.__setattr__(self, "_given", n + 1)
+
+    def now(self) -> float:
+        since = self.running_since
+        if since is None:
+            return self.sim_epoch
+        with self._lock:
+            t = self.sim_epoch + (time.time() - since - self.held_real_s) * self.speedup
+            q = self._in_flight
+            if q:
+                done = self._judged()
+                real = time.monotonic()
+                while q and (q[0][0] < done or real - q[0][2] > self.max_hold_real_s):
+                    q.popleft()
+                if q and t > (cap := q[0][1] + self.slack_s):
+                    # stand still just past the oldest frame in flight; the real time is not made up
+                    object.__setattr__(self, "held_real_s", self.held_real_s + (t - cap) / self.speedup)
+                    t = cap
+            if t < self._last:
+                return self._last
+            object.__setattr__(self, "_last", t)
+            return t
+
+    def to_json(self) -> str:  # clock.json for other readers: the epoch it really runs from
+        epoch = (self.running_since or time.time()) + self.held_real_s
+        return AcceleratedClock(self.sim_epoch, epoch, self.speedup).to_json()
 
 
 def _fmt_time(t: float) -> str:
@@ -157,6 +256,8 @@ class DemoReport:
     actors: Any = None  # simulators.demo_actors.Community: what the simulated people did, their failures
     loop: Any = None  # simulators.demo_loop.LoopSummary, read from the cloud's API at the end
     unscored_silent: int = 0  # device-silent steps raised after the simulation ended (not scored)
+    # the score's false alarms by the simulated effects on their device (simulators.scoring_trace)
+    false_alarm_effects: dict[str, int] = field(default_factory=dict)
 
 
 def _prepare_workdir(workdir: Path) -> None:
@@ -180,9 +281,45 @@ def _one_gateway_csv(text: str) -> str:
     return out.getvalue()
 
 
-def _free_port(preferred: int) -> int:
-    import socket
+def wearer_homes_toml(devices_text: str) -> str:
+    """The gateway's detection profiles for the demo: each wristband's geofence centred on its wearer's
+    registered home (the band's row of ``devices.csv``, the address the band was registered to), as an
+    installer enters it when the band is handed to the wearer (``[devices."<id>"] home_lat / home_lon``,
+    docs/gateway.md ``profiles_file``). Without it the detector learns the home from the band's fixes,
+    which a two-hour demo has only outdoors, on the wearers' walks (docs/demo.md "Choices")."""
+    lines = [
+        "# vigil demo: the wearers' registered homes (sim/devices.csv), the centre of each band's geofence",
+        "",
+    ]
+    for row in csv.DictReader(io.StringIO(devices_text)):
+        if row.get("kind") != "wristband" or not row.get("lat") or not row.get("lon"):
+            continue
+        lines += [
+            f'[devices."{row["device_id"]}"]',
+            f"home_lat = {float(row['lat'])!r}",
+            f"home_lon = {float(row['lon'])!r}",
+            "",
+        ]
+    return "\n".join(lines)
 
+
+def bind_free(preferred: int) -> socket.socket:
+    """A socket bound to ``preferred`` on 127.0.0.1, or to a free port when that one is taken, kept bound
+    until the cloud serves on it: a port merely found free can be taken by another process (another
+    demo starting at the same moment) before uvicorn binds it, which stopped the demo with "address
+    already in use"."""
+    for port in (preferred, 0):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        return s
+    raise OSError("no free TCP port")
+
+
+def _free_port(preferred: int) -> int:
     for port in (preferred, 0):
         with socket.socket() as s:
             try:
@@ -252,15 +389,15 @@ async def run_demo(
     from cloud.settings import CloudSettings
     from edge.config import parse_config as parse_gateway_config
     from edge.daemon import Gateway
-    from firmware_bridge.kernel.clock import AcceleratedClock
     from firmware_bridge.kernel.events import EventType
     from simulators.config import parse_config as parse_fleet_config
-    from simulators.demo_actors import Community, GroundTruth, duty_plan, phones_for
+    from simulators.demo_actors import Community, GroundTruth, desk_for, duty_plan, phones_for
     from simulators.demo_loop import DispatchStory, demo_people, seed_people, seeded_roles
     from simulators.fleet import Fleet
     from simulators.outputs import SerialSink
     from simulators.runner import run_simulation
     from simulators.scorer import score
+    from simulators.scoring_trace import INJECTED_NUISANCES, count_by_effect, false_alarm_effects
     from simulators.truth import load_truth
 
     def say(line: str = "") -> None:
@@ -290,7 +427,8 @@ async def run_demo(
     truth_now = GroundTruth(fleet.truth)
 
     # --- cloud: schema, one gateway credential, an operator, the people on call, the device registry ---
-    port = _free_port(port)
+    cloud_socket = bind_free(port)
+    port = int(cloud_socket.getsockname()[1])
     url = f"http://127.0.0.1:{port}"
     # the signed links in every notice point at this cloud, whatever port it got
     (clouddir / "notify.toml").write_text(f'public_base_url = "{url}"\n', encoding="utf-8")
@@ -304,7 +442,7 @@ async def run_demo(
         connectivity_check_s=5.0,
         notify_config_file=clouddir / "notify.toml",
     )
-    clock = AcceleratedClock.starting_now(start, speedup)
+    clock = HeldClock(start, speedup)  # stands at `start` until the simulator starts
     upgrade_head(settings.database_url)
     db = Database(settings.database_url)
     op_password = secrets.token_urlsafe(9)
@@ -340,6 +478,11 @@ async def run_demo(
 
     # --- the radio: a pseudo-terminal pair; the simulator writes SLIP frames, the gateway reads -------
     class _DemoSerial(SerialSink):
+        def offer(self, frame: Any) -> None:
+            super().offer(frame)
+            if frame.corrupt is None:  # a corrupt frame dies at the link's CRC, never reaching the pipeline
+                clock.gave()
+
         async def close(self) -> None:  # the runner closes sinks at the end; the pty outlives the gateway
             return
 
@@ -349,6 +492,8 @@ async def run_demo(
     serial = _DemoSerial(simdir, None, "slip")
     await serial.open()
     metrics_port = _free_port(9108)
+    profiles_file = gwdir / "profiles.toml"
+    profiles_file.write_text(wearer_homes_toml(devices_text), encoding="utf-8")
     gw_cfg = parse_gateway_config(
         _GATEWAY_TOML.format(
             gateway_id=GATEWAY_ID,
@@ -358,9 +503,14 @@ async def run_demo(
             port=serial.slave_path,
             url=url,
             metrics_port=metrics_port,
+            profiles_file=profiles_file,
         )
     )
     gateway = Gateway(gw_cfg, clock=clock)
+    # every frame the radio gave the gateway ends accepted, rejected (duplicate, short, unknown) or dropped
+    clock.judged_by(
+        lambda: gateway.pipeline.frames_total + gateway.pipeline.rejects_total + gateway.sink.dropped
+    )
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     report = DemoReport(workdir=workdir, outbox=gw_cfg.outbox_path)
     report.console_url = f"{url}/console" if has_console else None
@@ -519,7 +669,8 @@ async def run_demo(
     async def reporter(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), report_every_s)
+                async with asyncio.timeout(report_every_s):
+                    await stop.wait()
             if stop.is_set():
                 return
             report.frames_sent = serial.stats.sent
@@ -529,11 +680,21 @@ async def run_demo(
 
     async def simulate() -> None:
         try:
-            await run_simulation(cfg, simdir, progress=None, extra_sinks=[serial], clock=clock)
+            clock.run()  # simulated time starts with the radio (HeldClock)
+            # the fleet planned above: the responders on site end its episodes (Fleet.handle)
+            await run_simulation(cfg, simdir, progress=None, extra_sinks=[serial], clock=clock, fleet=fleet)
         finally:
             report.frames_sent = serial.stats.sent
             sim_end.append(clock.now())
             sim_done.set()
+
+    def world(device_id: str, event_type: str, *, on_site: float, done: float) -> float | None:
+        # once the simulation is over its truth.jsonl is written and the devices send nothing more: a
+        # responder on site then changes nothing the score or the frames could show (test_demo failed
+        # 1 run in 5 at load 10-12, 2026-11-27: 3 ended on site, 2 handled in the truth file)
+        if sim_done.is_set():
+            return None
+        return fleet.handle(device_id, event_type, on_site=on_site, done=done)
 
     async def drain_then_stop() -> None:
         await sim_done.wait()
@@ -559,7 +720,7 @@ async def run_demo(
         ) as client,
         asyncio.TaskGroup() as tg,
     ):
-        tg.create_task(server.serve(), name="cloud")
+        tg.create_task(server.serve(sockets=[cloud_socket]), name="cloud")
         while not server.started:
             await asyncio.sleep(0.05)
         async with httpx.AsyncClient(
@@ -580,9 +741,12 @@ async def run_demo(
             clock,
             seed=cfg.seed,
             on_duty=duty_plan(people.people, people.roster),
+            world=world,
+            desk=desk_for(people.people, tokens),
         )
         gw_task = tg.create_task(gateway.run(gw_stop), name="gateway")
-        await asyncio.wait_for(gateway.started.wait(), 20)
+        async with asyncio.timeout(20):
+            await gateway.started.wait()
         with contextlib.suppress(NotImplementedError):  # after the gateway's own handler: ours wins
             # Ctrl-C, and SIGTERM alike (a service manager, `timeout`, a script's kill): a run stops and
             # scores; a lingering demo quits
@@ -616,6 +780,7 @@ async def run_demo(
         scored_s = min(simulated, duration_s)
         # events starting within their detection horizon of the end are censored, not misses
         report.score = score(truth, scored, devices=n_devices, duration_s=scored_s, end=start + scored_s)
+        report.false_alarm_effects = dict(count_by_effect(false_alarm_effects(fleet, truth, scored)))
         with contextlib.suppress(httpx.HTTPError):
             # the run's last incidents: a moment for the notify worker to settle their first pages. Only
             # the incidents open now are told: the devices have stopped sending, so the gateway soon
@@ -638,6 +803,37 @@ async def run_demo(
             report.loop = await story.summary()
             for line in story.summary_lines(report.loop):
                 say(line)
+        if report.actors is not None and (report.actors.desk or report.actors.counts["ended_on_site"]):
+            c, calls = report.actors.counts, report.actors.calls
+            cloud = report.actors.cloud_calls  # the outcomes as the cloud recorded them
+            recorded_zh = (
+                f"，云端记录 {sum(cloud.values())} 次"
+                f"（接通 {cloud['reached']}、未接通 {cloud['not_reached']}）"
+                if cloud
+                else "（云端未记录：无 family-call 接口）"
+            )
+            recorded_en = (
+                f"; the cloud recorded {sum(cloud.values())} ({cloud['reached']} reached, "
+                f"{cloud['not_reached']} not reached)"
+                if cloud
+                else " (not recorded in the cloud: no family-call endpoint)"
+            )
+            say(
+                _t(
+                    f"  现场：{c['ended_on_site']} 起由到场人员结束（井盖复位、火灭、老人扶起……），"
+                    "设备随后的上报解除告警；值班接警员：致电家属 "
+                    f"{calls['reached'] + calls['not_reached']} 次（接通 {calls['reached']}、"
+                    f"未接通 {calls['not_reached']}）{recorded_zh}，确认火情 {c['confirm']} 起、"
+                    f"排除 {c['not_confirmed']} 起，"
+                    f"转达 119/120 等 {c['relayed']} 次",
+                    f"  on site: {c['ended_on_site']} events ended by the responder (cover reseated, fire "
+                    "out, wearer helped up ...), the device's next frames clearing the alert; call takers: "
+                    f"{calls['reached'] + calls['not_reached']} calls to families ({calls['reached']} "
+                    f"reached, {calls['not_reached']} not reached){recorded_en}, "
+                    f"{c['confirm']} fires confirmed, "
+                    f"{c['not_confirmed']} ruled out, {c['relayed']} pages relayed (119/120 ...)",
+                )
+            )
         if report.actors is not None and report.actors.failures:
             failed, n_failed = report.actors.failures, report.actors.counts["failed"]
             say(
@@ -666,6 +862,19 @@ async def run_demo(
             )
         )
         say(report.score.format_table())
+        if report.false_alarm_effects:
+            shown = ", ".join(
+                f"{k} {v}" for k, v in sorted(report.false_alarm_effects.items(), key=lambda kv: -kv[1])
+            )
+            injected = ", ".join(sorted(INJECTED_NUISANCES))
+            say(
+                _t(
+                    f"误报按模拟器中的起因（告警类型 <- 该设备当时的模拟效果）：{shown}"
+                    f"（演示有意注入的干扰：{injected}）",
+                    f"false alarms by what the simulator did (alert type <- the effects on that device): "
+                    f"{shown} (nuisances the demo injects on purpose: {injected})",
+                )
+            )
         if report.unscored_silent:
             say(
                 _t(
@@ -694,6 +903,7 @@ async def run_demo(
     with contextlib.suppress(NotImplementedError):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    cloud_socket.close()
     await serial.really_close()
     return report
 
@@ -807,4 +1017,4 @@ def _handle(args: Any) -> int:
     return 0
 
 
-__all__ = ["DemoReport", "register_demo", "run_demo"]
+__all__ = ["DemoReport", "register_demo", "run_demo", "wearer_homes_toml"]

@@ -40,7 +40,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -59,14 +59,46 @@ VERDICT_TAGS = {
     "nuisance": "【核实：干扰，非险情】",
     "false_alarm": "【核实：误报，现场无异常】",
 }
-#: a responder on a real event stays until it is over, but not longer than this after arriving
+#: a responder on a real event nothing they do ends (vital signs when not a doctor) stays until it is over,
+#: but not longer than this after arriving
 MAX_STAY_S = 45 * 60.0
+#: on site, how long it takes to end a real event the world reacts to (``Fleet.handle``; simulated
+#: seconds, seeded per incident): then the device's own frames show it over and its alert clears
+HANDLING_S: dict[str, tuple[float, float]] = {
+    "cover_displaced": (300.0, 900.0),  # lift the cover back into its frame, lock it
+    "cover_open": (180.0, 600.0),  # put the lid back, set up the barrier
+    "tamper": (120.0, 300.0),
+    "gas_combustible": (900.0, 1800.0),  # ventilate until the meter reads clear
+    "gas_toxic": (900.0, 1800.0),
+    "oxygen_abnormal": (600.0, 1500.0),
+    "fire": (600.0, 1500.0),  # put out, the smoke cleared, the alarm reset
+    "co": (600.0, 1200.0),  # windows open, the heater off, the alarm reset
+    "overflow": (900.0, 1800.0),  # the blocked drain cleared, the well pumped down: the water falls
+    "geofence_exit": (300.0, 1200.0),  # searching until found; then walked home at the wearer's pace
+    "heart_rate_high": (600.0, 1500.0),  # treated (rest, the usual medicine): back to normal after it
+    "heart_rate_low": (600.0, 1500.0),
+    "spo2_low": (600.0, 1500.0),  # oxygen, sat upright: SpO2 back above 94 %
+    "fall": (180.0, 600.0),  # checked over and helped up: the band sees steps and an upright wearer
+    "sos": (60.0, 300.0),  # seen to, the alarm reset on the band
+    "band_removed": (60.0, 180.0),  # the band back on the wrist
+    "inactivity": (60.0, 180.0),
+    "low_battery": (300.0, 900.0),
+    "sensor_fault": (600.0, 1200.0),
+    "device_silent": (600.0, 1800.0),
+}
+#: events only a medical responder ends on site (the others stay with the wearer until it is over)
+MEDICAL_EVENTS = frozenset({"heart_rate_high", "heart_rate_low", "spo2_low"})
+MEDICAL_ROLES = frozenset({"community_doctor"})
+#: after the event is over the responder watches the device settle, tidies up, then presses 处置完成
+AFTER_S = (60.0, 180.0)
 #: streets are not straight lines
 DETOUR = 1.3
 #: the label on a notice's button -> what it does (a phone reads the button, zh or en)
 _BY_LABEL = {label: p for p, labels in PURPOSE_LABELS.items() for label in labels}
 #: stages in which an order still waits for someone to take it
 _WAITING = ("dispatched",)
+#: stages of a case nobody acts on any more
+_SHUT = ("closed", "rated", "dismissed", "verified")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +128,14 @@ HABITS: dict[str, Habit] = {
     "maintenance": Habit(0.85, 0.1, (120, 300), 0.2, 5.0, (600, 1200), (600, 1800)),
 }
 DEFAULT_HABIT = Habit(0.85, 0.1, (60, 300), 0.15, 3.0, (120, 300), (300, 900))
+#: the call takers: every task is taken (a desk has a queue, not a pocket), most within 1-4 minutes of
+#: arriving, a fifth within 10 (the desk is on another call); a call lasts work_s
+DESK_HABIT = Habit(1.0, 0.0, (60, 240), 0.2, 0.0, (0, 0), (60, 180))
+#: a family answers the desk's call this often; the desk tries once more after CALL_RETRY_S
+FAMILY_ANSWERS = 0.8
+CALL_RETRY_S = 300.0
+#: the start of a call task's title (cloud.notify.planner: 请致电家属 / call the family: ...)
+CALL_TASK_TITLE = "请致电家属"
 
 _DECLINE_REASONS = (
     "正在处理另一起事件，无法前往，请改派",
@@ -126,7 +166,9 @@ _WORK_NOTES = {
     "gateway_offline": "网关已重启，恢复联网",
 }
 _NUISANCE_NOTES = {
-    "nuisance_cooking": "做饭油烟触发报警，已提醒住户通风",
+    "nuisance_cooking": "做饭油烟（烧干锅）触发报警，已关火并提醒住户通风",
+    "band_removed": "手环摘下放在桌上，老人在家安好，已提醒佩戴",
+    "fall": "老人跌倒后已自行起身，无外伤",
     "nuisance_test": "住户测试报警器，已说明使用方法",
     "nuisance_hush": "住户已消音，现场无险情",
     "nuisance_traffic": "车辆碾压井盖引起，井盖完好",
@@ -203,6 +245,7 @@ class Phone:
     token: str
     habit: Habit
     base: tuple[float, float] | None = None
+    role: str = ""  # the roster role (a doctor treats vital signs: MEDICAL_ROLES)
 
 
 def phones_for(people: Iterable[Any], tokens: Mapping[str, str]) -> list[Phone]:
@@ -214,8 +257,18 @@ def phones_for(people: Iterable[Any], tokens: Mapping[str, str]) -> list[Phone]:
         if role == "call_taker" or p.username not in tokens:
             continue
         base = (p.lat, p.lon) if p.lat is not None and p.lon is not None else None
-        out.append(Phone(p.username, p.name, tokens[p.username], HABITS.get(role, DEFAULT_HABIT), base))
+        out.append(Phone(p.username, p.name, tokens[p.username], HABITS.get(role, DEFAULT_HABIT), base, role))
     return out
+
+
+def desk_for(people: Iterable[Any], tokens: Mapping[str, str]) -> list[Phone]:
+    """The call takers at the desk (their console sessions: the users' own credentials, role dispatcher):
+    they take the 请致电家属 call tasks, call the site to confirm a fire and relay the 119 / 120 pages."""
+    return [
+        Phone(p.username, p.name, tokens[p.username], DESK_HABIT)
+        for p in people
+        if p.roles and p.roles[0] == "call_taker" and p.username in tokens
+    ]
 
 
 def duty_plan(people: Iterable[Any], roster: Mapping[str, Any]) -> Callable[[str, float], bool]:
@@ -231,6 +284,12 @@ def duty_plan(people: Iterable[Any], roster: Mapping[str, Any]) -> Callable[[str
         )
 
     return on_duty
+
+
+class World(Protocol):
+    """What a responder on site can change: ``Fleet.handle`` (the end applied, or None: nothing reacts)."""
+
+    def __call__(self, device_id: str, event_type: str, *, on_site: float, done: float) -> float | None: ...
 
 
 @dataclass
@@ -258,8 +317,20 @@ class Community:
         rate_share: float = 0.85,
         on_duty: Callable[[str, float], bool] | None = None,
         off_duty_factor: float = 10.0,
+        world: World | None = None,
+        desk: Sequence[Phone] = (),
     ) -> None:
         self.client = client
+        self.desk = list(desk)  # the call takers (desk_for)
+        self.calls: Counter[str] = Counter()  # the desk's calls to families: reached / not_reached
+        #: the same calls as the cloud recorded them (the family-call answer's last outcome); empty when the
+        #: cloud has no endpoint for it
+        self.cloud_calls: Counter[str] = Counter()
+        self._taken: set[tuple[str, str]] = set()  # (incident, task) the desk took: one call, not one each
+        self._called_site: set[str] = set()  # fire cases whose site the desk called
+        self._call_outcome_api = True  # until the cloud says it has no endpoint for a call's outcome
+        self._calling: dict[str, tuple[str, str]] = {}  # incident -> the call task the desk is on
+        self.world = world  # the simulated world a responder on site changes (Fleet.handle)
         self.phones = list(phones)
         self.truth = truth
         self.clock = clock
@@ -289,6 +360,10 @@ class Community:
         task = asyncio.get_running_loop().create_task(self._guard(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # a task cancelled at the end of the run before it first ran never awaited ``coro``: close it, or
+        # its garbage collection warns "coroutine ... was never awaited" (an error under pytest: the demo's
+        # test failed 1 run in 4 when a page came in the last moment). A finished coroutine ignores close()
+        task.add_done_callback(lambda _t: coro.close())
 
     async def _guard(self, coro: Any, name: str) -> None:
         try:
@@ -330,17 +405,33 @@ class Community:
 
         async def phone_loop(phone: Phone, offset: float) -> None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), offset)
+                async with asyncio.timeout(offset):
+                    await stop.wait()
             while not stop.is_set():
                 await self._read_notices(phone)
                 off = self.on_duty is not None and not self.on_duty(phone.username, self.clock.now())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait * self.off_duty_factor if off else wait)
+                    async with asyncio.timeout(wait * self.off_duty_factor if off else wait):
+                        await stop.wait()
+
+        async def desk_loop(taker: Phone, offset: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(offset):
+                    await stop.wait()
+            while not stop.is_set():
+                off = self.on_duty is not None and not self.on_duty(taker.username, self.clock.now())
+                if not off:  # off shift, a call taker is not at the console
+                    await self._read_desk(taker)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
 
         try:
             n = max(len(self.phones), 1)
             for i, phone in enumerate(self.phones):
                 self._spawn(phone_loop(phone, wait * (1 + i / n)), f"phone {phone.username}")
+            for i, taker in enumerate(self.desk):
+                self._spawn(desk_loop(taker, wait * (1 + (i + 0.5) / n)), f"desk {taker.username}")
             await stop.wait()
         finally:
             await self.close()
@@ -460,7 +551,16 @@ class Community:
         device, event = str(inc.get("device_id") or ""), str(inc.get("event_type") or "")
         verdict = self.truth.verdict(device, event, raised)
         now = self.clock.now()
-        if verdict.kind == "real":
+        ended = None
+        treats = verdict.event_type not in MEDICAL_EVENTS or phone.role in MEDICAL_ROLES
+        if verdict.kind == "real" and self.world is not None and verdict.event_type in HANDLING_S and treats:
+            # the world reacts: the episode ends after the handling time, the device's frames show it
+            work = self._rng("handling", incident, device).uniform(*HANDLING_S[verdict.event_type])
+            ended = self.world(device, verdict.event_type, on_site=now, done=now + work)
+        if ended is not None:
+            self.counts["ended_on_site"] += 1
+            done = ended + rng.uniform(*AFTER_S)
+        elif verdict.kind == "real":
             done = now + rng.uniform(*phone.habit.work_s)
             if verdict.end is not None:  # stay until it is over (cover reseated, fire out), within reason
                 done = max(done, min(verdict.end + rng.uniform(60, 180), now + MAX_STAY_S))
@@ -488,6 +588,139 @@ class Community:
         waited = self.clock.now() - raised
         self._spawn(self._resident(incident, case_token, waited), f"resident#{incident}")
 
+    # -- the desk: call takers at the console ------------------------------------------------------------
+    async def _read_desk(self, taker: Phone) -> None:
+        """A call taker's own unread notices (``mine=true``: the tasks addressed to them, as the console's
+        list shows them): call tasks, a fire's confirmation page, the 119 / 120 desks' pages."""
+        r = await self._call(
+            "desk inapp", "GET", "/api/v1/notify/inapp",
+            params={"unread": "true", "mine": "true"}, headers=self._auth(taker),
+        )  # fmt: skip
+        if r is None or r.status_code != 200:
+            if r is not None:
+                self._fail(f"{taker.name} inapp: HTTP {r.status_code}")
+            return
+        for notice in sorted(r.json(), key=lambda n: n["id"]):
+            if (taker.username, notice["id"]) in self._seen:
+                continue
+            self._seen.add((taker.username, notice["id"]))
+            incident = str(notice.get("incident_id") or "")
+            if not incident.isdigit():
+                continue
+            is_call = str(notice.get("title") or "").startswith(CALL_TASK_TITLE)
+            task = (incident, f"call:{notice.get('title')}" if is_call else f"page:{notice['id']}")
+            mine = task not in self._taken
+            self._taken.add(task)
+            if is_call and mine:
+                self._calling[incident] = task
+            rng = self._rng("desk", taker.username, notice["id"])
+            lo, hi = taker.habit.react_s
+            delay = rng.uniform(300, 600) if rng.random() < taker.habit.late_share else rng.uniform(lo, hi)
+            at = float(notice["created_at"]) + delay
+            if is_call:
+                job = self._family_call(taker, incident, int(notice["id"]), at, mine, rng)
+            else:
+                job = self._desk_page(taker, incident, int(notice["id"]), at, rng)
+            self._spawn(job, f"{taker.username}#{incident}")
+
+    async def _done(self, taker: Phone, notice_id: int) -> None:
+        """The task is done: read in the console (its 通知记录 shows 已读 and when)."""
+        r = await self._call(
+            "desk read", "POST", f"/api/v1/notify/inapp/{notice_id}/read", headers=self._auth(taker)
+        )
+        if r is not None and r.status_code != 204:
+            self._fail(f"{taker.name} read: HTTP {r.status_code}")
+
+    async def _family_call(
+        self, taker: Phone, incident: str, notice_id: int, at: float, mine: bool, rng: random.Random
+    ) -> None:
+        """请致电家属: the number (revealed to a dispatcher, audited), a call, once more if nobody answers."""
+        await self._until(at)
+        if not mine:  # a colleague on the same shift took it: seen, nothing to do
+            await self._done(taker, notice_id)
+            return
+        r = await self._call(
+            "family", "GET", f"/api/v1/notify/incidents/{incident}/family",
+            params={"reveal": "true"}, headers=self._auth(taker),
+        )  # fmt: skip
+        if r is None or r.status_code != 200:
+            if r is not None:
+                self._fail(f"{taker.name} family #{incident}: HTTP {r.status_code}")
+            return
+        reached = False
+        for attempt in (1, 2):
+            await self.clock.sleep(rng.uniform(*taker.habit.work_s))
+            if rng.random() < FAMILY_ANSWERS:
+                reached = True
+                break
+            if attempt == 1:
+                await self.clock.sleep(CALL_RETRY_S)
+        outcome = "reached" if reached else "not_reached"
+        self.calls[outcome] += 1
+        if not reached and incident in self._calling:  # the cloud's reminder to call again is taken anew
+            self._taken.discard(self._calling.pop(incident))
+        if self._call_outcome_api:  # a cloud that records it (proposal: /tmp/demo-react/call-outcome.md)
+            note = "已接通" if reached else "两次未接通"
+            r = await self._call(
+                "family-call", "POST", f"/api/v1/incidents/{incident}/family-call",
+                json={"outcome": outcome, "note": note}, headers=self._auth(taker),
+            )  # fmt: skip
+            if r is not None and r.status_code in (404, 405):  # the case exists: the endpoint does not
+                self._call_outcome_api = False  # not in this cloud: the summary counts it
+            elif r is not None and r.status_code == 200:
+                last = (r.json().get("family_call") or {}).get("last") or {}
+                self.cloud_calls[str(last.get("outcome") or "unknown")] += 1
+            elif r is not None:
+                self._fail(f"{taker.name} family-call #{incident}: HTTP {r.status_code} {r.text[:120]}")
+        await self._done(taker, notice_id)
+
+    async def _desk_page(
+        self, taker: Phone, incident: str, notice_id: int, at: float, rng: random.Random
+    ) -> None:
+        """A page to the desk: a fire's confirmation step (call the site; a real fire is confirmed, which
+        pages 119 at once), or the 119 / 120 desks' page, relayed by telephone."""
+        await self._until(at)
+        inc = await self._incident(taker, incident)
+        if inc is None:
+            return
+        await self.clock.sleep(rng.uniform(*taker.habit.work_s))  # the call to the site or the desk
+        fire = inc.get("event_type") == "fire" and not inc.get("confirmed") and inc.get("stage") not in _SHUT
+        if fire and incident not in self._called_site:  # one call to the site per case, whoever takes it
+            self._called_site.add(incident)
+            raised = parse_iso(inc["alert_time"]) if inc.get("alert_time") else self.clock.now()
+            verdict = self.truth.verdict(str(inc.get("device_id") or ""), "fire", raised)
+            if verdict.kind == "real":
+                r = await self._call(
+                    "confirm", "POST", f"/api/v1/incidents/{incident}/confirm", headers=self._auth(taker)
+                )
+                if r is not None and r.status_code == 200:
+                    self.counts["confirm"] += 1
+                elif r is not None and r.status_code != 400:  # 400: closed meanwhile
+                    self._fail(f"{taker.name} confirm #{incident}: HTTP {r.status_code} {r.text[:120]}")
+            else:  # the resident says it was the cooking / the shower: the desk rules it out (no 119)
+                self.counts["not_confirmed"] += 1
+                reason = "nuisance" if verdict.kind == "nuisance" else "false_alarm"
+                note = (
+                    "住户称做饭油烟或洗澡水汽，现场无明火"
+                    if reason == "nuisance"
+                    else "住户称无异常，疑似设备误报"
+                )
+                r = await self._call(
+                    "rule_out", "POST", f"/api/v1/incidents/{incident}/rule-out",
+                    json={"reason": reason, "note": note}, headers=self._auth(taker),
+                )  # fmt: skip
+                if r is not None and r.status_code == 200:
+                    self.counts["ruled_out"] += 1
+                elif r is not None and r.status_code == 409:
+                    # refused by the cloud (CO, dense smoke, a second alarm in the building, closed
+                    # meanwhile): the escalation goes on, as it should
+                    self.counts["rule_out_refused"] += 1
+                elif r is not None and r.status_code not in (404, 405):  # 404/405: an older cloud
+                    self._fail(f"{taker.name} rule-out #{incident}: HTTP {r.status_code} {r.text[:120]}")
+        else:
+            self.counts["relayed"] += 1
+        await self._done(taker, notice_id)
+
     # -- the resident (or the family) ----------------------------------------------------------------------
     async def _resident(self, incident: str, token: str, waited_s: float) -> None:
         """Follows the case link until the case is closed, then rates it (or now and then reopens it)."""
@@ -504,10 +737,10 @@ class Community:
                     self._fail(f"resident #{incident} case: HTTP {r.status_code}")
                 return
             case = r.json()
-            if not case.get("can_rate", True):
-                return
             if case.get("status") not in ("closed", "rated"):
-                continue
+                continue  # can_rate is false until the case is closed: keep following
+            if not case.get("can_rate", True):
+                return  # closed and already rated (by this link or another)
             await self.clock.sleep(rng.uniform(300, 1800))  # reads the message later
             if not reopened and rng.random() < self.reopen_share:
                 reopened = True
@@ -554,6 +787,8 @@ __all__ = [
     "Habit",
     "Phone",
     "Verdict",
+    "World",
+    "desk_for",
     "duty_plan",
     "phones_for",
     "resolution_note",

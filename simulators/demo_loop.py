@@ -556,16 +556,21 @@ class DispatchStory:
             ack, arrive, case = pair("ack"), pair("arrive"), pair("case")
             rate = k.get("closure_rate")
             sat = k.get("satisfaction")
+            far, nur, judged = k.get("false_alarm_rate"), k.get("nuisance_rate"), k.get("judged")
             lines.append(
                 t(
                     f"  云端 KPI（/api/v1/kpi）：报警到接单 {ack[0]}；报警到场 {arrive[0]}；"
                     f"立案到结案 {case[0]}；"
                     f"结案率 {'—' if rate is None else f'{rate:.0%}'}；"
-                    f"满意度 {'—' if sat is None else f'{sat:.1f}'}",
+                    f"满意度 {'—' if sat is None else f'{sat:.1f}'}；"
+                    f"误报率 {'—' if far is None else f'{far:.0%}'}、"
+                    f"扰动率 {'—' if nur is None else f'{nur:.0%}'}（核实 {judged or 0} 起）",
                     f"  cloud KPIs (/api/v1/kpi): alarm to accepted {ack[1]}; alarm to on site "
                     f"{arrive[1]}; registered to closed {case[1]}; "
                     f"closure rate {'-' if rate is None else f'{rate:.0%}'}; "
-                    f"satisfaction {'-' if sat is None else f'{sat:.1f}'}",
+                    f"satisfaction {'-' if sat is None else f'{sat:.1f}'}; "
+                    f"false-alarm rate {'-' if far is None else f'{far:.0%}'}, "
+                    f"nuisance rate {'-' if nur is None else f'{nur:.0%}'} ({judged or 0} judged)",
                 )
             )
         return lines

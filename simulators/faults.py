@@ -17,6 +17,14 @@ Faults, each with a configurable rate:
   differs from ``SimFrame.time`` (when it really arrives);
 - ``outage``: a gateway's link is down for a while; its frames are held and delivered in a burst of old
   frames (original ``stamp``) when it comes back.
+
+A *corrupt* or *truncated* frame is lost. Periodic reports (``heartbeat`` flag set: unconfirmed uplinks)
+stay lost. Event uplinks (``heartbeat`` clear) are confirmed uplinks, "retried until acknowledged"
+(docs/payloads.md): the device, hearing no acknowledgement, re-sends the same bytes (same seq / FCnt)
+``RETRY_DELAY_S`` after each lost attempt, up to ``MAX_TRANSMISSIONS`` transmissions in all (LoRaWAN
+Class A practice; docs/simulators.md "Confirmed uplinks are retried"). Each retransmission may be lost
+again (a ``corrupt`` / ``truncate`` row with its ``attempt``); the one that gets through is a ``retry``
+row and frame. Retry draws come from their own random stream, so the other faults of a seed are unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ from typing import NamedTuple
 import numpy as np
 
 from firmware_bridge.kernel.records import DeviceKind
+
+# LoRaWAN 1.0.x Class A: no acknowledgement in RX1 (1 s) / RX2 (RECEIVE_DELAY2 = 2 s) -> the confirmed
+# uplink is retransmitted ACK_TIMEOUT = 2 +- 1 s (uniform) after RX2, i.e. 3-5 s after the lost attempt.
+RETRY_DELAY_S = (3.0, 5.0)
+# transmissions of one confirmed uplink in all (the first + 7 retries); past that the stack gives up
+MAX_TRANSMISSIONS = 8
 
 
 class SimFrame(NamedTuple):
@@ -106,6 +120,77 @@ class FaultInjector:
         self._outage_frames: dict[tuple[str, float], int] = {}
         self._direct: list[SimFrame] = []
         self._touched = [g for g in self.gateways if self.skew.get(g) or self.outages.get(g)]
+        # retries draw from a child stream: the faults of every other frame stay those of the same seed
+        seed_seq = getattr(rng.bit_generator, "seed_seq", None)
+        spawn = getattr(seed_seq, "spawn", None)
+        self._retry_rng = np.random.default_rng(spawn(1)[0] if spawn else None)
+        self._hb_mask: dict[DeviceKind, tuple[int, int]] = {}
+
+    def confirmed(self, fr: SimFrame) -> bool:
+        """True for an event uplink (``heartbeat`` flag clear: sent as a confirmed uplink), False for a
+        periodic report (``heartbeat`` set: unconfirmed) or a payload too short to tell."""
+        hb = self._hb_mask.get(fr.kind)
+        if hb is None:
+            from firmware_bridge.registry import spec
+
+            sp = spec(fr.kind)
+            fields = sp.codec.dtype.fields
+            assert fields is not None
+            hb = self._hb_mask[fr.kind] = (int(fields["flags"][1]), sp.flag("heartbeat").mask)
+        off, mask = hb
+        if len(fr.payload) < off + 2:
+            return False
+        return not int.from_bytes(fr.payload[off : off + 2], "big") & mask
+
+    def _retransmit(self, fr: SimFrame) -> None:
+        """The device re-sends a lost confirmed uplink until one attempt gets through (or it gives up)."""
+        r, rr = self.rates, self._retry_rng
+        t = fr.time
+        for attempt in range(2, MAX_TRANSMISSIONS + 1):
+            t += float(rr.uniform(*RETRY_DELAY_S))
+            u = rr.random(3)
+            payload, cor, fault = fr.payload, None, "retry"
+            if u[0] < r.corrupt:
+                fault, cor = "corrupt", (int(u[2] * 1024), 1 + int(u[1] * 255))
+            elif u[1] < r.truncate and len(payload) > 1:
+                fault, payload = "truncate", payload[: max(1, int(len(payload) * u[2]))]
+            deliver = t
+            until = self._outage_end(fr.gateway_id, t)
+            if until is not None:
+                key = (fr.gateway_id, until)
+                n_held = self._outage_frames.get(key, 0)
+                self._outage_frames[key] = n_held + 1
+                deliver = until + 0.01 * n_held
+            stamp = t + self.skew.get(fr.gateway_id, 0.0)
+            out = SimFrame(deliver, fr.device_id, fr.kind, payload, fr.seq, fr.gateway_id, stamp, fault, cor)
+            self._record(
+                {
+                    "fault": fault,
+                    "time": round(deliver, 3),
+                    "sent": round(t, 3),
+                    "first_sent": round(fr.time, 3),
+                    "attempt": attempt,
+                    "device_id": fr.device_id,
+                    "kind": fr.kind.value,
+                    "seq": fr.seq,
+                    "gateway_id": fr.gateway_id,
+                }
+            )
+            heapq.heappush(self._heap, (deliver, next(self._tie), out))
+            if fault == "retry":
+                return
+        self._record(
+            {
+                "fault": "confirmed_lost",
+                "time": round(t, 3),
+                "first_sent": round(fr.time, 3),
+                "attempts": MAX_TRANSMISSIONS,
+                "device_id": fr.device_id,
+                "kind": fr.kind.value,
+                "seq": fr.seq,
+                "gateway_id": fr.gateway_id,
+            }
+        )
 
     def _record(self, row: dict[str, object]) -> None:
         self.log.append(row)
@@ -216,6 +301,8 @@ class FaultInjector:
                     }
                 )
                 heapq.heappush(self._heap, (d2, next(self._tie), twin))
+            if fault in ("corrupt", "truncate") and self.confirmed(fr):
+                self._retransmit(fr)
 
     def pop_until(self, t: float) -> list[SimFrame]:
         """Frames whose delivery time is before ``t``, in delivery order.

@@ -84,6 +84,7 @@ class Fleet:
         self.stats = FleetStats()
         self.models: dict[DeviceKind, KindModel] = {}
         self.injector: FaultInjector | None = None
+        self._index: dict[DeviceKind, dict[str, int]] = {}
 
     @classmethod
     def build(cls, counts: dict[DeviceKind, int], seed: int, **kwargs: object) -> Fleet:
@@ -164,6 +165,34 @@ class Fleet:
         )
         self.faults_log = self.injector.log
         self.stats = FleetStats(frames={k.value: 0 for k in MODELS})
+
+    def handle(self, device_id: str, event_type: str, *, on_site: float, done: float) -> float | None:
+        """A responder on site at ``device_id`` since ``on_site`` ends its running ``event_type`` episode
+        at ``done`` (:meth:`simulators.base.KindModel.handle`): the device's own frames then show it over
+        (and the gateway's detection clears the alert), and :attr:`truth` records the end, marked
+        ``handled``. Returns the end applied (``done``, or the end of the tick already generated if that
+        is later), or None when nothing there reacts (an unknown device, a nuisance, rain, a walk)."""
+        from firmware_bridge.kernel.events import EventType
+
+        try:
+            label = EventType(event_type)
+        except ValueError:
+            return None
+        for kind, model in self.models.items():
+            ids = self.neighbourhood.sites[kind].device_id
+            index = self._index.get(kind)
+            if index is None:
+                index = self._index[kind] = {d: i for i, d in enumerate(ids)}
+            dev = index.get(device_id)
+            if dev is None:
+                continue
+            rows = model.handle(dev, label, on_site=on_site, done=done)
+            if not rows:
+                return None
+            end = self.start + self.duration_s
+            self.truth = sorted((r for m in self.models.values() for r in m.truth(end)), key=sort_key)
+            return float(model.schedule.end[rows[0]])
+        return None
 
     def run_ticks(self, start: float, duration_s: float) -> Iterator[tuple[float, list[SimFrame]]]:
         """Yield ``(tick_end, frames delivered before tick_end)``; frames are in time order overall."""

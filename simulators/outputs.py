@@ -239,7 +239,8 @@ class MqttSink(Sink):
         )
         self._client = await self._stack.enter_async_context(transport)
         try:
-            await asyncio.wait_for(transport.wait_connected(), self.cfg.timeout_s)
+            async with asyncio.timeout(self.cfg.timeout_s):
+                await transport.wait_connected()
         except TimeoutError as exc:
             await self._stack.aclose()
             raise OutputError(

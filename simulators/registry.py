@@ -24,4 +24,4 @@ MODELS: MappingProxyType[DeviceKind, type[KindModel]] = MappingProxyType(
 
 
 def effect_names(kind: DeviceKind) -> tuple[str, ...]:
-    return tuple(e.name for e in MODELS[kind].EFFECTS)
+    return tuple(e.name for e in MODELS[kind].EFFECTS) + MODELS[kind].SETTINGS

@@ -70,15 +70,18 @@ async def run_simulation(
     progress: IO[str] | None = sys.stderr,
     extra_sinks: Sequence[Sink] = (),
     clock: AcceleratedClock | None = None,
+    fleet: Fleet | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` writing into ``outdir``; returns the summary (also written to ``summary.json``).
 
     ``extra_sinks``: more :class:`~simulators.outputs.Sink` objects (a demo's own consumer, tests).
     ``clock``: an accelerated clock already shared with a gateway and a cloud (``vigil demo``); by default
-    one starts now at ``cfg.start`` with ``cfg.speedup``.
+    one starts now at ``cfg.start`` with ``cfg.speedup``. ``fleet``: the fleet to run (built from ``cfg``
+    by default); ``vigil demo`` passes its own so its responders can end episodes on site
+    (:meth:`Fleet.handle`) while it runs.
     """
     outdir.mkdir(parents=True, exist_ok=True)
-    fleet = Fleet.from_config(cfg)
+    fleet = fleet if fleet is not None else Fleet.from_config(cfg)
     fleet.write_manifest(outdir)
     outputs = build_outputs(cfg.outputs, outdir, fleet.lora_key_table())
     outputs.sinks.extend(extra_sinks)

@@ -39,6 +39,13 @@ Semantics (also in ``docs/simulators.md``; every rule is pinned by a hand-made c
   before the end of the data (still going on, or just over) is ``clear_censored``, not ``not_cleared``:
   it could not yet be judged late. Both need the end of the data, ``end`` (epoch s, the run's end):
   without it nothing is censored (the scorer knows the run's length, not when it started).
+- **"I'm OK"** (wristband fall truth with ``ok_at``, firmware 1.7; reported apart in ``ok``, only when the
+  truth has any): ``cancelled`` falls (severity NONE, pressed within the 30 s cancel window) are
+  must-not-alert like any nuisance, so a page for one is a false alarm (``cancelled_paged``; the others
+  are ``false_pages_avoided``: each lay still past 30 s and would have been paged without the press);
+  ``recovered`` ones (pressed after getting up, NONE as before); ``paged`` falls (HIGH: a real fall,
+  pressed after the page) are scored as falls, and ``clear_after_ok`` p50 / p95 is their alert's clear -
+  the press (``cleared_by_ok``: within 5 s of it).
 - The overall row sums events, alerts, detections, duplicates and false alarms over all types.
 """
 
@@ -143,6 +150,7 @@ class ScoreReport:
     missed: list[dict[str, Any]] = field(default_factory=list)
     end: float | None = None
     censored: list[dict[str, Any]] = field(default_factory=list)
+    ok: dict[str, Any] = field(default_factory=dict)
 
     def row(self, event_type: str | EventType) -> ScoreRow:
         name = EventType(event_type).value
@@ -163,6 +171,7 @@ class ScoreReport:
             "missed": self.missed,
             "end": self.end,
             "censored": self.censored,
+            **({"ok": self.ok} if self.ok else {}),
             "horizons_s": {k.value: v for k, v in DETECTION_HORIZON_S.items()} | {"*": DEFAULT_HORIZON_S},
         }
 
@@ -203,6 +212,14 @@ class ScoreReport:
             lines.append(
                 "(alert cleared - truth end, seconds; open: detected, its alert never cleared though the "
                 "event ended over 1 h before the end of the data; cens: ended later or still going on)"
+            )
+        if self.ok:
+            o = self.ok
+            lines.append(
+                f"falls cancelled by OK: {o['cancelled']} (paged anyway {o['cancelled_paged']}, false pages "
+                f"avoided {o['false_pages_avoided']}); OK after a recovered fall: {o['recovered']} (paged "
+                f"{o['recovered_paged']}); real falls cleared by OK: {o['cleared_by_ok']} of {o['paged']} "
+                f"(clear - press p50 {f(o['clear_after_ok_p50_s'])} s, p95 {f(o['clear_after_ok_p95_s'])} s)"
             )
         if self.false_alarms_by_cause:
             lines.append(
@@ -384,9 +401,55 @@ def score(
         overall.delays.extend(r.delays)
         overall.clear_delays.extend(r.clear_delays)
     overall.finish(total_devices * days)
-    return ScoreReport(
+    rep = ScoreReport(
         ordered, overall, dict(causes), tolerance_s, grace_s, total_devices, duration_s, missed, end, cens
     )
+    rep.ok = _ok_stats(truth, raised, cleared_at, last_alert, tolerance_s, grace_s)
+    return rep
+
+
+def _ok_stats(
+    truth: list[TruthRecord],
+    raised: list[AlertEvent],
+    cleared_at: Mapping[str, float],
+    last_alert: Mapping[int, AlertEvent],
+    tolerance_s: float,
+    grace_s: float,
+) -> dict[str, Any]:
+    """The "I'm OK" line (module docstring); empty when no truth record has a press."""
+    oks = [t for t in truth if t.ok_at is not None and t.event_type is EventType.FALL]
+    if not oks:
+        return {}
+    falls: dict[str, list[float]] = defaultdict(list)
+    for a in raised:
+        if a.event_type is EventType.FALL:
+            falls[a.device_id].append(a.time)
+
+    def paged(t: TruthRecord) -> bool:
+        return any(t.start - tolerance_s <= x <= t.end + grace_s for x in falls.get(t.device_id, ()))
+
+    cancelled = [t for t in oks if t.must_not_alert and t.ok_at is not None and t.ok_at <= t.end]
+    recovered = [t for t in oks if t.must_not_alert and t.ok_at is not None and t.ok_at > t.end]
+    real = [t for t in oks if not t.must_not_alert]
+    after: list[float] = []
+    for t in real:
+        la = last_alert.get(id(t))
+        c = cleared_at.get(la.alert_id) if la is not None else None
+        if c is not None and t.ok_at is not None:
+            after.append(c - t.ok_at)
+    n_paged = sum(paged(t) for t in cancelled)
+    arr = np.asarray(after, dtype=np.float64)
+    return {
+        "cancelled": len(cancelled),
+        "cancelled_paged": n_paged,
+        "false_pages_avoided": len(cancelled) - n_paged,
+        "recovered": len(recovered),
+        "recovered_paged": sum(paged(t) for t in recovered),
+        "paged": len(real),
+        "cleared_by_ok": int(np.count_nonzero((arr >= -1.0) & (arr <= 5.0))),
+        "clear_after_ok_p50_s": float(np.percentile(arr, 50)) if len(arr) else None,
+        "clear_after_ok_p95_s": float(np.percentile(arr, 95)) if len(arr) else None,
+    }
 
 
 def load_alerts_jsonl(path: str) -> list[AlertEvent]:

@@ -93,6 +93,28 @@ class SmokeAlarmModel(KindModel):
         Effect("sensor_fault", E.SENSOR_FAULT, S.LOW, 0.0002, (6 * H, 3 * D), group="alarm"),
         Effect("low_battery", E.LOW_BATTERY, S.LOW, 0.0003, (5 * D, 30 * D), ((5, 18),), on_end=False),
         Effect("device_silent", E.DEVICE_SILENT, S.LOW, 0.0005, (D, 7 * D), silent=True, group="alarm"),
+        # a nuisance: a pot boiled dry or food burnt on the hob (烧干锅), thick smoke with some CO and a
+        # little heat, 10-30 minutes, until someone turns the hob off and airs the kitchen. p0 peak density
+        # (dB/m; over the detector's 1.0 "denser than burnt food" now and then), p1 peak CO (ppm; over its
+        # 25 ppm "smouldering" now and then, under the device's 70 ppm bit), p2 temperature rise (C). The
+        # device repeats its uplink every minute while its smoke bit is set, as in a fire. Off by default
+        # (rate 0: the stock seeds' draws are unchanged); ``vigil demo`` turns it on
+        Effect(
+            "scorched_pot",
+            E.NUISANCE_COOKING,
+            S.NONE,
+            0.0,
+            (600.0, 1800.0),
+            ((0.5, 1.5), (8.0, 40.0), (2.0, 6.0)),
+            hours=(10.5, 20.5),
+            eligible="kitchen",
+            group="alarm",
+        ),
+    )
+    # the fire put out and the smoke cleared, the flat aired and the heater off, the alarm reset; cooking,
+    # its hush and the test button end by themselves
+    REACTS: ClassVar[frozenset[str]] = frozenset(
+        {"fire", "co", "tamper", "sensor_fault", "low_battery", "device_silent"}
     )
 
     def init_state(self) -> None:
@@ -142,10 +164,27 @@ class SmokeAlarmModel(KindModel):
             np.zeros((k, N_PARAMS)),
         )
 
+    def _scorched_cross(self, row: int, s: Schedule) -> tuple[float, float] | None:
+        """When a scorched pot's smoke (sin-shaped, like cooking) sets the smoke bit, and clears it."""
+        need = SMOKE_ALARM_DB_M - self.smoke_base[int(s.dev[row])]
+        peak = float(s.p[row, 0])
+        if need <= 0 or peak <= need:
+            return None
+        dur = float(s.end[row] - s.start[row])
+        el = dur / math.pi * math.asin(need / peak)
+        el_down = dur / math.pi * math.asin(max(need - CLEAR_MARGIN_DB_M, 0.0) / peak)
+        return float(s.start[row] + el), float(s.end[row] - el_down)
+
     def trigger_offsets(self, row: int, s: Schedule) -> list[float]:
-        if self.EFFECTS[int(s.eff[row])].name == "cooking":
+        name = self.EFFECTS[int(s.eff[row])].name
+        if name == "cooking":
             c = self._cooking_cross(row, s)
             return [] if c is None else [c[0], c[1]]
+        if name == "scorched_pot":  # the bit set, a repeat every minute while set, the bit cleared
+            c = self._scorched_cross(row, s)
+            if c is None:
+                return []
+            return [*np.arange(c[0], c[1], 60.0).tolist(), c[1]]
         return super().trigger_offsets(row, s)
 
     def sample(self, idx: I64, tau: F64) -> tuple[F64, npt.NDArray[np.int64], F64]:
@@ -171,6 +210,13 @@ class SmokeAlarmModel(KindModel):
         smoke = np.where(a, smoke + self.param("cooking", idx, 0) * shape, smoke)
         hum = np.where(a, np.minimum(hum + self.param("cooking", idx, 1) * shape, 98.0), hum)
         temp = np.where(a, temp + self.param("cooking", idx, 2) * shape, temp)
+        a = self.active("scorched_pot", idx, tau)
+        el = self.elapsed("scorched_pot", idx, tau)
+        dur = self.duration("scorched_pot", idx)
+        shape = np.sin(np.pi * np.clip(el / np.where(dur > 0, dur, 1.0), 0, 1))
+        smoke = np.where(a, smoke + self.param("scorched_pot", idx, 0) * shape, smoke)
+        co = np.where(a, co + self.param("scorched_pot", idx, 1) * shape, co)
+        temp = np.where(a, temp + self.param("scorched_pot", idx, 2) * shape, temp)
         a = self.active("fire", idx, tau)
         el = self.elapsed("fire", idx, tau)
         ramp = np.maximum(self.param("fire", idx, 2), 1.0)

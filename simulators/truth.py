@@ -1,6 +1,7 @@
 """Ground truth: what really happened in a simulated fleet, as JSONL the scorer reads.
 
-One record per episode: ``{"device_id","kind","event_type","start","end","severity"}`` with UTC epoch
+One record per episode: ``{"device_id","kind","event_type","start","end","severity"}`` (and
+``"handled": true`` when a responder on site ended it, ``vigil demo``) with UTC epoch
 seconds in simulated time and the severity *name* from :class:`firmware_bridge.kernel.events.Severity`. A
 severity of
 ``NONE`` marks an episode that must not page anyone: every ``nuisance_*`` label, and a fall after which
@@ -31,6 +32,14 @@ class TruthRecord:
     start: float
     end: float
     severity: Severity
+    #: ended by a responder on site (``vigil demo``: the cover reseated, the wearer helped up), not by
+    #: itself; ``end`` is then when the responder ended it
+    handled: bool = False
+    #: a wristband fall in which the wearer pressed "I'm OK" (flag bit 8, firmware >= 1.7): the press's
+    #: time. With severity NONE the fall was cancelled within the band's 30 s cancel window (or the
+    #: wearer had got up already) and must not page; with HIGH it is a real fall, paged, then cleared by
+    #: the press (docs/simulators.md "I'm OK")
+    ok_at: float | None = None
 
     @property
     def must_not_alert(self) -> bool:
@@ -45,6 +54,8 @@ class TruthRecord:
             "start": round(self.start, 3),
             "end": round(self.end, 3),
             "severity": self.severity.name,
+            **({"handled": True} if self.handled else {}),
+            **({"ok_at": round(self.ok_at, 3)} if self.ok_at is not None else {}),
         }
 
     @classmethod
@@ -60,6 +71,8 @@ class TruthRecord:
             start=start,
             end=end,
             severity=Severity.parse(data["severity"]),  # type: ignore[arg-type]
+            handled=bool(data.get("handled", False)),
+            ok_at=None if data.get("ok_at") is None else float(data["ok_at"]),  # type: ignore[arg-type]
         )
 
 

@@ -28,6 +28,7 @@ A summary every ``HEARTBEAT_S`` (5 min); immediately on SOS, fall and wear chang
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import numpy as np
@@ -36,7 +37,7 @@ import numpy.typing as npt
 from firmware_bridge.kernel.events import EventType as E
 from firmware_bridge.kernel.events import Severity as S
 from firmware_bridge.kernel.records import DeviceKind
-from simulators.base import F64, I64, Effect, KindModel, Schedule
+from simulators.base import F64, HANDLED_UPLINK_S, I64, Effect, KindModel, Schedule
 from simulators.neighbourhood import M_PER_DEG_LAT
 from simulators.truth import TruthRecord
 
@@ -60,6 +61,34 @@ TTFF_S = (15.0, 60.0)  # time to first fix after stepping outside (warm/hot star
 P_FIX_OUTDOORS = 0.95  # after the first fix: uplinks with a fix outdoors (trees, high-rise canyons)
 P_FIX_INDOORS = (0.0, 0.08)  # per band: share of indoor uplinks with a fix (by a window, single storey)
 GPS_STREAM = 0x475053  # "GPS": spawn key of the GNSS random stream (the others' draws stay unchanged)
+# Getting up by oneself after a fall, an SOS or hours of stillness (the episode's truth end: upright),
+# the wearer sits a moment (the chair, the bed's edge) and then walks a few dozen steps (to the phone,
+# the bathroom, a glass of water) before the day's own activity resumes. No published distribution of
+# "upright -> first steps" was found (docs/simulators.md "Recovery"); assumed: 30-120 s, uniform per
+# episode, then RECOVER_BOUT_S of walking at CADENCE_SPS (older adults walk at ~100 steps/min; the
+# daytime wave below uses the same 1.6 steps/s). A wearer still down (a long lie) takes no steps at all.
+RECOVERS = ("fall", "sos", "inactivity")
+RECOVER_WALK_S = (30.0, 120.0)  # from getting up to the first steps, per episode (schedule p2)
+RECOVER_BOUT_S = 60.0  # the first walk after getting up (60 s x 1.6 steps/s ~ 100 steps)
+CADENCE_SPS = 1.6
+# helped up by a responder (vigil demo's Fleet.handle): the wearer walks with them to a chair or the bed,
+# ~12 s at CADENCE_SPS (~19 steps), and the band's state-change uplink (the fall state over, the SOS
+# reset) follows that walk. 8 steps in the uplink right after getting up, as before, is no walk to the
+# wristband rules since aab14f6 (a bout of >= 10 steps beyond one false step a minute): the demo's
+# handled falls and SOS then stayed open until the wearer's next walk
+HELPED_WALK_S = 12.0
+RECOVER_STREAM = 0x524543  # "REC": spawn key of the recovery draws (every other draw stays unchanged)
+# "I'm OK" (flag bit 8, firmware >= 1.7; docs/payloads.md, docs/simulators.md "I'm OK"). ``fw_1_7`` (a
+# setting in [scenarios.wristband], default 0) is the share of bands on firmware 1.7, the rest stay on
+# FW_OLD; ``ok_press`` the share of falls and recovered falls on those bands in which the wearer presses
+# OK (default OK_PRESS). Their draws come from their own stream: with fw_1_7 = 0 a seed's frames and
+# truth are byte-identical to before
+OK_STREAM = 0x4F4B  # "OK"
+FW_OLD, FW_OK = 0x0102, 0x0107
+OK_PRESS = 0.5
+OK_LATE_S = (5.0, 60.0)  # a real fall: pressed this long before getting up (after the page: >= OK_PAGED_S)
+OK_PAGED_S = 35.0  # the fall is paged at 30 s of stillness; a later press clears the alert
+OK_SEATED_S = (0.2, 0.8)  # a recovered fall: pressed this long after sitting up, before the first steps
 
 
 class WristbandModel(KindModel):
@@ -158,6 +187,56 @@ class WristbandModel(KindModel):
         Effect("charging", None, S.NONE, 0.3, (1800.0, 2 * H), hours=(20.0, 23.0), group="person"),
         Effect("low_battery", E.LOW_BATTERY, S.LOW, 0.002, (2 * H, 12 * H), ((5.0, 14.0),), on_end=False),
         Effect("device_silent", E.DEVICE_SILENT, S.LOW, 0.002, (2 * H, D), silent=True, group="person"),
+        # a nuisance: the band taken off and dropped on the table (a bath, washing up) for 20-50 minutes,
+        # the wearer at home and well; long enough for the band-removed rule (15 min) to page the family.
+        # p0: the knock on the table (g), in the uplink sent as it comes off. Off by default (rate 0: the
+        # stock seeds' draws are unchanged); ``vigil demo`` turns it on
+        Effect(
+            "band_off_table",
+            E.BAND_REMOVED,
+            S.NONE,
+            0.0,
+            (1200.0, 3000.0),
+            ((1.5, 2.4),),
+            hours=(7.0, 22.0),
+            group="person",
+        ),
+        # a fall the wearer is fine after (firmware 1.7 bands only): the impact, then sitting on the floor
+        # for 40-180 s (past the 30 s after which a fall is paged) and getting up; the "I'm OK" long press
+        # at p2 seconds after the impact, inside the band's cancel window. Truth: fall, severity NONE
+        # (cancelled; a page is a false alarm). Off by default (rate 0: the stock seeds' draws unchanged)
+        Effect(
+            "fall_ok",
+            E.FALL,
+            S.NONE,
+            0.0,
+            (40.0, 180.0),
+            ((2.5, 6.0), (45.0, 150.0), (6.0, 25.0)),
+            offsets=(1.0, 30.0),
+            hours=(6.0, 23.0),
+            eligible="fw17",
+            group="person",
+        ),
+    )
+    SETTINGS: ClassVar[tuple[str, ...]] = ("fw_1_7", "ok_press")
+    # helped up (the band sees steps and an upright wearer), the SOS answered and reset, the band put back
+    # on, the wearer roused, the band charged or mended; a wanderer found and walked home at their own pace
+    # (handled_end_of); heart rate / SpO2 treated on a doctor's visit (simulators.demo_actors decides who
+    # may: MEDICAL_ROLES), the values normal again from ``done``. Daytime walks and the charger are not a
+    # responder's to end
+    REACTS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "fall",
+            "sos",
+            "band_removed",
+            "inactivity",
+            "low_battery",
+            "device_silent",
+            "geofence_exit",
+            "hr_high",
+            "hr_low",
+            "spo2_low",
+        }
     )
 
     def init_state(self) -> None:
@@ -190,6 +269,85 @@ class WristbandModel(KindModel):
         # the last fix each band holds (vendor "repeat"): from before the run, near home
         self.fix_lat = self.sites.lat + g.normal(0, 15.0, n) / M_PER_DEG_LAT if n else np.zeros(0)
         self.fix_lon = self.sites.lon + g.normal(0, 15.0, n) / self.m_per_deg_lon if n else np.zeros(0)
+        self.recover_rng = np.random.default_rng(_child_seed(self.rng, RECOVER_STREAM))
+        # firmware per band: a share on 1.7 (the "I'm OK" key), the rest as before; own stream
+        self.ok_rng = np.random.default_rng(_child_seed(self.rng, OK_STREAM))
+        share = float(self.rates.get("fw_1_7", 0.0))
+        self.fw17 = self.ok_rng.uniform(0, 1, n) < share if share > 0 else np.zeros(n, dtype=bool)
+        self.fw = np.where(self.fw17, FW_OK, FW_OLD).astype(np.int64)
+        self.ok_t = np.full(n, np.nan)  # per band: the OK press of its latest fall episode (NaN: none)
+        self.ok_fall = np.zeros(n, dtype=bool)  # ... and whether that episode is a real fall (row "fall")
+        self.ok_at = np.empty(0)
+        self._gf_reset()
+
+    def _gf_reset(self) -> None:
+        """Wanderers found by a responder (handled_end_of): per schedule row (found at, the episode's own
+        duration) and per band for the episode under way (its start, found at, own duration)."""
+        self.gf_found: dict[int, tuple[float, float]] = {}
+        self.gf_h_start = np.full(self.n, np.nan)
+        self.gf_h_found = np.full(self.n, np.inf)
+        self.gf_h_dur0 = np.zeros(self.n)
+
+    def plan(self, start: float, duration_s: float) -> None:
+        """The base schedule, then each fall / SOS / inactivity episode's delay from getting up to the first
+        steps (``RECOVER_WALK_S``) in its free third parameter, from the recovery stream (so the schedule,
+        the truth and every other draw of a seed are exactly what they were without it)."""
+        super().plan(start, duration_s)
+        self._gf_reset()
+        s = self.schedule
+        rows = np.flatnonzero(np.isin(s.eff, [self.eidx[n] for n in RECOVERS]))
+        s.p[rows, 2] = self.recover_rng.uniform(*RECOVER_WALK_S, len(rows))
+        self._plan_ok()
+
+    def _plan_ok(self) -> None:
+        """The "I'm OK" presses (``ok_at`` per schedule row, NaN: none) and their event uplinks, merged
+        into the triggered uplinks. Only bands on firmware 1.7; every draw from the OK stream, so without
+        such bands nothing changes. A cancelled fall (``fall_ok``) always has its press (p2 after the
+        impact); in a real fall the wearer presses (share ``ok_press``) ``OK_LATE_S`` before getting up,
+        after the page; after a recovered fall, ``OK_SEATED_S`` after sitting up, before walking."""
+        s = self.schedule
+        self.ok_at = np.full(len(s), np.nan)
+        if not self.fw17.any() or len(s) == 0:
+            return
+        share = float(self.rates.get("ok_press", OK_PRESS))
+        on17 = self.fw17[s.dev]
+        e = s.eff
+        cancel = np.flatnonzero(e == self.eidx["fall_ok"])
+        self.ok_at[cancel] = s.start[cancel] + s.p[cancel, 2]
+        g = self.ok_rng
+        for name in ("fall", "fall_recovered"):
+            rows = np.flatnonzero((e == self.eidx[name]) & on17)
+            u, w = g.uniform(0, 1, len(rows)), g.uniform(0, 1, len(rows))
+            rows, w = rows[u < share], w[u < share]
+            if name == "fall":
+                t = s.end[rows] - (OK_LATE_S[0] + w * (OK_LATE_S[1] - OK_LATE_S[0]))
+                t = np.maximum(t, s.start[rows] + OK_PAGED_S)
+                ok = t < s.end[rows]
+                rows, t = rows[ok], t[ok]
+            else:
+                t = s.end[rows] + OK_SEATED_S[0] + w * (OK_SEATED_S[1] - OK_SEATED_S[0])
+            self.ok_at[rows] = t
+        rows = np.flatnonzero(np.isfinite(self.ok_at))
+        if len(rows) == 0:
+            return
+        t = self.ok_at[rows] + g.uniform(0.05, 0.5, len(rows))  # firmware + radio latency
+        tt = np.concatenate([self._trig_time, t])
+        dd = np.concatenate([self._trig_dev, s.dev[rows]])
+        rr = np.concatenate([self._trig_row, rows])
+        order = np.argsort(tt, kind="stable")
+        self._trig_time, self._trig_dev, self._trig_row = tt[order], dd[order], rr[order]
+
+    def _activate(self, t1: float) -> None:
+        """The base's, and each band's latest fall episode's OK press (``ok_t``)."""
+        lo = self._ptr
+        super()._activate(t1)
+        if len(self.ok_at) == 0 or self._ptr <= lo:
+            return
+        s = self.schedule
+        falls = [self.eidx[n] for n in ("fall", "fall_recovered", "fall_ok")]
+        rows = lo + np.flatnonzero(np.isin(s.eff[lo : self._ptr], falls))
+        self.ok_t[s.dev[rows]] = self.ok_at[rows]  # in start order: the latest wins
+        self.ok_fall[s.dev[rows]] = s.eff[rows] == self.eidx["fall"]
 
     def _walk(self, idx: I64, tau: F64, hour: F64 | None = None) -> tuple[F64, F64, F64]:
         """Daytime walk at ``tau``: activity, distance from home (m), and seconds since the wearer stepped
@@ -207,19 +365,59 @@ class WristbandModel(KindModel):
         since = np.minimum(dth * (WALK_PERIOD_S / (2 * np.pi)), (hour - 6.0) * 3600.0)
         return act, out_r, np.where(outside, since, np.nan)
 
+    def handled_end_of(self, row: int, start: float, done: float) -> tuple[float, list[float]]:
+        """A geofence exit: the responder finds the wanderer at ``done`` and walks them home at the
+        wearer's own gait, straight back along the bearing (the band goes on reporting at its cadence:
+        no extra uplink); the episode is over at the door (its truth ends at the fence, truth_of). The
+        rest: over at ``done`` (KindModel.handled_end_of)."""
+        s = self.schedule
+        name = self.EFFECTS[int(s.eff[row])].name
+        if name in RECOVERS:  # helped up at done, walked to a chair, then the band's uplink
+            return done, [done + HELPED_WALK_S + HANDLED_UPLINK_S]
+        if name != "geofence_exit":
+            return super().handled_end_of(row, start, done)
+        if row in self.gf_found:  # found already (a second responder): on the way home
+            return float(s.end[row]), []
+        dev, st = int(s.dev[row]), float(s.start[row])
+        dur0 = float(s.end[row]) - st
+        found = max(done, start)
+        d_f = float(self._gf_dist(np.array([dev]), np.array([found - st]), np.array([dur0]), row)[0])
+        door = min(found + d_f / float(self.gait[dev]), st + dur0)
+        self.gf_found[row] = (found, dur0)
+        self.gf_h_start[dev], self.gf_h_found[dev], self.gf_h_dur0[dev] = st, found, dur0
+        return door, []
+
+    def _gf_dist(self, idx: I64, el: F64, dur: F64, row: int | None = None) -> F64:
+        """Distance from home (m) ``el`` seconds into a geofence exit of (own) duration ``dur``: out along
+        the bearing over out_s, back home over the last home_s (on a short episode the two ramps meet
+        before the farthest point: a lower peak, still beyond the fence). Parameters from schedule row
+        ``row``, else from each band's episode under way."""
+        if row is None:
+            p0, p2 = self.param("geofence_exit", idx, 0), self.param("geofence_exit", idx, 2)
+        else:
+            p0, p2 = self.schedule.p[[row], 0], self.schedule.p[[row], 2]
+        reach, out_s, home_s = _gf_ramps(self.gait[idx], dur, p0, p2)
+        dist = reach * np.clip(np.minimum(el / out_s, (dur - el) / home_s), 0, 1)
+        return np.asarray(dist, dtype=np.float64)
+
     def truth_of(self, row: int, s: Schedule, run_end: float) -> TruthRecord | None:
         if self.EFFECTS[int(s.eff[row])].name == "geofence_exit":
             # the truth is the time outside the fence: from crossing it on the way out to crossing it on
-            # the way home (the same ramps as sample(), without the 8 m position noise)
+            # the way home (the same ramps as sample(), without the 8 m position noise); the fence is
+            # GEOFENCE_M around the registered home (sites.lat/lon, devices.csv), where the ramps start
             dev = int(s.dev[row])
             st, en = float(s.start[row]), float(s.end[row])
-            ramps = _gf_ramps(self.gait[[dev]], np.array([en - st]), s.p[[row], 0], s.p[[row], 2])
+            found, dur0 = self.gf_found.get(row, (np.inf, en - st))
+            ramps = _gf_ramps(self.gait[[dev]], np.array([dur0]), s.p[[row], 0], s.p[[row], 2])
             reach, out_s, home_s = (float(x[0]) for x in ramps)
-            if reach * min(1.0, (en - st) / (out_s + home_s)) <= GEOFENCE_M:
+            if reach * min(1.0, dur0 / (out_s + home_s)) <= GEOFENCE_M:
                 return None  # too short to get out of the fence (not with the stock durations)
             cross_out = st + out_s * GEOFENCE_M / reach
-            cross_in = en - home_s * GEOFENCE_M / reach
-            if cross_out >= run_end:
+            cross_in = st + dur0 - home_s * GEOFENCE_M / reach
+            if np.isfinite(found):  # found and walked home: inside the fence once the walk covers the rest
+                d_f = float(self._gf_dist(np.array([dev]), np.array([found - st]), np.array([dur0]), row)[0])
+                cross_in = min(cross_in, found + max(d_f - GEOFENCE_M, 0.0) / float(self.gait[dev]))
+            if cross_out >= run_end or cross_in <= cross_out:
                 return None
             return TruthRecord(
                 self.sites.device_id[dev],
@@ -228,13 +426,20 @@ class WristbandModel(KindModel):
                 cross_out,
                 float(min(cross_in, run_end)),
                 S.MEDIUM,
+                handled=row in self.handled_rows,
             )
         if self.EFFECTS[int(s.eff[row])].name == "spo2_low":
             rec = super().truth_of(row, s, run_end)
             if rec is not None and s.p[row, 0] < 85:
-                return TruthRecord(rec.device_id, rec.kind, rec.event_type, rec.start, rec.end, S.HIGH)
+                return dataclasses.replace(rec, severity=S.HIGH)
             return rec
-        return super().truth_of(row, s, run_end)
+        rec = super().truth_of(row, s, run_end)
+        if rec is not None and row < len(self.ok_at) and np.isfinite(self.ok_at[row]):
+            t_ok = float(self.ok_at[row])
+            # a handled fall (helped up before the press) had no press: the band's alarm was over
+            if t_ok < run_end and (self.EFFECTS[int(s.eff[row])].name != "fall" or t_ok < s.end[row]):
+                rec = dataclasses.replace(rec, ok_at=t_ok)
+        return rec
 
     def sample(self, idx: I64, tau: F64) -> tuple[F64, npt.NDArray[np.int64], F64]:
         m = len(idx)
@@ -264,7 +469,7 @@ class WristbandModel(KindModel):
 
         a = self.since_last_uplink("bump", idx, tau)
         peak = np.where(a, np.maximum(peak, self.param("bump", idx, 0)), peak)
-        for name in ("fall", "fall_recovered"):
+        for name in ("fall", "fall_recovered", "fall_ok"):
             hit = self.since_last_uplink(name, idx, tau)
             peak = np.where(hit, self.param(name, idx, 0), peak)
             orient = np.where(hit, self.param(name, idx, 1), orient)
@@ -272,6 +477,16 @@ class WristbandModel(KindModel):
             # stillness is measured from the impact: lying still so far, or until the person got up
             since = np.minimum(self.elapsed(name, idx, tau), self.duration(name, idx))
             still = np.where(hit, np.maximum(since, 0.0), still)
+        a = self.active("fall_ok", idx, tau)  # sitting on the floor, fine (pressed OK or about to)
+        still = np.where(a, self.elapsed("fall_ok", idx, tau), still)
+        orient = np.where(a, self.param("fall_ok", idx, 1), orient)
+        steps = np.where(a, 0.0, steps)
+        # "I'm OK" pressed since the previous uplink (firmware 1.7; one-shot: only the first uplink after
+        # the press, its own event uplink); a real fall's press only while the band's alarm shows (not
+        # after a responder helped the wearer up)
+        ok_t = self.ok_t[idx]
+        okup = self.fw17[idx] & (ok_t > prev) & (ok_t <= tau)
+        okup &= ~self.ok_fall[idx] | (ok_t < self.act_end[self.eidx["fall"], idx])
         a = self.active("fall", idx, tau)  # still down
         el = self.elapsed("fall", idx, tau)
         still = np.where(a, el, still)
@@ -286,10 +501,42 @@ class WristbandModel(KindModel):
             dx = np.where(a, r_f * np.cos(b_f) + nx, dx)
             dy = np.where(a, r_f * np.sin(b_f) + ny, dy)
             out_since = np.where(a, since_f + el, out_since)
-        fr = self.act_end[self.eidx["fall_recovered"], idx]
-        got_up = (fr <= tau) & (fr > prev)  # first uplink after getting up
-        still = np.where(got_up, fr - self.act_start[self.eidx["fall_recovered"], idx], still)
-        steps = np.where(got_up, np.maximum(steps, 5.0), steps)
+        # the pedometer counts steps over the window since the previous uplink: none while down (a fall, an
+        # SOS, hours of stillness) nor between getting up and the first steps; then a short walk
+        # (RECOVER_BOUT_S at CADENCE_SPS) once the wearer got up by themselves (a helped-up wearer walks
+        # at once: below). The truth's end stays the moment they got up
+        win = np.maximum(tau - prev, 1e-9)
+        for name in RECOVERS:
+            e = self.eidx[name]
+            st_e, en_e = self.act_start[e, idx], self.act_end[e, idx]
+            natural = np.isfinite(en_e) & (en_e != self.handled_end[e, idx])
+            w0 = en_e + np.where(natural, self.param(name, idx, 2), 0.0)  # first steps
+            down = np.clip(np.minimum(tau, w0) - np.maximum(prev, st_e), 0.0, None)
+            steps = np.where(down > 0, np.rint(steps * (1.0 - np.minimum(down / win, 1.0))), steps)
+            walked = np.clip(np.minimum(tau, w0 + RECOVER_BOUT_S) - np.maximum(prev, w0), 0.0, None)
+            walk = natural & (walked > 0)
+            steps = np.where(walk, np.maximum(steps, np.rint(CADENCE_SPS * walked)), steps)
+            still = np.where(walk, np.minimum(still, np.maximum(tau - w0 - RECOVER_BOUT_S, 0.0)), still)
+        # seen to by a responder (handle()): after a fall, an SOS or a long stillness the wearer is helped up
+        # and walks with the responder to a chair (HELPED_WALK_S at CADENCE_SPS: the only recovery a band
+        # can see); the uplinks whose windows hold that walk show its steps, and a stillness that
+        # restarted after it
+        hf = self.handled_end[[self.eidx[n] for n in RECOVERS]][:, idx].max(axis=0)
+        helped_walk = np.clip(np.minimum(tau, hf + HELPED_WALK_S) - np.maximum(prev, hf), 0.0, None)
+        helped = (hf <= tau) & (helped_walk > 0)
+        if helped.any():
+            steps = np.where(helped, np.maximum(steps, np.rint(CADENCE_SPS * helped_walk)), steps)
+            still = np.where(helped, np.minimum(still, np.maximum(tau - hf - HELPED_WALK_S, 0.0)), still)
+        for name in ("fall_recovered", "fall_ok"):
+            fr = self.act_end[self.eidx[name], idx]
+            up_s = fr - self.act_start[self.eidx[name], idx]
+            # first uplink after getting up; after a recovered fall with OK pressed once seated, the OK's
+            # uplink carries no steps yet (pressed before walking) and the next one the first steps
+            seated_ok = okup & (fr <= tau) & (fr > prev)
+            after_ok = (ok_t > fr) & (ok_t <= prev) & (prev <= fr + 1.4) & (fr <= prev)
+            got_up = ((fr <= tau) & (fr > prev) & ~seated_ok) | after_ok
+            still = np.where(got_up | seated_ok, up_s, still)
+            steps = np.where(got_up, np.maximum(steps, 5.0), np.where(seated_ok, 0.0, steps))
         flags |= np.where(self.active("sos", idx, tau), f("sos").mask, 0)
         a = self.active("hr_high", idx, tau)
         hr = np.where(a, self.param("hr_high", idx, 0) + rng.normal(0, 3, m), hr)
@@ -305,33 +552,49 @@ class WristbandModel(KindModel):
         hr = np.where(a, rest + rng.normal(0, 2, m), hr)
         a = self.active("geofence_exit", idx, tau)
         el, dur = self.elapsed("geofence_exit", idx, tau), self.duration("geofence_exit", idx)
-        reach, out_s, home_s = _gf_ramps(
-            self.gait[idx], dur, self.param("geofence_exit", idx, 0), self.param("geofence_exit", idx, 2)
-        )
-        # out along the bearing over out_s, back home over the last home_s (on a short episode the two
-        # ramps meet before the farthest point: a lower peak, still beyond the fence)
-        dist = reach * np.clip(np.minimum(el / out_s, (dur - el) / home_s), 0, 1)
+        # found by a responder (handled_end_of): the ramps of the episode's own duration until then, then
+        # straight home at the wearer's gait from where they were found
+        gf_st = self.act_start[self.eidx["geofence_exit"], idx]
+        h = gf_st == self.gf_h_start[idx]  # NaN: never
+        dur = np.where(h, self.gf_h_dur0[idx], dur)
+        dist = self._gf_dist(idx, el, dur)
+        if h.any():
+            f_t = np.where(h, self.gf_h_found[idx], tau)
+            d_f = self._gf_dist(idx, np.where(h, f_t - np.where(h, gf_st, 0.0), el), dur)
+            walked = np.maximum(d_f - self.gait[idx] * (tau - f_t), 0.0)
+            dist = np.where(h & (tau >= f_t), np.minimum(dist, walked), dist)
         g_b = self.param("geofence_exit", idx, 1)
         dx = np.where(a, dist * np.cos(g_b) + rng.normal(0, 8.0, m), dx)
         dy = np.where(a, dist * np.sin(g_b) + rng.normal(0, 8.0, m), dy)
-        steps = np.where(a, np.maximum(steps, np.rint(1.2 * gap)), steps)
+        # walking out and home: the pedometer counts the window's part of the episode, also in the first
+        # uplink after the door (before, that window's walk home was lost: 0 steps at home)
+        gf_en = self.act_end[self.eidx["geofence_exit"], idx]
+        walked = np.clip(np.minimum(tau, gf_en) - np.maximum(prev, gf_st), 0.0, 300.0)
+        steps = np.where(walked > 0, np.maximum(steps, np.rint(1.2 * walked)), steps)
         # walked out of the door at the start; indoors again (courtyard, stairs) within OUTDOOR_M of home
         # on the way back, like the daytime walk
-        back_in = (dur - el) * self.gait[idx] < OUTDOOR_M
+        back_in = np.where(h, dist < OUTDOOR_M, (dur - el) * self.gait[idx] < OUTDOOR_M)
         out_since = np.where(a, np.where(back_in, np.nan, el), out_since)
         removed = self.active("band_removed", idx, tau)
         charging = self.active("charging", idx, tau)
-        a = removed | charging
+        tabled = self.active("band_off_table", idx, tau)
+        a = removed | charging | tabled
         flags |= np.where(charging, f("charging").mask, 0)
         hr = np.where(a, 0.0, hr)
         spo2 = np.where(a, 0.0, spo2)
         steps = np.where(a, 0.0, steps)
         off_since = np.where(
-            removed, self.elapsed("band_removed", idx, tau), self.elapsed("charging", idx, tau)
+            removed,
+            self.elapsed("band_removed", idx, tau),
+            np.where(tabled, self.elapsed("band_off_table", idx, tau), self.elapsed("charging", idx, tau)),
         )
         still = np.where(a, off_since, still)
         peak = np.where(a, 1.0, peak)
+        # the knock as it landed on the table, in the first uplink after (peak since the last uplink)
+        knock = self.since_last_uplink("band_off_table", idx, tau)
+        peak = np.where(knock, self.param("band_off_table", idx, 0), peak)
         flags &= np.where(a, ~f("worn").mask, -1)
+        flags |= np.where(okup & ~a, f("ok").mask, 0)  # a band off the wrist shows no alarm to cancel
         out_since = np.where(a, np.nan, out_since)  # the band lies on the table or the charger at home
         a = self.active("low_battery", idx, tau)
         battery = np.where(a, self.param("low_battery", idx, 0), battery)
