@@ -16,7 +16,8 @@ Sections (full reference in ``docs/gateway.md``)::
                          mqtt_alert_reprobe_min_s / _max_s,
                          ca_file, client_cert, client_key, allow_plaintext (TLS: docs/security.md)
     [outbox]             max_bytes, max_age_s, alert_max_age_s, synchronous
-    [detection]          batch_window_ms, batch_max_frames, queue_size, tick_interval_s, snapshot_interval_s
+    [detection]          batch_window_ms, batch_max_frames, urgent_flush, urgent_gap_ms, queue_size,
+                         tick_interval_s, snapshot_interval_s
     [[actions]]          local life-safety actions: type = "command" | "buzzer" | "sms"
     [metrics]            enabled, bind, port
     [clock]              file (accelerated simulated clock shared with ``vigil simulate``)
@@ -193,6 +194,10 @@ class OutboxSection(_Section):
 class DetectionSection(_Section):
     batch_window_ms: Annotated[float, Field(gt=0, le=10_000)] = 50.0
     batch_max_frames: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    # a frame with a life-safety bit closes its batch at once (docs/gateway.md "Batching")
+    urgent_flush: bool = True
+    # ... but at most one such early close per urgent_gap_ms (an alarm storm still makes batches)
+    urgent_gap_ms: Annotated[float, Field(ge=0, le=10_000)] = 20.0
     queue_size: Annotated[int, Field(gt=0)] = 100_000
     tick_interval_s: Annotated[float, Field(gt=0)] = 1.0
     snapshot_interval_s: Annotated[float, Field(gt=0)] = 60.0

@@ -404,7 +404,8 @@ class MqttUplink:
         epoch = self._epoch
         try:
             await client.publish(topic, payload, qos=1, timeout=self.timeout_s)
-            ack = await asyncio.wait_for(fut, wait_s)
+            async with asyncio.timeout(wait_s):
+                ack = await fut
         except aiomqtt.MqttError as exc:
             raise UplinkUnavailable(f"publish failed: {exc}", reason="publish") from exc
         except TimeoutError as exc:
