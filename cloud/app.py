@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloud import operator_push, retention
+from cloud import operator_push, refusallog, retention
 from cloud.api import alerts, auth, devices, gateways, ingest
 from cloud.api import console as console_api
 from cloud.api import links as links_api
@@ -173,6 +173,7 @@ def create_app(
     metrics = state.metrics
     # deletes / erases personal data past its retention period, one process at a time (docs/privacy.md)
     retention.install(state, settings)
+    refusallog.install_refusal_log(state)  # nginx's refusals missed while down (docs/mtls.md)
     notify = NotifyService.build(  # channels, outbox, links (docs/notifications.md)
         db=state.db,
         key_file=settings.secret_key_file,

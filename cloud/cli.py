@@ -213,6 +213,33 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeseries_upgrade(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cloud.db import Database, upgrade_head
+    from cloud.loop.config import audit
+    from cloud.timeseries.postgres import CollationUpgrade, upgrade_command
+
+    s = _settings(args)
+    upgrade_head(s.database_url, secret_key_file=s.secret_key_file)
+    db = Database(s.database_url)
+    actor = f"cli:{getpass.getuser()}"
+
+    def audited(r: CollationUpgrade) -> None:
+        with db.write() as sess:
+            audit(
+                sess, actor=actor, role="admin", action="timeseries.upgrade", target=r.table,
+                now=time.time(), rows=r.rows, locked_s=round(r.locked_s, 3), forced=bool(args.force),
+            )  # fmt: skip
+
+    try:
+        return upgrade_command(
+            s.timeseries_url, force=args.force, lock_timeout_s=args.lock_timeout, on_upgraded=audited
+        )
+    finally:
+        db.close()
+
+
 def _gateway(args: argparse.Namespace) -> int:
     s, db, creds, _ = _ctx(args)
     try:
@@ -439,6 +466,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             r.add_argument("--batch-max", type=int, default=50_000, help="readings per detection pass")
         _common(r)
         r.set_defaults(handler=_guard(_role))
+
+    text = (
+        "give PostgreSQL time-series tables made by an older store the bytewise device_id key "
+        "(rebuilds each table's key index, blocking its writes meanwhile)"
+    )
+    ts = csub.add_parser("timeseries-upgrade", help=text, description=text + ". See docs/timeseries.md.")
+    ts.add_argument(
+        "--timeseries-url",
+        default=argparse.SUPPRESS,
+        help="the store to upgrade (default: the service's, env VIGIL_CLOUD_TIMESERIES_URL)",
+    )
+    ts.add_argument(
+        "--force",
+        action="store_true",
+        help="run although ingest workers or the cloud service are connected (their writes wait; audited)",
+    )
+    ts.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="give up on a table whose lock is not free within S seconds (default 10)",
+    )
+    _common(ts)
+    ts.set_defaults(handler=_guard(_timeseries_upgrade))
 
     g = csub.add_parser("gateway", help="provision, rotate or revoke a gateway credential")
     g.add_argument("action", choices=("add", "rotate", "revoke"))

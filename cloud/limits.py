@@ -15,25 +15,39 @@
   template) through at most ``burst`` times per ``window_s`` and then reports how many were suppressed, so a
   hostile client cannot grow the journal by 98 MB in 25 s.
 
-The quota and rate-limit state is per process (each worker has its own buckets), documented in
-``docs/security.md``.
+Where the limits live (docs/security.md, "Limits shared by the workers"): on the embedded SQLite database (one
+process by design) every bucket is in memory. On PostgreSQL (a district's several ``vigil cloud api``
+workers) a :class:`KeyedRateLimit` given the database keeps its buckets in the UNLOGGED table
+``rate_limit_buckets`` (:class:`SharedBuckets`: one atomic upsert-and-check statement per limited
+request), so N workers do not make it N times looser. :class:`GatewayQuota` (ingest) stays per process: a
+database round trip per batch is not worth a disk-fill bound (its figures are per worker).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from weakref import WeakKeyDictionary
 
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter
 
+from cloud.db.models import Base
 from cloud.errors import CloudError, ConfigError
+
+if TYPE_CHECKING:
+    from cloud.db.session import Database
+
+log = logging.getLogger(__name__)
 
 
 class RateLimitedError(CloudError):
@@ -157,8 +171,10 @@ class TokenBuckets:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: Hashable, n: float, rate: float, burst: float) -> float:
-        """Take ``n`` tokens; returns 0 if admitted, else the seconds until the bucket is positive again."""
+    def take(self, key: Hashable, n: float, rate: float, burst: float, *, strict: bool = False) -> float:
+        """Take ``n`` tokens; returns 0 if admitted, else the seconds until the bucket is positive again.
+
+        ``strict``: admitted only while the bucket holds ``n`` (burst 1: once per ``1 / rate`` seconds)."""
         with self._lock:
             now = self._now()
             b = self._buckets.get(key)
@@ -170,6 +186,8 @@ class TokenBuckets:
                 self._buckets.move_to_end(key)
             b.level = min(burst, b.level + max(0.0, now - b.t) * rate)  # a clock set back adds none
             b.t = now
+            if strict and b.level < n - 1e-9:
+                return (n - b.level) / rate
             if b.level <= 0:
                 return (1.0 - b.level) / rate
             b.level -= n
@@ -219,6 +237,179 @@ class GatewayQuota:
                 )
 
 
+#: the shared buckets (PostgreSQL): UNLOGGED there (migration 0020_rate_limit_buckets), no WAL per limited
+#: request; a database crash empties it, which gives every key a fresh burst once (docs/security.md)
+rate_limit_buckets = sa.Table(
+    "rate_limit_buckets",
+    Base.metadata,
+    #: ``<limit name>:<key>`` (longer than 200 characters: the limit name and a SHA-256 of the key)
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("level", sa.Float(), nullable=False),
+    #: when the level was computed (the cloud's clock, UTC epoch seconds; never moves back)
+    sa.Column("t", sa.Float(), nullable=False),
+    #: when the bucket is full again: a row past it is the same as no row, and is swept
+    sa.Column("full_at", sa.Float(), nullable=False),
+    #: whether the last take was admitted (what the upsert returns)
+    sa.Column("admitted", sa.Boolean(), nullable=False),
+)
+
+_REFILL = "least(%(burst)s, b.level + greatest(0.0, %(now)s - b.t) * %(rate)s)"
+_LEVEL = f"CASE WHEN {_REFILL} > %(floor)s THEN {_REFILL} - %(n)s ELSE {_REFILL} END"
+#: one statement, one round trip: refill, check, take and say which, atomically per key (the row lock of
+#: ON CONFLICT DO UPDATE serialises concurrent takes of one key from every worker). psycopg's own
+#: parameters: the statement goes straight to the driver (SQLAlchemy's pool and compilation cost 4x the
+#: client CPU of the round trip itself, bench/bench_shared_limits.py)
+_TAKE_SQL = (
+    "INSERT INTO rate_limit_buckets AS b (key, level, t, full_at, admitted) "
+    "VALUES (%(key)s, %(burst)s - %(n)s, %(now)s, %(now)s + %(n)s / %(rate)s, true) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    f"level = {_LEVEL}, "
+    "t = greatest(b.t, %(now)s), "
+    f"full_at = greatest(b.t, %(now)s) + (%(burst)s - ({_LEVEL})) / %(rate)s, "
+    f"admitted = {_REFILL} > %(floor)s "
+    "RETURNING level, admitted"
+)
+_SWEEP_SQL = "DELETE FROM rate_limit_buckets WHERE full_at <= %(now)s"
+
+
+class SharedBuckets:
+    """:class:`TokenBuckets` kept in the operational PostgreSQL database, shared by every worker process.
+
+    :meth:`take` is one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` in autocommit (one round trip;
+    concurrent takes of one key are serialised by its row lock, so N workers admit what one would). The
+    same rule as :class:`TokenBuckets`: admitted while the refilled level is above zero (``strict``: at
+    least ``n``, for "once per window"), a new key starts full, a clock set back adds nothing (the row keeps
+    the latest time any worker saw). Times come from ``now`` (wall clock: the workers may be on several
+    hosts). Rows of buckets full again are deleted every ``sweep_every_s`` (a missing row is a full
+    bucket, so the sweep changes no answer). If the database cannot be reached the take falls back to
+    this process's own buckets (logged once a minute): a limit per process rather than none.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        now: Callable[[], float] = time.time,
+        sweep_every_s: float = 60.0,
+        max_connections: int = 2,
+    ) -> None:
+        engine = db.engine
+        self._connect_args = engine.dialect.create_connect_args(engine.url)
+        self._idle: list[Any] = []  # psycopg connections in autocommit, at most max_connections
+        self._lock = threading.Lock()
+        self._max_connections = max_connections
+        self._open = 0
+        weakref.finalize(self, _close_all, self._idle)  # an app's limits go: so do their connections
+        self._now = now
+        self._sweep_every_s = sweep_every_s
+        self._next_sweep = 0.0
+        self._fallback = TokenBuckets(monotonic=now)
+        self._last_error_log = -60.0
+
+    def _checkout(self) -> Any:
+        """An idle connection, a new one (up to ``max_connections``), or wait for one (5 s, then error)."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop()
+                if self._open < self._max_connections:
+                    self._open += 1
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("no connection for the shared rate limits within 5 s")
+            time.sleep(0.001)
+        try:
+            import psycopg
+
+            args, kwargs = self._connect_args
+            return psycopg.connect(*args, **{**kwargs, "autocommit": True, "connect_timeout": 5})
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+            raise
+
+    def _checkin(self, conn: Any) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def _discard(self, conn: Any) -> None:
+        with self._lock:
+            self._open -= 1
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (a connection in use is closed when it comes back)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @staticmethod
+    def row_key(name: str, key: Hashable) -> str:
+        text = ":".join(map(str, key)) if isinstance(key, tuple) else str(key)
+        full = f"{name}:{text}"
+        if len(full) <= 200:
+            return full
+        return f"{name}:sha256:{hashlib.sha256(text.encode('utf-8', 'replace')).hexdigest()}"
+
+    def take(
+        self, name: str, key: Hashable, n: float, rate: float, burst: float, *, strict: bool = False
+    ) -> float:
+        """Take ``n`` tokens of ``name``'s bucket ``key``: 0 if admitted, else the seconds to wait."""
+        now = self._now()
+        floor = n - 1e-9 if strict else 0.0
+        params = {
+            "key": self.row_key(name, key),
+            "n": float(n),
+            "rate": float(rate),
+            "burst": float(burst),
+            "now": float(now),
+            "floor": floor,
+        }
+        conn = None
+        try:
+            conn = self._checkout()
+            with conn.cursor() as cur:
+                cur.execute(_TAKE_SQL, params)
+                level, admitted = cur.fetchone()
+                if now >= self._next_sweep:
+                    self._next_sweep = now + self._sweep_every_s
+                    cur.execute(_SWEEP_SQL, {"now": float(now)})
+            self._checkin(conn)
+        except Exception as exc:  # the driver's errors, a timeout waiting for a connection
+            if conn is not None:
+                self._discard(conn)
+            mono = time.monotonic()
+            if mono - self._last_error_log >= 60.0:
+                self._last_error_log = mono
+                log.error(
+                    "共享限流表不可用，改用本进程限流 / shared rate-limit table unavailable, limiting per "
+                    "process: %s",
+                    type(exc).__name__,
+                )
+            return self._fallback.take((name, key), n, rate, burst, strict=strict)
+        if admitted:
+            return 0.0
+        return max((n if strict else 1.0) - float(level), 1e-3) / rate
+
+
+def _close_all(conns: list[Any]) -> None:
+    for conn in conns:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def shared_buckets(db: Database | None, *, now: Callable[[], float] = time.time) -> SharedBuckets | None:
+    """:class:`SharedBuckets` on ``db`` when it is PostgreSQL; None for SQLite (one process: in memory)."""
+    if db is None or db.is_sqlite:
+        return None
+    return SharedBuckets(db, now=now)
+
+
 class KeyedRateLimit:
     """One request limit over many keys: ``per_minute`` sustained and ``burst`` at once, per key.
 
@@ -227,6 +418,10 @@ class KeyedRateLimit:
     when given the app's :class:`GuardMetrics`. At most ``max_keys`` keys are remembered (least recently
     used forgotten first): call it only with keys an attacker cannot mint at will (a verified link's nonce,
     a client address), or a flood of new keys would give an old key a fresh burst.
+
+    Given the operational database ``db`` and that is PostgreSQL, the buckets are :class:`SharedBuckets`
+    (every worker draws on the same ones) on ``wall_clock`` (default: ``monotonic`` when one is given, it
+    is then the cloud's clock; else ``time.time``); on SQLite, or without ``db``, they are in memory.
     """
 
     def __init__(
@@ -238,14 +433,22 @@ class KeyedRateLimit:
         detail: str,
         monotonic: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
+        db: Database | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if not (per_minute > 0 and burst >= 1):
             raise ConfigError(f"rate limit {name}: per_minute must be > 0 and burst >= 1")
         self.name, self.per_minute, self.burst, self.detail = name, per_minute, burst, detail
         self._buckets = TokenBuckets(monotonic=monotonic, max_keys=max_keys)
+        if wall_clock is None:
+            wall_clock = time.time if monotonic is time.monotonic else monotonic
+        #: the buckets every worker shares (PostgreSQL), or None: this process's own
+        self.shared = shared_buckets(db, now=wall_clock)
 
     def wait_s(self, key: Hashable) -> float:
         """Take one request for ``key``: 0 if admitted, else the seconds to wait (nothing taken)."""
+        if self.shared is not None:
+            return self.shared.take(self.name, key, 1, self.per_minute / 60.0, self.burst)
         return self._buckets.take(key, 1, self.per_minute / 60.0, self.burst)
 
     def check(self, key: Hashable, metrics: GuardMetrics | None = None) -> None:
@@ -267,14 +470,18 @@ LINK_READS_DETAIL = (
 )
 
 
-def link_read_limit(*, monotonic: Callable[[], float] = time.monotonic) -> KeyedRateLimit:
-    """The per-link limit on position reads (:data:`LINK_READS_PER_MINUTE`, :data:`LINK_READS_BURST`)."""
+def link_read_limit(
+    *, monotonic: Callable[[], float] = time.monotonic, db: Database | None = None
+) -> KeyedRateLimit:
+    """The per-link limit on position reads (:data:`LINK_READS_PER_MINUTE`, :data:`LINK_READS_BURST`);
+    shared by every worker when ``db`` is PostgreSQL."""
     return KeyedRateLimit(
         "link_reads",
         per_minute=LINK_READS_PER_MINUTE,
         burst=LINK_READS_BURST,
         detail=LINK_READS_DETAIL,
         monotonic=monotonic,
+        db=db,
     )
 
 
@@ -348,8 +555,11 @@ __all__ = [
     "KeyedRateLimit",
     "LogThrottle",
     "RateLimitedError",
+    "SharedBuckets",
     "TokenBuckets",
     "install_log_throttle",
     "link_read_limit",
+    "rate_limit_buckets",
+    "shared_buckets",
     "uninstall_log_throttle",
 ]

@@ -437,25 +437,25 @@ class _Connection:
     async def open(self) -> None:
         cfg = self._cfg
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(
+            async with asyncio.timeout(cfg.connect_timeout_s):
+                await asyncio.to_thread(
                     self.client.connect,
                     cfg.host,
                     cfg.port,
                     cfg.keepalive_s,
                     clean_start=False,
                     properties=self._props,
-                ),
-                cfg.connect_timeout_s,
-            )
+                )
         except (OSError, TimeoutError) as exc:
             raise BrokerConnectError(f"cannot reach broker {cfg.host}:{cfg.port}: {exc!r}") from exc
         self._misc = self.loop.create_task(self._misc_loop(), name=f"mqtt-misc[{cfg.client_id}]")
         stage = "CONNACK"
         try:
-            await asyncio.wait_for(asyncio.shield(self.connected), cfg.connect_timeout_s)
+            async with asyncio.timeout(cfg.connect_timeout_s):
+                await asyncio.shield(self.connected)
             stage = "SUBACK"
-            await asyncio.wait_for(asyncio.shield(self.subscribed), cfg.connect_timeout_s)
+            async with asyncio.timeout(cfg.connect_timeout_s):
+                await asyncio.shield(self.subscribed)
         except TimeoutError as exc:
             raise BrokerConnectError(f"no {stage} within {cfg.connect_timeout_s:g} s") from exc
 
@@ -483,9 +483,9 @@ class _Connection:
                 self.client.loop_write()  # flush DISCONNECT; paho closes the socket after sending it
         self._closed = True
         if self._misc is not None:
+            # not awaited: awaiting it under suppress(CancelledError) would also swallow a cancel of the
+            # task closing us (the connection loop, stopped while it closes a failed connection)
             self._misc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._misc
         sock = self.client.socket()
         self._sock_close(sock)
         if sock is not None:  # DISCONNECT could not be flushed: close it ourselves
@@ -731,9 +731,8 @@ class IngestWorker:
         delays = backoff_delays(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             try:
-                results = await asyncio.wait_for(
-                    service.ingest_many([(b, g) for _d, b, g in work]), self.config.ingest_timeout_s
-                )
+                async with asyncio.timeout(self.config.ingest_timeout_s):
+                    results = await service.ingest_many([(b, g) for _d, b, g in work])
             except (StorageError, TimeoutError) as exc:
                 self.metrics.storage_retries.inc()
                 log.warning(
@@ -773,9 +772,8 @@ class IngestWorker:
         unexpected = 0
         while True:
             try:
-                return await asyncio.wait_for(
-                    self.service.ingest(batch, gateway_id=gateway_id), self.config.ingest_timeout_s
-                )
+                async with asyncio.timeout(self.config.ingest_timeout_s):
+                    return await self.service.ingest(batch, gateway_id=gateway_id)
             except (StorageError, TimeoutError) as exc:
                 self.metrics.storage_retries.inc()
                 log.warning(

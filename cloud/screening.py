@@ -26,13 +26,16 @@ process, before the next batch is judged.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from alerts.contract import (
@@ -99,9 +102,29 @@ class Screened:
         return sorted({r.device_id for r in self.refused if r.reason == "unknown_device"})
 
 
-def _device_table(s: Session, ids: list[str]) -> dict[str, tuple[str | None, str]]:
+#: a read session, or (SQLite, a batch without alert steps) the ingest service's pooled sqlite3 connection
+Reader = Session | sqlite3.Connection
+
+
+def _driver_rows(c: sqlite3.Connection, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+    """Rows of one read on a sqlite3 connection, its errors as SQLAlchemy's (the caller's StorageError)."""
+    try:
+        return c.execute(sql, args).fetchall()
+    except sqlite3.Error as exc:
+        raise DBAPIError(sql[:200], None, exc) from exc
+
+
+def _device_table(s: Reader, ids: list[str]) -> dict[str, tuple[str | None, str]]:
     """``device_id -> (gateway_id, kind)`` for the registered ones among ``ids`` (bound parameters only)."""
     found: dict[str, tuple[str | None, str]] = {}
+    if isinstance(s, sqlite3.Connection):
+        for i in range(0, len(ids), _CHUNK):
+            part = tuple(ids[i : i + _CHUNK])
+            marks = ", ".join("?" * len(part))
+            sql = f"SELECT device_id, gateway_id, kind FROM devices WHERE device_id IN ({marks})"
+            for dev_id, gw, kind in _driver_rows(s, sql, part):
+                found[dev_id] = (gw, kind)
+        return found
     conn = s.connection()
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     for i in range(0, len(ids), _CHUNK):
@@ -113,9 +136,20 @@ def _device_table(s: Session, ids: list[str]) -> dict[str, tuple[str | None, str
     return found
 
 
-def _generation(s: Session) -> int | None:
+def _generation(s: Reader) -> int | None:
     """The registry generation (``None`` without its row: then nothing is cached)."""
-    row = s.connection().exec_driver_sql("SELECT generation FROM registry_generation WHERE id = 1").first()
+    sql = "SELECT generation FROM registry_generation WHERE id = 1"
+    if isinstance(s, sqlite3.Connection):
+        rows = _driver_rows(s, sql)
+        return int(rows[0][0]) if rows else None
+    conn = s.connection()
+    if conn.dialect.paramstyle == "qmark":  # SQLite: on the driver connection (~20 us less per batch)
+        try:
+            row = conn.connection.dbapi_connection.execute(sql).fetchone()  # type: ignore[union-attr]
+        except sqlite3.Error as exc:  # as exec_driver_sql raises it: the caller's StorageError
+            raise DBAPIError(sql, None, exc) from exc
+    else:
+        row = conn.exec_driver_sql(sql).first()
     return None if row is None else int(row[0])
 
 
@@ -135,7 +169,7 @@ class DeviceCache:
         self._generation: int | None = None
         self._rows: dict[str, tuple[str | None, str] | None] = {}
 
-    def lookup(self, s: Session, ids: list[str]) -> dict[str, tuple[str | None, str]]:
+    def lookup(self, s: Reader, ids: list[str]) -> dict[str, tuple[str | None, str]]:
         """The registered ones among ``ids`` with their ``(gateway_id, kind)``, current as of this call."""
         gen = _generation(s)
         if gen is None:
@@ -160,8 +194,12 @@ class DeviceCache:
         return out
 
 
-def _alert_table(s: Session, ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
+def _alert_table(s: Reader, ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
     found: dict[str, tuple[str, str, str, str]] = {}
+    if not ids:
+        return found
+    if not isinstance(s, Session):
+        raise TypeError("alert steps are screened in a read session")
     for i in range(0, len(ids), _CHUNK):
         for aid, dev, kind, et, src in s.execute(
             select(Alert.alert_id, Alert.device_id, Alert.kind, Alert.event_type, Alert.source).where(
@@ -173,7 +211,7 @@ def _alert_table(s: Session, ids: list[str]) -> dict[str, tuple[str, str, str, s
 
 
 def screen(
-    s: Session,
+    s: Reader,
     batch: UplinkBatch,
     gateway_id: str,
     *,
@@ -181,7 +219,8 @@ def screen(
     allow_unassigned: bool = False,
     cache: DeviceCache | None = None,
 ) -> Screened:
-    """Split ``batch`` into what ``gateway_id`` may store and what is refused (``s``: a read session).
+    """Split ``batch`` into what ``gateway_id`` may store and what is refused (``s``: a read session, or
+    for a batch without alert steps on SQLite a sqlite3 connection).
 
     ``cache`` (the ingest service's) spares the device query while the registry is unchanged."""
     lo, hi = window

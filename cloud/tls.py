@@ -64,6 +64,7 @@ from cloud.settings import CloudSettings
 
 if TYPE_CHECKING:
     from cloud.auth import GatewayCertificateError
+    from cloud.db.session import Database
     from cloud.limits import KeyedRateLimit
 
 #: TLS 1.2 cipher suites: forward secrecy and AEAD only (Mozilla "intermediate")
@@ -742,7 +743,8 @@ class ProxyReports:
     total: KeyedRateLimit
 
     @classmethod
-    def from_env(cls) -> ProxyReports:
+    def from_env(cls, db: Database | None = None) -> ProxyReports:
+        """``db``: the operational database; on PostgreSQL the audit limits are shared by every worker."""
         from cloud.limits import KeyedRateLimit
 
         detail = "too many certificate refusals reported; not audited"
@@ -754,6 +756,7 @@ class ProxyReports:
                 per_minute=PROXY_AUDITS_PER_MINUTE,
                 burst=PROXY_AUDITS_BURST,
                 detail=detail,
+                db=db,
             ),
             KeyedRateLimit(
                 "proxy_refusal_audit",
@@ -761,6 +764,7 @@ class ProxyReports:
                 burst=PROXY_AUDITS_TOTAL_BURST,
                 detail=detail,
                 max_keys=1,
+                db=db,
             ),
         )
 
@@ -830,7 +834,9 @@ async def proxy_refusal(
         subject=identity.subject if identity else None,
     )
     guard = GuardMetrics.for_registry(state.metrics.registry)
-    allowed = not reports.per_source.wait_s(source) and not reports.total.wait_s("all")
+    allowed = await asyncio.to_thread(  # on PostgreSQL a round trip each: not on the event loop
+        lambda: not reports.per_source.wait_s(source) and not reports.total.wait_s("all")
+    )
     if not allowed:
         guard.rate_limited.labels("proxy_refusal_audit").inc()
     extra = {"serial": serial, "fingerprint": fingerprint, "verify": verify, "client": address}

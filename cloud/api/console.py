@@ -9,7 +9,10 @@
    ``GET /api/v1/events/stream``: ``text/event-stream`` of ``changed`` events, authenticated by the
    bearer header *or* the console's HttpOnly session cookie (``EventSource`` cannot send headers);
 3. mounts the console (``dashboards.create_console``) at ``/console`` with an ``httpx`` client bound to
-   this app in-process (``httpx.ASGITransport``), so the console only ever uses the public HTTP API.
+   this app in-process (``httpx.ASGITransport``), so the console only ever uses the public HTTP API;
+4. :class:`CloudNowHeader`: every ``/api/`` response says the cloud's current time (``X-Vigil-Now``, UTC
+   seconds from ``state.clock``, accelerated in ``vigil demo``), so the console, in-process or remote,
+   says "12 分钟前" against the cloud's clock and not its host's (docs/console.md).
 
 The stream is a "something changed" signal, not a log: each subscriber has a bounded queue; when it
 is full the event is dropped and counted (``vigil_cloud_console_events_dropped_total``) because the one
@@ -43,6 +46,8 @@ from cloud.errors import AuthenticationError, CloudError
 from cloud.ingest import AlertSink
 from cloud.loop.models import Incident, IncidentEvent
 from dashboards import SESSION_COOKIE, create_console
+from dashboards.client import NOW_HEADER
+from firmware_bridge.kernel.clock import Clock
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/events", tags=["console"], responses=ERROR_RESPONSES)
@@ -53,6 +58,34 @@ HEARTBEAT_S = 10.0
 STREAM_MAX_S = 30.0
 RETRY_MS = 500
 PROBE_INTERVAL_S = 0.5
+
+
+class CloudNowHeader:
+    """Pure ASGI middleware: ``X-Vigil-Now: <the cloud clock's UTC seconds>`` on every ``/api/`` response.
+
+    Read when the response starts, so it is the time the answer was made (a list's "12 分钟前" and its
+    overdue flags agree). Like HTTP's ``Date``, but to the millisecond and from the cloud's own clock.
+    """
+
+    def __init__(self, app: Any, clock: Clock) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_now(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    *message.get("headers", []),
+                    (NOW_HEADER.lower().encode(), f"{self.clock.now():.3f}".encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_now)
 
 
 class EventHub:
@@ -170,7 +203,8 @@ async def _events(hub: EventHub, request: Request) -> AsyncIterator[str]:
         deadline = time.monotonic() + STREAM_MAX_S
         while (left := deadline - time.monotonic()) > 0:
             try:
-                event = await asyncio.wait_for(q.get(), timeout=min(HEARTBEAT_S, left))
+                async with asyncio.timeout(min(HEARTBEAT_S, left)):
+                    event = await q.get()
             except TimeoutError:
                 if await request.is_disconnected():
                     return
@@ -243,6 +277,7 @@ def install(app: FastAPI) -> EventHub:
     app.state.console_events = hub
     app.include_router(router)
     app.include_router(map_router)
+    app.add_middleware(CloudNowHeader, clock=state.clock)
     http = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://vigil.internal", timeout=30
     )

@@ -38,7 +38,8 @@ from cloud.api.deps import ERROR_RESPONSES, State
 from cloud.api.notify import get_notify
 from cloud.errors import BadRequestError
 from cloud.limits import GuardMetrics, KeyedRateLimit, link_read_limit
-from cloud.notify.links import RESPONDER_PURPOSES, LinkClaims, Purpose
+from cloud.notify.actions import POSITION_PURPOSES
+from cloud.notify.links import LinkClaims, Purpose
 from cloud.tls import ProxyReports, proxy_refusal
 
 router = APIRouter(prefix="/api/v1", tags=["links"], responses=ERROR_RESPONSES)
@@ -88,13 +89,13 @@ def limit_position_reads(request: Request, state: State, claims: LinkClaims) -> 
     one the links' expiry is checked with; a clock set back adds no tokens)."""
     limit: KeyedRateLimit | None = getattr(request.app.state, "vigil_link_reads", None)
     if limit is None:
-        limit = request.app.state.vigil_link_reads = link_read_limit(monotonic=state.clock.now)
+        limit = request.app.state.vigil_link_reads = link_read_limit(monotonic=state.clock.now, db=state.db)
     limit.check(("link", claims.nonce), GuardMetrics.for_registry(state.metrics.registry))
 
 
 def _shows_position(claims: LinkClaims) -> bool:
     """A personal responder link: its page shows the wearer's position (ResponderDesk.link_state)."""
-    return claims.purpose in RESPONDER_PURPOSES and claims.actor.startswith("user:")
+    return claims.purpose in POSITION_PURPOSES and claims.actor.startswith("user:")
 
 
 @router.get("/links/{token}", summary="What a link does and whether it can still be used")
@@ -103,7 +104,7 @@ async def show_link(token: str, request: Request, state: State) -> dict[str, Any
     now = state.clock.now()
     claims = notify.links.verify(token, now=now)
     if _shows_position(claims):
-        limit_position_reads(request, state, claims)
+        await asyncio.to_thread(limit_position_reads, request, state, claims)  # PostgreSQL: a round trip
     if claims.purpose is Purpose.CASE:
         return {"purpose": "case", **await asyncio.to_thread(notify.residents.case, token, now=now)}
     return await asyncio.to_thread(notify.responders.link_state, token, now=now, store=state.store)
@@ -163,7 +164,7 @@ async def link_position(token: str, request: Request, state: State) -> JSONRespo
     notify = get_notify(request)
     now = state.clock.now()
     claims = notify.links.verify(token, now=now)  # a forged or expired link: 403 before any limit
-    limit_position_reads(request, state, claims)
+    await asyncio.to_thread(limit_position_reads, request, state, claims)  # PostgreSQL: a round trip
     body = await asyncio.to_thread(notify.responders.live_position, token, now=now, store=state.store)
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin"})
 
@@ -182,6 +183,6 @@ async def proxy_certificate_refusal(request: Request, state: State) -> JSONRespo
     docs/mtls.md describes it."""
     reports: ProxyReports | None = getattr(request.app.state, "vigil_proxy_reports", None)
     if reports is None:
-        reports = request.app.state.vigil_proxy_reports = ProxyReports.from_env()
+        reports = request.app.state.vigil_proxy_reports = ProxyReports.from_env(state.db)
     exc = await proxy_refusal(state, reports, request.scope, request.headers)
     return JSONResponse(exc.body(), status_code=403)  # nginx closes the client's connection after a 495

@@ -45,6 +45,7 @@ from cloud.errors import AuthenticationError, BadRequestError, NotFoundError
 from cloud.loop.config import audit
 from cloud.loop.models import Incident
 from cloud.loop.rows import incident_devices
+from cloud.notify.family import desk_call
 from cloud.notify.inapp import list_for, mark_read
 from cloud.notify.planner import NotifyRequest
 from cloud.notify.render import IncidentFacts
@@ -258,7 +259,9 @@ async def family(
     """Masked for everyone; ``reveal=true`` shows the full numbers to admin / dispatcher only
     (``PERSONAL_DATA_ROLES``, as the registry does) and writes one audit row per reveal. Each device's
     entry carries ``family_reached`` (:meth:`cloud.notify.outbox.Outbox.family_reached`): whether a text
-    or call to that family was delivered, when (UTC epoch seconds) and over which channel; no number."""
+    or call to that family was delivered, when (UTC epoch seconds) and over which channel; no number; and
+    ``call``, the desk's own call (:func:`cloud.notify.family.desk_call`: ``outcome`` reached /
+    not_reached / wrong_number, ``at``, ``attempts``; None before the first)."""
     notify = get_notify(request)
     require(caller, Role.ADMIN, Role.DISPATCHER, Role.OPERATOR)  # the desk's staff, not read-only viewers
     if reveal and caller.role not in PERSONAL_DATA_ROLES:
@@ -272,13 +275,15 @@ async def family(
             return incident_devices(s, row)
 
     out = []
+    # the desk's call (POST /api/v1/incidents/{id}/family-call): outcome, when, attempts; None before one
+    call = await asyncio.to_thread(desk_call, state.db, str(incident_id))
     for device in await asyncio.to_thread(devices):
         try:
             view = await asyncio.to_thread(notify.contacts.family_view, device, reveal=reveal)
         except NotFoundError:
             continue  # no contact registered for this device
         reached = await asyncio.to_thread(notify.outbox.family_reached, str(incident_id), device)
-        out.append({**dataclasses.asdict(view), "family_reached": reached})
+        out.append({**dataclasses.asdict(view), "family_reached": {**reached, "call": call}})
     if reveal and out:
         await asyncio.to_thread(
             _audit, state, caller, "notify.family.reveal", f"incident:{incident_id}",

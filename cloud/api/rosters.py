@@ -27,7 +27,7 @@ from cloud.loop.models import AuditEntry, SilenceRow
 from firmware_bridge.kernel.locale import iso, parse_iso
 
 router = APIRouter(prefix="/api/v1/loop", tags=["loop configuration"])
-DocName = Annotated[Literal["routing", "escalation", "roster", "sla"], Path()]
+DocName = Annotated[Literal["routing", "escalation", "roster", "sla", "desk"], Path()]
 
 
 class InvalidDocument(CloudError):

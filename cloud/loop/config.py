@@ -1,9 +1,14 @@
-"""The loop's editable configuration: routing tree, escalation policies, roster, SLA table.
+"""The loop's editable configuration: routing tree, escalation policies, roster, SLA table, desk settings.
 
 Each is a JSON document in ``loop_documents`` with a version; an absent document means the shipped
 default (``alerts.loop.*.default_*``). A PUT validates with the pure parsers (which name the offending
 rule) before anything is written, so a bad document is a 422 and the running configuration is unchanged.
 Every change is written to the audit log in the same transaction.
+
+``desk``: the call takers' desk's own settings. ``family_call_retry_s`` (default 600): after "not reached"
+the desk is reminded to call a wristband wearer's family again this many seconds later. The environment
+variable ``VIGIL_CLOUD_FAMILY_RETRY_S`` still overrides it (a demo's short reminder); an invalid value in
+either place is refused with the key's name (:class:`~alerts.loop.errors.InvalidConfig`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from alerts.loop.errors import InvalidConfig
 from alerts.loop.escalation import EscalationPolicy, default_policies, policies_from_dict
 from alerts.loop.incidents import GroupingConfig, default_grouping
 from alerts.loop.rosters import Roster, roster_from_dict
@@ -23,7 +29,12 @@ from alerts.loop.routing import Route, default_routes, route_from_dict
 from alerts.loop.sla import SlaTable, default_sla, sla_from_dict
 from cloud.loop.models import AuditEntry, Document
 
-DOCUMENTS = ("routing", "escalation", "roster", "sla")
+DOCUMENTS = ("routing", "escalation", "roster", "sla", "desk")
+#: the desk's settings and their defaults (document ``desk``)
+FAMILY_CALL_RETRY_S = 600.0
+FAMILY_CALL_RETRY_KEY = "desk.family_call_retry_s"
+#: the reminder's bounds: at least a second, at most a day (a bigger number is a typo, not a policy)
+FAMILY_CALL_RETRY_MAX_S = 86400.0
 
 
 def _default_sla_doc() -> dict[str, Any]:
@@ -39,7 +50,36 @@ DEFAULTS: dict[str, Callable[[], dict[str, Any]]] = {
     "escalation": default_policies,
     "roster": lambda: {"zone": "Asia/Shanghai", "responders": [], "rotations": [], "overrides": []},
     "sla": _default_sla_doc,
+    "desk": lambda: {"family_call_retry_s": FAMILY_CALL_RETRY_S},
 }
+
+
+@dataclass(frozen=True, slots=True)
+class DeskConfig:
+    family_call_retry_s: float = FAMILY_CALL_RETRY_S
+
+
+def retry_seconds(raw: object, key: str) -> float:
+    """A reminder interval in seconds (1 .. 86400), or :class:`InvalidConfig` naming ``key``."""
+    if isinstance(raw, str):
+        try:
+            raw = float(raw.strip())
+        except ValueError:
+            raise InvalidConfig(key, f"a number of seconds, not {raw!r}") from None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise InvalidConfig(key, f"a number of seconds, not {raw!r}")
+    value = float(raw)
+    if not 1.0 <= value <= FAMILY_CALL_RETRY_MAX_S:  # NaN fails too
+        raise InvalidConfig(key, f"seconds between 1 and {FAMILY_CALL_RETRY_MAX_S:g}, not {raw!r}")
+    return value
+
+
+def desk_from_dict(raw: Mapping[str, Any]) -> DeskConfig:
+    unknown = sorted(set(raw) - {"family_call_retry_s"})
+    if unknown:
+        raise InvalidConfig(f"desk.{unknown[0]}", "unknown key (known: family_call_retry_s)")
+    retry = raw.get("family_call_retry_s", FAMILY_CALL_RETRY_S)
+    return DeskConfig(retry_seconds(retry, FAMILY_CALL_RETRY_KEY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +92,7 @@ class LoopConfig:
     sla: SlaTable
     grouping: GroupingConfig
     versions: Mapping[str, int]
+    desk: DeskConfig = DeskConfig()
 
 
 def raw_document(s: Session, name: str) -> tuple[dict[str, Any], int]:
@@ -62,12 +103,13 @@ def raw_document(s: Session, name: str) -> tuple[dict[str, Any], int]:
 
 
 def parse(docs: Mapping[str, Mapping[str, Any]], versions: Mapping[str, int]) -> LoopConfig:
-    """Validate the four documents together (routing names policies, rotations name responders)."""
+    """Validate the documents together (routing names policies, rotations name responders)."""
     policies = policies_from_dict(docs["escalation"])
     routes = route_from_dict(docs["routing"], policies=frozenset(policies))
     roster = roster_from_dict(docs["roster"])
     sla = sla_from_dict(docs["sla"])
-    return LoopConfig(routes, policies, roster, sla, default_grouping(), dict(versions))
+    desk = desk_from_dict(docs.get("desk") or DEFAULTS["desk"]())
+    return LoopConfig(routes, policies, roster, sla, default_grouping(), dict(versions), desk)
 
 
 @functools.cache

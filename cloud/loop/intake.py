@@ -33,6 +33,7 @@ from alerts.loop.incidents import (
     rule_for,
 )
 from alerts.loop.incidents import matcher_from_dict as _matcher
+from alerts.loop.reasons import OK_KEY_CLEARED, cleared_by_ok_key, stop_code
 from alerts.loop.rosters import pick
 from alerts.loop.routing import Receiver, route
 from alerts.loop.sla import urgency_for
@@ -170,6 +171,7 @@ def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> 
         kind = str(getattr(st.kind, "value", st.kind))
         d = devices.get(st.device_id)
         gateway = st.device_id if kind == "gateway" else (d.gateway_id or "" if d else "")
+        phase = str(getattr(st.phase, "value", st.phase))
         thresholds: dict[str, Any] = dict(d.thresholds or {}) if d else {}
         out.append(
             Signal(
@@ -178,7 +180,7 @@ def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> 
                 kind=kind,
                 event=str(getattr(st.event_type, "value", st.event_type)),
                 severity=Severity(int(st.severity)),
-                phase=str(getattr(st.phase, "value", st.phase)),
+                phase=phase,
                 time=float(st.time),
                 device_id=st.device_id,
                 gateway_id=gateway,
@@ -191,6 +193,7 @@ def signals_from_steps(s: Session, steps: Sequence[AlertEvent], source: str) -> 
                 lat=d.lat if d else None,
                 lon=d.lon if d else None,
                 episode_start=st.episode_ms / 1000.0 if st.episode_ms else None,
+                cause=OK_KEY_CLEARED if cleared_by_ok_key(kind, phase, st.message) else "",
             )
         )
     return out
@@ -503,6 +506,8 @@ def _apply(
             if op.new_link:
                 link.incident_id, link.verdict = row.id, Verdict.ATTACH.value
             _attach(s, row, op.new_link, sig, now)
+            if sig.phase == "raised" or (op.new_link and sig.phase != "cleared"):
+                lift_rule_out(s, cfg, row, sig, now)
     else:
         link.verdict, link.reason = op.verdict.value, op.reason
 
@@ -516,15 +521,54 @@ def _attach(s: Session, row: Incident, new_link: bool, sig: Signal, now: float) 
         )
     elif sig.phase == "cleared":
         row.alerts_open = max(0, row.alerts_open - 1)
-        rows.add_event(
-            s, row, "alert_cleared", actor=SYSTEM, channel="telemetry", now=now, alert_id=sig.alert_id
-        )
+        if sig.cause == OK_KEY_CLEARED:
+            # the wearer said "I'm OK" on the band: nothing else changes (dispatch and escalation carry
+            # on, whatever the stage); the timeline says why, so the desk calls back (回拨确认)
+            rows.add_event(
+                s,
+                row,
+                "alert_cleared",
+                actor=SYSTEM,
+                channel="telemetry",
+                now=now,
+                reason='the wearer pressed "I\'m OK": call back to confirm',
+                code=OK_KEY_CLEARED,
+                params={},
+                alert_id=sig.alert_id,
+                accepted=row.accepted_at is not None,
+            )
+        else:
+            rows.add_event(
+                s, row, "alert_cleared", actor=SYSTEM, channel="telemetry", now=now, alert_id=sig.alert_id
+            )
         if row.alerts_open == 0 and row.stage == "handled":
             rows.add_timer(s, row, "verify", now + VERIFY_QUIET_S, now)
     elif sig.phase == "raised":
         row.alerts_open += 1
     row.updated_at = now
     row.row_version += 1
+
+
+def lift_rule_out(s: Session, cfg: LoopConfig, row: Incident, sig: Signal, now: float) -> bool:
+    """A new alarm joined an incident the desk ruled out (nuisance / false alarm): never let the earlier
+    nuisance silence a real fire. The verdict is withdrawn (``outcome`` NULL), the timeline says why
+    (``rule_out_lifted``) and the escalation starts again from its first step with a new snapshot."""
+    if row.esc_reason != "ruled_out" or not row.is_open:
+        return False
+    row.outcome = None
+    rows.add_event(
+        s,
+        row,
+        "rule_out_lifted",
+        actor=SYSTEM,
+        now=now,
+        reason=f"a new alarm after the rule-out ({sig.device_id or sig.alert_id}): escalation started again",
+        code="rule_out_lifted",
+        params={"device_id": sig.device_id or sig.alert_id},
+        alert_id=sig.alert_id,
+    )
+    restart_escalation(s, cfg, row, None, now)
+    return True
 
 
 #: a device incident is verified by telemetry when its alerts stay cleared this long after handling
@@ -648,6 +692,8 @@ def started(
         now=now,
         channel=sig.source.value,
         reason=f"grouped by {rule}",
+        code="grouped",
+        params={"rule": rule},
         alert_id=sig.alert_id,
         grade=g.name.lower(),
         tier=TIER[g],
@@ -660,6 +706,11 @@ def started(
         actor=SYSTEM,
         now=now,
         reason=row.route_rule,
+        code="routed",
+        params={
+            "rule": row.route_rule,
+            "departments": list(dict.fromkeys(r["department"] for r in row.receivers if r.get("department"))),
+        },
         receivers=row.receivers,
         escalation=policy_name,
     )
@@ -723,7 +774,18 @@ def dispatch_auto(
             load = open_load(s) if len(people) >= 2 else {}
             who = pick(people, lat=row.lat, lon=row.lon, load=load)
             if who is None:
-                rows.add_event(s, row, "coverage_gap", actor=SYSTEM, now=now, role=role, zone=row.grid)
+                rows.add_event(
+                    s,
+                    row,
+                    "coverage_gap",
+                    actor=SYSTEM,
+                    now=now,
+                    reason=f"nobody on call for {role} in {row.grid or '*'}",
+                    code="nobody_on_call",
+                    params={"role": role, "zone": row.grid or ""},
+                    role=role,
+                    zone=row.grid,
+                )
                 continue
             before, previous = row.stage, row.assignee
             tr = apply(
@@ -741,6 +803,8 @@ def dispatch_auto(
                 now=now,
                 from_stage=before,
                 reason=f"on call for {role} in {row.grid or '*'}, nearest available",
+                code="dispatch_nearest",
+                params={"role": role, "zone": row.grid or ""},
                 assignee=who.id,
             )
             sla_timer(s, row, now)
@@ -781,7 +845,15 @@ def apply_outcome(s: Session, cfg: LoopConfig, row: Incident, out: escalation.Ou
     if out.timer is not None:
         rows.add_timer(s, row, "escalation", out.timer.due, now, step=out.timer.step, loop=out.timer.loop)
     elif out.state.done:
-        rows.add_event(s, row, "escalation_stopped", actor=SYSTEM, now=now, reason=out.state.reason)
+        rows.add_event(
+            s,
+            row,
+            "escalation_stopped",
+            actor=SYSTEM,
+            now=now,
+            reason=out.state.reason,
+            code=stop_code(out.state.reason),
+        )
 
 
 def sla_timer(s: Session, row: Incident, now: float) -> None:

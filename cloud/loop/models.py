@@ -147,6 +147,10 @@ class IncidentEvent(Base):
     from_stage: Mapped[str] = mapped_column(String(16), default="")
     to_stage: Mapped[str] = mapped_column(String(16), default="")
     reason: Mapped[str] = mapped_column(String(1000), default="")
+    #: why, as a stable code and its parameters (alerts.loop.reasons; 0020): the words are put on it when
+    #: read, in the reader's language. "" for a person's own reason and for rows older than the codes
+    reason_code: Mapped[str] = mapped_column(String(48), default="", server_default="")
+    reason_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
 

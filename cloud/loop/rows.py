@@ -174,8 +174,13 @@ def add_event(
     from_stage: str = "",
     reason: str = "",
     idempotency_key: str | None = None,
+    code: str = "",
+    params: dict[str, Any] | None = None,
     **detail: Any,
 ) -> None:
+    """One timeline entry. A system entry says why with ``code`` and ``params`` (:mod:`alerts.loop.reasons`,
+    put into words when read, Chinese first) and keeps an English ``reason`` for logs and old clients; a
+    person's reason (a return, a park) is ``reason`` alone, their own words."""
     values = dict(
         incident_id=row.id,
         at=now,
@@ -185,6 +190,8 @@ def add_event(
         from_stage=from_stage,
         to_stage=row.stage,
         reason=reason[:1000],
+        reason_code=code,
+        reason_params=params,
         detail=detail,
         idempotency_key=idempotency_key,
     )

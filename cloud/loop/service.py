@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,17 +26,25 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from alerts.contract import AlertEvent
 from alerts.loop import escalation
-from alerts.loop.errors import AlreadyClaimed, InvalidAction, LoopError
+from alerts.loop.errors import AlreadyClaimed, InvalidAction, InvalidConfig, LoopError
 from alerts.loop.incidents import Signal, Source, grade, rule_for
 from alerts.loop.intents import NotificationIntent, TargetKind
+from alerts.loop.reasons import desk_summary, stop_code
 from alerts.loop.sla import Urgency, overdue
 from alerts.loop.stages import Action, Command, Stage, apply
 from cloud.crypto import SecretBox
 from cloud.db import Alert, AlertStep, Database
 from cloud.errors import BadRequestError, ConflictError, NotFoundError
 from cloud.loop import intake, rows
-from cloud.loop.config import LoopConfig, load
-from cloud.loop.models import OUTCOMES, AlertLink, Incident, IncidentEvent, Photo, Timer
+from cloud.loop.config import (
+    FAMILY_CALL_RETRY_KEY,
+    FAMILY_CALL_RETRY_S,
+    LoopConfig,
+    load,
+    retry_seconds,
+)
+from cloud.loop.idle import LoopIdleGate, gate_for
+from cloud.loop.models import OUTCOMES, AlertLink, AuditEntry, Incident, IncidentEvent, Photo, Timer
 from firmware_bridge.kernel.clock import Clock, SystemClock
 from firmware_bridge.kernel.events import Severity
 
@@ -52,6 +61,28 @@ RECONCILE_OVERLAP_S = 120.0
 PHOTO_TYPES = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n", "image/webp": b"RIFF"}
 PHOTO_MAX_BYTES = 5 * 1024 * 1024
 PHOTOS_PER_INCIDENT = 20
+#: the desk's outcomes of a call to a wristband wearer's family (``POST .../family-call``)
+FAMILY_CALL_OUTCOMES = ("reached", "not_reached", "wrong_number")
+#: the timeline action of a call's outcome, and of the reminder to call again
+FAMILY_CALL = "family_call"
+FAMILY_CALL_DUE = "family_call_due"
+#: the timer that reminds the desk to call a family not reached again
+FAMILY_RETRY = "family_retry"
+#: after ``not_reached`` the desk is reminded this many (clock) seconds later unless a call was recorded
+#: meanwhile: the loop configuration's ``desk.family_call_retry_s``, overridden by this variable (or by
+#: ``LoopService(family_retry_s=...)``)
+FAMILY_RETRY_S = FAMILY_CALL_RETRY_S
+FAMILY_RETRY_ENV = "VIGIL_CLOUD_FAMILY_RETRY_S"
+#: the wristband kind: the only cases with a family to call
+FAMILY_KIND = "wristband"
+FAMILY_NOTE_MAX = 200
+#: the desk's rule-out after calling the site (``POST .../rule-out``): the outcomes it may give
+RULE_OUT_REASONS = ("nuisance", "false_alarm")
+RULE_OUT = "rule_out"
+RULED_OUT = "ruled_out"  # the escalation's stop reason
+RULE_OUT_NOTE_MAX = 200
+#: roles outside the neighbourhood whose step a rule-out cancels (the 119 / 120 desks)
+EXTERNAL_ROLES = ("desk_119", "desk_120")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +104,42 @@ class Report:
 
 
 class LoopService:
-    def __init__(self, db: Database, *, box: SecretBox | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        box: SecretBox | None = None,
+        clock: Clock | None = None,
+        family_retry_s: float | None = None,
+    ) -> None:
         self.db = db
         self.box = box
         self.clock: Clock = clock or SystemClock()
+        #: an override of ``desk.family_call_retry_s`` (the argument, else the environment), or None
+        self._retry_override = (
+            _family_retry_s() if family_retry_s is None else retry_seconds(family_retry_s, "family_retry_s")
+        )
         self._cfg_cache: dict[tuple[int, ...], LoopConfig] = {}
         self._reconciled_until: float | None = None
+        #: skips the job's passes that would find nothing (embedded SQLite only): see :mod:`cloud.loop.idle`
+        self.gate_idle = True  # False: every tick runs both passes (as before the gate)
+        self._gate: LoopIdleGate | None = None
+        self._gate_tried = False
 
     def _lock(self) -> bool:
         return self.db.for_update()
+
+    @property
+    def family_retry_s(self) -> float:
+        """Seconds from a "not reached" to the reminder to call again: the override, else the loop
+        configuration's ``desk.family_call_retry_s`` as stored now."""
+        if self._retry_override is not None:
+            return self._retry_override
+        with self.db.read() as s:
+            return load(s, self._cfg_cache).desk.family_call_retry_s
+
+    def _retry_s(self, cfg: LoopConfig) -> float:
+        return self._retry_override if self._retry_override is not None else cfg.desk.family_call_retry_s
 
     def _clock_seconds(self, real_s: float) -> float:
         """``real_s`` seconds of real time in this clock's seconds (``real_s * speedup`` for an
@@ -140,12 +198,16 @@ class LoopService:
                 .distinct()
                 .scalar_subquery()
             )
-            missed = list(
+            found: list[Any] = list(
                 s.execute(
-                    select(Alert)
+                    select(Alert, AlertLink.phase)
                     .outerjoin(AlertLink, AlertLink.alert_id == Alert.alert_id)
                     .where(
                         Alert.alert_id.in_(recent),
+                        # the alert's current state is older than the grace too: an alert picked by an
+                        # old step whose newest step (the one that moved ``phase``) is still in the sink's
+                        # hands is not missed, it is being handled (the demo's 9 warnings per 2 h)
+                        Alert.received_at <= upto,
                         (AlertLink.alert_id.is_(None)) | (AlertLink.phase != Alert.phase),
                     )
                     .order_by(  # most urgent first (as the intake queue takes them), then oldest
@@ -157,8 +219,9 @@ class LoopService:
                         Alert.updated_time,
                     )
                     .limit(limit)
-                ).scalars()
+                )
             )
+        missed: list[Alert] = [a for a, _ in found]
         if len(missed) < limit:
             self._reconciled_until = upto
         if not missed:
@@ -183,7 +246,16 @@ class LoopService:
             by_source.setdefault(key, []).append(step)
         for (_, source), steps in sorted(by_source.items(), key=lambda kv: kv[0][0]):
             self.take_steps(steps, source)
-        log.warning("loop reconciled alerts the sink had not handled", extra={"count": len(missed)})
+        log.warning(
+            "loop reconciled alerts the sink had not handled",
+            extra={
+                "count": len(missed),
+                "alerts": [
+                    f"{a.alert_id} {a.source} alert={a.phase} link={lp} age={now - a.received_at:.1f}"
+                    for a, lp in found[:10]
+                ],
+            },
+        )
         return len(missed)
 
     # -- manual reports -------------------------------------------------------------------------------
@@ -292,6 +364,7 @@ class LoopService:
         channel: str,
         idempotency_key: str | None = None,
         outcome: str | None = None,
+        code: str = "",
     ) -> None:
         before = rows.order_of(row)
         try:
@@ -309,7 +382,9 @@ class LoopService:
         if cmd.rating is not None:
             detail["rating"] = cmd.rating
         if cmd.action is Action.HANDLE:
-            row.outcome = outcome  # a second handle (after a reject) says anew
+            if outcome is not None or row.esc_reason != RULED_OUT:
+                row.outcome = outcome  # a second handle (after a reject) says anew; the desk's rule-out
+                # verdict stays unless the responder on site gives their own
             if outcome is not None:
                 detail["outcome"] = outcome
         elif cmd.action in (Action.REJECT, Action.REOPEN):
@@ -324,6 +399,7 @@ class LoopService:
             from_stage=before.stage.value,
             reason=cmd.reason,
             idempotency_key=idempotency_key,
+            code=code,
             **detail,
         )
         a = cmd.action
@@ -334,7 +410,15 @@ class LoopService:
             snap = rows.snapshot_of(row)
             if snap is not None and snap.policy.stop_on == "ack" and not row.esc_done:
                 rows.store_esc_state(row, escalation.stop(rows.esc_state_of(row), "acknowledged"))
-                rows.add_event(s, row, "escalation_stopped", actor=SYSTEM, now=now, reason="acknowledged")
+                rows.add_event(
+                    s,
+                    row,
+                    "escalation_stopped",
+                    actor=SYSTEM,
+                    now=now,
+                    reason="acknowledged",
+                    code="esc_acknowledged",
+                )
         elif a is Action.HANDLE:
             if row.source != Source.MANUAL.value and row.alerts_open == 0:
                 rows.add_timer(s, row, "verify", now + intake.VERIFY_QUIET_S, now)
@@ -359,7 +443,9 @@ class LoopService:
     def _stop(self, s: Session, row: Incident, reason: str, now: float) -> None:
         if not row.esc_done:
             rows.store_esc_state(row, escalation.stop(rows.esc_state_of(row), reason))
-            rows.add_event(s, row, "escalation_stopped", actor=SYSTEM, now=now, reason=reason)
+            rows.add_event(
+                s, row, "escalation_stopped", actor=SYSTEM, now=now, reason=reason, code=stop_code(reason)
+            )
 
     def confirm(self, incident_id: int, actor: str, *, channel: str = "api") -> None:
         """The call taker confirmed the event with the site (a real fire): skip to the next step now."""
@@ -374,9 +460,136 @@ class LoopService:
                 return
             row.confirmed = True
             rows.add_event(s, row, "confirm", actor=actor, now=now, channel=channel)
-            out = escalation.confirm(snap, rows.esc_state_of(row), row.id, now, row.title)
+            state = rows.esc_state_of(row)
+            if row.esc_reason == RULED_OUT:
+                # the desk ruled it out, then learnt it is a fire after all (a call back, a neighbour):
+                # withdraw the verdict and escalate from the step after the confirmation, new snapshot
+                row.outcome = None
+                rows.add_event(
+                    s, row, "rule_out_withdrawn", actor=actor, now=now, channel=channel,
+                    reason="the desk confirmed a fire after ruling it out", code="rule_out_withdrawn",
+                )  # fmt: skip
+                policy = cfg.policies.get(snap.policy.name) or cfg.policies["default"]
+                version = row.snapshot_version
+                snap = escalation.freeze(policy, snap.receivers, previous_version=version, now=now)
+                row.snapshot, row.snapshot_version = rows.snapshot_json(snap), snap.version
+                after = next((i + 1 for i, st in enumerate(snap.policy.steps) if st.confirm), 0)
+                state = escalation.EscalationState(step=after)
+                if after == 0:
+                    intake.apply_outcome(s, cfg, row, escalation.start(snap, row.id, now, row.title), now)
+                    row.row_version += 1
+                    return
+            out = escalation.confirm(snap, state, row.id, now, row.title)
             intake.apply_outcome(s, cfg, row, out, now)
             row.row_version += 1
+
+    def rule_out(
+        self,
+        incident_id: int,
+        actor: str,
+        reason: str,
+        note: str = "",
+        *,
+        stand_down: bool = False,
+        role: str = "",
+        channel: str = "api",
+    ) -> dict[str, Any]:
+        """The call taker called the site and it is not a fire (核警：非火情): stop the external escalation.
+
+        ``reason`` is ``nuisance`` (cooking, steam) or ``false_alarm`` (the device). The escalation stops
+        (``esc_reason = ruled_out``: every pending escalation timer, the 119 / 120 step among them, is
+        stale from now on), ``outcome`` is set, the timeline gets ``rule_out`` (code
+        ``ruled_out_<reason>``: who, the external steps it stopped, the note) and ``loop_audit``
+        ``incident.rule_out``. The local responder's dispatch stays (someone resets the alarm and looks for
+        smouldering) unless ``stand_down``: then the pages not yet sent are cancelled and the timeline says
+        so; the work order stays open for the desk to close.
+
+        Refused with :class:`ConflictError` (nothing changed) when the device's CO alarm is active, the
+        smoke is dense enough to be a fire on its own, a second device of the incident's group (same grid
+        cell: ``fire_in_building``) alarmed, or the desk already confirmed a real fire. A new alarm after a
+        rule-out starts the escalation again (:func:`cloud.loop.intake.lift_rule_out`). A repeat is a
+        no-op. Returns :meth:`rule_out_state`.
+        """
+        if reason not in RULE_OUT_REASONS:
+            raise BadRequestError(f"reason is one of {list(RULE_OUT_REASONS)}, not {reason!r}")
+        note = " ".join(note.split())[:RULE_OUT_NOTE_MAX]
+        now = self.clock.now()
+        with self.db.write() as s:
+            row = self._row(s, incident_id, lock=True)
+            if row.esc_reason == RULED_OUT and row.outcome in RULE_OUT_REASONS:
+                return self._rule_out_state(s, row)  # already ruled out: idempotent
+            if not row.is_open:
+                raise ConflictError(
+                    f"事件 {row.id} 已{row.stage}，无需排除；未做任何更改。"
+                    f" / Incident {row.id} is {row.stage}: nothing to rule out. Nothing changed."
+                )
+            why = rule_out_refusal(s, row)
+            if why:
+                raise ConflictError(why)
+            snap = rows.snapshot_of(row)
+            external = _external_roles(snap, row.esc_step) if snap is not None else []
+            was = rows.esc_state_of(row)
+            rows.store_esc_state(row, escalation.stop(was, RULED_OUT))
+            row.outcome = reason
+            params: dict[str, Any] = {"external": external, "note": note, "stand_down": stand_down}
+            rows.add_event(
+                s,
+                row,
+                RULE_OUT,
+                actor=actor,
+                now=now,
+                channel=channel,
+                reason=f"ruled out by the desk: {reason}",
+                code=f"ruled_out_{reason}",
+                params=params,
+                outcome=reason,
+                stopped_step=was.step,
+                stopped_loop=was.loop,
+                escalation_was_done=was.done,
+            )
+            if not was.done:
+                rows.add_event(
+                    s, row, "escalation_stopped", actor=actor, now=now, reason=RULED_OUT,
+                    code=stop_code(RULED_OUT),
+                )  # fmt: skip
+            if stand_down:
+                rows.cancel_pending_intents(s, row, now)
+            audit = {"reason": reason, "stand_down": stand_down, "external": external}  # not the note
+            s.add(AuditEntry(at=now, actor=actor[:64], role=role or "user", action="incident.rule_out",
+                             target=f"incident:{row.id}", detail=audit))  # fmt: skip
+            row.row_version += 1
+            row.updated_at = now
+            return self._rule_out_state(s, row)
+
+    def rule_out_state(self, incident_id: int) -> dict[str, Any]:
+        with self.db.read() as s:
+            return self._rule_out_state(s, self._row(s, incident_id, lock=False))
+
+    def _rule_out_state(self, s: Session, row: Incident) -> dict[str, Any]:
+        """``ruled_out``, ``outcome``, ``by``, ``at``, ``escalation`` (``done``, ``reason``, ``step``) and
+        ``pending_escalation_timers`` (0 once stopped)."""
+        last = s.scalars(
+            select(IncidentEvent)
+            .where(IncidentEvent.incident_id == row.id, IncidentEvent.action == RULE_OUT)
+            .order_by(IncidentEvent.id.desc())
+            .limit(1)
+        ).first()
+        ruled = row.esc_reason == RULED_OUT and row.outcome in RULE_OUT_REASONS
+        timers = s.scalar(
+            select(func.count())
+            .select_from(Timer)
+            .where(Timer.incident_id == row.id, Timer.purpose == "escalation", Timer.state == "pending",
+                   Timer.snapshot_version == row.snapshot_version)
+        )  # fmt: skip
+        live = 0 if row.esc_done else int(timers or 0)
+        return {
+            "ruled_out": ruled,
+            "outcome": row.outcome,
+            "by": last.actor if last is not None else None,
+            "at": last.at if last is not None else None,
+            "escalation": {"done": bool(row.esc_done), "reason": row.esc_reason or "", "step": row.esc_step},
+            "pending_escalation_timers": live,
+        }
 
     def add_photo(self, incident_id: int, data: bytes, content_type: str, *, actor: str) -> int:
         if content_type not in PHOTO_TYPES:
@@ -408,6 +621,146 @@ class LoopService:
             s.flush()
             rows.add_event(s, row, "photo", actor=actor, now=now, photo_id=p.id, size=len(data))
             return p.id
+
+    # -- the desk's call to the family -----------------------------------------------------------------
+    def record_call(
+        self,
+        incident_id: int,
+        actor: str,
+        outcome: str,
+        note: str = "",
+        *,
+        role: str = "",
+        channel: str = "api",
+    ) -> dict[str, Any]:
+        """The desk called the family of a wristband case: ``reached`` / ``not_reached`` / ``wrong_number``.
+
+        One transaction: the timeline entry (``family_call``, code ``family_call_<outcome>``, the attempt
+        number, the call taker's note), a ``loop_audit`` row (``incident.family_call``: who, role, outcome,
+        attempt; not the note) and the reminder: after ``not_reached`` a ``family_retry`` timer
+        :attr:`family_retry_s` later (an earlier pending one is dropped, so a second "not reached" moves it);
+        any other outcome drops it. 409 when the incident is not a wristband case with a family contact.
+        Returns :meth:`call_state`.
+        """
+        if outcome not in FAMILY_CALL_OUTCOMES:
+            raise BadRequestError(f"outcome is one of {list(FAMILY_CALL_OUTCOMES)}, not {outcome!r}")
+        note = " ".join(note.split())[:FAMILY_NOTE_MAX]
+        now = self.clock.now()
+        with self.db.write() as s:
+            row = self._row(s, incident_id, lock=True)
+            self._family_case(s, row)
+            attempt = self._calls(s, row.id) + 1
+            s.execute(
+                update(Timer)
+                .where(Timer.incident_id == row.id, Timer.purpose == FAMILY_RETRY, Timer.state == "pending")
+                .values(state="stale")
+            )
+            params: dict[str, Any] = {"attempt": attempt, "note": note}
+            if outcome == "not_reached" and row.is_open:
+                retry_s = self._retry_s(load(s, self._cfg_cache))
+                rows.add_timer(s, row, FAMILY_RETRY, now + retry_s, now)
+                params["minutes"] = _minutes(retry_s)
+            rows.add_event(
+                s,
+                row,
+                FAMILY_CALL,
+                actor=actor,
+                now=now,
+                channel=channel,
+                reason=f"family call: {outcome} (call {attempt})",
+                code=f"family_call_{outcome}",
+                params=params,
+                outcome=outcome,
+                attempt=attempt,
+            )
+            audit = {"outcome": outcome, "attempt": attempt}  # the note stays in the timeline only
+            s.add(AuditEntry(at=now, actor=actor[:64], role=role or "user", action="incident.family_call",
+                             target=f"incident:{row.id}", detail=audit))  # fmt: skip
+            row.row_version += 1
+        return self.call_state(incident_id)
+
+    def call_state(self, incident_id: int) -> dict[str, Any]:
+        """The desk's calls to the family of an incident: ``attempts``, ``last`` (``outcome``, ``at`` UTC
+        epoch seconds, ``by``, ``note``) or None, ``reached`` (the last outcome was ``reached``) and
+        ``next_reminder_at`` (a pending reminder to call again)."""
+        with self.db.read() as s:
+            self._row(s, incident_id, lock=False)
+            calls = s.scalars(
+                select(IncidentEvent)
+                .where(IncidentEvent.incident_id == incident_id, IncidentEvent.action == FAMILY_CALL)
+                .order_by(IncidentEvent.id)
+            ).all()
+            due = s.scalar(
+                select(func.min(Timer.due_at)).where(
+                    Timer.incident_id == incident_id, Timer.purpose == FAMILY_RETRY, Timer.state == "pending"
+                )
+            )
+        last = calls[-1] if calls else None
+        out_last = None
+        if last is not None:
+            detail = dict(last.detail or {})
+            out_last = {
+                "outcome": str(detail.get("outcome", "")),
+                "at": last.at,
+                "by": last.actor,
+                "note": str((last.reason_params or {}).get("note", "")),
+            }
+        return {
+            "attempts": len(calls),
+            "last": out_last,
+            "reached": out_last is not None and out_last["outcome"] == "reached",
+            "next_reminder_at": due,
+        }
+
+    def may_call(self, incident_id: int, username: str) -> bool:
+        """Whether an ``operator`` user handles the family call: one who holds the incident's call task,
+        or whom the roster knows as a call taker, or whom the roster does not know at all (a desk operator);
+        a field responder (the roster knows them in other roles only) does not."""
+        from cloud.notify.family import roster_ids, task_holders  # the notifier's tables; imported lazily
+
+        with self.db.read() as s:
+            self._row(s, incident_id, lock=False)
+            cfg = load(s, self._cfg_cache)
+            ids = roster_ids(s, username)
+            holders = task_holders(s, str(incident_id))
+        if ids & holders:
+            return True
+        known = [cfg.roster.responders[i] for i in ids if i in cfg.roster.responders]
+        return not known or any("call_taker" in r.roles for r in known)
+
+    def _family_case(self, s: Session, row: Incident) -> None:
+        """409 unless ``row`` is a wristband case one of whose devices has a family contact registered."""
+        if row.kind != FAMILY_KIND:
+            raise ConflictError(
+                f"事件 {row.id} 不是手环事件，没有家属可致电；未做任何更改。"
+                f" / Incident {row.id} is not a wristband case: there is no family to call. Nothing changed."
+            )
+        from cloud.db import Device
+
+        for device_id in rows.incident_devices(s, row):
+            dev = s.get(Device, device_id)
+            if dev is None:
+                continue
+            if self.box is None:
+                if dev.private_enc:
+                    return  # cannot unseal here: a sealed record is taken to hold the contact
+                continue
+            if str(self.box.open(dev.private_enc).get("emergency_contact_phone") or "").strip():
+                return
+        raise ConflictError(
+            f"事件 {row.id} 的手环未登记家属联系方式；未做任何更改。"
+            f" / Incident {row.id}: no family contact is registered for its wristband. Nothing changed."
+        )
+
+    def _calls(self, s: Session, incident_id: int) -> int:
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(IncidentEvent)
+                .where(IncidentEvent.incident_id == incident_id, IncidentEvent.action == FAMILY_CALL)
+            )
+            or 0
+        )
 
     # -- timers ---------------------------------------------------------------------------------------
     def run_due(self, now: float | None = None, *, limit: int = 500, fence: Any = None) -> int:
@@ -493,6 +846,8 @@ class LoopService:
                     step=t.step,
                     loop=t.loop,
                     reason="no acknowledgement within the step's wait",
+                    code="escalated",
+                    params={"step": t.step, "loop": t.loop},
                 )
             intake.apply_outcome(s, cfg, row, out, now)
             row.row_version += 1
@@ -509,6 +864,32 @@ class LoopService:
                 rows.add_timer(s, row, "sla", row.case_deadline + 0.001, now)
             row.row_version += 1
             return True
+        if t.purpose == FAMILY_RETRY:
+            if not row.is_open:
+                return False
+            last = s.scalar(
+                select(IncidentEvent.reason_code)
+                .where(IncidentEvent.incident_id == row.id, IncidentEvent.action == FAMILY_CALL)
+                .order_by(IncidentEvent.id.desc())
+                .limit(1)
+            )
+            if last != "family_call_not_reached":
+                return False  # reached (or another outcome) meanwhile: nothing to remind
+            attempts = self._calls(s, row.id)
+            minutes = _minutes(now - t.created_at)
+            rows.add_event(
+                s,
+                row,
+                FAMILY_CALL_DUE,
+                actor=SYSTEM,
+                now=now,
+                reason=f"family not reached for {minutes} min: call again",
+                code=FAMILY_CALL_DUE,
+                params={"attempts": attempts, "minutes": minutes},
+            )
+            rows.write_intents(s, row, self._call_reminder(s, cfg, row, now, attempts), now)
+            row.row_version += 1
+            return True
         if t.purpose == "verify":
             if row.stage != Stage.HANDLED.value or row.alerts_open > 0:
                 return False
@@ -520,15 +901,84 @@ class LoopService:
                     Command(action, "telemetry", reason="alerts quiet since handling"),
                     now,
                     channel="telemetry",
+                    code="alerts_quiet",
                 )
             return True
         return False
 
+    def _call_reminder(
+        self, s: Session, cfg: LoopConfig, row: Incident, now: float, attempts: int
+    ) -> list[NotificationIntent]:
+        """The "call the family again" page: to the call task's current holders by name (after a
+        hand-over, the incoming shift) who are still on duty as call takers, else to the desk
+        (``call_taker``) when none of them is (their shift ended, nobody got the task)."""
+        from cloud.notify.family import current_holders  # the notifier's tables; imported lazily
+
+        why = f"family_call:{attempts}"
+        holders = current_holders(s, str(row.id))
+        duty = {p.id for p in rows.on_call(s, cfg.roster, "call_taker", row.grid, now)}
+        people = [h for h in holders if h in duty]
+        if not people:
+            return _desk_intent(row, now, why=why)
+        summary = desk_summary(row.title, why)[:300]
+        return [
+            NotificationIntent(
+                incident_id=row.id,
+                step=-1,
+                target_kind=TargetKind.USER,
+                target_id=p,
+                channel_hint="",
+                dedup_key=f"{row.id}:{row.row_version}:{why}:{p}",
+                created_at=now,
+                department=row.department,
+                summary=summary,
+            )
+            for p in people
+        ]
+
     # -- periodic job ---------------------------------------------------------------------------------
     async def job(self, ctx: Any) -> None:
-        """The ``loop`` periodic job (:mod:`cloud.jobs`): reconcile, then fire due timers, fenced."""
-        await asyncio.to_thread(self.reconcile)
-        await asyncio.to_thread(self.run_due, None, fence=ctx.fence)
+        """The ``loop`` periodic job (:mod:`cloud.jobs`): reconcile, then fire due timers, fenced.
+
+        On the embedded SQLite file a pass that would find nothing is skipped (:mod:`cloud.loop.idle`:
+        nothing committed since the last pass began and no step / timer has become due by time since); a
+        skipped ``run_due`` does not fence, the job runner records the tick."""
+        gate = self._idle_gate()
+        if gate is None:
+            await asyncio.to_thread(self.reconcile)
+            await asyncio.to_thread(self.run_due, None, fence=ctx.fence)
+            return
+        now = self.clock.now()
+        began = gate.version()
+        try:
+            if not gate.skip_reconcile(now, began):
+                await asyncio.to_thread(self._reconcile_gated, gate, began, now)
+            if not gate.skip_timers(now, began):
+                await asyncio.to_thread(self._run_due_gated, gate, began, ctx.fence)
+        except BaseException:
+            gate.forget()
+            raise
+
+    def _reconcile_gated(self, gate: LoopIdleGate, began: int | None, now: float) -> None:
+        took = self.reconcile(now)
+        gate.after_reconcile(began, took, self._reconciled_until, self._clock_seconds(RECONCILE_GRACE_S))
+
+    def _run_due_gated(self, gate: LoopIdleGate, began: int | None, fence: Any) -> None:
+        gate.after_timers(began, self.run_due(None, fence=fence))
+
+    def _idle_gate(self) -> LoopIdleGate | None:
+        if not self.gate_idle:
+            return None
+        if self._gate is None and not self._gate_tried:
+            self._gate_tried = True
+            self._gate = gate_for(self.db)
+        return self._gate
+
+    def close_gate(self) -> None:
+        """Close the idle gate's connection (the app is stopping); a later tick opens a new one."""
+        gate, self._gate, self._gate_tried = self._gate, None, False
+        if gate is not None:
+            gate.close()
 
     # -- helpers --------------------------------------------------------------------------------------
     def _row(self, s: Session, incident_id: int, *, lock: bool) -> Incident:
@@ -536,6 +986,112 @@ class LoopService:
         if row is None:
             raise NotFoundError(f"no incident {incident_id}")
         return row
+
+
+def _external_roles(snap: escalation.EscalationSnapshot, next_step: int) -> list[str]:
+    """The 119 / 120 roles of the steps not run yet (from ``next_step`` on) that a rule-out cancels."""
+    out: list[str] = []
+    for step in snap.policy.steps[next_step:]:
+        for role, _ in escalation.step_targets(snap, step):
+            if role in EXTERNAL_ROLES and role not in out:
+                out.append(role)
+    return out
+
+
+def rule_out_refusal(s: Session, row: Incident) -> str:
+    """Why a rule-out is refused (Chinese first), or "" when it is allowed.
+
+    - the desk already confirmed a real fire;
+    - a second alarm in the same building: the ``fire_in_building`` grouping rule puts the smoke alarms
+      (and, separately, the CO alarms) of one grid cell (a building / stairwell) within 30 min into one
+      incident, so a second device in this incident, or another open ``fire_in_building`` incident of
+      the same grid cell (the CO alarm's), is a second alarm: not somebody's toast;
+    - the device's CO alarm (``co``) is active: CO at the fire threshold (``co_fire_ppm`` / the CO bit)
+      is a smouldering fire, whatever the site says;
+    - the smoke is dense enough to be a fire on its own (the fire alert's value >= ``FIRE_DENSITY_DB_M``;
+      burnt food stays below ~0.8 dB/m). Heat is evidence inside the fire verdict at the gateway and
+      reaches the cloud only as the fire alert (its value is the smoke density): not checked separately.
+    """
+    if row.confirmed:
+        return (
+            f"事件 {row.id} 已由接警员确认为火情，不能排除；未做任何更改。"
+            f" / Incident {row.id} was confirmed as a fire: it cannot be ruled out. Nothing changed."
+        )
+    devices = rows.incident_devices(s, row)
+    found = (
+        list(
+            s.scalars(
+                select(Alert).where(
+                    Alert.device_id.in_(devices),
+                    Alert.phase != "cleared",
+                    Alert.event_type.in_(["co", "fire"]),
+                )
+            )
+        )
+        if devices
+        else []
+    )
+    for a in found:
+        if a.event_type == "co":
+            return (
+                f"设备 {a.device_id} 一氧化碳报警仍在，可能是阴燃，不能排除；未做任何更改。"
+                f" / Device {a.device_id}'s CO alarm is active: possibly smouldering. Not ruled out."
+                " Nothing changed."
+            )
+        if a.value is not None and a.value >= FIRE_DENSITY_DB_M:
+            return (
+                f"设备 {a.device_id} 烟雾浓度 {a.value:g} dB/m 已达火情阈值，不能排除；未做任何更改。"
+                f" / Device {a.device_id} reports smoke at {a.value:g} dB/m, a fire's density: not ruled"
+                " out. Nothing changed."
+            )
+    others = 0
+    if row.grid:
+        others = int(
+            s.scalar(
+                select(func.count())
+                .select_from(Incident)
+                .where(
+                    Incident.is_open.is_(True),
+                    Incident.id != row.id,
+                    Incident.grid == row.grid,
+                    Incident.group_rule == BUILDING_RULE,
+                )
+            )
+            or 0
+        )
+    if len(devices) > 1 or others:
+        n = max(len(devices), 1) + others
+        return (
+            f"同一楼栋（网格 {row.grid or '-'}）已有 {n} 起烟感/一氧化碳报警，不能排除，请按火情处置；"
+            f"未做任何更改。 / {n} smoke / CO alarms in the same building (grid cell {row.grid or '-'}):"
+            " not ruled out, treat it as a fire. Nothing changed."
+        )
+    return ""
+
+
+#: the grouping rule that puts one building's (grid cell's) smoke / CO alarms into one incident
+BUILDING_RULE = "fire_in_building"
+#: smoke this dense at the ceiling is a fire on its own (alerts.detection.profiles fire_density_db_m)
+FIRE_DENSITY_DB_M = 1.0
+
+
+def _minutes(seconds: float) -> int:
+    return max(1, round(seconds / 60.0))
+
+
+def _family_retry_s() -> float | None:
+    """``VIGIL_CLOUD_FAMILY_RETRY_S`` (seconds, 1 .. 86400) when set: it overrides the loop configuration's
+    ``desk.family_call_retry_s``. An invalid value stops the start with the variable's and the key's name
+    (a reminder silently at the default is a reminder nobody expected)."""
+    raw = os.environ.get(FAMILY_RETRY_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return retry_seconds(raw, FAMILY_RETRY_ENV)
+    except InvalidConfig as exc:
+        raise InvalidConfig(
+            FAMILY_RETRY_ENV, f"{exc.message} (it overrides the loop configuration's {FAMILY_CALL_RETRY_KEY})"
+        ) from None
 
 
 _DOING = {
@@ -571,7 +1127,7 @@ def _desk_intent(row: Incident, now: float, why: str = "returned") -> list[Notif
             dedup_key=key,
             created_at=now,
             department=row.department,
-            summary=f"{row.title} ({why})",
+            summary=desk_summary(row.title, why)[:300],
         )
     ]
 

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from alerts.loop import reasons
 from alerts.loop.kpi import CaseRecord, KpiRow, kpis
 from alerts.loop.routing import DEPARTMENTS, ROLES
 from alerts.loop.sla import Urgency
@@ -143,7 +144,13 @@ def incident_out(
     return out
 
 
-def event_out(e: IncidentEvent) -> dict[str, Any]:
+def event_out(
+    e: IncidentEvent, language: Lang = "zh", names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A timeline entry: ``reason`` as stored (English for the loop's own, a person's words), and the
+    machine ``reason_code`` / ``reason_params`` (an old row's mapped from its sentence) with
+    ``reason_text``, the words in ``language`` (:mod:`alerts.loop.reasons`)."""
+    code, params = reasons.resolve(e.action, e.reason_code or "", e.reason_params, e.reason)
     return {
         "id": e.id,
         "at": iso(e.at),
@@ -154,6 +161,9 @@ def event_out(e: IncidentEvent) -> dict[str, Any]:
         "to_stage": e.to_stage,
         "to_stage_label": Stage(e.to_stage).label() if e.to_stage else "",
         "reason": e.reason,
+        "reason_code": code,
+        "reason_params": params,
+        "reason_text": reasons.text(e.action, code, params, e.reason, language, names),
         "detail": e.detail,
     }
 

@@ -37,7 +37,9 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Gauge
 
 from alerts.contract import AlertEvent
+from alerts.loop.rosters import Roster
 from cloud.ingest import AlertSink, NullAlertSink
+from cloud.loop.config import load
 from cloud.loop.intake import TIERS, step_priority
 from cloud.loop.service import LoopService
 
@@ -180,6 +182,8 @@ class LoopSink:
         finally:
             # stopped: later steps go inline; what is still queued is left to the reconcile pass
             self._running = False
+            if self.service is not None:
+                self.service.close_gate()  # the job's idle gate connection (cloud/loop/idle.py)
             for q in self._queues:
                 q.clear()
             self._queued = 0
@@ -229,6 +233,33 @@ def install(app: FastAPI, sink: LoopSink) -> LoopService:
         state.jobs.register(JOB_NAME, tick, service.job)
     app.state.loop = service
     app.state.loop_sink = sink
+    _install_call_task_handover(app, state, service)
     for module in (incidents, reports, rosters, kpi):
         app.include_router(module.router, responses=ERROR_RESPONSES)  # the spec declares the error bodies
     return service
+
+
+def _install_call_task_handover(app: FastAPI, state: Any, service: LoopService) -> None:
+    """The 请致电家属 call tasks not done at a call takers' shift change go to the incoming shift
+    (:class:`cloud.notify.family.CallTaskHandover`, job ``call-task-handover``; docs/notifications.md)."""
+    notify = getattr(app.state, "notify", None)
+    if notify is None:
+        return
+    from cloud.notify.family import CALL_TAKER, HANDOVER_TICK_S, CallTaskHandover
+
+    contacts = notify.contacts
+
+    def roster() -> Roster:
+        with state.db.read() as s:
+            return load(s, service._cfg_cache).roster
+
+    handover = CallTaskHandover(
+        state.db,
+        on_duty=lambda incident, device, now: contacts.on_duty_users(CALL_TAKER, incident, device, now),
+        roster=roster,
+        now=state.clock.now,
+    )
+    app.state.call_task_handover = handover
+    tick = float(os.environ.get("VIGIL_CLOUD_HANDOVER_TICK_S", HANDOVER_TICK_S))
+    if tick > 0:
+        state.jobs.register("call-task-handover", tick, handover.job)

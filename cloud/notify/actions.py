@@ -16,6 +16,17 @@ wearer's latest exact position (:meth:`IncidentPort.whereabouts`); a group's lin
 closed case shows neither (docs/privacy.md). The page re-reads that position with
 :meth:`ResponderDesk.live_position` every ``position_refresh_s`` seconds while it is open and visible,
 until the case closes or the link expires.
+
+**A group's decline** (docs/notifications.md, "A decline through a group's link"). A link sent to a group
+(``group:<name>``: one WeCom / DingTalk robot message read by every member of the chat) does not say who
+tapped it. Its decline therefore means "one member cannot take it", not "the group hands the order back":
+it is recorded here (actor ``group:<name>``, the member's note) and on the incident's timeline
+(:meth:`IncidentPort.member_declined`, action ``member_declined``), and the order stays where it is, open
+to the group's other members through the same message's accept link, until the policy's acknowledgement
+timeout escalates it. It does not stop the paging. It is not single-use (several members may each say they
+cannot), up to :data:`GROUP_DECLINES_MAX` per link; it is refused with 409 once someone holds the order or
+the case is closed. A decline by a person's own link (``user:<id>``, an SMS reply ``2``) still hands the
+order back (``return``).
 """
 
 from __future__ import annotations
@@ -42,8 +53,20 @@ from cloud.timeseries import TimeSeriesStore
 #: seconds between two re-reads of the wearer's position by an open link page
 REFRESH_S = 30
 _REPLY = re.compile(r"^\s*([1-4])\s*[-#,.\s]?\s*(\d{1,8})?\s*$")
+#: the links whose page may show a wristband wearer's home and position: not a decline (the person who
+#: declines does not go; docs/phone-pages.md)
+POSITION_PURPOSES = tuple(p for p in RESPONDER_PURPOSES if p is not Purpose.DECLINE)
 #: actions after which the incident's remaining queued pages are pointless
 _STOPS_PAGING = (Purpose.ACCEPT, Purpose.ARRIVED, Purpose.RESOLVED, Purpose.ON_THE_WAY)
+#: a group's shared decline link records at most this many members' declines (a timeline stays readable)
+GROUP_DECLINES_MAX = 10
+#: the timeline action of a group member's decline (the order is not handed back)
+MEMBER_DECLINED = "member_declined"
+
+
+def shared_link(actor: str) -> bool:
+    """A link every member of a group reads (a chat robot's message): its tapper is not known."""
+    return actor.startswith("group:")
 
 
 class IncidentPort(Protocol):
@@ -67,7 +90,13 @@ class IncidentPort(Protocol):
         self, incident_id: str, score: int, comment: str, *, now: float, actor: str = "resident"
     ) -> None: ...
 
-    def describe(self, incident_id: str) -> dict[str, Any] | None: ...
+    def describe(self, incident_id: str) -> dict[str, Any] | None:
+        """The case; ``owner`` (the loop's id of who accepted it, None while nobody holds it) included."""
+        ...
+
+    def actor_id(self, actor: str) -> str:
+        """The loop's id of a link's actor (``user:7`` -> the responder id the loop records as owner)."""
+        ...
 
     def whereabouts(
         self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float, refresh: bool = False
@@ -77,6 +106,11 @@ class IncidentPort(Protocol):
         ...
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None: ...
+
+    def member_declined(self, incident_id: str, *, actor: str, note: str, now: float) -> None:
+        """A member of group ``actor`` cannot take the case: on the timeline, the order unchanged; raise
+        ``ConflictError`` once someone holds the order or the case is closed."""
+        ...
 
 
 class NullIncidentPort:
@@ -106,12 +140,18 @@ class NullIncidentPort:
     def describe(self, incident_id: str) -> dict[str, Any] | None:
         return None
 
+    def actor_id(self, actor: str) -> str:
+        return actor
+
     def whereabouts(
         self, incident_id: str, store: TimeSeriesStore, *, viewer: str, now: float, refresh: bool = False
     ) -> dict[str, Any] | None:
         return None
 
     def open_report(self, report: dict[str, Any], *, now: float) -> str | None:
+        return None
+
+    def member_declined(self, incident_id: str, *, actor: str, note: str, now: float) -> None:
         return None
 
 
@@ -123,6 +163,8 @@ class ActionResult:
     via: str
     at: float
     photo_ids: tuple[str, ...] = ()
+    #: a group member's decline: recorded, the order not handed back (still open to the group)
+    member_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +174,7 @@ class ActionResult:
             "via": self.via,
             "at": self.at,
             "photo_ids": list(self.photo_ids),
+            "member_only": self.member_only,
         }
 
 
@@ -167,8 +210,8 @@ class ResponderDesk:
         incident: dict[str, Any] = {
             k: info[k] for k in ("title", "status", "place", "opened_at", "department") if k in info
         }
-        personal = claims.purpose in RESPONDER_PURPOSES and claims.actor.startswith("user:")
-        if personal and info.get("home_address"):
+        personal = claims.purpose in POSITION_PURPOSES and claims.actor.startswith("user:")
+        if personal and info.get("home_address") and self.on_case(claims, info):
             # an open wristband case: the one person it was sent to goes to the wearer's home
             # (docs/privacy.md); a group's link (a chat robot, many readers) keeps the grid
             incident["place"] = info["home_address"]
@@ -193,16 +236,18 @@ class ResponderDesk:
 
         ``open`` is false once the case is closed (the page then drops the position and stops asking);
         ``position`` is :meth:`IncidentPort.whereabouts` (``None`` while there is no exact fix yet).
-        Only a link of a responder purpose sent to one person (``user:<id>``) may ask: a group's link
-        gets 403, a resident's case link 400, and nothing is read. Used links may ask (the responder
-        who accepted is on the way); a forged or expired link gets 403 like every other link endpoint.
+        Only a link of a responder purpose but decline sent to one person (``user:<id>``) may ask: a
+        group's link gets 403, a resident's case link or a decline link 400, and nothing is read. Used
+        links may ask (the responder who accepted is on the way); a forged or expired link gets 403 like
+        every other link endpoint.
         """
         claims = self.links.verify(token, now=now)
-        require_purpose(claims, *RESPONDER_PURPOSES)
+        require_purpose(claims, *POSITION_PURPOSES)
         if not claims.actor.startswith("user:"):
             raise PermissionDeniedError("the wearer's position is only for a link sent to one person")
         info = self.port.describe(claims.incident_id) or {}
-        live = bool(info.get("home_address"))  # an open wristband case (LoopPort.describe)
+        # an open wristband case (LoopPort.describe) this person is still on
+        live = bool(info.get("home_address")) and self.on_case(claims, info)
         position = None
         if live:
             position = self.port.whereabouts(
@@ -215,6 +260,26 @@ class ResponderDesk:
             "position": position,
             "refresh_s": REFRESH_S,
         }
+
+    def on_case(self, claims: LinkClaims, info: dict[str, Any]) -> bool:
+        """Whether a personal link's person is still on the case, so may see where the wearer is: not
+        after their own decline (their last action on it), and, once someone accepted, only the one who
+        did (the owner): a colleague whose order was handed to another, or who was paged alongside the
+        one who accepted, no longer follows the wearer (docs/phone-pages.md)."""
+        with self.db.read() as s:
+            last = s.scalar(
+                select(ResponderAction.action)
+                .where(
+                    ResponderAction.incident_id == claims.incident_id,
+                    ResponderAction.actor == claims.actor,
+                )
+                .order_by(ResponderAction.id.desc())
+                .limit(1)
+            )
+        if last == Purpose.DECLINE.value:
+            return False
+        owner = info.get("owner")
+        return not owner or owner == self.port.actor_id(claims.actor)
 
     def act_by_link(
         self,
@@ -235,6 +300,10 @@ class ResponderDesk:
             raise BadRequestError("只有办结链接可以给出结论 / only a resolved link takes an outcome")
         if outcome is not None and outcome not in OUTCOMES:
             raise BadRequestError(f"outcome is one of {list(OUTCOMES)}, not {outcome!r}")
+        if claims.purpose is Purpose.DECLINE and shared_link(claims.actor):
+            if photo is not None:
+                raise BadRequestError("拒绝不附照片 / a decline takes no photo")
+            return self._member_declines(claims, note=note, now=now)
         photo_ids: list[str] = []
         if photo is not None:
             self.photos.check(photo)  # refuse a bad photo before anything is written
@@ -255,6 +324,40 @@ class ResponderDesk:
         except CloudError:
             self._release_nonce(claims)
             raise
+
+    def _member_declines(self, claims: LinkClaims, *, note: str, now: float) -> ActionResult:
+        """A group's shared decline link: one member cannot take it (module docstring). The nonce is not
+        claimed; the link's uses are counted instead (at most :data:`GROUP_DECLINES_MAX`)."""
+        with self.db.read() as s:
+            done = len(
+                s.scalars(
+                    select(ResponderAction.id)
+                    .where(
+                        ResponderAction.incident_id == claims.incident_id,
+                        ResponderAction.actor == claims.actor,
+                        ResponderAction.action == Purpose.DECLINE.value,
+                    )
+                    .limit(GROUP_DECLINES_MAX)
+                ).all()
+            )
+        if done >= GROUP_DECLINES_MAX:
+            raise LinkError("used", f"this group's decline link was used {done} times; nothing changed")
+        self.port.member_declined(claims.incident_id, actor=claims.actor, note=note[:1000], now=now)
+        with self.db.write() as s:
+            s.add(
+                ResponderAction(
+                    incident_id=claims.incident_id,
+                    action=Purpose.DECLINE.value,
+                    actor=claims.actor,
+                    via="link",
+                    note=note[:1000],
+                    photo_ids=[],
+                    at=now,
+                )
+            )
+        return ActionResult(
+            claims.incident_id, Purpose.DECLINE.value, claims.actor, "link", now, member_only=True
+        )
 
     def _claim_nonce(self, claims: LinkClaims, *, now: float) -> None:
         try:

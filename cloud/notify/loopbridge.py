@@ -9,9 +9,12 @@
 - :class:`LoopPort` (an :class:`~cloud.notify.actions.IncidentPort`) turns link and SMS actions into the
   loop's work-order commands: accept -> ``accept``, decline -> ``return`` (with the reason), arrived ->
   ``arrive``, resolved -> ``handle`` (the note as reason, photos copied to the incident), on the way ->
-  recorded only; a resident's rating -> ``rate``, reopen -> ``reopen``. The loop refuses what its stage
-  does not allow, and then nothing changes here either. :meth:`LoopPort.whereabouts` is where an open
-  wristband case's wearer is, for the one responder a link was sent to (below).
+  recorded only; a resident's rating -> ``rate``, reopen -> ``reopen``. A decline through a group's shared
+  link (a chat robot's message) is no ``return``: :meth:`LoopPort.member_declined` writes a
+  ``member_declined`` timeline row and leaves the order to the group's other members and the escalation.
+  The loop refuses what its stage does not allow, and then nothing changes here either.
+  :meth:`LoopPort.whereabouts` is where an open wristband case's wearer is, for the one responder a link
+  was sent to (below).
 
 **Where the wearer is** (docs/notifications.md, docs/privacy.md). The exact position of a wristband wearer
 reaches the cloud only in the time-series store, and only where :class:`cloud.privacy.MinimisingStore` kept
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,11 +49,13 @@ from alerts.loop.routing import family_target
 from alerts.loop.stages import Action, Command
 from cloud.crypto import COARSE_DECIMALS
 from cloud.db import Database, Device
+from cloud.errors import ConflictError, NotFoundError
 from cloud.loop import rows
 from cloud.loop.config import audit
 from cloud.loop.models import AuditEntry, Incident, IncidentEvent, NotificationIntentRow
-from cloud.loop.service import LoopService
+from cloud.loop.service import LoopService, not_the_owner
 from cloud.loop.service import Report as LoopReport
+from cloud.notify.actions import MEMBER_DECLINED
 from cloud.notify.contacts import Contacts
 from cloud.notify.models import Delivery
 from cloud.notify.photos import PhotoStore
@@ -72,6 +78,11 @@ WORN_KINDS = frozenset(k.value for k in PERSONAL_KINDS)
 _CATEGORY_SEVERITY = {"fire": Severity.HIGH, "gas": Severity.HIGH, "manhole": Severity.HIGH}
 log = logging.getLogger(__name__)
 
+#: what a group member's decline says on the timeline (the member's note follows)
+MEMBER_DECLINED_WORDS = (
+    "群内一名成员无法处理，工单仍待群内其他成员接单 / a group member cannot take it; still open to the group"
+)
+
 #: a fix this close to the wearer's home reads "near home" (GPS error outdoors, a building's size)
 NEAR_HOME_M = 150.0
 #: a fix this long before the alarm still belongs to it: one heartbeat (a fall is confirmed a frame after
@@ -90,13 +101,47 @@ REFRESH_AUDIT_EVERY_S = 300.0
 POSITION_VIEW = "link.position_view"
 
 
-def facts_of(row: Incident, summary: str = "") -> IncidentFacts:
+#: the end of a building (and unit) in a Chinese address: what follows it, when it has a digit, is the flat
+_BUILDING = re.compile(r"^(?P<building>.*(?:单元|号楼|栋|幢|座))(?P<rest>.*)$")
+#: a flat number at an address's end without a building word: 27号1203, 27号1203室
+_FLAT_TAIL = re.compile(r"(?<=[号楼元栋幢座])[\d-]+\s*(?:室|户|号房)?$")
+
+
+def building_of(address: str) -> str:
+    """An address without its flat: 中关村大街27号3号楼2单元1203室 -> 中关村大街27号3号楼2单元 (the
+    stairwell a crew walks up); an address that names no flat is returned whole (科学院南路27号附近机动车道,
+    ...2单元楼道)."""
+    address = address.strip()
+    m = _BUILDING.match(address)
+    if m is not None:
+        return m["building"] if re.search(r"\d", m["rest"]) else address
+    return _FLAT_TAIL.sub("", address).strip() or address
+
+
+def message_place(row: Incident, device: Device | None = None) -> str:
+    """The place a message (SMS, chat robot, in-app) names: where to go, at the finest level a text that
+    passes through a provider and sits in a group chat may carry (docs/notifications.md, "The place a
+    message names"). A reported address or a fixed installation's registered address (a manhole's road
+    position, a smoke alarm's flat) down to the building and unit, never the flat; a worn device's case
+    (a wristband: its registered address is the wearer's home, sealed) the street, else the community:
+    the home only on the personal link's page. The grid code when nothing else is known."""
+    if row.kind in WORN_KINDS:
+        return row.street or row.community or row.grid or row.address
+    address = row.address
+    if not address and device is not None:
+        address = device.address
+    return building_of(address) if address else (row.street or row.grid or row.community)
+
+
+def facts_of(row: Incident, summary: str = "", device: Device | None = None) -> IncidentFacts:
+    """The facts of ``row`` for a message; ``device`` (the incident's device row) gives a fixed
+    installation's address (:func:`message_place`)."""
     return IncidentFacts(
         incident_id=str(row.id),
         opened_at=row.created_at,
         severity=int(row.grade),
         event_type=row.event_type,
-        place=(row.address or row.grid or row.street)[:64],
+        place=message_place(row, device)[:64],
         summary=summary or row.title,
         department=row.department,
     )
@@ -265,9 +310,10 @@ class LoopIntents:
                 incident = s.get(Incident, it.incident_id) if it else None
                 if it is None or incident is None:
                     continue
+                device = s.get(Device, incident.device_id) if incident.device_id else None
                 out.append(
                     NotifyRequest(
-                        facts=facts_of(incident, it.summary),
+                        facts=facts_of(incident, it.summary, device),
                         target_kind=it.target_kind,
                         target_id=it.target_id,
                         step=it.step,
@@ -380,6 +426,9 @@ class LoopPort:
         self.contacts = contacts
         self.photos = photos
 
+    def actor_id(self, actor: str) -> str:
+        return self._actor(actor)
+
     def _actor(self, actor: str) -> str:
         if actor.startswith("user:"):
             uid = int(actor.removeprefix("user:"))
@@ -419,6 +468,31 @@ class LoopPort:
             content_type, data = self.photos.get(photo_id)
             self.loop.add_photo(int(incident_id), data, content_type, actor=who)
 
+    def member_declined(self, incident_id: str, *, actor: str, note: str, now: float) -> None:
+        """A member of group ``actor`` (a shared link's tapper, not known by name) cannot take the case:
+        a ``member_declined`` timeline row (actor the group, channel ``notify``, their note), the order
+        and its escalation untouched, so the group's other members may still accept and the policy's
+        acknowledgement timeout still escalates. Refused (:class:`ConflictError`, Chinese first) once
+        someone holds the order or the case is closed: the decline would then say nothing."""
+        if not incident_id.isdigit():
+            return
+        who = self._actor(actor)
+        with self.loop.db.write() as s:
+            row = s.get(Incident, int(incident_id), with_for_update=True)
+            if row is None:
+                raise NotFoundError(f"incident {incident_id} not found")
+            if not row.is_open:
+                raise ConflictError("此案件已结束；未做任何更改。 / This case is closed. Nothing changed.")
+            if row.owner:
+                raise ConflictError(not_the_owner(row.owner, Action.RETURN))
+            reason = MEMBER_DECLINED_WORDS
+            if note.strip():
+                reason = f"{reason}：{note.strip()}"
+            rows.add_event(
+                s, row, MEMBER_DECLINED, actor=who, now=now, channel="notify", from_stage=row.stage,
+                reason=reason[:1000],
+            )  # fmt: skip
+
     def rate(
         self, incident_id: str, score: int, comment: str, *, now: float, actor: str = "resident"
     ) -> None:
@@ -438,15 +512,23 @@ class LoopPort:
             row = s.get(Incident, int(incident_id))
             if row is None:
                 return None
+            place = row.address or row.grid
+            if not row.address and row.device_id and row.kind not in WORN_KINDS:
+                # a fixed installation's address is the place to go (a smoke alarm's flat): in clear and
+                # shown to everyone who works the alarm (docs/privacy.md); the grid alone sends nobody
+                dev = s.get(Device, row.device_id)
+                if dev is not None and dev.address:
+                    place = dev.address
             out: dict[str, Any] = {
                 "title": row.title,
                 "status": row.stage,
-                "place": row.address or row.grid,
+                "place": place,
                 "opened_at": row.created_at,
                 "department": row.department,
                 "event_type": row.event_type,
                 "closed_at": row.closed_at,
                 "open": bool(row.is_open),
+                "owner": row.owner,
             }
             if row.is_open and row.kind in WORN_KINDS and row.device_id and self.loop.box is not None:
                 # the wearer's home (sealed in the registry): for the assigned responder's link page only

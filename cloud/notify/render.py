@@ -1,13 +1,15 @@
 """Words of a notification: Chinese first, English when the recipient prefers it, times in Asia/Shanghai.
 
-A message carries what the recipient's role needs to act and no more: what happened, where (address or
-grid, never a wearer's name or health values), when, how urgent, and the action links. SMS and voice get
-the same facts as template parameters (``event``, ``place``, ``time``, ``level``, ``ref``), because their
-text is fixed by a template the provider approved in advance.
+A message carries what the recipient's role needs to act and no more: what happened, where (``place``:
+:func:`cloud.notify.loopbridge.message_place`, a road position or a building and unit, a wristband case's
+street; never a flat, a wearer's home, name or health values), when, how urgent, and the action links.
+SMS and voice get the same facts as template parameters (``event``, ``place``, ``time``, ``level``,
+``ref``), because their text is fixed by a template the provider approved in advance.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +47,31 @@ class IncidentFacts:
     place: str = ""
     summary: str = ""
     department: str = ""
+
+
+#: an SMS template parameter's length (the providers' variable limit we keep to)
+SMS_PARAM_MAX = 20
+#: a place's leading administrative divisions, dropped first when it is too long for an SMS parameter:
+#: province, city, district / county (not 小区 / 园区 / 社区 / 校区 / 景区), subdistrict / town
+_ADMIN_HEAD = re.compile(
+    r"^(?:.{1,9}?(?:省|自治区|特别行政区))?(?:.{1,9}?市)?(?:.{1,9}?(?<![小园社校景])(?:区|县|旗))?"
+    r"(?:.{1,9}?(?:街道|镇|乡))?"
+)
+
+
+def sms_place(place: str, limit: int = SMS_PARAM_MAX) -> str:
+    """A place within an SMS parameter's ``limit`` characters, keeping the part a crew needs: whole when
+    it fits; else without its leading province / city / district / subdistrict (the crew knows its own
+    district); else its last ``limit - 1`` characters after ``…`` (the building and unit end an address:
+    the head's road name is what a cut may lose, never the 3号楼2单元 the crew walks to)."""
+    place = place.strip()
+    if len(place) <= limit:
+        return place
+    head = _ADMIN_HEAD.match(place)
+    rest = place[head.end() :] if head is not None else place
+    if 0 < len(rest) <= limit:
+        return rest
+    return "…" + (rest or place)[-(limit - 1) :]
 
 
 def _pick(pair: tuple[str, str], lang: Lang) -> str:
@@ -99,7 +126,7 @@ def render(
         lang=lang,
         params={
             "event": what[:20],
-            "place": (facts.place or facts.incident_id)[:20],
+            "place": sms_place(facts.place or facts.incident_id),
             "time": when[5:16],
             "level": level,
             "ref": reply_ref,

@@ -244,7 +244,8 @@ class ResidentDesk:
             if report and report.first_response_at
             else None,
             "rating": {"score": rating.score, "comment": rating.comment} if rating else None,
-            "can_rate": rating is None,
+            # as :meth:`rate` decides: once the case is closed (or not a loop incident), and once
+            "can_rate": rating is None and info.get("status") in (None, "closed", "rated"),
             "reopen_until": iso(
                 self._reopen_base(claims.incident_id, claims.issued_at) + self.config.reopen_window_s
             ),

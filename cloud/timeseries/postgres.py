@@ -15,12 +15,16 @@ How a batch is written (``docs/timeseries.md`` has the measurements):
    transaction rolled back as a whole, so nothing of it is stored, and the same stream goes to a temporary
    ``ON COMMIT DELETE ROWS`` table from which ``INSERT .. SELECT .. ON CONFLICT DO NOTHING`` moves the new
    rows; its row count is ``stored``. Idempotency is the unique key's, in both paths.
+4. **In a redelivery storm** (a batch of the kind met a duplicate within the last 32 batches) a batch
+   whose first reading is stored already goes straight to the merge: one key probe instead of a ``COPY``
+   that would fail.
 
 New tables key ``device_id`` bytewise (``COLLATE "C"``): comparing ids in the primary key is a large part
 of a ``COPY``'s server work, and reads test ids for equality (retention's walk over the devices compares
 them in the column's own order on both sides, whichever it is). A table made by an older store
-keeps its collation and works as before; the store logs the ``ALTER`` that upgrades it
-(:func:`collation_upgrade_sql`) and never runs it by itself (it rebuilds the key index under a lock).
+works as before; the ``ALTER`` that upgrades it (:func:`collation_upgrade_sql`) rebuilds the key index
+under a lock, so the store runs it at open only on a table of at most :data:`AUTO_UPGRADE_ROWS`
+readings and otherwise logs that ``vigil cloud timeseries-upgrade`` (:func:`upgrade_command`) does it.
 
 Why not always the second path: ``INSERT .. ON CONFLICT`` inserts row by row with a speculative insertion
 per row (a unique check, the heap insert, the index insert, a confirm record) where ``COPY`` inserts heap
@@ -36,7 +40,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,6 +75,7 @@ def _q(name: str) -> str:
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY header: signature, flags 0, no extension
 _TRAILER = b"\xff\xff"  # field count -1: end of data
 _SCHEMA_LOCK = 0x76696769_6C747300  # pg_advisory_xact_lock key of the schema set-up ("vigilts")
+_PROBE_AFTER_CONFLICT = 32  # batches of a kind probed first after one met a duplicate
 _PAIR = np.dtype([("len", ">i4"), ("val", ">f8")])
 
 
@@ -196,9 +203,179 @@ def _copy_binary_view(batch: ReadingBatch, scratch: _Scratch) -> memoryview:
 
 
 def collation_upgrade_sql(kind: DeviceKind) -> str:
-    """The statement that gives a table made before the ``COLLATE "C"`` key the new layout (run by an
-    operator at a quiet time: it rebuilds the primary key index and blocks the table meanwhile)."""
+    """The statement that gives a table made before the ``COLLATE "C"`` key the new layout (it rebuilds the
+    primary key index and blocks the table meanwhile: :func:`upgrade_collation` runs it with care)."""
     return f'ALTER TABLE {_q(table_name(kind))} ALTER COLUMN device_id TYPE text COLLATE "C"'
+
+
+#: Tables of at most this many readings are given the bytewise key by the store itself at open, under the
+#: schema advisory lock (the ``ALTER`` then blocks that table's writers for well under a second, measured in
+#: docs/timeseries.md); bigger ones wait for ``vigil cloud timeseries-upgrade`` at a time the operator picks.
+AUTO_UPGRADE_ROWS = 200_000
+APPLICATION_NAME = "vigil-timeseries"  # the store's sessions, so maintenance can see who is writing
+
+
+class UpgradeRefusedError(BackendError):
+    """The collation upgrade would block writers that are connected now (``force`` overrides)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollationUpgrade:
+    """What :func:`upgrade_collation` did to one kind's table."""
+
+    table: str
+    state: str  # "upgraded", "already" (bytewise already), "missing" (no such table yet)
+    rows: int  # the planner's estimate (pg_class.reltuples), -1 when never analysed
+    index_bytes: int  # size of the primary key index before
+    lock_wait_s: float = 0.0  # waiting for the ACCESS EXCLUSIVE lock
+    locked_s: float = 0.0  # holding it: the ALTER (index rebuild) and its commit
+
+
+def _old_tables(cur: Any, kinds: Sequence[DeviceKind]) -> list[tuple[DeviceKind, str, bool, int, int]]:
+    """``(kind, table, exists and not bytewise, estimated rows, key index bytes)`` for ``kinds``."""
+    out = []
+    for kind in kinds:
+        t = table_name(kind)
+        cur.execute(
+            "SELECT a.attcollation <> 'pg_catalog.\"C\"'::regcollation, c.reltuples::bigint, "
+            "COALESCE((SELECT pg_relation_size(i.indexrelid) FROM pg_index i "
+            "WHERE i.indrelid = c.oid AND i.indisprimary), 0) "
+            "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'device_id' "
+            "WHERE c.oid = to_regclass(%s)",
+            (_q(t),),
+        )
+        row = cur.fetchone()
+        if row is None:
+            out.append((kind, t, False, -2, 0))
+        else:
+            out.append((kind, t, bool(row[0]), int(row[1]), int(row[2])))
+    return out
+
+
+def _writers(cur: Any, tables: Sequence[str]) -> list[str]:
+    """Other sessions that write or may write ``tables``: store sessions (by application name) and any
+    session holding a lock on one of them; one line each, no query text (it may hold personal data)."""
+    cur.execute(
+        "SELECT a.pid, a.application_name, COALESCE(host(a.client_addr), 'local'), a.state, "
+        "a.backend_start FROM pg_stat_activity a WHERE a.datname = current_database() "
+        "AND a.pid <> pg_backend_pid() AND (a.application_name = %s OR EXISTS (SELECT 1 FROM pg_locks l "
+        "WHERE l.pid = a.pid AND l.relation = ANY(SELECT to_regclass(x) FROM unnest(%s::text[]) x))) "
+        "ORDER BY a.pid",
+        (APPLICATION_NAME, [_q(t) for t in tables]),
+    )
+    return [
+        f"pid {pid} {app or '-'} from {addr}, {state or '?'}, since {start:%Y-%m-%d %H:%M:%S%z}"
+        for pid, app, addr, state, start in cur.fetchall()
+    ]
+
+
+def upgrade_collation(
+    url: str,
+    kinds: Sequence[DeviceKind] | None = None,
+    *,
+    force: bool = False,
+    lock_timeout_s: float = 10.0,
+    connect_timeout: float = 10.0,
+) -> list[CollationUpgrade]:
+    """Give the tables an older store made the bytewise ``device_id`` key of new tables
+    (:func:`collation_upgrade_sql`), one table per transaction.
+
+    Refuses (:class:`UpgradeRefusedError`, nothing changed) while another session of the store is
+    connected or a session holds a lock on a table to upgrade, unless ``force``: writers then wait while
+    the lock is held (their batches are not lost: the caller's write returns later). The lock is taken
+    explicitly first with ``lock_timeout``: a long transaction on the table makes this fail after
+    ``lock_timeout_s`` instead of queueing every writer behind the waiting ``ALTER``. Runs under the
+    schema advisory lock, so a store opening meanwhile waits instead of altering the same table."""
+    import psycopg
+
+    todo = list(KINDS) if kinds is None else list(kinds)
+    try:
+        conn = psycopg.connect(
+            _conninfo(url),
+            connect_timeout=int(connect_timeout),
+            autocommit=True,
+            application_name="vigil-timeseries-upgrade",
+        )
+    except psycopg.Error as exc:
+        raise BackendError(f"cannot open PostgreSQL time-series store: {exc}") from exc
+    out: list[CollationUpgrade] = []
+    try:
+        with conn.cursor() as cur:
+            found = _old_tables(cur, todo)
+            old = [t for _, t, is_old, _, _ in found if is_old]
+            busy = _writers(cur, old) if old else []
+            if busy and not force:
+                raise UpgradeRefusedError(
+                    "仍有写入会话连接，未做任何更改 / sessions that write the time-series store are "
+                    "connected; nothing changed. Stop the ingest workers and the cloud service first, or "
+                    "pass --force (their writes then wait while each table is rebuilt):\n  "
+                    + "\n  ".join(busy)
+                )
+            for kind, t, is_old, rows, index_bytes in found:
+                if not is_old:
+                    out.append(CollationUpgrade(t, "missing" if rows == -2 else "already", rows, index_bytes))
+                    continue
+                t0 = time.perf_counter()
+                with conn.transaction():
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    cur.execute(f"SET LOCAL lock_timeout = {max(1, round(lock_timeout_s * 1000))}")
+                    cur.execute(f"LOCK TABLE {_q(t)} IN ACCESS EXCLUSIVE MODE")
+                    t1 = time.perf_counter()
+                    cur.execute(collation_upgrade_sql(kind))
+                t2 = time.perf_counter()
+                log.info("%s: device_id is now compared bytewise (%.2f s under lock)", t, t2 - t1)
+                out.append(CollationUpgrade(t, "upgraded", rows, index_bytes, t1 - t0, t2 - t1))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise BackendError(
+            f"表被长事务占用，已放弃 / could not lock the table within {lock_timeout_s:g} s (a long "
+            f"transaction holds it); nothing more changed: {exc}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise BackendError(f"PostgreSQL collation upgrade failed: {exc}") from exc
+    finally:
+        conn.close()
+    return out
+
+
+def upgrade_command(
+    url: str,
+    *,
+    force: bool = False,
+    lock_timeout_s: float = 10.0,
+    on_upgraded: Callable[[CollationUpgrade], None] | None = None,
+) -> int:
+    """``vigil cloud timeseries-upgrade``: :func:`upgrade_collation` on the store at ``url``, one line per
+    table on stdout (Chinese first); refusals and failures on stderr with exit status 1. ``on_upgraded``
+    is called for each table upgraded (the CLI writes the audit row)."""
+    import sys
+
+    if not url.split("://", 1)[0].lower().startswith("postgres"):
+        print(
+            f"时序库不是 PostgreSQL，无需升级 / the time-series store is not PostgreSQL "
+            f"({url.split('://', 1)[0]}://): nothing to upgrade",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        results = upgrade_collation(url, force=force, lock_timeout_s=lock_timeout_s)
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for r in results:
+        if r.state == "upgraded":
+            if on_upgraded is not None:
+                on_upgraded(r)
+            rows = f"~{r.rows:,} readings" if r.rows >= 0 else "readings not yet counted (never analysed)"
+            print(
+                f'{r.table}: 已升级 / upgraded: device_id COLLATE "C", {rows}, key '
+                f"index {r.index_bytes / 2**20:.1f} MB rebuilt; writes blocked {r.locked_s:.2f} s "
+                f"(waited {r.lock_wait_s:.2f} s for the lock)"
+            )
+        elif r.state == "already":
+            print(f"{r.table}: 无需升级 / already bytewise")
+        else:
+            print(f"{r.table}: 表尚不存在 / no such table yet (the store creates it bytewise)")
+    return 0
 
 
 def _conninfo(url: str) -> str:
@@ -209,17 +386,26 @@ def _conninfo(url: str) -> str:
 class PostgresStore:
     """:class:`~cloud.timeseries.base.TimeSeriesStore` on PostgreSQL (psycopg 3)."""
 
+    #: after a batch met a duplicate, the next batches of its kind probe their first reading's key and
+    #: skip the ``COPY`` when it is stored (a redelivery storm; measured in docs/timeseries.md)
+    merge_first = True
+
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self._lock = threading.Lock()
+        # per kind: batches left to probe first since the last one that met a duplicate
+        self._conflicted: dict[DeviceKind, int] = {}
         self._closed = False
         self._conninfo = _conninfo(url)
         self._connect_timeout = int(connect_timeout)
         try:
             self._conn = psycopg.connect(
-                self._conninfo, connect_timeout=self._connect_timeout, autocommit=True
+                self._conninfo,
+                connect_timeout=self._connect_timeout,
+                autocommit=True,
+                application_name=APPLICATION_NAME,
             )
         except psycopg.Error as exc:
             raise BackendError(f"cannot open PostgreSQL time-series store: {exc}") from exc
@@ -245,20 +431,37 @@ class PostgresStore:
                 )
                 for n in s.channel_names:
                     self._conn.execute(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {_q(n)} double precision")
-                row = self._conn.execute(
-                    "SELECT attcollation <> 'pg_catalog.\"C\"'::regcollation FROM pg_attribute "
-                    "WHERE attrelid = %s::regclass AND attname = 'device_id'",
-                    (t,),
-                ).fetchone()
-                if row is not None and row[0]:
-                    log.info(
-                        "%s was created before device ids were compared bytewise; it works as it is, and "
-                        "its writes cost the server less after %s (rebuilds the key index, blocking writes "
-                        "meanwhile: docs/timeseries.md)",
-                        table_name(kind),
-                        collation_upgrade_sql(kind),
-                    )
+                self._auto_upgrade(kind)
         self._staged: set[DeviceKind] = set()
+
+    def _auto_upgrade(self, kind: DeviceKind) -> None:
+        """Inside :meth:`_ensure_schema`'s transaction (schema advisory lock held, the table locked by its
+        ``ADD COLUMN``): a table made before the bytewise key gets it now when it holds at most
+        :data:`AUTO_UPGRADE_ROWS` readings; otherwise the store logs how to upgrade it and works as it is."""
+        with self._conn.cursor() as cur:
+            [(_, t, is_old, estimate, _)] = _old_tables(cur, [kind])
+            if not is_old:
+                return
+            rows = estimate
+            if rows <= AUTO_UPGRADE_ROWS:  # the estimate may be stale or absent (-1): count, but bounded
+                cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM {_q(t)} LIMIT {AUTO_UPGRADE_ROWS + 1}) x")
+                rows = int(cur.fetchone()[0])  # type: ignore[index]
+            if rows <= AUTO_UPGRADE_ROWS:
+                # the ADD COLUMN IF NOT EXISTS above already holds the table's ACCESS EXCLUSIVE lock
+                t0 = time.perf_counter()
+                cur.execute(collation_upgrade_sql(kind))
+                log.warning(
+                    "%s (%d readings) now compares device ids bytewise: upgraded at open in %.3f s",
+                    t, rows, time.perf_counter() - t0,
+                )  # fmt: skip
+                return
+            log.warning(
+                "%s was created before device ids were compared bytewise and holds more than %d readings; "
+                "it works as it is, and its writes cost the server less after "
+                "`vigil cloud timeseries-upgrade` (%s: rebuilds the key index, blocking writes meanwhile; "
+                "docs/timeseries.md)",
+                t, AUTO_UPGRADE_ROWS, collation_upgrade_sql(kind),
+            )  # fmt: skip
 
     def _stage_table(self, kind: DeviceKind) -> str:
         tmp = _q("stage_" + table_name(kind))
@@ -287,23 +490,43 @@ class PostgresStore:
         with self._lock:
             self._check_open()
             try:
-                try:
-                    with (
-                        self._conn.transaction(),
-                        self._conn.cursor() as cur,
-                        cur.copy(f"COPY {table} ({collist}) FROM STDIN (FORMAT BINARY)") as cp,
-                    ):
-                        cp.write(data)
-                    stored = n
-                except self._psycopg.errors.UniqueViolation:
-                    # a duplicate: that transaction rolled back whole; skip the duplicates row by row
+                left = self._conflicted.get(batch.kind, 0)
+                if self.merge_first and left > 0 and self._first_stored(table, batch):
+                    # a redelivery storm is on and this batch's first reading is stored: skip the COPY
+                    # that would fail on it
                     stored = self._merge(batch.kind, table, collist, data)
+                    self._conflicted[batch.kind] = _PROBE_AFTER_CONFLICT
+                else:
+                    try:
+                        with (
+                            self._conn.transaction(),
+                            self._conn.cursor() as cur,
+                            cur.copy(f"COPY {table} ({collist}) FROM STDIN (FORMAT BINARY)") as cp,
+                        ):
+                            cp.write(data)
+                        stored = n
+                        if left > 0:
+                            self._conflicted[batch.kind] = left - 1
+                    except self._psycopg.errors.UniqueViolation:
+                        # a duplicate: that transaction rolled back whole; skip the duplicates row by row
+                        stored = self._merge(batch.kind, table, collist, data)
+                        self._conflicted[batch.kind] = _PROBE_AFTER_CONFLICT
             except self._psycopg.Error as exc:
                 self._staged.clear()  # a failed transaction may have rolled back the temp table's creation
                 raise BackendError(
                     f"PostgreSQL write of {n} {batch.kind.value} readings failed: {exc}"
                 ) from exc
         return WriteResult(stored=stored, duplicates=n - stored)
+
+    def _first_stored(self, table: str, batch: ReadingBatch) -> bool:
+        """Whether the batch's first reading is in ``table`` already (one probe of the key)."""
+        key = (str(batch.device_id[0]), int(time_ms_column(batch)[0]), int(batch.seq[0]))
+        return (
+            self._conn.execute(
+                f"SELECT 1 FROM {table} WHERE device_id = %s AND time_ms = %s AND seq = %s", key
+            ).fetchone()
+            is not None
+        )
 
     def _merge(self, kind: DeviceKind, table: str, collist: str, data: memoryview) -> int:
         """The redelivery path: the stream into the staging table, then only the new rows into ``table``;
@@ -398,7 +621,10 @@ class PostgresStore:
                 with contextlib.suppress(self._psycopg.Error):
                     self._conn.close()
                 self._conn = self._psycopg.connect(
-                    self._conninfo, connect_timeout=self._connect_timeout, autocommit=True
+                    self._conninfo,
+                    connect_timeout=self._connect_timeout,
+                    autocommit=True,
+                    application_name=APPLICATION_NAME,
                 )
             except self._psycopg.Error as exc:
                 raise BackendError(f"PostgreSQL time-series store unreachable: {exc}") from exc

@@ -14,8 +14,8 @@ Why this shape (measured in ``bench/bench_ingest.py``):
   full rows per device); it would make one device's history a contiguous scan, but reads here are
   bounded (``max_points`` or aggregated in SQL through the index), writes are the hot path.
 - **Multi-row ``INSERT .. VALUES (..), (..), ..``** of up to 128 readings per statement, parameters
-  built column-wise (``tolist`` + ``zip``, see :func:`~cloud.timeseries.base.column_value_rows`, then
-  flattened in C by ``itertools.chain``): no per-value Python work, and one statement step per 128 rows
+  built column-wise into one flat list (``tolist`` + extended-slice assignment, :func:`flat_row_values`),
+  sliced per statement: no per-value Python work, and one statement step per 128 rows
   instead of one per row (measured: ~15 % less CPU per batch than ``executemany`` of single rows). The
   full-chunk statement text repeats, so SQLite's statement cache prepares it once. SQLite binds NaN as
   NULL.
@@ -45,10 +45,10 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud.timeseries.base import (
     BackendError,
@@ -56,7 +56,6 @@ from cloud.timeseries.base import (
     WriteResult,
     bucket_ms_for,
     bucketed_series,
-    column_value_rows,
     empty_series,
     full_series,
     plan_query,
@@ -81,6 +80,34 @@ class _Pending:
     stored: int = 0
     error: BackendError | None = None
     done: bool = False
+
+
+def flat_row_values(batch: ReadingBatch, t_ms: npt.NDArray[np.int64]) -> list[object]:
+    """The batch's rows ``(device_id, time_ms, seq, battery_pct, flags, fw_version, *channels)`` one after
+    the other in one flat list (the parameters of multi-row ``INSERT``s, sliced per statement).
+
+    Each numpy column becomes a Python list in C (``tolist``) and lands in every ``width``-th slot by one
+    extended-slice assignment (also C): no per-row tuple and no per-value Python work. Measured ~1.3-1.6 ms
+    less thread CPU per 2,000-reading manhole batch than ``zip`` of the columns flattened by
+    ``itertools.chain`` (2.8-3.2 ms), which built and dropped a tuple per row. NaN stays NaN (SQLite
+    binds it as NULL)."""
+    n = len(batch)
+    width = len(_BASE_COLUMNS) + len(spec(batch.kind).channel_names)
+    if batch.values.shape[1] != width - len(_BASE_COLUMNS):
+        raise BackendError(
+            f"{batch.kind.value} readings carry {batch.values.shape[1]} channel values, the kind has "
+            f"{width - len(_BASE_COLUMNS)}"
+        )
+    flat: list[object] = [None] * (n * width)
+    flat[0::width] = batch.device_id.tolist()
+    flat[1::width] = t_ms.tolist()
+    flat[2::width] = batch.seq.tolist()
+    flat[3::width] = batch.battery_pct.tolist()
+    flat[4::width] = batch.flags.tolist()
+    flat[5::width] = batch.fw_version.tolist()
+    for j, col in enumerate(batch.values.T.tolist()):
+        flat[len(_BASE_COLUMNS) + j :: width] = col
+    return flat
 
 
 def _q(name: str) -> str:
@@ -182,11 +209,12 @@ class SQLiteStore:
         names = spec(batch.kind).channel_names
         width = len(_BASE_COLUMNS) + len(names)
         per = max(1, min(_ROWS_PER_INSERT, self._max_variables // width))
-        rows = column_value_rows(batch, time_ms_column(batch))
+        flat = flat_row_values(batch, time_ms_column(batch))
+        n = len(batch)
         out = []
-        for start in range(0, len(batch), per):
-            k = min(per, len(batch) - start)
-            out.append((self._insert_sql(batch.kind, names, k), list(chain.from_iterable(islice(rows, k)))))
+        for start in range(0, n, per):
+            k = min(per, n - start)
+            out.append((self._insert_sql(batch.kind, names, k), flat[start * width : (start + k) * width]))
         return out
 
     def _insert_sql(self, kind: DeviceKind, names: tuple[str, ...], rows: int) -> str:
