@@ -17,6 +17,10 @@ class Chart:
     hi: float
     last: float
     n: int
+    last_t: float = 0.0  # when the last value was read (epoch seconds)
+    label: str = ""  # the channel in the reader's words (倾角); the template falls back to ``channel``
+    unit: str = ""  # °, cm, ppm ... (the kind registry's)
+    digits: int = 2  # decimals shown (the channel's wire resolution)
 
 
 def sparkline(channel: str, time: Sequence[float], values: Sequence[float | None]) -> Chart | None:
@@ -38,4 +42,4 @@ def sparkline(channel: str, time: Sequence[float], values: Sequence[float | None
         f"{HEIGHT - PAD - (v - lo) / span_v * (HEIGHT - 2 * PAD):.1f}"
         for t, v in pts
     )
-    return Chart(channel=channel, points=xy, lo=lo, hi=hi, last=pts[-1][1], n=len(pts))
+    return Chart(channel=channel, points=xy, lo=lo, hi=hi, last=pts[-1][1], n=len(pts), last_t=pts[-1][0])

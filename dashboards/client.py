@@ -3,13 +3,35 @@
 The cloud hands the console an ``httpx.AsyncClient`` (in-process through ``httpx.ASGITransport`` when
 the cloud serves the console itself, or a real client to a remote cloud); this module translates
 httpx's errors and the API's JSON error bodies into :class:`ApiError`, in one place.
+
+It also keeps the cloud's clock: every API response carries the cloud's "now" (``X-Vigil-Now``, UTC
+seconds since the epoch, from the cloud's own clock, which ``vigil demo`` accelerates), and
+:meth:`CloudAPI.now` is that time carried forward by the wall clock since the response came. The console
+says "12 分钟前" against it, never against its host's clock (docs/console.md, "The console's now").
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import httpx
+
+#: the response header with the cloud's current time (``cloud.api.console`` sets it on every API response)
+NOW_HEADER = "X-Vigil-Now"
+
+
+def cloud_now_of(resp: httpx.Response) -> float | None:
+    """The cloud's time a response names, or ``None`` (a cloud without the header, or a bad value)."""
+    raw = resp.headers.get(NOW_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 class ConsoleError(Exception):
@@ -32,6 +54,12 @@ class CloudAPI:
     def __init__(self, http: httpx.AsyncClient, token: str | None) -> None:
         self.http = http
         self.token = token
+        self.clock_offset: float | None = None  # cloud now - wall now, from the latest response
+
+    def now(self) -> float:
+        """The cloud's current time (UTC seconds): the latest response's ``X-Vigil-Now`` carried forward
+        by the wall clock; the wall clock itself before any response or from a cloud without the header."""
+        return time.time() + (self.clock_offset or 0.0)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -41,6 +69,9 @@ class CloudAPI:
             resp = await self.http.request(method, path, headers=self._headers(), **kw)
         except httpx.HTTPError as exc:
             raise ApiError(503, "cloud_unreachable", str(exc) or type(exc).__name__) from exc
+        cloud_now = cloud_now_of(resp)
+        if cloud_now is not None:
+            self.clock_offset = cloud_now - time.time()
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -116,6 +147,16 @@ class CloudAPI:
         incident than it shows."""
         body = await self.get(
             "/api/v1/incidents", open=open_only, limit=limit, language=language, sort="grade"
+        )
+        incidents: list[dict[str, Any]] = body["incidents"]
+        return incidents
+
+    async def device_incidents(
+        self, device_id: str, *, open_only: bool, limit: int, language: str = "zh"
+    ) -> list[dict[str, Any]]:
+        """The incidents any of a device's alerts is linked to, newest first (the device page)."""
+        body = await self.get(
+            "/api/v1/incidents", device_id=device_id, open=open_only, limit=limit, language=language
         )
         incidents: list[dict[str, Any]] = body["incidents"]
         return incidents

@@ -16,7 +16,7 @@ from datetime import datetime
 from importlib import resources
 from zoneinfo import ZoneInfo
 
-from alerts.loop.routing import DEPARTMENTS
+from alerts.loop.routing import DEPARTMENTS, ROLES
 from alerts.loop.stages import Stage
 from firmware_bridge.kernel import locale
 from firmware_bridge.kernel.locale import Lang
@@ -50,6 +50,11 @@ class Translator:
     def html_lang(self) -> str:
         return HTML_LANG[self.lang]
 
+    @property
+    def sep(self) -> str:
+        """Between the items of a list: 「、」 in Chinese, ", " in English."""
+        return ", " if self.lang == "en" else "、"
+
     def __call__(self, key: str, **kw: object) -> str:
         text = catalog(self.lang).get(key, key)
         return text.format(**kw) if kw else text
@@ -80,6 +85,20 @@ class Translator:
             return Stage(stage).label(self.lang)
         except ValueError:
             return stage
+
+    def channel(self, name: str) -> str:
+        """A reading channel (``tilt_deg`` ...) in this language: the catalog's ``reading.<name>``, else the
+        machine name (a channel added to a kind before its words)."""
+        label = catalog(self.lang).get("reading." + name)
+        return label if label is not None else name
+
+    def unit(self, unit: str) -> str:
+        """A channel's unit: symbols (°, cm, ppm) as they are, words in this language (``s`` -> 秒)."""
+        return catalog(self.lang).get("unit." + unit, unit)
+
+    def role(self, role: str) -> str:
+        """A routing role (``grid_worker`` ...) in this language (alerts.loop.routing's labels)."""
+        return ROLES[role][self.lang == "en"] if role in ROLES else role
 
     def group(self, by: str, value: str) -> str:
         """A KPI group's name: a department's or device kind's label; "unassigned" for an empty one."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,17 +19,159 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from alerts.loop import reasons
 from alerts.loop.routing import FAMILY_ROLE
 from dashboards import geo, notices
 from dashboards.client import ApiError
+from dashboards.i18n import Translator
 from dashboards.web import FormError, Session, Web, read_form, same_origin
 
 #: actions that need a written reason (mirrors alerts.loop.stages.NEEDS_REASON, checked again by the cloud)
 NEEDS_REASON = frozenset({"return", "park", "reject", "reopen", "dismiss"})
 SILENCE_HOURS = (1, 4, 24, 72)
+#: actions that take the case away from someone or stop it; the button asks 「确认…？」 first (console.js)
+ASK_FIRST = frozenset({"return", "park", "reject", "dismiss"})
 #: the wristband kind whose incidents carry a "请致电家属" call task (the wearer's emergency contact)
 FAMILY_KINDS = frozenset({"wristband"})
+#: the desk's outcomes of a call to the family (``POST /api/v1/incidents/{id}/family-call``), button order
+CALL_OUTCOMES = ("reached", "not_reached", "wrong_number")
+CALL_NOTE_MAX = 200
+#: the desk's rule-out after calling the site (``POST /api/v1/incidents/{id}/rule-out``), choice order
+RULE_OUT_REASONS = ("nuisance", "false_alarm")
+RULE_OUT_NOTE_MAX = 200
+#: where the page scrolls to after a small form's post (the block that changed)
+DONE_ANCHOR = {"family_call": "family"}
 REPORT_TYPES = ("cover_damaged", "cover_missing", "smoke_smell", "water_logging", "elder_help", "other")
+
+
+class Refused(Exception):
+    """A small form refused before the cloud is asked: ``key`` the catalog's words, ``status`` the answer."""
+
+    def __init__(self, key: str, status: int = 400) -> None:
+        super().__init__(key)
+        self.key = key
+        self.status = status
+
+
+def route_label(rule: str | None, t: Translator) -> str:
+    """The routing rule that matched, as an operator reads it: ``root/manhole/cover_on_road`` ->
+    「井盖 › 机动车道井盖」 (:func:`alerts.loop.reasons.route_words`; several joined by 「；」). A rule an
+    administrator named is shown as written; the root alone is 「默认规则」. The machine path stays in the
+    page as the element's ``title``."""
+    if not rule:
+        return "—"
+    return reasons.route_words(rule, t.lang) or t("incident.route_root")
+
+
+def policy_label(name: str | None, t: Translator) -> str:
+    """An escalation policy's name in words: the catalog's ``policy.<name>`` for the shipped policies,
+    else a route family's label (「井盖」 -> 「井盖升级流程」), else the administrator's name as written."""
+    if not name:
+        return "—"
+    label = t("policy." + name)
+    if label != "policy." + name:
+        return label
+    words = reasons.ROUTE_RULES.get(name)
+    if words and words[t.lang == "en"]:
+        return t("policy.of", what=words[t.lang == "en"])
+    return name
+
+
+def escalation_words(esc: dict[str, Any], doc: dict[str, Any] | None, t: Translator) -> dict[str, Any]:
+    """The incident's escalation line: the policy in words, the next level counted from 1 (the API's
+    ``next_step`` is the index of the step to run next) and whom it pages, from the escalation document in
+    force (``GET /api/v1/loop/config/escalation``; ``None`` when this role may not read it). ``confirm``:
+    whether 「电话确认，立即升级」 does anything on this case: the policy has a step that waits for the
+    desk's confirmation and the escalation is still running, or the desk ruled it out (the button then
+    withdraws the rule-out). Without the document, as before: shown."""
+    name = str(esc.get("policy") or "")
+    policies = (doc or {}).get("body") if isinstance(doc, dict) else None
+    policy = policies.get(name) if isinstance(policies, dict) else None
+    steps = [st for st in (policy or {}).get("steps") or [] if isinstance(st, dict)]
+    nxt = int(esc.get("next_step") or 0)
+    done = bool(esc.get("done"))
+    whom = ""
+    if steps and not done:
+        step = steps[nxt] if nxt < len(steps) else steps[0]  # past the last: the policy repeats from 1
+        roles = [str(r) for r in step.get("roles") or []]
+        sep = ", " if t.lang == "en" else "、"
+        whom = sep.join(t("incident.all_receivers") if r == "*" else t.role(r) for r in roles)
+    waits_for_desk = any(st.get("confirm") for st in steps) if policy is not None else True
+    return {
+        "label": policy_label(name, t),
+        "name": name,
+        "next": "" if done else t("incident.next_level", n=(nxt % len(steps) if steps else nxt) + 1),
+        "whom": whom,
+        "confirm": esc.get("reason") == "ruled_out" or (waits_for_desk and not done),
+        # why it stopped, in the timeline's words (已接单，停止升级; 升级步骤已用完，仍无人接单 in red)
+        "stopped": _known(t, "reason.esc_" + str(esc.get("reason") or "")) if done else "",
+        "exhausted": done and esc.get("reason") == "exhausted",
+    }
+
+
+def _known(t: Translator, key: str) -> str:
+    """The catalog's words for ``key``, or "" when it has none."""
+    words = t(key)
+    return "" if words == key else words
+
+
+def reason_words(e: dict[str, Any], t: Any, names: dict[str, str]) -> str:
+    """A timeline entry's reason in the console's language: its code (an old row's mapped from its English
+    sentence, :func:`alerts.loop.reasons.resolve`) through this catalog's ``reason.<code>``, its parameters
+    labelled (roles, departments, rules, people by name); a person's own words as written."""
+    reason = str(e.get("reason") or "")
+    code, params = reasons.resolve(
+        str(e.get("action") or ""), str(e.get("reason_code") or ""), e.get("reason_params"), reason
+    )
+    if not code:
+        return reason
+    template = t("reason." + code)
+    if template == "reason." + code:  # a code this catalog has no words for: the cloud's words
+        return str(e.get("reason_text") or reason)
+    try:
+        return str(template.format(**reasons.labelled(code, params, t.lang, names)))
+    except (KeyError, ValueError, IndexError):
+        return str(e.get("reason_text") or reason)
+
+
+def family_call_words(call: dict[str, Any] | None, t: Any, names: dict[str, str]) -> dict[str, Any] | None:
+    """The family block's call lines from ``GET /api/v1/incidents/{id}/family-call``: whose the task is
+    now (people by name; after a hand-over the incoming shift, with when), how many calls, the last
+    outcome with its time (the display zone, Asia/Shanghai) and who, the next reminder. ``None`` when
+    the cloud does not say (an older cloud, a role it is not for)."""
+    if not isinstance(call, dict):
+        return None
+    holders = [names.get(str(h), str(h)) for h in call.get("holders") or []]
+    if holders:
+        holder = t("family.call.holder", who="、".join(holders) if t.lang != "en" else ", ".join(holders))
+    elif call.get("for_all_operators"):
+        holder = t("family.call.holder_all")
+    else:
+        holder = t("family.call.no_task")
+    handed = call.get("handed_over_at")
+    last = call.get("last") if isinstance(call.get("last"), dict) else None
+    outcome = str((last or {}).get("outcome") or "")
+    last_text = ""
+    if last is not None:
+        by = str(last.get("by") or "")
+        last_text = t(
+            "family.call.last",
+            outcome=t("family.call." + outcome) if outcome in CALL_OUTCOMES else outcome,
+            at=t.when(last.get("at")),
+            by=names.get(by, by),
+        )
+        if last.get("note"):
+            last_text += f" · {last['note']}"
+    nxt = call.get("next_reminder_at")
+    return {
+        "holder": holder,
+        "handed": t("family.call.handed_over", at=t.when(handed)) if handed else "",
+        "attempts": int(call.get("attempts") or 0),
+        "attempts_text": t("family.call.attempts", n=int(call.get("attempts") or 0)),
+        "outcome": outcome,
+        "last": last_text or t("family.call.none"),
+        "next": t("family.call.next", at=t.clock(nxt)) if nxt else "",
+    }
 
 
 def _int(value: str | None) -> int | None:
@@ -125,16 +267,25 @@ def routes(web: Web) -> list[BaseRoute]:
         receivers = inc.get("receivers") or []
         pages_family = not receivers or any(FAMILY_ROLE in (r.get("roles") or []) for r in receivers)
         wants_family = s.is_staff and inc.get("kind") in FAMILY_KINDS and pages_family
-        intents, log, inapp, family, roster = await asyncio.gather(
+        intents, log, inapp, family, roster, esc_doc, device = await asyncio.gather(
             _or_empty(s.api.intents(incident_id), []) if s.is_desk else _none([]),
             _or_empty(s.api.notify_log(incident_id), None),
             _or_empty(s.api.inapp(incident_id), []),
             # masked for every staff role; a viewer gets nothing of it (the cloud says 403 too)
             _or_empty(s.api.family(incident_id), []) if wants_family else _none([]),
             roster_people(s),
+            _or_empty(s.api.get("/api/v1/loop/config/escalation"), None) if s.is_staff else _none(None),
+            # the device by its name (井盖00069), not its 16-digit id
+            _or_empty(s.api.device(str(inc["device_id"])), None)
+            if inc.get("device_id") and inc.get("kind") != "gateway"
+            else _none(None),
         )
         people = await suggestions(s, inc) if s.is_staff and "dispatch" in inc["allowed_actions"] else []
-        clock = t.clock
+        now = s.api.now()  # the cloud's clock (X-Vigil-Now): "today" for the short times below
+
+        def clock(ts: float | str | None) -> str:
+            return t.clock(ts, now)
+
         wearers = {str(f["device_id"]): str(f.get("wearer") or "") for f in family if f.get("wearer")}
         names = {str(r["id"]): str(r.get("name") or r["id"]) for r in roster if r.get("id")}
         notice_rows = notices.rows(
@@ -150,28 +301,60 @@ def routes(web: Web) -> list[BaseRoute]:
         recipients = notices.recipients_named(
             log, t=t, lang=t.lang, roster=names, wearers=wearers, intents=intents
         )
+        timeline = [{**e, "reason": reason_words(e, t, names)} for e in detail["timeline"]]
         events = notices.fold(
-            notices.timeline(detail["timeline"], t=t, lang=t.lang, roster=names, recipients=recipients)
+            notices.timeline(timeline, t=t, lang=t.lang, roster=names, recipients=recipients)
         )
         for f in family:
             f["reached"] = notices.family_reached(f.get("family_reached"), t=t, clock=clock)
+        call = None
+        if family:  # whose the call task is now and the desk's calls (no number in it)
+            got = await _or_empty(s.api.get(f"/api/v1/incidents/{incident_id}/family-call"), None)
+            call = family_call_words(got, t, names)
+            last = got.get("last") if isinstance(got, dict) else None
+            if isinstance(last, dict) and last.get("outcome") == "reached":
+                # the desk reached the family by phone: 「未通知家属（请致电）」 would send it to call again
+                for f in family:
+                    sent = (f.get("family_reached") or {}).get("status")
+                    if sent in ("none", "failed"):
+                        f["reached"] = (t("family.reached.by_desk", at=clock(last.get("at"))), "ok")
         return web.render(
             request,
             "incident.html",
             status=status,
             session=s,
             inc=inc,
+            route=route_label(inc.get("route_rule"), t),
+            device_name=str((device or {}).get("name") or inc.get("device_id") or ""),
+            escalation=escalation_words(inc.get("escalation") or {}, esc_doc, t),
             timeline=events,
             photos=detail.get("photos", []),
             notices=notice_rows,
             notices_known=log is not None,
+            now=now,
             people=people,
+            # 其他人员: the whole roster by name (a datalist: the dispatcher types 王…, the form sends the id)
+            roster=[
+                {
+                    "id": str(r["id"]),
+                    "name": str(r.get("name") or r["id"]),
+                    "roles": t.sep.join(t.role(str(x)) for x in r.get("roles") or []),
+                }
+                for r in roster
+                if r.get("id")
+            ],
             family=family,
+            call=call,
+            call_outcomes=CALL_OUTCOMES,
+            call_note_max=CALL_NOTE_MAX,
+            rule_out_reasons=RULE_OUT_REASONS,
+            rule_out_note_max=RULE_OUT_NOTE_MAX,
             reveal_seconds=web.cfg.reveal_seconds,
             message=message,
             error=error,
             nonce=secrets.token_hex(8),
             needs_reason=NEEDS_REASON,
+            asks=ASK_FIRST,
             silence_hours=SILENCE_HOURS,
         )
 
@@ -211,7 +394,8 @@ def routes(web: Web) -> list[BaseRoute]:
                 if hours not in SILENCE_HOURS or not reason:
                     raise FormError("error.silence_form")
                 inc = current["incident"]
-                ends = datetime.now(UTC) + timedelta(hours=hours)
+                # the cloud's clock, not this host's: a 1-hour silence lasts 1 hour of the cloud's time
+                ends = datetime.fromtimestamp(s.api.now(), UTC) + timedelta(hours=hours)
                 match = {"device_id": inc["device_id"], "event": inc["event_type"]}
                 await s.api.add_silence(match, ends.isoformat(timespec="seconds"), reason)
             else:
@@ -237,6 +421,75 @@ def routes(web: Web) -> list[BaseRoute]:
                 )
             raise
         return RedirectResponse(f"{base}/incidents/{incident_id}?done={action}", status_code=303)
+
+    async def small_form(
+        request: Request,
+        s: Session,
+        *,
+        allowed: bool,
+        act: Callable[[int, dict[str, str], Translator], Awaitable[None]],
+        done: str,
+        forbidden: str = "error.forbidden",
+    ) -> Response:
+        """What the incident page's small forms (致电家属, 排除（非火情）) share: same-origin only, the role
+        checked before the cloud is asked (403, 无权), the form read, ``act`` run (it checks the fields and
+        posts with the user's token; :class:`Refused` for a field or a stale page), the cloud's 4xx shown
+        in words on the page (a 403 as ``forbidden``'s words), and back to the page with ``?done=``."""
+        incident_id = _int(request.path_params["incident_id"]) or 0
+        t = web.translator(request)
+        if not same_origin(request):
+            return Response("cross-origin form refused", status_code=403)
+        if not allowed:
+            return await render_incident(request, s, incident_id, error=t("error.forbidden"), status=403)
+        try:
+            await act(incident_id, await read_form(request), t)
+        except Refused as exc:
+            return await render_incident(request, s, incident_id, error=t(exc.key), status=exc.status)
+        except FormError as exc:
+            return await render_incident(request, s, incident_id, error=t(exc.key, **exc.kw), status=400)
+        except ApiError as exc:
+            if exc.status in (400, 403, 404, 409, 422):
+                error = t(forbidden) if exc.status == 403 else web.api_message(request, exc)
+                return await render_incident(request, s, incident_id, error=error, status=exc.status)
+            raise
+        anchor = f"#{DONE_ANCHOR[done]}" if done in DONE_ANCHOR else ""
+        return RedirectResponse(f"{base}/incidents/{incident_id}?done={done}{anchor}", status_code=303)
+
+    async def family_call(request: Request, s: Session) -> Response:
+        """已接通 / 未接通 / 号码有误 from the family block: a plain form (works without JavaScript); the
+        cloud checks the role again, writes the timeline entry and the audit row; back to the page, which
+        shows the block and the timeline as they are now. No ``row_version`` check: the call happened
+        whatever else changed on the case meanwhile."""
+
+        async def act(incident_id: int, form: dict[str, str], t: Translator) -> None:
+            outcome = form.get("outcome", "")
+            note = " ".join(form.get("note", "").split())
+            if outcome not in CALL_OUTCOMES or len(note) > CALL_NOTE_MAX:
+                raise Refused("family.call.failed")
+            path = f"/api/v1/incidents/{incident_id}/family-call"
+            await s.api.post(path, {"outcome": outcome, "note": note})
+
+        return await small_form(
+            request, s, allowed=s.is_staff, act=act, done="family_call", forbidden="family.call.not_yours"
+        )
+
+    async def rule_out(request: Request, s: Session) -> Response:
+        """排除（非火情）: the call taker called the site and it is not a fire. A plain form; the cloud checks
+        the role (as confirm), refuses with its reason (CO, dense smoke, a second alarm in the building),
+        stops the 119 / 120 escalation and writes the timeline and the audit row; back to the page."""
+
+        async def act(incident_id: int, form: dict[str, str], t: Translator) -> None:
+            reason = form.get("reason", "")
+            note = " ".join(form.get("note", "").split())
+            if reason not in RULE_OUT_REASONS or len(note) > RULE_OUT_NOTE_MAX:
+                raise Refused("ruleout.failed")
+            current = await s.api.incident(incident_id, language=t.lang)
+            if str(current["incident"].get("row_version")) != form.get("row_version"):
+                raise Refused("error.stale", status=409)
+            body = {"reason": reason, "note": note, "stand_down": form.get("stand_down") == "1"}
+            await s.api.post(f"/api/v1/incidents/{incident_id}/rule-out?language={t.lang}", body)
+
+        return await small_form(request, s, allowed=s.is_desk, act=act, done="rule_out")
 
     async def family_reveal(request: Request, s: Session) -> Response:
         """The full numbers of a wristband case's family contacts, for admin / dispatcher only.
@@ -339,6 +592,8 @@ def routes(web: Web) -> list[BaseRoute]:
         Route("/incidents/{incident_id:int}/act", web.page(incident_act), methods=["POST"]),
         Route("/incidents/{incident_id:int}/photos/{photo_id:int}", web.page(incident_photo)),
         Route("/incidents/{incident_id:int}/family/reveal", web.page(family_reveal), methods=["POST"]),
+        Route("/incidents/{incident_id:int}/family-call", web.page(family_call), methods=["POST"]),
+        Route("/incidents/{incident_id:int}/rule-out", web.page(rule_out), methods=["POST"]),
         Route("/reports/new", web.page(report_form)),
         Route("/reports/new", web.page(report_submit), methods=["POST"]),
     ]

@@ -141,7 +141,8 @@ def who_of(
         label = role_label(tid, lang)
         return (f"{named} · {label}" if named else t("notices.on_duty", role=label)), "role"
     if kind == "group":
-        return (f"{named} · {tid}" if named else t("notices.group", group=tid)), "group"
+        label = role_label(tid, lang)  # a duty group (desk_120) by its label (120 急救中心)
+        return (f"{named} · {label}" if named else t("notices.group", group=label)), "group"
     return named or tid, kind
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import math
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ from dashboards import charts, geo
 from dashboards.client import ApiError, CloudAPI
 from dashboards.i18n import parse_lang
 from dashboards.web import LANG_COOKIE, SESSION_COOKIE, FormError, Session, Web, read_form, same_origin
+from firmware_bridge import registry
 from firmware_bridge.kernel.locale import parse_iso
 
 HEALTH_KINDS = frozenset({"wristband"})
@@ -25,8 +28,26 @@ RISK_TTL_S = 300.0  # the cloud caches its fitted forecast for 15 min; the layer
 RISK_HORIZON_H = 24.0
 RISK_CELLS = 300
 GRADES = {"none": 0, "low": 1, "medium": 2, "high": 3}
+DEVICE_OPEN_INCIDENTS = 20  # a device seldom has more than one case open; a page of them is plenty
+DEVICE_PAST_INCIDENTS = 5  # 「历史事件」: the last few closed cases, the rest are in the incident list
 #: the programmes' own published figures, beside ours on the KPI board (docs/MISSION: the bar to beat)
 PROGRAMME_FIGURES = {"closure_rate": 0.937, "on_time_rate": 0.758, "facility_closure_rate": 0.56}
+
+
+def channel_units(kind: str) -> dict[str, tuple[str, int]]:
+    """A kind's channels' units and the decimals their wire resolution carries, from the kind registry
+    (``tilt_deg`` -> (°, 2), ``heart_rate_bpm`` -> (bpm, 0): 「心率：63 次/分」, not 63.00); {} for a kind it
+    does not know. At most 4 decimals (a position's 6 say nothing to a reader)."""
+    try:
+        channels = registry.spec(kind).channels
+    except ValueError:
+        return {}
+    return {c.name: (c.unit, min(max(0, -math.floor(math.log10(c.scale) + 1e-9)), 4)) for c in channels}
+
+
+def _has_cjk(text: object) -> bool:
+    """Whether a text has Chinese in it (a person's or a rule's words, not the detector's English line)."""
+    return isinstance(text, str) and any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
 def alert_queue(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,6 +71,23 @@ async def open_incidents(api: CloudAPI, language: str) -> list[dict[str, Any]] |
         if exc.status == 404:
             return None
         raise
+
+
+async def device_incidents(
+    api: CloudAPI, device_id: str, language: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """A device's open incidents and its last few closed ones (newest first), or ``None`` when this cloud
+    has no incident API (the device page then says nothing about incidents)."""
+    try:
+        current, past = await asyncio.gather(
+            api.device_incidents(device_id, open_only=True, limit=DEVICE_OPEN_INCIDENTS, language=language),
+            api.device_incidents(device_id, open_only=False, limit=DEVICE_PAST_INCIDENTS, language=language),
+        )
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return current, past
 
 
 async def responder_points(api: CloudAPI) -> list[list[Any]]:
@@ -135,33 +173,55 @@ def routes(web: Web) -> list[BaseRoute]:
             "queue": alert_queue(alerts) if alerts is not None else [],
             "n_alerts": None if alerts is None else len(alerts),
             "max_rows": QUEUE_ROWS,
-            "now": time.time(),  # the queue's "12 分钟前"; the fragment is redrawn at least every 30 s
+            # the queue's "12 分钟前", against the cloud's clock (X-Vigil-Now), never this host's: the
+            # overdue badges beside it are the cloud's; the fragment is redrawn at least every 30 s
+            "now": s.api.now(),
+        }
+
+    def kpi_tiles(q: dict[str, Any], gws: list[dict[str, Any]]) -> dict[str, int]:
+        """The tiles above the queue, counted from the same rows the queue shows."""
+        incidents = q["incidents"] or []
+        return {
+            "open": len(q["queue"]),
+            "high": sum(1 for a in q["queue"] if int(a["severity"]) >= 3),
+            "incidents": len(incidents),
+            "incidents_high": sum(1 for i in incidents if i["grade_n"] >= 3),
+            "gateways_online": sum(1 for g in gws if g.get("online")),
+            "gateways": len(gws),
         }
 
     async def overview(request: Request, s: Session) -> Response:
         q, gws = await asyncio.gather(queue_context(request, s), s.api.gateways())
-        incidents = q["incidents"] or []
-        return web.render(
-            request,
-            "console.html",
-            session=s,
-            **q,
-            kpi={
-                "open": len(q["queue"]),
-                "high": sum(1 for a in q["queue"] if int(a["severity"]) >= 3),
-                "incidents": len(incidents),
-                "incidents_high": sum(1 for i in incidents if i["grade_n"] >= 3),
-                "gateways_online": sum(1 for g in gws if g.get("online")),
-                "gateways": len(gws),
-            },
-        )
+        return web.render(request, "console.html", session=s, **q, kpi=kpi_tiles(q, gws))
 
     async def queue_fragment(request: Request, s: Session) -> Response:
-        return web.render(request, "_queues.html", session=s, **await queue_context(request, s))
+        """The queue, and the KPI tiles out of band: a refresh redraws the counts with the rows (the page's
+        tiles stayed at their first count: 7 open over 6 rows once a case closed)."""
+        q, gws = await asyncio.gather(queue_context(request, s), s.api.gateways())
+        return web.render(request, "_queue_fragment.html", session=s, **q, kpi=kpi_tiles(q, gws))
+
+    labels: dict[str, Any] = {}  # device id -> [name, street], shared by every user (map fields only)
+
+    async def device_names(s: Session) -> dict[str, list[str]]:
+        """Each device's name and street (``井盖00069``, ``海淀胡同``) for lists that would otherwise show a
+        16-digit id; from the map's device rows (no personal data), cached 5 min. A device added since is
+        shown by its id; a cloud without the map API gives {}."""
+        now = time.monotonic()
+        if labels.get("until", 0.0) < now:
+            try:
+                rows = await s.api.map_devices()
+            except ApiError:
+                return {}
+            labels["body"] = {
+                str(d["device_id"]): [str(d.get("name") or ""), str(d.get("street") or "")] for d in rows
+            }
+            labels["until"] = now + COMMUNITY_TTL_S
+        body: dict[str, list[str]] = labels["body"]
+        return body
 
     async def alerts_page(request: Request, s: Session) -> Response:
-        alerts = alert_queue(await s.api.open_alerts())
-        return web.render(request, "alerts.html", session=s, queue=alerts)
+        alerts, names = await asyncio.gather(s.api.open_alerts(), device_names(s))
+        return web.render(request, "alerts.html", session=s, queue=alert_queue(alerts), device_names=names)
 
     async def map_devices(request: Request, s: Session) -> Response:
         devices, incidents_or_none, responders = await asyncio.gather(
@@ -236,11 +296,18 @@ def routes(web: Web) -> list[BaseRoute]:
         series: list[charts.Chart] = []
         if not health_hidden:
             r = await s.api.readings(device_id)
+            t = web.translator(request)
+            units = channel_units(dev["kind"])
             for ch, values in r["values"].items():
                 c = charts.sparkline(ch, r["time"], values)
                 if c is not None:
-                    series.append(c)
-        alerts = [a for a in await s.api.open_alerts() if a["device_id"] == dev["device_id"]]
+                    unit, digits = units.get(ch, ("", 2))
+                    named = dataclasses.replace(c, label=t.channel(ch), unit=t.unit(unit), digits=digits)
+                    series.append(named)
+        open_alerts, cases = await asyncio.gather(
+            s.api.open_alerts(), device_incidents(s.api, str(dev["device_id"]), web.translator(request).lang)
+        )
+        alerts = [a for a in open_alerts if a["device_id"] == dev["device_id"]]
         return web.render(
             request,
             "device.html",
@@ -249,16 +316,31 @@ def routes(web: Web) -> list[BaseRoute]:
             charts=series,
             health_hidden=health_hidden,
             alerts=alert_queue(alerts),
+            current_incidents=None if cases is None else cases[0],
+            past_incidents=None if cases is None else cases[1],
+            device_names={str(dev["device_id"]): [str(dev.get("name") or ""), str(dev.get("street") or "")]},
             show_wearer=s.role != "viewer",
+            now=s.api.now(),  # the cloud's clock: "today" is the cloud's (docs/console.md, X-Vigil-Now)
         )
 
     async def gateways_page(request: Request, s: Session) -> Response:
         return web.render(request, "gateways.html", session=s, gateways=await s.api.gateways())
 
     async def alert_page(request: Request, s: Session) -> Response:
-        detail = await s.api.alert(request.path_params["alert_id"])
+        detail, names = await asyncio.gather(s.api.alert(request.path_params["alert_id"]), device_names(s))
         masked = detail["alert"]["kind"] in HEALTH_KINDS and not s.sees_personal_data
-        return web.render(request, "alert.html", session=s, detail=detail, health_hidden=masked)
+        lang = web.translator(request).lang
+        for st in detail["steps"]:  # the detector's own line is English (kind id: event SEVERITY (value))
+            msg = str(st.get("message") or "")
+            st["shown_message"] = msg if lang == "en" or _has_cjk(msg) else ""
+        return web.render(
+            request,
+            "alert.html",
+            session=s,
+            detail=detail,
+            health_hidden=masked,
+            named=names.get(str(detail["alert"]["device_id"])),
+        )
 
     async def kpi_page(request: Request, s: Session) -> Response:
         by = request.query_params.get("by", "department")
@@ -273,6 +355,15 @@ def routes(web: Web) -> list[BaseRoute]:
             if exc.status != 404:
                 raise
             overall = grouped = None
+        people: dict[str, str] = {}
+        if by == "responder":  # a responder by name (网格员王建国), not the roster id (r-0001)
+            with contextlib.suppress(ApiError):
+                doc = await s.api.get("/api/v1/loop/config/roster")
+                people = {
+                    str(r["id"]): str(r.get("name") or r["id"])
+                    for r in (doc.get("body") or {}).get("responders", [])
+                    if isinstance(r, dict) and r.get("id")
+                }
         return web.render(
             request,
             "kpi.html",
@@ -280,6 +371,7 @@ def routes(web: Web) -> list[BaseRoute]:
             overall=overall,
             grouped=grouped,
             by=by,
+            people=people,
             programme=PROGRAMME_FIGURES,
         )
 

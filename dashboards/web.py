@@ -153,7 +153,15 @@ class Web:
         return t("error.generic", detail=exc.detail or exc.code)
 
     def error_page(self, request: Request, exc: ApiError) -> HTMLResponse:
+        if request.method == "GET" and exc.status == 422:
+            # a page's address the cloud cannot parse (a mistyped device id): for a person, not found
+            return self.not_found(request)
         return self.render(request, "error.html", status=exc.status, message=self.api_message(request, exc))
+
+    def not_found(self, request: Request) -> HTMLResponse:
+        """没有找到, as a console page (with the way back), not a bare status."""
+        t = self.translator(request)
+        return self.render(request, "error.html", status=404, message=t("error.not_found"))
 
     def safe_next(self, value: str | None) -> str:
         """Only redirect inside the console (no open redirect to another site)."""

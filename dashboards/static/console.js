@@ -9,6 +9,14 @@
   var knownHigh = null;
   var flashTimer = null;
 
+  // ---- an action that cannot be taken back asks first (data-confirm on the button or the form) ---------
+  // Without JavaScript the form still posts: the cloud's own checks (reason, role, stale page) stay.
+  document.addEventListener("submit", function (ev) {
+    var btn = ev.submitter;
+    var ask = (btn && btn.getAttribute("data-confirm")) || ev.target.getAttribute("data-confirm");
+    if (ask && !window.confirm(ask)) ev.preventDefault();
+  }, true);
+
   function highIds() {
     var table = document.getElementById("incident-table") || document.getElementById("queue-table");
     var raw = table ? table.getAttribute("data-high") : "";

@@ -22,28 +22,63 @@
         target.value = canvas.toDataURL("image/jpeg", 0.8);
         URL.revokeObjectURL(url);
         if (preview) { preview.src = target.value; preview.hidden = false; }
+        var pick = input.closest("label.photo");  // the label is the button: say a photo is attached
+        if (pick && pick.getAttribute("data-added")) {
+          pick.classList.add("added");
+          pick.querySelector("span").textContent = pick.getAttribute("data-added");
+        }
       };
       img.onerror = function () { target.value = ""; URL.revokeObjectURL(url); };
       img.src = url;
     });
   });
   var locate = document.getElementById("locate");
+  function findMe(then) {  // the report's location; then(true) once lat/lon are filled, then(false) if not
+    var out = document.getElementById("located");
+    function fail() { out.textContent = locate.getAttribute("data-fail"); out.classList.add("error"); then(false); }
+    if (!navigator.geolocation) { fail(); return; }
+    out.classList.remove("error");
+    out.textContent = locate.getAttribute("data-busy") || "";
+    navigator.geolocation.getCurrentPosition(function (pos) {
+      document.getElementById("lat").value = pos.coords.latitude.toFixed(6);
+      document.getElementById("lon").value = pos.coords.longitude.toFixed(6);
+      out.textContent = locate.getAttribute("data-ok") + " " + pos.coords.latitude.toFixed(5) + ", " + pos.coords.longitude.toFixed(5);
+      then(true);
+    }, fail, { enableHighAccuracy: true, timeout: 10000 });
+  }
   if (locate) {
-    locate.addEventListener("click", function () {
-      var out = document.getElementById("located");
-      if (!navigator.geolocation) { out.textContent = locate.getAttribute("data-fail"); return; }
-      navigator.geolocation.getCurrentPosition(function (pos) {
-        document.getElementById("lat").value = pos.coords.latitude.toFixed(6);
-        document.getElementById("lon").value = pos.coords.longitude.toFixed(6);
-        out.textContent = locate.getAttribute("data-ok") + " " + pos.coords.latitude.toFixed(5) + ", " + pos.coords.longitude.toFixed(5);
-      }, function () { out.textContent = locate.getAttribute("data-fail"); }, { enableHighAccuracy: true, timeout: 10000 });
+    locate.addEventListener("click", function () { findMe(function () {}); });
+    var report = locate.form;
+    var finding = false;  // a second tap while the phone looks for the location sends nothing more
+    report.addEventListener("submit", function (e) {  // sent without a location: find it first, then send
+      if (document.getElementById("lat").value && document.getElementById("lon").value && !finding) return;
+      e.preventDefault();
+      e.stopImmediatePropagation();
+      if (finding) return;
+      finding = true;
+      findMe(function (ok) {
+        if (ok) { sending(report); report.submit(); } else { finding = false; }
+      });
     });
   }
-  liveposition(document.getElementById("live-position"));
-  document.querySelectorAll("form").forEach(function (f) {
-    f.addEventListener("submit", function () {  // one tap = one action: no double submit on a slow network
-      f.querySelectorAll("button[type=submit]").forEach(function (b) { setTimeout(function () { b.disabled = true; }, 0); });
+  document.querySelectorAll(".stars input[name=score]").forEach(function (input) {
+    input.addEventListener("change", function () {  // 4 stars: 满意, in words beside the stars
+      var label = document.querySelector("label[for='" + input.id + "']");
+      var says = document.getElementById("star-says");
+      if (label && says) says.textContent = input.value + " ★ " + (label.getAttribute("data-says") || "");
     });
+  });
+  liveposition(document.getElementById("live-position"));
+  function sending(f) {  // one tap = one action: no double submit on a slow network, and it shows
+    f.querySelectorAll("button[type=submit]").forEach(function (b) {
+      setTimeout(function () {
+        b.disabled = true;
+        if (f.getAttribute("data-sending")) b.textContent = f.getAttribute("data-sending");
+      }, 0);
+    });
+  }
+  document.querySelectorAll("form").forEach(function (f) {
+    f.addEventListener("submit", function () { sending(f); });
   });
 
   function fill(text, kw) {  // the catalogs' "{name}" placeholders
