@@ -217,7 +217,8 @@ async def run_gateways(
                 await c.publish(topic, payload, qos=1)
                 while True:  # re-send after 30 s without an ack
                     try:
-                        m = await asyncio.wait_for(it.__anext__(), 30)
+                        async with asyncio.timeout(30):
+                            m = await it.__anext__()
                     except TimeoutError:
                         await c.publish(topic, payload, qos=1)
                         continue

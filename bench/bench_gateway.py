@@ -114,7 +114,24 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def run_daemon_phases(frames: list[bytes], rate: float, latency_s: float, tmp: Path) -> dict[str, object]:
+def run_daemon_phases(
+    frames: list[bytes],
+    rate: float,
+    latency_s: float,
+    tmp: Path,
+    *,
+    window_ms: float | None = None,
+    urgent_flush: bool | None = None,
+    throughput: bool = True,
+) -> dict[str, object]:
+    """Phases 1 and 2 on one daemon; ``window_ms`` / ``urgent_flush`` set ``[detection]`` (else defaults),
+    ``throughput=False`` runs the latency phase only (the merge-window rows)."""
+    detection = ""
+    if window_ms is not None:
+        detection += f"batch_window_ms = {window_ms}\n"
+    if urgent_flush is not None:
+        detection += f"urgent_flush = {str(urgent_flush).lower()}\n"
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
     master, slave = os.openpty()
     tty.setraw(master)
     tty.setraw(slave)
@@ -131,7 +148,8 @@ port = "{os.ttyname(slave)}"
 mode = "none"
 [outbox]
 synchronous = "full"
-[metrics]
+[detection]
+{detection}[metrics]
 port = {port}
 """)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -157,21 +175,22 @@ port = {port}
                 raise RuntimeError((tmp / "daemon.log").read_text()[-2000:])
             time.sleep(0.05)
         # -- 1. throughput --------------------------------------------------------------------------------
-        n = len(frames)
+        n = len(frames) if throughput else 0
         cpu0, t0 = proc_cpu_s(proc.pid), time.perf_counter()
-        writer = threading.Thread(target=write_all, args=(master, b"".join(frames)))
+        writer = threading.Thread(target=write_all, args=(master, b"".join(frames[:n])))
         writer.start()
         done = rejected = 0.0
         while done + rejected < n and time.perf_counter() - t0 < 120:
             time.sleep(0.02)
             done = metric(url, "vigil_gateway_frames_total{")
             rejected = metric(url, "vigil_gateway_rejects_total{")
-        wall = time.perf_counter() - t0
+        wall = max(time.perf_counter() - t0, 1e-9)
         cpu = proc_cpu_s(proc.pid) - cpu0
         writer.join()
         # -- 2. latency at nominal load ---------------------------------------------------------------
         written: dict[str, float] = {}
         bg = iter(frames * 2)
+        cpu_l0 = proc_cpu_s(proc.pid)
         t_start = time.perf_counter()
         next_fire = t_start
         i = 0
@@ -189,6 +208,8 @@ port = {port}
                 i += 1
                 next_fire += 0.25
             time.sleep(0.002)
+        cpu_latency = (proc_cpu_s(proc.pid) - cpu_l0) / (time.perf_counter() - t_start)
+        batches = metric(url, "vigil_gateway_detect_batch_seconds_count")
         time.sleep(0.5)
         rss = proc_peak_rss_mb(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -221,6 +242,10 @@ port = {port}
         "fire_frames": len(written),
         "latency_p50_ms": round(float(np.percentile(lat_arr, 50)), 1),
         "latency_p99_ms": round(float(np.percentile(lat_arr, 99)), 1),
+        "batch_window_ms": window_ms,
+        "urgent_flush": urgent_flush,
+        "cpu_pct_at_nominal_load": round(100 * cpu_latency, 1),
+        "batches_total": int(batches),
     }
 
 
@@ -504,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--lingers", default="0,0.25,0.5", help="uplink.linger_s of each uplink run (0 = baseline)"
     )
+    p.add_argument(
+        "--windows",
+        default="50:off,50:on,100:on",
+        help="latency phase again per batch_window_ms:urgent_flush (empty skips): FIRE latency, CPU %%",
+    )
     args = p.parse_args(argv)
     global LOADAVG
     LOADAVG = Path("/proc/loadavg").read_text().split()[:3]
@@ -517,6 +547,20 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         ours = run_daemon_phases(frames, args.rate, args.latency_seconds, tmp)
         base = baseline_per_frame(frames[: args.baseline_frames], tmp)
+        windows: list[dict[str, object]] = []
+        for k, item in enumerate(x for x in args.windows.split(",") if x):
+            w, flush = item.split(":")
+            windows.append(
+                run_daemon_phases(
+                    frames,
+                    args.rate,
+                    args.latency_seconds,
+                    tmp / f"window{k}",
+                    window_ms=float(w),
+                    urgent_flush=flush == "on",
+                    throughput=False,
+                )
+            )
         if lingers:
             devices = fleet_devices(frames)
             marks = int(args.uplink_seconds * 10) + 2  # probes every 0.1 s, FIRE frames every 1 s
@@ -543,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_per_message": base,
         "speedup_vs_baseline": round(float(ours["frames_per_s"]) / max(float(base["frames_per_s"]), 1), 1),  # type: ignore[arg-type]
         "uplink": uplink,
+        "merge_windows": windows,
         "loadavg_at_start": LOADAVG,
         "aims": {"peak_rss_mb": 120, "latency_p99_ms": 200},
     }
@@ -558,6 +603,13 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {ours['latency_p99_ms']} ms (aim < 200) over "
         f"{ours['latency_alerts']}/{ours['fire_frames']} alerts"
     )
+    for wr in windows:
+        print(
+            f"batch_window_ms={wr['batch_window_ms']} urgent_flush={wr['urgent_flush']}: FIRE frame -> alert "
+            f"in outbox p50 {wr['latency_p50_ms']} ms p99 {wr['latency_p99_ms']} ms "
+            f"({wr['latency_alerts']}/{wr['fire_frames']}), daemon CPU {wr['cpu_pct_at_nominal_load']} % at "
+            f"{args.rate:.0f} frames/s, {wr['batches_total']} batches"
+        )
     for u in uplink:
         rb, lr, la = u["readings_per_batch"], u["reading_to_cloud_ms"], u["fire_to_cloud_ms"]
         print(

@@ -13,8 +13,14 @@ Run: ``.venv/bin/python bench/bench_pg_store.py`` (about a minute; ``--repeat N`
   not upgraded) and ``new, ICU en-US`` (as in a database created with an en_US locale): what the
   bytewise key alone is worth. ``old`` runs on the old layout (the database's collation).
 
-Batches are the whole-path rows' of ``bench/bench_ingest.py``: 2,000 manhole readings (8 channels) of 200
-devices, 1 % missing values. Per implementation and phase:
+* with ``--redelivery`` instead: the store against ``new, COPY first always`` (without the key probe
+  after a duplicate; ``bench/results/bench_pg_redelivery.json``); a fourth phase ``interleaved``
+  alternates a re-sent batch and a new one (a storm among normal traffic).
+* with ``--alter 1000000,10000000`` instead: the time ``upgrade_collation`` holds the table's lock on an
+  old-layout table of that many readings (``bench/results/bench_pg_alter.json``).
+
+Batches are the whole-path rows' of ``bench/bench_ingest.py`` (its ``make_batches``): 2,000 manhole
+readings (8 channels) of 200 devices, 1 % missing values. Per implementation and phase:
 
 * ``fresh``: ``--warmup`` batches untimed, then ``--batches`` batches of new readings (nearly every batch
   in production);
@@ -32,6 +38,7 @@ start of every run is recorded. PostgreSQL is the test server (``tests.servers.s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,12 +46,14 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from bench_ingest import make_batches  # the whole-path rows' batches
 
 from cloud.timeseries.base import BackendError, WriteResult, table_name, time_ms_column
 from cloud.timeseries.postgres import _BASE, PostgresStore, _q
@@ -102,35 +111,6 @@ class OldPostgresStore(PostgresStore):
         return WriteResult(stored=stored, duplicates=n - stored)
 
 
-def make_batches(
-    n_batches: int, batch_size: int, n_devices: int, *, prefix: str, seed: int
-) -> list[ReadingBatch]:
-    """As ``bench_ingest.make_batches``: each device's readings 60 s apart, devices interleaved."""
-    rng = np.random.default_rng(seed)
-    n_ch = len(spec(KIND).channels)
-    devices = np.array([f"{prefix}{i:06d}" for i in range(n_devices)])
-    per_dev = batch_size // n_devices
-    out = []
-    for b in range(n_batches):
-        dev = np.tile(devices, per_dev)
-        k = np.repeat(np.arange(per_dev), n_devices) + b * per_dev
-        vals = rng.normal(10, 3, size=(len(dev), n_ch))
-        vals[rng.random(vals.shape) < 0.01] = np.nan
-        out.append(
-            ReadingBatch(
-                kind=KIND,
-                device_id=dev,
-                seq=(k % 65536).astype(np.uint32),
-                time=T0 + k * 60.0 + rng.random(len(dev)),
-                battery_pct=np.full(len(dev), 87.5),
-                flags=np.zeros(len(dev), np.uint32),
-                values=vals,
-                fw_version=np.full(len(dev), 258, np.uint16),
-            )
-        )
-    return out
-
-
 def _backend_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -155,12 +135,22 @@ def _timed(store: PostgresStore, batches: list[ReadingBatch]) -> dict[str, Any]:
     }
 
 
+class CopyFirstStore(PostgresStore):
+    """The store without merge-first: every batch tries ``COPY`` first (commit 1ae2b43)."""
+
+    merge_first = False
+
+
 IMPLS = {  # name: (store class, collation of device_id in the tables)
     "old": (OldPostgresStore, "default"),  # as the old store made them: the database's collation
     "new": (PostgresStore, "C"),
+    "new, COPY first always": (CopyFirstStore, "C"),
     "new, database collation": (PostgresStore, "default"),  # a table made by the old store, not upgraded
     "new, ICU en-US": (PostgresStore, "en-US-x-icu"),  # a database created with an en_US locale
 }
+
+
+PHASES = ("fresh", "redelivered", "mixed", "interleaved")
 
 
 def run_once(impl: str, url: str, data: dict[str, list[ReadingBatch]], warmup: int) -> dict[str, Any]:
@@ -183,9 +173,95 @@ def run_once(impl: str, url: str, data: dict[str, list[ReadingBatch]], warmup: i
         out["fresh"] = _timed(store, data["fresh"][warmup:])
         out["redelivered"] = _timed(store, data["fresh"][warmup : warmup + len(data["mixed"])])
         out["mixed"] = _timed(store, data["mixed"])
+        out["interleaved"] = _timed(store, data["interleaved"])
     finally:
         store.close()
     return out
+
+
+def _fill_old_table(conn: Any, rows: int, devices: int) -> None:
+    """``ts_manhole`` as the store of commit 388ef80 made it (``device_id`` in the database's collation)
+    holding ``rows`` readings of ``devices`` devices (ids as the gateways' ``70b3d57eff000123``), one a
+    minute each, made by the server (``generate_series``), then analysed as autovacuum would have."""
+    t = _q(table_name(KIND))
+    chans = ", ".join(_q(n) for n in spec(KIND).channel_names)
+    gen = ", ".join("random() * 20" for _ in spec(KIND).channel_names)
+    conn.execute(f"DROP TABLE IF EXISTS {t}")
+    cols = ", ".join(f"{_q(n)} double precision" for n in spec(KIND).channel_names)
+    conn.execute(
+        f"CREATE TABLE {t} (device_id text NOT NULL, time_ms bigint NOT NULL, seq bigint NOT NULL, "
+        f"battery_pct double precision, flags bigint NOT NULL, fw_version integer NOT NULL, {cols}, "
+        "PRIMARY KEY (device_id, time_ms, seq))"
+    )
+    conn.execute(
+        f"INSERT INTO {t} (device_id, time_ms, seq, battery_pct, flags, fw_version, {chans}) "
+        f"SELECT '70b3d57eff' || lpad((i % {devices})::text, 6, '0'), "
+        f"{int(T0 * 1000)} + (i / {devices}) * 60000, (i / {devices}) % 65536, 87.5, 0, 258, {gen} "
+        f"FROM generate_series(0, {rows - 1}) i"
+    )
+    conn.execute(f"VACUUM ANALYZE {t}")
+
+
+@contextlib.contextmanager
+def _test_postgres() -> Iterator[Any]:
+    """The test PostgreSQL server, removed afterwards."""
+    from tests.servers import start_postgres
+
+    pg = start_postgres()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(pg.directory, ignore_errors=True)
+
+
+def alter_timings(sizes: list[int], devices: int) -> list[dict[str, Any]]:
+    """``upgrade_collation`` of ``ts_manhole`` holding each of ``sizes`` readings: the time under the
+    lock (wall) and the server CPU of the session that ran it (``/proc``)."""
+    import psycopg
+
+    from cloud.timeseries.postgres import upgrade_collation
+
+    out = []
+    with _test_postgres() as pg:
+        for rows in sizes:
+            url = pg.create_database(f"alter_{rows}")
+            with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+                t0 = time.perf_counter()
+                _fill_old_table(conn, rows, devices)
+                fill_s = time.perf_counter() - t0
+            time.sleep(1.0)  # the filling backend reaped
+            load = round(os.getloadavg()[0], 2)
+            procs0 = _server_cpu(pg.proc.pid if pg.proc else 0)
+            [r] = upgrade_collation(url, [KIND])
+            time.sleep(1.0)  # its backend reaped by the postmaster
+            cpu = _server_cpu(pg.proc.pid if pg.proc else 0) - procs0
+            row = {
+                "rows": rows,
+                "devices": devices,
+                "load_1m_at_start": load,
+                "index_mb": round(r.index_bytes / 2**20, 1),
+                "lock_wait_s": round(r.lock_wait_s, 3),
+                "locked_s": round(r.locked_s, 3),
+                "server_cpu_s": round(cpu, 3),
+                "fill_s": round(fill_s, 1),
+            }
+            out.append(row)
+            print(
+                f'ALTER .. COLLATE "C" on {rows:,} readings ({devices} devices, key index '
+                f"{row['index_mb']} MB, load {load}): {r.locked_s:.2f} s under lock, server CPU "
+                f"{cpu:.2f} s",
+                flush=True,
+            )
+    return out
+
+
+def _server_cpu(postmaster: int) -> float:
+    """CPU of every process of the server (the backend that ran the ALTER has exited by the time this is
+    read, so its time is in the postmaster's reaped-children fields: cutime + cstime)."""
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,8 +276,42 @@ def main(argv: list[str] | None = None) -> int:
         help="also the new write into tables whose device_id has the database's collation (an old table "
         "not upgraded) and an ICU en-US collation",
     )
+    ap.add_argument(
+        "--alter",
+        metavar="ROWS[,ROWS..]",
+        help='instead: time upgrade_collation (the ALTER to COLLATE "C") on an old-layout table of '
+        "this many readings each (e.g. 1000000,10000000); results in bench/results/bench_pg_alter.json",
+    )
+    ap.add_argument(
+        "--redelivery",
+        action="store_true",
+        help="compare the store with and without merge-first after a duplicate (instead of old/new)",
+    )
+    ap.add_argument("--alter-devices", type=int, default=2000, help="devices in the --alter table")
     args = ap.parse_args(argv)
-    from tests.servers import start_postgres
+    if args.alter:
+        sizes = [int(x) for x in args.alter.split(",")]
+        load0 = os.getloadavg()
+        timings = alter_timings(sizes, args.alter_devices)
+        path = RESULTS.with_name("bench_pg_alter.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "command": "bench/bench_pg_store.py "
+                    + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "when_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                    "load_avg_start": [round(x, 2) for x in load0],
+                    "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+                    "runs": timings,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+        print(f"results: {path}")
+        return 0
 
     fresh = make_batches(args.warmup + args.batches, 2000, 200, prefix="70b3d57eff", seed=0)
     extra = make_batches(args.dup_batches, 2000, 200, prefix="70b3d57ee0", seed=1)
@@ -210,12 +320,21 @@ def main(argv: list[str] | None = None) -> int:
         ReadingBatch.concat([fresh[args.warmup + i].take(half), extra[i].take(half)])
         for i in range(args.dup_batches)
     ]
-    data = {"fresh": fresh, "mixed": mixed}
-    pg = start_postgres()
+    # a storm among normal traffic: a batch sent again (all duplicates), then a new one, and so on
+    again = fresh[args.warmup + args.dup_batches :]
+    new_ones = make_batches(args.dup_batches, 2000, 200, prefix="70b3d57ee1", seed=2)
+    interleaved = [b for i in range(args.dup_batches) for b in (again[i % len(again)], new_ones[i])]
+    data = {"fresh": fresh, "mixed": mixed, "interleaved": interleaved}
     runs: list[dict[str, Any]] = []
     load0 = os.getloadavg()
-    try:
-        order = list(IMPLS) if args.layouts else ["old", "new"]
+    with _test_postgres() as pg:
+        order = (
+            list(IMPLS)
+            if args.layouts
+            else ["new", "new, COPY first always"]
+            if args.redelivery
+            else ["old", "new"]
+        )
         for rep in range(args.repeat):
             for j, impl in enumerate(order if rep % 2 == 0 else order[::-1]):
                 r = run_once(impl, pg.create_database(f"pgstore_{rep}_{j}"), data, args.warmup)
@@ -226,12 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"+ server {f['server_cpu_ms_per_batch']} ms CPU/batch, "
                     f"{f['readings_per_server_cpu_s']:,} readings/server CPU-s; redelivered server "
                     f"{r['redelivered']['server_cpu_ms_per_batch']} ms; mixed server "
-                    f"{r['mixed']['server_cpu_ms_per_batch']} ms",
+                    f"{r['mixed']['server_cpu_ms_per_batch']} ms; interleaved server "
+                    f"{r['interleaved']['server_cpu_ms_per_batch']} ms",
                     flush=True,
                 )
-    finally:
-        pg.stop()
-        shutil.rmtree(pg.directory, ignore_errors=True)
     summary: dict[str, Any] = {}
     for impl in order:
         mine = [r for r in runs if r["impl"] == impl]
@@ -246,18 +363,19 @@ def main(argv: list[str] | None = None) -> int:
                     "readings_per_cpu_s",
                 )
             }
-            for phase in ("fresh", "redelivered", "mixed")
+            for phase in PHASES
         }
     for impl in order:
-        for phase in ("fresh", "redelivered", "mixed"):
+        for phase in PHASES:
             s = summary[impl][phase]
             print(
-                f"median {impl:23s} {phase:11s}: client {s['client_cpu_ms_per_batch']:6.2f} ms  server "
+                f"median {impl:23s} {phase:12s}: client {s['client_cpu_ms_per_batch']:6.2f} ms  server "
                 f"{s['server_cpu_ms_per_batch']:6.2f} ms CPU/batch  {s['readings_per_server_cpu_s']:>9,} "
                 f"readings/server CPU-s  wall {s['wall_ms_per_batch']:6.2f} ms"
             )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    results = RESULTS.with_name("bench_pg_redelivery.json") if args.redelivery else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(
         json.dumps(
             {
                 "command": "bench/bench_pg_store.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -273,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    print(f"results: {RESULTS}")
+    print(f"results: {results}")
     return 0
 
 

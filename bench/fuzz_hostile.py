@@ -373,7 +373,8 @@ async def part_mqtt(
             )
             worker = IngestWorker(cfg, st.ingest)
             task = asyncio.create_task(worker.run())
-            await asyncio.wait_for(worker.ready.wait(), 10)
+            async with asyncio.timeout(10):
+                await worker.ready.wait()
             acks: dict[str, dict[str, Any]] = {}
             async with aiomqtt.Client(broker.host, broker.port) as c:
                 await c.subscribe(mqtt_ack_topic(GW_A), qos=1)

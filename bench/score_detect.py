@@ -64,6 +64,10 @@ RATES: dict[DeviceKind, dict[str, float]] = {
         inactivity=0.02,
         geofence_exit=0.02,
         low_battery=0.01,
+        # "I'm OK" (firmware 1.7): half the bands on 1.7, cancelled falls, and on those bands half the
+        # falls / recovered falls with a press (``ok_press`` default); docs/simulators.md "I'm OK"
+        fw_1_7=0.5,
+        fall_ok=0.05,
     ),
 }
 
