@@ -41,7 +41,16 @@ async def test_demo_closes_the_loop_from_frame_to_scored_alert(
         by_source = db.execute(
             "SELECT source, event_type, count(*) FROM alerts GROUP BY 1, 2 ORDER BY 1, 2"
         ).fetchall()
-    assert overall.false_alarms == 0, f"{report.score.format_table()}\nalerts by source: {by_source}"
+    # the demo's world has nuisances the detector may page (a cover rocked askew by a truck, a pot boiled
+    # dry, a band left on the table): false alarms only of the types they are paged as. A geofence exit is
+    # not among them: the gateway's fence is the wearer's registered home, the truth's too (docs/demo.md
+    # "Choices"), so an exit called before the wearer crossed it is a detector mistake
+    paged_as = {"cover_displaced", "fire", "band_removed"}
+    others = {r.event_type: r.false_alarms for r in report.score.rows if r.event_type not in paged_as}
+    assert not any(others.values()), f"{report.score.format_table()}\nalerts by source: {by_source}"
+    # and each of those is the nuisance's: a false alarm no injected nuisance explains is the detector's
+    # (or the truth's) mistake
+    assert "unexplained" not in report.score.false_alarms_by_cause, report.score.format_table()
 
     # what an operator sees: the cloud URL, alerts with addresses in CST, and the score table
     assert "/docs" in text and "raised" in text and "recall" in text
@@ -84,9 +93,15 @@ async def test_demo_closes_the_loop_from_frame_to_scored_alert(
                 "GROUP BY action"
             ).fetchall()
         )
-        by_hand = db.execute(  # the resident's rating and reopen through the case link are recorded as "api"
+        by_hand = db.execute(  # the resident's rating and reopen through the case link are recorded as "api",
+            # and so are the desk's own actions (a call taker confirms a fire, records a call to the family)
             "SELECT count(*) FROM loop_incident_events "
-            "WHERE channel = 'api' AND action NOT IN ('rate', 'reopen')"
+            "WHERE channel = 'api' AND action NOT IN ('rate', 'reopen') "
+            "AND NOT (actor LIKE 'd-call_taker-%' AND action IN ('confirm', 'family_call'))"
+        ).fetchone()[0]
+        family_calls = db.execute(
+            "SELECT count(*) FROM loop_incident_events "
+            "WHERE action = 'family_call' AND actor LIKE 'd-call_taker-%'"
         ).fetchone()[0]
         declines = db.execute("SELECT count(*) FROM loop_incident_events WHERE action = 'return'").fetchone()[
             0
@@ -104,4 +119,25 @@ async def test_demo_closes_the_loop_from_frame_to_scored_alert(
     assert progress.count("declined #") == loop.declined, progress
     assert all(line in text for line in report.progress)
     assert f"{loop.on_site} on site, {loop.handled} handled" in text, text
-    assert "cloud KPIs (/api/v1/kpi)" in text
+    assert "cloud KPIs (/api/v1/kpi)" in text and "nuisance rate" in text
+
+    # the world reacts: each event a responder ended on site is in the ground truth as handled (its end the
+    # responder's), and the call takers sit at the desk, taking the family call tasks
+    import json
+
+    lines = (tmp_path / "demo" / "sim" / "truth.jsonl").read_text(encoding="utf-8").splitlines()
+    handled = [r for r in map(json.loads, lines) if r.get("handled")]
+    assert len(handled) == report.actors.counts["ended_on_site"], (handled, report.actors.counts)
+    assert len(report.actors.desk) == 3 and "call takers:" in text, text
+    with sqlite3.connect(tmp_path / "demo" / "cloud" / "vigil.db") as db:
+        # a call task that reached the desk 20 simulated minutes before the end was taken: the call made,
+        # the task marked done (read) in the call taker's console
+        tasks, done = db.execute(
+            "SELECT count(*), count(read_at) FROM notify_inapp WHERE dedup_key LIKE '%/call_task%' "
+            "AND created_at < ?",
+            (end - 1200,),
+        ).fetchone()
+    assert tasks == done, (tasks, done, report.actors.calls)
+    # each call's outcome is on the case's timeline where the cloud records it (POST .../family-call)
+    assert family_calls in (0, sum(report.actors.calls.values())), (family_calls, report.actors.calls)
+    assert sum(report.actors.calls.values()) >= (1 if tasks else 0), report.actors.calls

@@ -75,6 +75,31 @@ async def test_same_batch_twice_is_stored_once(cloud: Cloud) -> None:
     )
 
 
+async def test_a_delivery_committed_after_the_duplicate_check_is_answered_duplicate(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent delivery of the same batch commits between this one's duplicate check and its commit:
+    the batch row's unique key refuses the second insert (on SQLite a driver-level statement, whose
+    error must still reach the service as a conflict), nothing of it is committed, and the answer is the
+    duplicate one with the first commit's time."""
+    b = batch("batch-race-1", readings(M, MANHOLE_1, [1, 2]))
+    first = await cloud.state.ingest.ingest(b, gateway_id=GW1)
+    svc = cloud.state.ingest
+    checks = []
+    real = type(svc)._find_batch
+
+    def blind_first_check(gateway_id: str, batch_id: str, s: object = None) -> UplinkAck | None:
+        checks.append(batch_id)
+        return None if len(checks) == 1 else real(svc, gateway_id, batch_id, s)
+
+    monkeypatch.setattr(svc, "_find_batch", blind_first_check)
+    again = await svc.ingest(b, gateway_id=GW1)
+    assert again.duplicate and again.committed_at == first.committed_at and again.telemetry_stored == 0
+    assert len(checks) == 2  # the conflict was answered by reading the first commit's row
+    dev = cloud.state.registry.get(MANHOLE_1, "admin")
+    assert dev.readings_total == 2  # the second transaction's bookkeeping was rolled back
+
+
 async def test_same_frames_in_a_new_batch_are_deduplicated(cloud: Cloud) -> None:
     await cloud.state.ingest.ingest(batch("batch-a-0001", readings(M, MANHOLE_1, [1, 2])), gateway_id=GW1)
     ack = await cloud.state.ingest.ingest(

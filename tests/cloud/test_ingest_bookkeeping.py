@@ -16,6 +16,7 @@ import pytest
 
 from alerts.contract import UplinkAck
 from cloud.db import Database
+from cloud.errors import StorageError
 from cloud.ingest import IngestService
 from cloud.sequence import batch_sequences, first_frame_gaps, sequence_summary
 from firmware_bridge.kernel.records import DeviceKind, Reading, ReadingBatch
@@ -208,3 +209,49 @@ def test_two_step_summary_matches_the_reference(seed: int) -> None:
     }
     rows = list(zip(ids.tolist(), seq.tolist(), t.tolist(), batt.tolist(), strict=True))
     assert got == reference_summary(rows, stored_q, stored_t)
+
+
+async def test_a_failure_inside_the_transaction_leaves_nothing_of_it_and_the_retry_counts_once(
+    cloud: Cloud,
+) -> None:
+    """A telemetry-only batch on SQLite commits on the driver connection without an ORM session: a failure
+    after the batch row and the device bookkeeping were written (here the gateway row, refused by a real
+    SQLite trigger that fails at run time) must roll all of it back, so the retry is stored (not answered
+    duplicate) and every device is counted once. Fails if that transaction commits what it did before the
+    error."""
+    rows = [f"{d},manhole,,39.9,116.3,,,,,false,{GW1},,,,,,," for d in DEVICES]
+    cloud.state.registry.import_csv("\n".join([CSV_HEADER, *rows]) + "\n", now=cloud.clock.now())
+    b1 = batch("batch-rollback-01", block([r for i in range(N_DEV) for r in first_rows(i)]))
+    svc = cloud.state.ingest
+    if not svc.db.is_sqlite:
+        pytest.skip("the driver-level transaction is SQLite's; PostgreSQL keeps the session")
+    engine = svc.db.engine
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "CREATE TRIGGER fail_gateway_row BEFORE UPDATE ON gateways "
+            "BEGIN SELECT abs(-9223372036854775808); END"  # 'integer overflow' at run time
+        )
+    with pytest.raises(StorageError):
+        await svc.ingest(b1, gateway_id=GW1)
+    with engine.connect() as c:
+        rows_left = c.exec_driver_sql(
+            "SELECT COUNT(*) FROM ingested_batches WHERE batch_id = 'batch-rollback-01'"
+        ).scalar()
+        counted = c.exec_driver_sql(
+            "SELECT COUNT(*) FROM devices WHERE readings_total > 0 AND device_id IN "
+            f"({', '.join('?' * N_DEV)})",
+            tuple(DEVICES),
+        ).scalar()
+    assert rows_left == 0
+    assert counted == 0
+    with engine.begin() as c:
+        c.exec_driver_sql("DROP TRIGGER fail_gateway_row")
+    ack = await svc.ingest(b1, gateway_id=GW1)
+    assert not ack.duplicate
+    assert ack.telemetry_stored + ack.telemetry_duplicates == 3 * N_DEV
+    for dev_id in DEVICES:
+        dev = cloud.state.registry.get(dev_id, "admin")
+        assert dev.readings_total == 3
+        assert dev.seq_gaps_total == 1
+    again = await svc.ingest(b1, gateway_id=GW1)
+    assert again.duplicate

@@ -27,6 +27,7 @@ from cloud.mqtt_ingest import (
     gateway_of_topic,
 )
 from firmware_bridge.kernel.records import DeviceKind, ReadingBatch
+from tests.aio import cancel_and_wait
 from tests.servers import MosquittoServer
 
 T0 = 1_700_000_000.0
@@ -112,9 +113,8 @@ async def running(worker: IngestWorker) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.wait_for(worker.ready.wait(), 10)
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # bounded, a lost cancel repeated: a worker that ignores its stop fails here with where it waits
+        await cancel_and_wait(task)
 
 
 @contextlib.asynccontextmanager
@@ -133,9 +133,7 @@ async def gateway_client(
         try:
             yield c, acks
         finally:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
 
 
 async def wait_until(pred: object, timeout: float = 15.0) -> None:

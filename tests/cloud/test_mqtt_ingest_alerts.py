@@ -25,6 +25,7 @@ from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig, gateway_of_topic
 from edge.outbox import Outbox
 from edge.uplink import UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
+from tests.aio import cancel_and_wait
 from tests.cloud.test_mqtt_ingest import T0, FakeIngest, gateway_client, make_batch, running, uid, wait_until
 from tests.edge.helpers import alert
 from tests.servers import MosquittoServer
@@ -145,8 +146,7 @@ async def test_gateway_publishes_alert_batches_on_the_alert_lane(
                 assert pb is not None and pb.n_alerts == 1
                 ack = await up.send(pb)
             finally:
-                session.cancel()
-                await asyncio.gather(session, return_exceptions=True)
+                await cancel_and_wait(session, errors=False)
     assert ack.batch_id == pb.batch_id and service.commits == [pb.batch_id]
     assert up.alert_lane and up.alert_fallbacks_total == 0
 
@@ -175,8 +175,7 @@ async def test_gateway_falls_back_to_up_when_the_cloud_has_no_alert_lane(
                 ob.ack(await up.send(second))  # straight to .../up now: no second fallback
                 assert up.alert_fallbacks_total == 1
             finally:
-                session.cancel()
-                await asyncio.gather(session, return_exceptions=True)
+                await cancel_and_wait(session, errors=False)
     assert service.commits == [first.batch_id, second.batch_id]
 
 
@@ -205,8 +204,7 @@ async def test_gateway_tries_the_alert_lane_again_after_the_fallback_period(
                     assert pb is not None
                     ob.ack(await up.send(pb))
             finally:
-                session.cancel()
-                await asyncio.gather(session, return_exceptions=True)
+                await cancel_and_wait(session, errors=False)
     assert up.alert_fallbacks_total == 2 and len(service.commits) == 2  # the lane was tried each time
 
 
@@ -226,8 +224,7 @@ async def test_a_cloud_that_answers_nowhere_keeps_the_alert_lane(
                 await up.send(pb)
             assert e.value.reason == "ack_timeout"
         finally:
-            session.cancel()
-            await asyncio.gather(session, return_exceptions=True)
+            await cancel_and_wait(session, errors=False)
     assert up.alert_lane and up.alert_fallbacks_total == 0
 
 

@@ -6,13 +6,13 @@ writing for devices that are not its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from pathlib import Path
 
 from alerts.contract import UplinkAck, mqtt_up_topic
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
 from firmware_bridge.kernel.records import DeviceKind
+from tests.aio import cancel_and_wait
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import (
     CSV_HEADER,
@@ -139,6 +139,4 @@ async def test_serve_runs_workers_from_settings(tmp_path: Path, mosquitto: Mosqu
         ack = UplinkAck.model_validate(acks[0])
         assert ack.batch_id == "serve-batch-01" and ack.telemetry_stored == 2
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

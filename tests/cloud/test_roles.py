@@ -4,7 +4,6 @@ front of the app's own ingest service, against a real Mosquitto; the commands an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import vigil_cli
 from alerts.contract import UplinkAck, mqtt_up_topic
 from cloud.roles import mqtt_body, run_role
 from firmware_bridge.kernel.records import DeviceKind
+from tests.aio import cancel_and_wait
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import CSV_HEADER, CSV_ROWS, GW1, MANHOLE_1, T0, batch, make_settings, readings
 from tests.cloud.test_mqtt_ingest import gateway_client
@@ -52,9 +52,7 @@ async def test_mqtt_ingest_role_stores_and_acks(tmp_path: Path, mosquitto: Mosqu
         ack = UplinkAck.model_validate(acks[0])
         assert ack.batch_id == "role-batch-0001" and ack.telemetry_stored == 3
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 def test_role_commands_are_registered() -> None:

@@ -101,6 +101,10 @@ ACCESS: dict[str, frozenset[str]] = {
     "GET /api/v1/incidents/{incident_id}": USERS,
     "POST /api/v1/incidents/{incident_id}/actions": STAFF,
     "POST /api/v1/incidents/{incident_id}/confirm": DESK,
+    "POST /api/v1/incidents/{incident_id}/rule-out": DESK,
+    "GET /api/v1/incidents/{incident_id}/family-call": STAFF,
+    # an operator only on the desk or holding the task
+    "POST /api/v1/incidents/{incident_id}/family-call": STAFF,
     "POST /api/v1/incidents/{incident_id}/photos": STAFF,
     "GET /api/v1/incidents/{incident_id}/photos/{photo_id}": USERS,
     "GET /api/v1/incidents/{incident_id}/intents": DESK,

@@ -215,3 +215,54 @@ def test_workers_opening_a_new_database_at_once_all_start(pg_server: PostgresSer
         for t in threads:
             t.join(timeout=60)
         assert not errors, errors
+
+
+def _next_xid(conn: psycopg.Connection) -> int:
+    """The server's next transaction id (read without taking one): each write transaction takes one."""
+    row = conn.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("merge_first", [True, False])
+def test_in_a_redelivery_storm_batches_whose_first_reading_is_stored_skip_the_copy(
+    pg_url: str, merge_first: bool
+) -> None:
+    """After a batch met a duplicate, the next batches of its kind probe their first reading's key: a
+    re-sent one goes straight to the merge (one transaction, not a failed ``COPY`` and then the merge), a
+    new one still takes the ``COPY``; the counts are those of the plain path either way."""
+    devices = ["mh-1", "mh-2", "mh-3"]
+    sent = [make_batch(DeviceKind.MANHOLE, devices, 20, seed=s, t0=T0 + 1e5 * s) for s in range(8)]
+    new = [make_batch(DeviceKind.MANHOLE, devices, 20, seed=s, t0=T0 + 1e5 * s) for s in range(8, 12)]
+    with PostgresStore(pg_url) as store, psycopg.connect(_dsn(pg_url), autocommit=True) as watch:
+        store.merge_first = merge_first
+        for b in sent:
+            assert store.write(b).stored == 60
+        x0 = _next_xid(watch)
+        results = [store.write(b) for b in sent]  # the storm: every batch again
+        x1 = _next_xid(watch)
+        # among the storm, new batches, and retries holding old and new readings
+        half = np.arange(30)
+        results += [
+            store.write(new[0]),
+            store.write(ReadingBatch.concat([sent[0].take(half), new[1].take(half)])),
+            store.write(ReadingBatch.concat([new[2].take(half), sent[1].take(half)])),
+            store.write(new[3]),
+        ]
+        x2 = _next_xid(watch)
+    assert [(r.stored, r.duplicates) for r in results] == [(0, 60)] * 8 + [
+        (60, 0),
+        (30, 30),
+        (30, 30),
+        (60, 0),
+    ]
+    # transactions that took an xid: the storm's first batch fails its COPY, then merges; with the probe
+    # the other seven merge at once, without it each fails its COPY first
+    assert x1 - x0 == (2 + 7 if merge_first else 2 * 8)
+    # then: a new batch (COPY), old+new (probe: merge), new+old (COPY fails, merge), a new one (COPY)
+    assert x2 - x1 == (5 if merge_first else 6)
+    with psycopg.connect(_dsn(pg_url)) as conn:
+        counts = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT (device_id, time_ms, seq)) FROM ts_manhole"
+        ).fetchone()
+    assert counts == (8 * 60 + 4 * 60 - 60, 8 * 60 + 4 * 60 - 60)

@@ -32,6 +32,7 @@ from alerts.contract import mqtt_ack_topic, mqtt_alert_topic, mqtt_up_topic
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
 from edge.uplink.mqtt import MqttUplink
 from firmware_bridge.transports.mqtt import close_on_failed_handshake
+from tests.aio import cancel_and_wait
 from tests.cloud.crlkit import empty_crl
 from tests.cloud.test_mqtt_ingest import FakeIngest, make_batch, running, uid
 from tests.cloud.test_tls import Pki, issue_client, make_pki
@@ -161,9 +162,7 @@ async def collecting(client: aiomqtt.Client, *filters: str) -> AsyncIterator[lis
     try:
         yield got
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def until(pred: object, timeout: float = 15.0) -> None:
@@ -264,6 +263,4 @@ async def test_the_gateways_uplink_and_the_cloud_worker_through_the_shipped_acls
         assert [json.loads(p)["batch_id"] for _, p in acks] == [batch.batch_id, alert_batch.batch_id]
         assert core.stored == {batch.batch_id: "w", alert_batch.batch_id: "w"}
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

@@ -59,6 +59,10 @@ def render(conf: str, *, http_port: int, https_port: int, upstream_port: int, pk
     out = out.replace("/etc/vigil/tls/gateway-ca.pem", str(pki.ca))
     out = out.replace("/etc/vigil/tls/gateway-ca.crl", str(empty_crl(pki)))  # ssl_crl: must exist
     out = out.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};")
+    # nginx's refusal log (docs/mtls.md): beside the test's certificates, not in /var/log/nginx (root only)
+    out = out.replace(
+        "/var/log/nginx/vigil-cert-refusals.log", str(pki.server_cert.parent / "vigil-cert-refusals.log")
+    )
     assert str(https_port) in out and str(upstream_port) in out and str(pki.server_cert) in out
     assert f"ssl_client_certificate {pki.ca};" in out
     return out

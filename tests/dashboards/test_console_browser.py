@@ -94,6 +94,13 @@ def test_live_queue_updates_on_ingest_without_a_reload(contexts: Any, guarded: L
     assert grades.index(next(g for g in grades if "sev-3" in g)) < grades.index(
         next(g for g in grades if "sev-1" in g)
     )
+    # the tiles above the queue were redrawn with it (out of band): they count the same incidents
+    page.wait_for_function(
+        "document.querySelector('#kpi-incidents').textContent"
+        " === document.querySelector('#incident-table').dataset.count",
+        timeout=2000,
+    )
+    assert navigations == []
     # the raw alerts stay one click away, and one click opens an alert's own timeline
     page.click("#all-alerts")
     page.click(f'tr[data-alert-id="{step.alert_id}"] td:nth-child(2) a')

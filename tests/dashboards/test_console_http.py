@@ -13,14 +13,18 @@ import httpx
 import pytest
 
 from alerts.contract import HTTP_PATH, GatewayStatus
+from alerts.loop.escalation import default_policies
+from alerts.loop.routing import MATCH_KEYS
 from alerts.loop.stages import Action
 from cloud.api.console import EventHub
 from dashboards import geo
+from dashboards.admin import FLAG_KEYS
 from dashboards.i18n import catalog
-from dashboards.incidents import REPORT_TYPES
+from dashboards.incidents import ASK_FIRST, REPORT_TYPES
 from dashboards.public import REPORT_CATEGORIES, RESPONDER_PURPOSES
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
+from firmware_bridge.registry import KINDS
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import BAND_1, MANHOLE_1, Cloud, alert_step, batch, body, make_settings, start_cloud
 
@@ -65,7 +69,16 @@ def test_catalogs_have_the_same_keys_and_cover_every_key_used() -> None:
     dynamic += [f"report.type.{k}" for k in REPORT_TYPES] + [
         f"report.category.{k}" for k in REPORT_CATEGORIES
     ]
-    assert not [k for k in dynamic if k not in zh]
+    # the incident page's questions, every kind's reading channels, the shipped escalation policies and
+    # every routing match key (dashboards/incidents.py, pages.py, admin.py build these keys)
+    dynamic += [f"ask.{a}" for a in ASK_FIRST] + [
+        f"reading.{c.name}" for k in KINDS.values() for c in k.channels
+    ]
+    dynamic += [f"policy.{p}" for p in default_policies()] + [
+        f"match.{k}" for k in MATCH_KEYS if k not in FLAG_KEYS
+    ]
+    dynamic += [f"match.{k}" for k in FLAG_KEYS] + [f"match.not_{k}" for k in FLAG_KEYS]
+    assert not [k for k in dynamic if k not in zh], [k for k in dynamic if k not in zh]
 
 
 def test_community_layers_from_the_registry() -> None:

@@ -103,7 +103,8 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     # 2. the operator opens it: routing rule, receivers, the nearest on-call grid worker suggested
     row.locator("a").first.click()
     desk.wait_for_url(f"**/console/incidents/{incident_id}")
-    assert "root/manhole" in desk.inner_text("body")
+    assert "井盖 › " in desk.inner_text("#route")  # the rule in words (the machine path in its title)
+    assert (desk.get_attribute("#route .rule", "data-rule") or "").startswith("root/manhole")
     assert desk.locator("#assignee option").first.get_attribute("value") == "r-near"
     stale = contexts(viewport={"width": 1366, "height": 900}).new_page()  # a second desk, same incident
     login(stale, "disp", to=f"/console/incidents/{incident_id}")
@@ -113,6 +114,7 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
 
     # 3. a stale page acting on the changed incident gets a clear message, not a silent overwrite
     stale.fill("#reason", "等待施工")
+    stale.once("dialog", lambda d: d.accept())  # 确认挂账？
     stale.click("button[data-action=park]")
     assert "已被他人更新" in stale.inner_text("#action-error")
     assert "挂账" not in stale.inner_text("#stage")
@@ -129,7 +131,11 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     phone.goto(f"/l/{_token(guarded, Purpose.RESOLVED, incident_id, 'r-near')}")
     assert phone.evaluate("document.scrollingElement.scrollWidth") <= 360  # no sideways scrolling
     phone.click("#act")  # no note yet: refused, in Chinese, nothing done
-    assert "请填写处置说明" in phone.inner_text("#link-error")
+    required = phone.locator("textarea[name=note][required]")
+    if required.count():  # the page marks the note required: the browser refuses, nothing is sent
+        assert not required.evaluate("e => e.checkValidity()")
+    else:  # the cloud's refusal in words
+        assert "请填写处置说明" in phone.inner_text("#link-error")
     phone.fill("textarea[name=note]", "已更换井盖并加固")
     phone.check("input[name=outcome][value=real]")  # the verdict: 真实事件
     phone.set_input_files("input[type=file]", str(_png(tmp_path / "cover.png")))
@@ -155,6 +161,9 @@ def test_alarm_to_rating_closes_the_loop(contexts: Any, guarded: LiveCloud, tmp_
     resident.fill("textarea[name=comment]", "处理很快，谢谢")
     resident.click("#rate")
     assert "感谢您的评价" in resident.inner_text("#flash")
+    desk.goto(f"/console/incidents/{incident_id}")  # the desk reads who rated: 居民, not "resident"
+    rated = desk.locator("#timeline li[data-action='rate']")
+    assert "居民" in rated.last.inner_text() and "resident" not in rated.last.inner_text()
 
     # 7. the KPI board changed
     after = _kpi(desk)

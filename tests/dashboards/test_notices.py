@@ -40,7 +40,9 @@ def test_who_a_delivery_was_for_comes_from_its_key_and_the_roster() -> None:
     assert _who(f"{duty}/user:18/sms") == ("网格员（值班）", "role")
     assert _who(f"{duty}/user:18/sms", t=EN) == ("grid worker (on duty)", "role")
     desk = dedup_key(12, 1, 1, 0, "group", "desk_120")
-    assert _who(f"{desk}/user:23/inapp") == ("desk_120 组成员", "group")
+    # the group by its label, not its machine name (a desk_120 member read "desk_120 组成员" before)
+    assert _who(f"{desk}/user:23/inapp") == ("120 急救中心 组成员", "group")
+    assert "desk_120" not in _who(f"{desk}/user:23/inapp", t=EN)[0]
     fam = dedup_key(12, 1, 0, 0, "role", family_target("dev-1234"))
     assert _who(f"{fam}/family:dev-1234/sms_family", "family:dev-1234") == ("张**的家属", "family")
     assert _who(f"{fam}/family:dev-9876/sms_family", "family:dev-9876") == ("家属（手环 …9876）", "family")

@@ -32,6 +32,7 @@ from edge.status import diagnose_metrics, parse_metrics
 from edge.uplink import UplinkSender
 from edge.uplink.alert_lane import AlertLane
 from edge.uplink.mqtt import MqttUplink
+from tests.aio import cancel_and_wait
 from tests.edge.helpers import alert, manhole_batch
 from tests.servers import MosquittoServer, start_mosquitto
 
@@ -95,9 +96,7 @@ async def background(
             await asyncio.wait_for(ready(), 10)
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 def worker(cfg: MqttIngestConfig, view: _View) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:

@@ -19,6 +19,7 @@ from edge.outbox import iter_alert_events, iter_telemetry
 from edge.status import diagnose_metrics
 from firmware_bridge.framing import encode_frame
 from firmware_bridge.kernel.events import EventType
+from tests.aio import cancel_and_wait
 from tests.edge.helpers import device_id, manhole_payload, smoke_payload
 
 
@@ -33,7 +34,7 @@ def pty_pair() -> Iterator[tuple[int, str]]:
     os.close(slave)  # held open by the test so bytes written while the daemon restarts are kept
 
 
-def gateway_config(tmp_path: Path, port: str, extra: str = "") -> GatewayConfig:
+def gateway_config(tmp_path: Path, port: str, extra: str = "", window_ms: float = 20) -> GatewayConfig:
     return parse_config(
         f"""
 [gateway]
@@ -48,7 +49,7 @@ port = "{port}"
 mode = "none"
 
 [detection]
-batch_window_ms = 20
+batch_window_ms = {window_ms}
 tick_interval_s = 0.5
 
 [metrics]
@@ -122,9 +123,7 @@ async def test_supervisor_restarts_a_failing_source(tmp_path: Path, pty_pair: tu
 
     task = asyncio.create_task(gw._supervise("flaky", flaky))
     await asyncio.wait_for(done.wait(), 10)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
     gw.outbox.close()
     assert calls == 3
     assert (
@@ -194,3 +193,17 @@ path = "{buzzer}"
             assert len(cloud.readings()) == 1
         finally:
             await cloud.stop()
+
+
+async def test_stop_in_the_middle_of_a_window_commits_its_frames(
+    tmp_path: Path, pty_pair: tuple[int, str]
+) -> None:
+    """A long merge window: frames the pipeline is still gathering when SIGTERM comes are committed."""
+    _master, port = pty_pair
+    cfg = gateway_config(tmp_path, port, window_ms=10_000)
+    async with running(cfg) as gw:
+        for i in range(5):
+            await gw.sink.put((device_id(i), manhole_payload(i, 1), 1_700_000_000.0, "radio0"))
+        await asyncio.sleep(0.2)
+        assert gw.pipeline.frames_total == 0  # still inside the 10 s window
+    assert sum(len(b) for b in iter_telemetry(cfg.outbox_path)) == 5

@@ -27,6 +27,7 @@ from edge.status import diagnose_metrics
 from edge.uplink import UplinkSender, UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
 from firmware_bridge.kernel.events import EventType
+from tests.aio import cancel_and_wait
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import GW1, Cloud, make_settings, start_cloud
 from tests.edge.cloudstub import CloudStub
@@ -88,9 +89,7 @@ async def sending(outbox: Outbox, uplink: object, **kw: float) -> AsyncIterator[
     try:
         yield s
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 def persisted_batches(outbox: Outbox) -> int:
@@ -312,15 +311,11 @@ async def test_the_cloud_takes_a_heartbeat_over_mqtt(cloud_sqlite: Cloud, mosqui
             try:
                 await wait_until(lambda: s.heartbeats_acked >= 2)
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+                await cancel_and_wait(sender)
         view = await gateway_view(cloud)
         assert view["online"] is True and view["last_seen"] == cloud.clock.now()
         assert isinstance(view["status"], dict) and view["status"]["uptime_s"] == 3.0
         assert isinstance(view["batches_total"], int) and view["batches_total"] >= 2
     finally:
         for t in (worker_task, session):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)

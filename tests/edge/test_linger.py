@@ -13,6 +13,7 @@ from pathlib import Path
 from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox
 from edge.uplink import UplinkSender
+from tests.aio import cancel_and_wait
 from tests.edge.helpers import alert, manhole_batch
 from tests.edge.test_heartbeat import ScriptedUplink, wait_until
 
@@ -48,9 +49,7 @@ async def sending(outbox: Outbox, up: ScriptedUplink, pipe: Pipeline) -> AsyncIt
     try:
         yield s
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 def sizes(up: ScriptedUplink) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from edge.outbox import iter_telemetry
 from edge.sources.base import FrameSink, SourceFrame
 from edge.sources.mqtt import flows, run_mqtt_source
 from firmware_bridge.kernel.clock import SystemClock
+from tests.aio import cancel_and_wait
 from tests.edge.helpers import manhole_payload
 from tests.edge.test_daemon import running
 from tests.servers import MosquittoServer
@@ -68,9 +69,7 @@ async def bare_source(mosquitto: MosquittoServer, client_id: str, sink: FrameSin
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def test_uncommitted_message_is_redelivered_and_stored_once(

@@ -157,3 +157,124 @@ def test_rejects_are_logged_with_their_bytes_and_rate_limited(caplog: pytest.Log
     with caplog.at_level("WARNING", logger="edge.sources"):
         sink.reject("radio0", "crc", b"\x01")
     assert caplog.records[-1].getMessage().endswith("[5 similar suppressed]")
+
+
+def test_is_urgent_reads_the_life_safety_bits_of_every_kind() -> None:
+    from edge.pipeline import URGENT_FLAGS, is_urgent
+    from firmware_bridge import wristband
+    from firmware_bridge.kernel.records import Reading
+
+    assert is_urgent(smoke_payload(1, 1, fire=True))  # smoke_alarm bit
+    assert not is_urgent(smoke_payload(1, 2))  # a heartbeat
+    assert not is_urgent(manhole_payload(1, 1))
+    assert not is_urgent(b"") and not is_urgent(b"\x01\x02\x00") and not is_urgent(b"\x01\x7f" + b"\xff" * 20)
+
+    def band(flags: int) -> bytes:
+        values = (70.0, 97.0, 1.0, 0.0, 0.0, 10.0, 0.0, 0.0)
+        r = Reading(DeviceKind.WRISTBAND, device_id(9), 1, 0.0, 80.0, flags, values, fw_version=0x0106)
+        return wristband.encode(r)
+
+    worn = wristband.CODEC.flags[1].mask
+    assert not is_urgent(band(worn))
+    assert is_urgent(band(worn | wristband.CODEC.flags[0].mask))  # SOS
+    assert is_urgent(band(worn | wristband.CODEC.flags[2].mask))  # the band's fall detector
+    # the table covers every kind the gateway decodes
+    from firmware_bridge.registry import BY_CODE
+
+    assert set(URGENT_FLAGS) == set(BY_CODE) and all(URGENT_FLAGS.values())
+
+
+async def test_an_urgent_frame_closes_the_window_at_once(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    sink = FrameSink(m)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=30.0)
+    loop = asyncio.get_running_loop()
+    sink.offer((device_id(1), manhole_payload(1, 1), T0, "s"))
+    t0 = loop.time()
+    task = asyncio.create_task(p.collect(sink.queue))
+    await asyncio.sleep(0.05)
+    assert not task.done()  # an ordinary frame waits for the (here 30 s) window
+    sink.offer((device_id(2), smoke_payload(2, 1, fire=True), T0, "s"))
+    sink.offer((device_id(3), manhole_payload(3, 1), T0, "s"))  # already queued: joins the batch
+    frames = await asyncio.wait_for(task, 5)
+    assert [f[0] for f in frames] == [device_id(1), device_id(2), device_id(3)]
+    assert loop.time() - t0 < 5 and p.urgent_batches_total == 1
+    # the first frame of a window urgent: no wait at all
+    sink.offer((device_id(4), smoke_payload(4, 1, fire=True), T0, "s"))
+    assert len(await asyncio.wait_for(p.collect(sink.queue), 5)) == 1
+
+
+async def test_urgent_flush_off_keeps_the_window(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    sink = FrameSink(m)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=0.3, urgent_flush=False)
+    loop = asyncio.get_running_loop()
+    sink.offer((device_id(2), smoke_payload(2, 1, fire=True), T0, "s"))
+    t0 = loop.time()
+    assert len(await p.collect(sink.queue)) == 1
+    assert loop.time() - t0 >= 0.29 and p.urgent_batches_total == 0
+
+
+async def test_a_cancelled_window_keeps_its_frames_for_the_shutdown(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    sink = FrameSink(m)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=30.0)
+    task = asyncio.create_task(p.collect(sink.queue))
+    for i in range(3):
+        sink.offer((device_id(i), manhole_payload(i, 1), T0, "s"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    held = p.take_held()
+    assert [f[0] for f in held] == [device_id(i) for i in range(3)]  # before: lost with the task
+    assert p.take_held() == []
+    # a new window starts from nothing
+    sink.offer((device_id(7), smoke_payload(7, 1, fire=True), T0, "s"))
+    assert [f[0] for f in await asyncio.wait_for(p.collect(sink.queue), 5)] == [device_id(7)]
+
+
+def test_a_new_bit_is_urgent_and_a_repeat_only_after_repeat_s() -> None:
+    from edge.pipeline import UrgentFilter
+
+    flt = UrgentFilter(repeat_s=10.0, max_devices=2)
+    fire, calm = smoke_payload(1, 1, fire=True), smoke_payload(1, 2)
+    assert flt(device_id(1), fire, T0)  # the alarm starts
+    assert not flt(device_id(1), smoke_payload(1, 3, fire=True), T0 + 1)  # a burst of repeats: waits
+    assert flt(device_id(1), smoke_payload(1, 4, fire=True), T0 + 12)  # the device's next uplink: urgent
+    assert flt(device_id(2), fire, T0 + 12.5)  # another device's start is its own
+    assert not flt(device_id(1), calm, T0 + 13) and flt(device_id(1), fire, T0 + 13.5)  # cleared, set again
+    assert not flt(device_id(1), b"", T0 + 14)  # not a payload: never urgent
+    # past its bound the memory restarts: a repeat counts as a start again (flushes; never delays)
+    assert flt(device_id(3), fire, T0 + 14) and flt(device_id(1), smoke_payload(1, 5, fire=True), T0 + 14)
+
+
+async def test_a_repeated_alarm_bit_does_not_cut_a_storm_into_tiny_batches(outbox: Outbox) -> None:
+    m = GatewayMetrics()
+    sink = FrameSink(m)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=0.2)
+    sink.offer((device_id(1), smoke_payload(1, 1, fire=True), T0, "s"))
+    assert len(await asyncio.wait_for(p.collect(sink.queue), 5)) == 1  # the start: at once
+    loop = asyncio.get_running_loop()
+    for seq in range(2, 6):  # the same alarm repeating within seconds (a replayed backlog), a neighbour
+        sink.offer((device_id(1), smoke_payload(1, seq, fire=True), T0 + seq, "s"))
+    sink.offer((device_id(2), manhole_payload(2, 1), T0, "s"))
+    t0 = loop.time()
+    assert len(await p.collect(sink.queue)) == 5
+    assert loop.time() - t0 >= 0.19 and p.urgent_batches_total == 1  # the window, not five batches
+
+
+async def test_urgent_closes_are_spaced_by_the_gap(outbox: Outbox) -> None:
+    """An alarm storm (a new device in alarm every frame) still makes batches: one early close per gap."""
+    m = GatewayMetrics()
+    sink = FrameSink(m)
+    p = Pipeline(DetectionEngine(), outbox, m, FixedClock(), window_s=30.0, urgent_gap_s=0.3)
+    loop = asyncio.get_running_loop()
+    sink.offer((device_id(1), smoke_payload(1, 1, fire=True), T0, "s"))
+    t0 = loop.time()
+    assert len(await asyncio.wait_for(p.collect(sink.queue), 5)) == 1  # the first: at once
+    for i in range(2, 5):
+        sink.offer((device_id(i), smoke_payload(i, 1, fire=True), T0, "s"))
+    batch = await asyncio.wait_for(p.collect(sink.queue), 5)
+    assert [f[0] for f in batch] == [device_id(i) for i in range(2, 5)]
+    assert 0.29 <= loop.time() - t0 < 5 and p.urgent_batches_total == 2  # the gap, not the 30 s window

@@ -16,6 +16,7 @@ from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox
 from edge.uplink import UplinkAuthError, UplinkProtocolError, UplinkSender, UplinkUnavailable
 from edge.uplink.http import HttpUplink
+from tests.aio import cancel_and_wait
 from tests.edge.cloudstub import CloudStub
 from tests.edge.helpers import alert, manhole_batch
 from tests.servers import free_port
@@ -84,9 +85,7 @@ async def sender_running(outbox: Outbox, url: str) -> AsyncIterator[UplinkSender
     try:
         yield s
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await up.aclose()
 
 
@@ -162,9 +161,7 @@ async def test_backlog_drains_at_the_configured_rate(tmp_path: Path, cloud: Clou
         try:
             await wait_until(lambda: ob.stats().depth["backlog"] == 0)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             await up.aclose()
     sizes = [sum(len(t) for t in cloud.batches[b].telemetry) for b in cloud.order]
     assert sum(sizes) == 300 and max(sizes) <= 100  # never more than one second's budget in a batch

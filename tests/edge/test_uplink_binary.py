@@ -34,6 +34,7 @@ from edge.uplink.http import HttpUplink, binary_refused
 from edge.uplink.mqtt import MqttUplink
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
+from tests.aio import cancel_and_wait
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import GW1, MANHOLE_1, SMOKE_1, T0, Cloud, alert_step, readings
 from tests.servers import MosquittoServer
@@ -239,9 +240,7 @@ async def background(coro) -> AsyncIterator[asyncio.Task[None]]:  # type: ignore
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def test_mqtt_binary_batches_reach_the_real_worker(

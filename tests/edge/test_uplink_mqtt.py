@@ -19,6 +19,7 @@ from edge.metrics import GatewayMetrics
 from edge.outbox import Outbox
 from edge.uplink import UplinkAuthError, UplinkSender, UplinkUnavailable
 from edge.uplink.mqtt import MqttUplink
+from tests.aio import cancel_and_wait
 from tests.edge.helpers import alert, manhole_batch
 from tests.servers import MosquittoServer, start_mosquitto
 
@@ -53,9 +54,7 @@ async def background(coro) -> AsyncIterator[asyncio.Task[None]]:  # type: ignore
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def test_send_is_acknowledged_by_the_cloud_message(tmp_path: Path, mosquitto: MosquittoServer) -> None:

@@ -27,6 +27,7 @@ from edge.uplink.base import Uplink
 from edge.uplink.http import HttpUplink
 from firmware_bridge.kernel.events import AlertPhase, EventType
 from firmware_bridge.kernel.records import DeviceKind
+from tests.aio import cancel_and_wait
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import MANHOLE_1, SMOKE_1, T0, Cloud, alert_step, readings
 
@@ -68,9 +69,7 @@ async def sending(outbox: Outbox, uplink: Uplink, **kw: float) -> AsyncIterator[
     try:
         yield s
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await uplink.aclose()
 
 
@@ -279,9 +278,7 @@ async def test_quarantine_counts_reach_the_console_through_gateway_status(
         outbox.commit([readings(M, MANHOLE_1, [2])], [])  # the next batch carries the count
         await wait_until(lambda: empty(outbox))
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await up.aclose()
     gw = (await c.client.get(f"/api/v1/gateways/{GW}", headers=c.viewer)).json()
     assert gw["status"]["quarantined_total"] == 2 and gw["status"]["dead_letter_total"] == 0

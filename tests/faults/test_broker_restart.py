@@ -30,6 +30,7 @@ from alerts.contract import UplinkBatch, mqtt_up_topic
 from cloud.api.state import CloudState
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
 from cloud.settings import CloudSettings
+from tests.aio import cancel_and_wait
 from tests.cloud.test_broker_durability import shipped_config
 from tests.faults.ledger import Ledger, scale
 from tests.faults.test_cloud_kill9 import Fleet, cloud_env, provision, reading_keys, step_keys
@@ -80,8 +81,7 @@ class Deployment:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         self._tasks = []
 
     def ingested(self) -> set[str]:

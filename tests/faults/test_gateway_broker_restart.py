@@ -24,6 +24,7 @@ import pytest
 
 from cloud.mqtt_ingest import IngestWorker, MqttIngestConfig
 from firmware_bridge.framing import encode_frame
+from tests.aio import cancel_and_wait
 from tests.edge.helpers import device_id, manhole_payload
 from tests.edge.test_daemon_kill9 import write_all
 from tests.faults.gateway_kit import (
@@ -156,6 +157,4 @@ async def test_broker_restarts_lose_nothing_the_gateway_accepted(tmp_path: Path,
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)

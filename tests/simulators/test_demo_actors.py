@@ -379,3 +379,28 @@ def test_the_verdict_comes_from_the_ground_truth() -> None:
     assert truth.verdict("b", "fire", t + 30).kind == "nuisance"
     assert truth.verdict("a", "fire", t + 7200).kind == "false_alarm"  # long over: nothing on site
     assert truth.verdict("c", "fire", t).kind == "false_alarm"
+
+
+async def test_a_response_cancelled_before_it_ran_leaves_no_unawaited_coroutine() -> None:
+    """The run ends (``close``) right after a page was taken: the response's task is cancelled before it
+    ever ran. Its coroutine must not be left "never awaited" (a RuntimeWarning at garbage collection, an
+    error under pytest: ``tests/cloud/test_demo.py`` failed 1 run in 4 on it, 2026-11-27)."""
+    import gc
+    import warnings
+
+    from simulators.demo_actors import Community, GroundTruth
+
+    ran: list[int] = []
+
+    async def respond() -> None:
+        ran.append(1)
+
+    async with httpx.AsyncClient(base_url="http://127.0.0.1:9") as client:
+        community = Community(client, [], GroundTruth([]), AcceleratedClock.starting_now(time.time(), 60.0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            community._spawn(respond(), "r-1#7")
+            await community.close()
+            gc.collect()
+    assert ran == []
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]

@@ -9,7 +9,6 @@ LoRaWAN 1.0.x (AES-CTR payload, AES-CMAC MIC); CTWing dataReport push (REFERENCE
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import json
 import os
@@ -29,6 +28,7 @@ from simulators.config import parse_config
 from simulators.fleet import Fleet
 from simulators.outputs import SerialSink, link_body
 from simulators.runner import run_simulation
+from tests.aio import cancel_and_wait
 
 T0 = 1_780_272_000.0
 
@@ -162,9 +162,7 @@ async def test_mqtt_our_payloads_chirpstack_and_lorawan(tmp_path: Path, mosquitt
                 ready.set()
             await asyncio.wait_for(ready.wait(), 20)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
     assert summary["outputs"]["mqtt"]["skipped_corrupt"] == n_corrupt > 0
     clock = AcceleratedClock.load(tmp_path / "clock.json")
     assert clock.sim_epoch == T0 and clock.speedup == 7200.0

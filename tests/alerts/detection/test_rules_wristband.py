@@ -194,22 +194,27 @@ def _lying(dev: str, minutes: int) -> list[Reading]:
     return rs
 
 
-def test_fall_clears_when_the_band_says_the_wearer_got_up_even_if_they_then_sit_still() -> None:
+def test_fall_end_of_fall_uplink_without_steps_does_not_clear_steps_do() -> None:
     """The band's end-of-fall uplink (its fall flag cleared, the stillness restarted since the previous
-    uplink) clears the alarm at once; before, it stayed open until a summary with >= 3 steps."""
+    uplink) is also what a wearer who rolled over on the floor as the flag timed out sends: it no longer
+    clears (docs/detection-wristband.md). Nor does a summary with a few steps (12: what an arm moving on
+    the floor may add in 5 min, below the 15 a summary needs; docs/detection.md "Walking, not a
+    pedometer's false steps"); the next summary with a walk does."""
     eng = DetectionEngine()
     lying = _lying("W1", 30)
     up = T0 + 1 + 1800 + 40  # got up 13 s before this uplink, then sat down: no steps
     after = [
         reading(W, "W1", 100, up, stillness_s=13, orientation_change_deg=30, steps=0),
         reading(W, "W1", 101, up + 300, stillness_s=313, orientation_change_deg=5, steps=0),
+        reading(W, "W1", 102, up + 600, stillness_s=200, orientation_change_deg=5, steps=12),
+        reading(W, "W1", 103, up + 900, stillness_s=100, orientation_change_deg=5, steps=40),
     ]
     ev = of(feed(eng, lying + after), EventType.FALL)
     assert [e.phase for e in ev if e.phase is not AlertPhase.UPDATED] == [
         AlertPhase.RAISED,
         AlertPhase.CLEARED,
     ]
-    assert [e.time for e in ev if e.phase is AlertPhase.CLEARED] == [up]
+    assert [e.time for e in ev if e.phase is AlertPhase.CLEARED] == [up + 900]
 
 
 def test_fall_flag_cleared_while_still_lying_does_not_clear() -> None:

@@ -106,3 +106,16 @@ def test_distance() -> None:
 def test_bad_rosters_name_the_problem(patch: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidConfig, match=message):
         roster_from_dict({**RAW, **patch})
+
+
+def test_shift_changes_are_the_hand_overs_of_one_role_in_a_span() -> None:
+    from alerts.loop.rosters import Override, Responder, Roster, Rotation, shift_changes
+
+    people = {p: Responder(p, p, frozenset({"call_taker"})) for p in ("a", "b")}
+    desk = Rotation("desk", "call_taker", "*", ("a", "b"), start=0.0, shift_s=8 * 3600.0)
+    grid = Rotation("grid", "grid_worker", "*", ("a",), start=0.0, shift_s=3600.0)
+    roster = Roster(people, (desk, grid), (Override("a", "b", 9 * 3600.0, 10 * 3600.0),))
+    assert shift_changes(roster, "call_taker", 0.0, 7 * 3600.0) == []  # grid workers' hours do not count
+    assert shift_changes(roster, "call_taker", 7 * 3600.0, 8 * 3600.0) == [8 * 3600.0]  # upper bound in
+    assert shift_changes(roster, "call_taker", 8 * 3600.0, 8.5 * 3600.0) == []  # lower bound out
+    assert shift_changes(roster, "call_taker", 8.5 * 3600.0, 10 * 3600.0) == [9 * 3600.0, 10 * 3600.0]

@@ -90,7 +90,7 @@ async def test_the_family_number_is_masked_and_revealed_to_dispatchers_only_audi
     r = await cloud.client.get(url, headers=operator)
     assert r.status_code == 200 and r.json() == [
         {"device_id": "a1b2c3d4e5f60001", "wearer": "张**", "phone": "139****4321",
-         "family_reached": {"status": "none", "at": None, "channel": None}}  # nothing was sent yet
+         "family_reached": {"status": "none", "at": None, "channel": None, "call": None}}  # nothing sent
     ]  # fmt: skip
     assert audit_rows(cloud, "notify.family.reveal") == []  # a masked view is not a reveal
     r = await cloud.client.get(url, params={"reveal": "true"}, headers=operator)

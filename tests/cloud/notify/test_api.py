@@ -225,7 +225,7 @@ async def test_resident_reports_rates_and_reopens(cloud: Cloud) -> None:
     assert r.status_code == 429 and "reports an hour" in r.json()["detail"]
     # the loop got an incident for the report; the case link follows it
     case = (await cloud.client.get(f"/api/v1/links/{token}")).json()
-    assert case["purpose"] == "case" and case["can_rate"] is True
+    assert case["purpose"] == "case" and case["can_rate"] is False  # not before the case is closed
     incident_id = case["incident_id"]
     loop = cloud.app.state.loop
     for cmd in (
@@ -239,6 +239,7 @@ async def test_resident_reports_rates_and_reopens(cloud: Cloud) -> None:
     assert r.status_code == 409 and "once it is closed" in r.json()["detail"]
     for cmd in (Command(Action.VERIFY, "disp"), Command(Action.CLOSE, "disp")):
         await asyncio.to_thread(loop.act, int(incident_id), cmd)
+    assert (await cloud.client.get(f"/api/v1/links/{token}")).json()["can_rate"] is True
     r = await cloud.client.post(f"/api/v1/links/{token}/rating", json={"score": 6})
     assert r.status_code == 422
     r = await cloud.client.post(f"/api/v1/links/{token}/rating", json={"score": 4, "comment": "快"})

@@ -120,16 +120,17 @@ async def test_the_console_lists_one_incidents_notices_and_sees_the_family_reach
     incident_id = wearer_case(cloud)
     url = f"/api/v1/notify/incidents/{incident_id}/family"
     (entry,) = (await cloud.client.get(url, headers=cloud.dispatcher)).json()
-    assert entry["family_reached"] == {"status": "none", "at": None, "channel": None}
+    assert entry["family_reached"] == {"status": "none", "at": None, "channel": None, "call": None}
     await notify.worker.submit([family_page(incident_id), page("T-77", target="disp")])
     (entry,) = (await cloud.client.get(url, headers=cloud.dispatcher)).json()
-    assert entry["family_reached"] == {"status": "pending", "at": None, "channel": None}
+    assert entry["family_reached"] == {"status": "pending", "at": None, "channel": None, "call": None}
     cloud.clock.advance(42)
     while await notify.worker.send_once():
         pass
     assert [m["PhoneNumbers"] for m in fake_aliyun.sms] == [CONTACT]
     (entry,) = (await cloud.client.get(url, headers=cloud.dispatcher)).json()
-    assert entry["family_reached"] == {"status": "sent", "at": cloud.clock.now(), "channel": "sms"}
+    sent = {"status": "sent", "at": cloud.clock.now(), "channel": "sms", "call": None}
+    assert entry["family_reached"] == sent
     assert CONTACT not in str(entry["family_reached"])
 
     # the incident page's notice list: this incident's call task, not the other incident's page

@@ -2,5 +2,8 @@
 the vectorised engine must equal (``tests/alerts/detection/test_batch_equivalence.py``).
 
 A frozen copy (commit 84609b7's parent): only the imports point here. Do not change it with the live
-engine; a deliberate change of detection behaviour updates the equivalence test instead.
+engine's *implementation* (batching, scans, fast paths). A deliberate change of detection *behaviour*
+is written here too, in this engine's own rank-by-rank way and not copied (the "mirrors ..." comments:
+the recovery evidence, the "I'm OK" bit and its ``[ok_key]`` mark, the walking evidence read reading by
+reading in ``wristband._walked``), so the equivalence tests keep comparing two implementations.
 """

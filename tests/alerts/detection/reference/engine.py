@@ -39,7 +39,7 @@ from tests.alerts.detection.reference.episodes import Transitions
 from tests.alerts.detection.reference.kindstate import KindState
 from tests.alerts.detection.reference.profiles import ProfileSet
 from tests.alerts.detection.reference.registry import RULES
-from tests.alerts.detection.reference.rulekit import RuleContext
+from tests.alerts.detection.reference.rulekit import OK_KEY_MARK, RuleContext
 
 _log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ class DetectionEngine:
             p=ks.params.view(rows),
             state=ks.state,
             det=ks.det,
+            fw_version=batch.fw_version[sel],
         )
         verdicts = ks.module.evaluate(ctx)
         for et, v in verdicts.items():
@@ -194,7 +195,7 @@ class DetectionEngine:
                 rows, t, v.level, v.value, v.immediate, v.since, v.confirm_after, v.clear_after
             )
             if len(tr.idx):
-                events += self._emit(ks, et, tr, rows, t, v.value, now)
+                events += self._emit(ks, et, tr, rows, t, v.value, now, v.cause)
         return events
 
     def _emit(
@@ -206,11 +207,17 @@ class DetectionEngine:
         t: npt.NDArray[np.float64],
         value: npt.NDArray[np.float64],
         now: float,
+        cause: npt.NDArray[np.bool_] | None = None,
     ) -> list[AlertEvent]:
-        return [
-            self._event(ks, et, int(rows[i]), ph, int(s), now, float(t[i]), float(value[i]))
-            for i, ph, s in zip(tr.idx.tolist(), tr.phase, tr.severity.tolist(), strict=True)
-        ]
+        out = []
+        for i, ph, s in zip(tr.idx.tolist(), tr.phase, tr.severity.tolist(), strict=True):
+            e = self._event(ks, et, int(rows[i]), ph, int(s), now, float(t[i]), float(value[i]))
+            # mirrors the "I'm OK" mark of alerts/detection/engine.py: a clear at a reading whose verdict
+            # says the wearer's key caused it
+            if ph is AlertPhase.CLEARED and cause is not None and bool(cause[i]):
+                e = e.model_copy(update={"message": f"{e.message} {OK_KEY_MARK}"})
+            out.append(e)
+        return out
 
     def _event(
         self,
@@ -320,6 +327,13 @@ class DetectionEngine:
     # -- persistence -------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Everything needed to resume: ``.npz`` (no pickle) with a JSON header."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **self.snapshot_arrays())
+        return buf.getvalue()
+
+    def snapshot_arrays(self) -> dict[str, Any]:
+        """What :meth:`snapshot` writes, before it is written: ``{name: array}``, ``"header"`` a JSON
+        string array (the arrays are views of the engine's state: read them before the next batch)."""
         arrays: dict[str, Any] = {}
         header: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
@@ -343,9 +357,7 @@ class DetectionEngine:
                 for name, arr in tab.arrays.items():
                     arrays[f"{k}/ep/{et.value}/{name}"] = arr[:n]
         arrays["header"] = np.array(json.dumps(header))
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return buf.getvalue()
+        return arrays
 
     @classmethod
     def restore(cls, data: bytes, profiles: ProfileSet | None = None) -> DetectionEngine:

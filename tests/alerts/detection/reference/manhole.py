@@ -9,9 +9,13 @@ Why these rules (thresholds in :class:`alerts.detection.profiles.ManholeProfile`
   so on a busy road every frame "vibrates": vibration cannot say whether the cover shakes now. What the
   datasheet makes certain instead: a device reports the return to normal within 30 s. So a tilted frame
   raises at once when the device says the tilt settled (``tilt_settled``, firmware that debounces) or
-  when no vehicle touched the cover since the previous uplink (``vibration_g`` below a truck's); any
-  other tilted frame raises after ``displaced_confirm_s`` unless a return-to-normal frame arrives first
-  (the lifecycle's ``confirm_after``), and two tilted frames in a row raise too.
+  when the uplinks prove that no vehicle touched the cover for at least ``quiet_window_s`` (5 s): the
+  frame and the uplinks before it, back to the latest that showed a vehicle, all below a truck's
+  ``vibration_g`` (their windows tile the time). A heartbeat due 0.1 s after a truck's alarm uplink is
+  still tilted and quiet, but it has seen 0.1 s of road, so it proves nothing. Any other tilted frame
+  raises after ``displaced_confirm_s`` unless a return-to-normal frame arrives first (the lifecycle's
+  ``confirm_after``); tilted frames in a row raise only once they span ``displaced_confirm_s`` too (two
+  frames 0.1 s apart are one truck's rock seen twice).
 * **OVERFLOW**: water surface close to the cover; **GAS_COMBUSTIBLE** / **GAS_TOXIC** / **OXYGEN_ABNORMAL**:
   the GB/T 50493-2019 two-stage gas alarms, H2S 10/20 ppm, O2 outside 19.5-23.5 %vol, with hysteresis so
   a reading hovering at the threshold does not flap. An O2 reading of exactly 0 means "no O2 cell", and
@@ -47,7 +51,11 @@ from tests.alerts.detection.reference.rulekit import (
 
 KIND = DeviceKind.MANHOLE
 PROFILE = ManholeProfile
-STATE: dict[str, tuple[str, float]] = {}
+STATE: dict[str, tuple[str, float]] = {
+    # start of the device's quiet run: its latest uplink that showed a vehicle (or an unknown vibration);
+    # NaN: none seen
+    "quiet_since": ("f8", np.nan),
+}
 
 HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
 
@@ -55,7 +63,11 @@ HIGH, MEDIUM, LOW = int(Severity.HIGH), int(Severity.MEDIUM), int(Severity.LOW)
 def rules(p: ManholeProfile) -> dict[EventType, EpisodeRule]:
     return {
         EventType.COVER_OPEN: EpisodeRule(remind_every_s=3600.0),
-        EventType.COVER_DISPLACED: EpisodeRule(need_count=2, escalate_after_s=1800.0, remind_every_s=3600.0),
+        # tilted frames in a row confirm each other only once they span as long as the return to normal
+        # may take (a heartbeat 0.1 s after a truck's alarm uplink is the same rock seen twice)
+        EventType.COVER_DISPLACED: EpisodeRule(
+            need_count=2, for_s=p.displaced_confirm_s, escalate_after_s=1800.0, remind_every_s=3600.0
+        ),
         EventType.OVERFLOW: EpisodeRule(escalate_after_s=3600.0),
         EventType.GAS_COMBUSTIBLE: EpisodeRule(escalate_after_s=1800.0),
         EventType.GAS_TOXIC: EpisodeRule(escalate_after_s=1800.0),
@@ -84,6 +96,32 @@ def _frozen(ctx: RuleContext) -> np.ndarray:
     return frozen
 
 
+def _no_vehicle(ctx: RuleContext, vib: np.ndarray) -> np.ndarray:
+    """Per frame (one per device here): did the uplinks before it prove that no vehicle tilted the cover?
+
+    Each uplink's ``vibration_g`` covers the time since the device's previous one; a run of quiet uplinks
+    covers the time since the uplink before the run. The frame is evidence of "no vehicle" when it is
+    the device's alarm, quiet itself, and that quiet run began at least ``quiet_window_s`` before it: a
+    heartbeat 0.1 s after a truck's uplink has seen 0.1 s of road only. A device that showed no vehicle
+    in any uplink seen here has a run that began before we saw it, hours back at any heartbeat cadence.
+    """
+    n = len(ctx.rows)
+    alarm = ctx.flag("alarm")
+    min_quiet = np.broadcast_to(np.asarray(ctx.p.quiet_window_s, dtype=np.float64), (n,))
+    truck = np.broadcast_to(np.asarray(ctx.p.truck_vibration_g, dtype=np.float64), (n,))
+    run_start = ctx.state["quiet_since"]
+    out = np.zeros(n, dtype=bool)
+    for i, row in enumerate(ctx.rows.tolist()):
+        t, v = float(ctx.t[i]), float(vib[i])
+        began = float(run_start[row])  # NaN: no uplink of this device showed a vehicle
+        shook = not (v < float(truck[i]))  # a vehicle in this uplink's window, or its vibration unknown
+        quiet_long = math.isnan(began) or t - began >= float(min_quiet[i])
+        out[i] = bool(alarm[i]) and not shook and quiet_long
+        if shook:
+            run_start[row] = t  # the quiet run (re)starts after this uplink
+    return out
+
+
 def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     p = ctx.p
     tilt, ref = ctx.col("tilt_deg"), ctx.col("tilt_ref_deg")
@@ -98,7 +136,7 @@ def evaluate(ctx: RuleContext) -> dict[EventType, Verdict]:
     disp = dev > p.tilt_threshold_deg
     disp_lvl = select([open_on, disp, dev > p.tilt_clear_deg], [HOLD, MEDIUM, HOLD], CLEAR)
     disp_lvl = np.where(np.isfinite(dev), disp_lvl, UNKNOWN).astype(np.int8)
-    no_vehicle = ctx.flag("alarm") & (vib < p.truck_vibration_g)  # nothing shook it since the last uplink
+    no_vehicle = _no_vehicle(ctx, vib)
     confirmed = disp & (ctx.flag("tilt_settled") | no_vehicle)
     confirm_after = np.where(disp, p.displaced_confirm_s, np.nan)
 

@@ -61,6 +61,11 @@ class ManholeProfile(KindProfile):
     # a tilted frame with a vehicle in its window (and no tilt_settled bit) is a cover displaced unless the
     # device reports the return to normal within this long (docs/payloads.md: it must, within 30 s)
     displaced_confirm_s: float = Field(45.0, gt=0)
+    # vibration_g's window is the time since the device's previous uplink: a tilted alarm frame is "no
+    # vehicle" only when its uplinks were quiet for at least this long before it (a truck's rock lasts 1-2 s,
+    # the tilt is a 1 s median; 5 s is also the firmware's own debounce, tilt_settled). A heartbeat due
+    # 0.1 s after a truck's alarm uplink has seen 0.1 s of road: no evidence (docs/detection.md)
+    quiet_window_s: float = Field(5.0, gt=0)
     # water within 30 cm of the cover overflows onto the road soon (simulators/manhole.py OVERFLOW_CM)
     overflow_medium_cm: float = Field(30.0, ge=0)
     overflow_high_cm: float = Field(15.0, ge=0)

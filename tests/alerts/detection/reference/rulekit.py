@@ -25,6 +25,9 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 LevelArray = npt.NDArray[np.int8]
 
+# mirrors the "I'm OK" mark of alerts/detection/rulekit.py (the loop's ``alerts.loop.reasons.OK_KEY_MARK``)
+OK_KEY_MARK = "[ok_key]"
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -41,6 +44,8 @@ class Verdict:
     # on a HOLD reading of an open episode: clear this many seconds later unless an active or plain
     # HOLD reading arrives first (NaN = no timer): the condition is over, silence confirms it stays so
     clear_after: FloatArray | None = None
+    # mirrors Verdict.cause: a clear at this reading is the wearer's "I'm OK"
+    cause: BoolArray | None = None
 
 
 _CHANNELS: dict[tuple[DeviceKind, str], int] = {}
@@ -75,6 +80,7 @@ class RuleContext:
     p: ParamView
     state: dict[str, npt.NDArray[Any]]  # the kind's extra per-device arrays (index with rows)
     det: dict[str, Detector]
+    fw_version: npt.NDArray[np.uint16] | None = None  # per reading (mirrors alerts/detection/rulekit.py)
 
     def __len__(self) -> int:
         return len(self.rows)

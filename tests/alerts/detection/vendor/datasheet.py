@@ -56,7 +56,10 @@ WRIST_FLAGS = {
     "gps_valid": 0x0020,
     "heartbeat": 0x0040,
     "rest_broken": 0x0080,
+    "ok": 0x0100,  # "I'm OK" pressed after a fall (fw >= 1.7; one-shot, in the press's event uplink)
 }
+# the first firmware that defines the ok bit; from an older one the same bit is reserved (ignored)
+WRIST_OK_MIN_FW = (1, 7)
 
 
 def _word(table: dict[str, int], flags: tuple[str, ...] | list[str]) -> int:

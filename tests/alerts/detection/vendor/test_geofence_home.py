@@ -126,3 +126,68 @@ def test_learned_home_is_not_dragged_by_repeated_walks() -> None:
     frames += [frame(dev, seq, t + 300.0 * k, FIX, -260.0) for k in range(3)]
     alerts = run(frames, DetectionEngine(), until=t + 1200.0)
     assert steps(alerts, AlertPhase.RAISED) == []
+
+
+def _walk_frame(
+    dev: str, seq: count[int], t: float, m: float, walked: float, flags: tuple[str, ...] = FIX
+) -> Frame:
+    """A 5-min summary ``m`` metres north of home (negative: south) with ``walked`` steps in its window."""
+    return Frame(
+        dev,
+        t,
+        ds.wristband(seq=next(seq), flags=flags, steps=walked, stillness_s=20, lat=north(m), lon=HOME_LON),
+    )
+
+
+def _started_on_a_walk(dev: str, seq: count[int]) -> tuple[list[Frame], float]:
+    """A band whose first fixes come from a walk 150 m north (300 steps per summary, the datasheet's
+    ``steps`` since the previous uplink), then the wearer is home, pottering (10 steps, fixes by the
+    window): the home the band has to learn is the second place, not the first."""
+    frames = [_walk_frame(dev, seq, T0 + 300.0 * k, 150.0, 300.0) for k in range(3)]
+    frames += [_walk_frame(dev, seq, T0 + 300.0 * (3 + k), 5.0 * k, 10.0) for k in range(3)]
+    return frames, T0 + 300.0 * 6
+
+
+def test_learned_home_seeded_on_a_walk_does_not_call_an_exit_early() -> None:
+    """Then the wearer walks south: 200, 260, 280, 290 m (inside the 300 m fence of the real home), then
+    360 and 420 m (out). Before: the home was seeded by the walk's first fix (150 m north) and the fixes
+    at 260 / 280 m south read ~410-430 m from it: the exit was called while the wearer was inside the fence
+    (score_detect seeds 11 and 15: 255 s and 105 s before the crossing). Now: raised at 420 m, not before."""
+    seq = count(1)
+    frames, t = _started_on_a_walk("WB-SEED", seq)
+    for m in (-200.0, -260.0, -280.0, -290.0, -360.0, -420.0):
+        frames.append(_walk_frame("WB-SEED", seq, t, m, 300.0))
+        t += 300.0
+    raised = steps(run(frames, DetectionEngine(), until=t + 600.0), AlertPhase.RAISED)
+    assert len(raised) == 1
+    assert raised[0].time == T0 + 300.0 * 11  # the second fix out (420 m), need_count=2
+
+
+def test_standing_still_outside_or_a_still_night_fix_outside_does_not_become_home() -> None:
+    """Out to 600 m (raised), then the wearer stands still there (0 steps, fixes every summary) into the
+    night: fixes with fewer steps than the home's seed, and still night fixes, are home evidence only
+    inside the fence (or on the charger). The alert stays open."""
+    seq = count(1)
+    frames, t = _started_on_a_walk("WB-STAY", seq)
+    for _ in range(2):
+        frames.append(_walk_frame("WB-STAY", seq, t, -600.0, 300.0))
+        t += 300.0
+    while t < T0 + 8 * 3600.0:  # 16:00 -> 24:00 local, standing / sitting still 600 m out
+        frames.append(_walk_frame("WB-STAY", seq, t, -600.0, 0.0))
+        t += 300.0
+    alerts = run(frames, DetectionEngine(), until=t)
+    assert len(steps(alerts, AlertPhase.RAISED)) == 1
+    assert steps(alerts, AlertPhase.CLEARED) == []
+
+
+def test_a_fix_on_the_charger_reseeds_a_home_learned_on_walks() -> None:
+    """After its warm-up a band has learned only walk fixes 150 m north (no fix at home during the day);
+    in the evening it gets one fix on the charger at home. From then on a walk 280 m south (inside the
+    fence of the real home) is no exit."""
+    seq = count(1)
+    frames = [_walk_frame("WB-CHG", seq, T0 + 300.0 * k, 150.0, 300.0) for k in range(100)]
+    t = T0 + 300.0 * 100
+    frames.append(_walk_frame("WB-CHG", seq, t, 0.0, 0.0, ("charging", "gps_valid", "heartbeat")))
+    for k in range(1, 5):
+        frames.append(_walk_frame("WB-CHG", seq, t + 300.0 * k, -280.0, 300.0))
+    assert steps(run(frames, DetectionEngine(), until=t + 1800.0), AlertPhase.RAISED) == []
