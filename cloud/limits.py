@@ -299,7 +299,9 @@ class SharedBuckets:
         self._lock = threading.Lock()
         self._max_connections = max_connections
         self._open = 0
+        self._closed = False
         weakref.finalize(self, _close_all, self._idle)  # an app's limits go: so do their connections
+        db.closes_with(self)  # and when its database is closed (the app's shutdown), at once
         self._now = now
         self._sweep_every_s = sweep_every_s
         self._next_sweep = 0.0
@@ -311,6 +313,8 @@ class SharedBuckets:
         deadline = time.monotonic() + 5.0
         while True:
             with self._lock:
+                if self._closed:
+                    raise RuntimeError("the shared rate limits are closed")
                 if self._idle:
                     return self._idle.pop()
                 if self._open < self._max_connections:
@@ -331,7 +335,10 @@ class SharedBuckets:
 
     def _checkin(self, conn: Any) -> None:
         with self._lock:
-            self._idle.append(conn)
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        self._discard(conn)  # closed meanwhile: a connection in use is closed when it comes back
 
     def _discard(self, conn: Any) -> None:
         with self._lock:
@@ -340,9 +347,12 @@ class SharedBuckets:
             conn.close()
 
     def close(self) -> None:
-        """Close the idle connections (a connection in use is closed when it comes back)."""
+        """Close the idle connections (a connection in use is closed when it comes back); later takes
+        use this process's own buckets. The idle list is emptied in place: the finalizer holds it."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            self._closed = True
+            idle = self._idle[:]
+            self._idle.clear()
             self._open -= len(idle)
         for conn in idle:
             with contextlib.suppress(Exception):
@@ -360,6 +370,8 @@ class SharedBuckets:
         self, name: str, key: Hashable, n: float, rate: float, burst: float, *, strict: bool = False
     ) -> float:
         """Take ``n`` tokens of ``name``'s bucket ``key``: 0 if admitted, else the seconds to wait."""
+        if self._closed:  # the app is shutting down: a request still in flight is limited per process
+            return self._fallback.take((name, key), n, rate, burst, strict=strict)
         now = self._now()
         floor = n - 1e-9 if strict else 0.0
         params = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -58,6 +59,9 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        # helpers holding connections of their own to this database (cloud.limits.SharedBuckets): closed
+        # with it, so an app's shutdown leaves no connection open until a garbage collection finds it
+        self._dependents: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -89,7 +93,13 @@ class Database:
         """Whether to add ``FOR UPDATE`` to read-modify-write selects (PostgreSQL only)."""
         return not self.is_sqlite
 
+    def closes_with(self, dependent: Any) -> None:
+        """Close ``dependent`` (anything with ``close()``) when this database is closed; held weakly."""
+        self._dependents.add(dependent)
+
     def close(self) -> None:
+        for dependent in list(self._dependents):
+            dependent.close()
         self.engine.dispose()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -153,3 +154,41 @@ async def test_a_certificate_refusal_is_audited_once_by_two_workers(cloud_pg: Cl
     r = await c.client.get("/api/v1/loop/audit", headers=c.admin)
     got = [e for e in r.json()["entries"] if e["action"] == "auth.gateway_certificate_refused"]
     assert len(got) == 2, got  # one per minute, whichever worker heard it
+
+
+def _sessions(pg_url: str) -> int:
+    import psycopg
+
+    name = pg_url.rsplit("/", 1)[1]
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = ''", (name,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_closing_the_database_closes_the_shared_connections_and_later_takes_stay_local(
+    pg_url: str,
+) -> None:
+    """An app's shutdown closes its database: the buckets' own connections go with it at once (left to the
+    garbage collector they outlived their app and warned in whichever test came next), a take still in
+    flight gives its connection back to be closed, and a take after the close is limited per process."""
+    upgrade_head(pg_url)
+    db = Database(pg_url)
+    buckets = SharedBuckets(db, now=lambda: 1_000_000.0)
+    assert buckets.take("t", "k", 1, 0.1, 2) == 0.0
+    idle = buckets._checkout()
+    busy = buckets._checkout()  # a second connection, as a take running in another thread holds it
+    buckets._checkin(idle)
+    assert _sessions(pg_url) == 2
+    db.close()
+    buckets._checkin(busy)  # the take in flight ends after the close
+    deadline = time.monotonic() + 5
+    while _sessions(pg_url) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _sessions(pg_url) == 0
+    # after the close: this process's buckets (a fresh key starts full, the burst of 2 then a wait)
+    assert [buckets.take("t", "k", 1, 0.1, 2) for _ in range(3)][-1] == pytest.approx(10.0)
+    assert _sessions(pg_url) == 0
