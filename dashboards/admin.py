@@ -15,13 +15,14 @@ import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from alerts.loop import reasons
-from alerts.loop.rosters import roster_from_dict
+from alerts.loop.rosters import Roster, Rotation, changes, roster_from_dict
 from alerts.loop.routing import DEPARTMENTS
 from alerts.loop.sla import CLOCKS, Urgency
 from dashboards.client import ApiError
@@ -161,20 +162,27 @@ def zone_words(zone: str, t: Translator) -> str:
     return t("config.zone_all") if zone == ANY_ZONE else zone
 
 
-def next_handover(rotation: Mapping[str, Any], now: float) -> tuple[float, int] | None:
-    """When a rotation next hands over and the index of the participant who takes over (the arithmetic of
-    ``alerts.loop.rosters.Rotation.on_call_at``, which a test holds it to); ``None`` when it never does
-    (everyone together, or one person)."""
-    parts = rotation.get("participants") or []
-    start = float(rotation.get("start") or 0.0)
-    raw_shift = rotation.get("shift_s")
-    shift = 86400.0 if raw_shift is None else float(raw_shift)
-    if shift <= 0 or len(parts) < 2:
-        return None
-    if now < start:
-        return start, 0
-    k = int((now - start) // shift) + 1
-    return start + k * shift, k % len(parts)
+def next_change(rotation: Rotation, now: float, zone: ZoneInfo) -> tuple[float, tuple[str, ...]] | None:
+    """When who is on call from ``rotation`` next changes after ``now``, and who is on call from then (ids;
+    ``()``: nobody, the daily window closed). ``None`` when it never changes (everyone together all day,
+    one person all day, an empty window).
+
+    The rotation itself answers (:meth:`alerts.loop.rosters.Rotation.on_call_at`) at the instants the
+    loop's :func:`alerts.loop.rosters.changes` names (its start, each hand-over, each window edge, in
+    ``zone``'s local time), one day at a time, so the page cannot disagree with the loop. Without a window
+    the change is at most one shift away; a window opens or closes each day: a shift and two days past the
+    rotation's start bound the search."""
+    alone = Roster({}, (rotation,), (), zone.key)
+    current = rotation.on_call_at(now, zone)
+    limit = max(now, rotation.start) + max(rotation.shift_s, 0.0) + 2 * 86400.0
+    a = now
+    while a < limit:
+        b = min(a + 86400.0, limit)
+        for c in changes(alone, a, b):
+            if c > now and (who := rotation.on_call_at(c, zone)) != current:
+                return c, who
+        a = b
+    return None
 
 
 def roster_words(
@@ -202,8 +210,11 @@ def roster_words(
         }
         for role, zone in duty_pairs(body)
     ]
+    # the stored document always parses (the cloud validates it with the same parser before storing it)
+    roster = roster_from_dict(body)
+    zone = ZoneInfo(roster.zone)
     rots = []
-    for r in rotations:
+    for r, rot in zip(rotations, roster.rotations, strict=True):
         parts = [name(p) for p in r.get("participants") or []]
         raw_shift = r.get("shift_s")
         shift = 86400.0 if raw_shift is None else float(raw_shift)
@@ -219,7 +230,13 @@ def roster_words(
             notes.append(t("config.rotation_from", at=local_time(start, t)))
         if r.get("hours"):
             notes.append(t("config.rotation_hours", hours=str(r["hours"])))
-        nxt = next_handover(r, now)
+        nxt = next_change(rot, now, zone)
+        if nxt is None:
+            upcoming = ""
+        elif nxt[1]:
+            upcoming = t("config.next_handover", at=local_time(nxt[0], t), who=sep.join(map(name, nxt[1])))
+        else:
+            upcoming = t("config.next_off", at=local_time(nxt[0], t))
         rots.append(
             {
                 "id": str(r.get("id", "")),
@@ -227,7 +244,7 @@ def roster_words(
                 "zone": zone_words(str(r.get("zone", ANY_ZONE)), t),
                 "who": " → ".join(parts) if shift > 0 and len(parts) > 1 else sep.join(parts),
                 "how": "；".join([how, *notes]) if t.lang != "en" else "; ".join([how, *notes]),
-                "next": t("config.next_handover", at=local_time(nxt[0], t), who=parts[nxt[1]]) if nxt else "",
+                "next": upcoming,
             }
         )
     overrides = []
