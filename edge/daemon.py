@@ -20,7 +20,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from alerts.contract import AlertEvent
@@ -35,6 +35,7 @@ from edge.sources.lora import LoRaWANSessions
 from edge.uplink.base import Uplink
 from edge.uplink.sender import UplinkSender
 from firmware_bridge.backoff import Backoff
+from firmware_bridge.kernel.aio import recancel
 from firmware_bridge.kernel.clock import AcceleratedClock, Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -343,30 +344,6 @@ class Gateway:
         finally:
             self.outbox.close()
             log.info("gateway stopped; outbox closed")
-
-
-#: after a stop, a task still running this long after its cancel is cancelled again, this often
-RECANCEL_AFTER_S = 5.0
-RECANCEL_EVERY_S = 2.0
-
-
-async def recancel(
-    tasks: Sequence[asyncio.Task[None]], after_s: float = RECANCEL_AFTER_S, every_s: float = RECANCEL_EVERY_S
-) -> None:
-    """Cancel the tasks still running ``after_s`` after the stop again, every ``every_s``.
-
-    On Python 3.11 ``asyncio.wait_for`` drops a cancellation that lands as the awaited thing finishes
-    (CPython gh-86296); aiomqtt awaits each QoS 1 PUBACK that way, so an uplink task stopped just as its
-    publish was confirmed would run on and the TaskGroup would wait for it until systemd's stop timeout
-    killed the daemon (the outbox loses nothing then, but the stop takes 90 s instead of a second)."""
-    await asyncio.sleep(after_s)
-    while True:
-        for t in [t for t in tasks if not t.done()]:
-            log.warning(
-                "task still running after the stop; cancelling it again", extra={"task": t.get_name()}
-            )
-            t.cancel()
-        await asyncio.sleep(every_s)
 
 
 def run_gateway(cfg: GatewayConfig) -> int:

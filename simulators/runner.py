@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from firmware_bridge.kernel.aio import recancel
 from firmware_bridge.kernel.clock import AcceleratedClock
 from simulators.config import FleetConfig
 from simulators.fleet import Fleet
@@ -89,6 +90,7 @@ async def run_simulation(
     frames_out = 0
     opened = []
     started = completed = False
+    recanceller: asyncio.Task[None] | None = None
     reached = cfg.start
     try:
         for sink in outputs.sinks:
@@ -104,26 +106,38 @@ async def run_simulation(
         if clock is not None:
             clock.save(outdir / "clock.json")
         async with asyncio.TaskGroup() as tg:
-            for sink in outputs.sinks:
-                tg.create_task(sink.run(), name=f"sink-{sink.name}")
+            tasks = [tg.create_task(sink.run(), name=f"sink-{sink.name}") for sink in outputs.sinks]
             started = True
-            for tick_end, frames in fleet.run_ticks(cfg.start, cfg.duration_s):
-                for fr in frames:
-                    if clock is not None:
-                        # loop: asyncio sleeps on the monotonic clock, the shared clock reads wall time
-                        while (wait := clock.real_seconds(fr.time - clock.now())) > 0:
-                            await asyncio.sleep(wait)
-                    outputs.offer(fr)
-                    frames_out += 1
-                    reached = fr.time
-                if clock is None:
-                    await asyncio.sleep(0)  # let sink tasks drain
-                reached = max(reached, min(tick_end, cfg.start + cfg.duration_s))
-                bar.update(tick_end - cfg.start, frames_out)
-            for sink in outputs.sinks:
-                await sink.close()
+            try:
+                for tick_end, frames in fleet.run_ticks(cfg.start, cfg.duration_s):
+                    for fr in frames:
+                        if clock is not None:
+                            # loop: asyncio sleeps on the monotonic clock, the shared clock reads wall time
+                            while (wait := clock.real_seconds(fr.time - clock.now())) > 0:
+                                await asyncio.sleep(wait)
+                        outputs.offer(fr)
+                        frames_out += 1
+                        reached = fr.time
+                    if clock is None:
+                        await asyncio.sleep(0)  # let sink tasks drain
+                    reached = max(reached, min(tick_end, cfg.start + cfg.duration_s))
+                    bar.update(tick_end - cfg.start, frames_out)
+                for sink in outputs.sinks:
+                    await sink.close()
+                if tasks:
+                    # the drain ends here, not in the group's exit: a sink failing meanwhile stops the
+                    # others through the ``except`` below
+                    await asyncio.wait(tasks)
+            except BaseException:
+                # a stop (Ctrl-C, the demo cancelling its simulator) or a failure: the group cancels the
+                # sink tasks now. One inside an aiomqtt call may lose that cancel on Python 3.11
+                # (gh-86296, aiomqtt awaits with wait_for) and the group would wait for it forever.
+                recanceller = asyncio.get_running_loop().create_task(recancel(tasks), name="sink-recancel")
+                raise
         completed = True
     finally:
+        if recanceller is not None:
+            recanceller.cancel()
         for sink in opened:
             aclose = getattr(sink, "aclose", None)
             if aclose is not None:

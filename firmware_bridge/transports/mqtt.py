@@ -43,6 +43,7 @@ import aiomqtt
 
 from firmware_bridge.backoff import Backoff
 from firmware_bridge.errors import TransportError
+from firmware_bridge.kernel.aio import recancelling
 
 __all__ = ["MqttMessage", "MqttTransport", "OverflowPolicy", "close_on_failed_handshake"]
 
@@ -227,16 +228,20 @@ class MqttTransport:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed.set()
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
         tg, self._tg, self._task = self._tg, None, None
         if tg is not None:
-            # Hand the group only cancellation / interpreter exits: an ordinary exception from the body of
-            # ``async with`` must reach the caller as itself, not wrapped in an ExceptionGroup.
-            if exc is not None and not isinstance(exc, Exception):
-                await tg.__aexit__(exc_type, exc, tb)
-            else:
-                await tg.__aexit__(None, None, None)
+            # the connection loop may be inside aiomqtt's connect, subscribe or disconnect, which await
+            # with ``wait_for`` and may lose this cancel on Python 3.11 (gh-86296): it is repeated
+            async with recancelling([task] if task is not None else []):
+                # Hand the group only cancellation / interpreter exits: an ordinary exception from the
+                # body of ``async with`` must reach the caller as itself, not wrapped in an ExceptionGroup.
+                if exc is not None and not isinstance(exc, Exception):
+                    await tg.__aexit__(exc_type, exc, tb)
+                else:
+                    await tg.__aexit__(None, None, None)
 
     async def wait_connected(self) -> None:
         """Wait until connected and subscribed (wrap in ``asyncio.timeout``)."""

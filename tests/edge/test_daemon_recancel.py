@@ -1,4 +1,5 @@
-"""After a stop, a gateway task that lost its cancel is cancelled again (edge.daemon.recancel).
+"""After a stop, a gateway task that lost its cancel is cancelled again (``recancel``, which edge.daemon
+shares with the simulators and the MQTT transport: firmware_bridge.kernel.aio).
 
 Python 3.11's ``asyncio.wait_for`` drops a cancel that lands as the awaited thing finishes (CPython
 gh-86296); aiomqtt awaits PUBACKs that way. The task here swallows its first cancel the same way and
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from edge.daemon import recancel
+from firmware_bridge.kernel.aio import recancel
 
 
 async def _loses_one_cancel(log: list[str]) -> None:

@@ -160,7 +160,8 @@ async def test_mqtt_our_payloads_chirpstack_and_lorawan(tmp_path: Path, mosquitt
             expected[0] = 2 * (len(ours) - n_corrupt) + len(ours)
             if len(got) >= expected[0]:
                 ready.set()
-            await asyncio.wait_for(ready.wait(), 20)
+            async with asyncio.timeout(20):
+                await ready.wait()
         finally:
             await cancel_and_wait(task)
     assert summary["outputs"]["mqtt"]["skipped_corrupt"] == n_corrupt > 0
@@ -317,7 +318,8 @@ async def test_interrupted_run_leaves_consistent_truth(tmp_path: Path) -> None:
     task = asyncio.create_task(
         run_simulation(cfg, tmp_path, progress=None, extra_sinks=[Probe()]), name="sim"
     )
-    await asyncio.wait_for(enough.wait(), 20)
+    async with asyncio.timeout(20):
+        await enough.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
