@@ -5,6 +5,9 @@ SQLite in a temporary directory, provisioned with one user per role, two gateway
 devices. Chromium is Debian's (``/usr/bin/chromium``) driven by Playwright for Python; Playwright's own
 browser download is never used. Every browser context records each request whose origin is not the
 cloud's and aborts it; the ``guarded`` fixture fails the test if there was any.
+
+For the in-process HTTP tests, ``loop_console`` is a cloud with the loop's roster and its periodic loop
+job off (tests run it by hand), and a console client signed in as an operator (``consolekit``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ import pytest
 import uvicorn
 
 from cloud.app import create_app
-from tests.cloud.cloudkit import CSV_HEADER, CSV_ROWS, GW1, GW2, make_settings
+from tests.cloud.cloudkit import CSV_HEADER, CSV_ROWS, GW1, GW2, Cloud, make_settings
+from tests.dashboards.consolekit import operator_console
 from tests.servers import free_port
 
 pw_sync = pytest.importorskip("playwright.sync_api")
@@ -169,3 +173,15 @@ def login(page: Any, user: str, password: str = PASSWORD, *, to: str = "/console
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"**{to}")
+
+
+@pytest.fixture
+async def loop_console(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
+    """A cloud with the loop's roster, no periodic loop job (``LoopService.run_due`` and the loop sink's
+    ``drained()`` are the test's to call), and a console client signed in as the operator ``op``. The
+    requesting module provides ``sqlite_url`` (``from tests.cloud.cloudkit import *``)."""
+    monkeypatch.setenv("VIGIL_CLOUD_LOOP_TICK_S", "0")
+    async with operator_console(tmp_path, sqlite_url) as pair:
+        yield pair

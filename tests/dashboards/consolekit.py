@@ -3,15 +3,18 @@ console's HTTP tests share.
 
 ``signed_in(c)`` is an ASGI client with the cloudkit dispatcher's session cookie; ``operator_console``
 starts a cloud with the loop's roster, adds an operator ``op`` and signs the client in as them (at the
-cloud's now: a session is valid for hours of the cloud's time).
+cloud's now: a session is valid for hours of the cloud's time); ``roster_console`` starts a cloud with a
+roster of the test's own and the dispatcher's client. ``page_text`` is a page as a reader sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,6 +38,23 @@ async def login(browser: httpx.AsyncClient, username: str = "op", password: str 
     r = await browser.post("/console/login", data={"username": username, "password": password})
     assert r.status_code == 303, r.text
     browser.cookies.set("vigil_session", r.cookies["vigil_session"])
+
+
+@contextlib.asynccontextmanager
+async def roster_console(
+    tmp_path: Path, sqlite_url: str, roster: dict[str, Any]
+) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
+    """A cloud with ``roster`` stored (the cloud validates it) and a client signed in as its dispatcher."""
+    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c, signed_in(c) as browser:
+        r = await c.client.put("/api/v1/loop/config/roster", json=roster, headers=c.admin)
+        assert r.status_code == 200, r.text
+        yield c, browser
+
+
+def page_text(html: str) -> str:
+    """What a reader sees: tags (and so their attributes) dropped, a cell's end and a line break read as
+    a space, spaces folded."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", re.sub(r"</t[dh]>|<br>", " ", html)))
 
 
 @contextlib.asynccontextmanager

@@ -20,27 +20,21 @@ import pytest
 from alerts.loop.rosters import roster_from_dict
 from dashboards.admin import next_change
 from tests.cloud.cloudkit import *  # noqa: F403 (sqlite_url)
-from tests.cloud.cloudkit import T0, Cloud, make_settings, start_cloud
-from tests.dashboards.consolekit import signed_in
+from tests.cloud.cloudkit import T0, Cloud
+from tests.cloud.loop.conftest import ROSTER as LOOP_ROSTER
+from tests.dashboards.consolekit import page_text, roster_console
 
 SH = ZoneInfo("Asia/Shanghai")
 #: T0 is 2026-09-21 22:13:20 in Shanghai; the grid workers hand over every 4 hours from 20:00
 EVENING = datetime(2026, 9, 21, 20, 0, tzinfo=SH).timestamp()
 MIDNIGHT = datetime(2026, 9, 22, 0, 0, tzinfo=SH).timestamp()
 
+#: the loop's responders (王网格, 李网格, 社区医生刘, ...), one more doctor and two call takers; rotations
+#: and overrides of its own
 ROSTER: dict[str, Any] = {
-    "zone": "Asia/Shanghai",
+    **LOOP_ROSTER,
     "responders": [
-        {
-            "id": "gw-wang",
-            "name": "王网格",
-            "roles": ["grid_worker"],
-            "zones": ["G01"],
-            "lat": 39.981,
-            "lon": 116.311,
-        },
-        {"id": "gw-li", "name": "李网格", "roles": ["grid_worker"], "zones": ["G01"]},
-        {"id": "doc-1", "name": "社区医生刘", "roles": ["community_doctor"], "zones": ["G02"]},
+        *LOOP_ROSTER["responders"],
         {"id": "doc-2", "name": "社区医生周", "roles": ["community_doctor"], "zones": ["G02"]},
         {"id": "ct-1", "name": "值班接警员1", "roles": ["call_taker"]},
         {"id": "ct-2", "name": "值班接警员2", "roles": ["call_taker"]},
@@ -67,27 +61,19 @@ ROSTER: dict[str, Any] = {
 
 @pytest.fixture
 async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
-    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c, signed_in(c) as browser:
-        r = await c.client.put("/api/v1/loop/config/roster", json=ROSTER, headers=c.admin)
-        assert r.status_code == 200, r.text
-        yield c, browser
-
-
-def _text(html: str) -> str:
-    """What a reader sees: tags (and so their attributes) dropped, a cell's end and a line break read as
-    a space, spaces folded."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", re.sub(r"</t[dh]>|<br>", " ", html)))
+    async with roster_console(tmp_path, sqlite_url, ROSTER) as pair:
+        yield pair
 
 
 def _table(html: str, table_id: str) -> str:
     start = html.index(">", html.index(f'id="{table_id}"'))
-    return _text(html[start : html.index("</table>", start)])
+    return page_text(html[start : html.index("</table>", start)])
 
 
 async def _same_as_the_cloud(c: Cloud, page: str) -> None:
     """Each on-duty row names whom the cloud's ``/api/v1/loop/oncall`` names for that role and zone."""
     table = page[page.index('id="on-duty"') : page.index("</table>", page.index('id="on-duty"'))]
-    rows = [_text(row).split() for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]]
+    rows = [page_text(row).split() for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]]
     assert len(rows) == 3
     for role, zone in (("grid_worker", "G01"), ("community_doctor", "G02"), ("call_taker", "*")):
         r = await c.client.get(
@@ -99,7 +85,7 @@ async def _same_as_the_cloud(c: Cloud, page: str) -> None:
 
 def _words(html: str) -> str:
     """The page above the JSON: what a dispatcher reads."""
-    return _text(html[: html.index("<details")])
+    return page_text(html[: html.index("<details")])
 
 
 async def test_roster_on_duty_now_changes_at_the_hand_over(console: tuple[Cloud, httpx.AsyncClient]) -> None:
@@ -107,7 +93,7 @@ async def test_roster_on_duty_now_changes_at_the_hand_over(console: tuple[Cloud,
     r = await browser.get("/console/config/roster")
     assert r.status_code == 200
     duty = _table(r.text, "on-duty")
-    assert "当前值班（2026-09-21 22:13）" in _text(r.text)
+    assert "当前值班（2026-09-21 22:13）" in page_text(r.text)
     assert "网格员 G01 王网格" in duty and "李网格" not in duty  # the first shift: 20:00-24:00
     assert "社区医生 G02 社区医生周" in duty and "社区医生刘" not in duty  # 周 covers for 刘
     assert "值班接警员 全部片区 值班接警员1、值班接警员2" in duty  # everyone together
@@ -125,7 +111,7 @@ async def test_roster_on_duty_now_changes_at_the_hand_over(console: tuple[Cloud,
     c.clock.advance(MIDNIGHT - T0 + 60)
     r = await browser.get("/console/config/roster")
     duty = _table(r.text, "on-duty")
-    assert "当前值班（2026-09-22 00:01）" in _text(r.text)
+    assert "当前值班（2026-09-22 00:01）" in page_text(r.text)
     assert "网格员 G01 李网格" in duty and "王网格" not in duty
     assert "社区医生 G02 社区医生刘" in duty and "社区医生周" not in duty
     await _same_as_the_cloud(c, r.text)
@@ -161,7 +147,7 @@ async def test_sla_in_words(console: tuple[Cloud, httpx.AsyncClient]) -> None:
     r = await c.client.put("/api/v1/loop/config/sla", json=doc, headers=c.admin)
     assert r.status_code == 200, r.text
     page = (await browser.get("/console/config/sla")).text
-    critical = _text(page[page.index('data-urgency="critical"') : page.index('data-urgency="urgent"')])
+    critical = page_text(page[page.index('data-urgency="critical"') : page.index('data-urgency="urgent"')])
     assert "接单 ≤ 2 分钟" in critical and "接单 ≤ 3 分钟" not in critical
 
 
@@ -181,7 +167,7 @@ async def test_english(console: tuple[Cloud, httpx.AsyncClient]) -> None:
     browser.cookies.set("vigil_lang", "en")
     r = await browser.get("/console/config/roster")
     duty = _table(r.text, "on-duty")
-    assert "On duty now (2026-09-21 22:13)" in _text(r.text)
+    assert "On duty now (2026-09-21 22:13)" in page_text(r.text)
     assert "grid worker G01 王网格" in duty and "call taker all zones 值班接警员1, 值班接警员2" in duty
     rotations = _table(r.text, "rotations")
     assert "hands over every 4 h, in turn (counted from 20:00)" in rotations

@@ -5,13 +5,10 @@ same in English. Incidents come from gateway alert steps through ingest and the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 
 from alerts.contract import HTTP_PATH
 from firmware_bridge.kernel.events import AlertPhase, EventType
@@ -28,20 +25,8 @@ from tests.cloud.cloudkit import (
     body,
 )
 from tests.cloud.test_incidents_by_device import close
-from tests.dashboards.consolekit import operator_console
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-
-@pytest.fixture(autouse=True)
-def _no_loop_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VIGIL_CLOUD_LOOP_TICK_S", "0")
-
-
-@pytest.fixture
-async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
-    async with operator_console(tmp_path, sqlite_url) as pair:
-        yield pair
 
 
 async def raise_alert(c: Cloud, batch_id: str, device_id: str, kind: DeviceKind, etype: EventType) -> int:
@@ -64,9 +49,9 @@ def section(page: str, element_id: str) -> str:
 
 
 async def test_device_page_links_its_current_and_past_incidents(
-    console: tuple[Cloud, httpx.AsyncClient],
+    loop_console: tuple[Cloud, httpx.AsyncClient],
 ) -> None:
-    c, browser = console
+    c, browser = loop_console
     c.clock.t = T0
     # a device with no incident yet: the empty state, no history heading
     page = await browser.get(f"/console/devices/{SMOKE_1}")

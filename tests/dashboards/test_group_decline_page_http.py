@@ -35,6 +35,13 @@ def _text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
+async def _decline_link(c: Cloud, owner: str) -> tuple[int, str]:
+    """A new case dispatched by the loop and its decline link for ``owner`` (a chat group or a person)."""
+    incident_id = await new_case(c)
+    links = c.app.state.notify.links
+    return incident_id, links.token(Purpose.DECLINE, str(incident_id), owner, now=c.clock.now())
+
+
 async def _decline(p: httpx.AsyncClient, token: str, note: str) -> httpx.Response:
     r = await p.post(f"/console/l/{token}/act", data={"note": note}, headers={"Origin": BASE_URL})
     assert r.status_code == 303, r.text
@@ -45,8 +52,7 @@ async def test_a_group_members_decline_says_the_order_stays_open(
     phone: tuple[Cloud, httpx.AsyncClient],
 ) -> None:
     c, p = phone
-    incident_id = await new_case(c)
-    token = c.app.state.notify.links.token(Purpose.DECLINE, str(incident_id), "group:g02", now=c.clock.now())
+    incident_id, token = await _decline_link(c, "group:g02")
     assert 'id="act-form"' in (await p.get(f"/console/l/{token}")).text
 
     page = await _decline(p, token, "我在外地")
@@ -62,8 +68,7 @@ async def test_a_group_members_decline_says_the_order_stays_open(
 
 async def test_a_persons_own_decline_keeps_its_wording(phone: tuple[Cloud, httpx.AsyncClient]) -> None:
     c, p = phone
-    incident_id = await new_case(c)
-    token = c.app.state.notify.links.token(Purpose.DECLINE, str(incident_id), "user:7", now=c.clock.now())
+    _, token = await _decline_link(c, "user:7")
     text = _text((await _decline(p, token, "车坏了")).text)
     assert "系统将另行派遣" in text and "仍向群内其他成员开放" not in text, text
 
@@ -72,7 +77,6 @@ async def test_a_hand_made_member_declined_url_on_a_persons_link_says_nothing(
     phone: tuple[Cloud, httpx.AsyncClient],
 ) -> None:
     c, p = phone
-    incident_id = await new_case(c)
-    token = c.app.state.notify.links.token(Purpose.DECLINE, str(incident_id), "user:7", now=c.clock.now())
+    _, token = await _decline_link(c, "user:7")
     page = await p.get(f"/console/l/{token}?done=member_declined")
     assert 'id="act-form"' in page.text and "已记录" not in _text(page.text)

@@ -9,30 +9,15 @@ from its own rows. In-process HTTP against the real app; incidents from gateway 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from firmware_bridge.kernel.events import EventType
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
 from tests.cloud.cloudkit import MANHOLE_1, SMOKE_1, T0, Cloud
 from tests.cloud.test_incidents_by_device import close
-from tests.dashboards.consolekit import operator_console
 from tests.dashboards.test_device_incidents_http import raise_alert
-
-
-@pytest.fixture(autouse=True)
-def _no_loop_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VIGIL_CLOUD_LOOP_TICK_S", "0")
-
-
-@pytest.fixture
-async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
-    async with operator_console(tmp_path, sqlite_url) as pair:
-        yield pair
 
 
 def tiles(html: str) -> tuple[int, bool]:
@@ -49,9 +34,9 @@ def rows(html: str) -> int:
 
 
 async def test_the_tiles_follow_the_queue_when_a_case_closes(
-    console: tuple[Cloud, httpx.AsyncClient],
+    loop_console: tuple[Cloud, httpx.AsyncClient],
 ) -> None:
-    c, browser = console
+    c, browser = loop_console
     c.clock.t = T0
     first = await raise_alert(c, "batch-kpi-01", MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN)
     await raise_alert(c, "batch-kpi-02", SMOKE_1, DeviceKind.SMOKE_ALARM, EventType.FIRE)

@@ -8,7 +8,6 @@ The cloud's clock starts at T0, Monday 2026-09-21 22:13:20 in Shanghai."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 from alerts.loop.rosters import Rotation, roster_from_dict
 from dashboards.admin import next_change
 from tests.cloud.cloudkit import *  # noqa: F403 (sqlite_url)
-from tests.cloud.cloudkit import T0, Cloud, make_settings, start_cloud
-from tests.dashboards.consolekit import signed_in
+from tests.cloud.cloudkit import T0, Cloud
+from tests.dashboards.consolekit import page_text, roster_console
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -78,25 +77,19 @@ ROSTER: dict[str, Any] = {
 
 @pytest.fixture
 async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
-    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c, signed_in(c) as browser:
-        r = await c.client.put("/api/v1/loop/config/roster", json=ROSTER, headers=c.admin)
-        assert r.status_code == 200, r.text
-        yield c, browser
-
-
-def _text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", re.sub(r"</t[dh]>|<br>", " ", html)))
+    async with roster_console(tmp_path, sqlite_url, ROSTER) as pair:
+        yield pair
 
 
 def _row(page: str, rotation: str) -> str:
     """The rotation's row on the page, in words."""
     start = page.index(">", page.index(f'data-rotation="{rotation}"')) + 1
-    return _text(page[start : page.index("</tr>", start)])
+    return page_text(page[start : page.index("</tr>", start)])
 
 
 def _duty(page: str) -> str:
     start = page.index('id="on-duty"')
-    return _text(page[start : page.index("</table>", start)])
+    return page_text(page[start : page.index("</table>", start)])
 
 
 async def _page(c: Cloud, browser: httpx.AsyncClient, when: float) -> str:
