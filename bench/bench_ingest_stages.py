@@ -268,10 +268,14 @@ def main() -> int:
         ("duplicate check (+ the read session's checkout)", ms["_find_batch"]),
         ("screening", ms["_screen"]),
         ("time-series write", write),
-        ("  sequence summary (numpy)", ms["batch_sequences"]),
-        ("  device bookkeeping in all (SELECT, UPDATEs, summary)", ms["_update_devices"]),
-        ("  batch row, gateway row, bookkeeping", ms["_commit_in"]),
-        ("operational transaction incl. commit", ms["_commit"]),
+        ("operational transaction incl. commit, summary", ms["_commit"]),
+        ("  sequence summary (numpy; before the write lock)", ms["batch_sequences"]),
+        ("  batch row, gateway row, device bookkeeping", ms["_commit_in"]),
+        ("    of it the device bookkeeping (SELECT, UPDATEs)", ms["_update_devices"]),
+        (
+            "  the rest: pool checkout, COMMIT (WAL frames, fsync)",
+            ms["_commit"] - ms["_commit_in"] - ms["batch_sequences"],
+        ),
         (
             "rest of the worker thread",
             ms["_ingest_blocking"] - write - ms["_commit"] - ms["_screen"] - ms["_find_batch"],
