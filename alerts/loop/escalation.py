@@ -103,7 +103,12 @@ def on_timer(
     if resolved or (acknowledged and snap.policy.stop_on == "ack"):
         why = "resolved" if resolved else "acknowledged"
         return Outcome(replace(state, done=True, reason=why))
-    return _run(snap, timer.incident_id, state, now, summary)
+    out = _run(snap, timer.incident_id, state, now, summary)
+    if acknowledged and out.state.done and out.state.reason == "exhausted":
+        # a policy that runs until resolved (fire) ran out of steps after someone accepted: not "nobody
+        # acknowledged", which the timeline used to say of a case a responder was working on
+        return Outcome(replace(out.state, reason="steps_done"))
+    return out
 
 
 def confirm(

@@ -24,6 +24,8 @@ code                  parameters                                 zh (en)
 ``esc_resolved``                                                 已办结，停止升级
 ``esc_parked``                                                   已挂账，暂停升级
 ``esc_exhausted``                                                升级步骤已用完，仍无人接单
+``esc_steps_done``                                               升级步骤已全部执行；已有人接单，待办结
+``step_unreachable``  ``step`` (0-based)                         第 1 级无人可通知，立即升级下一级
 ``alerts_quiet``                                                 办结后设备告警已平息，自动核查结案
 ``declined_by_link``                                             通过通知链接拒单
 ``esc_ruled_out``                                                接警员核实非火情，已停止升级
@@ -85,6 +87,14 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "esc_resolved": ("已办结，停止升级", "resolved: escalation stopped"),
     "esc_parked": ("已挂账，暂停升级", "parked: escalation paused"),
     "esc_exhausted": ("升级步骤已用完，仍无人接单", "every escalation step tried: nobody acknowledged"),
+    "esc_steps_done": (
+        "升级步骤已全部执行；已有人接单，待办结",
+        "every escalation step run; accepted, not yet resolved",
+    ),
+    "step_unreachable": (
+        "第 {level} 级无人可通知，立即升级下一级",
+        "nobody could be paged at step {level}: the next step now",
+    ),
     "alerts_quiet": (
         "办结后设备告警已平息，自动核查结案",
         "alerts quiet since handling: verified and closed",
@@ -170,7 +180,7 @@ ROUTE_RULES: dict[str, tuple[str, str]] = {
     "wellbeing": ("关爱", "wellbeing"),
     "infrastructure": ("基础设施", "infrastructure"),
 }
-_STOPS = {"acknowledged", "resolved", "parked", "exhausted", "ruled_out"}
+_STOPS = {"acknowledged", "resolved", "parked", "exhausted", "steps_done", "ruled_out"}
 #: the SLA clocks (alerts.loop.sla) in words, as the console's ``clock.*`` says them: (zh, en)
 CLOCKS: dict[str, tuple[str, str]] = {
     "register": ("立案", "registration"),
@@ -284,7 +294,7 @@ def labelled(
             out["zone"] = f"cell {zone}" if zone else "every cell"
         else:
             out["zone"] = f"网格 {zone}" if zone else "全部网格"
-    if code == "escalated":
+    if code in ("escalated", "step_unreachable"):
         out["level"] = str(int(params.get("step", 0) or 0) + 1)
     if code == "call_task_handover":
         for k in ("to", "from"):

@@ -52,8 +52,8 @@ from cloud.db import Database, Device
 from cloud.errors import ConflictError, NotFoundError
 from cloud.loop import rows
 from cloud.loop.config import audit
-from cloud.loop.models import AuditEntry, Incident, IncidentEvent, NotificationIntentRow
-from cloud.loop.service import LoopService, not_the_owner
+from cloud.loop.models import AuditEntry, Incident, IncidentEvent, NotificationIntentRow, Timer
+from cloud.loop.service import SYSTEM, LoopService, not_the_owner
 from cloud.loop.service import Report as LoopReport
 from cloud.notify.actions import MEMBER_DECLINED
 from cloud.notify.contacts import Contacts
@@ -346,6 +346,59 @@ class LoopIntents:
                     s, incident, action, actor="notify", now=now, channel="notify", reason=detail[:300],
                     target=f"{it.target_kind}:{it.target_id}", step=it.step,
                 )  # fmt: skip
+                if state == "failed":
+                    _next_step_now_if_unreachable(s, incident, it, now)
+
+
+#: an escalation page's dedup key (alerts.loop.intents.dedup_key): incident:version:step:loop:kind:target
+_STEP_KEY = re.compile(r"^(?P<incident>\d+):(?P<version>\d+):(?P<step>\d+):(?P<loop>\d+):")
+
+
+def _next_step_now_if_unreachable(s: Any, incident: Incident, it: NotificationIntentRow, now: float) -> None:
+    """Every page of an escalation step failed (nobody to notify: no resident or family registered, an
+    empty desk; or every channel failed): the next step's timer is due now, not after the step's wait. A
+    fire whose flat has no registered resident waited the resident's 60 s callback window for nobody, a
+    fall with no family registered the family's 180 s before the 120 desk. A step with a page still pending
+    or sent waits as before; the last step's wait stands too (a repeat pages the same people again, which
+    only helps after a wait). Timers are fenced by version, step and loop, so this moves only the timer of
+    the step run these pages belong to, and only forward."""
+    m = _STEP_KEY.match(it.dedup_key)
+    if m is None or not incident.is_open:
+        return
+    snap = rows.snapshot_of(incident)
+    if snap is None or int(m["step"]) + 1 >= len(snap.policy.steps):
+        return  # the last step: what follows is the policy's repeat (paging again after a wait) or its end
+    prefix = it.dedup_key[: m.end()]
+    states = s.execute(
+        select(NotificationIntentRow.state).where(
+            NotificationIntentRow.incident_id == incident.id,
+            NotificationIntentRow.step == it.step,
+            NotificationIntentRow.dedup_key.startswith(prefix, autoescape=True),
+        )
+    ).scalars()
+    if any(st != "failed" for st in states):
+        return
+    moved = s.execute(
+        update(Timer)
+        .where(
+            Timer.incident_id == incident.id,
+            Timer.purpose == "escalation",
+            Timer.state == "pending",
+            Timer.snapshot_version == int(m["version"]),
+            Timer.step == int(m["step"]) + 1,
+            Timer.loop == int(m["loop"]),
+            Timer.due_at > now,
+        )
+        .values(due_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount:
+        step = int(m["step"])
+        rows.add_event(
+            s, incident, "escalate_now", actor=SYSTEM, now=now, step=step,
+            reason=f"nobody could be paged at step {step + 1}", code="step_unreachable",
+            params={"step": step},
+        )  # fmt: skip
 
 
 #: reopen events are looked for at most this often (a reopened case's family page may wait this long)
