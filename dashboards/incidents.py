@@ -2,9 +2,13 @@
 actions, silences, and the call taker's manual report form.
 
 Actions are plain HTML forms (one button each), so they work without JavaScript. Every action form carries
-the ``row_version`` the page was rendered with; the console re-reads the incident first and refuses with
-a clear message (409, "someone else changed this case") when it moved meanwhile, instead of acting on a
-stale page. A retried submit is a no-op in the cloud (``idempotency_key`` = the form's nonce).
+the case's **decision state** as the page showed it (:func:`decision_sig`: stage, owner, assignee, verdict,
+reopen count, open or not); the console re-reads the incident first and refuses with a clear message (409,
+"someone else changed this case") when a person moved it meanwhile, instead of acting on a stale page. An
+escalation step, a delivery report or an overdue mark changes the case's ``row_version`` but not what the
+operator decides on, so it no longer invalidates an open page (an incident whose first step nobody could
+be paged at escalates within a second of opening: the desk's first click used to be refused). A retried
+submit is a no-op in the cloud (``idempotency_key`` = the form's nonce).
 """
 
 from __future__ import annotations
@@ -107,6 +111,29 @@ def escalation_words(esc: dict[str, Any], doc: dict[str, Any] | None, t: Transla
         "stopped": _known(t, "reason.esc_" + str(esc.get("reason") or "")) if done else "",
         "exhausted": done and esc.get("reason") == "exhausted",
     }
+
+
+#: what an operator's action decides on: a change of any of these makes an open page stale
+DECISION_FIELDS = ("stage", "owner", "assignee", "outcome", "reopen_count", "is_open")
+#: timeline actors that are not people: the loop's timers and escalation, delivery reports, the devices
+MACHINE_ACTORS = frozenset({"system", "notify", "telemetry"})
+
+
+def decision_sig(detail: dict[str, Any]) -> str:
+    """The case's decision state as one string (the action forms carry it back): the fields above and the
+    last timeline entry of a person (a colleague's re-dispatch to the same responder changes no field)."""
+    inc = detail.get("incident") or {}
+    people = [e.get("id") for e in detail.get("timeline") or [] if e.get("actor") not in MACHINE_ACTORS]
+    return "|".join([*(str(inc.get(k)) for k in DECISION_FIELDS), str(max(people, default=0))])
+
+
+def stale(current: dict[str, Any], form: dict[str, str]) -> bool:
+    """Whether the form was rendered from another decision state than the case's now (``current``: the
+    cloud's incident detail); a form of a page rendered before the field existed (an open tab across an
+    upgrade) compares ``row_version`` as before."""
+    if "decision_sig" in form:
+        return decision_sig(current) != form["decision_sig"]
+    return str(current["incident"].get("row_version")) != form.get("row_version")
 
 
 def _known(t: Translator, key: str) -> str:
@@ -262,6 +289,7 @@ def routes(web: Web) -> list[BaseRoute]:
         t = web.translator(request)
         detail = await s.api.incident(incident_id, language=t.lang)
         inc = detail["incident"]
+        inc["decision_sig"] = decision_sig(detail)
         # the block belongs to cases whose route pages the family (a fall, an SOS), not to a band gone silent
         # (a case not routed yet keeps it: better a call too many than a family not called)
         receivers = inc.get("receivers") or []
@@ -382,9 +410,9 @@ def routes(web: Web) -> list[BaseRoute]:
             return await render_incident(
                 request, s, incident_id, error=t("error.reason_required"), status=400
             )
-        # a stale page must not act: compare the version it was rendered with
+        # a stale page must not act: compare the decision state it was rendered with
         current = await s.api.incident(incident_id, language=t.lang)
-        if str(current["incident"].get("row_version")) != form.get("row_version"):
+        if stale(current, form):
             return await render_incident(request, s, incident_id, error=t("error.stale"), status=409)
         try:
             if action == "confirm":
@@ -484,7 +512,7 @@ def routes(web: Web) -> list[BaseRoute]:
             if reason not in RULE_OUT_REASONS or len(note) > RULE_OUT_NOTE_MAX:
                 raise Refused("ruleout.failed")
             current = await s.api.incident(incident_id, language=t.lang)
-            if str(current["incident"].get("row_version")) != form.get("row_version"):
+            if stale(current, form):
                 raise Refused("error.stale", status=409)
             body = {"reason": reason, "note": note, "stand_down": form.get("stand_down") == "1"}
             await s.api.post(f"/api/v1/incidents/{incident_id}/rule-out?language={t.lang}", body)
