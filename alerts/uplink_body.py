@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -354,12 +353,9 @@ def decode_block(blk: object, loc: Loc = ()) -> TelemetryBlock:
         i, j = (int(x) for x in np.argwhere(inf)[0])
         raise _error((*loc, "channels", names[j], i), f"{values[i, j]!r} is not finite", "finite_number")
     lookup = np.array(ids, dtype=object)
-    device_id = np.array(ids, dtype=np.str_)[index] if n else np.array([], dtype=np.str_)
-    if n:
-        _remember_dictionary(device_id, ids, index)
     batch = ReadingBatch(
         kind=kind,
-        device_id=device_id,
+        device_id=np.array(ids, dtype=np.str_)[index] if n else np.array([], dtype=np.str_),
         seq=cols["seq"],
         time=cols["time"],
         battery_pct=cols["battery_pct"],
@@ -368,35 +364,6 @@ def decode_block(blk: object, loc: Loc = ()) -> TelemetryBlock:
         fw_version=cols["fw_version"],
     )
     return TelemetryBlock.from_columns(batch, lookup[index].tolist() if n else [])
-
-
-#: id(decoded device-id array) -> (a weak reference to it, the body's id dictionary, the index into it)
-_DICTIONARIES: dict[int, tuple[weakref.ref[npt.NDArray[np.str_]], list[str], npt.NDArray[np.intp]]] = {}
-
-
-def _remember_dictionary(device_id: npt.NDArray[np.str_], ids: list[str], index: npt.NDArray[Any]) -> None:
-    """Files the body's own dictionary encoding of a decoded ``device_id`` column under the array (read-only
-    from now on, so the two cannot part); the entry goes when the array does."""
-    device_id.flags.writeable = False
-    codes = index.astype(np.intp)
-    codes.flags.writeable = False
-    key = id(device_id)
-
-    def forget(_ref: object) -> None:
-        _DICTIONARIES.pop(key, None)
-
-    _DICTIONARIES[key] = (weakref.ref(device_id, forget), list(ids), codes)
-
-
-def device_dictionary(device_id: npt.NDArray[Any]) -> tuple[list[str], npt.NDArray[np.intp]] | None:
-    """For a ``device_id`` column :func:`decode_block` built (that very array, not a copy or a slice): the
-    body's distinct-id list as sent (any order; unused or repeated entries possible) and each row's index
-    into it, so ``device_id == np.array(ids)[index]``. ``None`` for any other array. Lets the cloud's
-    per-device summary (:func:`cloud.sequence.batch_sequences`) skip finding the distinct ids again."""
-    entry = _DICTIONARIES.get(id(device_id))
-    if entry is None or entry[0]() is not device_id:
-        return None
-    return entry[1], entry[2]
 
 
 # -- encoding (the gateway, tests, vendors' reference) ---------------------------------------------------

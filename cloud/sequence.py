@@ -118,41 +118,10 @@ def _frame_order(
     return np.lexsort((seq, t, code))
 
 
-def _dictionary_codes(
-    entries: list[str], index: npt.NDArray[np.intp], n: int
-) -> tuple[list[str], npt.NDArray[np.intp]] | None:
-    """:func:`_device_codes`' result from a dictionary encoding of the ids (``entries`` in any order, some
-    perhaps unused; ``index`` each frame's entry): the used entries renumbered in order of first appearance
-    (a stable sort of the small integer index: each entry's first frame starts its run). None when an id
-    appears twice among the entries (then two codes would name one device) or the index does not fit."""
-    k = len(entries)
-    if len(index) != n or len(set(entries)) != k:
-        return None
-    if n and not 0 <= int(index.min()) <= int(index.max()) < k:
-        return None
-    counts = np.bincount(index, minlength=k)
-    order = np.argsort(index.astype(np.int16) if k <= 32767 else index, kind="stable")
-    used = np.flatnonzero(counts)
-    first_idx = order[(np.cumsum(counts) - counts)[used]]  # each used entry's first frame
-    by_appearance = used[np.argsort(first_idx)]
-    rank = np.empty(k, dtype=np.intp)
-    rank[by_appearance] = np.arange(len(used), dtype=np.intp)
-    return [entries[j] for j in by_appearance.tolist()], rank[index]
-
-
 def batch_sequences(
-    device_id: npt.ArrayLike,
-    seq: npt.ArrayLike,
-    time: npt.ArrayLike,
-    battery: npt.ArrayLike,
-    *,
-    dictionary: tuple[list[str], npt.NDArray[np.intp]] | None = None,
+    device_id: npt.ArrayLike, seq: npt.ArrayLike, time: npt.ArrayLike, battery: npt.ArrayLike
 ) -> BatchSequences:
-    """Per-device counts, in-batch gaps and first / last frame of one batch (no stored state needed).
-
-    ``dictionary``: the ids as the binary body sent them (:func:`alerts.uplink_body.device_dictionary`:
-    ``device_id == np.array(entries)[index]``), which spares finding the distinct ids again; the result
-    is the same as without it."""
+    """Per-device counts, in-batch gaps and first / last frame of one batch (no stored state needed)."""
     ids = np.asarray(device_id)
     seq_a = np.asarray(seq, dtype=np.int64)
     t = np.asarray(time, dtype=np.float64)
@@ -162,9 +131,7 @@ def batch_sequences(
         return BatchSequences([], e_i, e_i, e_f, e_i, e_f, e_i, e_f)
     # the ids as small integers, in order of first appearance: hashed (above), or through a dict; no
     # string sort (sorting 2,000 numpy unicode ids, np.unique or argsort, cost 0.2-0.6 ms per batch)
-    coded = _dictionary_codes(dictionary[0], dictionary[1], len(ids)) if dictionary is not None else None
-    if coded is None:
-        coded = _device_codes(ids)
+    coded = _device_codes(ids)
     if coded is not None:
         names, code = coded
     else:

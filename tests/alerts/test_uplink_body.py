@@ -22,7 +22,6 @@ from alerts.uplink_body import (
     block_batch,
     decode_batch,
     decode_block,
-    device_dictionary,
     encode_batch,
     encode_block,
     media_type,
@@ -364,18 +363,3 @@ def test_the_docs_worked_example_is_what_the_encoder_writes() -> None:
     assert m is not None, "docs/contract.md lost its worked example"
     assert m.group(1) == hexdump(example_body())
     assert decode_batch(example_body(), MSGPACK_CONTENT_TYPE).telemetry[0].to_batch().seq.tolist() == [65530]
-
-
-def test_a_decoded_id_column_keeps_the_bodys_dictionary() -> None:
-    """The decoded block's ``device_id`` array (that array only) carries the body's own id dictionary and
-    index, read-only so the two cannot part; copies, slices and other arrays carry none."""
-    rb = readings(M, ["70b3d57ed0000002", "70b3d57ed0000001", "70b3d57ed0000002", "70b3d57ed0000003"])
-    got = decode_batch(encode_batch(sample(telemetry=[TelemetryBlock.from_batch(rb)])), MSGPACK_CONTENT_TYPE)
-    ids = got.telemetry[0].to_batch().device_id
-    known = device_dictionary(ids)
-    assert known is not None
-    entries, index = known
-    assert np.array(entries)[index].tolist() == ids.tolist() == rb.device_id.tolist()
-    assert not ids.flags.writeable
-    assert device_dictionary(ids.copy()) is None and device_dictionary(ids[:2]) is None
-    assert device_dictionary(rb.device_id) is None

@@ -6,11 +6,8 @@ format is decided before storage is touched (tests/cloud/test_ingest.py runs sto
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 import numpy as np
-import pytest
 
 from alerts.contract import HTTP_PATH, UplinkAck
 from alerts.uplink_body import MSGPACK_CONTENT_TYPE, encode_batch
@@ -103,34 +100,3 @@ async def test_openapi_documents_both_bodies_and_415(cloud_sqlite: Cloud) -> Non
     assert op["requestBody"].get("required") is True
     assert {p.get("name") for p in op.get("parameters", [])} == set()  # nothing but the body and the token
     assert GW1  # the fixture's gateway is the one posting above
-
-
-async def test_the_sequence_summary_uses_the_bodys_id_dictionary(
-    cloud_sqlite: Cloud, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A binary block stored whole hands its own id dictionary to the sequence summary (the distinct ids
-    are not found again); a JSON body has none. The bookkeeping is the same either way."""
-    import cloud.ingest as ingest_mod
-
-    given: list[tuple[list[str], np.ndarray] | None] = []
-    real = ingest_mod.batch_sequences  # type: ignore[attr-defined]
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        given.append(kwargs.get("dictionary"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ingest_mod, "batch_sequences", spy)
-    cloud = cloud_sqlite
-    b = batch("batch-bin-dict1", readings(M, MANHOLE_1, [1, 2, 5]))
-    r = await cloud.client.post(HTTP_PATH, content=encode_batch(b), headers={**cloud.gw1, **BINARY})
-    assert r.status_code == 200, r.text
-    j = batch("batch-bin-dict2", readings(M, MANHOLE_1, [6, 9], T0 + 600))
-    r = await cloud.client.post(
-        HTTP_PATH, content=j.model_dump_json(), headers={**cloud.gw1, "content-type": "application/json"}
-    )
-    assert r.status_code == 200, r.text
-    assert len(given) == 2 and given[0] is not None and given[1] is None
-    entries, index = given[0]
-    assert entries == [MANHOLE_1] and index.tolist() == [0, 0, 0]
-    dev = cloud.state.registry.get(MANHOLE_1, "admin")
-    assert (dev.readings_total, dev.seq_gaps_total, dev.last_seq) == (5, 4, 9)

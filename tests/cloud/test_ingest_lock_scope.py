@@ -29,9 +29,9 @@ def _spy_summary(monkeypatch: pytest.MonkeyPatch, db: Database) -> list[bool]:
     held: list[bool] = []
     real_summary = ingest_mod.batch_sequences  # type: ignore[attr-defined]
 
-    def summary(*args: Any, **kwargs: Any) -> Any:
+    def summary(*args: Any) -> Any:
         held.append(lock.locked())
-        return real_summary(*args, **kwargs)
+        return real_summary(*args)
 
     monkeypatch.setattr(ingest_mod, "batch_sequences", summary)
     return held

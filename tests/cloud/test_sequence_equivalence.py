@@ -149,31 +149,3 @@ def test_id_widths(width: int) -> None:
     got = batch_sequences(ids, [1, 5, 3], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert_same(got, reference_batch_sequences(ids, [1, 5, 3], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]))
     assert list(got.gaps) == [1, 0]
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches(), st.randoms(use_true_random=False), st.integers(0, 3))
-def test_the_bodys_id_dictionary_gives_the_same_answer(b: Any, rnd: Any, unused: int) -> None:
-    """With the binary body's dictionary encoding of the ids (entries in any order, some unused), the
-    result is the reference's, bit for bit."""
-    ids, seq, t, batt = b
-    entries = [*dict.fromkeys(ids.tolist()), *(f"unused-{i}" for i in range(unused))]
-    rnd.shuffle(entries)
-    at = {d: j for j, d in enumerate(entries)}
-    index = np.array([at[d] for d in ids.tolist()], dtype=np.intp)
-    coded = sequence._dictionary_codes(entries, index, len(ids))
-    assert coded is not None and coded[0] == list(dict.fromkeys(ids.tolist()))
-    got = batch_sequences(ids, seq, t, batt, dictionary=(entries, index))
-    assert_same(got, reference_batch_sequences(ids, seq, t, batt))
-
-
-def test_a_dictionary_that_names_a_device_twice_is_not_used() -> None:
-    """Two entries with one id would make two devices of one: the hashed path decides instead."""
-    ids = np.array(["a", "b", "a"])
-    entries, index = ["a", "b", "a"], np.array([0, 1, 2], dtype=np.intp)
-    assert sequence._dictionary_codes(entries, index, 3) is None
-    assert sequence._dictionary_codes(["a", "b"], np.array([0, 1, 2], dtype=np.intp), 3) is None  # past
-    assert sequence._dictionary_codes(["a", "b"], np.array([0, 1], dtype=np.intp), 3) is None  # short
-    got = batch_sequences(ids, [1, 5, 3], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], dictionary=(entries, index))
-    assert_same(got, reference_batch_sequences(ids, [1, 5, 3], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]))
-    assert got.device_id == ["a", "b"] and list(got.count) == [2, 1]
