@@ -24,7 +24,7 @@ code                  parameters                                 zh (en)
 ``esc_resolved``                                                 已办结，停止升级
 ``esc_parked``                                                   已挂账，暂停升级
 ``esc_exhausted``                                                升级步骤已用完，仍无人接单
-``esc_steps_done``                                               升级步骤已全部执行；已有人接单，待办结
+``esc_steps_done``                                               升级步骤已全部执行（已有人接单）
 ``step_unreachable``  ``step`` (0-based)                         第 1 级无人可通知，立即升级下一级
 ``alerts_quiet``                                                 办结后设备告警已平息，自动核查结案
 ``declined_by_link``                                             通过通知链接拒单
@@ -88,8 +88,8 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "esc_parked": ("已挂账，暂停升级", "parked: escalation paused"),
     "esc_exhausted": ("升级步骤已用完，仍无人接单", "every escalation step tried: nobody acknowledged"),
     "esc_steps_done": (
-        "升级步骤已全部执行；已有人接单，待办结",
-        "every escalation step run; accepted, not yet resolved",
+        "升级步骤已全部执行（已有人接单）",
+        "every escalation step run (the case had been accepted)",
     ),
     "step_unreachable": (
         "第 {level} 级无人可通知，立即升级下一级",

@@ -87,7 +87,7 @@ async def test_the_steps_of_a_fire_ending_after_an_acceptance_do_not_say_nobody_
     d = await detail(c, iid)
     stopped = [e for e in d["timeline"] if e["action"] == "escalation_stopped"]
     assert [(e["reason_code"], e["reason_text"]) for e in stopped] == [
-        ("esc_steps_done", "升级步骤已全部执行；已有人接单，待办结")
+        ("esc_steps_done", "升级步骤已全部执行（已有人接单）")
     ]
     assert d["incident"]["escalation"]["reason"] == "steps_done"
 
