@@ -40,7 +40,7 @@ def duration(seconds: float, t: Translator) -> str:
     """5 分钟 / 2 小时 / 1 天 (5 min / 2 h / 1 day): a wait as people say it."""
     s = int(seconds)
     if s >= 86400 and s % 86400 == 0:
-        return t("dur.days", n=s // 86400)
+        return t("dur.day" if s == 86400 else "dur.days", n=s // 86400)  # 1 day, not "1 days"
     if s >= 3600 and s % 3600 == 0:
         return t("dur.hours", n=s // 3600)
     if s >= 60:

@@ -20,6 +20,7 @@ code                  parameters                                 zh (en)
 ``routed``            ``rule`` (route path), ``departments``     分派至：市政、交警 (routed to ...)
 ``dispatch_nearest``  ``role``, ``zone``                         网格员值班（网格 G3），距离最近且空闲
 ``escalated``         ``step`` (0-based), ``loop``               超时未接单，已升级（第 2 级）
+``escalated_unreachable`` ``step`` (0-based), ``loop``          上一级无人可通知，已升级（第 2 级）
 ``esc_acknowledged``                                             已接单，停止升级
 ``esc_resolved``                                                 已办结，停止升级
 ``esc_parked``                                                   已挂账，暂停升级
@@ -82,6 +83,10 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "escalated": (
         "超时未接单，已升级（第 {level} 级）",
         "no acknowledgement in time: escalated (step {level})",
+    ),
+    "escalated_unreachable": (
+        "上一级无人可通知，已升级（第 {level} 级）",
+        "nobody could be paged at the previous step: escalated (step {level})",
     ),
     "esc_acknowledged": ("已接单，停止升级", "acknowledged: escalation stopped"),
     "esc_resolved": ("已办结，停止升级", "resolved: escalation stopped"),
@@ -294,7 +299,7 @@ def labelled(
             out["zone"] = f"cell {zone}" if zone else "every cell"
         else:
             out["zone"] = f"网格 {zone}" if zone else "全部网格"
-    if code in ("escalated", "step_unreachable"):
+    if code in ("escalated", "escalated_unreachable", "step_unreachable"):
         out["level"] = str(int(params.get("step", 0) or 0) + 1)
     if code == "call_task_handover":
         for k in ("to", "from"):

@@ -837,6 +837,11 @@ class LoopService:
             if out.stale:
                 return False
             if out.intents:
+                # a timer made due before its step's wait ran out: nobody could be paged at that step
+                # (cloud.notify.loopbridge, escalate_now), not "no acknowledgement in time"
+                steps = snap.policy.steps
+                wait = steps[t.step - 1].wait_s if 0 < t.step <= len(steps) else None
+                early = wait is not None and t.due_at < t.created_at + wait - 1e-3
                 rows.add_event(
                     s,
                     row,
@@ -845,8 +850,10 @@ class LoopService:
                     now=now,
                     step=t.step,
                     loop=t.loop,
-                    reason="no acknowledgement within the step's wait",
-                    code="escalated",
+                    reason="nobody could be paged at the previous step"
+                    if early
+                    else "no acknowledgement within the step's wait",
+                    code="escalated_unreachable" if early else "escalated",
                     params={"step": t.step, "loop": t.loop},
                 )
             intake.apply_outcome(s, cfg, row, out, now)

@@ -59,6 +59,11 @@ async def test_a_step_nobody_can_be_paged_at_runs_the_next_step_at_once(lc_sqlit
     assert [(e["reason_code"], e["reason_text"]) for e in now] == [
         ("step_unreachable", "第 1 级无人可通知，立即升级下一级")
     ]
+    # the step it brought forward says why it came early, not "no acknowledgement in time"
+    esc = [e for e in d["timeline"] if e["action"] == "escalate"]
+    assert [(e["reason_code"], e["reason_text"]) for e in esc] == [
+        ("escalated_unreachable", "上一级无人可通知，已升级（第 2 级）")
+    ]
     # step 1 reached someone: its 120 s wait stands (the 119 desk is not paged early)
     assert sorted(await _settled(c, iid, 1)) == ["failed", "failed", "sent"]
     c.clock.advance(5)
@@ -80,6 +85,9 @@ async def test_the_steps_of_a_fire_ending_after_an_acceptance_do_not_say_nobody_
     c.clock.advance(121)
     loop(c).run_due()  # step 2: the 119 desk
     assert [t for s, _, t in intents(c, iid) if s == 2] == ["desk_119"]
+    d = await detail(c, iid)
+    esc = [e["reason_code"] for e in d["timeline"] if e["action"] == "escalate"]
+    assert esc[-1] == "escalated"  # waited its full 120 s (whether or not step 1 reached anyone)
     r = await act(c, iid, action="accept", actor="gw-zhao")
     assert r.status_code == 200, r.text
     c.clock.advance(301)

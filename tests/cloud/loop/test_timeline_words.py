@@ -52,6 +52,9 @@ def _reasons(html: str) -> list[str]:
 
 async def _grouped_and_escalated(c: Cloud) -> int:
     c.clock.t = T0
+    # the doctor is a console user (in-app): the medical step reaches someone and waits its 3 minutes (a
+    # step nobody could be paged at would escalate at once: test_escalation_unreachable.py)
+    c.app.state.notify.contacts.bind("disp", now=T0, responder_id="doc-1")
     await ingest(c, alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 - 2))
     iid = int((await only_incident(c))["id"])
     c.clock.advance(181)  # the medical step waits 3 minutes for the family or the doctor: nobody accepted
