@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403
-from tests.cloud.cloudkit import T0, Cloud, make_settings, start_cloud
+from tests.cloud.cloudkit import T0, Cloud, alert_step, make_settings, start_cloud
 
 ROSTER: dict[str, Any] = {
     "zone": "Asia/Shanghai",
@@ -108,3 +110,18 @@ async def lc(tmp_path: Path, db_url: str) -> AsyncIterator[Cloud]:
 async def lc_sqlite(tmp_path: Path, sqlite_url: str) -> AsyncIterator[Cloud]:
     async with start_cloud(make_settings(tmp_path, sqlite_url)) as c:
         yield await _with_roster(c)
+
+
+async def band_fall_delivered(c: Cloud) -> int:
+    """At T0 wristband ``BAND_1`` reports a fall: the loop opens the case and the notifier delivers every
+    page it wrote (the 请致电家属 call task among them). Returns the incident id."""
+    from tests.cloud.loop.test_end_to_end import ingest, only_incident
+    from tests.cloud.loop.test_timers import BAND_1
+
+    c.clock.t = T0
+    await ingest(c, alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 - 2))
+    iid = int((await only_incident(c))["id"])
+    worker = c.app.state.notify.worker
+    while await worker.run_once():
+        pass
+    return iid

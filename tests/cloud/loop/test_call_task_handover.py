@@ -28,11 +28,8 @@ from cloud.db import Device
 from cloud.loop.models import AuditEntry
 from cloud.notify.family import CallTaskHandover
 from cloud.notify.models import InApp
-from firmware_bridge.kernel.events import AlertPhase, EventType
-from firmware_bridge.kernel.records import DeviceKind
-from tests.cloud.cloudkit import T0, Cloud, alert_step, make_settings, start_cloud
-from tests.cloud.loop.conftest import ROSTER
-from tests.cloud.loop.test_end_to_end import ingest, only_incident
+from tests.cloud.cloudkit import T0, Cloud, make_settings, start_cloud
+from tests.cloud.loop.conftest import ROSTER, band_fall_delivered
 from tests.cloud.loop.test_timers import BAND_1
 
 SHIFT_S = 8 * 3600.0
@@ -65,15 +62,17 @@ async def desk(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch)
         yield c
 
 
-def _register_wearer(c: Cloud) -> None:
-    """The band's wearer and emergency contact, sealed as the registry stores them."""
-    sealed = c.app.state.notify.contacts.box.seal(
-        {"wearer_name": "张秀英", "emergency_contact_phone": "13900001111"}
-    )
+def _seal(c: Cloud, private: dict[str, str]) -> None:
+    """Store ``private`` on the band sealed, as the registry stores it."""
     with c.state.db.write() as s:
         dev = s.get(Device, BAND_1)
         assert dev is not None
-        dev.private_enc = sealed
+        dev.private_enc = c.app.state.notify.contacts.box.seal(private)
+
+
+def _register_wearer(c: Cloud) -> None:
+    """The band's wearer and emergency contact, sealed as the registry stores them."""
+    _seal(c, {"wearer_name": "张秀英", "emergency_contact_phone": "13900001111"})
 
 
 async def _inbox(
@@ -108,12 +107,7 @@ async def test_an_open_call_task_is_handed_to_the_next_shift_once(desk: Cloud) -
     c = desk
     who = await _setup(c)
     _register_wearer(c)
-    c.clock.t = T0
-    await ingest(c, alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 - 2))
-    iid = int((await only_incident(c))["id"])
-    worker = c.app.state.notify.worker
-    while await worker.run_once():
-        pass
+    iid = await band_fall_delivered(c)
     (task,) = await _inbox(c, who["ct-jia"], iid)  # delivered to the call taker on duty
     assert task["title"].startswith("请致电家属") and not task["for_all_operators"]
     assert await _inbox(c, who["ct-yi"], iid) == []
@@ -166,12 +160,7 @@ async def test_a_task_nobody_was_on_duty_for_goes_to_the_shift_that_comes_on(des
     token = await asyncio.to_thread(c.state.credentials.add_user, "ct-jia", "operator", now=T0)
     jia = {"Authorization": f"Bearer {token}"}
     _register_wearer(c)
-    c.clock.t = T0
-    await ingest(c, alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 - 2))
-    iid = int((await only_incident(c))["id"])
-    worker = c.app.state.notify.worker
-    while await worker.run_once():
-        pass
+    iid = await band_fall_delivered(c)
     assert await _inbox(c, jia, iid) == []  # not in 甲's own list
     (queued,) = await _inbox(c, jia, iid, mine=False)
     assert queued["for_all_operators"]  # nobody on duty: the operators' queue
@@ -219,12 +208,7 @@ async def test_a_task_is_handed_over_for_two_days_not_forever(desk: Cloud) -> No
     c = desk
     who = await _setup(c)
     _register_wearer(c)
-    c.clock.t = T0
-    await ingest(c, alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 - 2))
-    iid = int((await only_incident(c))["id"])
-    worker = c.app.state.notify.worker
-    while await worker.run_once():
-        pass
+    iid = await band_fall_delivered(c)
     h = _handover(c)
     yi = await asyncio.to_thread(c.app.state.notify.contacts.user_id, "ct-yi")
 

@@ -15,22 +15,20 @@ from typing import Any
 
 from sqlalchemy import select
 
-from cloud.db import Device
 from cloud.loop.models import AuditEntry, NotificationIntentRow
-from firmware_bridge.kernel.events import AlertPhase, EventType
-from firmware_bridge.kernel.records import DeviceKind
-from tests.cloud.cloudkit import T0, Cloud, alert_step
+from tests.cloud.cloudkit import T0, Cloud
+from tests.cloud.loop.conftest import band_fall_delivered as _fall
 from tests.cloud.loop.test_api import REPORT
 from tests.cloud.loop.test_call_task_handover import (
     SHIFT_S,
     _handover,
     _inbox,
     _register_wearer,
+    _seal,
     _setup,
     desk,  # noqa: F401 (the fixture)
 )
-from tests.cloud.loop.test_end_to_end import detail, ingest, loop, only_incident
-from tests.cloud.loop.test_timers import BAND_1
+from tests.cloud.loop.test_end_to_end import detail, loop
 
 
 async def _call(c: Cloud, iid: int, who: dict[str, str], outcome: str, note: str = "") -> Any:
@@ -39,23 +37,6 @@ async def _call(c: Cloud, iid: int, who: dict[str, str], outcome: str, note: str
         json={"outcome": outcome, "note": note},
         headers=who,
     )
-
-
-def _seal(c: Cloud, private: dict[str, str]) -> None:
-    with c.state.db.write() as s:
-        dev = s.get(Device, BAND_1)
-        assert dev is not None
-        dev.private_enc = c.app.state.notify.contacts.box.seal(private)
-
-
-async def _fall(c: Cloud) -> int:
-    c.clock.t = T0
-    await ingest(c, alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, T0 - 2))
-    iid = int((await only_incident(c))["id"])
-    worker = c.app.state.notify.worker
-    while await worker.run_once():
-        pass
-    return iid
 
 
 def _desk_reminders(c: Cloud, iid: int) -> list[tuple[str, str]]:
