@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cloud.notify.models import Delivery
+from cloud.notify.worker import DeliveryWorker
 from tests.aio import cancel_and_wait
 from tests.cloud.notify.kit import fake_config, notify_kit, page
 from tests.fakes.wecom import FakeWeCom
@@ -25,20 +26,26 @@ async def _eventually(cond, timeout: float = 3.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(POLL_S)
 
 
+def _count_rounds(w: DeliveryWorker) -> list[int]:
+    """Count the worker's rounds from now on: ``[n]``, updated as each round starts."""
+    rounds = [0]
+    real_round = w.run_once
+
+    async def counted() -> int:
+        rounds[0] += 1
+        return await real_round()
+
+    w.run_once = counted  # type: ignore[method-assign]
+    return rounds
+
+
 async def test_idle_rounds_are_skipped_and_work_still_goes_out(
     tmp_path: Path, sqlite_url: str, fake_wecom: FakeWeCom
 ) -> None:
     async with notify_kit(tmp_path, sqlite_url, fake_config(wecom=fake_wecom, poll_s=POLL_S)) as kit:
         kit.service.contacts.bind("grid1", now=kit.clock.now(), wecom_userid="zhangsan")
         w = kit.service.worker
-        rounds = [0]
-        real_round = w.run_once
-
-        async def counted() -> int:
-            rounds[0] += 1
-            return await real_round()
-
-        w.run_once = counted  # type: ignore[method-assign]
+        rounds = _count_rounds(w)
         task = asyncio.create_task(w.run())
         try:
             await asyncio.sleep(0.3)
@@ -84,14 +91,7 @@ async def test_without_the_gate_every_idle_poll_runs_a_round(
     async with notify_kit(tmp_path, sqlite_url, fake_config(wecom=fake_wecom, poll_s=POLL_S)) as kit:
         w = kit.service.worker
         w.gate_idle = False
-        rounds = [0]
-        real_round = w.run_once
-
-        async def counted() -> int:
-            rounds[0] += 1
-            return await real_round()
-
-        w.run_once = counted  # type: ignore[method-assign]
+        rounds = _count_rounds(w)
         task = asyncio.create_task(w.run())
         try:
             await asyncio.sleep(0.5)
