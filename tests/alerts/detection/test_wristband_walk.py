@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from alerts.contract import AlertEvent
 from alerts.detection.wristband import WALK_STEPS
-from firmware_bridge.kernel.events import AlertPhase
+from firmware_bridge.kernel.events import AlertPhase, EventType
 from tests.alerts.detection.test_wristband_recovery import CADENCES, FALL, IDLE, SOS, T0, Band, feed, of
 
 
@@ -34,6 +35,22 @@ def _up_and_walk(band: Band, s: int, walk_s: int = 20) -> None:
     band.walk(s + 3, s + 3 + walk_s)
 
 
+def _raised_once_cleared_in(alerts: list[AlertEvent], event: EventType, lo: float, hi: float) -> None:
+    """``event`` raised once and cleared once, the clear at ``lo`` .. ``hi`` (epoch seconds)."""
+    assert len(of(alerts, event, AlertPhase.RAISED)) == 1
+    cleared = of(alerts, event, AlertPhase.CLEARED)
+    assert len(cleared) == 1, [(a.time - T0, a.phase) for a in alerts if a.event_type is event]
+    assert lo <= cleared[0].time <= hi
+
+
+def _shake(band: Band, s: int, peak_g: float) -> None:
+    """The arm shaken for 12 s from ``s``: ``peak_g`` peaks, the pedometer counts 5 steps a second."""
+    ia, ib = band.i(s), band.i(s + 12)
+    band.moving[ia:ib] = True
+    band.accel[ia:ib] = peak_g
+    band.steps[ia:ib] = 5.0
+
+
 # the first uplink after a walk that starts at ``s``: the datasheet's summaries are at 7 s past every
 # 5 minutes of the band's clock (test_wristband_recovery.Band); a walk of 20 s shows in at most two
 _LATEST = {"1s": 15.0, "10s": 30.0, "60s": 90.0, "event": 610.0}
@@ -49,10 +66,7 @@ def test_waving_on_the_floor_does_not_clear_a_fall_and_walking_then_does(cadence
     _wave(band, 310, 2100)
     _up_and_walk(band, 2100)
     alerts = feed(band.frames(f"W-WAVE-{cadence}", cadence), T0 + 3300)
-    assert len(of(alerts, FALL, AlertPhase.RAISED)) == 1
-    cleared = of(alerts, FALL, AlertPhase.CLEARED)
-    assert len(cleared) == 1, [(a.time - T0, a.phase) for a in alerts if a.event_type is FALL]
-    assert T0 + 2103 <= cleared[0].time <= T0 + 2103 + _LATEST[cadence]
+    _raised_once_cleared_in(alerts, FALL, T0 + 2103, T0 + 2103 + _LATEST[cadence])
 
 
 @pytest.mark.parametrize("cadence", CADENCES)
@@ -65,10 +79,7 @@ def test_waving_after_an_sos_does_not_clear_it(cadence: str) -> None:
     _wave(band, 130, 2100)
     _up_and_walk(band, 2100)
     alerts = feed(band.frames(f"W-WSOS-{cadence}", cadence), T0 + 3300)
-    assert len(of(alerts, SOS, AlertPhase.RAISED)) == 1
-    cleared = of(alerts, SOS, AlertPhase.CLEARED)
-    assert len(cleared) == 1
-    assert T0 + 2103 <= cleared[0].time <= T0 + 2103 + _LATEST[cadence]
+    _raised_once_cleared_in(alerts, SOS, T0 + 2103, T0 + 2103 + _LATEST[cadence])
 
 
 @pytest.mark.parametrize("cadence", ["60s", "event"])
@@ -80,10 +91,7 @@ def test_waving_during_daytime_inactivity_does_not_clear_it(cadence: str) -> Non
     _wave(band, 7510, 9300)
     _up_and_walk(band, 10200)
     alerts = feed(band.frames(f"W-WIDLE-{cadence}", cadence), T0 + 10800)
-    assert len(of(alerts, IDLE, AlertPhase.RAISED)) == 1
-    cleared = of(alerts, IDLE, AlertPhase.CLEARED)
-    assert len(cleared) == 1
-    assert T0 + 10203 <= cleared[0].time <= T0 + 10203 + _LATEST[cadence]
+    _raised_once_cleared_in(alerts, IDLE, T0 + 10203, T0 + 10203 + _LATEST[cadence])
 
 
 @pytest.mark.parametrize("cadence", CADENCES)
@@ -92,16 +100,10 @@ def test_a_band_shaken_on_the_floor_does_not_clear(cadence: str) -> None:
     pedometer counts 5 steps a second. Not walking: the fall stays open until the walk at 20 min."""
     band = Band(1200 + 900)
     band.fall(0, flag_s=120)
-    ia, ib = band.i(300), band.i(312)
-    band.moving[ia:ib] = True
-    band.accel[ia:ib] = 3.0
-    band.steps[ia:ib] = 5.0
+    _shake(band, 300, 3.0)
     _up_and_walk(band, 1200)
     alerts = feed(band.frames(f"W-SHAKE-{cadence}", cadence), T0 + 2100)
-    assert len(of(alerts, FALL, AlertPhase.RAISED)) == 1
-    cleared = of(alerts, FALL, AlertPhase.CLEARED)
-    assert len(cleared) == 1, [(a.time - T0, a.phase) for a in alerts if a.event_type is FALL]
-    assert T0 + 1203 <= cleared[0].time <= T0 + 1203 + _LATEST[cadence]
+    _raised_once_cleared_in(alerts, FALL, T0 + 1203, T0 + 1203 + _LATEST[cadence])
 
 
 def test_a_band_shaken_gently_at_one_second_does_not_clear() -> None:
@@ -109,10 +111,7 @@ def test_a_band_shaken_gently_at_one_second_does_not_clear() -> None:
     second for 12 s: faster than anyone walks, so not walking either (the bout's rate)."""
     band = Band(1200 + 900)
     band.fall(0, flag_s=120)
-    ia, ib = band.i(300), band.i(312)
-    band.moving[ia:ib] = True
-    band.accel[ia:ib] = 2.0
-    band.steps[ia:ib] = 5.0
+    _shake(band, 300, 2.0)
     _up_and_walk(band, 1200)
     alerts = feed(band.frames("W-SHAKE2-1s", "1s"), T0 + 2100)
     cleared = of(alerts, FALL, AlertPhase.CLEARED)
@@ -136,14 +135,8 @@ def test_got_up_and_walked_a_few_metres_clears(cadence: str, debounce: int) -> N
         band.steps[ia : ia + k] = 0.0
     assert band.steps[band.i(323) : band.i(335)].sum() >= WALK_STEPS + 5
     alerts = feed(band.frames(f"W-CHAIR-{cadence}-{debounce}", cadence), T0 + 1800)
-    assert len(of(alerts, FALL, AlertPhase.RAISED)) == 1
-    cleared = of(alerts, FALL, AlertPhase.CLEARED)
-    assert len(cleared) == 1
-    assert (
-        T0 + 323
-        <= cleared[0].time
-        <= T0 + 335 + {"1s": 2.0, "10s": 10.0, "60s": 60.0, "event": 300.0}[cadence]
-    )
+    latest = {"1s": 2.0, "10s": 10.0, "60s": 60.0, "event": 300.0}[cadence]
+    _raised_once_cleared_in(alerts, FALL, T0 + 323, T0 + 335 + latest)
 
 
 @pytest.mark.parametrize("seed", range(16))
