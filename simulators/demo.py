@@ -113,6 +113,7 @@ mode = "http"
 url = "{url}"
 backoff_initial_s = 0.2
 backoff_max_s = 2
+heartbeat_s = {heartbeat_s}
 
 [outbox]
 synchronous = "normal"
@@ -125,6 +126,14 @@ profiles_file = "{profiles_file}"
 [metrics]
 port = {metrics_port}
 """
+
+
+def demo_heartbeat_s(gateway_offline_s: float, speedup: float) -> float:
+    """The demo gateway's heartbeat in real seconds: a third of the cloud's offline limit at the demo's
+    speed-up. The gateway paces its heartbeat in real time (60 s by default), the cloud judges it on the
+    demo's clock (300 s = 5 real seconds at 60x): every demo used to page device maintenance about a
+    "gateway offline" a few seconds after the simulated devices stopped, with the gateway running."""
+    return round(max(0.2, min(60.0, gateway_offline_s / max(speedup, 1.0) / 3.0)), 3)
 
 
 class HeldClock(AcceleratedClock):
@@ -504,6 +513,7 @@ async def run_demo(
             url=url,
             metrics_port=metrics_port,
             profiles_file=profiles_file,
+            heartbeat_s=demo_heartbeat_s(settings.gateway_offline_s, speedup),
         )
     )
     gateway = Gateway(gw_cfg, clock=clock)
