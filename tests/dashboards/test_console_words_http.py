@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from alerts.contract import HTTP_PATH
 from cloud.app import create_app
 from cloud.notify.links import Purpose
 from cloud.settings import CloudSettings
@@ -31,28 +29,16 @@ from tests.cloud.cloudkit import (
     Cloud,
     alert_step,
     batch,
-    body,
     make_settings,
     readings,
-    start_cloud,
 )
-from tests.dashboards.consolekit import signed_in
+from tests.dashboards.consolekit import dispatcher_console, post_batch
 
 
 @pytest.fixture
 async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
-    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c, signed_in(c) as browser:
-        yield c, browser
-
-
-async def _post(c: Cloud, *blocks: object, alerts: list[object] | None = None) -> None:
-    r = await c.client.post(
-        HTTP_PATH,
-        content=body(batch(f"b-{uuid.uuid4().hex[:16]}", *blocks, alerts=alerts or [])),  # type: ignore[arg-type]
-        headers={**c.gw1, "content-type": "application/json"},
-    )
-    assert r.status_code == 200, r.text
-    await c.app.state.loop_sink.drained()
+    async with dispatcher_console(tmp_path, sqlite_url) as cb:
+        yield cb
 
 
 @asynccontextmanager
@@ -78,7 +64,7 @@ def _section(html: str, heading: str) -> str:
 async def test_device_channels_in_words(console: tuple[Cloud, httpx.AsyncClient]) -> None:
     c, browser = console
     now = c.clock.now()
-    await _post(c, readings(DeviceKind.MANHOLE, MANHOLE_1, [1], t0=now - 600))
+    await post_batch(c, readings(DeviceKind.MANHOLE, MANHOLE_1, [1], t0=now - 600))
     page = (await browser.get(f"/console/devices/{MANHOLE_1}")).text
     charts = _section(page, "最近 24 小时读数")
     text = _text(charts)
@@ -88,7 +74,7 @@ async def test_device_channels_in_words(console: tuple[Cloud, httpx.AsyncClient]
     assert 'data-channel="tilt_deg"' in charts
     assert text.count("24 小时内仅 1 个读数") == 8 and "<svg" not in charts  # no empty chart boxes
 
-    await _post(c, readings(DeviceKind.MANHOLE, MANHOLE_1, [2, 3], t0=now - 300))
+    await post_batch(c, readings(DeviceKind.MANHOLE, MANHOLE_1, [2, 3], t0=now - 300))
     charts = _section((await browser.get(f"/console/devices/{MANHOLE_1}")).text, "最近 24 小时读数")
     assert charts.count("<svg") == 8 and "共 3 个读数" in _text(charts)
     assert "仅 1 个读数" not in _text(charts)
@@ -101,7 +87,7 @@ async def test_device_channels_in_words(console: tuple[Cloud, httpx.AsyncClient]
 async def test_band_readings_in_whole_units(console: tuple[Cloud, httpx.AsyncClient]) -> None:
     c, browser = console
     now = c.clock.now()
-    await _post(c, readings(DeviceKind.WRISTBAND, BAND_1, [1, 2], t0=now - 600))
+    await post_batch(c, readings(DeviceKind.WRISTBAND, BAND_1, [1, 2], t0=now - 600))
     charts = _text(_section((await browser.get(f"/console/devices/{BAND_1}")).text, "最近 24 小时读数"))
     assert "心率：1 次/分" in charts and "步数：6 步" in charts and "静止时长：4 秒" in charts, charts
     assert "1.00 次/分" not in charts
@@ -112,7 +98,7 @@ async def test_alerts_name_devices_and_hide_the_detector_line(
 ) -> None:
     c, browser = console
     step = alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, c.clock.now())
-    await _post(c, alerts=[step])
+    await post_batch(c, alerts=[step])
     page = (await browser.get("/console/alerts")).text
     row = re.search(rf'<tr class="sev-\d" data-alert-id="{re.escape(step.alert_id)}">(.*?)</tr>', page, re.S)
     assert row, page[:3000]
@@ -134,7 +120,7 @@ async def test_alerts_name_devices_and_hide_the_detector_line(
 async def test_family_reached_by_the_desk(console: tuple[Cloud, httpx.AsyncClient]) -> None:
     c, browser = console
     step = alert_step(BAND_1, DeviceKind.WRISTBAND, EventType.FALL, AlertPhase.RAISED, c.clock.now())
-    await _post(c, alerts=[step])
+    await post_batch(c, alerts=[step])
     found = (await c.client.get("/api/v1/incidents", headers=c.dispatcher)).json()["incidents"]
     iid = next(int(i["id"]) for i in found if i["device_id"] == BAND_1)
     fam = (await c.client.get(f"/api/v1/notify/incidents/{iid}/family", headers=c.dispatcher)).json()
@@ -204,7 +190,7 @@ async def test_kpi_names_responders_and_says_units(console: tuple[Cloud, httpx.A
 
 async def _incident(c: Cloud) -> int:
     step = alert_step(MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, AlertPhase.RAISED, c.clock.now())
-    await _post(c, alerts=[step])
+    await post_batch(c, alerts=[step])
     found = (await c.client.get("/api/v1/incidents", headers=c.dispatcher)).json()["incidents"]
     return next(int(i["id"]) for i in found if i["device_id"] == MANHOLE_1)
 

@@ -7,27 +7,23 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from alerts.contract import HTTP_PATH
-from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.events import EventType
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403 (sqlite_url)
 from tests.cloud.cloudkit import (
     BAND_1,
     MANHOLE_1,
     Cloud,
-    alert_step,
-    batch,
-    body,
     make_settings,
     start_cloud,
 )
+from tests.dashboards.consolekit import open_incident
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
 
@@ -44,23 +40,10 @@ async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud,
             yield c, browser
 
 
-async def _open(c: Cloud, device: str, kind: DeviceKind, event: EventType) -> int:
-    step = alert_step(device, kind, event, AlertPhase.RAISED, c.clock.now())
-    r = await c.client.post(
-        HTTP_PATH,
-        content=body(batch(f"b-{uuid.uuid4().hex[:16]}", alerts=[step])),
-        headers={**c.gw1, "content-type": "application/json"},
-    )
-    assert r.status_code == 200, r.text
-    await c.app.state.loop_sink.drained()
-    found = (await c.client.get("/api/v1/incidents", headers=c.dispatcher)).json()["incidents"]
-    return next(int(i["id"]) for i in found if i["device_id"] == device)
-
-
 async def test_console_refusals(console: tuple[Cloud, httpx.AsyncClient]) -> None:
     c, browser = console
-    band = await _open(c, BAND_1, DeviceKind.WRISTBAND, EventType.FALL)
-    cover = await _open(c, MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN)
+    band = await open_incident(c, BAND_1, DeviceKind.WRISTBAND, EventType.FALL)
+    cover = await open_incident(c, MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN)
     browser.cookies.set("vigil_session", c.viewer["Authorization"].removeprefix("Bearer "))
     r = await browser.post(f"/console/incidents/{band}/family-call", data={"outcome": "reached"})
     assert r.status_code == 403 and "无权" in r.text

@@ -7,48 +7,28 @@ stops it carrying its 「确认…？」 question (console.js asks it); Chinese 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from alerts.contract import HTTP_PATH
 from cloud.notify.links import Purpose
-from firmware_bridge.kernel.events import AlertPhase, EventType
+from firmware_bridge.kernel.events import EventType
 from firmware_bridge.kernel.records import DeviceKind
 from tests.cloud.cloudkit import *  # noqa: F403 (sqlite_url)
 from tests.cloud.cloudkit import (
     MANHOLE_1,
     SMOKE_1,
     Cloud,
-    alert_step,
-    batch,
-    body,
-    make_settings,
-    start_cloud,
 )
-from tests.dashboards.consolekit import signed_in
+from tests.dashboards.consolekit import dispatcher_console, open_incident
 
 
 @pytest.fixture
 async def console(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Cloud, httpx.AsyncClient]]:
-    async with start_cloud(make_settings(tmp_path, sqlite_url)) as c, signed_in(c) as browser:
-        yield c, browser
-
-
-async def _open(c: Cloud, device: str, kind: DeviceKind, event: EventType, value: float = 1.0) -> int:
-    step = alert_step(device, kind, event, AlertPhase.RAISED, c.clock.now(), value=value)
-    r = await c.client.post(
-        HTTP_PATH,
-        content=body(batch(f"b-{uuid.uuid4().hex[:16]}", alerts=[step])),
-        headers={**c.gw1, "content-type": "application/json"},
-    )
-    assert r.status_code == 200, r.text
-    await c.app.state.loop_sink.drained()
-    found = (await c.client.get("/api/v1/incidents", headers=c.dispatcher)).json()["incidents"]
-    return next(int(i["id"]) for i in found if i["device_id"] == device)
+    async with dispatcher_console(tmp_path, sqlite_url) as cb:
+        yield cb
 
 
 def _text(html: str) -> str:
@@ -73,7 +53,7 @@ async def test_header_words_and_confirm_button(console: tuple[Cloud, httpx.Async
     }
     r = await c.client.put("/api/v1/loop/config/roster", json=roster, headers=c.admin)
     assert r.status_code == 200, r.text
-    cover = await _open(c, MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN)
+    cover = await open_incident(c, MANHOLE_1, DeviceKind.MANHOLE, EventType.COVER_OPEN, 1.0)
     api = (await c.client.get(f"/api/v1/incidents/{cover}", headers=c.dispatcher)).json()["incident"]
     rule, policy = api["route_rule"], api["escalation"]["policy"]
     assert rule.startswith("root/manhole/") and policy == "manhole"  # the machine words this page hides
@@ -108,7 +88,7 @@ async def test_header_words_and_confirm_button(console: tuple[Cloud, httpx.Async
     esc = _dd((await browser.get(f"/console/incidents/{cover}")).text, "escalation")
     assert "已接单，停止升级" in _text(esc) and "下一级" not in _text(esc), _text(esc)
 
-    fire = await _open(c, SMOKE_1, DeviceKind.SMOKE_ALARM, EventType.FIRE, 0.4)
+    fire = await open_incident(c, SMOKE_1, DeviceKind.SMOKE_ALARM, EventType.FIRE, 0.4)
     page = (await browser.get(f"/console/incidents/{fire}")).text
     assert _text(_dd(page, "escalation")).strip().startswith("火情升级流程")
     m = re.search(r'value="confirm" data-action="confirm" class="danger" data-confirm="([^"]+)"', page)
