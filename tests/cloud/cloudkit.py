@@ -195,6 +195,17 @@ async def cloud_sqlite(tmp_path: Path, sqlite_url: str) -> AsyncIterator[Cloud]:
         yield c
 
 
+@asynccontextmanager
+async def another_worker(c: Cloud) -> AsyncIterator[httpx.AsyncClient]:
+    """A second app on ``c``'s database and clock: another worker process (or the same one restarted) as
+    far as memory goes."""
+    app = await asyncio.to_thread(create_app, c.settings, clock=c.clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vigil.test") as client:
+            yield client
+
+
 # -- builders --------------------------------------------------------------------------------------------
 def readings(
     kind: DeviceKind, device_id: str, seqs: Sequence[int], t0: float = T0, step: float = 60.0
@@ -276,6 +287,7 @@ __all__ = [
     "ManualClock",
     "RecordingSink",
     "alert_step",
+    "another_worker",
     "batch",
     "bearer",
     "body",

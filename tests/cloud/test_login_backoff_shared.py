@@ -8,29 +8,14 @@ PostgreSQL (tests/cloud/cloudkit.py ``cloud`` fixture).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
-
-from cloud.app import create_app
 from cloud.auth import LoginThrottle
 from tests.cloud.cloudkit import *  # noqa: F403
-from tests.cloud.cloudkit import Cloud
+from tests.cloud.cloudkit import Cloud, another_worker
 
 LOGIN = "/api/v1/auth/login"
 RIGHT = {"username": "root", "password": "correct horse"}
 WRONG = {"username": "root", "password": "guess guess"}
-
-
-@asynccontextmanager
-async def another_worker(c: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    """A second app on the same database and clock: a fresh process as far as memory goes."""
-    app = await asyncio.to_thread(create_app, c.settings, clock=c.clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://vigil.test") as client:
-            yield client
 
 
 async def test_backoff_is_shared_by_workers_and_kept_across_a_restart(cloud: Cloud) -> None:

@@ -13,10 +13,8 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 
@@ -32,7 +30,7 @@ from cloud.limits import (
     link_read_limit,
 )
 from cloud.notify.links import Purpose
-from tests.cloud.cloudkit import T0, Cloud, make_settings, start_cloud
+from tests.cloud.cloudkit import T0, Cloud, another_worker, make_settings, start_cloud
 from tests.cloud.notify.test_responder_position import BAND, FLAG, PARK, WORN_FIX, band, open_case
 
 BURST = int(LINK_READS_BURST)
@@ -44,16 +42,6 @@ async def cloud_pg(tmp_path: Path, pg_url: str) -> AsyncIterator[Cloud]:
         r = await c.client.post("/api/v1/devices", json=BAND, headers=c.admin)
         assert r.status_code == 201, r.text
         yield c
-
-
-@asynccontextmanager
-async def another_worker(c: Cloud) -> AsyncIterator[httpx.AsyncClient]:
-    """A second app on the same database and clock: another worker process as far as memory goes."""
-    app = await asyncio.to_thread(create_app, c.settings, clock=c.clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://vigil.test") as client:
-            yield client
 
 
 async def test_link_read_limit_is_one_allowance_for_two_workers(cloud_pg: Cloud) -> None:
