@@ -555,8 +555,7 @@ class LoopService:
             if stand_down:
                 rows.cancel_pending_intents(s, row, now)
             audit = {"reason": reason, "stand_down": stand_down, "external": external}  # not the note
-            s.add(AuditEntry(at=now, actor=actor[:64], role=role or "user", action="incident.rule_out",
-                             target=f"incident:{row.id}", detail=audit))  # fmt: skip
+            _audit_incident(s, row, "incident.rule_out", audit, actor=actor, role=role, now=now)
             row.row_version += 1
             row.updated_at = now
             return self._rule_out_state(s, row)
@@ -674,8 +673,7 @@ class LoopService:
                 attempt=attempt,
             )
             audit = {"outcome": outcome, "attempt": attempt}  # the note stays in the timeline only
-            s.add(AuditEntry(at=now, actor=actor[:64], role=role or "user", action="incident.family_call",
-                             target=f"incident:{row.id}", detail=audit))  # fmt: skip
+            _audit_incident(s, row, "incident.family_call", audit, actor=actor, role=role, now=now)
             row.row_version += 1
         return self.call_state(incident_id)
 
@@ -993,6 +991,17 @@ class LoopService:
         if row is None:
             raise NotFoundError(f"no incident {incident_id}")
         return row
+
+
+def _audit_incident(
+    s: Session, row: Incident, action: str, detail: dict[str, Any], *, actor: str, role: str, now: float
+) -> None:
+    """A desk action on an incident in ``loop_audit``: who (at most 64 characters), their role (``user``
+    when not known), ``incident:<id>`` and ``detail``."""
+    target = f"incident:{row.id}"
+    s.add(
+        AuditEntry(at=now, actor=actor[:64], role=role or "user", action=action, target=target, detail=detail)
+    )
 
 
 def _external_roles(snap: escalation.EscalationSnapshot, next_step: int) -> list[str]:
