@@ -12,7 +12,7 @@ names (in its ``title``) are found here beside the words."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from alerts.loop import reasons
-from alerts.loop.rosters import Roster, Rotation, changes, roster_from_dict
+from alerts.loop.rosters import Override, Responder, Roster, Rotation, changes, roster_from_dict
 from alerts.loop.routing import DEPARTMENTS
 from alerts.loop.sla import CLOCKS, Urgency
 from dashboards.client import ApiError
@@ -162,25 +162,42 @@ def zone_words(zone: str, t: Translator) -> str:
     return t("config.zone_all") if zone == ANY_ZONE else zone
 
 
-def next_change(rotation: Rotation, now: float, zone: ZoneInfo) -> tuple[float, tuple[str, ...]] | None:
+def next_change(
+    rotation: Rotation,
+    now: float,
+    zone: ZoneInfo,
+    overrides: Sequence[Override] = (),
+    responders: Mapping[str, Responder] | None = None,
+) -> tuple[float, tuple[str, ...]] | None:
     """When who is on call from ``rotation`` next changes after ``now``, and who is on call from then (ids;
-    ``()``: nobody, the daily window closed). ``None`` when it never changes (everyone together all day,
-    one person all day, an empty window).
+    ``()``: nobody, the daily window closed or the person is on leave). ``None`` when it never changes
+    (everyone together all day, one person all day, an empty window).
 
     The rotation itself answers (:meth:`alerts.loop.rosters.Rotation.on_call_at`) at the instants the
     loop's :func:`alerts.loop.rosters.changes` names (its start, each hand-over, each window edge, in
-    ``zone``'s local time), one day at a time, so the page cannot disagree with the loop. Without a window
-    the change is at most one shift away; a window opens or closes each day: a shift and two days past the
-    rotation's start bound the search."""
-    alone = Roster({}, (rotation,), (), zone.key)
-    current = rotation.on_call_at(now, zone)
-    limit = max(now, rotation.start) + max(rotation.shift_s, 0.0) + 2 * 86400.0
+    ``zone``'s local time, each override's start and end), one day at a time, so the page cannot disagree
+    with the loop. With ``responders``, ``overrides`` apply as the loop applies them
+    (:meth:`alerts.loop.rosters.Roster.on_call`: a swap names who covers, a leave nobody): the next
+    person on leave is not announced as taking over. Without a window the change is at most one shift
+    away; a window opens or closes each day: a shift and two days past the rotation's start (or the last
+    override's end) bound the search."""
+    alone = Roster(dict(responders or {}), (rotation,), tuple(overrides), zone.key)
+
+    def who(t: float) -> tuple[str, ...]:
+        if responders is None:
+            return rotation.on_call_at(t, zone)
+        return tuple(r.id for r in alone.on_call(rotation.role, rotation.zone, t))
+
+    current = who(now)
+    last_override = max((ov.end for ov in overrides if ov.end > now), default=now)
+    limit = max(now, rotation.start, min(last_override, now + 30 * 86400.0))
+    limit += max(rotation.shift_s, 0.0) + 2 * 86400.0
     a = now
     while a < limit:
         b = min(a + 86400.0, limit)
         for c in changes(alone, a, b):
-            if c > now and (who := rotation.on_call_at(c, zone)) != current:
-                return c, who
+            if c > now and (then := who(c)) != current:
+                return c, then
         a = b
     return None
 
@@ -230,7 +247,7 @@ def roster_words(
             notes.append(t("config.rotation_from", at=local_time(start, t)))
         if r.get("hours"):
             notes.append(t("config.rotation_hours", hours=str(r["hours"])))
-        nxt = next_change(rot, now, zone)
+        nxt = next_change(rot, now, zone, roster.overrides, roster.responders)
         if nxt is None:
             upcoming = ""
         elif nxt[1]:

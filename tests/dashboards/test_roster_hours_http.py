@@ -183,3 +183,47 @@ def test_next_change_is_the_rotations_own(rot: Rotation) -> None:
             samples = [*range(int(now), int(when), 300), when - 1]
             assert all(rot.on_call_at(s, SH) == before for s in samples), (rot.id, now)
         now += 17 * 60
+
+
+#: the same roster with a swap and a leave on the crew: 戊's Tuesday day shift covered by 庚, and 己 on
+#: leave for Tuesday's night shift
+WITH_OVERRIDES: dict[str, Any] = {
+    **ROSTER,
+    "responders": [*ROSTER["responders"], {"id": "md-g", "name": "抢修庚", "roles": ["municipal_crew"]}],
+    "overrides": [
+        {"responder": "md-e", "by": "md-g", "start": at(22, 0), "end": at(23, 0), "reason": "调班"},
+        {"responder": "md-f", "start": at(22, 19), "end": at(23, 9), "reason": "病假"},
+    ],
+}
+
+
+async def test_the_next_hand_over_counts_swaps_and_leave(tmp_path: Path, sqlite_url: str) -> None:
+    """The page's next hand-over is the loop's answer with overrides applied: not 「由抢修戊接班」 when 戊's
+    shift is covered by 庚, and 「起本轮值无人」 when the next person is on leave (the on-duty table above
+    it counted overrides already; the hand-over line did not)."""
+    async with roster_console(tmp_path, sqlite_url, WITH_OVERRIDES) as (c, browser):
+        page = await _page(c, browser, T0)
+        assert "下次交班：2026-09-22 08:00，由抢修庚接班" in _row(page, "crew"), _row(page, "crew")
+        page = await _page(c, browser, at(22, 10))
+        # 庚 covers until 20:00, 己's shift; 己 is on leave (from 19:00): nobody, not 「由抢修己接班」
+        assert "下次交班：2026-09-22 20:00 起本轮值无人" in _row(page, "crew"), _row(page, "crew")
+
+
+def test_next_change_with_overrides_is_the_loops_on_call() -> None:
+    """Every 17 minutes over two days: at the instant the page names, the loop's ``Roster.on_call`` (overrides
+    applied) answers whom the page names, and nothing changes before it (sampled each 5 minutes)."""
+    roster = roster_from_dict(WITH_OVERRIDES)
+    crew = roster.rotations[2]
+
+    def on_call(t: float) -> tuple[str, ...]:
+        return tuple(r.id for r in roster.on_call("municipal_crew", "*", t))
+
+    now = at(21, 21, 3)
+    while now < at(23, 20):
+        found = next_change(crew, now, SH, roster.overrides, roster.responders)
+        assert found is not None, now
+        when, who = found
+        before = on_call(now)
+        assert when > now and on_call(when) == who != before, now
+        assert all(on_call(s) == before for s in [*range(int(now), int(when), 300), when - 1]), now
+        now += 17 * 60
