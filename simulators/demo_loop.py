@@ -398,6 +398,23 @@ class DispatchStory:
                 line(at, f"评价 #{iid} {'★' * n}{'☆' * (5 - n)} {n} 分", f"rated #{iid} {n}/5")
         return out
 
+    def _page_parts(self, intents: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> list[str]:
+        """Whom a step's pages reached and by which channel, one part per page."""
+        parts = []
+        for it in intents:
+            who = self._who(it["target_kind"], it["target_id"])
+            mine = [d for d in deliveries if str(d["dedup_key"]).startswith(it["dedup_key"] + "/")]
+            if it["state"] == "failed" and not mine:
+                parts.append(self._t(f"{who}（无人可通知）", f"{who} (nobody to notify)"))
+            elif mine:
+                chans = list(dict.fromkeys(self._channel(d["channel"]) for d in mine))
+                n = len({d["recipient"] for d in mine})  # a role's or a desk's members
+                zh, en = (f"{who} {n} 人", f"{who} ×{n}") if n > 1 else (who, who)
+                parts.append(self._t(f"{zh}（{'、'.join(chans)}）", f"{en} ({', '.join(chans)})"))
+            else:
+                parts.append(self._t(f"{who}（发送中）", f"{who} (sending)"))
+        return parts
+
     async def new_lines(self, *, final: bool = False) -> list[tuple[float, str]]:
         """(time, line): the first page of incidents whose first page is settled (``final``: also those
         still in flight), each incident once; then what happened to the incidents already told."""
@@ -412,23 +429,26 @@ class DispatchStory:
             if not intents:
                 continue
             first_at = min(i["created_at"] for i in intents)
-            first = [i for i in intents if i["created_at"] == first_at]
+            step = min(int(i.get("step", 0)) for i in intents if i["created_at"] == first_at)
+            # the first step's pages (a step brought forward at once may share their clock instant)
+            first = [i for i in intents if i["created_at"] == first_at and int(i.get("step", 0)) == step]
             if not final and any(i["state"] in ("pending", "claimed") for i in first):
                 continue
             deliveries = await self._deliveries(iid)
-            parts = []
-            for it in first:
-                who = self._who(it["target_kind"], it["target_id"])
-                mine = [d for d in deliveries if str(d["dedup_key"]).startswith(it["dedup_key"] + "/")]
-                if it["state"] == "failed" and not mine:
-                    parts.append(self._t(f"{who}（无人可通知）", f"{who} (nobody to notify)"))
-                elif mine:
-                    chans = list(dict.fromkeys(self._channel(d["channel"]) for d in mine))
-                    n = len({d["recipient"] for d in mine})  # a role's or a desk's members
-                    zh, en = (f"{who} {n} 人", f"{who} ×{n}") if n > 1 else (who, who)
-                    parts.append(self._t(f"{zh}（{'、'.join(chans)}）", f"{en} ({', '.join(chans)})"))
-                else:
-                    parts.append(self._t(f"{who}（发送中）", f"{who} (sending)"))
+            parts = self._page_parts(first, deliveries)
+            # nobody could be paged at the first step: the loop pages the next one at once (escalate_now);
+            # when its pages are out too, the line says so instead of ending at "nobody to notify"
+            later = sorted({i["created_at"] for i in intents if i.get("step") == step + 1})
+            if all(i["state"] == "failed" for i in first) and later:
+                nxt = [i for i in intents if i["created_at"] == later[0] and i.get("step") == step + 1]
+                if all(i["state"] not in ("pending", "claimed") for i in nxt):
+                    more = self._page_parts(nxt, deliveries)
+                    parts = [
+                        self._t(
+                            "、".join(parts) + " → 立即升级：" + "、".join(more),
+                            ", ".join(parts) + " -> next step at once: " + ", ".join(more),
+                        )
+                    ]
             self.told.add(iid)
             label = inc.get("event_label") or inc.get("event_type", "")
             when = self._parse(first_at)

@@ -11,6 +11,8 @@ had accepted the case, the timeline said 升级步骤已用完，仍无人接单
 from __future__ import annotations
 
 import asyncio
+import functools
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -117,3 +119,27 @@ async def test_when_no_page_of_a_step_reaches_anyone_the_119_desk_is_paged_witho
     d = await detail(c, iid)
     levels = [e["reason_params"]["step"] for e in d["timeline"] if e["action"] == "escalate_now"]
     assert levels == [0, 1]
+
+
+async def test_the_demo_story_tells_the_next_step_that_came_at_once(lc_sqlite: Cloud) -> None:
+    """``vigil demo``'s story printed 「派单 #4 火警 → 住户（无人可通知）」 and nothing more about who was
+    paged: the line now goes on to the step that came at once, read from the cloud's API like the rest."""
+    from simulators.demo_loop import DispatchStory
+
+    c = lc_sqlite
+    c.clock.t = T0
+    c.app.state.notify.contacts.bind("disp", now=T0, responder_id="prop-1")
+    iid = await _fire(c, SMOKE_1, T0 - 1)
+    assert await _settled(c, iid, 0) == ["failed"]
+    loop(c).run_due()
+    await _settled(c, iid, 1)
+    story = DispatchStory(
+        functools.partial(c.client.get, headers=c.dispatcher),
+        t=lambda zh, en: zh,
+        when=lambda epoch: "T",
+        parse_time=lambda s: datetime.fromisoformat(s).timestamp(),
+    )
+    await story.load_names()
+    (line,) = [text for _, text in await story.new_lines(final=True)]
+    assert line.startswith(f"  [T] 派单 #{iid} ") and "住户（无人可通知） → 立即升级：" in line, line
+    assert "物业张（站内信）" in line, line
