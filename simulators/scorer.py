@@ -151,6 +151,8 @@ class ScoreReport:
     end: float | None = None
     censored: list[dict[str, Any]] = field(default_factory=list)
     ok: dict[str, Any] = field(default_factory=dict)
+    #: device-silent raises after the end of the data (the devices stopped because the data did): not scored
+    silent_after_end: int = 0
 
     def row(self, event_type: str | EventType) -> ScoreRow:
         name = EventType(event_type).value
@@ -227,6 +229,11 @@ class ScoreReport:
                 + ", ".join(
                     f"{k} {v}" for k, v in sorted(self.false_alarms_by_cause.items(), key=lambda kv: -kv[1])
                 )
+            )
+        if self.silent_after_end:
+            lines.append(
+                f"not scored: {self.silent_after_end} device-silent alerts raised after the end of the data "
+                "(the devices stopped because the run did)"
             )
         lines.append(
             f"(tolerance {self.tolerance_s:g} s before start, grace {self.grace_s:g} s after end; "
@@ -310,6 +317,11 @@ def score(
         }
     )
     raised = raises(steps)
+    # a device judged silent after the data ended went quiet because the run did (a gateway or a cloud left
+    # running after a simulation, as ``vigil demo`` does): nothing the truth can judge
+    after_end = [a for a in raised if a.event_type is EventType.DEVICE_SILENT and a.time > data_end]
+    if after_end:
+        raised = [a for a in raised if not (a.event_type is EventType.DEVICE_SILENT and a.time > data_end)]
     cleared_at: dict[str, float] = {}
     for a in steps:
         if a.phase is AlertPhase.CLEARED and a.time < cleared_at.get(a.alert_id, np.inf):
@@ -405,6 +417,7 @@ def score(
         ordered, overall, dict(causes), tolerance_s, grace_s, total_devices, duration_s, missed, end, cens
     )
     rep.ok = _ok_stats(truth, raised, cleared_at, last_alert, tolerance_s, grace_s)
+    rep.silent_after_end = len(after_end)
     return rep
 
 
